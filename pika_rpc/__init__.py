@@ -1,0 +1,1 @@
+"""pika_rpc: Celery rpc:// result backend on pika."""

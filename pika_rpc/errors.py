@@ -1,0 +1,149 @@
+"""Every typed error pika_rpc raises.
+
+All derive from :class:`PikaRPCError`; where a builtin fits, the error is also that
+builtin (``TimeoutError``, ``ConnectionError``, ``KeyError``), so code written against the
+standard library keeps working. Errors keep ``args`` equal to their constructor arguments,
+so they pickle and cross process boundaries (worker pools) unchanged. No message ever holds
+a password: URLs are masked before they reach an error.
+"""
+from __future__ import annotations
+
+import builtins
+from typing import Iterable, Optional
+
+__all__ = [
+    'PikaRPCError', 'TimeoutError', 'ConnectionLost', 'PublishError',
+    'ContentDisallowed', 'DecodeError', 'EncodeError', 'SecurityError',
+    'BacklogLimitExceeded', 'ReplyQueueLost', 'NotRegistered', 'TaskRevokedError',
+    'TimeLimitExceeded', 'SoftTimeLimitExceeded', 'Retry', 'WorkerLostError',
+    'NotSupportedByRabbitMQ', 'PreconditionFailed', 'ClosedError',
+]
+
+
+class PikaRPCError(Exception):
+    """Base of every error pika_rpc raises that is not a builtin."""
+
+
+class TimeoutError(PikaRPCError, builtins.TimeoutError):
+    """A blocking call ran past its timeout (also the builtin ``TimeoutError``)."""
+
+    def __init__(self, message: str = 'The operation timed out') -> None:
+        # One argument only: OSError would read two as (errno, strerror).
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else 'The operation timed out'
+
+
+class ConnectionLost(PikaRPCError, builtins.ConnectionError):
+    """The broker could not be reached, or the link was closed; what was tried is in the text."""
+
+    def __init__(self, message: str = 'connection to the broker lost') -> None:
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else 'connection to the broker lost'
+
+
+class ClosedError(ConnectionLost):
+    """The object (backend, link, producer) was closed; later use raises this."""
+
+
+class PublishError(PikaRPCError):
+    """A publish was nacked by the broker, stayed unconfirmed, or ran out of retries."""
+
+
+class ContentDisallowed(PikaRPCError):
+    """A message's content type is not in the accepted list."""
+
+
+class DecodeError(PikaRPCError):
+    """A message body could not be decoded (bad bytes, bad JSON, unknown envelope)."""
+
+
+class EncodeError(PikaRPCError, builtins.TypeError):
+    """A value cannot be serialized with the chosen serializer."""
+
+
+class SecurityError(PikaRPCError):
+    """A result names something that is not an exception class; nothing was built."""
+
+
+class BacklogLimitExceeded(PikaRPCError):
+    """Too much state history to fast-forward (as ``celery.backends.rpc``)."""
+
+
+class ReplyQueueLost(PikaRPCError):
+    """The reply queue vanished while tasks were pending; their results cannot arrive."""
+
+    def __init__(self, queue: str, task_ids: Iterable[str] = ()) -> None:
+        task_ids = tuple(task_ids)
+        super().__init__(queue, task_ids)
+        self.queue = queue
+        self.task_ids = task_ids
+
+    def __str__(self) -> str:
+        ids = ', '.join(self.task_ids) or 'no pending task'
+        return f'reply queue {self.queue!r} was deleted or expired; lost results of: {ids}'
+
+
+class NotRegistered(PikaRPCError, builtins.KeyError):
+    """A task name is not registered with the app."""
+
+    def __str__(self) -> str:
+        return f'task {self.args[0]!r} is not registered' if self.args else 'task not registered'
+
+
+class TaskRevokedError(PikaRPCError):
+    """The task was revoked (or expired, or terminated)."""
+
+
+class TimeLimitExceeded(PikaRPCError):
+    """The task ran past its hard time limit."""
+
+
+class SoftTimeLimitExceeded(PikaRPCError):
+    """The task ran past its soft time limit."""
+
+
+class Retry(PikaRPCError):
+    """Raised by ``Task.retry()``: the task is re-sent and this run ends."""
+
+    def __init__(self, message: Optional[str] = None, exc: Optional[BaseException] = None,
+                 when: Optional[float] = None) -> None:
+        super().__init__(message, exc, when)
+        self.message, self.exc, self.when = message, exc, when
+
+    def __str__(self) -> str:
+        if self.message:
+            return self.message
+        return f'Retry in {self.when}s: {self.exc!r}' if self.when is not None else f'Retry: {self.exc!r}'
+
+
+class WorkerLostError(PikaRPCError):
+    """The worker running the task went away."""
+
+
+class NotSupportedByRabbitMQ(PikaRPCError, builtins.NotImplementedError):
+    """An AMQP feature RabbitMQ answers with 540 NOT_IMPLEMENTED (closing the connection).
+
+    Refused locally instead, because a closed connection would cut every waiter.
+    """
+
+
+class PreconditionFailed(PikaRPCError):
+    """406 PRECONDITION_FAILED: a declaration clashes with an existing entity's arguments."""
+
+
+# Celery's exception names as they appear in results (exc_module 'celery.exceptions'),
+# mapped to these local classes so Celery's failures rebuild without importing Celery.
+CELERY_EXCEPTIONS = {
+    'TaskRevokedError': TaskRevokedError,
+    'TimeLimitExceeded': TimeLimitExceeded,
+    'SoftTimeLimitExceeded': SoftTimeLimitExceeded,
+    'Retry': Retry,
+    'WorkerLostError': WorkerLostError,
+    'NotRegistered': NotRegistered,
+    'BacklogLimitExceeded': BacklogLimitExceeded,
+    'TimeoutError': TimeoutError,
+}
