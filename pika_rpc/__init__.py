@@ -1,1 +1,27 @@
-"""pika_rpc: Celery rpc:// result backend on pika."""
+"""pika_rpc: Celery's ``rpc://`` result backend as a thread-safe, fork-safe library on pika.
+
+One I/O thread per process owns the only connection; any thread may send tasks, store
+results and wait on them. Wire-compatible with Celery 5.5-5.7. See README.rst.
+"""
+from . import states
+from .app import App
+from .backend import BacklogLimitExceeded, ResultConsumer, RPCBackend
+from .entities import Exchange, Message, Queue
+from .errors import (ConnectionLost, ContentDisallowed, DecodeError, EncodeError, NotRegistered,
+                     NotSupportedByRabbitMQ, PikaRPCError, PreconditionFailed, PublishError,
+                     ReplyQueueLost, Retry, SecurityError, SoftTimeLimitExceeded,
+                     TaskRevokedError, TimeLimitExceeded, TimeoutError, WorkerLostError)
+from .messaging import Connection, Consumer, Producer
+from .result import AsyncResult, GroupResult, ResultSet
+from .task import Task
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'App', 'AsyncResult', 'BacklogLimitExceeded', 'Connection', 'ConnectionLost', 'Consumer',
+    'ContentDisallowed', 'DecodeError', 'EncodeError', 'Exchange', 'GroupResult', 'Message',
+    'NotRegistered', 'NotSupportedByRabbitMQ', 'PikaRPCError', 'PreconditionFailed', 'Producer',
+    'PublishError', 'Queue', 'RPCBackend', 'ReplyQueueLost', 'ResultConsumer', 'ResultSet',
+    'Retry', 'SecurityError', 'SoftTimeLimitExceeded', 'Task', 'TaskRevokedError',
+    'TimeLimitExceeded', 'TimeoutError', 'WorkerLostError', 'states',
+]

@@ -26,3 +26,12 @@ def task_context(request: Any) -> Iterator[Any]:
         yield request
     finally:
         _current_request.reset(token)
+
+
+def request_field(request: Any, name: str) -> Any:
+    """``name`` of a Celery-``Context``-like request object or a plain dict (None if absent)."""
+    if request is None:
+        return None
+    if isinstance(request, dict):
+        return request.get(name)
+    return getattr(request, name, None)

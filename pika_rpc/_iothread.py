@@ -1,0 +1,887 @@
+"""The link: one I/O thread that owns the process's only pika ``BlockingConnection``.
+
+Caller threads never touch pika. They hand *commands* to the I/O thread through our own
+bounded queue (``handoff_max``) and wait on a per-command event with one deadline for the
+whole call. ``add_callback_threadsafe`` is only the wake-up, sent once per batch behind a
+"wake pending" flag, so many threads publishing at once cost few wake-ups (``stats()``
+counts them). A command whose caller gave up before the I/O thread reached it is skipped.
+
+Channels of one connection:
+
+* the *publish* channel, in confirm mode with pipelined confirms (``_confirms.Pipeline``):
+  every publish is ``mandatory`` as asked and settles as confirmed, returned, nacked or
+  lost; lost and nacked publications are re-published while their retry budget lasts;
+* the *control* channel for declarations, deletes, binds and purges; a channel error
+  (404, 406, 403) is raised to the caller as a typed error and the channel is reopened;
+* one channel per consumer, so ``prefetch_count`` is per consumer and one consumer's
+  failure cannot stop another's deliveries.
+
+The loop is ``process_data_events(time_limit=poll_interval)``; pika returns early when a
+delivery or a wake-up arrives. Nothing in the loop blocks on a caller or runs user code:
+deliveries go to each consumer's ``on_delivery`` (which must only hand off), acks of
+batched consumers are sent once per turn with ``multiple=True``.
+
+Reconnect (DESIGN §6.2): when the connection drops, the I/O thread reconnects under the
+connection retry policy (``broker_connection_max_retries``, failover list in order),
+reopens the channels, re-runs each consumer's declarations and re-subscribes it, and
+re-publishes what was unconfirmed (at-least-once). If it gives up, every queued command
+and unsettled publication fails with ``ConnectionLost`` and listeners hear ``gave_up``;
+the next command starts a new connection cycle.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from typing import Any, Callable, Deque, Dict, List, Optional
+
+import pika
+import pika.exceptions
+import pika.spec
+
+from . import _confirms
+from ._threads import SerialExecutor
+from ._timeouts import deadline, remaining
+from .errors import (ClosedError, ConnectionLost, PikaRPCError, PreconditionFailed,
+                     PublishError, TimeoutError)
+
+LOGGER = logging.getLogger(__name__)
+
+IDLE = 'IDLE'                  # no connection, none wanted yet (lazy start, or gave up)
+CONNECTING = 'CONNECTING'
+OPEN = 'OPEN'
+RECONNECTING = 'RECONNECTING'
+CLOSED = 'CLOSED'
+
+#: Upper bound of one ``process_data_events`` call. Deliveries and wake-ups end it early,
+#: so this only bounds how late the loop notices a cancelled timer or a closed channel.
+POLL_INTERVAL = 0.2
+
+_CONNECTION_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionWrongStateError,
+                      pika.exceptions.StreamLostError, ConnectionError, OSError, socket.error)
+_CHANNEL_ERRORS = (pika.exceptions.ChannelClosed, pika.exceptions.ChannelWrongStateError)
+
+_link_ids = itertools.count(1)
+
+
+class _Command:
+    __slots__ = ('fn', 'args', 'what', 'done', 'result', 'error', 'cancelled')
+
+    def __init__(self, fn: Callable[..., Any], args: tuple, what: str) -> None:
+        self.fn, self.args, self.what = fn, args, what
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+        self.cancelled = False
+
+    def finish(self, result: Any = None, error: Optional[BaseException] = None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
+class Publication:
+    """One message to publish with confirms. Settled once: ``done`` is set then.
+
+    Attributes after settling: ``error`` (None when confirmed), ``returned``
+    (``(reply_code, reply_text)`` when the broker returned it as unroutable), ``attempts``.
+    """
+
+    __slots__ = ('exchange', 'routing_key', 'body', 'properties', 'mandatory',
+                 'correlation_id', 'max_retries', 'deadline', 'errback', 'done', 'error',
+                 'returned', 'attempts', 'cancelled', 'interval', 'interval_step',
+                 'interval_max', 'gen')
+
+    def __init__(self, exchange: str, routing_key: str, body: bytes, properties: dict,
+                 mandatory: bool = True, max_retries: Optional[int] = 0,
+                 timeout: Optional[float] = None, errback: Optional[Callable] = None,
+                 interval_start: float = 0, interval_step: float = 1,
+                 interval_max: float = 1) -> None:
+        self.exchange, self.routing_key, self.body = exchange, routing_key, body
+        self.properties, self.mandatory = properties, mandatory
+        self.correlation_id = properties.get('correlation_id')
+        self.max_retries, self.deadline = max_retries, deadline(timeout)
+        self.errback = errback
+        self.interval, self.interval_step = interval_start, interval_step
+        self.interval_max = interval_start + interval_max
+        self.done = threading.Event()
+        self.error: Optional[BaseException] = None
+        self.returned: Optional[tuple] = None
+        self.attempts = 0
+        self.cancelled = False
+        self.gen = -1
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        return self.done.wait(timeout)
+
+    def _finish(self, error: Optional[BaseException] = None) -> None:
+        self.error = error
+        self.done.set()
+
+
+class ConsumerSpec:
+    """What the link needs to (re)subscribe a consumer after every (re)connect.
+
+    ``on_delivery(delivery)`` runs on the I/O thread and must only hand off. With
+    ``batch_ack`` the link acks every delivery once ``on_delivery`` returned (batched per
+    loop turn, ``multiple=True``); otherwise the owner acks through ``Link.ack``.
+    ``declarations`` are ``(kind, kwargs)`` pairs replayed before ``basic_consume``;
+    ``check_exists`` makes the link check the queue passively first at a *re*-subscribe and
+    call ``on_missing()`` when it was gone. ``on_cancel()`` hears a broker-side cancel
+    (queue deleted); the link then re-declares and re-subscribes.
+    """
+
+    def __init__(self, queue: str, on_delivery: Callable[['Delivery'], None], *,
+                 batch_ack: bool = False, no_ack: bool = False,
+                 prefetch_count: Optional[int] = None, declarations: tuple = (),
+                 check_exists: bool = False, on_missing: Optional[Callable[[], None]] = None,
+                 on_cancel: Optional[Callable[[], None]] = None,
+                 consumer_tag: Optional[str] = None, exclusive: bool = False,
+                 arguments: Optional[dict] = None) -> None:
+        self.queue, self.on_delivery = queue, on_delivery
+        self.batch_ack, self.no_ack, self.prefetch_count = batch_ack, no_ack, prefetch_count
+        self.declarations, self.check_exists = tuple(declarations), check_exists
+        self.on_missing, self.on_cancel = on_missing, on_cancel
+        self.consumer_tag, self.exclusive, self.arguments = consumer_tag, exclusive, arguments
+        self.channel: Any = None      # I/O thread only
+        self.gen = 0                  # bumped at every subscribe: acks of an older gen are void
+        self.subscribed_once = False
+        self.active = False
+
+
+class Delivery:
+    """A message received by a consumer. Plain data, safe to read on any thread."""
+
+    __slots__ = ('spec', 'gen', 'delivery_tag', 'redelivered', 'exchange', 'routing_key',
+                 'properties', 'body')
+
+    def __init__(self, spec: ConsumerSpec, gen: int, method: Any, properties: Any,
+                 body: bytes) -> None:
+        self.spec, self.gen = spec, gen
+        self.delivery_tag, self.redelivered = method.delivery_tag, method.redelivered
+        self.exchange, self.routing_key = method.exchange, method.routing_key
+        self.properties, self.body = properties, body
+
+    def property_dict(self) -> dict:
+        return properties_to_dict(self.properties)
+
+
+_PROPERTY_NAMES = ('content_type', 'content_encoding', 'headers', 'delivery_mode', 'priority',
+                   'correlation_id', 'reply_to', 'expiration', 'message_id', 'timestamp',
+                   'type', 'user_id', 'app_id', 'cluster_id')
+
+
+def properties_to_dict(props: Any) -> dict:
+    """The set AMQP properties of a pika ``BasicProperties`` as a plain dict."""
+    return {name: getattr(props, name) for name in _PROPERTY_NAMES
+            if getattr(props, name, None) is not None}
+
+
+def _basic_properties(props: dict) -> pika.spec.BasicProperties:
+    return pika.spec.BasicProperties(**props)
+
+
+def connection_parameters(opts: dict, name: str) -> pika.ConnectionParameters:
+    """pika parameters for one broker address (``config.connection_options`` item)."""
+    ssl_options = None
+    ssl_conf = opts.get('ssl')
+    if ssl_conf:
+        conf = ssl_conf if isinstance(ssl_conf, dict) else {}
+        context = ssl.create_default_context(cafile=conf.get('ca_certs'))
+        if conf.get('certfile'):
+            context.load_cert_chain(conf['certfile'], conf.get('keyfile'))
+        cert_reqs = conf.get('cert_reqs', ssl.CERT_REQUIRED)
+        if cert_reqs == ssl.CERT_NONE:
+            context.check_hostname = False
+        context.verify_mode = cert_reqs
+        ssl_options = pika.SSLOptions(context, conf.get('server_hostname') or opts['host'])
+    timeout = opts.get('connection_timeout')
+    return pika.ConnectionParameters(
+        host=opts['host'], port=opts['port'], virtual_host=opts['virtual_host'],
+        credentials=pika.PlainCredentials(opts['userid'], opts['password']),
+        heartbeat=opts.get('heartbeat'), socket_timeout=timeout, stack_timeout=timeout,
+        blocked_connection_timeout=opts.get('blocked_connection_timeout'),
+        connection_attempts=1, ssl_options=ssl_options,
+        client_properties={'connection_name': name, 'product': 'pika_rpc'})
+
+
+def translate_channel_error(exc: BaseException, what: str) -> PikaRPCError:
+    """Turn a pika channel closure into our typed error (406 says how to fix it)."""
+    code = getattr(exc, 'reply_code', None)
+    text = getattr(exc, 'reply_text', str(exc))
+    if code == 406:
+        return PreconditionFailed(
+            f'{what}: 406 PRECONDITION_FAILED ({text}). An entity of that name already exists '
+            'with other arguments (durable, auto_delete, exclusive, x-expires, ...): declare it '
+            'with the same arguments, use another name, or delete it first.')
+    err = PikaRPCError(f'{what}: {code} {text}')
+    err.reply_code = code  # type: ignore[attr-defined]
+    return err
+
+
+class Link:
+    """The I/O thread and its connection. Every public method is thread-safe.
+
+    Args:
+        options: connection options per failover address (``config.connection_options``).
+        handoff_max: bound of the command queue; a full queue blocks the caller until its
+            deadline, then ``TimeoutError`` (``PublishError`` for a publish).
+        max_connect_retries: reconnect attempts before giving up (None: forever).
+        connect_interval: ``(start, step, max)`` seconds between connect attempts.
+    """
+
+    def __init__(self, options: List[dict], *, handoff_max: int = 10000,
+                 max_connect_retries: Optional[int] = 100,
+                 connect_interval: tuple = (0.0, 0.5, 2.0),
+                 callbacks: Optional[SerialExecutor] = None,
+                 name: Optional[str] = None) -> None:
+        if not options:
+            raise ValueError('no broker address given')
+        self.id = next(_link_ids)
+        self.name = name or f'pika-rpc-io-{os.getpid()}-{self.id}'
+        self._options = list(options)
+        self._params = [connection_parameters(o, self.name) for o in self._options]
+        self._handoff_max = handoff_max
+        self._max_connect_retries = max_connect_retries
+        self._connect_interval = connect_interval
+        self.callbacks = callbacks or SerialExecutor('pika-rpc-callbacks')
+        self.pid = os.getpid()
+
+        # Hand-off: `_mutex` guards `_commands`, `_wake_pending` and `_state`.
+        self._mutex = threading.Lock()
+        # Notified when a command is queued or close() is called: the I/O thread waits on it
+        # while there is no connection. Also notified when the queue shrinks (not_full).
+        self._work = threading.Condition(self._mutex)
+        self._not_full = threading.Condition(self._mutex)
+        # Notified on every state change; wait_for_state() waits on it.
+        self._state_changed = threading.Condition(self._mutex)
+        self._commands: Deque[Any] = collections.deque()
+        self._wake_pending = False
+        self._state = IDLE
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+        # I/O-thread-only state.
+        self._conn: Any = None
+        self._pub_ch: Any = None
+        self._ctl_ch: Any = None
+        self._pipeline: Optional[_confirms.Pipeline] = None
+        self._consumers: Dict[int, ConsumerSpec] = {}
+        self._acks: Dict[int, tuple] = {}          # id(spec) -> (spec, gen, highest tag)
+        self._retry_later: List[Publication] = []  # lost with a connection: re-publish
+        self._listeners: List[Callable[[str, Any], None]] = []
+        self.address: Optional[str] = None
+
+        # Declaration cache, per connection; read by callers (maybe_declare) under its lock.
+        self._declared_lock = threading.Lock()
+        self._declared: set = set()
+
+        self._stats = collections.Counter()
+        self.last_error: Optional[str] = None
+        self._gen = 0                  # connection generation, bumped at every connect
+        self._gen_started = False      # True once a connection was ever open
+        self._reconnect_wanted = False # lost a connection that consumers or retries need
+
+    # ------------------------------------------------------------------ callers' side
+    def __repr__(self) -> str:
+        return f'<Link {self.name} {self.state} {self.address or "not connected"}>'
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
+
+    def stats(self) -> dict:
+        """Counters: commands, wake_ups, publishes, confirms, reconnects, deliveries..."""
+        stats = dict(self._stats)
+        stats.update(state=self._state, in_flight=self._pipeline.in_flight if self._pipeline else 0,
+                     peak_in_flight=self._pipeline.peak_in_flight if self._pipeline else 0,
+                     queued_commands=len(self._commands), last_error=self.last_error)
+        return stats
+
+    def add_listener(self, listener: Callable[[str, Any], None]) -> None:
+        """``listener(event, info)`` runs on the I/O thread for 'connected', 'lost' and
+        'gave_up'; it must be quick and must not block or call back into the link."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[str, Any], None]) -> None:
+        try:
+            self._listeners.remove(listener)
+        except ValueError:
+            pass
+
+    def wait_for_state(self, *states: str, timeout: Optional[float] = None) -> bool:
+        with self._state_changed:
+            return self._state_changed.wait_for(lambda: self._state in states, timeout)
+
+    def is_declared(self, key: Any) -> bool:
+        with self._declared_lock:
+            return key in self._declared
+
+    def _enqueue(self, item: Any, dl: Optional[float]) -> bool:
+        with self._mutex:
+            if self._stop.is_set():
+                raise ClosedError(f'{self.name} is closed')
+            while len(self._commands) >= self._handoff_max:
+                if not self._not_full.wait(remaining(dl)) and len(self._commands) >= self._handoff_max:
+                    return False
+                if self._stop.is_set():
+                    raise ClosedError(f'{self.name} is closed')
+            self._commands.append(item)
+            self._stats['commands'] += 1
+            wake = not self._wake_pending
+            self._wake_pending = True
+            if self._thread is None:
+                self._start_thread()
+            conn = self._conn if self._state == OPEN else None
+            self._work.notify()
+        if wake and conn is not None:
+            self._stats['wake_ups'] += 1
+            try:
+                conn.add_callback_threadsafe(_noop)
+            except Exception:  # the connection is being replaced; the loop drains anyway
+                pass
+        return True
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: Optional[float] = None,
+             what: Optional[str] = None) -> Any:
+        """Run ``fn(*args)`` on the I/O thread once the link is open; return its result.
+
+        Blocks up to ``timeout`` for the whole call (queue space, connection, execution).
+
+        Raises:
+            TimeoutError: not done in time (a command not yet started is then skipped).
+            ConnectionLost: the link gave up connecting; ClosedError: the link is closed.
+            PikaRPCError: the broker refused (``PreconditionFailed`` for a 406).
+        """
+        dl = deadline(timeout)
+        what = what or getattr(fn, '__name__', 'command')
+        cmd = _Command(fn, args, what)
+        if not self._enqueue(cmd, dl):
+            raise TimeoutError(f'{what}: hand-off queue still full after {timeout} s')
+        if not cmd.done.wait(remaining(dl)):
+            cmd.cancelled = True
+            raise TimeoutError(f'{what} not done within {timeout} s (link {self._state})')
+        if cmd.error is not None:
+            raise cmd.error
+        return cmd.result
+
+    def publish(self, pub: Publication) -> Publication:
+        """Queue ``pub`` for publishing with confirms; returns at once (not settled).
+
+        Raises:
+            PublishError: the hand-off queue stayed full until the publication's deadline.
+            ClosedError: the link is closed.
+        """
+        if not self._enqueue(pub, pub.deadline):
+            raise PublishError(f'publish to {pub.routing_key!r}: hand-off queue full until deadline')
+        return pub
+
+    def close(self, timeout: Optional[float] = 5.0) -> bool:
+        """Stop the I/O thread and close the connection. Idempotent, bounded by ``timeout``.
+
+        Queued commands and unsettled publications fail with ``ClosedError``. Returns
+        True when the thread ended in time (False: it was abandoned, logged).
+        """
+        with self._mutex:
+            if self._stop.is_set():
+                thread = None
+            else:
+                self._stop.set()
+                thread = self._thread
+                conn = self._conn
+                self._work.notify_all()
+                self._not_full.notify_all()
+        if thread is None:
+            self._set_state(CLOSED)
+            self._fail_queued(ClosedError(f'{self.name} closed'))
+            return True
+        if conn is not None:
+            try:
+                conn.add_callback_threadsafe(_noop)
+            except Exception:
+                pass
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                LOGGER.warning('%s still running %s s after close(); abandoning it', self.name, timeout)
+                return False
+        return True
+
+    def abandon(self) -> None:
+        """Forget this link without any I/O (a forked child's inherited link)."""
+        self._stop.set()
+
+    # ------------------------------------------------------------------ I/O thread
+    def _set_state(self, new: str) -> None:
+        with self._state_changed:
+            if self._state != new:
+                LOGGER.debug('%s: %s -> %s', self.name, self._state, new)
+                self._state = new
+                self._state_changed.notify_all()
+
+    def _notify(self, event: str, info: Any = None) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event, info)
+            except Exception:
+                LOGGER.exception('link listener %r failed on %s', listener, event)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self._conn is None:
+                    with self._mutex:
+                        while not self._commands and not self._retry_later and not self._stop.is_set() \
+                                and not self._wants_connection():
+                            self._work.wait()
+                    if self._stop.is_set():
+                        break
+                    if not self._connect():
+                        continue
+                try:
+                    self._turn()
+                except _CONNECTION_ERRORS as exc:
+                    self._on_connection_lost(exc)
+                except _CHANNEL_ERRORS as exc:
+                    # A channel of ours closed under us outside a command: rebuild everything.
+                    self._on_connection_lost(exc)
+        except Exception:
+            LOGGER.critical('%s died', self.name, exc_info=True)
+            self.last_error = 'I/O thread died'
+        finally:
+            self._shutdown()
+
+    def _wants_connection(self) -> bool:
+        return self._reconnect_wanted
+
+    def _turn(self) -> None:
+        self._drain_commands()
+        self._conn.process_data_events(time_limit=POLL_INTERVAL)
+        self._drain_commands()
+        self._flush_acks()
+        self._check_channels()
+
+    def _drain_commands(self) -> None:
+        with self._mutex:
+            self._wake_pending = False
+            if not self._commands:
+                return
+            batch = list(self._commands)
+            self._commands.clear()
+            self._not_full.notify_all()
+        for i, item in enumerate(batch):
+            try:
+                if isinstance(item, Publication):
+                    self._do_publish(item)
+                else:
+                    self._do_command(item)
+            except _CONNECTION_ERRORS + _CHANNEL_ERRORS:
+                # Put back what was not run: it runs after the reconnect.
+                with self._mutex:
+                    rest = [c for c in batch[i + 1:]]
+                    if not isinstance(item, Publication):
+                        rest.insert(0, item)
+                    self._commands.extendleft(reversed(rest))
+                raise
+
+    def _do_command(self, cmd: _Command) -> None:
+        if cmd.cancelled:
+            return
+        try:
+            result = cmd.fn(*cmd.args)
+        except _CONNECTION_ERRORS:
+            raise
+        except pika.exceptions.ChannelClosed as exc:
+            self._reopen_control()
+            cmd.finish(error=translate_channel_error(exc, cmd.what))
+        except PikaRPCError as exc:
+            cmd.finish(error=exc)
+        except Exception as exc:  # a bug or bad argument: report it, keep the thread alive
+            cmd.finish(error=exc)
+        else:
+            cmd.finish(result)
+
+    def _do_publish(self, pub: Publication) -> None:
+        if pub.cancelled or pub.done.is_set():
+            return
+        if pub.deadline is not None and time.monotonic() >= pub.deadline:
+            pub._finish(PublishError(f'publish to {pub.routing_key!r} not sent within its timeout'))
+            return
+        pub.attempts += 1
+        pub.gen = self._gen
+        self._stats['publishes'] += 1
+        self._pipeline.publish(pub, pub.exchange, pub.routing_key, pub.body,
+                               _basic_properties(pub.properties), pub.mandatory)
+
+    def _on_settled(self, pub: Publication, outcome: str, returned: Optional[tuple]) -> None:
+        self._stats['confirms'] += 1
+        if outcome == _confirms.SETTLED_NACK:
+            self._retry_or_fail(pub, PublishError(f'broker nacked the publish to {pub.routing_key!r}'))
+            return
+        pub.returned = returned
+        pub._finish(None)
+
+    def _retry_or_fail(self, pub: Publication, exc: PikaRPCError) -> None:
+        """A publication failed (nack or lost connection): re-publish within its budget."""
+        if pub.cancelled:
+            pub._finish(exc)
+            return
+        out_of_time = pub.deadline is not None and time.monotonic() + pub.interval >= pub.deadline
+        if (pub.max_retries is not None and pub.attempts > pub.max_retries) or out_of_time:
+            why = 'its deadline passed' if out_of_time else f'{pub.attempts} attempt(s)'
+            pub._finish(PublishError(f'{exc} (gave up after {why})'))
+            return
+        if pub.errback is not None:
+            self.callbacks.submit(pub.errback, exc, pub.interval)
+        interval = pub.interval
+        pub.interval = min(pub.interval + pub.interval_step, pub.interval_max)
+        self._stats['republishes'] += 1
+        if self._conn is not None and self._conn.is_open and interval > 0:
+            self._conn.call_later(interval, lambda: self._requeue(pub))
+        else:
+            self._retry_later.append(pub)
+
+    def _requeue(self, pub: Publication) -> None:
+        with self._mutex:
+            self._commands.append(pub)
+
+    def _flush_acks(self) -> None:
+        if not self._acks:
+            return
+        acks, self._acks = self._acks, {}
+        for spec, gen, tag in acks.values():
+            if spec.gen == gen and spec.channel is not None and spec.channel.is_open:
+                spec.channel.basic_ack(tag, multiple=True)
+                self._stats['ack_frames'] += 1
+
+    def _check_channels(self) -> None:
+        if self._pub_ch is not None and not self._pub_ch.is_open:
+            raise pika.exceptions.ChannelClosed(0, 'publish channel closed')
+        for spec in list(self._consumers.values()):
+            if spec.active and (spec.channel is None or not spec.channel.is_open):
+                LOGGER.warning('%s: consumer channel for %r closed; re-subscribing', self.name, spec.queue)
+                try:
+                    self._subscribe(spec)
+                except pika.exceptions.ChannelClosedByBroker as exc:
+                    spec.active = False
+                    self._consumers.pop(id(spec), None)
+                    LOGGER.error('%s: consumer of %r stopped: %s', self.name, spec.queue,
+                                 translate_channel_error(exc, 'consume'))
+
+    # ---------------------------------------------------------------- connecting
+    def _connect(self) -> bool:
+        """Connect under the retry policy. True when open; False after giving up."""
+        reconnect = self._gen_started
+        self._set_state(RECONNECTING if reconnect else CONNECTING)
+        start, step, top = self._connect_interval
+        interval, errors = start, []
+        began = time.monotonic()
+        for attempt in itertools.count(1):
+            if self._stop.is_set():
+                return False
+            try:
+                self._open()
+                break
+            # pika 1.4 may raise a bare ValueError ("Expected connected socket") when the
+            # peer resets right after accepting: that is a failed connect too.
+            except (_CONNECTION_ERRORS + (pika.exceptions.AMQPError, ValueError)) as exc:
+                errors.append(f'{type(exc).__name__}: {exc}' if str(exc) else type(exc).__name__)
+                self.last_error = errors[-1]
+                self._drop_connection()
+                if isinstance(exc, (pika.exceptions.ProbableAuthenticationError,
+                                    pika.exceptions.ProbableAccessDeniedError)) or (
+                        self._max_connect_retries is not None and attempt > self._max_connect_retries):
+                    self._give_up(attempt, time.monotonic() - began, errors[-1])
+                    return False
+                LOGGER.warning('%s: cannot connect to %s (%s); retry %d in %.1f s', self.name,
+                               self._addresses(), errors[-1], attempt, interval)
+                if self._stop.wait(interval):
+                    return False
+                interval = min(interval + step, start + top)
+        self._gen_started = True
+        self._reconnect_wanted = False
+        if reconnect:
+            self._stats['reconnects'] += 1
+        self._set_state(OPEN)
+        self._notify('connected', reconnect)
+        return True
+
+    def _addresses(self) -> str:
+        return ', '.join(f'{p.host}:{p.port}{p.virtual_host}' for p in self._params)
+
+    def _open(self) -> None:
+        self._conn = pika.BlockingConnection(self._params)
+        self._gen += 1
+        params = self._conn._impl.params
+        self.address = f'{params.host}:{params.port}'
+        with self._declared_lock:
+            self._declared.clear()
+        self._ctl_ch = self._conn.channel()
+        self._open_publish_channel()
+        for spec in list(self._consumers.values()):
+            if spec.active:
+                try:
+                    self._subscribe(spec)
+                except pika.exceptions.ChannelClosed as exc:
+                    spec.active = False
+                    LOGGER.error('%s: cannot re-subscribe to %r: %s', self.name, spec.queue,
+                                 translate_channel_error(exc, 'consume'))
+        retry, self._retry_later = self._retry_later, []
+        for pub in retry:
+            if not pub.done.is_set():
+                self._do_publish(pub)
+        LOGGER.info('%s: connected to %s', self.name, self.address)
+
+    def _open_publish_channel(self) -> None:
+        self._pub_ch = self._conn.channel()
+        self._pipeline = _confirms.Pipeline(self._pub_ch, self._on_settled)
+        ready = self._pipeline.start()
+        self._wait_until(ready, 30.0, 'Confirm.SelectOk')
+
+    def _wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        dl = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() >= dl:
+                raise pika.exceptions.AMQPConnectionError(f'no {what} within {timeout} s')
+            self._conn.process_data_events(time_limit=0.05)
+
+    def _reopen_control(self) -> None:
+        try:
+            if self._ctl_ch is not None and self._ctl_ch.is_open:
+                return
+            self._ctl_ch = self._conn.channel()
+        except _CONNECTION_ERRORS:
+            raise
+
+    def _on_connection_lost(self, exc: BaseException) -> None:
+        self.last_error = f'{type(exc).__name__}: {exc}'
+        LOGGER.warning('%s: connection lost (%s); reconnecting', self.name, self.last_error)
+        lost = self._pipeline.take_unsettled() if self._pipeline else []
+        self._drop_connection()
+        self._reconnect_wanted = True
+        self._notify('lost', self.last_error)
+        for pub in lost:
+            self._retry_or_fail(pub, PublishError(f'connection lost before the broker confirmed '
+                                                  f'the publish to {pub.routing_key!r}'))
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        self._pub_ch = self._ctl_ch = self._pipeline = None
+        self._acks.clear()
+        for spec in self._consumers.values():
+            spec.channel = None
+        if conn is not None:
+            try:
+                if conn.is_open:
+                    conn.close()
+            except Exception:
+                pass
+
+    def _give_up(self, attempts: int, elapsed: float, last: str) -> None:
+        err = ConnectionLost(f'cannot connect to {self._addresses()} after {attempts} attempt(s) '
+                             f'in {elapsed:.1f} s; last error: {last}')
+        LOGGER.error('%s', err)
+        self._set_state(IDLE)
+        self._fail_queued(err)
+        retry, self._retry_later = self._retry_later, []
+        for pub in retry:
+            pub._finish(err)
+        self._reconnect_wanted = False   # consumers stay registered; the next command reconnects
+        self._notify('gave_up', err)
+
+    def _fail_queued(self, err: BaseException) -> None:
+        with self._mutex:
+            batch = list(self._commands)
+            self._commands.clear()
+            self._wake_pending = False
+            self._not_full.notify_all()
+        for item in batch:
+            if isinstance(item, Publication):
+                item._finish(err)
+            else:
+                item.finish(error=err)
+
+    def _shutdown(self) -> None:
+        err = ClosedError(f'{self.name} closed')
+        lost = self._pipeline.take_unsettled() if self._pipeline else []
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                LOGGER.debug('%s: error while closing the connection', self.name, exc_info=True)
+        self._set_state(CLOSED)
+        self._fail_queued(err)
+        for pub in lost + self._retry_later:
+            pub._finish(err)
+        self._retry_later = []
+
+    # ------------------------------------------------------------------ commands (I/O thread)
+    def _subscribe(self, spec: ConsumerSpec) -> None:
+        conn = self._conn
+        if spec.subscribed_once and spec.check_exists and not self._queue_exists(spec.queue):
+            LOGGER.warning('%s: queue %r vanished while we were away', self.name, spec.queue)
+            if spec.on_missing is not None:
+                spec.on_missing()
+        channel = conn.channel()
+        for kind, kwargs in spec.declarations:
+            _DECLARE[kind](channel, **kwargs)
+        if spec.prefetch_count:
+            channel.basic_qos(prefetch_count=spec.prefetch_count)
+        spec.gen += 1
+        gen = spec.gen
+
+        def on_message(_ch: Any, method: Any, properties: Any, body: bytes) -> None:
+            self._stats['deliveries'] += 1
+            spec.on_delivery(Delivery(spec, gen, method, properties, body))
+            if spec.batch_ack:
+                self._acks[id(spec)] = (spec, gen, method.delivery_tag)
+
+        channel.add_on_cancel_callback(lambda _frame: self._on_broker_cancel(spec))
+        spec.consumer_tag = channel.basic_consume(
+            spec.queue, on_message, auto_ack=spec.no_ack, exclusive=spec.exclusive,
+            consumer_tag=spec.consumer_tag, arguments=spec.arguments)
+        spec.channel, spec.active, spec.subscribed_once = channel, True, True
+        self._consumers[id(spec)] = spec
+
+    def _on_broker_cancel(self, spec: ConsumerSpec) -> None:
+        LOGGER.warning('%s: broker cancelled the consumer of %r (queue deleted?)', self.name, spec.queue)
+        with self._declared_lock:
+            self._declared.clear()
+        if spec.on_cancel is not None:
+            spec.on_cancel()
+        old = spec.channel
+        spec.channel = None          # _check_channels re-subscribes at the end of this turn
+        spec.consumer_tag = None
+        if old is not None:
+            self._conn.add_callback_threadsafe(lambda: _close_quietly(old))
+
+    def _queue_exists(self, name: str) -> bool:
+        channel = self._conn.channel()
+        try:
+            channel.queue_declare(name, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:
+                return False
+            raise
+        _close_quietly(channel)
+        return True
+
+    def consume(self, spec: ConsumerSpec, timeout: Optional[float] = None) -> str:
+        """Subscribe ``spec`` (declarations first); kept across reconnects. Returns the tag."""
+        return self.call(self._consume, spec, timeout=timeout, what=f'consume from {spec.queue!r}')
+
+    def _consume(self, spec: ConsumerSpec) -> str:
+        try:
+            self._subscribe(spec)
+        except pika.exceptions.ChannelClosed as exc:
+            self._consumers.pop(id(spec), None)
+            spec.active = False
+            raise translate_channel_error(exc, f'consume from {spec.queue!r}') from None
+        return spec.consumer_tag
+
+    def cancel(self, spec: ConsumerSpec, timeout: Optional[float] = None) -> None:
+        """Stop ``spec``; unacked deliveries go back to the queue (its channel closes)."""
+        if self._thread is None or self._stop.is_set():
+            spec.active = False
+            return
+        self.call(self._cancel, spec, timeout=timeout, what=f'cancel consumer of {spec.queue!r}')
+
+    def _cancel(self, spec: ConsumerSpec) -> None:
+        spec.active = False
+        self._consumers.pop(id(spec), None)
+        self._acks.pop(id(spec), None)
+        channel, spec.channel = spec.channel, None
+        spec.gen += 1
+        if channel is not None and channel.is_open:
+            try:
+                channel.basic_cancel(spec.consumer_tag)
+            finally:
+                _close_quietly(channel)
+
+    def ack(self, spec: ConsumerSpec, gen: int, tag: int, multiple: bool = False,
+            reject: bool = False, requeue: bool = True, timeout: Optional[float] = 10.0) -> bool:
+        """Ack (or reject) a delivery; False when its channel is gone (it will be redelivered)."""
+        return self.call(self._ack, spec, gen, tag, multiple, reject, requeue, timeout=timeout,
+                         what='ack')
+
+    def _ack(self, spec: ConsumerSpec, gen: int, tag: int, multiple: bool, reject: bool,
+             requeue: bool) -> bool:
+        if spec.gen != gen or spec.channel is None or not spec.channel.is_open:
+            return False
+        if reject:
+            spec.channel.basic_reject(tag, requeue=requeue)
+        else:
+            spec.channel.basic_ack(tag, multiple=multiple)
+        return True
+
+    def qos(self, spec: ConsumerSpec, prefetch_count: int, timeout: Optional[float] = 10.0) -> None:
+        spec.prefetch_count = prefetch_count
+        self.call(lambda: spec.channel.basic_qos(prefetch_count=prefetch_count)
+                  if spec.channel is not None else None, timeout=timeout, what='qos')
+
+    def recover(self, spec: ConsumerSpec, timeout: Optional[float] = 10.0) -> None:
+        self.call(lambda: spec.channel.basic_recover(requeue=True)
+                  if spec.channel is not None else None, timeout=timeout, what='recover')
+
+    def control(self, kind: str, timeout: Optional[float] = None, cache_key: Any = None,
+                **kwargs: Any) -> Any:
+        """Run a declaration-like command on the control channel (declare_queue,
+        declare_exchange, bind_queue, unbind_queue, bind_exchange, unbind_exchange,
+        delete_queue, delete_exchange, purge_queue). With ``cache_key``, the result is
+        remembered for this connection (``is_declared``)."""
+        return self.call(self._control, kind, kwargs, cache_key, timeout=timeout,
+                         what=f'{kind} {kwargs.get("queue") or kwargs.get("exchange") or ""}'.strip())
+
+    def _control(self, kind: str, kwargs: dict, cache_key: Any) -> Any:
+        self._reopen_control()
+        result = _DECLARE[kind](self._ctl_ch, **kwargs)
+        if cache_key is not None:
+            with self._declared_lock:
+                self._declared.add(cache_key)
+        if kind == 'declare_queue':
+            return result.method.message_count if result is not None else None
+        if kind == 'purge_queue':
+            return result.method.message_count if result is not None else 0
+        return None
+
+    def forget_declared(self, key: Any) -> None:
+        with self._declared_lock:
+            self._declared.discard(key)
+
+
+def _noop() -> None:
+    pass
+
+
+def _close_quietly(channel: Any) -> None:
+    try:
+        if channel.is_open:
+            channel.close()
+    except Exception:
+        pass
+
+
+_DECLARE: Dict[str, Callable[..., Any]] = {
+    'declare_queue': lambda ch, **kw: ch.queue_declare(**kw),
+    'declare_exchange': lambda ch, **kw: ch.exchange_declare(**kw),
+    'bind_queue': lambda ch, **kw: ch.queue_bind(**kw),
+    'unbind_queue': lambda ch, **kw: ch.queue_unbind(**kw),
+    'bind_exchange': lambda ch, **kw: ch.exchange_bind(**kw),
+    'unbind_exchange': lambda ch, **kw: ch.exchange_unbind(**kw),
+    'delete_queue': lambda ch, **kw: ch.queue_delete(**kw),
+    'delete_exchange': lambda ch, **kw: ch.exchange_delete(**kw),
+    'purge_queue': lambda ch, **kw: ch.queue_purge(**kw),
+}

@@ -1,0 +1,233 @@
+"""``App``: configuration, task registry, ``send_task`` and the per-process backend.
+
+``App(broker_url=None, **conf)`` takes Celery's setting names. ``app.backend`` is one
+``RPCBackend`` per process shared by every thread; after ``close()`` (or in a forked child,
+where the backend resets itself) it is renewed with a new oid. ``send_task`` publishes a
+Celery protocol-v2 task message with publisher confirms, declaring the reply queue once per
+connection through ``backend.on_task_call`` and the task queue once per connection.
+
+Choices where Celery leaves room: a task message the broker returns as unroutable (an
+``exchange``/``routing_key`` that routes nowhere) is logged as a WARNING naming the task,
+not dropped silently; ``send_task`` options that Celery does not know raise ``TypeError``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from datetime import datetime
+from typing import Any, Callable, Dict, Optional, Sequence, Union
+
+from . import protocol, serialization
+from . import _registry
+from ._context import current_request, request_field
+from ._iothread import Publication
+from ._timeouts import deadline, remaining
+from .backend import RPCBackend
+from .config import Settings, merge_retry_policy
+from .errors import NotRegistered, PikaRPCError, PublishError
+from .result import AsyncResult, GroupResult, ResultSet
+from .task import Task
+
+LOGGER = logging.getLogger(__name__)
+
+__all__ = ['App']
+
+
+class App:
+    """Configuration, tasks and the process's result backend. Thread-safe."""
+
+    def __init__(self, broker_url: Optional[str] = None, *, main: Optional[str] = None,
+                 broker: Optional[str] = None, **conf: Any) -> None:
+        url = broker_url or broker
+        if url is not None:
+            conf['broker_url'] = url
+        self.main = main
+        self.conf = Settings(**conf)
+        self.tasks: Dict[str, Task] = {}
+        self._backend: Optional[RPCBackend] = None
+        self._lock = threading.Lock()
+        _registry.register_live(self)
+
+    def _forget_parent_state(self) -> None:
+        self._lock = threading.Lock()   # the parent's may be held by a thread gone here
+
+    def __repr__(self) -> str:
+        return f'<App {self.main or "pika_rpc"} broker={self.conf.as_dict(censored=True).get("broker_url")}>'
+
+    def config_from_object(self, obj: Any, namespace: Optional[str] = None, **kwargs: Any) -> None:
+        """Read settings from an object, mapping or ``'module:attr'`` string.
+
+        With ``namespace='CELERY'``, Django-style ``CELERY_RESULT_EXPIRES`` names are read.
+        Only settings read before the backend was first used take effect on it.
+        """
+        self.conf.from_object(obj, namespace=namespace, **kwargs)
+
+    # ------------------------------------------------------------------ backend
+    @property
+    def backend(self) -> RPCBackend:
+        """This process's backend (built lazily; renewed after ``close()``)."""
+        backend = self._backend
+        if backend is None or backend.closed:
+            with self._lock:
+                backend = self._backend
+                if backend is None or backend.closed:
+                    backend = self._backend = RPCBackend(app=self)
+        return backend
+
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:
+        return AsyncResult(task_id, app=self, **kwargs)
+
+    def ResultSet(self, results: Sequence[AsyncResult], **kwargs: Any) -> ResultSet:
+        return ResultSet(results, app=self, **kwargs)
+
+    def GroupResult(self, group_id: Optional[str] = None, results: Sequence[AsyncResult] = (),
+                    **kwargs: Any) -> GroupResult:
+        return GroupResult(group_id, results, app=self, **kwargs)
+
+    def close(self) -> None:
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
+
+    def __enter__(self) -> 'App':
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ tasks
+    def task(self, *args: Any, **opts: Any) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True)``."""
+        def register(fun: Callable[..., Any]) -> Task:
+            name = opts.pop('name', None) or f'{fun.__module__}.{fun.__name__}'
+            task = Task(self, fun, name, **opts)
+            self.tasks[name] = task
+            return task
+        if len(args) == 1 and callable(args[0]) and not opts:
+            return register(args[0])
+        if args:
+            raise TypeError('use @app.task or @app.task(name=..., bind=...)')
+        return register
+
+    def get_task(self, name: str) -> Task:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise NotRegistered(name) from None
+
+    # ------------------------------------------------------------------ sending
+    def send_task(self, name: str, args: Sequence[Any] = (), kwargs: Optional[Dict[str, Any]] = None,
+                  *, queue: Optional[str] = None, routing_key: Optional[str] = None,
+                  exchange: Optional[str] = None, task_id: Optional[str] = None,
+                  countdown: Optional[float] = None, eta: Optional[datetime] = None,
+                  expires: Union[None, float, datetime] = None, priority: Optional[int] = None,
+                  time_limit: Optional[float] = None, soft_time_limit: Optional[float] = None,
+                  headers: Optional[Dict[str, Any]] = None, ignore_result: Optional[bool] = None,
+                  reply_to: Optional[str] = None, correlation_id: Optional[str] = None,
+                  shadow: Optional[str] = None, root_id: Optional[str] = None,
+                  parent_id: Optional[str] = None, group_id: Optional[str] = None,
+                  group_index: Optional[int] = None, retries: int = 0,
+                  serializer: Optional[str] = None, retry: Optional[bool] = None,
+                  retry_policy: Optional[Dict[str, Any]] = None,
+                  timeout: Optional[float] = None) -> AsyncResult:
+        """Send a task message to a worker (pika_rpc's or Celery's); return its AsyncResult.
+
+        Blocks until the broker confirmed the message (up to ``timeout``, default
+        ``publish_timeout``), retrying per ``retry_policy`` (``task_publish_retry_policy``).
+
+        Raises:
+            PublishError: nacked, unconfirmed in time, or retries exhausted.
+            ConnectionLost: the broker could not be reached.
+            TypeError: an unknown option.
+        """
+        conf = self.conf
+        dl = deadline(conf.publish_timeout if timeout is None else timeout)
+        task_id = task_id or str(uuid.uuid4())
+        backend = self.backend
+        parent = current_request()
+        if parent is not None:
+            parent_id = parent_id or request_field(parent, 'id')
+            root_id = root_id or request_field(parent, 'root_id') or parent_id
+        if ignore_result is not True:
+            backend.on_task_call(None, task_id)
+        queue = queue or conf.task_default_queue
+        link = backend._get_link()
+        if exchange is None:
+            self._declare_task_queue(link, queue, remaining(dl))
+            exchange, routing_key = '', routing_key or queue
+        else:
+            routing_key = routing_key if routing_key is not None else queue
+        msg_headers, props, body = protocol.task_message(
+            name, args, kwargs, task_id=task_id, reply_to=reply_to or backend.oid,
+            correlation_id=correlation_id, countdown=countdown, eta=eta, expires=expires,
+            priority=0 if priority is None else priority, time_limit=time_limit, soft_time_limit=soft_time_limit,
+            ignore_result=ignore_result, shadow=shadow, root_id=root_id, parent_id=parent_id,
+            group_id=group_id, group_index=group_index, retries=retries)
+        if headers:
+            msg_headers.update(headers)
+        content_type, content_encoding, data = serialization.dumps(
+            body, serializer or conf.task_serializer)
+        props.update(content_type=content_type, content_encoding=content_encoding,
+                     headers=msg_headers)
+        use_retry = conf.task_publish_retry if retry is None else retry
+        policy = merge_retry_policy(conf.task_publish_retry_policy, retry_policy)
+        pub = Publication(exchange, routing_key, data, props, mandatory=True,
+                          max_retries=policy.get('max_retries') if use_retry else 0,
+                          timeout=remaining(dl), errback=policy.get('errback'),
+                          interval_start=policy.get('interval_start', 0),
+                          interval_step=policy.get('interval_step', 1),
+                          interval_max=policy.get('interval_max', 1))
+        link.publish(pub)
+        if not pub.wait(remaining(dl)):
+            pub.cancelled = True
+            raise PublishError(f'task {name}[{task_id}] not confirmed by the broker in time')
+        if pub.error is not None:
+            raise pub.error
+        if pub.returned is not None:
+            LOGGER.warning('task %s[%s] unroutable: exchange %r routing key %r (%s %s); no worker '
+                           'will see it', name, task_id, exchange, routing_key, *pub.returned)
+        return AsyncResult(task_id, app=self, task_name=name)
+
+    def _declare_task_queue(self, link: Any, queue: str, timeout: Optional[float]) -> None:
+        """Declare a task queue as Celery does: direct exchange and queue of that name, bound."""
+        key = ('task_queue', queue)
+        if link.is_declared(key):
+            return
+        dl = deadline(timeout)
+        link.control('declare_exchange', exchange=queue, exchange_type='direct', durable=True,
+                     timeout=remaining(dl))
+        link.control('declare_queue', queue=queue, durable=True, timeout=remaining(dl))
+        link.control('bind_queue', queue=queue, exchange=queue, routing_key=queue,
+                     timeout=remaining(dl), cache_key=key)
+
+    def control_revoke(self, task_ids: Union[str, Sequence[str]], terminate: bool = False,
+                       signal: str = 'SIGTERM', timeout: Optional[float] = None) -> None:
+        """Broadcast Celery's ``revoke`` control message to every worker (ours and Celery's).
+
+        A broker with no ``celery.pidbox`` exchange has no worker listening: then nothing
+        is sent and an INFO line says so.
+        """
+        ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
+        dl = deadline(self.conf.publish_timeout if timeout is None else timeout)
+        link = self.backend._get_link()
+        exchange, body, props = protocol.control_revoke(ids, terminate=terminate, signal=signal)
+        key = ('exchange', exchange)
+        if not link.is_declared(key):
+            try:
+                link.control('declare_exchange', exchange=exchange, passive=True,
+                             timeout=remaining(dl), cache_key=key)
+            except PikaRPCError as exc:
+                if getattr(exc, 'reply_code', None) == 404:
+                    LOGGER.info('revoke of %s not sent: no worker listens (no %r exchange)',
+                                ', '.join(ids), exchange)
+                    return
+                raise
+        content_type, content_encoding, data = serialization.dumps(body, 'json')
+        props = dict(props, content_type=content_type, content_encoding=content_encoding)
+        pub = link.publish(Publication(exchange, '', data, props, mandatory=False,
+                                       timeout=remaining(dl)))
+        if not pub.wait(remaining(dl)) or pub.error is not None:
+            raise PublishError(f'revoke of {", ".join(ids)} not confirmed: {pub.error}')
+

@@ -1,0 +1,618 @@
+"""``RPCBackend`` and ``ResultConsumer``: Celery's rpc:// result backend on the process's link.
+
+Client side: one reply queue per *process* (``oid``), consumed by the I/O thread with
+manual, batched acks; every state message is decoded (small bodies on the I/O thread, big
+ones on the decoder thread, order kept) and routed by the body's ``task_id`` (falling back
+to ``correlation_id``, DESIGN §6.1) into the pending table, where waiting threads wake.
+
+Result-storing side: ``store_result`` publishes Celery's 5.7 result body to the request's
+``reply_to`` with publisher confirms and ``mandatory=True``, blocking until the broker
+confirmed (bounded by ``publish_timeout``). An unroutable result (no such reply queue) is a
+WARNING naming the task and queue plus the ``on_unroutable(task_id, queue)`` hook, never a
+silent drop; a nack or a timeout raises ``PublishError``; no ``reply_to`` publishes nothing.
+
+Choices where Celery and DESIGN leave room (also in the CHANGELOG):
+
+* The reply queue is ``durable=True, auto_delete=False, exclusive=False`` with
+  ``x-expires = result_expires`` (one day when unset): it survives a reconnect; ``close()``
+  deletes it. The seed's ``auto_delete`` and ``no_ack`` arguments are accepted and ignored.
+* ``get_task_meta`` never blocks and never raises ``BacklogLimitExceeded``: it reads what the
+  I/O thread already pushed; a result that can no longer arrive raises its error
+  (``ReplyQueueLost``, ``ConnectionLost``).
+* A process that only polls (``get_task_meta`` without having sent) starts the consumer on
+  first use, as Celery declares the queue on each poll.
+* After a fork the child gets a new oid and an empty table; the parent's queue is untouched.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+from . import protocol, serialization, states
+from . import _registry
+from ._context import current_request, request_field
+from ._iothread import ConsumerSpec, Delivery, Link, Publication
+from ._pending import PendingTable
+from ._threads import SerialExecutor
+from ._timeouts import deadline, remaining
+from .config import Settings, connection_options, connection_retry_policy, reply_queue_arguments
+from .entities import Exchange, Queue
+from .errors import (BacklogLimitExceeded, ClosedError, ConnectionLost, DecodeError, PikaRPCError,
+                     PublishError, ReplyQueueLost, TaskRevokedError, TimeoutError)
+from .messaging import Consumer, Producer
+
+LOGGER = logging.getLogger(__name__)
+
+__all__ = ['RPCBackend', 'ResultConsumer', 'BacklogLimitExceeded']
+
+_PENDING_META = {'status': states.PENDING, 'result': None}
+
+
+def _link_kwargs(settings: Settings) -> dict:
+    policy = connection_retry_policy(settings)
+    return dict(handoff_max=settings.handoff_max,
+                max_connect_retries=policy['max_retries'],
+                connect_interval=(policy['interval_start'], policy['interval_step'],
+                                  policy['interval_max']))
+
+
+class ResultConsumer:
+    """The seed's ResultConsumer, fed by the I/O thread instead of drained by the caller.
+
+    ``drain_events`` exists for compatibility: results arrive without it, so it only waits
+    (up to ``timeout``) for any new state message.
+    """
+
+    Consumer = Consumer
+
+    def __init__(self, backend: 'RPCBackend', *args: Any, **kwargs: Any) -> None:
+        self.backend = backend
+
+    def start(self, initial_task_id: Optional[str] = None, no_ack: bool = True, **kwargs: Any) -> None:
+        """Subscribe to the reply queue (idempotent); expect ``initial_task_id``."""
+        self.backend._ensure_consuming()
+        if initial_task_id is not None:
+            self.backend._pending.register(initial_task_id)
+
+    def stop(self) -> None:
+        self.backend._stop_consuming()
+
+    def consume_from(self, task_id: str) -> None:
+        self.start(task_id)
+
+    def cancel_for(self, task_id: str) -> None:
+        self.backend._pending.discard(task_id)
+
+    def drain_events(self, timeout: Optional[float] = None) -> bool:
+        """Wait up to ``timeout`` for the next state message (pushed by the I/O thread).
+
+        Returns True when one arrived, False when ``timeout`` passed first.
+        """
+        self.backend._ensure_consuming()
+        with self.backend._arrived:
+            return self.backend._arrived.wait(timeout)
+
+    def on_after_fork(self) -> None:
+        self.backend._forget_parent_state()
+
+    def on_state_change(self, meta: dict, message: Any) -> None:
+        """Hook called (decoder or I/O thread) for every state message; quick, no I/O."""
+
+
+class RPCBackend:
+    """Celery's rpc:// result backend. Thread-safe; one per process is enough (``app.backend``).
+
+    Every method may be called from any thread. Blocking methods take a timeout.
+    """
+
+    Exchange = Exchange
+    Queue = Queue
+    Producer = Producer
+    Consumer = Consumer
+    ResultConsumer = ResultConsumer
+    BacklogLimitExceeded = BacklogLimitExceeded
+
+    persistent = False
+    supports_autoexpire = True
+    supports_native_join = True
+    retry_policy = {'max_retries': 20, 'interval_start': 0, 'interval_step': 1, 'interval_max': 1}
+
+    def __init__(self, app: Any = None, connection: Any = None, exchange: Any = None,
+                 exchange_type: Optional[str] = None, persistent: Optional[bool] = None,
+                 serializer: Optional[str] = None, auto_delete: bool = True, *,
+                 url: Optional[str] = None, **kwargs: Any) -> None:
+        self.app = app
+        if app is not None:
+            settings = app.conf.copy()
+            if kwargs:
+                settings.update(kwargs)
+        else:
+            settings = Settings(**kwargs)
+        if url is not None:
+            settings.broker_url = url
+        self.conf = settings
+        self.url = settings.broker_url
+        self._init_args = dict(exchange=exchange, exchange_type=exchange_type, persistent=persistent,
+                               serializer=serializer, auto_delete=auto_delete)
+        self.persistent = settings.result_persistent if persistent is None else persistent
+        self.serializer = serializer or settings.result_serializer
+        self.accept = serialization.prepare_accept_content(
+            settings.result_accept_content or settings.accept_content)
+        self.expires = settings.result_expires
+        self.delivery_mode = 2 if self.persistent else 1
+        self.retry_policy = dict(settings.get('result_backend_retry_policy') or type(self).retry_policy)
+        self.exchange = self.Exchange('', type='direct', durable=False, auto_delete=True)
+        self.on_unroutable: Optional[Callable[[str, str], Any]] = None
+        self.result_consumer = self.ResultConsumer(self)
+        self._reset()
+        _registry.register_live(self)
+
+    def _reset(self) -> None:
+        """Fresh per-process state: new oid, empty table, new locks, no link yet."""
+        self._pid = os.getpid()
+        self._oid = str(uuid.uuid4())
+        self._lock = threading.RLock()
+        self._arrived = threading.Condition(threading.Lock())
+        self._pending = PendingTable(cache_max=self.conf.result_cache_max,
+                                     history_max=self.conf.pending_history_max,
+                                     oob_max=self.conf.out_of_band_max)
+        self._decoder = SerialExecutor('pika-rpc-decoder')
+        self._decoding = 0              # bodies handed to the decoder and not yet stored
+        self._decoding_lock = threading.Lock()
+        self._link: Optional[Link] = None
+        self._spec: Optional[ConsumerSpec] = None
+        self._closed = False
+        self._stats = {'out_of_band': 0, 'bad_messages': 0, 'unroutable': 0, 'stored': 0}
+
+    def _forget_parent_state(self) -> None:
+        # In a forked child: never touch the parent's link; start over lazily.
+        self._reset()
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def oid(self) -> str:
+        """This process's reply queue name (a new one after fork)."""
+        self._check_pid()
+        return self._oid
+
+    @property
+    def binding(self) -> Queue:
+        args = reply_queue_arguments(self.conf)
+        return self.Queue(self.oid, exchange=self.exchange, routing_key=self.oid, durable=True,
+                          auto_delete=False, queue_arguments=args)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def as_uri(self, include_password: bool = False) -> str:
+        return 'rpc://'
+
+    def __repr__(self) -> str:
+        return f'<RPCBackend rpc:// oid={self._oid} pid={self._pid}{" closed" if self._closed else ""}>'
+
+    def __reduce__(self) -> tuple:
+        # A pickled backend rebuilds from its configuration (new process: new oid).
+        return (_rebuild_backend, (self.conf.as_dict(), self._init_args))
+
+    def __enter__(self) -> 'RPCBackend':
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ link & consumer
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            _registry.current()        # runs the after-fork reset if the hook did not
+            if self._pid != os.getpid():
+                self._reset()
+
+    def _check_open(self) -> None:
+        self._check_pid()
+        if self._closed:
+            raise ClosedError(f'{self!r} is closed; use app.backend for a new one')
+
+    def _get_link(self) -> Link:
+        self._check_open()
+        link = self._link
+        if link is None:
+            with self._lock:
+                if self._link is None:
+                    self._link = _registry.acquire_link(connection_options(self.conf),
+                                                        **_link_kwargs(self.conf))
+                    self._link.add_listener(self._on_link_event)
+                link = self._link
+        return link
+
+    def _ensure_consuming(self, timeout: Optional[float] = None) -> None:
+        if self._spec is not None and self._spec.active and self._pid == os.getpid():
+            return
+        link = self._get_link()
+        with self._lock:
+            if self._spec is not None and self._spec.active:
+                return
+            spec = ConsumerSpec(
+                self._oid, self._on_reply, batch_ack=True,
+                declarations=(('declare_queue', dict(queue=self._oid, durable=True,
+                                                     auto_delete=False, exclusive=False,
+                                                     arguments=reply_queue_arguments(self.conf))),),
+                check_exists=True, on_missing=self._on_queue_lost, on_cancel=self._on_queue_lost,
+                consumer_tag=f'pika-rpc-{self._oid}')
+            link.consume(spec, timeout=self.conf.publish_timeout if timeout is None else timeout)
+            self._spec = spec
+
+    def _stop_consuming(self) -> None:
+        spec, self._spec = self._spec, None
+        if spec is not None and self._link is not None:
+            try:
+                self._link.cancel(spec, timeout=5.0)
+            except PikaRPCError as exc:
+                LOGGER.debug('cancel of the reply consumer failed: %s', exc)
+
+    def _on_link_event(self, event: str, info: Any) -> None:     # I/O thread
+        if event == 'gave_up':
+            self._pending.fail_pending(lambda ids: ConnectionLost(
+                f'{info}; results of {len(ids)} pending task(s) cannot arrive: '
+                f'{", ".join(ids[:10])}{" ..." if len(ids) > 10 else ""}'))
+        elif event == 'connected':
+            self._pending.clear_errors(ConnectionLost)
+
+    def _on_queue_lost(self) -> None:                             # I/O thread
+        ids = self._pending.fail_pending(lambda ids: ReplyQueueLost(self._oid, ids))
+        LOGGER.error('reply queue %s was deleted or expired; %d pending task(s) lost: %s',
+                     self._oid, len(ids), ', '.join(ids[:20]))
+
+    # ------------------------------------------------------------------ receiving
+    def _on_reply(self, delivery: Delivery) -> None:             # I/O thread: hand off only
+        # Once a body is with the decoder, later ones follow it there: order is kept.
+        if self._decoding or len(delivery.body) > self.conf.large_body_threshold:
+            with self._decoding_lock:
+                self._decoding += 1
+            self._decoder.submit(self._decode_off_thread, delivery)
+        else:
+            self._handle(delivery)
+
+    def _decode_off_thread(self, delivery: Delivery) -> None:
+        try:
+            self._handle(delivery)
+        finally:
+            with self._decoding_lock:
+                self._decoding -= 1
+
+    def _handle(self, delivery: Delivery) -> None:
+        props = delivery.properties
+        raw = None
+        try:
+            max_size = self.conf.result_max_size
+            if max_size is not None and len(delivery.body) > max_size:
+                raise DecodeError(
+                    f'result body of {len(delivery.body)} bytes exceeds result_max_size={max_size}')
+            raw = serialization.loads(delivery.body, props.content_type, props.content_encoding,
+                                      accept=self.accept)
+            task_id = protocol.task_id_of(raw, props.correlation_id)
+            meta = protocol.meta_from_raw(raw)
+        except PikaRPCError as exc:
+            self._stats['bad_messages'] += 1
+            task_id = protocol.task_id_of(raw, props.correlation_id) if isinstance(raw, dict) \
+                else props.correlation_id
+            if not self._pending.fail_one(task_id, exc):
+                LOGGER.warning('dropped a bad message on reply queue %s (task %s): %s',
+                               self._oid, task_id, exc)
+            return
+        if task_id is None:
+            self._stats['bad_messages'] += 1
+            LOGGER.warning('dropped a state message with no task id on %s', self._oid)
+            return
+        outcome = self._pending.deliver(task_id, raw, meta)
+        if outcome == 'oob':
+            self._stats['out_of_band'] += 1
+            self.on_out_of_band_result(task_id, delivery)
+        self.result_consumer.on_state_change(meta, delivery)
+        with self._arrived:
+            self._arrived.notify_all()
+
+    def on_out_of_band_result(self, task_id: str, message: Any) -> None:
+        """Hook: a state arrived for an id this process never sent (kept, bounded)."""
+        LOGGER.debug('out-of-band result for task %s on %s', task_id, self._oid)
+
+    # ------------------------------------------------------------------ client side
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        """Before a task is sent: make sure the reply queue exists and is consumed
+        (once per connection) and expect results for ``task_id``."""
+        self._ensure_consuming()
+        self._pending.register(task_id)
+
+    def on_reply_declare(self, task_id: str) -> List[Queue]:
+        return [self.binding]
+
+    def consume_from(self, task_id: str) -> None:
+        self.result_consumer.consume_from(task_id)
+
+    def cancel_for(self, task_id: str) -> None:
+        self.result_consumer.cancel_for(task_id)
+
+    def get_task_meta(self, task_id: str, backlog_limit: int = 1000) -> Dict[str, Any]:
+        """Latest known state of ``task_id``; never blocks on the broker past the first use.
+
+        Returns Celery's decoded meta, or exactly ``{'status': 'PENDING', 'result': None}``.
+
+        Raises:
+            ReplyQueueLost, ConnectionLost: that result can no longer arrive.
+        """
+        cached = self._pending.cached(task_id)
+        if cached is not None:
+            return cached
+        self._ensure_consuming()
+        meta = self._pending.peek(task_id)
+        return dict(_PENDING_META) if meta is None else meta
+
+    poll = get_task_meta
+
+    def _get_task_meta_for(self, task_id: str) -> Dict[str, Any]:
+        return self.get_task_meta(task_id)
+
+    def wait_for_pending(self, result: Any, timeout: Optional[float] = None,
+                         interval: float = 0.5, no_ack: bool = True,
+                         on_message: Optional[Callable[[dict], Any]] = None,
+                         on_interval: Optional[Callable[[], Any]] = None,
+                         callback: Optional[Callable] = None, propagate: bool = True) -> Dict[str, Any]:
+        """Block until ``result`` is ready; return its meta. ``interval`` is unused (push).
+
+        Raises:
+            pika_rpc.TimeoutError: not ready within ``timeout`` seconds (names the task).
+            ReplyQueueLost, ConnectionLost: the result can no longer arrive.
+        """
+        task_id = getattr(result, 'id', result)
+        dl = deadline(timeout)
+        cached = self._pending.cached(task_id)
+        if cached is not None and on_message is None:
+            return cached
+        self._ensure_consuming(timeout=remaining(dl))
+        meta = self._pending.wait(task_id, dl, on_message)
+        if meta is None:
+            latest = self._pending.peek(task_id)
+            state = latest['status'] if latest else states.PENDING
+            raise TimeoutError(f'task {task_id} still {state} after {timeout} s')
+        return meta
+
+    def get_many(self, task_ids: Iterable[str], timeout: Optional[float] = None,
+                 on_message: Optional[Callable[[dict], Any]] = None,
+                 interval: float = 0.5, no_ack: bool = True,
+                 on_interval: Optional[Callable[[], Any]] = None,
+                 max_iterations: Optional[int] = None, **kwargs: Any) -> Iterator[Tuple[str, Dict]]:
+        """Yield ``(task_id, meta)`` for each task as it becomes ready (completion order).
+
+        Blocks between items. ``on_message(raw)`` is called for the final state of each task
+        (non-final states of many tasks are not replayed here).
+
+        Raises:
+            pika_rpc.TimeoutError: ``timeout`` passed for the whole call; names how many of how
+                many tasks are still not ready.
+            ReplyQueueLost, ConnectionLost: those results can no longer arrive.
+        """
+        ids = list(dict.fromkeys(getattr(t, 'id', t) for t in task_ids))
+        dl = deadline(timeout)
+        self._ensure_consuming(timeout=remaining(dl))
+        watcher, ready = self._pending.watch(ids)
+        left = set(ids)
+        try:
+            while left:
+                if ready:
+                    task_id = ready.pop()
+                else:
+                    try:
+                        task_id = watcher.get(timeout=remaining(dl))
+                    except Exception:   # queue.Empty
+                        raise TimeoutError(f'{len(left)} of {len(ids)} task(s) not ready after '
+                                           f'{timeout} s') from None
+                if task_id not in left:
+                    continue
+                meta, error = self._pending.outcome(task_id)
+                if error is not None:
+                    raise error
+                if meta is None:
+                    continue
+                left.discard(task_id)
+                if on_message is not None:
+                    on_message(meta)
+                yield task_id, meta
+        finally:
+            self._pending.unwatch(ids, watcher)
+
+    def iter_native(self, result: Any, timeout: Optional[float] = None, interval: float = 0.5,
+                    no_ack: bool = True, on_message: Optional[Callable] = None,
+                    on_interval: Optional[Callable] = None) -> Iterator[Tuple[str, Dict]]:
+        ids = [r.id for r in getattr(result, 'results', result)]
+        return self.get_many(ids, timeout=timeout, on_message=on_message)
+
+    def forget(self, task_id: str) -> None:
+        self._pending.forget(task_id)
+
+    def on_result_fulfilled(self, result: Any) -> None:
+        self._pending.discard(getattr(result, 'id', result))
+
+    def revive(self, channel: Any) -> None:
+        """Kept for API compatibility: the I/O thread revives the consumer by itself."""
+
+    # ------------------------------------------------------------------ storing side
+    def destination_for(self, task_id: str, request: Any) -> Tuple[Optional[str], str]:
+        """``(reply_to, correlation_id)`` for a result, from ``request`` or the current task.
+
+        Raises:
+            PikaRPCError: no request given and no task running in this thread.
+        """
+        request = request if request is not None else current_request()
+        if request is None:
+            raise PikaRPCError(f'RPC backend cannot store the result of task {task_id}: no '
+                               'request given and no task running in this thread')
+        reply_to = request_field(request, 'reply_to')
+        correlation_id = request_field(request, 'correlation_id') or task_id
+        return reply_to, correlation_id
+
+    def store_result(self, task_id: str, result: Any, state: str, traceback: Optional[str] = None,
+                     request: Any = None, *, timeout: Optional[float] = None,
+                     wait: bool = True, **kwargs: Any) -> Any:
+        """Publish a state of ``task_id`` to the request's ``reply_to``; returns ``result``.
+
+        Blocks until the broker confirmed it (up to ``timeout``, default ``publish_timeout``)
+        unless ``wait=False``. Follows ``retry_policy`` (a re-publish after reconnect counts).
+
+        Raises:
+            PublishError: nacked, unconfirmed in time, or retries exhausted.
+            PikaRPCError: no request and no current task.
+        """
+        self._check_open()
+        reply_to, correlation_id = self.destination_for(task_id, request)
+        if not reply_to:
+            LOGGER.warning('result of task %s (%s) not sent: its request has no reply_to',
+                           task_id, state)
+            return result
+        req = request if request is not None else current_request()
+        body = protocol.result_body(
+            task_id, state, result, traceback, children=kwargs.get('children'),
+            group_id=request_field(req, 'group'), parent_id=request_field(req, 'parent_id'), request=req,
+            extended=self.conf.result_extended, tz=_timezone(self.conf))
+        content_type, content_encoding, data = serialization.dumps(body, self.serializer)
+        policy = self.retry_policy
+        pub = Publication('', reply_to, data, {
+            'content_type': content_type, 'content_encoding': content_encoding,
+            'correlation_id': correlation_id, 'delivery_mode': self.delivery_mode,
+            'priority': 0, 'headers': {}},
+            mandatory=True, max_retries=policy.get('max_retries'),
+            timeout=self.conf.publish_timeout if timeout is None else timeout,
+            errback=policy.get('errback'), interval_start=policy.get('interval_start', 0),
+            interval_step=policy.get('interval_step', 1), interval_max=policy.get('interval_max', 1))
+        self._get_link().publish(pub)
+        self._stats['stored'] += 1
+        if not wait:
+            return result
+        if not pub.wait(remaining(pub.deadline)):
+            pub.cancelled = True
+            raise PublishError(f'result of task {task_id} not confirmed within '
+                               f'{self.conf.publish_timeout if timeout is None else timeout} s')
+        if pub.error is not None:
+            raise pub.error if isinstance(pub.error, PublishError) else PublishError(
+                f'result of task {task_id} not stored: {pub.error}') from pub.error
+        if pub.returned is not None:
+            self._report_unroutable(task_id, reply_to, pub.returned)
+        return result
+
+    def _report_unroutable(self, task_id: str, queue: str, returned: tuple) -> None:
+        self._stats['unroutable'] += 1
+        LOGGER.warning('result of task %s unroutable: no queue %r (%s %s); the client is gone or '
+                       'its reply queue expired', task_id, queue, *returned)
+        hook = self.on_unroutable
+        if hook is not None and self._link is not None:
+            self._link.callbacks.submit(hook, task_id, queue)
+
+    def mark_as_started(self, task_id: str, request: Any = None, **meta: Any) -> Any:
+        return self.store_result(task_id, meta, states.STARTED, request=request)
+
+    def mark_as_done(self, task_id: str, result: Any, request: Any = None,
+                     store_result: bool = True, state: str = states.SUCCESS) -> Any:
+        if store_result:
+            self.store_result(task_id, result, state, request=request)
+        return result
+
+    def mark_as_failure(self, task_id: str, exc: BaseException, traceback: Optional[str] = None,
+                        request: Any = None, store_result: bool = True, call_errbacks: bool = True,
+                        state: str = states.FAILURE) -> BaseException:
+        if store_result:
+            self.store_result(task_id, exc, state, traceback=traceback, request=request)
+        return exc
+
+    def mark_as_retry(self, task_id: str, exc: BaseException, traceback: Optional[str] = None,
+                      request: Any = None, store_result: bool = True,
+                      state: str = states.RETRY) -> BaseException:
+        if store_result:
+            self.store_result(task_id, exc, state, traceback=traceback, request=request)
+        return exc
+
+    def mark_as_revoked(self, task_id: str, reason: str = '', request: Any = None,
+                        store_result: bool = True, state: str = states.REVOKED) -> BaseException:
+        exc = TaskRevokedError(reason or 'revoked')
+        if store_result:
+            self.store_result(task_id, exc, state, request=request)
+        return exc
+
+    # ------------------------------------------------------------------ unsupported (as Celery)
+    def ensure_chords_allowed(self) -> None:
+        raise NotImplementedError('the rpc result backend does not support chords: use a '
+                                  'backend that stores group state (redis, a database)')
+
+    def reload_task_result(self, task_id: str) -> None:
+        raise NotImplementedError('reload_task_result is not supported by the rpc backend')
+
+    def reload_group_result(self, task_id: str) -> None:
+        raise NotImplementedError('reload_group_result is not supported by the rpc backend')
+
+    def save_group(self, group_id: str, result: Any) -> None:
+        raise NotImplementedError('save_group is not supported by the rpc backend')
+
+    def restore_group(self, group_id: str, cache: bool = True) -> None:
+        raise NotImplementedError('restore_group is not supported by the rpc backend')
+
+    def delete_group(self, group_id: str) -> None:
+        raise NotImplementedError('delete_group is not supported by the rpc backend')
+
+    # ------------------------------------------------------------------ life cycle
+    def stats(self) -> Dict[str, Any]:
+        """Pending and buffered tasks, bad messages, reconnects and the last link error."""
+        out = dict(self._stats)
+        out.update(self._pending.sizes())
+        out['oid'] = self._oid
+        link = self._link
+        if link is not None:
+            s = link.stats()
+            out.update(reconnects=s.get('reconnects', 0), link_state=s['state'],
+                       last_error=s['last_error'])
+        return out
+
+    def close(self, timeout: Optional[float] = 10.0) -> None:
+        """Wake every waiter with ``ClosedError`` (a ``ConnectionLost``), delete the reply
+        queue and release this backend's share of the link. A second call is a no-op."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        dl = deadline(timeout)
+        self._pending.fail_pending(lambda ids: ClosedError(
+            f'backend closed while waiting for {", ".join(ids[:10])}'))
+        link, self._link = self._link, None
+        if link is None or link.pid != os.getpid():
+            return
+        spec, self._spec = self._spec, None
+        try:
+            if spec is not None:
+                link.cancel(spec, timeout=remaining(dl))
+                link.control('delete_queue', queue=self._oid, timeout=remaining(dl))
+        except PikaRPCError as exc:
+            LOGGER.warning('could not delete reply queue %s at close: %s (it expires by itself)',
+                           self._oid, exc)
+        finally:
+            link.remove_listener(self._on_link_event)
+            _registry.release_link(link, timeout=remaining(dl))
+
+    def _close_at_exit(self) -> None:
+        self.close(timeout=2.0)
+
+
+
+def _timezone(conf: Settings) -> Any:
+    name = conf.timezone
+    if not name:
+        return None
+    try:
+        from zoneinfo import ZoneInfo
+        return ZoneInfo(name)
+    except Exception:
+        LOGGER.warning('unknown timezone %r; writing date_done in UTC', name)
+        return None
+
+
+def _rebuild_backend(conf: dict, init_args: dict) -> RPCBackend:
+    return RPCBackend(**init_args, **conf)

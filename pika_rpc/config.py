@@ -1,0 +1,648 @@
+"""Settings, broker URLs and retry policies: pure data, no I/O, no pika.
+
+Setting names and defaults are Celery's (``result_expires``, ``broker_heartbeat``, ...);
+URLs are read as kombu reads them. Choices made where DESIGN is silent:
+
+* ``Settings(**conf)`` and ``update()`` raise ``TypeError`` for an unknown key, suggesting
+  close matches: a typo in code should fail loudly. ``from_object()`` reads only the keys it
+  knows from a module, object or mapping (a Celery config or Django settings holds many
+  others) and logs a WARNING for a name that looks like a typo of a known key.
+* ``broker_url`` may be a ``;``-separated failover list or a list of URLs. Each entry is a
+  full URL parsed on its own: a missing user or password is ``guest``, a missing port the
+  scheme's default, a missing vhost ``/``. (kombu would carry the previous entry's vhost into
+  an entry that names none; we don't.) A bare hostname is refused, as is ``rpc://``.
+* ``task_publish_retry_policy`` and ``result_backend_retry_policy`` given partially are merged
+  over their defaults, so ``{'max_retries': 5}`` keeps the default intervals.
+* ``result_expires`` ``None`` or ``0`` (Celery: "never expire") still gives the reply queue a
+  one-day ``x-expires``, so a killed process leaks nothing for long.
+* ``broker_connection_max_retries`` ``0`` or ``None`` means "until the call's deadline", as
+  in Celery; ``broker_connection_retry=False`` means a single attempt.
+* ``result_cache_max`` must be >= 1: Celery's ``-1`` (no cache) is refused because final
+  states must be kept somewhere bounded (DESIGN §6.5).
+* Serializer names are not checked here; ``serialization.py`` does that when used.
+"""
+from __future__ import annotations
+
+import datetime
+import difflib
+import importlib
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+__all__ = [
+    'BrokerAddress', 'parse_url', 'mask_url', 'Settings', 'merge_retry_policy',
+    'connection_options', 'connection_retry_policy', 'reply_queue_arguments',
+    'DEFAULT_BROKER_URL', 'DEFAULT_RESULT_EXPIRES', 'RETRY_POLICY_KEYS',
+]
+
+LOGGER = logging.getLogger(__name__)
+
+DEFAULT_BROKER_URL = 'amqp://guest:guest@localhost:5672//'
+#: Celery's default result lifetime, also the reply queue's x-expires when none is set.
+DEFAULT_RESULT_EXPIRES = 86400.0
+_PORTS = {'amqp': 5672, 'amqps': 5671}
+# kombu's transport names that mean AMQP 0-9-1 on the wire.
+_SCHEMES = {'amqp': 'amqp', 'pyamqp': 'amqp', 'librabbitmq': 'amqp', 'amqps': 'amqps'}
+_MASK = '**'
+
+RETRY_POLICY_KEYS = frozenset({'max_retries', 'interval_start', 'interval_step',
+                               'interval_max', 'errback'})
+# kombu Connection.ensure's defaults: what a partial retry_policy falls back to.
+_ENSURE_DEFAULTS = {'max_retries': None, 'interval_start': 1, 'interval_step': 1,
+                    'interval_max': 1}
+# Celery's task_publish_retry_policy default.
+_PUBLISH_RETRY_POLICY = {'max_retries': 3, 'interval_start': 0, 'interval_step': 0.2,
+                         'interval_max': 1}
+# celery.backends.rpc.RPCBackend.retry_policy.
+_RESULT_RETRY_POLICY = {'max_retries': 20, 'interval_start': 0, 'interval_step': 1,
+                        'interval_max': 1}
+# kombu Connection.ensure_connection's intervals (Celery reconnects with these).
+_CONNECTION_INTERVALS = {'interval_start': 2, 'interval_step': 2, 'interval_max': 30}
+
+
+# --------------------------------------------------------------------------- URLs
+
+@dataclass(frozen=True, repr=False)
+class BrokerAddress:
+    """One broker of a (failover) broker URL. ``str``/``repr`` never show the password."""
+
+    scheme: str                  # 'amqp' or 'amqps'
+    host: str = 'localhost'
+    port: int = 5672
+    virtual_host: str = '/'
+    userid: str = 'guest'
+    password: str = 'guest'
+    options: Dict[str, str] = field(default_factory=dict, hash=False)  # URL query, as text
+    port_explicit: bool = field(default=True, compare=False)  # False: the scheme's default
+
+    @property
+    def ssl(self) -> bool:
+        """True for ``amqps://`` (``broker_use_ssl`` can also turn TLS on)."""
+        return self.scheme == 'amqps'
+
+    def as_uri(self, include_password: bool = False) -> str:
+        """The URL, kombu style (vhost ``/`` written as ``//``); password ``**`` unless asked."""
+        password = quote(self.password, safe='') if include_password else _MASK
+        host = f'[{self.host}]' if ':' in self.host else self.host
+        vhost = '/' if self.virtual_host == '/' else quote(self.virtual_host, safe='')
+        query = '&'.join(f'{quote(k, safe="")}={quote(v, safe="")}'
+                         for k, v in self.options.items())
+        return (f'{self.scheme}://{quote(self.userid, safe="")}:{password}@{host}:{self.port}'
+                f'/{vhost}' + (f'?{query}' if query else ''))
+
+    def __str__(self) -> str:
+        return self.as_uri()
+
+    def __repr__(self) -> str:
+        return (f'BrokerAddress(scheme={self.scheme!r}, host={self.host!r}, port={self.port!r}, '
+                f'virtual_host={self.virtual_host!r}, userid={self.userid!r}, '
+                f'password={_MASK!r}, options={self.options!r})')
+
+
+# user:password@ with or without a scheme; greedy up to the last '@' of the entry.
+_USERINFO = re.compile(r'(?P<head>(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^:@/;\s]*:)[^;\s]*@')
+
+
+def _redact(text: str) -> str:
+    """Mask anything that could be a password in raw text that may not even parse."""
+    return _USERINFO.sub(lambda m: f'{m.group("head")}{_MASK}@', text)
+
+
+def _split_urls(url: Union[str, Sequence[str]]) -> List[str]:
+    items = [url] if isinstance(url, str) else list(url)
+    parts = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f'a broker URL must be a str, got {type(item).__name__}')
+        parts.extend(p.strip() for p in item.split(';'))
+    return [p for p in parts if p]
+
+
+def parse_url(url: Union[str, Sequence[str]]) -> List[BrokerAddress]:
+    """Parse a kombu-style broker URL, or a ``;``-separated failover list, into addresses.
+
+    ``amqp://user:pass@host:port/vhost``: the path after the first ``/`` is the vhost,
+    URL-unquoted, and an empty one is ``/`` (``amqp://h``, ``amqp://h/``, ``amqp://h//`` and
+    ``amqp://h/%2F`` all mean ``/``). ``pyamqp://`` is ``amqp://``; ``amqps://`` is TLS on
+    port 5671 by default. Query parameters stay in ``options`` as text.
+
+    Raises:
+        ValueError: an empty list, a non-AMQP scheme (``rpc://`` is a result backend URL), a
+            bad port. Messages never contain the password.
+    """
+    urls = _split_urls(url)
+    if not urls:
+        raise ValueError('no broker URL given')
+    return [_parse_one(u) for u in urls]
+
+
+def _parse_one(url: str) -> BrokerAddress:
+    given = url.split('://', 1)[0].lower() if '://' in url else ''
+    if not re.fullmatch(r'[a-z][a-z0-9+.-]*', given):
+        raise ValueError(f'not a broker URL (expected amqp://...): {_redact(url)!r}')
+    if given == 'rpc':
+        raise ValueError("'rpc://' names the result backend (result_backend='rpc://'), not a "
+                         "broker; give the broker as amqp://user:password@host:port/vhost")
+    scheme = _SCHEMES.get(given)
+    if scheme is None:
+        raise ValueError(f'unsupported broker scheme {given!r}: pika_rpc speaks AMQP 0-9-1 '
+                         f'only (amqp://, amqps://, pyamqp://)')
+    # Parse the rest with generic URL rules, as kombu does.
+    parts = urlsplit('http://' + url.split('://', 1)[1])
+    if parts.fragment or url.endswith('#'):
+        raise ValueError(f"'#' in broker URL {_redact(url)!r}: quote special characters in "
+                         f"the user or password ('#' is %23, '/' is %2F, '@' is %40)")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f'bad port in broker URL {_redact(url)!r} (quote special characters '
+                         f'in the user or password: %2F for /, %23 for #)') from None
+    path = parts.path[1:] if parts.path.startswith('/') else parts.path
+    return BrokerAddress(
+        scheme=scheme,
+        host=unquote(parts.hostname or '') or 'localhost',
+        port=port or _PORTS[scheme],
+        virtual_host=unquote(path) or '/',
+        userid=unquote(parts.username or '') or 'guest',
+        password=unquote(parts.password or '') or 'guest',
+        options=dict(parse_qsl(parts.query)),
+        port_explicit=port is not None,
+    )
+
+
+def mask_url(url: Union[str, Sequence[str], None]) -> str:
+    """``url`` with every password replaced by ``**`` (each entry of a failover list).
+
+    Never raises for a str: text that does not parse is masked by pattern instead.
+    """
+    if url is None:
+        return ''
+    try:
+        return ';'.join(a.as_uri() for a in parse_url(url))
+    except (ValueError, TypeError):
+        return _redact(url if isinstance(url, str) else ';'.join(map(str, url)))
+
+
+# ----------------------------------------------------------------- validators
+
+def _number(key: str, value: Any, *, none: bool = True, positive: bool = False,
+            integer: bool = False, minimum: float = 0) -> Any:
+    if value is None and none:
+        return None
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = 'an int' if integer else 'a number'
+        raise TypeError(f'{key} must be {kind}{" or None" if none else ""}, got {value!r}')
+    if not (value > minimum if positive else value >= minimum):   # `not` also rejects NaN
+        sign = '>' if positive else '>='
+        raise ValueError(f'{key} must be {sign} {minimum}, got {value!r}')
+    return value
+
+
+def _flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f'{key} must be True or False, got {value!r}')
+    return value
+
+
+def _text(key: str, value: Any, *, none: bool = False) -> Optional[str]:
+    if value is None and none:
+        return None
+    if not isinstance(value, str) or not value:
+        raise TypeError(f'{key} must be a non-empty str{" or None" if none else ""}, '
+                        f'got {value!r}')
+    return value
+
+
+def _dict(key: str, value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f'{key} must be a mapping, got {type(value).__name__}')
+    return dict(value)
+
+
+def _content_list(key: str, value: Any) -> Optional[List[str]]:
+    if value is None and key == 'result_accept_content':
+        return None
+    if isinstance(value, str):                   # 'json,msgpack', as Celery reads env text
+        value = [v.strip() for v in value.split(',') if v.strip()]
+    if not isinstance(value, (list, tuple, set, frozenset)) or not all(
+            isinstance(v, str) and v for v in value):
+        raise TypeError(f'{key} must be a list of serializer names or content types, '
+                        f'got {value!r}')
+    return list(value)
+
+
+def _expires(key: str, value: Any) -> Optional[float]:
+    if isinstance(value, datetime.timedelta):
+        value = value.total_seconds()
+    value = _number(key, value)
+    if value == math.inf:
+        raise ValueError(f'{key} must be finite (None or 0 mean "never", as in Celery)')
+    return None if value is None else float(value)
+
+
+def _broker_url(key: str, value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f'{key} must be a str or a list of str, got {type(value).__name__}')
+        value = ';'.join(_split_urls(value))
+    parse_url(value)                             # fail now, not on first connect
+    return value
+
+
+def _result_backend(key: str, value: Any) -> str:
+    if value is None:
+        return 'rpc://'
+    if not isinstance(value, str) or value.split('://', 1)[0].lower() != 'rpc':
+        raise ValueError(f'{key} must be rpc:// (pika_rpc implements only the rpc:// result '
+                         f'backend), got {mask_url(value) if isinstance(value, str) else value!r}')
+    return value
+
+
+def _ssl(key: str, value: Any) -> Union[bool, dict]:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f'{key} must be True, False or a dict of ssl options, got {value!r}')
+
+
+def _policy(default: Mapping) -> Callable[[str, Any], dict]:
+    def check(key: str, value: Any) -> dict:
+        if value is None:
+            return dict(default)
+        if not isinstance(value, Mapping):
+            raise TypeError(f'{key} must be a mapping, got {type(value).__name__}')
+        return merge_retry_policy(default, value)
+    return check
+
+
+def _maybe_positive(key: str, value: Any) -> Optional[float]:
+    return _number(key, value, positive=True)
+
+
+def _count(minimum: int, none: bool = False) -> Callable[[str, Any], Optional[int]]:
+    return lambda key, value: _number(key, value, integer=True, minimum=minimum, none=none)
+
+
+def _bool_or_none(key: str, value: Any) -> bool:
+    return False if value is None else _flag(key, value)
+
+
+# name -> (default, validator(key, value) -> normalized value)
+_SPECS: Dict[str, tuple] = {
+    'broker_url': (None, _broker_url),
+    'result_backend': ('rpc://', _result_backend),
+    'result_expires': (DEFAULT_RESULT_EXPIRES, _expires),
+    'result_serializer': ('json', _text),
+    'task_serializer': ('json', _text),
+    'accept_content': (['json'], _content_list),
+    'result_accept_content': (None, _content_list),
+    'result_persistent': (False, _bool_or_none),
+    'broker_heartbeat': (120, _number),
+    'broker_connection_timeout': (4.0, _maybe_positive),
+    'broker_connection_max_retries': (100, _count(0, none=True)),
+    'broker_connection_retry': (True, _flag),
+    'result_backend_transport_options': ({}, _dict),
+    'broker_transport_options': ({}, _dict),
+    'broker_use_ssl': (False, _ssl),
+    'task_default_queue': ('celery', _text),
+    'task_default_exchange': (None, lambda k, v: _text(k, v, none=True)),
+    'task_default_routing_key': (None, lambda k, v: _text(k, v, none=True)),
+    'task_track_started': (False, _flag),
+    'result_cache_max': (10000, _count(1)),
+    'result_extended': (False, _flag),
+    'timezone': (None, lambda k, v: _text(k, v, none=True)),
+    'enable_utc': (True, _flag),
+    'task_publish_retry': (True, _flag),
+    'task_publish_retry_policy': (_PUBLISH_RETRY_POLICY, _policy(_PUBLISH_RETRY_POLICY)),
+    'result_backend_retry_policy': (_RESULT_RETRY_POLICY, _policy(_RESULT_RETRY_POLICY)),
+    'publish_timeout': (10.0, _maybe_positive),
+    'result_max_size': (None, lambda k, v: _number(k, v, integer=True, minimum=1)),
+    'blocked_connection_timeout': (30.0, _maybe_positive),
+    'large_body_threshold': (65536, _count(0)),
+    'pending_history_max': (100, _count(1)),
+    'out_of_band_max': (1000, _count(0)),
+    'handoff_max': (10000, _count(1)),
+    'task_ignore_result': (False, _flag),
+    'worker_prefetch_multiplier': (4, _count(0)),
+}
+_MISSING = object()
+_SECRET = re.compile(r'pass|secret|token|key_password', re.I)
+
+
+def _suggest(name: str) -> str:
+    close = difflib.get_close_matches(name, list(_SPECS), n=3, cutoff=0.6)
+    return f' (did you mean {" or ".join(map(repr, close))}?)' if close else ''
+
+
+def _copy(value: Any) -> Any:
+    return dict(value) if isinstance(value, dict) else list(value) if isinstance(
+        value, list) else value
+
+
+# ------------------------------------------------------------------- Settings
+
+class Settings(Mapping):
+    """pika_rpc's configuration: Celery setting names, validated on every write.
+
+    A read-only ``Mapping`` of every known setting (``settings['result_expires']``,
+    ``settings.get(...)``, ``dict(settings)``) with attribute access
+    (``settings.result_expires``). Writes go through ``update()``, item or attribute
+    assignment, and are validated as a whole: a failing update changes nothing.
+    Reads resolve two defaults: ``broker_url`` None gives ``$AMQP_URL``, else
+    ``amqp://guest:guest@localhost:5672//``; ``result_accept_content`` None gives
+    ``accept_content``. Not thread-safe for writes; configure before sharing.
+
+    Raises:
+        TypeError: an unknown key (close matches are suggested) or a value of the wrong type.
+        ValueError: a value out of range, or a broker URL that does not parse.
+    """
+
+    def __init__(self, **conf: Any) -> None:
+        object.__setattr__(self, '_values', {k: _copy(d) for k, (d, _) in _SPECS.items()})
+        self.update(conf)
+
+    def update(self, mapping: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> None:
+        """Validate every given key first, then apply them all."""
+        items = dict(mapping or {}, **kwargs)
+        checked = {}
+        for key, value in items.items():
+            if key not in _SPECS:
+                raise TypeError(f'unknown setting {key!r}{_suggest(key)}')
+            checked[key] = _SPECS[key][1](key, value)
+        self._values.update(checked)
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._values[key]                # KeyError for an unknown key
+        if key == 'broker_url' and value is None:
+            return os.environ.get('AMQP_URL') or DEFAULT_BROKER_URL
+        if key == 'result_accept_content' and value is None:
+            return list(self._values['accept_content'])
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_SPECS)
+
+    def __len__(self) -> int:
+        return len(_SPECS)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.update({key: value})
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith('_'):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f'unknown setting {name!r}{_suggest(name)}') from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith('_'):
+            object.__setattr__(self, name, value)
+        else:
+            self.update({name: value})
+
+    def copy(self) -> 'Settings':
+        """An independent copy (nested dicts and lists copied one level)."""
+        new = Settings()
+        new._values.update({k: _copy(v) for k, v in self._values.items()})
+        return new
+
+    def as_dict(self, censored: bool = False) -> Dict[str, Any]:
+        """Every setting, resolved; ``censored`` masks URLs and secret-looking options."""
+        out = {k: _copy(self[k]) for k in _SPECS}
+        if censored:
+            out['broker_url'] = mask_url(out['broker_url'])
+            for key, value in out.items():
+                if isinstance(value, dict):
+                    out[key] = {k: _MASK if _SECRET.search(str(k)) else v
+                                for k, v in value.items()}
+        return out
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self.as_dict(censored=True).items()
+                   if self._values[k] != _SPECS[k][0]}
+        return f'Settings({", ".join(f"{k}={v!r}" for k, v in changed.items())})'
+
+    def from_object(self, obj: Any, namespace: Optional[str] = None, *,
+                    silent: bool = False) -> 'Settings':
+        """Read the known settings from ``obj``; returns ``self``.
+
+        ``obj`` is a mapping, any object with attributes (a module, Django's
+        ``settings``), or an import path: ``'module'``, ``'module:attr'`` or
+        ``'module.attr'``. Without ``namespace`` the names are the settings' own
+        (``result_expires``); with ``namespace='CELERY'`` they are ``CELERY_`` plus the
+        upper-cased name (``CELERY_RESULT_EXPIRES``, ``CELERY_BROKER_URL``). Other names are
+        ignored; one that looks like a typo of a known setting is logged as a WARNING.
+
+        Raises:
+            ImportError: ``obj`` names nothing importable (unless ``silent``).
+            TypeError, ValueError: as ``update()``.
+        """
+        if isinstance(obj, str):
+            try:
+                obj = _import_object(obj)
+            except ImportError:
+                if silent:
+                    return self
+                raise
+        prefix = '' if not namespace else namespace.upper().rstrip('_') + '_'
+
+        def name_of(key: str) -> str:
+            return prefix + key.upper() if prefix else key
+
+        if isinstance(obj, Mapping):
+            found = {k: obj[name_of(k)] for k in _SPECS if name_of(k) in obj}
+            names = list(obj)
+        else:
+            found = {}
+            for key in _SPECS:
+                value = getattr(obj, name_of(key), _MISSING)
+                if value is not _MISSING:
+                    found[key] = value
+            try:
+                names = dir(obj)
+            except Exception:                    # a lazy settings object may refuse
+                names = []
+        _warn_near_misses(names, prefix)
+        self.update(found)
+        return self
+
+
+def _warn_near_misses(names: Sequence[Any], prefix: str) -> None:
+    for name in names:
+        if not isinstance(name, str) or name.startswith('_'):
+            continue
+        if prefix:
+            if not name.startswith(prefix):
+                continue
+            key = name[len(prefix):].lower()
+        elif name.islower():
+            key = name
+        else:
+            continue
+        if key in _SPECS:
+            continue
+        close = difflib.get_close_matches(key, list(_SPECS), n=1, cutoff=0.9)
+        if close:
+            LOGGER.warning('ignored setting %r: not a pika_rpc setting; did you mean %r?',
+                           name, prefix + close[0].upper() if prefix else close[0])
+
+
+def _import_object(path: str) -> Any:
+    """``'pkg.mod'`` (a module), ``'pkg.mod:attr.sub'`` or ``'pkg.mod.attr'``."""
+    if ':' in path:
+        module, _, attr = path.partition(':')
+    else:
+        try:
+            return importlib.import_module(path)
+        except ModuleNotFoundError as exc:
+            if exc.name != path or '.' not in path:   # a missing import *inside* it
+                raise
+            module, _, attr = path.rpartition('.')
+    obj = importlib.import_module(module)
+    for part in attr.split('.') if attr else ():
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImportError(f'{module!r} has no attribute {attr!r}') from None
+    return obj
+
+
+# ------------------------------------------------------ derived configuration
+
+def merge_retry_policy(base: Optional[Mapping[str, Any]],
+                       override: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """``base`` updated by ``override``, validated, with kombu ``ensure``'s defaults filled in.
+
+    Keys: ``max_retries`` (None = until the call's deadline, else int >= 0),
+    ``interval_start``, ``interval_step``, ``interval_max`` (seconds >= 0) and ``errback``
+    (``errback(exc, interval)`` or None). Missing keys default to max_retries=None and
+    1 s intervals, as ``kombu.Connection.ensure``.
+
+    Raises:
+        TypeError: an unknown key or a wrongly typed value. ValueError: a negative value.
+    """
+    policy = dict(_ENSURE_DEFAULTS)
+    for part in (base, override):
+        for key, value in (part or {}).items():
+            if key not in RETRY_POLICY_KEYS:
+                close = difflib.get_close_matches(key, sorted(RETRY_POLICY_KEYS), n=1)
+                hint = f' (did you mean {close[0]!r}?)' if close else ''
+                raise TypeError(f'unknown retry policy key {key!r}{hint}')
+            policy[key] = value
+    _number('max_retries', policy['max_retries'], integer=True)
+    for key in ('interval_start', 'interval_step', 'interval_max'):
+        if _number(key, policy[key], none=False) == math.inf:
+            raise ValueError(f'{key} must be finite')
+    if policy.get('errback') is not None and not callable(policy['errback']):
+        raise TypeError(f'errback must be callable, got {policy["errback"]!r}')
+    return policy
+
+
+def connection_retry_policy(settings: Settings) -> Dict[str, Any]:
+    """How the I/O thread retries connecting: Celery's settings over kombu's intervals.
+
+    ``max_retries`` is 0 when ``broker_connection_retry`` is False, None ("until the
+    call's deadline") when ``broker_connection_max_retries`` is 0 or None. Intervals are
+    kombu ``ensure_connection``'s (2 s, +2 s, at most 30 s) unless
+    ``broker_transport_options`` gives ``interval_start``/``_step``/``_max``/``max_retries``.
+    """
+    policy = dict(_CONNECTION_INTERVALS,
+                  max_retries=settings.broker_connection_max_retries or None)
+    policy.update({k: v for k, v in settings.broker_transport_options.items()
+                   if k in RETRY_POLICY_KEYS})
+    if not settings.broker_connection_retry:
+        policy['max_retries'] = 0
+    return merge_retry_policy(policy)
+
+
+_TRUE, _FALSE = {'1', 'true', 'yes', 'on'}, {'0', 'false', 'no', 'off'}
+_CERT_REQS = {'cert_none': 'CERT_NONE', 'none': 'CERT_NONE', 'cert_optional': 'CERT_OPTIONAL',
+              'optional': 'CERT_OPTIONAL', 'cert_required': 'CERT_REQUIRED',
+              'required': 'CERT_REQUIRED'}
+
+
+def _query_number(addr: BrokerAddress, names: Sequence[str], default: Any) -> Any:
+    for name in names:
+        if name in addr.options:
+            text = addr.options[name]
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(f'{name}={text!r} in broker URL {addr.as_uri()!r} '
+                                 f'is not a number') from None
+            return _number(name, value)
+    return default
+
+
+def _ssl_options(addr: BrokerAddress, use_ssl: Union[bool, dict]) -> Optional[dict]:
+    flag = addr.options.get('ssl', '').lower()
+    wanted = addr.ssl or (flag in _TRUE if flag in _TRUE | _FALSE else bool(use_ssl))
+    if not wanted:
+        return None
+    opts = dict(use_ssl) if isinstance(use_ssl, dict) else {}
+    opts.update({k[4:]: v for k, v in addr.options.items() if k.startswith('ssl_')})
+    if isinstance(opts.get('cert_reqs'), str):
+        import ssl                               # stdlib; imported only when TLS is used
+        name = _CERT_REQS.get(opts['cert_reqs'].lower())
+        if name is None:
+            raise ValueError(f'unknown cert_reqs {opts["cert_reqs"]!r} (use CERT_NONE, '
+                             f'CERT_OPTIONAL or CERT_REQUIRED)')
+        opts['cert_reqs'] = getattr(ssl, name)
+    if isinstance(opts.get('check_hostname'), str):
+        opts['check_hostname'] = opts['check_hostname'].lower() not in _FALSE
+    opts.setdefault('server_hostname', addr.host)
+    return opts
+
+
+def connection_options(settings: Settings) -> List[Dict[str, Any]]:
+    """What the I/O thread needs to build ``pika.ConnectionParameters``, one dict per broker.
+
+    Keys: ``host``, ``port``, ``virtual_host``, ``userid``, ``password``, ``heartbeat``
+    (int seconds, rounded up; 0 = off), ``connection_timeout`` and
+    ``blocked_connection_timeout`` (seconds or None), ``ssl`` (None, or a dict of ssl
+    options with ``server_hostname`` defaulting to the host) and ``uri`` (masked, for
+    logs). URL query parameters (``heartbeat``, ``connect_timeout`` or
+    ``connection_timeout``, ``blocked_connection_timeout``, ``ssl``, ``ssl_*``) override
+    the settings for their broker. TLS without an explicit port uses 5671.
+
+    Raises:
+        ValueError: a query parameter that is not a number, an unknown ``cert_reqs``.
+    """
+    out = []
+    for addr in parse_url(settings.broker_url):
+        heartbeat = _query_number(addr, ('heartbeat',), settings.broker_heartbeat)
+        ssl_opts = _ssl_options(addr, settings.broker_use_ssl)
+        port = addr.port if addr.port_explicit else _PORTS['amqps' if ssl_opts else 'amqp']
+        out.append({
+            'host': addr.host, 'port': port, 'virtual_host': addr.virtual_host,
+            'userid': addr.userid, 'password': addr.password,
+            'heartbeat': None if heartbeat is None else int(math.ceil(heartbeat)),
+            'connection_timeout': _query_number(
+                addr, ('connect_timeout', 'connection_timeout'),
+                settings.broker_connection_timeout),
+            'blocked_connection_timeout': _query_number(
+                addr, ('blocked_connection_timeout',), settings.blocked_connection_timeout),
+            'ssl': ssl_opts,
+            'uri': addr.as_uri(),
+        })
+    return out
+
+
+def reply_queue_arguments(settings: Settings) -> Dict[str, int]:
+    """The reply queue's arguments: always ``x-expires`` in ms (one day if none is set)."""
+    seconds = settings.result_expires or DEFAULT_RESULT_EXPIRES
+    return {'x-expires': max(1, int(seconds * 1000))}

@@ -1,0 +1,105 @@
+"""``Task``: a registered function with Celery's calling conventions.
+
+``@app.task`` wraps a function in a ``Task``. Calling the task runs the function here;
+``delay``/``apply_async`` send it to a worker through ``app.send_task``. With
+``bind=True`` the function gets the task as ``self`` (``self.request``,
+``self.update_state``, ``self.retry``). The task knows its app; it never imports it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+from . import states
+from ._context import current_request, request_field
+from .errors import Retry
+
+__all__ = ['Task']
+
+
+class Task:
+    """A task registered with an app. Thread-safe: it holds configuration only."""
+
+    def __init__(self, app: Any, fun: Callable[..., Any], name: str, bind: bool = False,
+                 ignore_result: Optional[bool] = None, track_started: Optional[bool] = None,
+                 max_retries: Optional[int] = 3, default_retry_delay: float = 180,
+                 acks_late: bool = True, **options: Any) -> None:
+        self.app, self.run, self.name, self.bind = app, fun, name, bind
+        self.ignore_result = ignore_result
+        self.track_started = track_started
+        self.max_retries = max_retries
+        self.default_retry_delay = default_retry_delay
+        self.acks_late = acks_late
+        self.options = options
+        self.__doc__ = fun.__doc__
+        self.__name__ = getattr(fun, '__name__', name)
+        self.__wrapped__ = fun
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.bind:
+            return self.run(self, *args, **kwargs)
+        return self.run(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f'<@task: {self.name}>'
+
+    @property
+    def request(self) -> Any:
+        """The request of the run of this task in the current thread (None outside one)."""
+        return current_request()
+
+    def delay(self, *args: Any, **kwargs: Any) -> Any:
+        """Send the task with these arguments; returns an ``AsyncResult``."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(self, args: Any = None, kwargs: Optional[Dict[str, Any]] = None,
+                    task_id: Optional[str] = None, **options: Any) -> Any:
+        """Send the task (``app.send_task`` options); returns an ``AsyncResult``."""
+        opts = dict(self.options)
+        opts.update(options)
+        if self.ignore_result is not None:
+            opts.setdefault('ignore_result', self.ignore_result)
+        return self.app.send_task(self.name, args or (), kwargs or {}, task_id=task_id, **opts)
+
+    def AsyncResult(self, task_id: str) -> Any:
+        return self.app.AsyncResult(task_id, task_name=self.name)
+
+    def update_state(self, task_id: Optional[str] = None, state: Optional[str] = None,
+                     meta: Any = None, **kwargs: Any) -> None:
+        """Store a custom state (e.g. ``PROGRESS``) for this run (or ``task_id``)."""
+        request = current_request()
+        if task_id is None:
+            if request is None:
+                raise RuntimeError('update_state() outside a task needs a task_id')
+            task_id = request_field(request, 'id')
+        self.app.backend.store_result(task_id, meta, state or states.PENDING, request=request,
+                                      **kwargs)
+
+    def retry(self, args: Any = None, kwargs: Optional[Dict[str, Any]] = None,
+              exc: Optional[BaseException] = None, throw: bool = True,
+              eta: Any = None, countdown: Optional[float] = None,
+              max_retries: Optional[int] = None, **options: Any) -> Retry:
+        """Ask the worker to run this task again later; raises ``Retry`` (ends this run).
+
+        Raises the original ``exc`` (or ``MaxRetriesExceededError``-like ``Retry``) when
+        ``max_retries`` is exhausted. The worker does the re-sending.
+        """
+        request = current_request()
+        if request is None:
+            raise RuntimeError('retry() can only be called inside a running task')
+        limit = self.max_retries if max_retries is None else max_retries
+        retries = request_field(request, 'retries') or 0
+        if limit is not None and retries >= limit:
+            if exc is not None:
+                raise exc
+            raise Retry(f'max retries ({limit}) exceeded for task {request_field(request, "id")}')
+        when = countdown if countdown is not None else (None if eta is not None else
+                                                         self.default_retry_delay)
+        err = Retry(None, exc, when)
+        err.retry_args = args           # type: ignore[attr-defined]
+        err.retry_kwargs = kwargs       # type: ignore[attr-defined]
+        err.retry_eta = eta             # type: ignore[attr-defined]
+        err.retry_options = options     # type: ignore[attr-defined]
+        if throw:
+            raise err
+        return err
+

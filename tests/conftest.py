@@ -1,0 +1,101 @@
+"""Fixtures and run policy shared by every test (STYLE §4).
+
+Policy:
+
+* A test that uses the ``broker`` fixture, directly or through ``amqp_url``, ``raw_channel``,
+  ``fault_proxy`` or ``tls_proxy``, gets the ``broker`` marker, so ``-m "not broker"`` runs the
+  rest. The broker is looked for once per run (:func:`pika_rpc.findbroker.find_broker`:
+  ``AMQP_URL`` -> localhost -> Docker). If none is found, those tests are skipped with the
+  finder's message, or fail with it when ``CI`` is true.
+* Tests marked ``disturbs_broker`` run last, in their collected order; the others keep theirs.
+
+Fixtures need the broker only when they say so: ``unique_name`` works without one.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Iterator, List
+
+import pytest
+
+from pika_rpc.findbroker import Broker, BrokerNotFound, find_broker
+from tests.faultproxy import FaultProxy
+from tests.helpers import pika_parameters
+from tests.tlsproxy import TLSProxy
+
+UNIQUE_PREFIX = 'pika-rpc-test-'
+
+
+def under_ci() -> bool:
+    """True when ``$CI`` says so (``true``, ``1`` or ``yes``, any case), as CI services set it."""
+    return os.environ.get('CI', '').strip().lower() in ('true', '1', 'yes')
+
+
+@pytest.hookimpl(tryfirst=True)   # before -m deselects, so "-m 'not broker'" sees our markers
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    for item in items:
+        if 'broker' in getattr(item, 'fixturenames', ()) and item.get_closest_marker('broker') is None:
+            item.add_marker(pytest.mark.broker)
+    calm = [item for item in items if item.get_closest_marker('disturbs_broker') is None]
+    disturbing = [item for item in items if item.get_closest_marker('disturbs_broker') is not None]
+    items[:] = calm + disturbing
+
+
+@pytest.fixture(scope='session')
+def broker() -> Iterator[Broker]:
+    """The run's broker; a container started for it is removed at the end of the run.
+
+    Looked for once: pytest keeps a session fixture's skip or failure for every later test.
+    """
+    try:
+        found = find_broker()
+    except BrokerNotFound as exc:
+        if under_ci():
+            pytest.fail(f'CI is set and a test needs RabbitMQ, but {exc}', pytrace=False)
+        pytest.skip(f'needs RabbitMQ: {exc}')
+    with found, pytest.MonkeyPatch.context() as patch:
+        if found.container_name:   # tests.helpers.rabbitmqctl then talks to the container
+            patch.setenv('RABBITMQCTL', f'docker exec {found.container_name} rabbitmqctl')
+        yield found
+
+
+@pytest.fixture(scope='session')
+def amqp_url(broker: Broker) -> str:
+    """The broker's kombu-style URL (holds the password: never print it)."""
+    return broker.url
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A name no other test uses: ``pika-rpc-test-<uuid4 hex>``."""
+    return UNIQUE_PREFIX + uuid.uuid4().hex
+
+
+@pytest.fixture
+def fault_proxy(broker: Broker) -> Iterator[FaultProxy]:
+    """A started :class:`FaultProxy` to the broker; ``fault_proxy.url(amqp_url)`` to use it."""
+    with FaultProxy(broker.host, broker.port) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def tls_proxy(broker: Broker, tmp_path) -> Iterator[TLSProxy]:
+    """A started :class:`TLSProxy` to the broker, its certificates in ``tmp_path``."""
+    with TLSProxy(broker.host, broker.port, str(tmp_path)) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def raw_channel(amqp_url: str):
+    """A channel of a plain ``pika.BlockingConnection`` straight to the broker (no proxy).
+
+    For test set-up and for looking at what really reached the broker. Closed afterwards.
+    """
+    import pika
+    connection = pika.BlockingConnection(pika_parameters(amqp_url))
+    try:
+        yield connection.channel()
+    finally:
+        if connection.is_open:
+            connection.close()
