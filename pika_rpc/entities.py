@@ -739,6 +739,9 @@ def check_properties(props: Dict[str, Any]) -> Dict[str, Any]:
 # ------------------------------------------------------------------ Message
 
 _ACK_STATES = frozenset({'ACK', 'REJECTED', 'REQUEUED'})
+# Bodies sent unserialized (Producer.publish of bytes/str without a serializer), returned
+# as they are by decode() when the consumer accepts the type.
+_RAW_TYPES = frozenset({'application/data', 'text/plain'})
 _UNSET = object()
 
 
@@ -820,9 +823,23 @@ class Message:
         if self.errors:
             raise self.errors[0][1]
         if self._decoded is _UNSET:
-            self._decoded = serialization.loads(self.body, self.content_type,
-                                                self.content_encoding, accept=self.accept)
+            if self.content_type in _RAW_TYPES and self.content_type in \
+                    serialization.prepare_accept_content(self.accept):
+                self._decoded = self._raw()
+            else:
+                self._decoded = serialization.loads(self.body, self.content_type,
+                                                    self.content_encoding, accept=self.accept)
         return self._decoded
+
+    def _raw(self) -> Any:
+        # kombu's own types for unserialized bodies: bytes, and text in its encoding.
+        if self.content_type == 'application/data' or self.content_encoding in (None, 'binary'):
+            return bytes(self.body)
+        try:
+            return bytes(self.body).decode(self.content_encoding)
+        except (LookupError, UnicodeDecodeError) as exc:
+            raise DecodeError(f'cannot decode a {self.content_type} body as '
+                              f'{self.content_encoding}: {exc}') from exc
 
     @property
     def payload(self) -> Any:

@@ -103,6 +103,7 @@ class Connection:
         # Counts messages handled by this connection's consumers; drain_events waits on it.
         self._handled = threading.Condition(threading.Lock())
         self._handled_count = 0
+        self._drained = 0          # _handled_count when drain_events last returned
 
     @classmethod
     def from_settings(cls, settings: Settings) -> 'Connection':
@@ -189,16 +190,19 @@ class Connection:
                                 timeout=remaining(dl)), dl, message, None)
 
     def drain_events(self, timeout: Optional[float] = None) -> None:
-        """Wait until a consumer of this connection handled a message (kombu loops).
+        """Wait until a consumer of this connection handled a message since the last call.
+
+        For kombu-style loops; messages are pushed to callbacks whether or not it is called.
 
         Raises:
             TimeoutError: none within ``timeout`` (also the builtin, i.e. socket.timeout).
         """
         dl = deadline(timeout)
         with self._handled:
-            seen = self._handled_count
-            if not self._handled.wait_for(lambda: self._handled_count != seen, remaining(dl)):
+            if not self._handled.wait_for(lambda: self._handled_count > self._drained,
+                                          remaining(dl)):
                 raise TimeoutError(f'no message handled within {timeout} s')
+            self._drained = self._handled_count
 
     def _note_handled(self) -> None:
         with self._handled:

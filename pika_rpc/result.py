@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 from . import states
 from ._context import current_request
-from ._timeouts import deadline, remaining
+from ._timeouts import deadline
 
 __all__ = ['AsyncResult', 'ResultSet', 'GroupResult', 'result_from_tuple']
 
@@ -74,10 +74,10 @@ class AsyncResult:
             RuntimeError: called inside a task with ``disable_sync_subtasks=True``.
         """
         _assert_will_not_block(disable_sync_subtasks)
-        dl = deadline(timeout)
+        deadline(timeout)                      # validates: negative or NaN raise ValueError
         if follow_parents and propagate and self.parent is not None:
             self.parent.maybe_throw(propagate=True)
-        meta = self.backend.wait_for_pending(self, timeout=remaining(dl), on_message=on_message)
+        meta = self.backend.wait_for_pending(self, timeout=timeout, on_message=on_message)
         return self._value(meta, propagate, callback, PROPAGATE_STATES)
 
     wait = get

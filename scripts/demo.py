@@ -53,7 +53,7 @@ def responder(app: pika_rpc.App, queue: str, stop: threading.Event) -> pika_rpc.
                 backend.mark_as_failure(task_id, exc, traceback.format_exc(), request=request)
         message.ack()
 
-    consumer = pika_rpc.Consumer(conn, [pika_rpc.Queue(queue, durable=True, expires=300)],
+    consumer = pika_rpc.Consumer(conn, [pika_rpc.Queue(queue, durable=True)],
                                  callbacks=[on_message], prefetch_count=16)
     consumer.consume()
     return consumer
@@ -70,64 +70,70 @@ def main() -> int:
     queue = f'pika-rpc-demo-{uuid.uuid4().hex[:8]}'
     stop = threading.Event()
     with broker, pika_rpc.App(broker.url, task_default_queue=queue, result_expires=300) as app:
-        consumer = responder(app, queue, stop)
-        print(f'reply queue (one per process): {app.backend.oid}\n')
-        rows = []
-
-        t0 = time.perf_counter()
-        r = app.send_task('demo.add', (2, 3))
-        rows.append(('demo.add(2, 3)', r.get(timeout=10), f'{(time.perf_counter() - t0) * 1000:.1f} ms'))
-
-        seen = []
-        r = app.send_task('demo.progress', (5,))
-        value = r.get(timeout=10, on_message=lambda m: seen.append(
-            m['status'] + (f" {m['result']['done']}/{m['result']['total']}"
-                           if m['status'] == 'PROGRESS' else '')))
-        rows.append(('demo.progress(5)', value, ' -> '.join(seen)))
-
-        r = app.send_task('demo.boom', ('card declined',))
         try:
-            r.get(timeout=10)
-        except ValueError as exc:
-            rows.append(('demo.boom(...)', f'raised {type(exc).__name__}({exc})', r.state))
+            return run(app, queue, stop)
+        finally:
+            stop.set()
+            pika_rpc.Connection(app.conf.broker_url).control('delete_queue', queue=queue, timeout=10)
 
-        r = app.send_task('demo.slow', ())
-        try:
-            r.get(timeout=0.5)
-        except pika_rpc.TimeoutError as exc:
-            rows.append(('demo.slow()', 'TimeoutError', str(exc)))
 
-        results = [app.send_task('demo.add', (i, i)) for i in range(200)]
-        got, errors = {}, []
+def run(app: pika_rpc.App, queue: str, stop: threading.Event) -> int:
+    consumer = responder(app, queue, stop)
+    print(f'reply queue (one per process): {app.backend.oid}\n')
+    rows = []
 
-        def waiter(chunk):
-            for res in chunk:
-                try:
-                    got[res.id] = res.get(timeout=20)
-                except Exception as exc:  # shown in the table below
-                    errors.append(exc)
-        threads = [threading.Thread(target=waiter, args=(results[i::20],)) for i in range(20)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        ok = sum(1 for i, res in enumerate(results) if got.get(res.id) == 2 * i)
-        rows.append(('200 x demo.add from 20 threads', f'{ok}/200 correct, {len(errors)} errors',
-                     f'{(time.perf_counter() - t0) * 1000:.0f} ms, one connection'))
+    t0 = time.perf_counter()
+    r = app.send_task('demo.add', (2, 3))
+    rows.append(('demo.add(2, 3)', r.get(timeout=10), f'{(time.perf_counter() - t0) * 1000:.1f} ms'))
 
-        width = max(len(r[0]) for r in rows)
-        print(f'{"task":<{width}}  {"result":<34}  detail')
-        print('-' * (width + 60))
-        for name, value, detail in rows:
-            print(f'{name:<{width}}  {str(value):<34}  {detail}')
-        stats = app.backend.stats()
-        print(f"\nbackend: {stats['cached']} results cached, {stats['pending']} pending, "
-              f"{stats['reconnects']} reconnects")
-        stop.set()
-        consumer.cancel()
-        consumer.close()
-        pika_rpc.Connection(app.conf.broker_url).control('delete_queue', queue=queue, timeout=10)
+    seen = []
+    r = app.send_task('demo.progress', (5,))
+    value = r.get(timeout=10, on_message=lambda m: seen.append(
+        m['status'] + (f" {m['result']['done']}/{m['result']['total']}"
+                       if m['status'] == 'PROGRESS' else '')))
+    rows.append(('demo.progress(5)', value, ' -> '.join(seen)))
+
+    r = app.send_task('demo.boom', ('card declined',))
+    try:
+        r.get(timeout=10)
+    except ValueError as exc:
+        rows.append(('demo.boom(...)', f'raised {type(exc).__name__}({exc})', r.state))
+
+    r = app.send_task('demo.slow', ())
+    try:
+        r.get(timeout=0.5)
+    except pika_rpc.TimeoutError as exc:
+        rows.append(('demo.slow()', 'TimeoutError', str(exc)))
+
+    results = [app.send_task('demo.add', (i, i)) for i in range(200)]
+    got, errors = {}, []
+
+    def waiter(chunk):
+        for res in chunk:
+            try:
+                got[res.id] = res.get(timeout=20)
+            except Exception as exc:  # shown in the table below
+                errors.append(exc)
+    threads = [threading.Thread(target=waiter, args=(results[i::20],)) for i in range(20)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    ok = sum(1 for i, res in enumerate(results) if got.get(res.id) == 2 * i)
+    rows.append(('200 x demo.add from 20 threads', f'{ok}/200 correct, {len(errors)} errors',
+                 f'{(time.perf_counter() - t0) * 1000:.0f} ms, one connection'))
+
+    width = max(len(r[0]) for r in rows)
+    print(f'{"task":<{width}}  {"result":<34}  detail')
+    print('-' * (width + 60))
+    for name, value, detail in rows:
+        print(f'{name:<{width}}  {str(value):<34}  {detail}')
+    stats = app.backend.stats()
+    print(f"\nbackend: {stats['cached']} results cached, {stats['pending']} pending, "
+          f"{stats['reconnects']} reconnects")
+    consumer.cancel()
+    consumer.close()
     print('\n(the responder above stands in for pika_rpc.Worker, which is not in this release yet)')
     return 0 if ok == 200 and not errors else 1
 

@@ -1,0 +1,58 @@
+"""The module layering of STYLE.md §3: a module imports only from lower levels.
+
+pika is imported only by the I/O-thread modules (and the pika internal only in _confirms);
+nothing inside the package imports ``pika_rpc/__init__``. Read with ``ast``; no import runs.
+"""
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[2] / 'pika_rpc'
+
+LEVELS = {
+    'errors': 0, 'states': 0, '_timeouts': 0, '_context': 0,
+    'config': 1, 'serialization': 1, '_retry': 1, '_pending': 1, '_threads': 1, 'findbroker': 1,
+    'protocol': 2, 'entities': 2, '_confirms': 2, 'result': 2, 'task': 2,
+    '_iothread': 3, '_registry': 4, 'messaging': 5, 'backend': 6, 'app': 7, 'worker': 7,
+    'cli': 8, '__main__': 9,
+}
+PIKA_ALLOWED = {'_iothread', '_confirms'}
+
+
+def imports_of(path: pathlib.Path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1:
+                if node.module:
+                    yield node.module.split('.')[0]
+                else:
+                    yield from (alias.name for alias in node.names)
+            elif node.module:
+                yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+
+
+MODULES = sorted(p.stem for p in PACKAGE.glob('*.py') if p.stem != '__init__')
+
+
+def test_every_module_has_a_level():
+    assert set(MODULES) <= set(LEVELS), set(MODULES) - set(LEVELS)
+
+
+@pytest.mark.parametrize('module', MODULES)
+def test_module_imports_only_lower_levels(module):
+    level = LEVELS[module]
+    for name in imports_of(PACKAGE / f'{module}.py'):
+        top = name.split('.')[0]
+        if top == 'pika':
+            assert module in PIKA_ALLOWED, f'{module} imports pika'
+        elif top == 'pika_rpc' or name in LEVELS:
+            target = name.split('.')[-1] if top == 'pika_rpc' else name
+            assert target != '__init__' and target in LEVELS, f'{module} imports {name}'
+            assert LEVELS[target] < level, f'{module} (level {level}) imports {target} ' \
+                                           f'(level {LEVELS[target]})'
