@@ -7,7 +7,8 @@ from . import states
 from .app import App
 from .backend import BacklogLimitExceeded, ResultConsumer, RPCBackend
 from .entities import Exchange, Message, Queue
-from .errors import (ConnectionLost, ContentDisallowed, DecodeError, EncodeError, NotRegistered,
+from .errors import (ClosedError, ConnectionLost, ContentDisallowed, DecodeError, EncodeError,
+                     MessageStateError, NotBoundError, NotRegistered,
                      NotSupportedByRabbitMQ, PikaRPCError, PreconditionFailed, PublishError,
                      ReplyQueueLost, Retry, SecurityError, SoftTimeLimitExceeded,
                      TaskRevokedError, TimeLimitExceeded, TimeoutError, WorkerLostError)
@@ -18,7 +19,7 @@ from .task import Task
 __version__ = '0.1.0'
 
 __all__ = [
-    'App', 'AsyncResult', 'BacklogLimitExceeded', 'Connection', 'ConnectionLost', 'Consumer',
+    'App', 'AsyncResult', 'ClosedError', 'MessageStateError', 'NotBoundError', 'BacklogLimitExceeded', 'Connection', 'ConnectionLost', 'Consumer',
     'ContentDisallowed', 'DecodeError', 'EncodeError', 'Exchange', 'GroupResult', 'Message',
     'NotRegistered', 'NotSupportedByRabbitMQ', 'PikaRPCError', 'PreconditionFailed', 'Producer',
     'PublishError', 'Queue', 'RPCBackend', 'ReplyQueueLost', 'ResultConsumer', 'ResultSet',

@@ -73,16 +73,20 @@ class Pipeline:
         """Publish without waiting; the ledger settles ``pub`` later. Returns its tag.
 
         Raises whatever pika raises for a closed channel or connection (the caller, the
-        I/O thread, treats that as a lost connection; ``pub`` is then in ``take_unsettled``).
+        I/O thread, treats that as a lost connection), or for a message it cannot encode
+        (then nothing was sent and ``pub`` is not in the ledger).
         """
+        # Publish first: if pika cannot encode the message (a bad property) it raises before
+        # anything is sent, and the broker's tag count must not move ahead of ours. No ack can
+        # be processed in between: frames are read only by the ioloop, later.
+        self._impl.basic_publish(exchange=exchange, routing_key=routing_key, body=body,
+                                 properties=properties, mandatory=mandatory)
         tag = self._next_tag
         self._next_tag += 1
         self._unconfirmed[tag] = pub
         self._by_key[(routing_key, properties.correlation_id)].append(tag)
         if len(self._unconfirmed) > self.peak_in_flight:
             self.peak_in_flight = len(self._unconfirmed)
-        self._impl.basic_publish(exchange=exchange, routing_key=routing_key, body=body,
-                                 properties=properties, mandatory=mandatory)
         return tag
 
     def _on_ack_nack(self, frame: Any) -> None:

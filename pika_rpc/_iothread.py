@@ -68,6 +68,10 @@ _CHANNEL_ERRORS = (pika.exceptions.ChannelClosed, pika.exceptions.ChannelWrongSt
 
 _link_ids = itertools.count(1)
 
+#: The counters ``Link.stats()`` always reports.
+_COUNTERS = ('commands', 'wake_ups', 'publishes', 'confirms', 'republishes', 'ack_frames',
+             'reconnects', 'deliveries')
+
 
 class _Command:
     __slots__ = ('fn', 'args', 'what', 'done', 'result', 'error', 'cancelled')
@@ -132,7 +136,8 @@ class ConsumerSpec:
     ``declarations`` are ``(kind, kwargs)`` pairs replayed before ``basic_consume``;
     ``check_exists`` makes the link check the queue passively first at a *re*-subscribe and
     call ``on_missing()`` when it was gone. ``on_cancel()`` hears a broker-side cancel
-    (queue deleted); the link then re-declares and re-subscribes.
+    (queue deleted); the link then re-declares and re-subscribes, without calling
+    ``on_missing()`` again for that same loss (the owner was told once, by ``on_cancel``).
     """
 
     def __init__(self, queue: str, on_delivery: Callable[['Delivery'], None], *,
@@ -150,6 +155,7 @@ class ConsumerSpec:
         self.channel: Any = None      # I/O thread only
         self.gen = 0                  # bumped at every subscribe: acks of an older gen are void
         self.subscribed_once = False
+        self.cancelled_by_broker = False  # I/O thread: on_cancel told the owner already
         self.active = False
 
 
@@ -299,8 +305,11 @@ class Link:
         return self._stop.is_set()
 
     def stats(self) -> dict:
-        """Counters: commands, wake_ups, publishes, confirms, reconnects, deliveries..."""
-        stats = dict(self._stats)
+        """Counters: commands, wake_ups, publishes, confirms, reconnects, deliveries...
+
+        Every counter is present from the start (0 until it first moves)."""
+        stats = dict.fromkeys(_COUNTERS, 0)
+        stats.update(self._stats)
         stats.update(state=self._state, in_flight=self._pipeline.in_flight if self._pipeline else 0,
                      peak_in_flight=self._pipeline.peak_in_flight if self._pipeline else 0,
                      queued_commands=len(self._commands), last_error=self.last_error)
@@ -460,6 +469,7 @@ class Link:
         except Exception:
             LOGGER.critical('%s died', self.name, exc_info=True)
             self.last_error = 'I/O thread died'
+            self._stop.set()          # later calls raise ClosedError instead of timing out
         finally:
             self._shutdown()
 
@@ -522,8 +532,14 @@ class Link:
         pub.attempts += 1
         pub.gen = self._gen
         self._stats['publishes'] += 1
-        self._pipeline.publish(pub, pub.exchange, pub.routing_key, pub.body,
-                               _basic_properties(pub.properties), pub.mandatory)
+        try:
+            self._pipeline.publish(pub, pub.exchange, pub.routing_key, pub.body,
+                                   _basic_properties(pub.properties), pub.mandatory)
+        except _CONNECTION_ERRORS + _CHANNEL_ERRORS:
+            raise
+        except Exception as exc:  # pika cannot encode it (a float header, priority > 255...)
+            pub._finish(PublishError(f'cannot publish to {pub.routing_key!r}: '
+                                     f'{type(exc).__name__}: {exc}'))
 
     def _on_settled(self, pub: Publication, outcome: str, returned: Optional[tuple]) -> None:
         self._stats['confirms'] += 1
@@ -731,7 +747,8 @@ class Link:
     # ------------------------------------------------------------------ commands (I/O thread)
     def _subscribe(self, spec: ConsumerSpec) -> None:
         conn = self._conn
-        if spec.subscribed_once and spec.check_exists and not self._queue_exists(spec.queue):
+        if spec.subscribed_once and spec.check_exists and not spec.cancelled_by_broker \
+                and not self._queue_exists(spec.queue):
             LOGGER.warning('%s: queue %r vanished while we were away', self.name, spec.queue)
             if spec.on_missing is not None:
                 spec.on_missing()
@@ -739,7 +756,8 @@ class Link:
         for kind, kwargs in spec.declarations:
             _DECLARE[kind](channel, **kwargs)
         if spec.prefetch_count:
-            channel.basic_qos(prefetch_count=spec.prefetch_count)
+            # One consumer per channel: global (per-channel) QoS also reaches a running consumer.
+            channel.basic_qos(prefetch_count=spec.prefetch_count, global_qos=True)
         spec.gen += 1
         gen = spec.gen
 
@@ -754,6 +772,7 @@ class Link:
             spec.queue, on_message, auto_ack=spec.no_ack, exclusive=spec.exclusive,
             consumer_tag=spec.consumer_tag, arguments=spec.arguments)
         spec.channel, spec.active, spec.subscribed_once = channel, True, True
+        spec.cancelled_by_broker = False
         self._consumers[id(spec)] = spec
 
     def _on_broker_cancel(self, spec: ConsumerSpec) -> None:
@@ -762,6 +781,7 @@ class Link:
             self._declared.clear()
         if spec.on_cancel is not None:
             spec.on_cancel()
+        spec.cancelled_by_broker = True
         old = spec.channel
         spec.channel = None          # _check_channels re-subscribes at the end of this turn
         spec.consumer_tag = None
@@ -829,7 +849,7 @@ class Link:
 
     def qos(self, spec: ConsumerSpec, prefetch_count: int, timeout: Optional[float] = 10.0) -> None:
         spec.prefetch_count = prefetch_count
-        self.call(lambda: spec.channel.basic_qos(prefetch_count=prefetch_count)
+        self.call(lambda: spec.channel.basic_qos(prefetch_count=prefetch_count, global_qos=True)
                   if spec.channel is not None else None, timeout=timeout, what='qos')
 
     def recover(self, spec: ConsumerSpec, timeout: Optional[float] = 10.0) -> None:

@@ -32,6 +32,9 @@ of them may be called on the I/O thread. Choices where kombu and DESIGN leave ro
 * Received messages are decompressed when their ``compression`` header names zlib
   (``application/x-gzip``), bz2 (``application/x-bz2``) or lzma (``application/x-lzma``),
   the codecs of the standard library, with kombu's header values.
+* ``decode()`` returns an ``application/data`` body as bytes and a ``text/plain`` one as str
+  (what ``Producer.publish`` sends for unserialized bytes/str, as kombu) when the consumer
+  accepts that type; every other type goes through ``serialization.loads``.
 """
 from __future__ import annotations
 
@@ -48,7 +51,8 @@ import zlib
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from . import serialization
-from .errors import ContentDisallowed, DecodeError, NotSupportedByRabbitMQ, PikaRPCError
+from .errors import (ContentDisallowed, DecodeError, MessageStateError, NotBoundError,
+                     NotSupportedByRabbitMQ, PikaRPCError)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -60,14 +64,6 @@ TRANSIENT_DELIVERY_MODE = 1
 PERSISTENT_DELIVERY_MODE = 2
 DELIVERY_MODES = {'transient': TRANSIENT_DELIVERY_MODE, 'persistent': PERSISTENT_DELIVERY_MODE}
 GENERATED_PREFIX = 'pika-rpc-gen-'
-
-
-class NotBoundError(PikaRPCError):
-    """An entity needed the broker but is bound to no connection and none was passed."""
-
-
-class MessageStateError(PikaRPCError):
-    """A message was acked/rejected twice, or has no consumer to ack it through."""
 
 
 def maybe_delivery_mode(value: Any, default: int = PERSISTENT_DELIVERY_MODE) -> int:

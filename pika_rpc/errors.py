@@ -16,7 +16,8 @@ __all__ = [
     'ContentDisallowed', 'DecodeError', 'EncodeError', 'SecurityError',
     'BacklogLimitExceeded', 'ReplyQueueLost', 'NotRegistered', 'TaskRevokedError',
     'TimeLimitExceeded', 'SoftTimeLimitExceeded', 'Retry', 'WorkerLostError',
-    'NotSupportedByRabbitMQ', 'PreconditionFailed', 'ClosedError',
+    'NotSupportedByRabbitMQ', 'PreconditionFailed', 'ClosedError', 'NotBoundError',
+    'MessageStateError',
 ]
 
 
@@ -129,6 +130,14 @@ class NotSupportedByRabbitMQ(PikaRPCError, builtins.NotImplementedError):
 
     Refused locally instead, because a closed connection would cut every waiter.
     """
+
+
+class NotBoundError(PikaRPCError):
+    """An entity needed the broker but is bound to no connection and none was passed."""
+
+
+class MessageStateError(PikaRPCError):
+    """A message was acked/rejected twice, or has no consumer to ack it through."""
 
 
 class PreconditionFailed(PikaRPCError):

@@ -22,6 +22,8 @@ Choices where kombu and DESIGN leave room:
   the first publish to a named exchange on a connection, the exchange is declared
   (``auto_declare``) or checked passively, once (cached): a missing exchange is a clear
   ``PublishError`` instead of a channel the broker closes.
+* ``Producer(auto_declare=True)`` declares its exchange before its first publish on a
+  connection (then cached), not at instantiation: creating a Producer does no I/O.
 * With ``mandatory=True`` an unroutable message is logged (WARNING) and handed to
   ``on_return(exception, exchange, routing_key, message)`` on the callback thread; the
   publish itself succeeds, as the broker confirmed it.
@@ -678,7 +680,15 @@ class Consumer:
                     arguments=queue.consumer_arguments,
                     on_cancel=lambda name=name: LOGGER.warning(
                         'broker cancelled the consumer of queue %r (deleted?); re-subscribing', name))
-                link.consume(spec, timeout=conn.command_timeout)
+                try:
+                    link.consume(spec, timeout=conn.command_timeout)
+                except TimeoutError:
+                    # It may still run once the link gets to it: undo it, best effort.
+                    try:
+                        link.cancel(spec, timeout=conn.command_timeout)
+                    except PikaRPCError:
+                        LOGGER.debug('cancel after a timed-out consume failed', exc_info=True)
+                    raise
                 self._specs[name] = spec
 
     def _on_delivery(self, link: Link) -> Callable[[Delivery], None]:

@@ -262,7 +262,8 @@ def task_message(name: str, args: Sequence[Any] = (), kwargs: Optional[Mapping[s
     message_headers = {
         'lang': 'py', 'task': name, 'id': task_id, 'shadow': shadow, 'eta': eta,
         'expires': expires_header, 'group': group_id, 'group_index': group_index,
-        'retries': retries, 'timelimit': [time_limit, soft_time_limit],
+        'retries': retries, 'timelimit': [_header_seconds(time_limit),
+                                          _header_seconds(soft_time_limit)],
         'root_id': root_id or task_id, 'parent_id': parent_id,
         'argsrepr': _capped_repr(args) if argsrepr is None else argsrepr,
         'kwargsrepr': _capped_repr(kwargs) if kwargsrepr is None else kwargsrepr,
@@ -351,6 +352,14 @@ def _header_time(value: Any, what: str) -> Optional[datetime]:
         return _aware(_parse_iso(text), None)
     except ValueError as exc:
         raise DecodeError(f'task message: {what} is not an ISO-8601 time: {text!r}') from exc
+
+
+def _header_seconds(value: Optional[float]) -> Optional[int]:
+    """Seconds as an AMQP-table integer: pika cannot encode floats in headers, so a
+    fractional limit is rounded *up* to whole seconds (a limit never gets shorter)."""
+    if value is None:
+        return None
+    return int(math.ceil(value))
 
 
 def _timelimit(value: Any) -> Tuple[Optional[float], Optional[float]]:

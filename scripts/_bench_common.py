@@ -68,10 +68,30 @@ def unique(prefix: str) -> str:
 
 
 # ---------------------------------------------------------------------- worker side
+_worker_queues: List[str] = []
+_worker_url: List[str] = []
+
+
 def announce_queue(name: str) -> None:
-    """Worker: tell the driver about a queue before using it (cleanup even on a crash)."""
+    """Worker: tell the driver about a queue before using it, and delete it at exit.
+
+    The driver deletes every announced queue after the worker ended (even a crashed one);
+    a worker run by hand deletes its own at interpreter exit.
+    """
     sys.stdout.write(json.dumps({'queue': name}) + '\n')
     sys.stdout.flush()
+    if not _worker_queues:
+        import atexit
+        atexit.register(_delete_worker_queues)
+    _worker_queues.append(name)
+
+
+def _delete_worker_queues() -> None:
+    if _worker_url and _worker_queues:
+        try:
+            delete_queues(_worker_url[0], _worker_queues)
+        except Exception as exc:
+            sys.stderr.write(f'warning: could not delete {_worker_queues}: {exc}\n')
 
 
 def emit_result(result: Dict[str, Any]) -> None:
@@ -196,4 +216,6 @@ def worker_args(argv: Optional[List[str]] = None) -> Any:
     p.add_argument('--params', default='{}')
     p.add_argument('--url')
     args, _ = p.parse_known_args(argv)
+    if args.worker and args.url:
+        _worker_url.append(args.url)
     return args

@@ -384,8 +384,6 @@ def test_prefetch_count_limits_unacked_deliveries(conn: Connection, names: Any,
         assert inbox.wait(2)
 
 
-@pytest.mark.xfail(strict=True, reason='Link.qos sends basic.qos(global=False), which RabbitMQ '
-                   'applies only to consumers started later on the channel (reported)')
 def test_qos_changes_prefetch_of_a_running_consumer(conn: Connection, names: Any,
                                                     raw_channel: Any) -> None:
     queue = Queue(names('q'), expires=60)

@@ -204,3 +204,9 @@ def test_a_constructor_that_fails_gives_a_plain_exception_naming_the_class():
     exc = exception_from_dict({'exc_type': 'UnicodeDecodeError', 'exc_module': 'builtins',
                                'exc_message': ['only one']})
     assert type(exc) is Exception and 'UnicodeDecodeError' in str(exc)
+
+
+@pytest.mark.parametrize('name', ['SystemExit', 'KeyboardInterrupt', 'GeneratorExit'])
+def test_base_exceptions_that_would_stop_the_reader_are_refused(name):
+    with pytest.raises(SecurityError):
+        exception_from_dict({'exc_type': name, 'exc_module': 'builtins', 'exc_message': []})

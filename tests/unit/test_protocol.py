@@ -449,3 +449,10 @@ def test_revoke_broadcast_carries_kombus_clock_and_expires_headers():
 def test_revoke_destination_that_is_not_a_list_is_a_value_error():
     with pytest.raises(ValueError):
         protocol.control_revoke('t1', destination='celery@w1')
+
+
+def test_fractional_time_limits_are_rounded_up_to_whole_seconds_for_amqp_headers():
+    headers, _props, _body = protocol.task_message('t.x', (), {}, task_id='t', reply_to='r',
+                                                   time_limit=2.5, soft_time_limit=1.0)
+    assert headers['timelimit'] == [3, 1]
+    assert all(isinstance(v, int) for v in headers['timelimit'])

@@ -1,0 +1,519 @@
+"""The link (one I/O thread, one connection) against the real broker.
+
+Heartbeats on an idle link, TLS, secrets kept out of logs and reprs, few wake-ups under
+load, skipped and bounded commands, a bounded close, a forked child's own connection, and
+a bad message that must not stop the I/O thread. Waits are on Events and conditions with
+generous timeouts; broker-side facts go through ``eventually``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import socket
+import threading
+import traceback
+import uuid
+from typing import Any, Callable, Dict, Iterator, List
+
+import pika
+import pytest
+
+from pika_rpc import App, RPCBackend
+from pika_rpc._iothread import Link, Publication
+from pika_rpc.config import Settings, connection_options, mask_url, parse_url
+from pika_rpc.entities import Queue
+from pika_rpc.errors import ConnectionLost, PublishError, TimeoutError
+from pika_rpc.messaging import Connection, Consumer, Producer
+from tests.helpers import eventually, list_queues, pika_parameters, rabbitmqctl
+
+WAIT = 30.0
+SECRET = 's3cr3t-p4ss'
+
+
+def _noop() -> None:
+    pass
+
+
+def broker_connections() -> Dict[str, Dict[str, Any]]:
+    """``{connection_name: {'name': peer addresses, 'timeout': heartbeat}}`` from rabbitmqctl."""
+    out = rabbitmqctl('list_connections', 'name', 'timeout', 'client_properties',
+                      '--formatter', 'json')
+    found = {}
+    for row in json.loads(out) if out.strip() else []:
+        props = {item[0]: item[-1] for item in row.get('client_properties') or ()}
+        if 'connection_name' in props:
+            found[props['connection_name']] = {'name': row['name'], 'timeout': row['timeout']}
+    return found
+
+
+def delete_entities(amqp_url: str, *names: str) -> None:
+    with pika.BlockingConnection(pika_parameters(amqp_url)) as conn:
+        channel = conn.channel()
+        for name in names:
+            channel.queue_delete(name)
+            channel.exchange_delete(name)
+
+
+@pytest.fixture
+def app(amqp_url: str, unique_name: str) -> Iterator[App]:
+    application = App(amqp_url, task_default_queue=unique_name, result_expires=120)
+    yield application
+    application.close()
+    delete_entities(amqp_url, unique_name)
+
+
+@pytest.fixture
+def private_link(amqp_url: str) -> Iterator[Link]:
+    """A link of this test alone (not the registry's), connected."""
+    link = Link(connection_options(Settings(broker_url=amqp_url)))
+    link.call(_noop, timeout=WAIT)
+    yield link
+    link.close(5.0)
+
+
+@pytest.fixture
+def result_queue(unique_name: str, raw_channel: Any) -> Iterator[str]:
+    """A durable queue (gone a minute after its last use) for results stored in a test."""
+    name = f'{unique_name}-results'
+    raw_channel.queue_declare(name, durable=True, arguments={'x-expires': 60000})
+    yield name
+    raw_channel.queue_delete(name)
+
+
+def ready_count(raw_channel: Any, queue: str) -> int:
+    return raw_channel.queue_declare(queue, passive=True).method.message_count
+
+
+class IOBlocker:
+    """Holds the I/O thread inside one command until ``release()`` (bounded by WAIT)."""
+
+    def __init__(self, link: Link) -> None:
+        self.started, self._release = threading.Event(), threading.Event()
+        self.errors: List[BaseException] = []
+
+        def hold() -> None:
+            self.started.set()
+            self._release.wait(WAIT)
+
+        def run() -> None:
+            try:
+                link.call(hold, timeout=WAIT * 2)
+            except BaseException as exc:   # collected: asserted empty by the test
+                self.errors.append(exc)
+        self._thread = threading.Thread(target=run, daemon=True)
+
+    def __enter__(self) -> 'IOBlocker':
+        self._thread.start()
+        assert self.started.wait(WAIT), 'the I/O thread never ran the blocking command'
+        return self
+
+    def release(self) -> None:
+        self._release.set()
+        self._thread.join(WAIT)
+        assert not self._thread.is_alive() and self.errors == []
+
+    def __exit__(self, *exc: Any) -> None:
+        self._release.set()
+        self._thread.join(WAIT)
+
+
+# ------------------------------------------------------------------ heartbeats
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_an_idle_link_with_a_one_second_heartbeat_keeps_its_connection_for_fifteen_heartbeats(
+        amqp_url: str, unique_name: str) -> None:
+    app = App(amqp_url, broker_heartbeat=1, task_default_queue=unique_name, result_expires=120)
+    try:
+        result = app.send_task('tasks.idle')       # the reply consumer is running from here
+        link = app.backend._get_link()
+        connection = link._conn
+        before = eventually(lambda: broker_connections().get(link.name), timeout=WAIT)
+        assert before['timeout'] == 1              # the broker agreed to a 1 s heartbeat
+
+        threading.Event().wait(15)                 # the idle period under test, not a sync
+
+        after = broker_connections().get(link.name)
+        assert after is not None and after['name'] == before['name']   # same TCP connection
+        assert link._conn is connection and link.state == 'OPEN'
+        assert link.stats()['reconnects'] == 0
+        app.backend.mark_as_done(result.id, 'still here',
+                                 request={'reply_to': app.backend.oid, 'id': result.id})
+        assert result.get(timeout=WAIT) == 'still here'
+        assert link.stats()['reconnects'] == 0
+    finally:
+        app.close()
+        delete_entities(amqp_url, unique_name)
+
+
+# ------------------------------------------------------------------ TLS
+
+def test_amqps_round_trip_through_the_tls_proxy(tls_proxy: Any, amqp_url: str,
+                                                 unique_name: str) -> None:
+    url = tls_proxy.url(amqp_url)
+    assert url.startswith('amqps://')
+    app = App(url, broker_use_ssl={'ca_certs': tls_proxy.ca_file},
+              task_default_queue=unique_name, result_expires=120)
+    try:
+        result = app.send_task('tasks.add', (2, 3))
+        app.backend.store_result(result.id, 5, 'SUCCESS',
+                                 request={'reply_to': app.backend.oid, 'id': result.id})
+        assert result.get(timeout=WAIT) == 5
+        link = app.backend._get_link()
+        assert link.address == f'127.0.0.1:{tls_proxy.port}'
+        assert tls_proxy.publish_count >= 2        # the task and its result went over TLS
+    finally:
+        app.close()
+        delete_entities(amqp_url, unique_name)
+
+
+# ------------------------------------------------------------------ secrets
+
+class LogCapture(logging.Handler):
+    """Every record of every logger, formatted with its traceback and stack."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.texts: List[str] = []
+        self.names: set = set()
+        self._formatter = logging.Formatter('%(name)s %(levelname)s %(message)s')
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.names.add(record.name)
+        self.texts.append(self._formatter.format(record))
+        self.texts.append(repr(record.args))
+
+
+@pytest.fixture
+def all_logs() -> Iterator[LogCapture]:
+    """Capture all logging at DEBUG, pika's own loggers included."""
+    capture = LogCapture()
+    root = logging.getLogger()
+    touched = [logging.getLogger(n) for n in ('pika', 'pika_rpc')]
+    saved = (root.level, [(lg.level, lg.propagate, lg.disabled) for lg in touched])
+    root.setLevel(logging.DEBUG)
+    for logger in touched:
+        logger.setLevel(logging.NOTSET)
+        logger.propagate, logger.disabled = True, False
+    root.addHandler(capture)
+    try:
+        yield capture
+    finally:
+        root.removeHandler(capture)
+        root.setLevel(saved[0])
+        for logger, (level, propagate, disabled) in zip(touched, saved[1]):
+            logger.setLevel(level)
+            logger.propagate, logger.disabled = propagate, disabled
+
+
+def error_texts(exc: BaseException) -> List[str]:
+    """str, repr, args and the formatted traceback of ``exc`` and everything it chains to."""
+    texts = [''.join(traceback.format_exception(type(exc), exc, exc.__traceback__))]
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        texts += [str(exc), repr(exc), repr(exc.args)]
+        exc = exc.__cause__ or exc.__context__
+    return texts
+
+
+def object_texts(app: App) -> List[str]:
+    backend = app.backend
+    texts = [repr(app), str(app), repr(backend), str(backend), backend.as_uri(),
+             repr(app.conf), str(app.conf), repr(backend.conf), repr(app.conf.as_dict(censored=True)),
+             repr(backend.stats()), mask_url(app.conf.broker_url)]
+    texts += [repr(a) + str(a) + a.as_uri() for a in parse_url(app.conf.broker_url)]
+    link = backend._link
+    if link is not None:
+        texts += [repr(link), str(link), repr(link.stats()), repr(link._params)]
+    return texts
+
+
+def assert_nowhere(secret: str, texts: List[str]) -> None:
+    leaks = [t for t in texts if secret in t]
+    assert not leaks, f'{len(leaks)} text(s) show the password, e.g. {leaks[0][:300]!r}'
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+FAST_GIVE_UP = dict(broker_connection_max_retries=1, broker_transport_options={
+    'interval_start': 0, 'interval_step': 0.01, 'interval_max': 0.01})
+
+
+@pytest.mark.parametrize('where', ['nothing_listens', 'broker_refuses_the_password'])
+def test_a_failed_connect_shows_the_password_in_no_log_repr_or_error(
+        where: str, amqp_url: str, unique_name: str, all_logs: LogCapture) -> None:
+    address = parse_url(amqp_url)[0]
+    port = unused_port() if where == 'nothing_listens' else address.port
+    url = f'amqp://{address.userid}:{SECRET}@{address.host}:{port}//'
+    texts: List[str] = []
+    app = App(url, task_default_queue=unique_name, **FAST_GIVE_UP)
+    try:
+        with pytest.raises(ConnectionLost) as send_error:
+            app.send_task('tasks.add', (1, 2), timeout=WAIT)
+        texts += error_texts(send_error.value)
+        backend = RPCBackend(url=url, **FAST_GIVE_UP)
+        with pytest.raises(ConnectionLost) as poll_error:
+            backend.get_task_meta(str(uuid.uuid4()))
+        texts += error_texts(poll_error.value) + [repr(backend), str(backend), backend.as_uri()]
+        texts += object_texts(app)
+        backend.close(timeout=5)
+    finally:
+        app.close()
+    assert all_logs.texts, 'nothing was logged: the capture is broken'
+    assert any(name.startswith('pika.') for name in all_logs.names)   # pika's own DEBUG lines too
+    assert_nowhere(SECRET, texts + all_logs.texts)
+
+
+def test_a_working_connection_shows_the_password_in_no_log_or_repr(
+        amqp_url: str, unique_name: str, all_logs: LogCapture) -> None:
+    address = parse_url(amqp_url)[0]
+    secrets = [f'{address.userid}:{address.password}', f'\x00{address.userid}\x00{address.password}']
+    assert secrets[0] in amqp_url           # the URL holds the password: it must go no further
+    app = App(amqp_url, task_default_queue=unique_name, result_expires=120)
+    try:
+        result = app.send_task('tasks.add', (1, 2))
+        app.backend.mark_as_done(result.id, 3, request={'reply_to': app.backend.oid, 'id': result.id})
+        assert result.get(timeout=WAIT) == 3
+        texts = object_texts(app)
+    finally:
+        app.close()
+        delete_entities(amqp_url, unique_name)
+    assert any(name.startswith('pika.') for name in all_logs.names)
+    for secret in secrets:
+        assert_nowhere(secret, texts + all_logs.texts)
+
+
+# ------------------------------------------------------------------ hand-off and wake-ups
+
+def test_64_threads_storing_100_results_each_share_few_wake_ups_and_pipelined_confirms(
+        app: App, result_queue: str, raw_channel: Any) -> None:
+    threads_n, per_thread = 64, 100
+    backend = app.backend
+    link = backend._get_link()
+    link.call(_noop, timeout=WAIT)             # connected before counting
+    before = link.stats()
+    barrier = threading.Barrier(threads_n)
+    failures: List[BaseException] = []
+
+    def store(i: int) -> None:
+        try:
+            barrier.wait(WAIT)
+            for j in range(per_thread):
+                task_id = f'{i}-{j}'
+                backend.store_result(task_id, j, 'SUCCESS',
+                                     request={'reply_to': result_queue, 'id': task_id})
+        except BaseException as exc:   # collected: asserted empty below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=store, args=(i,)) for i in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT * 2)
+    assert not any(t.is_alive() for t in threads) and failures == []
+    after = link.stats()
+    commands = after['commands'] - before['commands']
+    wake_ups = after['wake_ups'] - before['wake_ups']
+    assert commands == threads_n * per_thread
+    assert after['confirms'] - before['confirms'] == commands
+    assert wake_ups * 4 < commands, (wake_ups, commands)
+    assert after['peak_in_flight'] > 1        # many results awaited their confirm together
+    assert eventually(lambda: ready_count(raw_channel, result_queue) == commands, timeout=WAIT)
+
+
+def test_a_command_whose_caller_gave_up_is_skipped(private_link: Link) -> None:
+    ran = threading.Event()
+    with IOBlocker(private_link) as blocker:
+        with pytest.raises(TimeoutError):
+            private_link.call(ran.set, timeout=0.1)
+        blocker.release()
+    private_link.call(_noop, timeout=WAIT)     # the I/O thread has gone past the given-up one
+    assert not ran.is_set()
+
+
+def test_a_result_whose_store_timed_out_before_the_io_thread_reached_it_is_never_published(
+        app: App, result_queue: str, raw_channel: Any) -> None:
+    backend = app.backend
+    link = backend._get_link()
+    link.call(_noop, timeout=WAIT)
+    before = link.stats()['publishes']
+    with IOBlocker(link) as blocker:
+        with pytest.raises(PublishError):
+            backend.store_result('given-up', 1, 'SUCCESS',
+                                 request={'reply_to': result_queue, 'id': 'given-up'}, timeout=0.1)
+        blocker.release()
+    backend.store_result('kept', 2, 'SUCCESS', request={'reply_to': result_queue, 'id': 'kept'})
+    assert link.stats()['publishes'] - before == 1
+    assert ready_count(raw_channel, result_queue) == 1
+    _method, props, body = raw_channel.basic_get(result_queue, auto_ack=True)
+    assert props.correlation_id == 'kept' and json.loads(body)['task_id'] == 'kept'
+
+
+def test_a_full_hand_off_queue_blocks_callers_until_their_deadline_then_lets_them_through(
+        amqp_url: str, unique_name: str) -> None:
+    link = Link(connection_options(Settings(broker_url=amqp_url)), handoff_max=1)
+    try:
+        link.call(_noop, timeout=WAIT)
+        with IOBlocker(link) as blocker:
+            first = link.publish(Publication('', unique_name, b'first', {}, timeout=WAIT))
+            assert link.stats()['queued_commands'] == 1          # the queue is full now
+            with pytest.raises(TimeoutError, match='hand-off'):
+                link.call(_noop, timeout=0.1)
+            with pytest.raises(PublishError, match='hand-off'):
+                link.publish(Publication('', unique_name, b'second', {}, timeout=0.1))
+            ran, errors = threading.Event(), []
+
+            def waiting_caller() -> None:
+                try:
+                    link.call(ran.set, timeout=WAIT)
+                except BaseException as exc:   # collected: asserted empty below
+                    errors.append(exc)
+            caller = threading.Thread(target=waiting_caller)
+            caller.start()
+            blocker.release()
+            caller.join(WAIT)
+        assert not caller.is_alive() and errors == [] and ran.is_set()
+        assert first.wait(WAIT) and first.error is None
+        assert first.returned is not None           # no queue of that name: returned, not lost
+    finally:
+        link.close(5.0)
+
+
+# ------------------------------------------------------------------ close
+
+def test_close_returns_within_its_timeout_when_the_broker_stopped_answering_and_twice_is_a_no_op(
+        fault_proxy: Any, amqp_url: str) -> None:
+    link = Link(connection_options(Settings(broker_url=fault_proxy.url(amqp_url))))
+    link.call(_noop, timeout=WAIT)
+    io_thread = link._thread
+    fault_proxy.pause()                        # the broker no longer answers (no Close-Ok)
+    returned: List[Any] = []
+    closer = threading.Thread(target=lambda: returned.append(link.close(timeout=2)))
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive() and returned in ([True], [False])
+    assert link.closed and link.close(timeout=2) is True        # a second close does nothing
+    with pytest.raises(Exception, match='closed'):
+        link.call(_noop, timeout=1)
+    fault_proxy.cut()                          # the dead connection fails: the thread ends
+    io_thread.join(WAIT)
+    assert not io_thread.is_alive()
+    assert link.state == 'CLOSED'
+
+
+# ------------------------------------------------------------------ fork
+
+def _read_line(fd: int, timeout: float) -> bytes:
+    data = b''
+    while not data.endswith(b'\n'):
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            raise AssertionError(f'no answer from the child within {timeout} s (got {data!r})')
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _wait_child(pid: int, timeout: float) -> int:
+    def ended() -> Any:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        return (done, status) if done else None
+    _, status = eventually(ended, timeout=timeout)
+    return status
+
+
+def test_a_forked_child_opens_its_own_connection_and_leaves_the_parents_untouched(app: App) -> None:
+    result = app.send_task('tasks.add', (1, 1))
+    link = app.backend._get_link()
+    connection = link._conn
+    eventually(lambda: link.name in broker_connections(), timeout=WAIT)
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # child: report through the pipe, then _exit
+        code = 1
+        try:
+            os.close(to_child_w)
+            os.close(from_child_r)
+            meta = app.backend.get_task_meta(str(uuid.uuid4()))     # starts the child's link
+            child_link = app.backend._get_link()
+            report = {'pid': os.getpid(), 'link_pid': child_link.pid, 'name': child_link.name,
+                      'same_link': child_link is link, 'state': child_link.state, 'meta': meta,
+                      'parent_link_closed_here': link.closed}
+            os.write(from_child_w, json.dumps(report).encode() + b'\n')
+            os.read(to_child_r, 1)               # until the parent looked at the broker
+            app.backend.close(timeout=5)
+            code = 0
+        except BaseException:
+            os.write(from_child_w, json.dumps({'error': traceback.format_exc()}).encode() + b'\n')
+        finally:
+            os._exit(code)
+    os.close(to_child_r)
+    os.close(from_child_w)
+    try:
+        report = json.loads(_read_line(from_child_r, WAIT))
+        assert 'error' not in report, report.get('error')
+        assert report['link_pid'] == report['pid'] == pid != os.getpid()
+        assert not report['same_link'] and report['name'] != link.name
+        assert report['state'] == 'OPEN' and report['meta'] == {'status': 'PENDING', 'result': None}
+        assert report['parent_link_closed_here']   # abandoned in the child, never used
+        both = eventually(lambda: {link.name, report['name']} <= set(broker_connections()),
+                          timeout=WAIT)
+        assert both
+    finally:
+        os.write(to_child_w, b'x')
+        os.close(to_child_w)
+        status = _wait_child(pid, WAIT)
+        os.close(from_child_r)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    eventually(lambda: report['name'] not in broker_connections(), timeout=WAIT)
+    assert app.backend._get_link() is link and link._conn is connection and not link.closed
+    assert link.stats()['reconnects'] == 0 and link.pid == os.getpid()
+    app.backend.mark_as_done(result.id, 2, request={'reply_to': app.backend.oid, 'id': result.id})
+    assert result.get(timeout=WAIT) == 2
+
+
+# ------------------------------------------------------------------ bad messages
+
+def test_an_undecodable_body_on_a_user_consumer_is_rejected_and_the_io_thread_keeps_delivering(
+        amqp_url: str, unique_name: str, raw_channel: Any) -> None:
+    queue = Queue(unique_name, expires=60)
+    got, changed = [], threading.Condition()
+
+    def collect(body: Any, message: Any) -> None:
+        message.ack()
+        with changed:
+            got.append(body)
+            changed.notify_all()
+
+    conn = Connection(amqp_url)
+    try:
+        with Consumer(conn, [queue], callbacks=[collect]):
+            link = conn.link
+            raw_channel.basic_publish('', unique_name, b'{not json', pika.BasicProperties(
+                content_type='application/json', content_encoding='utf-8'))
+            raw_channel.basic_publish('', unique_name, b'\xff\xfe\x00', pika.BasicProperties(
+                content_type='application/json', content_encoding='utf-8'))
+            Producer(conn, routing_key=unique_name).publish({'ok': True})
+            with changed:
+                assert changed.wait_for(lambda: got, WAIT)
+            assert got == [{'ok': True}]
+            assert link.state == 'OPEN' and link._thread.is_alive()
+            assert link.stats()['reconnects'] == 0
+
+            def rejected() -> bool:   # nothing left, unacked or ready: rejected, not requeued
+                return list_queues()[unique_name].messages == 0
+            eventually(rejected, timeout=WAIT)
+        assert got == [{'ok': True}]
+    finally:
+        conn.release()
+        raw_channel.queue_delete(unique_name)
