@@ -8,21 +8,23 @@ from .app import App
 from .backend import BacklogLimitExceeded, ResultConsumer, RPCBackend
 from .entities import Exchange, Message, Queue
 from .errors import (ClosedError, ConnectionLost, ContentDisallowed, DecodeError, EncodeError,
-                     MessageStateError, NotBoundError, NotRegistered,
+                     MaxRetriesExceededError, MessageStateError, NotBoundError, NotRegistered,
                      NotSupportedByRabbitMQ, PikaRPCError, PreconditionFailed, PublishError,
                      ReplyQueueLost, Retry, SecurityError, SoftTimeLimitExceeded,
                      TaskRevokedError, TimeLimitExceeded, TimeoutError, WorkerLostError)
 from .messaging import Connection, Consumer, Producer
 from .result import AsyncResult, GroupResult, ResultSet
 from .task import Task
+from .worker import Worker
 
 __version__ = '0.1.0'
 
 __all__ = [
     'App', 'AsyncResult', 'ClosedError', 'MessageStateError', 'NotBoundError', 'BacklogLimitExceeded', 'Connection', 'ConnectionLost', 'Consumer',
-    'ContentDisallowed', 'DecodeError', 'EncodeError', 'Exchange', 'GroupResult', 'Message',
+    'ContentDisallowed', 'DecodeError', 'EncodeError', 'Exchange', 'GroupResult',
+    'MaxRetriesExceededError', 'Message',
     'NotRegistered', 'NotSupportedByRabbitMQ', 'PikaRPCError', 'PreconditionFailed', 'Producer',
     'PublishError', 'Queue', 'RPCBackend', 'ReplyQueueLost', 'ResultConsumer', 'ResultSet',
     'Retry', 'SecurityError', 'SoftTimeLimitExceeded', 'Task', 'TaskRevokedError',
-    'TimeLimitExceeded', 'TimeoutError', 'WorkerLostError', 'states',
+    'TimeLimitExceeded', 'TimeoutError', 'Worker', 'WorkerLostError', 'states',
 ]

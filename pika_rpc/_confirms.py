@@ -19,6 +19,7 @@ runs on the I/O thread. Requires ``pika>=1.3,<2`` (``BlockingChannel._impl`` and
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 from typing import Any, Callable, Deque, Dict, List, Optional
 
@@ -94,7 +95,9 @@ class Pipeline:
         outcome = SETTLED_NACK if isinstance(method, pika.spec.Basic.Nack) else SETTLED_ACK
         tag = method.delivery_tag
         if method.multiple:
-            tags = sorted(t for t in self._unconfirmed if t <= tag)
+            # The dict keeps publish order, which is tag order: stop at the first later tag
+            # (a scan of everything in flight would make heavy pipelining quadratic).
+            tags = list(itertools.takewhile(lambda t: t <= tag, self._unconfirmed))
         else:
             tags = [tag] if tag in self._unconfirmed else []
         for t in tags:
@@ -127,7 +130,7 @@ class Pipeline:
 
     def take_unsettled(self) -> List[Any]:
         """Remove and return every unsettled publication, oldest first (after a loss)."""
-        pubs = [self._unconfirmed[t] for t in sorted(self._unconfirmed)]
+        pubs = list(self._unconfirmed.values())
         self._unconfirmed.clear()
         self._by_key.clear()
         self._returned.clear()

@@ -279,6 +279,9 @@ class Link:
         self._consumers: Dict[int, ConsumerSpec] = {}
         self._acks: Dict[int, tuple] = {}          # id(spec) -> (spec, gen, highest tag)
         self._retry_later: List[Publication] = []  # lost with a connection: re-publish
+        # Waiting out a retry interval on a call_later timer of the current connection;
+        # moved to _retry_later when that connection (and so its timers) goes away.
+        self._delayed: List[Publication] = []
         self._listeners: List[Callable[[str, Any], None]] = []
         self.address: Optional[str] = None
 
@@ -564,12 +567,20 @@ class Link:
         interval = pub.interval
         pub.interval = min(pub.interval + pub.interval_step, pub.interval_max)
         self._stats['republishes'] += 1
-        if self._conn is not None and self._conn.is_open and interval > 0:
+        if self._conn is None or not self._conn.is_open:
+            self._retry_later.append(pub)      # re-published by _open() after the reconnect
+            return
+        self._delayed.append(pub)
+        if interval > 0:
             self._conn.call_later(interval, lambda: self._requeue(pub))
         else:
-            self._retry_later.append(pub)
+            self._requeue(pub)
 
     def _requeue(self, pub: Publication) -> None:
+        try:
+            self._delayed.remove(pub)
+        except ValueError:                     # its connection went away: in _retry_later now
+            return
         with self._mutex:
             self._commands.append(pub)
 
@@ -704,6 +715,9 @@ class Link:
                     conn.close()
             except Exception:
                 pass
+        # The timers of that connection never fire now: re-publish those after the reconnect.
+        delayed, self._delayed = self._delayed, []
+        self._retry_later.extend(delayed)
 
     def _give_up(self, attempts: int, elapsed: float, last: str) -> None:
         err = ConnectionLost(f'cannot connect to {self._addresses()} after {attempts} attempt(s) '
@@ -740,9 +754,9 @@ class Link:
                 LOGGER.debug('%s: error while closing the connection', self.name, exc_info=True)
         self._set_state(CLOSED)
         self._fail_queued(err)
-        for pub in lost + self._retry_later:
+        for pub in lost + self._retry_later + self._delayed:
             pub._finish(err)
-        self._retry_later = []
+        self._retry_later, self._delayed = [], []
 
     # ------------------------------------------------------------------ commands (I/O thread)
     def _subscribe(self, spec: ConsumerSpec) -> None:
@@ -832,8 +846,18 @@ class Link:
                 _close_quietly(channel)
 
     def ack(self, spec: ConsumerSpec, gen: int, tag: int, multiple: bool = False,
-            reject: bool = False, requeue: bool = True, timeout: Optional[float] = 10.0) -> bool:
-        """Ack (or reject) a delivery; False when its channel is gone (it will be redelivered)."""
+            reject: bool = False, requeue: bool = True, timeout: Optional[float] = 10.0,
+            wait: bool = True) -> bool:
+        """Ack (or reject) a delivery; False when its channel is gone (it will be redelivered).
+
+        With ``wait=False`` the ack is queued and True returned at once (no round trip to the
+        I/O thread; a lost channel makes the broker redeliver, which is what False would say).
+        """
+        if not wait:
+            if not self._enqueue(_Command(self._ack, (spec, gen, tag, multiple, reject, requeue),
+                                          'ack'), deadline(timeout)):
+                raise TimeoutError(f'ack: hand-off queue still full after {timeout} s')
+            return True
         return self.call(self._ack, spec, gen, tag, multiple, reject, requeue, timeout=timeout,
                          what='ack')
 

@@ -22,6 +22,7 @@ import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
 from ._iothread import Link
+from .config import Settings, connection_options, connection_retry_policy
 from ._threads import SerialExecutor
 
 LOGGER = logging.getLogger(__name__)
@@ -91,6 +92,15 @@ def acquire_link(options: List[dict], **link_kwargs: Any) -> Link:
             proc.users[key] = 0
         proc.users[key] += 1
         return link
+
+
+def acquire_link_for(settings: Settings) -> Link:
+    """``acquire_link`` with the broker options, retry policy and bounds of ``settings``."""
+    policy = connection_retry_policy(settings)
+    return acquire_link(connection_options(settings), handoff_max=settings.handoff_max,
+                        max_connect_retries=policy['max_retries'],
+                        connect_interval=(policy['interval_start'], policy['interval_step'],
+                                          policy['interval_max']))
 
 
 def release_link(link: Link, timeout: Optional[float] = 5.0) -> None:

@@ -12,6 +12,7 @@ not dropped silently; ``send_task`` options that Celery does not know raise ``Ty
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -33,6 +34,9 @@ from .task import Task
 LOGGER = logging.getLogger(__name__)
 
 __all__ = ['App']
+
+#: The Lamport clock Celery's control messages carry; workers only adjust their own from it.
+_clock = itertools.count(1)
 
 
 class App:
@@ -203,7 +207,7 @@ class App:
                      timeout=remaining(dl), cache_key=key)
 
     def control_revoke(self, task_ids: Union[str, Sequence[str]], terminate: bool = False,
-                       signal: str = 'SIGTERM', timeout: Optional[float] = None) -> None:
+                       signal: Optional[str] = 'SIGTERM', timeout: Optional[float] = None) -> None:
         """Broadcast Celery's ``revoke`` control message to every worker (ours and Celery's).
 
         A broker with no ``celery.pidbox`` exchange has no worker listening: then nothing
@@ -212,7 +216,9 @@ class App:
         ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
         dl = deadline(self.conf.publish_timeout if timeout is None else timeout)
         link = self.backend._get_link()
-        exchange, body, props = protocol.control_revoke(ids, terminate=terminate, signal=signal)
+        exchange, body, props = protocol.control_revoke(
+            task_ids if isinstance(task_ids, str) else ids, terminate=terminate, signal=signal,
+            clock=next(_clock))
         key = ('exchange', exchange)
         if not link.is_declared(key):
             try:

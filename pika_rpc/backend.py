@@ -38,7 +38,7 @@ from ._iothread import ConsumerSpec, Delivery, Link, Publication
 from ._pending import PendingTable
 from ._threads import SerialExecutor
 from ._timeouts import deadline, remaining
-from .config import Settings, connection_options, connection_retry_policy, reply_queue_arguments
+from .config import Settings, reply_queue_arguments
 from .entities import Exchange, Queue
 from .errors import (BacklogLimitExceeded, ClosedError, ConnectionLost, DecodeError, PikaRPCError,
                      PublishError, ReplyQueueLost, TaskRevokedError, TimeoutError)
@@ -50,13 +50,6 @@ __all__ = ['RPCBackend', 'ResultConsumer', 'BacklogLimitExceeded']
 
 _PENDING_META = {'status': states.PENDING, 'result': None}
 
-
-def _link_kwargs(settings: Settings) -> dict:
-    policy = connection_retry_policy(settings)
-    return dict(handoff_max=settings.handoff_max,
-                max_connect_retries=policy['max_retries'],
-                connect_interval=(policy['interval_start'], policy['interval_step'],
-                                  policy['interval_max']))
 
 
 class ResultConsumer:
@@ -159,6 +152,9 @@ class RPCBackend:
         self._pending = PendingTable(cache_max=self.conf.result_cache_max,
                                      history_max=self.conf.pending_history_max,
                                      oob_max=self.conf.out_of_band_max)
+        # Read once: Settings lookups are not free on the per-message path.
+        self._large_body = self.conf.large_body_threshold
+        self._max_size = self.conf.result_max_size
         self._decoder = SerialExecutor('pika-rpc-decoder')
         self._decoding = 0              # bodies handed to the decoder and not yet stored
         self._decoding_lock = threading.Lock()
@@ -222,8 +218,7 @@ class RPCBackend:
         if link is None:
             with self._lock:
                 if self._link is None:
-                    self._link = _registry.acquire_link(connection_options(self.conf),
-                                                        **_link_kwargs(self.conf))
+                    self._link = _registry.acquire_link_for(self.conf)
                     self._link.add_listener(self._on_link_event)
                 link = self._link
         return link
@@ -269,7 +264,7 @@ class RPCBackend:
     # ------------------------------------------------------------------ receiving
     def _on_reply(self, delivery: Delivery) -> None:             # I/O thread: hand off only
         # Once a body is with the decoder, later ones follow it there: order is kept.
-        if self._decoding or len(delivery.body) > self.conf.large_body_threshold:
+        if self._decoding or len(delivery.body) > self._large_body:
             with self._decoding_lock:
                 self._decoding += 1
             self._decoder.submit(self._decode_off_thread, delivery)
@@ -287,7 +282,7 @@ class RPCBackend:
         props = delivery.properties
         raw = None
         try:
-            max_size = self.conf.result_max_size
+            max_size = self._max_size
             if max_size is not None and len(delivery.body) > max_size:
                 raise DecodeError(
                     f'result body of {len(delivery.body)} bytes exceeds result_max_size={max_size}')

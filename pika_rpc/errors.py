@@ -15,7 +15,8 @@ __all__ = [
     'PikaRPCError', 'TimeoutError', 'ConnectionLost', 'PublishError',
     'ContentDisallowed', 'DecodeError', 'EncodeError', 'SecurityError',
     'BacklogLimitExceeded', 'ReplyQueueLost', 'NotRegistered', 'TaskRevokedError',
-    'TimeLimitExceeded', 'SoftTimeLimitExceeded', 'Retry', 'WorkerLostError',
+    'TimeLimitExceeded', 'SoftTimeLimitExceeded', 'Retry', 'MaxRetriesExceededError',
+    'WorkerLostError',
     'NotSupportedByRabbitMQ', 'PreconditionFailed', 'ClosedError', 'NotBoundError',
     'MessageStateError',
 ]
@@ -121,6 +122,10 @@ class Retry(PikaRPCError):
         return f'Retry in {self.when}s: {self.exc!r}' if self.when is not None else f'Retry: {self.exc!r}'
 
 
+class MaxRetriesExceededError(PikaRPCError):
+    """``Task.retry()`` was called once more than the task's ``max_retries`` allows."""
+
+
 class WorkerLostError(PikaRPCError):
     """The worker running the task went away."""
 
@@ -151,6 +156,7 @@ CELERY_EXCEPTIONS = {
     'TimeLimitExceeded': TimeLimitExceeded,
     'SoftTimeLimitExceeded': SoftTimeLimitExceeded,
     'Retry': Retry,
+    'MaxRetriesExceededError': MaxRetriesExceededError,
     'WorkerLostError': WorkerLostError,
     'NotRegistered': NotRegistered,
     'BacklogLimitExceeded': BacklogLimitExceeded,

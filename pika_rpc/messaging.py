@@ -58,7 +58,7 @@ from . import _registry, serialization
 from ._iothread import ConsumerSpec, Delivery, Link, Publication
 from ._retry import retry_over_time
 from ._timeouts import deadline, remaining
-from .config import (Settings, connection_options, connection_retry_policy, mask_url,
+from .config import (Settings, mask_url,
                      merge_retry_policy, parse_url)
 from .entities import (IMMEDIATE_REFUSED, Exchange, Message, Queue, check_properties, compress,
                        maybe_declare as _maybe_declare, maybe_delivery_mode)
@@ -71,12 +71,6 @@ __all__ = ['Connection', 'Producer', 'Consumer']
 
 _DEFAULT: Any = object()
 
-
-def _link_kwargs(settings: Settings) -> dict:
-    policy = connection_retry_policy(settings)
-    return dict(handoff_max=settings.handoff_max, max_connect_retries=policy['max_retries'],
-                connect_interval=(policy['interval_start'], policy['interval_step'],
-                                  policy['interval_max']))
 
 
 # ------------------------------------------------------------------ Connection
@@ -133,8 +127,7 @@ class Connection:
             link = self._link
             if link is None or link.pid != os.getpid() or link.closed:
                 # After a fork the parent's link was abandoned by the registry: never release it.
-                link = self._link = _registry.acquire_link(connection_options(self.settings),
-                                                           **_link_kwargs(self.settings))
+                link = self._link = _registry.acquire_link_for(self.settings)
             return link
 
     def channel(self) -> 'Connection':
@@ -705,8 +698,13 @@ class Consumer:
                 'routing_key': delivery.routing_key}
 
         def acker(tag: int, multiple: bool, reject: bool, requeue: bool) -> bool:
+            # A plain ack on a live subscription needs no answer: fire and forget (if the
+            # channel dies meanwhile the broker redelivers). A stale one is refused here, and
+            # a reject waits so the caller learns whether it took effect.
+            if not reject and (spec.gen != delivery.gen or not spec.active):
+                return False
             return link.ack(spec, delivery.gen, tag, multiple=multiple, reject=reject,
-                            requeue=requeue)
+                            requeue=requeue, wait=reject)
         message = Message._received(delivery.body, delivery.property_dict(), info,
                                     channel=self._connection, acker=acker, no_ack=spec.no_ack,
                                     accept=self.accept)

@@ -107,8 +107,7 @@ class AsyncResult:
         app = self.app
         if app is None:
             raise RuntimeError('revoke() needs the result to know its app')
-        app.control_revoke(self.id, terminate=terminate, signal=signal or 'SIGTERM',
-                           timeout=timeout)
+        app.control_revoke(self.id, terminate=terminate, signal=signal, timeout=timeout)
 
     # ------------------------------------------------------------------ state
     def _meta(self) -> Dict[str, Any]:

@@ -143,7 +143,7 @@ def _json_dumps(obj: Any) -> str:
 def _json_loads(data: Any) -> Any:
     if isinstance(data, bytes):
         data = data.decode('utf-8')
-    return json.loads(data, object_hook=_decode_envelope)
+    return _JSON_DECODER.decode(data)
 
 
 class _Codec(NamedTuple):
@@ -264,6 +264,8 @@ def loads(body: Any, content_type: Optional[str], content_encoding: Optional[str
                           f'{type(exc).__name__}: {exc}') from exc
 
 
+# One decoder for every message: json.loads(object_hook=...) would build one per call.
+_JSON_DECODER = json.JSONDecoder(object_hook=_decode_envelope)
 register('json', JSON_CONTENT_TYPE, 'utf-8', _json_dumps, _json_loads)
 register('pickle', 'application/x-python-serialize', 'binary',
          lambda o: pickle.dumps(o, protocol=pickle.DEFAULT_PROTOCOL), pickle.loads)

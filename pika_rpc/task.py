@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Optional
 
 from . import states
 from ._context import current_request, request_field
-from .errors import Retry
+from .errors import MaxRetriesExceededError, Retry
 
 __all__ = ['Task']
 
@@ -80,8 +80,9 @@ class Task:
               max_retries: Optional[int] = None, **options: Any) -> Retry:
         """Ask the worker to run this task again later; raises ``Retry`` (ends this run).
 
-        Raises the original ``exc`` (or ``MaxRetriesExceededError``-like ``Retry``) when
-        ``max_retries`` is exhausted. The worker does the re-sending.
+        Raises the original ``exc`` (or ``MaxRetriesExceededError`` without one) when
+        ``max_retries`` is exhausted: the run then ends as a FAILURE. The worker does the
+        re-sending (same id, ``retries + 1``, ``eta`` from ``countdown``).
         """
         request = current_request()
         if request is None:
@@ -91,7 +92,9 @@ class Task:
         if limit is not None and retries >= limit:
             if exc is not None:
                 raise exc
-            raise Retry(f'max retries ({limit}) exceeded for task {request_field(request, "id")}')
+            raise MaxRetriesExceededError(
+                f"Can't retry {self.name}[{request_field(request, 'id')}]: max retries "
+                f"({limit}) exceeded")
         when = countdown if countdown is not None else (None if eta is not None else
                                                          self.default_retry_delay)
         err = Retry(None, exc, when)

@@ -63,6 +63,14 @@ def delete_queues(url: str, names: Iterable[str]) -> List[str]:
     return names
 
 
+def loadavg() -> str:
+    """1-minute load average (other work on this machine skews every figure)."""
+    try:
+        return f'{os.getloadavg()[0]:.2f}'
+    except OSError:
+        return 'n/a'
+
+
 def unique(prefix: str) -> str:
     return f'bench-{prefix}-{os.getpid()}-{uuid.uuid4().hex[:10]}'
 
@@ -72,7 +80,7 @@ _worker_queues: List[str] = []
 _worker_url: List[str] = []
 
 
-def announce_queue(name: str) -> None:
+def announce_queue(name: str, url: str) -> None:
     """Worker: tell the driver about a queue before using it, and delete it at exit.
 
     The driver deletes every announced queue after the worker ended (even a crashed one);
@@ -83,6 +91,8 @@ def announce_queue(name: str) -> None:
     if not _worker_queues:
         import atexit
         atexit.register(_delete_worker_queues)
+    if not _worker_url:
+        _worker_url.append(url)
     _worker_queues.append(name)
 
 
@@ -216,6 +226,4 @@ def worker_args(argv: Optional[List[str]] = None) -> Any:
     p.add_argument('--params', default='{}')
     p.add_argument('--url')
     args, _ = p.parse_known_args(argv)
-    if args.worker and args.url:
-        _worker_url.append(args.url)
     return args

@@ -9,10 +9,13 @@ Every figure is measured in a fresh subprocess per implementation, the kinds int
   I/O thread's ceiling), vs raw pika ``BlockingConnection`` (a) with ``confirm_delivery()``
   (one round trip per publish), (b) without confirms (ended by one round trip so every
   message reached the broker), and (c) 8 threads with a confirming connection each;
-* consume: M messages pre-published to a queue, then the time until all were received by
-  the backend's reply consumer (``AsyncResult.get`` of the last id), by a ``pika_rpc.Consumer``
-  (``no_ack=True``, and with ``message.ack()`` per message), vs raw ``basic_consume``
-  (JSON decode + ack per message, and with ``auto_ack``);
+* consume: M messages pre-published to a queue, then the time from subscribing until all
+  were received by the backend's reply consumer (``AsyncResult.get`` of the last id), by a
+  ``pika_rpc.Consumer`` (``no_ack=True``, and with ``message.ack()`` per message), vs raw
+  ``basic_consume`` with JSON decode + correlation lookup and one ``multiple=True`` ack per
+  ``process_data_events`` turn (what the backend does), an ack per message, or ``auto_ack``;
+* the large pipelined publish also times ``_confirms.Pipeline._on_ack_nack`` (instrumented
+  by wrapping, the library is unchanged) to show its share of the wall time;
 * wake-ups per publish with 64 caller threads: ``link.stats()`` ``wake_ups / commands`` and
   ``peak_in_flight`` (also shown for 1 and 8 threads).
 
@@ -49,7 +52,7 @@ WARMUP = 200
 def _target_queue(url: str, prefix: str) -> str:
     """Declare a fresh non-durable queue (nobody consumes it) with a throwaway connection."""
     name = bc.unique(prefix)
-    bc.announce_queue(name)
+    bc.announce_queue(name, url)
     conn = bc.raw_connection(url)
     conn.channel().queue_declare(name, durable=False, auto_delete=False)
     conn.close()
@@ -233,7 +236,7 @@ def _prepublish(url: str, queue: str, ids: List[str], declare: Callable[[Any], N
 
 def _plain_queue(url: str, prefix: str, ids: List[str]) -> str:
     queue = bc.unique(prefix)
-    bc.announce_queue(queue)
+    bc.announce_queue(queue, url)
     _prepublish(url, queue, ids, lambda ch: ch.queue_declare(queue, durable=False,
                                                               auto_delete=False))
     return queue
@@ -245,7 +248,7 @@ def w_pr_backend_consume(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     m = p['m']
     app = _pr_app(url, result_cache_max=max(10000, m))
     backend = app.backend
-    bc.announce_queue(backend.oid)
+    bc.announce_queue(backend.oid, url)
     ids = [str(uuid.uuid4()) for _ in range(m)]
     for tid in ids:                      # what send_task does before publishing a task
         backend.on_task_call(None, tid)
@@ -438,20 +441,22 @@ def main() -> None:
     a = ap.parse_args()
     q = a.quick
     a.repeats = a.repeats or (3 if q else 5)
-    a.n = a.n or (1000 if q else 2000)
+    a.n = a.n or (500 if q else 2000)
     a.k64 = a.k64 or (30 if q else 60)
-    a.n_big = a.n_big or (10000 if q else 30000)
-    a.m = a.m or (5000 if q else 10000)
-    a.m_ack = a.m_ack or (1000 if q else 2000)
+    a.n_big = a.n_big or (8000 if q else 30000)
+    a.m = a.m or (3000 if q else 10000)
+    a.m_ack = a.m_ack or (600 if q else 2000)
     kinds = a.only.split(',') if a.only else list(WORKERS)
     url = bc.broker_url()
     log = lambda s: print(s, file=sys.stderr, flush=True)
     log(f'bench_link: broker {bc_mask(url)}, {a.repeats} rounds, kinds: {", ".join(kinds)}')
+    load0 = bc.loadavg()
     t0 = time.monotonic()
     runs = bc.interleave(SCRIPT, kinds, lambda k: params_for(k, a), a.repeats, url, log)
     took = time.monotonic() - t0
     print(f'## bench_link ({"quick" if q else "default"}; {a.repeats} rounds, fresh process per '
-          f'run, interleaved; {took:.0f} s; cpus={os.cpu_count()})\n')
+          f'run, interleaved; {took:.0f} s; cpus={os.cpu_count()}; '
+          f'loadavg before {load0}, after {bc.loadavg()})\n')
     print(report(runs, a))
     print('\nJSON lines:')
     for kind, rs in runs.items():

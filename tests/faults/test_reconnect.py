@@ -248,6 +248,78 @@ def test_with_max_retries_three_a_cut_publish_is_resent_after_the_reconnect_and_
     assert queue_messages(queue) == 2                  # 'warm-up' and one 'resent'
 
 
+@pytest.fixture
+def nacking_queue(unique_name: str, raw_channel: Any) -> Iterator[str]:
+    """A queue that is always full (``x-max-length`` 0, ``reject-publish``): the broker nacks
+    every publish routed to it."""
+    name = f'{unique_name}-full'
+    raw_channel.queue_declare(name, durable=True, arguments={
+        'x-max-length': 0, 'x-overflow': 'reject-publish', 'x-expires': 60000})
+    yield name
+    raw_channel.queue_delete(name)
+
+
+def _store_to(app: App, queue: str, task_id: str, policy: Dict[str, Any]) -> None:
+    app.backend.retry_policy = dict(policy)
+    app.backend.store_result(task_id, 42, 'SUCCESS', request={'id': task_id, 'reply_to': queue},
+                             timeout=WAIT)
+
+
+def _send_to(app: App, queue: str, task_id: str, policy: Dict[str, Any]) -> None:
+    app.send_task('tasks.add', (1, 2), task_id=task_id, exchange='', routing_key=queue,
+                  retry_policy=policy, timeout=WAIT)
+
+
+@pytest.mark.parametrize('step', [0, 0.02], ids=['at_once', 'after_a_pause'])
+@pytest.mark.parametrize('send', [_store_to, _send_to], ids=['store_result', 'send_task'])
+def test_a_nacked_publish_is_retried_on_the_same_connection_until_its_retries_run_out(
+        send: Callable[..., None], step: float, client: App, fault_proxy: FaultProxy,
+        nacking_queue: str) -> None:
+    client.backend._get_link().call(lambda: None, timeout=WAIT)     # connected
+    calls: List[tuple] = []
+    policy = dict(max_retries=2, interval_start=0, interval_step=step, interval_max=1,
+                  errback=lambda exc, interval: calls.append((exc, interval)))
+    published = fault_proxy.publish_count
+    with pytest.raises(PublishError, match='3 attempt'):
+        send(client, nacking_queue, 'nacked', policy)
+    link = client.backend._get_link()
+    flushed = threading.Event()
+    link.callbacks.submit(flushed.set)
+    assert flushed.wait(WAIT)
+    assert fault_proxy.publish_count - published == 3   # the first try and two retries
+    assert [interval for _, interval in calls] == [0, step]   # errback(exc, interval)
+    assert all(isinstance(exc, PublishError) and 'nack' in str(exc) for exc, _ in calls)
+    assert link.stats()['reconnects'] == 0
+
+
+def test_a_publish_waiting_out_its_retry_interval_is_retried_after_a_reconnect(
+        client: App, fault_proxy: FaultProxy, nacking_queue: str) -> None:
+    client.backend._get_link().call(lambda: None, timeout=WAIT)
+    events = LinkEvents(client.backend._get_link())
+    nacked = threading.Event()
+    # After the first nack the retry waits 10 s: the connection is cut long before that.
+    policy = dict(max_retries=1, interval_start=10, interval_step=0, interval_max=0,
+                  errback=lambda exc, interval: nacked.set())
+    published = fault_proxy.publish_count
+    raised: List[BaseException] = []
+
+    def send() -> None:
+        try:
+            _store_to(client, nacking_queue, 'waiting', policy)
+        except BaseException as exc:   # recorded: asserted below
+            raised.append(exc)
+    sender = threading.Thread(target=send)
+    sender.start()
+    assert nacked.wait(WAIT)
+    fault_proxy.cut()
+    assert events.wait('connected')
+    sender.join(WAIT * 2)
+    assert not sender.is_alive()
+    assert len(raised) == 1 and isinstance(raised[0], PublishError)
+    assert '2 attempt' in str(raised[0]), raised[0]     # re-sent after the reconnect, nacked
+    assert fault_proxy.publish_count - published == 2
+
+
 def test_an_unreachable_broker_gives_connection_lost_after_max_retries_plus_one_attempts(
         make_client: Callable[..., App], fault_proxy: FaultProxy) -> None:
     fault_proxy.refuse(True)

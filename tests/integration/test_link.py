@@ -15,7 +15,8 @@ import socket
 import threading
 import traceback
 import uuid
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List
+from urllib.parse import quote
 
 import pika
 import pytest
@@ -169,6 +170,17 @@ def test_amqps_round_trip_through_the_tls_proxy(tls_proxy: Any, amqp_url: str,
         delete_entities(amqp_url, unique_name)
 
 
+def test_amqps_to_a_proxy_whose_ca_is_not_trusted_gives_connection_lost_naming_the_certificate(
+        tls_proxy: Any, amqp_url: str) -> None:
+    backend = RPCBackend(url=tls_proxy.url(amqp_url), **FAST_GIVE_UP)   # system CAs only
+    try:
+        with pytest.raises(ConnectionLost, match='CERTIFICATE_VERIFY_FAILED'):
+            backend.get_task_meta(str(uuid.uuid4()))
+        assert tls_proxy.publish_count == 0
+    finally:
+        backend.close(timeout=5)
+
+
 # ------------------------------------------------------------------ secrets
 
 class LogCapture(logging.Handler):
@@ -271,12 +283,30 @@ def test_a_failed_connect_shows_the_password_in_no_log_repr_or_error(
     assert_nowhere(SECRET, texts + all_logs.texts)
 
 
-def test_a_working_connection_shows_the_password_in_no_log_or_repr(
-        amqp_url: str, unique_name: str, all_logs: LogCapture) -> None:
+@pytest.fixture(params=['guest', 'dedicated_user'])
+def working_url(request: Any, amqp_url: str) -> Iterator[tuple]:
+    """``(url, secrets)``: the run's URL (``guest:guest``), or a broker user made for this test
+    with a distinctive password, so a leak of the bare password is seen too."""
     address = parse_url(amqp_url)[0]
-    secrets = [f'{address.userid}:{address.password}', f'\x00{address.userid}\x00{address.password}']
-    assert secrets[0] in amqp_url           # the URL holds the password: it must go no further
-    app = App(amqp_url, task_default_queue=unique_name, result_expires=120)
+    if request.param == 'guest':
+        assert f'{address.userid}:{address.password}' in amqp_url
+        yield amqp_url, [f'{address.userid}:{address.password}',
+                         f'\x00{address.userid}\x00{address.password}']
+        return
+    user, password = f'pika-rpc-test-{uuid.uuid4().hex[:12]}', f'{SECRET}-{uuid.uuid4().hex[:8]}'
+    rabbitmqctl('add_user', user, password)
+    try:
+        rabbitmqctl('set_permissions', '-p', address.virtual_host, user, '.*', '.*', '.*')
+        vhost = '/' if address.virtual_host == '/' else quote(address.virtual_host, safe='')
+        yield f'amqp://{user}:{password}@{address.host}:{address.port}/{vhost}', [password]
+    finally:
+        rabbitmqctl('delete_user', user)
+
+
+def test_a_working_connection_shows_the_password_in_no_log_or_repr(
+        working_url: tuple, amqp_url: str, unique_name: str, all_logs: LogCapture) -> None:
+    url, secrets = working_url
+    app = App(url, task_default_queue=unique_name, result_expires=120)
     try:
         result = app.send_task('tasks.add', (1, 2))
         app.backend.mark_as_done(result.id, 3, request={'reply_to': app.backend.oid, 'id': result.id})
@@ -406,6 +436,40 @@ def test_close_returns_within_its_timeout_when_the_broker_stopped_answering_and_
     io_thread.join(WAIT)
     assert not io_thread.is_alive()
     assert link.state == 'CLOSED'
+
+
+def test_backend_close_returns_within_its_timeout_when_the_broker_stopped_answering(
+        fault_proxy: Any, amqp_url: str, unique_name: str) -> None:
+    app = App(fault_proxy.url(amqp_url), task_default_queue=unique_name, result_expires=120)
+    try:
+        pending = app.send_task('tasks.add', (1, 1))          # consumer running, task pending
+        backend = app.backend
+        io_thread = backend._get_link()._thread
+        waiter_error: List[BaseException] = []
+
+        def wait() -> None:
+            try:
+                pending.get(timeout=WAIT)
+            except BaseException as exc:   # recorded: asserted below
+                waiter_error.append(exc)
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        fault_proxy.pause()
+        closer = threading.Thread(target=backend.close, kwargs={'timeout': 2})
+        closer.start()
+        closer.join(10)
+        assert not closer.is_alive() and backend.closed
+        waiter.join(WAIT)
+        assert not waiter.is_alive() and isinstance(waiter_error[0], ConnectionLost)
+        backend.close(timeout=2)                               # a second close is a no-op
+        assert app.backend is not backend                      # renewed with a new oid
+        fault_proxy.cut()
+        io_thread.join(WAIT)
+        assert not io_thread.is_alive()
+    finally:
+        fault_proxy.resume()
+        app.close()
+        delete_entities(amqp_url, unique_name)
 
 
 # ------------------------------------------------------------------ fork

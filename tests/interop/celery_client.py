@@ -79,7 +79,8 @@ def _send(spec):
     args = spec.get('args') or []
     if spec.get('typed_args'):
         args = [typed_values()]
-    return app.send_task(spec['task'], args, spec.get('kwargs') or {}, **(spec.get('options') or {}))
+    return app.send_task(spec['task'], args, spec.get('kwargs') or {},
+                         **(spec.get('options') or {}))
 
 
 def scenario_call(spec):

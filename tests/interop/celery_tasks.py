@@ -6,7 +6,8 @@ Configured from the environment, so the test process never has to import Celery:
 * ``PIKA_RPC_INTEROP_QUEUE``: the worker's queue, unique per test session and pool type.
 
 The settings are the ones a Celery user of the ``rpc://`` backend would have: JSON only for
-tasks and results, ``task_track_started`` on.
+tasks and results, ``task_track_started`` on; ``result_extended`` on so result bodies carry
+the extra keys a pika_rpc reader must ignore or keep.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ app.conf.update(
     accept_content=['json'],
     result_accept_content=['json'],
     task_track_started=True,
-    result_expires=600,
+    result_extended=True,       # 5.7 adds name/args/kwargs/worker/... keys: readers must cope
+    result_expires=120,         # also x-expires of Celery's reply queues: leftovers go soon
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=True,
     worker_prefetch_multiplier=4,
@@ -110,7 +112,8 @@ def sleep_then(seconds, value=None):
 def whoami(self):
     """The request as the worker saw it (what a pika_rpc client sent)."""
     request = self.request
-    return {'id': request.id, 'reply_to': request.reply_to, 'correlation_id': request.correlation_id,
+    return {'id': request.id, 'reply_to': request.reply_to,
+            'correlation_id': request.correlation_id,
             'retries': request.retries, 'root_id': request.root_id, 'parent_id': request.parent_id,
             'origin': request.origin, 'ignore_result': request.ignore_result,
             'delivery_info': {'exchange': request.delivery_info.get('exchange'),

@@ -4,7 +4,8 @@
   queue ``<session prefix>-<pool>``, the first time a test asks for that pool; stops them all
   (SIGTERM, then SIGKILL) and deletes their queues at the end. A worker that failed to start
   fails every test that needs it, with its log.
-* ``celery_worker``: parametrized over the ``solo`` and ``threads`` pools.
+* ``celery_worker``: parametrized over the ``solo`` and ``threads`` pools; checks after each
+  test that the worker logged no PRECONDITION_FAILED.
 * ``pika_worker`` (module): pika_rpc's own ``Worker`` with the ``interop.*`` tasks of
   :mod:`tests.interop.pika_tasks`; skipped while ``pika_rpc.worker`` does not exist.
 
@@ -48,8 +49,8 @@ def interop_prefix() -> str:
 
 
 @pytest.fixture(scope='session')
-def celery_workers(amqp_url: str, interop_prefix: str,
-                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], CeleryWorker]]:
+def celery_workers(amqp_url: str, interop_prefix: str, tmp_path_factory: pytest.TempPathFactory
+                   ) -> Iterator[Callable[[str], CeleryWorker]]:
     need_celery()
     workers: Dict[str, CeleryWorker] = {}
     failures: Dict[str, str] = {}
@@ -83,8 +84,11 @@ def celery_workers(amqp_url: str, interop_prefix: str,
 
 @pytest.fixture(params=POOLS)
 def celery_worker(request: pytest.FixtureRequest,
-                  celery_workers: Callable[[str], CeleryWorker]) -> CeleryWorker:
-    return celery_workers(request.param)
+                  celery_workers: Callable[[str], CeleryWorker]) -> Iterator[CeleryWorker]:
+    """The shared worker of one pool; after the test, its log must hold no 406."""
+    worker = celery_workers(request.param)
+    yield worker
+    assert worker.precondition_lines() == [], 'a declaration clashed (406) in the Celery worker'
 
 
 class PikaWorker(NamedTuple):

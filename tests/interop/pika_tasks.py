@@ -37,7 +37,8 @@ def register(app: Any) -> Dict[str, Any]:
     @app.task(name='interop.typed_values')
     def typed_values():
         return {
-            'datetime': datetime.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.timezone.utc),
+            'datetime': datetime.datetime(2026, 1, 2, 3, 4, 5, 678901,
+                                          tzinfo=datetime.timezone.utc),
             'naive': datetime.datetime(2026, 1, 2, 3, 4, 5),
             'decimal': decimal.Decimal('1.10'),
             'uuid': uuid.UUID(int=1),

@@ -10,11 +10,12 @@ import logging
 import threading
 import uuid
 
+import pika
 import pytest
 
-from pika_rpc import App
+from pika_rpc import App, PreconditionFailed
 
-from tests.helpers import eventually, list_queues
+from tests.helpers import eventually, list_queues, pika_parameters
 from tests.interop.conftest import delete_queues
 from tests.interop.harness import PRECONDITION, run_celery_client
 
@@ -99,3 +100,20 @@ def test_our_revoke_broadcast_reaches_a_celery_worker_next_to_our_worker(
     worker.wait_for_log(rf'Tasks flagged as revoked: {task_id}', timeout=10)
     assert worker.precondition_lines() == []
     no_precondition_failures(caplog)
+
+
+def test_the_406_check_recognises_a_real_clash_in_both_clients(amqp_url, unique_name):
+    """Negative control: a task queue declared with other arguments beforehand."""
+    with pika.BlockingConnection(pika_parameters(amqp_url)) as conn:
+        conn.channel().queue_declare(unique_name, durable=False, auto_delete=True)
+    try:
+        out = run_celery_client(amqp_url, unique_name,
+                                {'scenario': 'send', 'task': T + 'add', 'args': [1, 1]},
+                                allow_crash=True)
+        assert PRECONDITION.search(out.get('crashed', '')), out
+        with App(amqp_url, task_default_queue=unique_name, result_expires=60) as app:
+            with pytest.raises(PreconditionFailed) as info:
+                app.send_task(T + 'add', (1, 1))
+        assert PRECONDITION.search(str(info.value))
+    finally:
+        delete_queues(amqp_url, unique_name)

@@ -1,0 +1,125 @@
+"""The command line: ``python -m pika_rpc worker -A module -Q queues -c N``.
+
+``-A`` names a module, or ``module:attribute``, holding an ``App`` (attribute ``app`` by
+default); importing it registers its tasks. The current directory is put first on
+``sys.path``, as ``celery -A`` does, so ``-A tasks`` finds ``./tasks.py``.
+
+Once the worker consumes, one line is printed on stdout::
+
+    pika_rpc worker <hostname> ready: queues <q1,q2>, concurrency <N>
+
+Shutdown: the first SIGTERM or SIGINT starts a graceful stop (no new task starts, waiting
+messages go back to the queue, running tasks finish and are stored, up to
+``--stop-timeout`` seconds); the process then exits 0 (1 if tasks had to be abandoned). A
+second SIGTERM/SIGINT during that stop exits at once with status 1 (running tasks'
+messages return to the queue and run again elsewhere). The signals are taken with
+``sigwait`` in the main thread (blocked in every other thread), so no handler runs at an
+arbitrary point of the program. Logs go to stderr in a readable format.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any, List, Optional
+
+from .app import App
+from .worker import Worker
+
+LOGGER = logging.getLogger(__name__)
+
+__all__ = ['main', 'load_app']
+
+LOG_FORMAT = '[%(asctime)s: %(levelname)s/%(threadName)s] %(name)s: %(message)s'
+_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def load_app(spec: str) -> App:
+    """Import ``module`` or ``module:attribute`` and return the ``App`` it names.
+
+    Raises:
+        SystemExit: the module cannot be imported or holds no App there (with a message).
+    """
+    module_name, _, attr = spec.partition(':')
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f'error: cannot import {module_name!r} given with -A: {exc}') from exc
+    obj: Any = module
+    for part in (attr or 'app').split('.'):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise SystemExit(f'error: {module_name!r} has no attribute {attr or "app"!r}: '
+                             f'name the App as -A {module_name}:<attribute>')
+    if not isinstance(obj, App):
+        raise SystemExit(f'error: -A {spec} is a {type(obj).__name__}, not a pika_rpc App')
+    return obj
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='python -m pika_rpc',
+                                     description='pika_rpc: Celery rpc:// on pika')
+    sub = parser.add_subparsers(dest='command', required=True)
+    worker = sub.add_parser('worker', help='run tasks from a queue in a thread pool')
+    worker.add_argument('-A', '--app', required=True, help='module or module:attribute of the App')
+    worker.add_argument('-Q', '--queues', default=None,
+                        help='comma-separated queue names (default: task_default_queue)')
+    worker.add_argument('-c', '--concurrency', type=int, default=1, help='pool threads (default 1)')
+    worker.add_argument('--prefetch-count', type=int, default=None,
+                        help='unacked messages per queue (default concurrency x '
+                             'worker_prefetch_multiplier; 0 = unlimited)')
+    worker.add_argument('-n', '--hostname', default=None,
+                        help='node name (default pika_rpc<pid>@host)')
+    worker.add_argument('-l', '--loglevel', default='INFO',
+                        help='DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)')
+    worker.add_argument('--stop-timeout', type=float, default=30.0,
+                        help='seconds a graceful stop waits for running tasks (default 30)')
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    level = getattr(logging, str(args.loglevel).upper(), None)
+    if not isinstance(level, int):
+        raise SystemExit(f'error: unknown log level {args.loglevel!r}')
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    if level > logging.DEBUG:       # pika logs every channel open/close at INFO
+        logging.getLogger('pika').setLevel(max(level, logging.WARNING))
+    # Before any thread exists, so every thread inherits the mask: only sigwait() sees them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    app = load_app(args.app)
+    worker = Worker(app, queues=args.queues, concurrency=args.concurrency,
+                    prefetch_count=args.prefetch_count, hostname=args.hostname,
+                    stop_timeout=args.stop_timeout)
+    try:
+        worker.start()
+    except Exception as exc:
+        LOGGER.critical('worker could not start: %s', exc, exc_info=True)
+        return 1
+    print(f'pika_rpc worker {worker.hostname} ready: queues '
+          f'{",".join(q.name for q in worker.queues)}, concurrency {worker.concurrency}',
+          flush=True)
+    signum = signal.sigwait(_SIGNALS)
+    LOGGER.info('%s received: warm shutdown (waiting up to %s s for running tasks; send it '
+                'again to exit at once)', signal.Signals(signum).name, args.stop_timeout)
+    outcome: List[bool] = []
+    stopper = threading.Thread(target=lambda: outcome.append(worker.stop(args.stop_timeout)),
+                               name='pika-rpc-stop', daemon=True)
+    stopper.start()
+    while stopper.is_alive():
+        if signal.sigtimedwait(_SIGNALS, 0.2) is not None:
+            LOGGER.warning('second signal: cold shutdown; running tasks are abandoned and their '
+                           'messages return to the queue')
+            return 1
+    try:
+        app.close()
+    except Exception as exc:
+        LOGGER.warning('closing the app failed: %s', exc)
+    return 0 if outcome and outcome[0] else 1

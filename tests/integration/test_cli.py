@@ -1,0 +1,179 @@
+"""``python -m pika_rpc worker`` as a subprocess: ready line, tasks, graceful SIGTERM/SIGINT.
+
+The worker's app lives in a module written to ``tmp_path``; the test waits for the
+worker's ``ready`` line on stdout (never a sleep) and talks to it with its own App.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from typing import Iterator, List
+
+import pytest
+
+from pika_rpc import App, states
+
+from tests.integration.worker_support import delete_queue, queue_depth
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+TASKS_MODULE = textwrap.dedent('''
+    import os
+    import threading
+
+    from pika_rpc import App
+
+    app = App(os.environ['AMQP_URL'], task_default_queue=os.environ['TEST_QUEUE'],
+              task_track_started=True)
+    other = app
+
+    @app.task(name='cli.add')
+    def add(x, y):
+        return x + y
+
+    @app.task(name='cli.wait_for_file')
+    def wait_for_file(path):
+        pause = threading.Event()
+        while not os.path.exists(path):     # the test creates it once it saw STARTED
+            pause.wait(0.05)
+        return 'finished after the signal'
+''')
+
+
+class WorkerProcess:
+    """The CLI in a subprocess; stdout lines are collected by a thread."""
+
+    def __init__(self, args: List[str], cwd: pathlib.Path, env: dict) -> None:
+        self.stderr_path = cwd / 'worker.err'
+        self._stderr = open(self.stderr_path, 'w')
+        self.proc = subprocess.Popen([sys.executable, '-m', 'pika_rpc', *args], cwd=str(cwd),
+                                     env=env, stdout=subprocess.PIPE, stderr=self._stderr,
+                                     text=True)
+        self.lines: 'queue.Queue[str]' = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put('')                        # EOF
+
+    def wait_for_line(self, text: str, timeout: float = 30) -> str:
+        while True:
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f'no {text!r} line within {timeout} s; stderr:\n'
+                                     f'{self.stderr()}') from None
+            if not line:
+                raise AssertionError(f'worker exited ({self.proc.poll()}) before {text!r}; '
+                                     f'stderr:\n{self.stderr()}')
+            if text in line:
+                return line
+
+    def stderr(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._stderr.close()
+
+
+@pytest.fixture
+def cli(amqp_url: str, unique_name: str, tmp_path: pathlib.Path) -> Iterator:
+    (tmp_path / 'cli_tasks.py').write_text(TASKS_MODULE)
+    env = dict(os.environ, AMQP_URL=amqp_url, TEST_QUEUE=unique_name,
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+    started: List[WorkerProcess] = []
+
+    def start(*args: str) -> WorkerProcess:
+        worker = WorkerProcess(['worker', *args], tmp_path, env)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.close()
+    delete_queue(amqp_url, unique_name)
+
+
+@pytest.fixture
+def client(amqp_url: str, unique_name: str) -> Iterator[App]:
+    app = App(amqp_url, task_default_queue=unique_name)
+    yield app
+    app.close()
+
+
+def test_the_worker_prints_a_ready_line_and_runs_tasks(cli, client, unique_name):
+    worker = cli('-A', 'cli_tasks', '-Q', unique_name, '-c', '2', '--loglevel', 'INFO')
+    line = worker.wait_for_line('ready')
+    assert unique_name in line and 'concurrency 2' in line
+    assert client.send_task('cli.add', (2, 3)).get(timeout=10) == 5
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(30) == 0
+    log = worker.stderr()
+    assert 'Task cli.add[' in log and 'succeeded' in log
+    assert '[' in log.splitlines()[0] and 'INFO/' in log    # the readable format
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
+def test_a_signal_with_a_task_running_lets_it_finish_and_exits_0(cli, client, unique_name,
+                                                                 tmp_path, signum):
+    worker = cli('-A', 'cli_tasks:app', '-Q', unique_name, '-c', '1')
+    worker.wait_for_line('ready')
+    release = tmp_path / 'release'
+    started = threading.Event()
+    outcome: List = []
+    result = client.send_task('cli.wait_for_file', (str(release),))
+
+    def wait() -> None:
+        try:
+            outcome.append(result.get(timeout=60, on_message=lambda m: m['status'] ==
+                                      states.STARTED and started.set()))
+        except Exception as exc:   # asserted below
+            outcome.append(exc)
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    assert started.wait(30), worker.stderr()
+    worker.proc.send_signal(signum)
+    waited_for = worker.proc.poll()
+    release.write_text('go')
+    waiter.join(60)
+    assert outcome == ['finished after the signal']
+    assert worker.proc.wait(30) == 0
+    assert waited_for is None
+    assert 'warm shutdown' in worker.stderr()
+
+
+def test_a_waiting_message_goes_back_to_the_queue_at_sigterm(cli, client, unique_name,
+                                                             amqp_url, tmp_path):
+    worker = cli('-A', 'cli_tasks', '-Q', unique_name, '-c', '1')
+    worker.wait_for_line('ready')
+    held = client.send_task('cli.add', (1, 1), countdown=60)
+    sent = client.send_task('cli.add', (2, 2))
+    assert sent.get(timeout=10) == 4       # the held one came before it: it is with the worker
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(30) == 0
+    assert queue_depth(amqp_url, unique_name) == 1
+    assert held.state == states.PENDING
+
+
+def test_a_bad_app_name_exits_with_a_message(cli):
+    worker = cli('-A', 'no_such_module_here')
+    assert worker.proc.wait(30) != 0
+    assert "cannot import 'no_such_module_here'" in worker.stderr()
+
+
+def test_an_attribute_that_is_not_an_app_exits_with_a_message(cli):
+    worker = cli('-A', 'cli_tasks:add')
+    assert worker.proc.wait(30) != 0
+    assert 'not a pika_rpc App' in worker.stderr()
