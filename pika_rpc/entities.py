@@ -52,7 +52,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tup
 
 from . import serialization
 from .errors import (ContentDisallowed, DecodeError, MessageStateError, NotBoundError,
-                     NotSupportedByRabbitMQ, PikaRPCError)
+                     NotSupportedByRabbitMQ)
 
 LOGGER = logging.getLogger(__name__)
 

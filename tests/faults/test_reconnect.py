@@ -60,8 +60,8 @@ def make_client(fault_proxy: FaultProxy, amqp_url: str,
     def make(url: Optional[str] = None, **conf: Any) -> App:
         conf.setdefault('broker_transport_options', FAST_RECONNECT)
         conf.setdefault('broker_connection_max_retries', 1000)
-        app = App(url or fault_proxy.url(amqp_url), task_default_queue=unique_name,
-                  result_expires=120, **conf)
+        conf.setdefault('result_expires', 120)
+        app = App(url or fault_proxy.url(amqp_url), task_default_queue=unique_name, **conf)
         made.append(app)
         return app
     yield make
@@ -423,6 +423,25 @@ def test_new_tasks_work_after_the_reply_queue_was_deleted(
     assert client.backend.stats()['reconnects'] == 0
 
 
+def test_waiters_get_reply_queue_lost_when_the_queue_expired_during_an_outage(
+        make_client: Callable[..., App], worker: App, fault_proxy: FaultProxy) -> None:
+    client = make_client(result_expires=1)            # x-expires 1 s once it has no consumer
+    results = [client.send_task('tasks.add', (i, i)) for i in range(2)]
+    oid = client.backend.oid
+    waiters = Waiters(results)
+    fault_proxy.refuse(True)
+    fault_proxy.cut()
+    eventually(lambda: oid not in list_queues(), timeout=WAIT)
+    fault_proxy.refuse(False)
+    waiters.join()
+    assert waiters.values == {} and set(waiters.errors) == {r.id for r in results}
+    assert all(isinstance(e, ReplyQueueLost) and set(e.task_ids) == {r.id for r in results}
+               for e in waiters.errors.values()), waiters.errors
+    result = client.send_task('tasks.add', (3, 3))    # the queue is back under the same oid
+    worker.backend.mark_as_done(result.id, 6, request=reply(client, result.id))
+    assert result.get(timeout=WAIT) == 6 and client.backend.oid == oid
+
+
 # ------------------------------------------------------------------ timeouts are not faults
 
 def test_a_get_timeout_never_triggers_a_reconnect(
@@ -456,3 +475,35 @@ def test_a_stalled_connection_is_dropped_on_missed_heartbeats_and_replaced(
     worker.backend.mark_as_done(result.id, 2, request=reply(client, result.id))
     waiters.join()
     assert waiters.errors == {} and waiters.values == {result.id: 2}
+
+
+# ------------------------------------------------------------------ known bugs (backend.py, app.py)
+# Strict xfails: each passes (and so fails the run) once its bug is fixed; then drop the mark.
+
+STORE_WRAPS_CONNECTION_LOST = pytest.mark.xfail(
+    strict=True, raises=PublishError,
+    reason="RPCBackend.store_result wraps the link's ConnectionLost in a PublishError "
+           "(DESIGN 6.15/6.16: an unreachable broker gives ConnectionLost)")
+SEND_TASK_IGNORES_ITS_DEADLINE = pytest.mark.xfail(
+    strict=True, raises=TimeoutError,
+    reason="App.send_task does not pass its deadline to backend.on_task_call: the reply-queue "
+           "consume waits out publish_timeout and raises TimeoutError, not PublishError")
+
+
+@STORE_WRAPS_CONNECTION_LOST
+def test_store_result_to_an_unreachable_broker_raises_connection_lost(
+        make_client: Callable[..., App], fault_proxy: FaultProxy) -> None:
+    fault_proxy.refuse(True)
+    client = make_client(broker_connection_max_retries=2)
+    with pytest.raises(ConnectionLost):
+        client.backend.store_result('t', 1, 'SUCCESS', request={'id': 't', 'reply_to': 'q'},
+                                    timeout=WAIT)
+
+
+@SEND_TASK_IGNORES_ITS_DEADLINE
+def test_send_task_to_a_broker_retried_until_the_deadline_raises_publish_error_at_its_timeout(
+        make_client: Callable[..., App], fault_proxy: FaultProxy) -> None:
+    fault_proxy.refuse(True)
+    client = make_client(broker_connection_max_retries=0, publish_timeout=3)  # 0: until deadline
+    with pytest.raises(PublishError):
+        client.send_task('tasks.add', (1, 2), timeout=0.5)

@@ -7,52 +7,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, List
 
-import pika.exceptions
 import pytest
 
 from pika_rpc._iothread import Link
-from pika_rpc.config import Settings, connection_options
 from pika_rpc.entities import Exchange, Message, MessageStateError, NotBoundError, Queue
 from pika_rpc.errors import (ContentDisallowed, DecodeError, NotSupportedByRabbitMQ, PikaRPCError,
                              PreconditionFailed)
 from pika_rpc.messaging import Connection, Consumer, Producer
 
 WAIT = 30.0
-
-
-@pytest.fixture
-def conn(amqp_url: str) -> Iterator[Connection]:
-    c = Connection(amqp_url)
-    yield c
-    c.release()
-
-
-@pytest.fixture
-def private_link(amqp_url: str) -> Iterator[Link]:
-    link = Link(connection_options(Settings(broker_url=amqp_url)))
-    yield link
-    link.close(5.0)
-
-
-@pytest.fixture
-def names(unique_name: str, raw_channel: Any) -> Iterator[Callable[[str], str]]:
-    made: List[str] = []
-
-    def make(suffix: str) -> str:
-        made.append(f'{unique_name}-{suffix}')
-        return made[-1]
-    yield make
-    for name in made:
-        for delete in ('queue_delete', 'exchange_delete'):
-            channel = raw_channel.connection.channel()
-            try:
-                getattr(channel, delete)(name)
-            except pika.exceptions.ChannelClosedByBroker:
-                pass
-            else:
-                channel.close()
 
 
 class Events:
