@@ -54,16 +54,22 @@ class Pipeline:
         self._returned: Dict[int, tuple] = {}
         self._select_ok = False
         self.peak_in_flight = 0
+        #: Why the channel closed (``ChannelClosedByBroker`` for a broker's Channel.Close).
+        self.closed_reason: Optional[BaseException] = None
 
     def start(self) -> Callable[[], bool]:
         """Send Confirm.Select; returns a predicate telling when SelectOk arrived."""
         self._impl.add_on_return_callback(self._on_return)
+        self._impl.add_on_close_callback(self._on_close)
         self._impl.confirm_delivery(ack_nack_callback=self._on_ack_nack,
                                     callback=self._on_select_ok)
         return lambda: self._select_ok
 
     def _on_select_ok(self, _frame: Any) -> None:
         self._select_ok = True
+
+    def _on_close(self, _channel: Any, reason: BaseException) -> None:
+        self.closed_reason = reason
 
     @property
     def in_flight(self) -> int:

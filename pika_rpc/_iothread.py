@@ -529,6 +529,7 @@ class Link:
     def _do_publish(self, pub: Publication) -> None:
         if pub.cancelled or pub.done.is_set():
             return
+        self._ensure_publish_channel()
         if pub.deadline is not None and time.monotonic() >= pub.deadline:
             pub._finish(PublishError(f'publish to {pub.routing_key!r} not sent within its timeout'))
             return
@@ -593,9 +594,31 @@ class Link:
                 spec.channel.basic_ack(tag, multiple=True)
                 self._stats['ack_frames'] += 1
 
-    def _check_channels(self) -> None:
-        if self._pub_ch is not None and not self._pub_ch.is_open:
+    def _ensure_publish_channel(self) -> None:
+        """Reopen the publish channel when the broker closed it (a publish to a missing or
+        forbidden exchange), without dropping the connection: the publications the broker's
+        reason names fail at once (never retried, DESIGN 6.11), the others it discarded are
+        re-published under their retry budget. Any other closure is a lost connection."""
+        if self._pub_ch is None or self._pub_ch.is_open:
+            return
+        reason = self._pipeline.closed_reason if self._pipeline is not None else None
+        if not isinstance(reason, pika.exceptions.ChannelClosedByBroker) or not self._conn.is_open:
             raise pika.exceptions.ChannelClosed(0, 'publish channel closed')
+        code, text = reason.reply_code, reason.reply_text
+        LOGGER.warning('%s: the broker closed the publish channel (%s %s); reopening it',
+                       self.name, code, text)
+        lost = self._pipeline.take_unsettled()
+        self._open_publish_channel()
+        for pub in lost:
+            if pub.exchange and f"exchange '{pub.exchange}'" in text:
+                pub._finish(PublishError(f'publish to exchange {pub.exchange!r} refused: {code} {text}'))
+            else:
+                self._retry_or_fail(pub, PublishError(
+                    f'publish to {pub.routing_key!r} discarded: the broker closed the channel '
+                    f'({code} {text})'))
+
+    def _check_channels(self) -> None:
+        self._ensure_publish_channel()
         for spec in list(self._consumers.values()):
             if spec.active and (spec.channel is None or not spec.channel.is_open):
                 LOGGER.warning('%s: consumer channel for %r closed; re-subscribing', self.name, spec.queue)
