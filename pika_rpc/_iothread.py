@@ -319,8 +319,9 @@ class Link:
         return stats
 
     def add_listener(self, listener: Callable[[str, Any], None]) -> None:
-        """``listener(event, info)`` runs on the I/O thread for 'connected', 'lost' and
-        'gave_up'; it must be quick and must not block or call back into the link."""
+        """``listener(event, info)`` runs on the I/O thread for 'connected', 'lost',
+        'gave_up' and 'closed' (info: the error); it must be quick and must not block or call
+        back into the link."""
         self._listeners.append(listener)
 
     def remove_listener(self, listener: Callable[[str, Any], None]) -> None:
@@ -469,9 +470,9 @@ class Link:
                 except _CHANNEL_ERRORS as exc:
                     # A channel of ours closed under us outside a command: rebuild everything.
                     self._on_connection_lost(exc)
-        except Exception:
+        except Exception as exc:
             LOGGER.critical('%s died', self.name, exc_info=True)
-            self.last_error = 'I/O thread died'
+            self.last_error = f'I/O thread died: {type(exc).__name__}: {exc}'
             self._stop.set()          # later calls raise ClosedError instead of timing out
         finally:
             self._shutdown()
@@ -767,7 +768,8 @@ class Link:
                 item.finish(error=err)
 
     def _shutdown(self) -> None:
-        err = ClosedError(f'{self.name} closed')
+        died = self.last_error if (self.last_error or '').startswith('I/O thread died') else None
+        err = ClosedError(f'{self.name} closed' + (f' ({died})' if died else ''))
         lost = self._pipeline.take_unsettled() if self._pipeline else []
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -780,6 +782,7 @@ class Link:
         for pub in lost + self._retry_later + self._delayed:
             pub._finish(err)
         self._retry_later, self._delayed = [], []
+        self._notify('closed', err)   # the users' waiters wake with this error
 
     # ------------------------------------------------------------------ commands (I/O thread)
     def _subscribe(self, spec: ConsumerSpec) -> None:

@@ -144,10 +144,11 @@ class PendingTable:
             return ids
 
     def clear_errors(self, kind: type) -> None:
-        """Forget errors of type ``kind`` (a lost connection that came back)."""
+        """Forget errors of type ``kind`` (a lost connection that came back) on slots nobody
+        waits on: a waiter already woken with the error still raises it, a later one waits."""
         with self.mutex:
             for slot in self._slots.values():
-                if isinstance(slot.error, kind):
+                if slot.waiters == 0 and isinstance(slot.error, kind):
                     slot.error = None
 
     def forget(self, task_id: str) -> None:

@@ -26,7 +26,7 @@ from ._iothread import Publication
 from ._timeouts import deadline, remaining
 from .backend import RPCBackend
 from .config import Settings, merge_retry_policy
-from .errors import NotRegistered, PikaRPCError, PublishError
+from .errors import NotRegistered, PikaRPCError, PublishError, TimeoutError
 from .result import AsyncResult, GroupResult, ResultSet
 from .task import Task
 
@@ -154,7 +154,11 @@ class App:
             parent_id = parent_id or request_field(parent, 'id')
             root_id = root_id or request_field(parent, 'root_id') or parent_id
         if ignore_result is not True:
-            backend.on_task_call(None, task_id)
+            try:
+                backend.on_task_call(None, task_id, timeout=remaining(dl))
+            except TimeoutError:
+                raise PublishError(f'task {name}[{task_id}] not sent: the reply queue could not '
+                                   f'be set up within the publish timeout') from None
         queue = queue or conf.task_default_queue
         link = backend._get_link()
         if exchange is None:

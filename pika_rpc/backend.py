@@ -215,16 +215,21 @@ class RPCBackend:
     def _get_link(self) -> Link:
         self._check_open()
         link = self._link
-        if link is None:
+        if link is None or link.closed:
             with self._lock:
-                if self._link is None:
+                if self._link is None or self._link.closed:
+                    # First use, or the old link stopped (its I/O thread died): a new one,
+                    # and the reply consumer is subscribed again on it.
+                    self._spec = None
                     self._link = _registry.acquire_link_for(self.conf)
                     self._link.add_listener(self._on_link_event)
                 link = self._link
         return link
 
     def _ensure_consuming(self, timeout: Optional[float] = None) -> None:
-        if self._spec is not None and self._spec.active and self._pid == os.getpid():
+        link = self._link
+        if self._spec is not None and self._spec.active and self._pid == os.getpid() \
+                and link is not None and not link.closed:
             return
         link = self._get_link()
         with self._lock:
@@ -255,6 +260,12 @@ class RPCBackend:
                 f'{", ".join(ids[:10])}{" ..." if len(ids) > 10 else ""}'))
         elif event == 'connected':
             self._pending.clear_errors(ConnectionLost)
+        elif event == 'closed' and not self._closed:
+            # The link stopped under us (its I/O thread died, or it was closed): wake every
+            # waiter now; the next call starts a new link (_get_link).
+            self._pending.fail_pending(lambda ids: ConnectionLost(
+                f'{info}; results of {len(ids)} pending task(s) cannot arrive: '
+                f'{", ".join(ids[:10])}{" ..." if len(ids) > 10 else ""}'))
 
     def _on_queue_lost(self) -> None:                             # I/O thread
         ids = self._pending.fail_pending(lambda ids: ReplyQueueLost(self._oid, ids))
@@ -315,10 +326,14 @@ class RPCBackend:
         LOGGER.debug('out-of-band result for task %s on %s', task_id, self._oid)
 
     # ------------------------------------------------------------------ client side
-    def on_task_call(self, producer: Any, task_id: str) -> None:
+    def on_task_call(self, producer: Any, task_id: str, timeout: Optional[float] = None) -> None:
         """Before a task is sent: make sure the reply queue exists and is consumed
-        (once per connection) and expect results for ``task_id``."""
-        self._ensure_consuming()
+        (once per connection) and expect results for ``task_id``.
+
+        Blocks only the first time on a connection (up to ``timeout``, default
+        ``publish_timeout``). Raises ``TimeoutError`` or ``ConnectionLost``.
+        """
+        self._ensure_consuming(timeout=timeout)
         self._pending.register(task_id)
 
     def on_reply_declare(self, task_id: str) -> List[Queue]:
@@ -366,7 +381,12 @@ class RPCBackend:
         cached = self._pending.cached(task_id)
         if cached is not None and on_message is None:
             return cached
-        self._ensure_consuming(timeout=remaining(dl))
+        self._pending.peek(task_id)      # a result that can no longer arrive raises at once
+        try:
+            self._ensure_consuming(timeout=remaining(dl))
+        except TimeoutError:
+            raise TimeoutError(f'task {task_id} still PENDING after {timeout} s '
+                               '(the reply consumer was not running yet)') from None
         meta = self._pending.wait(task_id, dl, on_message)
         if meta is None:
             latest = self._pending.peek(task_id)
@@ -490,8 +510,9 @@ class RPCBackend:
             raise PublishError(f'result of task {task_id} not confirmed within '
                                f'{self.conf.publish_timeout if timeout is None else timeout} s')
         if pub.error is not None:
-            raise pub.error if isinstance(pub.error, PublishError) else PublishError(
-                f'result of task {task_id} not stored: {pub.error}') from pub.error
+            if isinstance(pub.error, (PublishError, ConnectionLost)):
+                raise pub.error
+            raise PublishError(f'result of task {task_id} not stored: {pub.error}') from pub.error
         if pub.returned is not None:
             self._report_unroutable(task_id, reply_to, pub.returned)
         return result

@@ -374,8 +374,8 @@ class FaultProxy:
                 LOGGER.warning('fault proxy: accept failed: %s', exc)
                 return
             if self._refusing:
+                self._count('_connection_attempts')   # before the RST, as above
                 _reset(client)
-                self._count('_connection_attempts')
                 continue
             self._open_link(client)
             self._count('_connection_attempts')
@@ -487,8 +487,8 @@ class FaultProxy:
                         _send(link.server, link.to_server)
                     except OSError:
                         pass
+                self._count('_cut_count')      # before the RST: a client that saw it sees the count
                 self._close_link(link, reset=True)
-                self._count('_cut_count')
                 return False
             link.to_server += unit
             if is_publish:

@@ -1,0 +1,148 @@
+"""What to do about a broker error: one sentence of advice for the errors newcomers meet.
+
+``describe(exc)`` names a connect error fully (pika's ``AMQPConnectionError`` has an empty
+``str()``: what happened is in its ``args``). ``connect_advice(exc, params)`` says what to
+check or run for a failed connect; ``precondition_advice(text)`` for a 406 on a declare.
+The I/O thread appends them to the ``ConnectionLost`` / ``PreconditionFailed`` it raises.
+
+Level 1: imports nothing from pika (exceptions are recognised by class name and text), so it
+is testable without a broker. Pure functions: no I/O.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, List, Optional
+
+__all__ = ['describe', 'connect_advice', 'precondition_advice']
+
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) '(?P<name>[^']*)' in "
+    r"vhost '(?P<vhost>[^']*)': received (?P<asked>.+?) but current is (?P<current>.+?)\)?$")
+_VHOST_NOT_FOUND = re.compile(r"vhost (?P<vhost>\S+) not found")
+_VHOST_REFUSED = re.compile(r"access to vhost '(?P<vhost>[^']*)' refused for user '(?P<user>[^']*)'")
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: text`` for an exception, using its ``args`` when ``str()`` is empty."""
+    name = type(exc).__name__
+    text = str(exc)
+    if not text and exc.args:
+        text = '; '.join(str(a) or repr(a) for a in exc.args)
+    return f'{name}: {text}' if text else name
+
+
+def _chain(exc: BaseException) -> str:
+    """Every class name and text in ``exc`` and what caused it, for matching."""
+    parts: List[str] = []
+    seen = 0
+    current: Optional[BaseException] = exc
+    while current is not None and seen < 5:
+        parts.extend(c.__name__ for c in type(current).__mro__)
+        parts.append(describe(current))
+        parts.extend(repr(a) for a in current.args)
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return ' '.join(parts)
+
+
+def _field(params: Any, *names: str) -> Any:
+    for name in names:
+        if isinstance(params, dict) and name in params:
+            return params[name]
+        value = getattr(params, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _target(params: Iterable[Any]) -> tuple:
+    """``(host:port list, vhost, user)`` from pika ``ConnectionParameters`` or option dicts."""
+    params = list(params)
+    hosts = ', '.join(f'{_field(p, "host")}:{_field(p, "port")}' for p in params) or 'the broker'
+    first = params[0] if params else {}
+    vhost = _field(first, 'virtual_host')
+    user = _field(first, 'userid', 'username')
+    if user is None:
+        user = _field(_field(first, 'credentials') or {}, 'username')
+    return hosts, vhost if vhost is not None else '/', user or 'guest'
+
+
+def connect_advice(exc: BaseException, params: Iterable[Any] = ()) -> str:
+    """What to do after a connect failed with ``exc``; '' when there is nothing useful to say.
+
+    ``params`` are the addresses tried: pika ``ConnectionParameters`` or
+    ``config.connection_options`` dicts (host, port, virtual_host, userid).
+    """
+    hosts, vhost, user = _target(params)
+    raw = _chain(exc)
+    text = raw.lower()
+    match = _VHOST_REFUSED.search(raw)
+    if match:
+        return (f"user {match.group('user')!r} has no permissions on vhost "
+                f"{match.group('vhost')!r}: grant them with `rabbitmqctl set_permissions -p "
+                f"{match.group('vhost')} {match.group('user')} '.*' '.*' '.*'`, or use another "
+                f"user in broker_url")
+    match = _VHOST_NOT_FOUND.search(raw)
+    if match:
+        name = match.group('vhost')
+        return (f"vhost {name!r} does not exist: create it with `rabbitmqctl add_vhost {name}` "
+                f"and `rabbitmqctl set_permissions -p {name} {user} '.*' '.*' '.*'`, or fix the "
+                f"vhost in broker_url (the path after host:port; '//' is the default vhost '/')")
+    if 'probableauthenticationerror' in text or 'authenticationerror' in text or (
+            'access_refused' in text and 'login was refused' in text):
+        hint = (" RabbitMQ lets 'guest' log in only from localhost: for a remote broker create a "
+                "user (`rabbitmqctl add_user`, `set_permissions`)." if user == 'guest' else '')
+        return (f'ACCESS_REFUSED: the broker refused user {user!r} with this password: check the '
+                f'user and password in broker_url (or $AMQP_URL); URL-encode special characters '
+                f'(@ : / %).{hint}')
+    if 'probableaccessdeniederror' in text or 'access_refused' in text:
+        return (f'access to vhost {vhost!r} refused for user {user!r}: check the vhost in '
+                f'broker_url and the user\'s permissions (`rabbitmqctl list_permissions -p '
+                f'{vhost}`)')
+    if 'gaierror' in text or 'name or service not known' in text or \
+            'nodename nor servname' in text or 'temporary failure in name resolution' in text:
+        return f'the host name in broker_url does not resolve ({hosts}): fix the host'
+    if 'connection refused' in text or 'connectionrefusederror' in text:
+        return (f'nothing accepts connections at {hosts}: start RabbitMQ there (e.g. `docker run '
+                f'-d -p 5672:5672 rabbitmq:3`) or fix the host and port in broker_url (or '
+                f'$AMQP_URL); AMQP listens on 5672, amqps on 5671 (15672 is the web UI)')
+    if 'sslerror' in text or 'ssl:' in text or 'certificate' in text:
+        return ('the TLS handshake failed: check amqps:// is meant (port 5671), and the CA, '
+                'certificate and key in broker_use_ssl')
+    if 'incompatibleprotocolerror' in text or 'streamlosterror' in text:
+        return (f'the peer at {hosts} is not an AMQP 0-9-1 broker or dropped the handshake: '
+                f'check the port (5672 for amqp://, 5671 for amqps://, not the 15672 web UI) and '
+                f'that amqps:// is used only on a TLS port')
+    if 'timeout' in text or 'timed out' in text:
+        return (f'no answer from {hosts} within broker_connection_timeout: check the host, the '
+                f'port and any firewall, or raise broker_connection_timeout')
+    return ''
+
+
+def _value(text: str) -> str:
+    """A value as RabbitMQ writes it in a 406: ``'true'``, ``none``, ``the value '300000' of
+    type 'signedint'``."""
+    text = text.strip()
+    typed = re.match(r"the value '(?P<v>.*)' of type '(?P<t>[^']*)'", text)
+    if typed:
+        return typed.group('v')
+    if text == 'none':
+        return '(none)'
+    return text.strip("'")
+
+
+def precondition_advice(text: str) -> str:
+    """What to do about a 406 PRECONDITION_FAILED on a declare; '' when ``text`` is not one
+    naming the argument that clashed."""
+    match = _INEQUIVALENT.search(text.strip())
+    if not match:
+        return ''
+    kind, name, arg, vhost = match.group('kind', 'name', 'arg', 'vhost')
+    asked, current = (_value(v) for v in match.group('asked', 'current'))
+    if kind == 'queue':
+        delete = f'`rabbitmqctl -p {vhost} delete_queue {name}`; its messages go with it'
+    else:
+        delete = f'`rabbitmqadmin -V {vhost} delete exchange name={name}` or the management UI'
+    return (f'{kind} {name!r} already exists with {arg}={current} and this declaration asks '
+            f'{arg}={asked}: declare it as it exists ({arg}={current}), use another name, or '
+            f'delete it ({delete}) and let it be declared again')
