@@ -3,7 +3,9 @@
 ``describe(exc)`` names a connect error fully (pika's ``AMQPConnectionError`` has an empty
 ``str()``: what happened is in its ``args``). ``connect_advice(exc, params)`` says what to
 check or run for a failed connect; ``precondition_advice(text)`` for a 406 on a declare.
-The I/O thread appends them to the ``ConnectionLost`` / ``PreconditionFailed`` it raises.
+Each returns one sentence (capitalised, no final period) or ''. The I/O thread appends them
+to the ``ConnectionLost`` / ``PreconditionFailed`` / ``TimeoutError`` it raises. Never a
+password: only the user name, hosts, ports and vhost of the parameters are used.
 
 Level 1: imports nothing from pika (exceptions are recognised by class name and text), so it
 is testable without a broker. Pure functions: no I/O.
@@ -78,14 +80,14 @@ def connect_advice(exc: BaseException, params: Iterable[Any] = ()) -> str:
     text = raw.lower()
     match = _VHOST_REFUSED.search(raw)
     if match:
-        return (f"user {match.group('user')!r} has no permissions on vhost "
+        return (f"User {match.group('user')!r} has no permissions on vhost "
                 f"{match.group('vhost')!r}: grant them with `rabbitmqctl set_permissions -p "
                 f"{match.group('vhost')} {match.group('user')} '.*' '.*' '.*'`, or use another "
                 f"user in broker_url")
     match = _VHOST_NOT_FOUND.search(raw)
     if match:
         name = match.group('vhost')
-        return (f"vhost {name!r} does not exist: create it with `rabbitmqctl add_vhost {name}` "
+        return (f"The vhost {name!r} does not exist: create it with `rabbitmqctl add_vhost {name}` "
                 f"and `rabbitmqctl set_permissions -p {name} {user} '.*' '.*' '.*'`, or fix the "
                 f"vhost in broker_url (the path after host:port; '//' is the default vhost '/')")
     if 'probableauthenticationerror' in text or 'authenticationerror' in text or (
@@ -96,25 +98,25 @@ def connect_advice(exc: BaseException, params: Iterable[Any] = ()) -> str:
                 f'user and password in broker_url (or $AMQP_URL); URL-encode special characters '
                 f'(@ : / %).{hint}')
     if 'probableaccessdeniederror' in text or 'access_refused' in text:
-        return (f'access to vhost {vhost!r} refused for user {user!r}: check the vhost in '
+        return (f'Access to vhost {vhost!r} refused for user {user!r}: check the vhost in '
                 f'broker_url and the user\'s permissions (`rabbitmqctl list_permissions -p '
                 f'{vhost}`)')
     if 'gaierror' in text or 'name or service not known' in text or \
             'nodename nor servname' in text or 'temporary failure in name resolution' in text:
-        return f'the host name in broker_url does not resolve ({hosts}): fix the host'
+        return f'The host name in broker_url does not resolve ({hosts}): fix the host'
     if 'connection refused' in text or 'connectionrefusederror' in text:
-        return (f'nothing accepts connections at {hosts}: start RabbitMQ there (e.g. `docker run '
+        return (f'Nothing accepts connections at {hosts}: start RabbitMQ there (e.g. `docker run '
                 f'-d -p 5672:5672 rabbitmq:3`) or fix the host and port in broker_url (or '
                 f'$AMQP_URL); AMQP listens on 5672, amqps on 5671 (15672 is the web UI)')
     if 'sslerror' in text or 'ssl:' in text or 'certificate' in text:
-        return ('the TLS handshake failed: check amqps:// is meant (port 5671), and the CA, '
+        return ('The TLS handshake failed: check amqps:// is meant (port 5671), and the CA, '
                 'certificate and key in broker_use_ssl')
     if 'incompatibleprotocolerror' in text or 'streamlosterror' in text:
-        return (f'the peer at {hosts} is not an AMQP 0-9-1 broker or dropped the handshake: '
+        return (f'The peer at {hosts} is not an AMQP 0-9-1 broker or dropped the handshake: '
                 f'check the port (5672 for amqp://, 5671 for amqps://, not the 15672 web UI) and '
                 f'that amqps:// is used only on a TLS port')
     if 'timeout' in text or 'timed out' in text:
-        return (f'no answer from {hosts} within broker_connection_timeout: check the host, the '
+        return (f'No answer from {hosts} within broker_connection_timeout: check the host, the '
                 f'port and any firewall, or raise broker_connection_timeout')
     return ''
 
@@ -143,6 +145,6 @@ def precondition_advice(text: str) -> str:
         delete = f'`rabbitmqctl -p {vhost} delete_queue {name}`; its messages go with it'
     else:
         delete = f'`rabbitmqadmin -V {vhost} delete exchange name={name}` or the management UI'
-    return (f'{kind} {name!r} already exists with {arg}={current} and this declaration asks '
+    return (f'{kind.capitalize()} {name!r} already exists with {arg}={current} and this declaration asks '
             f'{arg}={asked}: declare it as it exists ({arg}={current}), use another name, or '
             f'delete it ({delete}) and let it be declared again')

@@ -651,8 +651,10 @@ class Link:
                 errors.append(f'{type(exc).__name__}: {exc}' if str(exc) else type(exc).__name__)
                 self.last_error = errors[-1]
                 self._drop_connection()
+                # Wrong credentials, vhost or certificate: retrying cannot help.
                 if isinstance(exc, (pika.exceptions.ProbableAuthenticationError,
-                                    pika.exceptions.ProbableAccessDeniedError)) or (
+                                    pika.exceptions.ProbableAccessDeniedError,
+                                    ssl.SSLCertVerificationError)) or (
                         self._max_connect_retries is not None and attempt > self._max_connect_retries):
                     self._give_up(attempt, time.monotonic() - began, errors[-1])
                     return False

@@ -37,18 +37,18 @@ def test_describe_shows_what_an_empty_amqp_connection_error_holds():
 
 
 @pytest.mark.parametrize('exc,needles', [
-    (REFUSED, ['nothing accepts connections at rabbit.example:5672', 'start RabbitMQ',
+    (REFUSED, ['Nothing accepts connections at rabbit.example:5672', 'start RabbitMQ',
                'broker_url']),
     (BAD_LOGIN, ['ACCESS_REFUSED', "user 'app'", 'check the user and password in broker_url']),
     (NO_VHOST, ["vhost 'Shop' does not exist", 'rabbitmqctl add_vhost Shop',
                 "set_permissions -p Shop app", 'or fix the vhost in broker_url']),
-    (NO_PERMISSION, ["user 'app' has no permissions on vhost 'shop'",
+    (NO_PERMISSION, ["User 'app' has no permissions on vhost 'shop'",
                      "rabbitmqctl set_permissions -p shop app '.*' '.*' '.*'"]),
     (socket.gaierror(-2, 'Name or service not known'),
      ['does not resolve (rabbit.example:5672)', 'fix the host']),
     (pika.exceptions.AMQPConnectionError(AMQPConnectorStackTimeout('Timeout during AMQP '
                                                                    'handshake')),
-     ['no answer from rabbit.example:5672 within broker_connection_timeout']),
+     ['No answer from rabbit.example:5672 within broker_connection_timeout']),
     (pika.exceptions.IncompatibleProtocolError('StreamLostError'),
      ['not an AMQP 0-9-1 broker', '15672']),
     (ssl.SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify '
@@ -73,7 +73,7 @@ def test_pika_connection_parameters_are_read_too_and_unknown_errors_get_no_advic
     assert "user 'bob'" in connect_advice(BAD_LOGIN, [params])
     assert 'mq.internal:5673' in connect_advice(REFUSED, [params])
     assert connect_advice(RuntimeError('something else'), [params]) == ''
-    assert 'nothing accepts connections at the broker' in connect_advice(REFUSED)
+    assert 'Nothing accepts connections at the broker' in connect_advice(REFUSED)
 
 
 def test_a_cause_chain_is_looked_at():
@@ -89,14 +89,14 @@ def test_a_cause_chain_is_looked_at():
 @pytest.mark.parametrize('text,needles', [
     ("PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'tasks' in vhost '/': "
      "received 'true' but current is 'false'",
-     ["queue 'tasks' already exists with durable=false", 'asks durable=true',
+     ["Queue 'tasks' already exists with durable=false", 'asks durable=true',
       'rabbitmqctl -p / delete_queue tasks']),
     ("PRECONDITION_FAILED - inequivalent arg 'x-expires' for queue 'r1' in vhost 'v': received "
      "the value '300000' of type 'signedint' but current is none",
      ['x-expires=(none)', 'asks x-expires=300000', 'rabbitmqctl -p v delete_queue r1']),
     ("PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'ex' in vhost '/': received "
      "'direct' but current is 'fanout'",
-     ["exchange 'ex' already exists with type=fanout", 'rabbitmqadmin -V / delete exchange']),
+     ["Exchange 'ex' already exists with type=fanout", 'rabbitmqadmin -V / delete exchange']),
 ])
 def test_a_406_says_which_argument_clashed_and_how_to_fix_it(text, needles):
     advice = precondition_advice(text)

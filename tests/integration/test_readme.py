@@ -1,0 +1,126 @@
+"""README.rst's promises: its Python blocks run, its demo command works.
+
+* Every ``.. code-block:: python`` block of README.rst is either run or checked:
+  - a block whose first line is ``# examples/<path>`` is an excerpt of that file and must
+    appear in it verbatim (those files run under ``test_django_servers.py``);
+  - every other block runs, in README order, as one script in a subprocess, with the run's
+    broker for ``amqp://guest:guest@localhost:5672//`` and a queue of this test for
+    ``celery``. A ``print(...)`` whose line ends with ``# text`` must print ``text``.
+* ``python scripts/demo.py`` exits 0 and prints its table.
+
+The test command is proved by CI itself; Docker lines are not run.
+"""
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import textwrap
+from typing import List, Tuple
+
+import pytest
+
+from tests.integration.web_support import REPO, subprocess_env
+from tests.integration.worker_support import delete_queue
+
+README = REPO / 'README.rst'
+README_URL = 'amqp://guest:guest@localhost:5672//'
+_DIRECTIVE = re.compile(r'^(?P<indent>\s*)\.\. code-block:: python\s*$')
+_EXCERPT = re.compile(r'^# (?P<path>examples/\S+)$')
+
+# Runs before the README blocks: an App made without a queue uses this test's queue.
+PRELUDE = '''
+import pika_rpc
+_App = pika_rpc.App
+class App(_App):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault('task_default_queue', {queue!r})
+        super().__init__(*args, **kwargs)
+pika_rpc.App = App
+'''
+
+
+def python_blocks(text: str) -> List[Tuple[int, str]]:
+    """``[(line number, dedented code)]`` of every ``.. code-block:: python`` block."""
+    lines = text.splitlines()
+    blocks = []
+    i = 0
+    while i < len(lines):
+        match = _DIRECTIVE.match(lines[i])
+        i += 1
+        if not match:
+            continue
+        indent = len(match.group('indent'))
+        start, body = i, []
+        while i < len(lines) and (not lines[i].strip() or
+                                  len(lines[i]) - len(lines[i].lstrip()) > indent):
+            body.append(lines[i])
+            i += 1
+        blocks.append((start + 1, textwrap.dedent('\n'.join(body)).strip('\n') + '\n'))
+    return blocks
+
+
+def expected_prints(code: str) -> List[str]:
+    """The ``# text`` comments of ``print(...)`` lines, in order."""
+    out = []
+    for line in code.splitlines():
+        stripped = line.strip()
+        if stripped.startswith('print(') and '#' in stripped:
+            out.append(stripped.rsplit('#', 1)[1].strip())
+    return out
+
+
+def test_the_readme_has_python_blocks_and_each_is_valid_python():
+    blocks = python_blocks(README.read_text())
+    assert len(blocks) >= 5
+    for line, code in blocks:
+        ast.parse(code, filename=f'README.rst:{line}')
+
+
+@pytest.mark.parametrize('line,code', [
+    pytest.param(line, code, id=f'README.rst:{line}')
+    for line, code in python_blocks(README.read_text()) if _EXCERPT.match(code.splitlines()[0])])
+def test_a_readme_excerpt_is_in_its_file_verbatim(line: int, code: str) -> None:
+    first, _, rest = code.partition('\n')
+    path = REPO / _EXCERPT.match(first).group('path')
+    assert path.is_file(), f'README.rst:{line} names {path}, which does not exist'
+    assert rest.strip('\n') in path.read_text(), \
+        f'README.rst:{line}: this excerpt is not in {path} verbatim (update one or the other)'
+
+
+def test_the_readme_python_blocks_run_in_order_and_print_what_they_say(
+        amqp_url: str, unique_name: str, tmp_path) -> None:
+    runnable = [(line, code) for line, code in python_blocks(README.read_text())
+                if not _EXCERPT.match(code.splitlines()[0])]
+    assert runnable
+    script = [PRELUDE.format(queue=unique_name)]
+    expected: List[str] = []
+    for line, code in runnable:
+        assert README_URL in code or 'App(' not in code, \
+            f'README.rst:{line}: an App with another broker URL than {README_URL}'
+        code = code.replace(repr(README_URL), repr(amqp_url)).replace("'celery'",
+                                                                      repr(unique_name))
+        script.append(f'# ---- README.rst:{line}\n{code}')
+        expected.extend(expected_prints(code))
+    path = tmp_path / 'readme_blocks.py'
+    path.write_text('\n'.join(script))
+    try:
+        proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
+                              timeout=90, cwd=str(tmp_path), env=subprocess_env())
+    finally:
+        delete_queue(amqp_url, unique_name)
+    report = f'script {path}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}'
+    assert proc.returncode == 0, report
+    printed = proc.stdout.splitlines()
+    assert printed == expected, report
+
+
+def test_the_demo_command_runs_and_prints_its_table(amqp_url: str) -> None:
+    proc = subprocess.run([sys.executable, 'scripts/demo.py'], capture_output=True, text=True,
+                          timeout=120, cwd=str(REPO), env=subprocess_env(AMQP_URL=amqp_url))
+    report = f'stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}'
+    assert proc.returncode == 0, report
+    assert re.search(r'^task\s+result\s+detail$', proc.stdout, re.M), report
+    for row in ('add(2, 3)', 'boom(...)', 'group of 10 x add', 'stopped cleanly: True'):
+        assert row in proc.stdout, report
