@@ -21,7 +21,8 @@ _INEQUIVALENT = re.compile(
     r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) '(?P<name>[^']*)' in "
     r"vhost '(?P<vhost>[^']*)': received (?P<asked>.+?) but current is (?P<current>.+?)\)?$")
 _VHOST_NOT_FOUND = re.compile(r"vhost (?P<vhost>\S+) not found")
-_VHOST_REFUSED = re.compile(r"access to vhost '(?P<vhost>[^']*)' refused for user '(?P<user>[^']*)'")
+_VHOST_REFUSED = re.compile(
+    r"access to vhost '(?P<vhost>[^']*)' refused for user '(?P<user>[^']*)'")
 
 
 def describe(exc: BaseException) -> str:
@@ -145,6 +146,7 @@ def precondition_advice(text: str) -> str:
         delete = f'`rabbitmqctl -p {vhost} delete_queue {name}`; its messages go with it'
     else:
         delete = f'`rabbitmqadmin -V {vhost} delete exchange name={name}` or the management UI'
-    return (f'{kind.capitalize()} {name!r} already exists with {arg}={current} and this declaration asks '
-            f'{arg}={asked}: declare it as it exists ({arg}={current}), use another name, or '
-            f'delete it ({delete}) and let it be declared again')
+    return (f'{kind.capitalize()} {name!r} already exists with {arg}={current} and this '
+            f'declaration asks {arg}={asked}: declare it with the same arguments as it has '
+            f'({arg}={current}), use another name, or delete it ({delete}) and let it be '
+            f'declared again')

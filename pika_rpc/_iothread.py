@@ -44,7 +44,7 @@ import pika
 import pika.exceptions
 import pika.spec
 
-from . import _confirms
+from . import _advice, _confirms
 from ._threads import SerialExecutor
 from ._timeouts import deadline, remaining
 from .errors import (ClosedError, ConnectionLost, PikaRPCError, PreconditionFailed,
@@ -220,10 +220,11 @@ def translate_channel_error(exc: BaseException, what: str) -> PikaRPCError:
     code = getattr(exc, 'reply_code', None)
     text = getattr(exc, 'reply_text', str(exc))
     if code == 406:
-        return PreconditionFailed(
-            f'{what}: 406 PRECONDITION_FAILED ({text}). An entity of that name already exists '
-            'with other arguments (durable, auto_delete, exclusive, x-expires, ...): declare it '
-            'with the same arguments, use another name, or delete it first.')
+        advice = _advice.precondition_advice(text) or (
+            'An entity of that name already exists with other arguments (durable, auto_delete, '
+            'exclusive, x-expires, ...): declare it with the same arguments, use another name, '
+            'or delete it first')
+        return PreconditionFailed(f'{what}: 406 PRECONDITION_FAILED ({text}). {advice}.')
     err = PikaRPCError(f'{what}: {code} {text}')
     err.reply_code = code  # type: ignore[attr-defined]
     return err
@@ -289,6 +290,7 @@ class Link:
         self._declared_lock = threading.Lock()
         self._declared: set = set()
 
+        self.last_advice = ''          # what to do about last_error (pika_rpc._advice)
         self._stats = collections.Counter()
         self.last_error: Optional[str] = None
         self._gen = 0                  # connection generation, bumped at every connect
@@ -385,10 +387,21 @@ class Link:
             raise TimeoutError(f'{what}: hand-off queue still full after {timeout} s')
         if not cmd.done.wait(remaining(dl)):
             cmd.cancelled = True
-            raise TimeoutError(f'{what} not done within {timeout} s (link {self._state})')
+            raise TimeoutError(f'{what} not done within {timeout} s{self._why_not_open()}')
         if cmd.error is not None:
             raise cmd.error
         return cmd.result
+
+    def _why_not_open(self) -> str:
+        """For a timeout message: why the link is not open, and what to do about it."""
+        if self._state == OPEN:
+            return ''
+        why = f' (link {self._state}'
+        if self.last_error and self._state in (CONNECTING, RECONNECTING, IDLE):
+            why += f'; the broker cannot be reached: {self.last_error}'
+            if self.last_advice:
+                why += f'. {self.last_advice}'
+        return why + ')'
 
     def publish(self, pub: Publication) -> Publication:
         """Queue ``pub`` for publishing with confirms; returns at once (not settled).
@@ -648,8 +661,9 @@ class Link:
             # pika 1.4 may raise a bare ValueError ("Expected connected socket") when the
             # peer resets right after accepting: that is a failed connect too.
             except (_CONNECTION_ERRORS + (pika.exceptions.AMQPError, ValueError)) as exc:
-                errors.append(f'{type(exc).__name__}: {exc}' if str(exc) else type(exc).__name__)
+                errors.append(_advice.describe(exc))
                 self.last_error = errors[-1]
+                self.last_advice = _advice.connect_advice(exc, self._options)
                 self._drop_connection()
                 # Wrong credentials, vhost or certificate: retrying cannot help.
                 if isinstance(exc, (pika.exceptions.ProbableAuthenticationError,
@@ -746,8 +760,9 @@ class Link:
         self._retry_later.extend(delayed)
 
     def _give_up(self, attempts: int, elapsed: float, last: str) -> None:
+        advice = f'. {self.last_advice}' if self.last_advice else ''
         err = ConnectionLost(f'cannot connect to {self._addresses()} after {attempts} attempt(s) '
-                             f'in {elapsed:.1f} s; last error: {last}')
+                             f'in {elapsed:.1f} s; last error: {last}{advice}')
         LOGGER.error('%s', err)
         self._set_state(IDLE)
         self._fail_queued(err)

@@ -156,9 +156,9 @@ class App:
         if ignore_result is not True:
             try:
                 backend.on_task_call(None, task_id, timeout=remaining(dl))
-            except TimeoutError:
+            except TimeoutError as exc:   # its text says why (e.g. cannot connect, and what to do)
                 raise PublishError(f'task {name}[{task_id}] not sent: the reply queue could not '
-                                   f'be set up within the publish timeout') from None
+                                   f'be set up within the publish timeout: {exc}') from None
         queue = queue or conf.task_default_queue
         link = backend._get_link()
         if exchange is None:

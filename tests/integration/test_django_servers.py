@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import re
+import signal
 import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,7 @@ def web_queue(amqp_url: str) -> Iterator[str]:
 @pytest.fixture(scope='module')
 def server_env(amqp_url: str, web_queue: str, tmp_path_factory: Any) -> Dict[str, str]:
     return subprocess_env(AMQP_URL=amqp_url, CELERY_TASK_DEFAULT_QUEUE=web_queue,
+                          CELERY_RESULT_EXPIRES='120',   # a reply queue left behind goes soon
                           DJANGO_CACHE_DIR=str(tmp_path_factory.mktemp('django-cache')),
                           DJANGO_SETTINGS_MODULE='djproject.settings')
 
@@ -74,6 +76,7 @@ def task_worker(server_env: Dict[str, str], tmp_path_factory: Any) -> Iterator[P
 
 def start_server(name: str, args: List[str], env: Dict[str, str], tmp_path: Any,
                  new_session: bool = False) -> Tuple[Proc, str]:
+    """Start a server on a free port; return it and its base URL once ``/info`` answers."""
     port = free_port()
     proc = Proc(name, [a.replace('{port}', str(port)) for a in args], tmp_path / f'{name}.log',
                 cwd=DJANGO_PROJECT, env=env, new_session=new_session)
@@ -127,7 +130,10 @@ def test_the_threaded_dev_server_answers_120_concurrent_requests_over_one_connec
             eventually(succeeded, timeout=WAIT)
             assert get_json(f'{base}/state/{sent["task_id"]}')[1]['result'] == 42
     finally:
-        server.stop(15)
+        status = server.stop(15, signal.SIGINT)       # Ctrl-C: a clean exit
+    assert status == 0, server.log()
+    oid = answers[0][1]['oid']                         # the reply queue went with the process
+    eventually(lambda: oid not in queue_consumers(), timeout=WAIT)
 
 
 def test_the_autoreloader_parent_never_connects_and_its_serving_child_does_once(
@@ -148,7 +154,7 @@ def test_the_autoreloader_parent_never_connects_and_its_serving_child_does_once(
             assert server.pid not in connections
             assert len(connections.get(serving.pop(), [])) == 1
     finally:
-        server.stop(15)
+        server.stop(15, signal.SIGINT)
 
 
 # ------------------------------------------------------------------ gunicorn --preload
@@ -173,11 +179,15 @@ def preloaded(task_worker: Proc, server_env: Dict[str, str],
             assert match, 'the master did not connect in AppConfig.ready()'
             master_connections = eventually(lambda: pika_connections().get(server.pid),
                                             timeout=WAIT)
-        yield {'server': server, 'base': base, 'workers': set(workers),
-               'master_oid': match.group(1), 'master_connections': master_connections}
+        state = {'server': server, 'base': base, 'workers': set(workers), 'oids': set(),
+                 'master_oid': match.group(1), 'master_connections': master_connections}
+        yield state
     finally:
         status = server.stop(20)
     assert status == 0, server.log()
+    # Every process deleted its reply queue as it exited (SIGTERM is gunicorn's clean stop).
+    oids = state['oids'] | {state['master_oid']}
+    eventually(lambda: not oids & set(queue_consumers()), timeout=WAIT)
 
 
 def test_preloaded_gunicorn_workers_each_get_their_own_reply_queue_and_connection(
@@ -200,13 +210,15 @@ def test_preloaded_gunicorn_workers_each_get_their_own_reply_queue_and_connectio
         assert all(len(o) == 1 for o in oids.values()), oids       # one reply queue per process
         distinct = {next(iter(o)) for o in oids.values()}
         assert len(distinct) == 3 and preloaded['master_oid'] not in distinct
+        preloaded['oids'] |= distinct
 
         connections = pika_connections()
-        assert {pid: len(connections.get(pid, [])) for pid in workers} == {pid: 1 for pid in workers}
+        per_worker = {pid: len(connections.get(pid, [])) for pid in workers}
+        assert per_worker == {pid: 1 for pid in workers}
         # The master's connection: the same one (same peer address), no channel opened or
         # closed by a child, its reply queue still consumed.
         assert connections.get(server.pid) == preloaded['master_connections']
-        assert queue_consumers(preloaded['master_oid']) == 1
+        assert queue_consumers().get(preloaded['master_oid']) == 1
 
 
 def _poll_state(base: str, path: str, rounds_until: Any) -> Dict[int, List[Dict[str, Any]]]:

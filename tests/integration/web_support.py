@@ -1,7 +1,8 @@
 """Helpers for tests that run real servers (Django, gunicorn) and workers as subprocesses.
 
 * ``Proc``: a subprocess with its stdout+stderr in a log file (never a pipe: a chatty server
-  must not block on a full pipe), stopped with SIGTERM and a timeout, SIGKILL after that.
+  must not block on a full pipe), stopped with SIGTERM (or another signal) and a timeout,
+  SIGKILL after that.
 * ``show_logs_on_failure(*procs)``: a failing block prints every process's log.
 * ``wait_http(url)``: bounded polling of an HTTP port until it answers (no sleep).
 * ``get_json(url)``: ``(status, body)`` of a GET returning JSON.
@@ -70,14 +71,14 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def stop(self, timeout: float = 15.0) -> Optional[int]:
-        """SIGTERM (to the whole session when started as one), wait, then SIGKILL.
+    def stop(self, timeout: float = 15.0, signum: int = signal.SIGTERM) -> Optional[int]:
+        """``signum`` (to the whole session when started as one), wait, then SIGKILL.
 
         Returns the exit status, or None when it had to be killed.
         """
         status: Optional[int] = None
         if self.alive():
-            self._signal(signal.SIGTERM)
+            self._signal(signum)
             try:
                 status = self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -154,13 +155,10 @@ def pika_connections() -> Dict[int, List[Dict[str, Any]]]:
     return found
 
 
-def queue_consumers(name: str) -> Optional[int]:
-    """Consumers of queue ``name`` (None when there is no such queue)."""
+def queue_consumers() -> Dict[str, int]:
+    """``{queue name: consumers}`` for every queue of vhost ``/``."""
     out = rabbitmqctl('list_queues', 'name', 'consumers', '--formatter', 'json')
-    for row in json.loads(out) if out.strip() else []:
-        if row['name'] == name:
-            return int(row['consumers'])
-    return None
+    return {row['name']: int(row['consumers']) for row in (json.loads(out) if out.strip() else [])}
 
 
 def children_of(pid: int) -> List[int]:

@@ -21,7 +21,8 @@ USE_TZ = True
 # ---- pika_rpc (Celery's setting names with the CELERY_ prefix)
 CELERY_BROKER_URL = os.environ.get('AMQP_URL', 'amqp://guest:guest@localhost:5672//')
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get('CELERY_TASK_DEFAULT_QUEUE', 'celery')
-CELERY_RESULT_EXPIRES = 3600            # the reply queue of a process that died goes in 1 h
+CELERY_RESULT_EXPIRES = int(os.environ.get('CELERY_RESULT_EXPIRES', 3600))  # s: a dead
+# process's reply queue is deleted by the broker after this long (a clean exit deletes it)
 CELERY_BROKER_CONNECTION_MAX_RETRIES = 10
 
 # Connect in DemoConfig.ready() instead of on the first request. With gunicorn --preload
