@@ -6,18 +6,27 @@ all kinds alike), and reports medians. A worker prints JSON lines on stdout:
 ``{"queue": NAME}`` as soon as it knows a queue name (so the driver can delete it even if
 the worker dies) and one final ``{"result": {...}}``.
 
-Not part of the library: benchmark helpers only.
+Also: helpers every benchmark shares (threads started together, percentiles, pre-filled
+queues, task ids both processes derive, a raw-pika publisher in another process, the
+broker's view of a process's connections and queues, CPU and RSS readings).
+
+Not part of the library: benchmark helpers only. Run as a script (``--publisher --url URL``)
+it is the publisher process of ``Publisher``.
 """
 from __future__ import annotations
 
 import json
 import os
+import queue as _queue
+import re
+import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -6,7 +6,7 @@ Usage: ``python -m tests.interop.celery_client '<json spec>'`` with ``AMQP_URL``
 
 Spec keys: ``scenario`` (``call``, ``poll``, ``many`` or ``send``), ``task``, ``args``, ``kwargs``,
 ``options`` (``send_task`` options), ``timeout``, ``typed_args`` (send the values of
-:func:`typed_values` as the only argument), ``revoke_after`` (seconds after sending, then
+:func:`typed_values` as the only argument), ``revoke`` (true: right after sending,
 ``AsyncResult.revoke()``), ``count``/``offset`` (``many``).
 
 Values (results, state metadata) are printed in kombu's JSON, envelopes included, next to
@@ -86,9 +86,8 @@ def _send(spec):
 def scenario_call(spec):
     result = _send(spec)
     out = {'task_id': result.id, 'reply_to': app.backend.oid}
-    if spec.get('revoke_after') is not None:
-        time.sleep(spec['revoke_after'])
-        result.revoke()
+    if spec.get('revoke'):
+        result.revoke()     # while the task waits for its countdown at the worker
     messages = []
     try:
         value = result.get(timeout=spec.get('timeout', 20), on_message=messages.append)

@@ -118,7 +118,7 @@ def test_celery_follows_our_retry_to_success(amqp_url, pika_worker):
 @pytest.mark.slow
 def test_celerys_revoke_is_honoured_by_our_worker(amqp_url, pika_worker):
     out = call(amqp_url, pika_worker, 'interop.add', (1, 1), options={'countdown': 3},
-               revoke_after=1)
+               revoke=True)
     assert not out['ok'] and out['state'] == 'REVOKED'
     assert out['error']['class'] == 'TaskRevokedError'
     assert out['error']['module'] == 'celery.exceptions'
