@@ -305,7 +305,10 @@ class RPCBackend:
             self._stats['bad_messages'] += 1
             task_id = protocol.task_id_of(raw, props.correlation_id) if isinstance(raw, dict) \
                 else props.correlation_id
-            if not self._pending.fail_one(task_id, exc):
+            if self._pending.fail_one(task_id, exc):
+                LOGGER.warning('bad message for task %s on reply queue %s: %s (its waiters get '
+                               'this error)', task_id, self._oid, exc)
+            else:
                 LOGGER.warning('dropped a bad message on reply queue %s (task %s): %s',
                                self._oid, task_id, exc)
             return

@@ -142,6 +142,247 @@ def result_properties(task_id: str) -> Any:
                                 correlation_id=task_id, delivery_mode=1, priority=0, headers={})
 
 
+# ---------------------------------------------------------------------- shared measurement helpers
+def pr_app(url: str, **conf: Any) -> Any:
+    """A pika_rpc App as every benchmark builds it (reply queues expire after 600 s)."""
+    import pika_rpc
+    return pika_rpc.App(url, result_expires=600, **conf)
+
+
+def percentiles(lat: Sequence[float]) -> Dict[str, float]:
+    """p50/p90/p99/max/mean in microseconds of latencies given in seconds."""
+    lat = sorted(lat)
+    if not lat:
+        return {}
+    pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e6
+    return {'p50_us': pick(0.50), 'p90_us': pick(0.90), 'p99_us': pick(0.99),
+            'max_us': lat[-1] * 1e6, 'mean_us': statistics.fmean(lat) * 1e6}
+
+
+def run_threads(threads: int, work: Callable[[int], None]) -> Tuple[float, float]:
+    """Start ``threads`` threads running ``work(index)`` together.
+
+    Returns ``(elapsed wall seconds, process CPU seconds)`` (CPU of every thread); the first
+    exception of a thread is raised after all joined.
+    """
+    barrier = threading.Barrier(threads + 1)
+    errors: List[BaseException] = []
+
+    def body(i: int) -> None:
+        barrier.wait()
+        try:
+            work(i)
+        except BaseException as exc:  # noqa: B902 - reported below
+            errors.append(exc)
+
+    pool = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(threads)]
+    for t in pool:
+        t.start()
+    barrier.wait()
+    t0, c0 = time.perf_counter(), time.process_time()
+    for t in pool:
+        t.join()
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if errors:
+        raise errors[0]
+    return elapsed, cpu
+
+
+def raw_reply_queue(ch: Any, name: str, expires: int = 600) -> None:
+    """Declare ``name`` as pika_rpc declares its reply queue (durable, x-expires)."""
+    from pika_rpc.config import Settings, reply_queue_arguments
+    ch.queue_declare(name, durable=True, auto_delete=False, exclusive=False,
+                     arguments=reply_queue_arguments(Settings(result_expires=expires)))
+
+
+def task_ids(prefix: str, start: int, count: int) -> List[str]:
+    """uuid-shaped ids ``prefix`` (24 chars) + 12 hex digits, derivable in both processes."""
+    return [f'{prefix}{i:012x}' for i in range(start, start + count)]
+
+
+def id_prefix() -> str:
+    return str(uuid.uuid4())[:24]
+
+
+def fill_queue(url: str, queue: str, ids: List[str], declare: Callable[[Any], None],
+               check: bool = True) -> None:
+    """Publish one result per id to ``queue`` (raw pika, value = index), untimed.
+
+    With ``check``, return once the queue holds them all (nobody may consume it);
+    without, after one round trip (everything reached the broker).
+    """
+    conn = raw_connection(url)
+    ch = conn.channel()
+    declare(ch)
+    for j, tid in enumerate(ids):
+        ch.basic_publish('', queue, result_body(tid, j), result_properties(tid))
+    if not check:
+        ch.queue_declare(queue, passive=True)
+        conn.close()
+        return
+    dl = time.monotonic() + 60
+    while True:
+        count = ch.queue_declare(queue, passive=True).method.message_count
+        if count >= len(ids) or time.monotonic() > dl:
+            break
+        conn.sleep(0.02)
+    conn.close()
+    if count != len(ids):
+        raise RuntimeError(f'{queue} holds {count} messages, expected {len(ids)}')
+
+
+def publisher_main(url: str) -> None:
+    """The publisher process: one JSON command a line on stdin, ``END`` stops.
+
+    ``{"queues": [...], "prefix": P, "start": S, "count": C, "ack": bool}`` publishes the
+    results of tasks S..S+C-1 (id ``task_ids(P, k, 1)``, value k) to ``queues[k % len]``
+    (raw pika, no confirms, as a Celery worker does); with ``ack``, after one round trip
+    it prints ``{"done": C, "seconds": publish time}``.
+    """
+    conn = raw_connection(url)
+    ch = conn.channel()
+    print(json.dumps({'ready': os.getpid()}), flush=True)
+    for line in sys.stdin:
+        line = line.strip()
+        if not line or line == 'END':
+            break
+        cmd = json.loads(line)
+        queues, prefix, start, count = cmd['queues'], cmd['prefix'], cmd['start'], cmd['count']
+        t0 = time.perf_counter()
+        publish = ch.basic_publish
+        for k in range(start, start + count):
+            tid = f'{prefix}{k:012x}'
+            publish('', queues[k % len(queues)], result_body(tid, k), result_properties(tid))
+        if cmd.get('ack'):
+            ch.queue_declare(queues[0], passive=True)
+            print(json.dumps({'done': count, 'seconds': time.perf_counter() - t0}), flush=True)
+        else:
+            conn.process_data_events(0)
+    conn.close()
+
+
+class Publisher:
+    """A raw-pika publisher in another process (``publisher_main``), ready on return."""
+
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--publisher',
+                                      '--url', url], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+        self._lines: 'Any' = _queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.read(timeout)                 # {"ready": pid}
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self._lines.put(json.loads(line))
+        self._lines.put(None)
+
+    def read(self, timeout: float) -> Dict[str, Any]:
+        try:
+            item = self._lines.get(timeout=timeout)
+        except _queue.Empty:
+            raise RuntimeError(f'publisher silent for {timeout} s') from None
+        if item is None:
+            raise RuntimeError('publisher exited')
+        return item
+
+    def publish(self, queues: Sequence[str], prefix: str, start: int, count: int,
+                ack: bool = False) -> None:
+        self.proc.stdin.write(json.dumps({'queues': list(queues), 'prefix': prefix,
+                                          'start': start, 'count': count, 'ack': ack}) + '\n')
+        self.proc.stdin.flush()
+
+    def close(self, timeout: float = 30.0) -> None:
+        try:
+            self.proc.stdin.write('END\n')
+            self.proc.stdin.close()
+        except (BrokenPipeError, ValueError):
+            pass
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def window_ids(prefix: str, tasks: int, window: int) -> Callable[[int], List[str]]:
+    """k -> the ids of window k of ``tasks`` ids ``task_ids(prefix, ...)``."""
+    return lambda k: task_ids(prefix, k * window, min(window, tasks - k * window))
+
+
+def windowed_gets(tasks: int, window: int, ids_of: Callable[[int], List[str]],
+                  release: Callable[[int], None], get: Callable[[str], Any]) -> Dict[str, Any]:
+    """The memory run's loop: ``tasks`` results in windows of ``window`` ids.
+
+    ``release(k)`` makes window k's results come (register the ids, tell a publisher);
+    two windows are in flight ahead of the gets. Each id of window k is ``get(tid)`` in
+    order and must return its index (ids: ``ids_of(k)``, e.g. ``window_ids``). RSS is read
+    after a ``gc.collect()`` once two windows were done (the warm-up) and at ten checkpoints.
+    """
+    import gc
+    windows = (tasks + window - 1) // window
+    checkpoints: List[List[int]] = []
+    rss_warm = None
+    t0 = time.perf_counter()
+    for k in range(min(2, windows)):
+        release(k)
+    for k in range(windows):
+        for i, tid in enumerate(ids_of(k), k * window):
+            if get(tid) != i:
+                raise RuntimeError(f'wrong result for task {i}')
+        if k + 2 < windows:
+            release(k + 2)
+        if k == 1:
+            gc.collect()
+            rss_warm = rss_kb()
+        if (k + 1) % max(1, windows // 10) == 0:
+            checkpoints.append([(k + 1) * window, rss_kb()])
+    return {'seconds': time.perf_counter() - t0, 'checkpoints': checkpoints,
+            'rss_after_warmup_kb': rss_warm}
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process (all threads)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _rabbitmqctl_json(*args: str) -> List[Dict[str, Any]]:
+    out = subprocess.run(['rabbitmqctl', '-q', *args, '--formatter', 'json'],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    if out.returncode != 0:
+        raise RuntimeError(f'rabbitmqctl {" ".join(args)}: {out.stderr.strip()[-300:]}')
+    return json.loads(out.stdout or '[]')
+
+
+def broker_resources(pid: Optional[int] = None) -> Dict[str, Any]:
+    """The broker's view of process ``pid`` (default: this one), from ``rabbitmqctl``.
+
+    Connections whose ``connection_name`` client property contains the pid as a whole
+    number (pika_rpc names its connection ``pika-rpc-io-PID-N``; the benchmarks name raw
+    and Celery connections ``bench-raw-PID`` / ``bench-celery-PID``), their channels, and
+    the queues those channels consume. ``{'error': ...}`` without rabbitmqctl.
+    """
+    pid = os.getpid() if pid is None else pid
+    pattern = re.compile(rf'(?<!\d){pid}(?!\d)')
+    try:
+        conns = _rabbitmqctl_json('list_connections', 'pid', 'client_properties')
+        chans = _rabbitmqctl_json('list_channels', 'pid', 'connection')
+        consumers = _rabbitmqctl_json('list_consumers', 'queue_name', 'channel_pid')
+    except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+        return {'error': str(exc)[:300]}
+    names = {}
+    for c in conns:
+        props = {p[0]: p[-1] for p in c.get('client_properties') or [] if isinstance(p, list)}
+        name = props.get('connection_name')
+        if isinstance(name, str) and pattern.search(name):
+            names[c['pid']] = name
+    chan_pids = {ch['pid'] for ch in chans if ch.get('connection') in names}
+    queues = sorted({c['queue_name'] for c in consumers if c.get('channel_pid') in chan_pids})
+    return {'connections': len(names), 'channels': len(chan_pids), 'queues': len(queues),
+            'connection_names': sorted(names.values())[:5], 'queue_names': queues[:5]}
+
+
 # ---------------------------------------------------------------------- driver side
 def run_worker(script: str, kind: str, params: Dict[str, Any], url: str,
                timeout: float = 300.0) -> Dict[str, Any]:
@@ -175,24 +416,53 @@ def run_worker(script: str, kind: str, params: Dict[str, Any], url: str,
     return result
 
 
-def interleave(script: str, kinds: Sequence[str], params_for: Callable[[str], Dict[str, Any]],
-               repeats: int, url: str, log: Callable[[str], None]) -> Dict[str, List[Dict]]:
-    """Run each kind ``repeats`` times, rotating the order each round. Returns kind -> runs."""
-    runs: Dict[str, List[Dict]] = {k: [] for k in kinds}
-    kinds = list(kinds)
+def interleave(script: str, kinds: Sequence[Union[str, Sequence[str]]],
+               params_for: Callable[[str], Dict[str, Any]], repeats: int, url: str,
+               log: Callable[[str], None], timeout: Union[float, Callable[[str], float]] = 300.0,
+               retries: int = 0) -> Dict[str, List[Dict]]:
+    """Run each kind ``repeats`` times, rotating the order each round. Returns kind -> runs.
+
+    ``kinds`` may hold groups (lists of kinds): each round runs every group in turn, each
+    group's kinds in an order rotated by the round (so the implementations compared in one
+    group take turns going first). ``timeout`` (seconds, or kind -> seconds) bounds a run;
+    a failed run is retried ``retries`` times (the broker may restart under us), then kept
+    as ``{'error': ...}`` and the suite goes on.
+    """
+    groups = [[k] if isinstance(k, str) else list(k) for k in kinds]
+    if all(len(g) == 1 for g in groups):
+        groups = [[g[0] for g in groups]]
+    runs: Dict[str, List[Dict]] = {k: [] for g in groups for k in g}
+    total, done, t_start = repeats * len(runs), 0, time.monotonic()
     for r in range(repeats):
-        order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
-        for kind in order:
-            t0 = time.monotonic()
-            res = run_worker(script, kind, params_for(kind), url)
-            runs[kind].append(res)
-            log(f'  round {r + 1}/{repeats} {kind:<24} {time.monotonic() - t0:5.1f} s  '
-                f'{_short(res)}')
+        for group in groups:
+            order = group[r % len(group):] + group[:r % len(group)]
+            for kind in order:
+                t0 = time.monotonic()
+                limit = timeout(kind) if callable(timeout) else timeout
+                for attempt in range(retries + 1):
+                    try:
+                        res = run_worker(script, kind, params_for(kind), url, timeout=limit)
+                        break
+                    except RuntimeError as exc:
+                        last = str(exc)
+                        log(f'  round {r + 1}/{repeats} {kind}: attempt {attempt + 1} failed: '
+                            f'{last.strip().splitlines()[-1] if last.strip() else last}')
+                else:
+                    res = {'error': last[-2000:]}
+                runs[kind].append(res)
+                done += 1
+                spent = time.monotonic() - t_start
+                log(f'  [{done}/{total}, {spent:4.0f} s, eta {spent / done * (total - done):4.0f} s] '
+                    f'round {r + 1}/{repeats} {kind:<28} {time.monotonic() - t0:5.1f} s  '
+                    f'{_short(res)}')
     return runs
 
 
 def _short(res: Dict[str, Any]) -> str:
-    keys = [k for k in ('rate', 'p50_us', 'rss_growth_kb') if k in res]
+    if 'error' in res:
+        return 'FAILED'
+    keys = [k for k in ('rate', 'p50_us', 'p99_us', 'rss_growth_kb', 'errors', 'hangs')
+            if k in res]
     return ' '.join(f'{k}={res[k]:.1f}' if isinstance(res[k], float) else f'{k}={res[k]}'
                     for k in keys)
 
@@ -236,3 +506,8 @@ def worker_args(argv: Optional[List[str]] = None) -> Any:
     p.add_argument('--url')
     args, _ = p.parse_known_args(argv)
     return args
+
+
+if __name__ == '__main__':
+    if '--publisher' in sys.argv:
+        publisher_main(sys.argv[sys.argv.index('--url') + 1])

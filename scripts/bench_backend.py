@@ -38,7 +38,6 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -52,16 +51,8 @@ SCRIPT = os.path.abspath(__file__)
 WARMUP = 100
 
 
-def _pr_app(url: str, **conf: Any) -> Any:
-    import pika_rpc
-    return pika_rpc.App(url, result_expires=600, **conf)
-
-
-def _percentiles(lat: List[float]) -> Dict[str, float]:
-    lat = sorted(lat)
-    pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e6
-    return {'p50_us': pick(0.50), 'p90_us': pick(0.90), 'p99_us': pick(0.99),
-            'max_us': lat[-1] * 1e6, 'mean_us': statistics.fmean(lat) * 1e6}
+_pr_app = bc.pr_app
+_percentiles = bc.percentiles
 
 
 # ====================================================================== (a) round trip
@@ -104,10 +95,7 @@ def w_pr_pingpong(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     return out
 
 
-def _raw_reply_queue(ch: Any, name: str) -> None:
-    from pika_rpc.config import Settings, reply_queue_arguments
-    ch.queue_declare(name, durable=True, auto_delete=False, exclusive=False,
-                     arguments=reply_queue_arguments(Settings(result_expires=600)))
+_raw_reply_queue = bc.raw_reply_queue
 
 
 def w_raw_pingpong(p: Dict[str, Any], url: str) -> Dict[str, Any]:
@@ -162,28 +150,7 @@ def w_raw_pingpong(p: Dict[str, Any], url: str) -> Dict[str, Any]:
 
 
 # ====================================================================== (b) get_seq
-def _fill(url: str, queue: str, ids: List[str], declare: Callable[[Any], None],
-          check: bool = True) -> None:
-    """Publish one result per id to ``queue`` (raw pika); with ``check``, return once the
-    queue holds them all (nobody consumes it)."""
-    conn = bc.raw_connection(url)
-    ch = conn.channel()
-    declare(ch)
-    for j, tid in enumerate(ids):
-        ch.basic_publish('', queue, bc.result_body(tid, j), bc.result_properties(tid))
-    if not check:
-        ch.queue_declare(queue, passive=True)     # one round trip: all reached the broker
-        conn.close()
-        return
-    dl = time.monotonic() + 60
-    while True:
-        count = ch.queue_declare(queue, passive=True).method.message_count
-        if count >= len(ids) or time.monotonic() > dl:
-            break
-        conn.sleep(0.02)
-    conn.close()
-    if count != len(ids):
-        raise RuntimeError(f'{queue} holds {count} messages, expected {len(ids)}')
+_fill = bc.fill_queue
 
 
 def w_pr_get_seq(p: Dict[str, Any], url: str) -> Dict[str, Any]:
@@ -261,24 +228,7 @@ def w_raw_get_seq(p: Dict[str, Any], url: str) -> Dict[str, Any]:
 WINDOW = 1000
 
 
-def _task_ids(prefix: str, start: int, count: int) -> List[str]:
-    """uuid-shaped ids ``prefix`` (24 chars) + 12 hex digits, derivable in both processes."""
-    return [f'{prefix}{i:012x}' for i in range(start, start + count)]
-
-
-def publisher_main(url: str, queue: str, prefix: str) -> None:
-    """Child process: for each ``START COUNT`` line on stdin publish those results; 'END' stops."""
-    conn = bc.raw_connection(url)
-    ch = conn.channel()
-    for line in sys.stdin:
-        line = line.strip()
-        if line == 'END':
-            break
-        start, count = map(int, line.split())
-        for i, tid in enumerate(_task_ids(prefix, start, count), start):
-            ch.basic_publish('', queue, bc.result_body(tid, i), bc.result_properties(tid))
-        conn.process_data_events(0)
-    conn.close()
+_task_ids = bc.task_ids
 
 
 def _sizes(app: Any) -> Dict[str, Any]:
@@ -311,23 +261,19 @@ def w_pr_memory(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     backend = app.backend
     oid = backend.oid
     bc.announce_queue(oid, url)
-    prefix = str(uuid.uuid4())[:24]
+    prefix = bc.id_prefix()
     AsyncResult = app.AsyncResult
-    windows = (tasks + WINDOW - 1) // WINDOW
-    window = lambda k: _task_ids(prefix, k * WINDOW, min(WINDOW, tasks - k * WINDOW))
+    window = bc.window_ids(prefix, tasks, WINDOW)
     backend.result_consumer.start()
     rss_connected = bc.rss_kb()
 
     if mode == 'process':
-        child = subprocess.Popen([sys.executable, SCRIPT, '--publisher', '--url', url, '--queue',
-                                  oid, '--prefix', prefix], stdin=subprocess.PIPE, text=True,
-                                 env=dict(os.environ, PYTHONPATH=bc.ROOT))
+        child = bc.Publisher(url)
 
         def release(k: int) -> None:
             for tid in window(k):
                 backend.on_task_call(None, tid)
-            child.stdin.write(f'{k * WINDOW} {len(window(k))}\n')
-            child.stdin.flush()
+            child.publish([oid], prefix, k * WINDOW, len(window(k)))
     else:
         todo: 'Any' = __import__('queue').SimpleQueue()
 
@@ -348,27 +294,11 @@ def w_pr_memory(p: Dict[str, Any], url: str) -> Dict[str, Any]:
                 backend.on_task_call(None, tid)
             todo.put(k)
 
-    checkpoints = []
-    t0 = time.perf_counter()
-    rss_warm = None
-    for k in range(min(2, windows)):
-        release(k)
-    for k in range(windows):
-        for i, tid in enumerate(window(k), k * WINDOW):
-            if AsyncResult(tid).get(timeout=60) != i:
-                raise RuntimeError('wrong result')
-        if k + 2 < windows:
-            release(k + 2)
-        if k == 1:
-            gc.collect()
-            rss_warm = bc.rss_kb()
-        if (k + 1) % max(1, windows // 10) == 0:
-            checkpoints.append([(k + 1) * WINDOW, bc.rss_kb()])
-    elapsed = time.perf_counter() - t0
+    run = bc.windowed_gets(tasks, WINDOW, window, release,
+                           lambda tid: AsyncResult(tid).get(timeout=60))
+    elapsed, checkpoints, rss_warm = run['seconds'], run['checkpoints'], run['rss_after_warmup_kb']
     if mode == 'process':
-        child.stdin.write('END\n')
-        child.stdin.close()
-        child.wait(30)
+        child.close()
     else:
         todo.put(None)
         thread.join(30)
@@ -474,15 +404,6 @@ def report(runs: Dict[str, List[Dict]], a: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    if '--publisher' in sys.argv:
-        ap = argparse.ArgumentParser()
-        ap.add_argument('--publisher', action='store_true')
-        ap.add_argument('--url')
-        ap.add_argument('--queue')
-        ap.add_argument('--prefix')
-        a = ap.parse_args()
-        publisher_main(a.url, a.queue, a.prefix)
-        return
     args = bc.worker_args()
     if args.worker:
         bc.emit_result(WORKERS[args.worker](json.loads(args.params), args.url))

@@ -59,37 +59,8 @@ def _target_queue(url: str, prefix: str) -> str:
     return name
 
 
-def _pr_app(url: str, **conf: Any) -> Any:
-    import pika_rpc
-    return pika_rpc.App(url, result_expires=600, **conf)
-
-
-def _run_threads(threads: int, work: Callable[[int], None]) -> tuple:
-    """Start ``threads`` threads running ``work(index)`` together.
-
-    Returns ``(elapsed wall seconds, process CPU seconds)`` (CPU of every thread).
-    """
-    barrier = threading.Barrier(threads + 1)
-    errors: List[BaseException] = []
-
-    def body(i: int) -> None:
-        barrier.wait()
-        try:
-            work(i)
-        except BaseException as exc:  # noqa: B902 - reported below
-            errors.append(exc)
-
-    pool = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(threads)]
-    for t in pool:
-        t.start()
-    barrier.wait()
-    t0, c0 = time.perf_counter(), time.process_time()
-    for t in pool:
-        t.join()
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-    if errors:
-        raise errors[0]
-    return elapsed, cpu
+_pr_app = bc.pr_app
+_run_threads = bc.run_threads
 
 
 def w_pr_store(p: Dict[str, Any], url: str) -> Dict[str, Any]:
@@ -215,23 +186,7 @@ def w_raw_publish(p: Dict[str, Any], url: str) -> Dict[str, Any]:
 
 
 # ====================================================================== workers: consume
-def _prepublish(url: str, queue: str, ids: List[str], declare: Callable[[Any], None]) -> None:
-    """Fill ``queue`` with one result body per id (raw pika), untimed; returns once the
-    queue holds them all."""
-    conn = bc.raw_connection(url)
-    ch = conn.channel()
-    declare(ch)
-    for j, tid in enumerate(ids):
-        ch.basic_publish('', queue, bc.result_body(tid, j), bc.result_properties(tid))
-    dl = time.monotonic() + 60
-    while True:
-        count = ch.queue_declare(queue, passive=True).method.message_count
-        if count >= len(ids) or time.monotonic() > dl:
-            break
-        conn.sleep(0.02)
-    conn.close()
-    if count != len(ids):
-        raise RuntimeError(f'{queue} holds {count} messages, expected {len(ids)}')
+_prepublish = bc.fill_queue   # fill a queue nobody consumes; returns once it holds them all
 
 
 def _plain_queue(url: str, prefix: str, ids: List[str]) -> str:

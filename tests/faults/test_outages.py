@@ -355,7 +355,7 @@ def publish_raw(channel: Any, queue: str, body: bytes, content_type: str,
 
 
 @pytest.fixture
-def pending(client: App, worker: App) -> Iterator[Any]:
+def pending(client: App) -> Iterator[Any]:
     """A task sent by ``client`` whose result is not stored yet (the reply consumer runs)."""
     yield client.send_task('tasks.add', (1, 1))
 
