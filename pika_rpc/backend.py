@@ -34,7 +34,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 from . import protocol, serialization, states
 from . import _registry
 from ._context import current_request, request_field
-from ._iothread import ConsumerSpec, Delivery, Link, Publication
+from ._commands import ConsumerSpec, Delivery, Publication
+from ._iothread import Link
 from ._pending import PendingTable
 from ._threads import SerialExecutor
 from ._timeouts import deadline, remaining

@@ -55,7 +55,8 @@ import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from . import _registry, serialization
-from ._iothread import ConsumerSpec, Delivery, Link, Publication
+from ._commands import ConsumerSpec, Delivery, Publication
+from ._iothread import Link
 from ._retry import retry_over_time
 from ._timeouts import deadline, remaining
 from .config import (Settings, mask_url,

@@ -237,22 +237,32 @@ def publisher_main(url: str) -> None:
     ``{"queues": [...], "prefix": P, "start": S, "count": C, "ack": bool}`` publishes the
     results of tasks S..S+C-1 (id ``task_ids(P, k, 1)``, value k) to ``queues[k % len]``
     (raw pika, no confirms, as a Celery worker does); with ``ack``, after one round trip
-    it prints ``{"done": C, "seconds": publish time}``.
+    it prints ``{"done": C, "seconds": publish time}``. With ``"prepare": true`` it only
+    encodes the messages, prints ``{"prepared": C}`` and publishes them at the next line
+    (``GO``): the publisher's own encoding cost stays out of the measured interval.
     """
     conn = raw_connection(url)
     ch = conn.channel()
     print(json.dumps({'ready': os.getpid()}), flush=True)
-    for line in sys.stdin:
+    lines = iter(sys.stdin)
+    for line in lines:
         line = line.strip()
         if not line or line == 'END':
             break
         cmd = json.loads(line)
         queues, prefix, start, count = cmd['queues'], cmd['prefix'], cmd['start'], cmd['count']
-        t0 = time.perf_counter()
-        publish = ch.basic_publish
+        batch = []
         for k in range(start, start + count):
             tid = f'{prefix}{k:012x}'
-            publish('', queues[k % len(queues)], result_body(tid, k), result_properties(tid))
+            batch.append((queues[k % len(queues)], result_body(tid, k), result_properties(tid)))
+        if cmd.get('prepare'):
+            print(json.dumps({'prepared': count}), flush=True)
+            if next(lines, 'END').strip() != 'GO':
+                break
+        t0 = time.perf_counter()
+        publish = ch.basic_publish
+        for queue, body, props in batch:
+            publish('', queue, body, props)
         if cmd.get('ack'):
             ch.queue_declare(queues[0], passive=True)
             print(json.dumps({'done': count, 'seconds': time.perf_counter() - t0}), flush=True)
@@ -291,6 +301,19 @@ class Publisher:
                 ack: bool = False) -> None:
         self.proc.stdin.write(json.dumps({'queues': list(queues), 'prefix': prefix,
                                           'start': start, 'count': count, 'ack': ack}) + '\n')
+        self.proc.stdin.flush()
+
+    def prepare(self, queues: Sequence[str], prefix: str, start: int, count: int,
+                timeout: float = 60.0) -> None:
+        """Have the publisher encode a batch now; ``go()`` publishes it (then it acks)."""
+        self.proc.stdin.write(json.dumps({'queues': list(queues), 'prefix': prefix,
+                                          'start': start, 'count': count, 'ack': True,
+                                          'prepare': True}) + '\n')
+        self.proc.stdin.flush()
+        self.read(timeout)                 # {"prepared": count}
+
+    def go(self) -> None:
+        self.proc.stdin.write('GO\n')
         self.proc.stdin.flush()
 
     def close(self, timeout: float = 30.0) -> None:

