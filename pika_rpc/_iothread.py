@@ -274,7 +274,7 @@ class Link:
             raise TimeoutError(f'{what}: hand-off queue still full after {timeout} s')
         if not cmd.done.wait(remaining(dl)):
             cmd.cancelled = True
-            raise TimeoutError(f'{what} not done within {timeout} s{self._why_not_open()}')
+            raise TimeoutError(f'{what} not done within {_seconds(timeout)} s{self._why_not_open()}')
         if cmd.error is not None:
             raise cmd.error
         return cmd.result
@@ -573,7 +573,7 @@ class Link:
         return True
 
     def _addresses(self) -> str:
-        return ', '.join(f'{p.host}:{p.port}{p.virtual_host}' for p in self._params)
+        return ', '.join(f'{p.host}:{p.port} (vhost {p.virtual_host!r})' for p in self._params)
 
     def _open(self) -> None:
         self._conn = pika.BlockingConnection(self._params)
@@ -834,6 +834,10 @@ class Link:
     def forget_declared(self, key: Any) -> None:
         with self._declared_lock:
             self._declared.discard(key)
+
+
+def _seconds(value: Optional[float]) -> str:
+    return 'no' if value is None else f'{value:.3g}'
 
 
 def _noop() -> None:

@@ -162,7 +162,7 @@ class RPCBackend:
         self._link: Optional[Link] = None
         self._spec: Optional[ConsumerSpec] = None
         self._closed = False
-        self._stats = {'out_of_band': 0, 'bad_messages': 0, 'unroutable': 0, 'stored': 0}
+        self._stats = {'out_of_band_received': 0, 'bad_messages': 0, 'unroutable': 0, 'stored': 0}
 
     def _forget_parent_state(self) -> None:
         # In a forked child: never touch the parent's link; start over lazily.
@@ -319,7 +319,7 @@ class RPCBackend:
             return
         outcome = self._pending.deliver(task_id, raw, meta)
         if outcome == 'oob':
-            self._stats['out_of_band'] += 1
+            self._stats['out_of_band_received'] += 1
             self.on_out_of_band_result(task_id, delivery)
         self.result_consumer.on_state_change(meta, delivery)
         with self._arrived:

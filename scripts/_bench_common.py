@@ -407,6 +407,18 @@ def broker_resources(pid: Optional[int] = None) -> Dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- driver side
+DELETED_QUEUES: List[str] = []     # every queue a worker announced (and the driver deleted)
+
+
+def queues_left(names: Iterable[str]) -> Optional[List[str]]:
+    """Which of ``names`` still exist on the broker (``rabbitmqctl``; None without it)."""
+    try:
+        existing = {q['name'] for q in _rabbitmqctl_json('list_queues', 'name')}
+    except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired):
+        return None
+    return sorted(set(names) & existing)
+
+
 def run_worker(script: str, kind: str, params: Dict[str, Any], url: str,
                timeout: float = 300.0) -> Dict[str, Any]:
     """Run one measurement in a fresh interpreter; delete every queue it announced."""
@@ -434,6 +446,7 @@ def run_worker(script: str, kind: str, params: Dict[str, Any], url: str,
         delete_queues(url, queues)
     except Exception as exc:  # report, never hide
         sys.stderr.write(f'warning: could not delete queues {queues}: {exc}\n')
+    DELETED_QUEUES.extend(queues)
     if result is None or rc != 0:
         raise RuntimeError(f'worker {kind} failed (rc={rc}):\n{err[-3000:]}')
     return result

@@ -81,14 +81,13 @@ NAMES = {'pr': 'pika_rpc', 'raw': 'raw pika', 'celery': 'Celery'}
 
 
 # ====================================================================== implementations
-def _timeouts() -> Tuple[type, ...]:
-    """Exception types meaning 'not ready in time' for all three implementations."""
+def _timeouts(impl: str) -> Tuple[type, ...]:
+    """Exception types meaning 'not ready in time' (Celery's only imported for Celery: the
+    other workers must not pay its import time and memory)."""
     out: List[type] = [TimeoutError, socket.timeout]
-    try:
+    if impl.startswith('celery'):
         from celery.exceptions import TimeoutError as CeleryTimeout
         out.append(CeleryTimeout)
-    except ImportError:
-        pass
     return tuple(out)
 
 
@@ -381,7 +380,7 @@ def w_pingpong(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     """T threads at once, each ITERS times: register, store to its reply queue, get()."""
     threads, iters, timeout = p['threads'], p['iters'], p['timeout']
     impl = make_impl(p['impl'], url)
-    TIMEOUTS = _timeouts()
+    TIMEOUTS = _timeouts(p['impl'])
     lat: List[List[float]] = [[] for _ in range(threads)]
     stats = {'errors': 0, 'wrong': 0, 'timeouts': 0}
     lock = threading.Lock()
@@ -442,7 +441,7 @@ def w_threads(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     process publishes once all threads are set up; per-run timeout."""
     threads, total, timeout = p['threads'], p['total'], p['timeout']
     impl = make_impl(p['impl'], url)
-    TIMEOUTS = _timeouts()
+    TIMEOUTS = _timeouts(p['impl'])
     prefix = bc.id_prefix()
     ids = bc.task_ids(prefix, 0, total)
     publisher = bc.Publisher(url)
@@ -559,7 +558,7 @@ def w_resources(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     the broker's view of this process, its CPU over IDLE seconds, then all are woken."""
     threads, idle, timeout = p['threads'], p['idle'], p['timeout']
     impl = make_impl(p['impl'], url)
-    TIMEOUTS = _timeouts()
+    TIMEOUTS = _timeouts(p['impl'])
     prefix = bc.id_prefix()
     ids = bc.task_ids(prefix, 0, threads)
     lock = threading.Lock()
@@ -970,11 +969,17 @@ def main() -> None:
         runs.update(bc.interleave(SCRIPT, once, lambda k: P[k], 1, url, log, timeout=timeout,
                                   retries=1))
     took = time.monotonic() - t0
+    left = bc.queues_left(bc.DELETED_QUEUES)
+    if left:
+        log(f'{len(left)} queue(s) still there after deleting them (deleting again): {left[:5]}')
+        bc.delete_queues(url, left)
     import celery
     import pika
     print(f'## bench ({"quick" if q else "default"}; {a.repeats} round(s), fresh process per run, '
           f'implementations interleaved; {took:.0f} s; cpus={os.cpu_count()}; loadavg before '
-          f'{load0}, after {bc.loadavg()}; pika {pika.__version__}, celery {celery.__version__})\n')
+          f'{load0}, after {bc.loadavg()}; pika {pika.__version__}, celery {celery.__version__}; '
+          f'{len(set(bc.DELETED_QUEUES))} queues created and deleted, '
+          f'{"?" if left is None else len(left)} left over)\n')
     table, targets = report(runs, a)
     print(table)
     print('\nJSON lines:')
