@@ -15,7 +15,7 @@ import shlex
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Dict, NamedTuple, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, List, NamedTuple, Tuple, Type, TypeVar
 from urllib.parse import quote
 
 __all__ = ['eventually', 'rabbitmqctl', 'list_queues', 'QueueInfo', 'pika_url', 'pika_parameters']
@@ -125,3 +125,28 @@ def pika_parameters(url: str, **attributes: Any) -> Any:
     for name, value in attributes.items():
         setattr(params, name, value)
     return params
+
+
+#: Reconnect at once, then every 10-50 ms (config.connection_retry_policy reads these keys).
+FAST_RECONNECT = {'interval_start': 0, 'interval_step': 0.01, 'interval_max': 0.05}
+
+
+class LinkEvents:
+    """Records the link's 'connected'/'lost'/'gave_up' events; ``wait`` blocks on them."""
+
+    def __init__(self, link: Any) -> None:
+        self.events: List[tuple] = []
+        self._changed = threading.Condition()
+        link.add_listener(self)
+
+    def __call__(self, event: str, info: Any) -> None:      # I/O thread: quick
+        with self._changed:
+            self.events.append((event, info))
+            self._changed.notify_all()
+
+    def count(self, event: str) -> int:
+        return sum(1 for e, _ in self.events if e == event)
+
+    def wait(self, event: str, n: int = 1, timeout: float = 30.0) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.count(event) >= n, timeout)

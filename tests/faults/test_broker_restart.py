@@ -37,7 +37,7 @@ import pytest
 from pika_rpc import App
 from pika_rpc._iothread import Link
 from pika_rpc.errors import PublishError
-from tests.helpers import eventually, list_queues, pika_parameters, rabbitmqctl
+from tests.helpers import LinkEvents, eventually, list_queues, pika_parameters, rabbitmqctl
 
 pytestmark = [pytest.mark.disturbs_broker, pytest.mark.slow]
 
@@ -49,27 +49,6 @@ RESTART_RECONNECT = {'interval_start': 0, 'interval_step': 0.2, 'interval_max': 
 RESTART_RETRIES = 300
 #: This installation's default (``rabbitmqctl status``: vm_memory_high_watermark_setting).
 DEFAULT_WATERMARK = '0.4'
-
-
-class LinkEvents:
-    """Records the link's 'connected'/'lost'/'gave_up' events; ``wait`` blocks on them."""
-
-    def __init__(self, link: Link) -> None:
-        self.events: List[tuple] = []
-        self._changed = threading.Condition()
-        link.add_listener(self)
-
-    def __call__(self, event: str, info: Any) -> None:      # I/O thread: quick
-        with self._changed:
-            self.events.append((event, info))
-            self._changed.notify_all()
-
-    def count(self, event: str) -> int:
-        return sum(1 for e, _ in self.events if e == event)
-
-    def wait(self, event: str, n: int = 1, timeout: float = WAIT) -> bool:
-        with self._changed:
-            return self._changed.wait_for(lambda: self.count(event) >= n, timeout)
 
 
 @pytest.fixture

@@ -31,71 +31,10 @@ from pika_rpc._iothread import Link
 from pika_rpc.errors import (ClosedError, ConnectionLost, ContentDisallowed, DecodeError,
                              PikaRPCError)
 from tests.faultproxy import FaultProxy
-from tests.helpers import eventually, list_queues, pika_parameters
+from tests.helpers import LinkEvents, eventually, list_queues
 
 WAIT = 30.0
-#: Reconnect at once, then every 10-50 ms (config.connection_retry_policy reads these keys).
-FAST_RECONNECT = {'interval_start': 0, 'interval_step': 0.01, 'interval_max': 0.05}
 WAITERS = 50
-
-
-class LinkEvents:
-    """Records the link's 'connected'/'lost'/'gave_up' events; ``wait`` blocks on them."""
-
-    def __init__(self, link: Link) -> None:
-        self.events: List[tuple] = []
-        self._changed = threading.Condition()
-        link.add_listener(self)
-
-    def __call__(self, event: str, info: Any) -> None:      # I/O thread: quick
-        with self._changed:
-            self.events.append((event, info))
-            self._changed.notify_all()
-
-    def count(self, event: str) -> int:
-        return sum(1 for e, _ in self.events if e == event)
-
-    def wait(self, event: str, n: int = 1, timeout: float = WAIT) -> bool:
-        with self._changed:
-            return self._changed.wait_for(lambda: self.count(event) >= n, timeout)
-
-
-@pytest.fixture
-def make_client(fault_proxy: FaultProxy, amqp_url: str,
-                unique_name: str) -> Iterator[Callable[..., App]]:
-    """``make_client(url=None, **conf)``: an App through the proxy, fast reconnects, closed
-    afterwards (its task queue deleted)."""
-    made: List[App] = []
-
-    def make(url: Optional[str] = None, **conf: Any) -> App:
-        conf.setdefault('broker_transport_options', FAST_RECONNECT)
-        conf.setdefault('broker_connection_max_retries', 1000)
-        conf.setdefault('result_expires', 120)
-        app = App(url or fault_proxy.url(amqp_url), task_default_queue=unique_name, **conf)
-        made.append(app)
-        return app
-    yield make
-    fault_proxy.refuse(False)
-    fault_proxy.resume()
-    for app in made:
-        app.close()
-    with pika.BlockingConnection(pika_parameters(amqp_url)) as conn:
-        channel = conn.channel()
-        channel.queue_delete(unique_name)
-        channel.exchange_delete(unique_name)
-
-
-@pytest.fixture
-def client(make_client: Callable[..., App]) -> App:
-    return make_client()
-
-
-@pytest.fixture
-def worker(amqp_url: str) -> Iterator[App]:
-    """Stores results straight to the broker, bypassing the proxy."""
-    app = App(amqp_url, result_expires=120)
-    yield app
-    app.close()
 
 
 def reply(app: App, task_id: str) -> Dict[str, str]:

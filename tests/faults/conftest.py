@@ -1,0 +1,50 @@
+"""Fixtures of the fault tests: Apps through the fault proxy, and one straight to the broker."""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, List, Optional
+
+import pika
+import pytest
+
+from pika_rpc import App
+
+from tests.faultproxy import FaultProxy
+from tests.helpers import FAST_RECONNECT, pika_parameters
+
+
+@pytest.fixture
+def make_client(fault_proxy: FaultProxy, amqp_url: str,
+                unique_name: str) -> Iterator[Callable[..., App]]:
+    """``make_client(url=None, **conf)``: an App through the proxy, fast reconnects, closed
+    afterwards (its task queue deleted)."""
+    made: List[App] = []
+
+    def make(url: Optional[str] = None, **conf: Any) -> App:
+        conf.setdefault('broker_transport_options', FAST_RECONNECT)
+        conf.setdefault('broker_connection_max_retries', 1000)
+        conf.setdefault('result_expires', 120)
+        app = App(url or fault_proxy.url(amqp_url), task_default_queue=unique_name, **conf)
+        made.append(app)
+        return app
+    yield make
+    fault_proxy.refuse(False)
+    fault_proxy.resume()
+    for app in made:
+        app.close()
+    with pika.BlockingConnection(pika_parameters(amqp_url)) as conn:
+        channel = conn.channel()
+        channel.queue_delete(unique_name)
+        channel.exchange_delete(unique_name)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., App]) -> App:
+    return make_client()
+
+
+@pytest.fixture
+def worker(amqp_url: str) -> Iterator[App]:
+    """Stores results straight to the broker, bypassing the proxy."""
+    app = App(amqp_url, result_expires=120)
+    yield app
+    app.close()
