@@ -10,8 +10,11 @@ Structures and their bounds (past a bound the oldest entry goes, logged once per
 * ``_slots``: tasks sent from here (or waited on) without a final state yet. Each keeps its
   latest meta and the last ``history_max`` raw messages, replayed to ``on_message``.
   Bounded by ``pending_max``; only slots nobody waits on are evicted.
-* ``_final``: LRU of final metas (``cache_max``). A hit needs no I/O; a redelivered final
-  state of a task already here is a duplicate and is dropped (DESIGN §6.3).
+* ``_final``: LRU of final metas somebody has read (``cache_max``). A hit needs no I/O; a
+  redelivered final state of a task already here is a duplicate and is dropped (DESIGN §6.3).
+* ``_unread``: final metas of expected tasks nobody has read yet. They are not evicted by the
+  result cache (a result must not vanish before its reader comes); bounded by
+  ``pending_max`` like the slots they replace. The first read moves one into ``_final``.
 * ``_oob``: raw messages for ids never sent from here (``oob_max`` ids); a later waiter on
   that id adopts them.
 
@@ -61,6 +64,7 @@ class PendingTable:
         self.mutex = threading.Lock()
         self._slots: Dict[str, _TaskSlot] = {}
         self._final: 'collections.OrderedDict[str, Tuple[Meta, Meta]]' = collections.OrderedDict()
+        self._unread: 'collections.OrderedDict[str, Tuple[Meta, Meta]]' = collections.OrderedDict()
         self._oob: 'collections.OrderedDict[str, List[Tuple[Meta, Meta]]]' = collections.OrderedDict()
         self._watchers: Dict[str, List[queue.SimpleQueue]] = {}
         # Final tasks whose earlier states no waiter has seen yet (bounded like _oob).
@@ -74,13 +78,13 @@ class PendingTable:
     def register(self, task_id: str) -> None:
         """Expect results for ``task_id`` (called before its task message is sent)."""
         with self.mutex:
-            if task_id not in self._final:
+            if not self._is_final(task_id):
                 self._slot(task_id)
 
     def deliver(self, task_id: str, raw: Meta, meta: Meta) -> str:
         """Store a decoded state message. Returns 'pending', 'final', 'duplicate' or 'oob'."""
         with self.mutex:
-            if task_id in self._final:
+            if self._is_final(task_id):
                 self.duplicates += 1
                 return 'duplicate'
             slot = self._slots.get(task_id)
@@ -102,8 +106,12 @@ class PendingTable:
         final = is_ready(meta)
         if final:
             del self._slots[task_id]
-            self._final[task_id] = (meta, raw)
-            self._bound(self._final, self.cache_max, 'result cache')
+            if slot.waiters:                   # read at once by its waiters
+                self._final[task_id] = (meta, raw)
+                self._bound(self._final, self.cache_max, 'result cache')
+            else:
+                self._unread[task_id] = (meta, raw)
+                self._bound(self._unread, self.pending_max, 'unread results')
             if slot.waiters == 0 and len(slot.history) > 1:
                 # Nobody saw the states before the final one: keep them for on_message.
                 self._replay[task_id] = list(slot.history)
@@ -154,6 +162,7 @@ class PendingTable:
     def forget(self, task_id: str) -> None:
         with self.mutex:
             self._final.pop(task_id, None)
+            self._unread.pop(task_id, None)
             self._oob.pop(task_id, None)
             self._replay.pop(task_id, None)
             slot = self._slots.get(task_id)
@@ -171,6 +180,7 @@ class PendingTable:
         with self.mutex:
             self._slots.clear()
             self._final.clear()
+            self._unread.clear()
             self._oob.clear()
             self._replay.clear()
             self._watchers.clear()
@@ -179,9 +189,8 @@ class PendingTable:
     def peek(self, task_id: str) -> Optional[Meta]:
         """The latest known meta of ``task_id`` (None when nothing arrived). Never blocks."""
         with self.mutex:
-            hit = self._final.get(task_id)
+            hit = self._read(task_id)
             if hit is not None:
-                self._final.move_to_end(task_id)
                 return hit[0]
             slot = self._slots.get(task_id)
             if slot is not None:
@@ -194,7 +203,7 @@ class PendingTable:
     def cached(self, task_id: str) -> Optional[Meta]:
         """A final meta from the cache, or None. Never blocks."""
         with self.mutex:
-            hit = self._final.get(task_id)
+            hit = self._read(task_id)
             return hit[0] if hit is not None else None
 
     def wait(self, task_id: str, dl: Optional[float],
@@ -209,9 +218,8 @@ class PendingTable:
         """
         seen = 0
         with self.mutex:
-            hit = self._final.get(task_id)
+            hit = self._read(task_id)
             if hit is not None:
-                self._final.move_to_end(task_id)
                 replay = self._replay.pop(task_id, None) or [hit[1]]
             else:
                 slot = self._slots.get(task_id) or self._slot(task_id)
@@ -231,6 +239,7 @@ class PendingTable:
                         seen = slot.count
                     if not new:
                         if is_ready(slot.meta):
+                            self._read(task_id)          # now read: into the LRU
                             return slot.meta
                         if slot.error is not None:
                             raise slot.error
@@ -255,7 +264,7 @@ class PendingTable:
         done = []
         with self.mutex:
             for t in task_ids:
-                if t in self._final:
+                if self._is_final(t):
                     done.append(t)
                     continue
                 slot = self._slots.get(t) or self._slot(t)
@@ -283,7 +292,7 @@ class PendingTable:
     def outcome(self, task_id: str) -> Tuple[Optional[Meta], Optional[BaseException]]:
         """(final meta, None), (None, error) or (None, None) for a watched id."""
         with self.mutex:
-            hit = self._final.get(task_id)
+            hit = self._read(task_id)
             if hit is not None:
                 return hit[0], None
             slot = self._slots.get(task_id)
@@ -292,6 +301,7 @@ class PendingTable:
     def sizes(self) -> Dict[str, int]:
         with self.mutex:
             return {'pending': len(self._slots), 'cached': len(self._final),
+                    'unread': len(self._unread),
                     'out_of_band': len(self._oob), 'watched': len(self._watchers),
                     'replay': len(self._replay),
                     'history_max_len': max((len(s.history) for s in self._slots.values()), default=0),
@@ -302,6 +312,21 @@ class PendingTable:
             return list(self._slots)
 
     # ------------------------------------------------------------------ internals (locked)
+    def _is_final(self, task_id: str) -> bool:
+        return task_id in self._final or task_id in self._unread
+
+    def _read(self, task_id: str) -> Optional[Tuple[Meta, Meta]]:
+        """A final (meta, raw), marked as read: most recent in the LRU."""
+        hit = self._final.get(task_id)
+        if hit is not None:
+            self._final.move_to_end(task_id)
+            return hit
+        hit = self._unread.pop(task_id, None)
+        if hit is not None:
+            self._final[task_id] = hit
+            self._bound(self._final, self.cache_max, 'result cache')
+        return hit
+
     def _slot(self, task_id: str) -> _TaskSlot:
         slot = self._slots.get(task_id)
         if slot is not None:

@@ -152,7 +152,8 @@ class RPCBackend:
         self._arrived = threading.Condition(threading.Lock())
         self._pending = PendingTable(cache_max=self.conf.result_cache_max,
                                      history_max=self.conf.pending_history_max,
-                                     oob_max=self.conf.out_of_band_max)
+                                     oob_max=self.conf.out_of_band_max,
+                                     pending_max=self.conf.pending_max)
         # Read once: Settings lookups are not free on the per-message path.
         self._large_body = self.conf.large_body_threshold
         self._max_size = self.conf.result_max_size

@@ -332,6 +332,7 @@ _SPECS: Dict[str, tuple] = {
     'blocked_connection_timeout': (30.0, _maybe_positive),
     'large_body_threshold': (65536, _count(0)),
     'pending_history_max': (100, _count(1)),
+    'pending_max': (100000, _count(1)),
     'out_of_band_max': (1000, _count(0)),
     'handoff_max': (10000, _count(1)),
     'task_ignore_result': (False, _flag),

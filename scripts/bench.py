@@ -44,13 +44,14 @@ Scenarios (``--scenarios``, default all):
    connections, channels and consumed queues of the process (``rabbitmqctl``, connections
    matched by the pid in their ``connection_name``), CPU of the process over IDLE seconds
    (``getrusage``), then they are woken; ``memory``: RSS growth over TASKS tasks (windows
-   of 1,000 ids, results from another process; growth = end - after 2 windows; pika_rpc
-   with ``result_cache_max=1000``: ``bench_backend``'s worker).
+   of 1,000 ids, two windows ahead, results from another process; growth = end - after 2
+   windows; pika_rpc: ``bench_backend``'s worker with ``result_cache_max=3000``, as that
+   bound also drops results that arrived and were not read yet).
 
 Usage::
 
     python scripts/bench.py --quick        # < 2 minutes: 1 round, T=1,8, smaller counts
-    python scripts/bench.py                # 3 rounds, T=1,8,64 (~15 minutes on 2 cores)
+    python scripts/bench.py                # 3 rounds, T=1,8,64 (~7-10 minutes on 2 cores)
     python scripts/bench.py --repeats 5 --scenarios rtt,threads --threads 1,8,64
 
 Progress on stderr; a Markdown table, the targets and JSON lines on stdout. Every queue a
@@ -67,7 +68,7 @@ import threading
 import time
 import types
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench_common as bc  # noqa: E402
@@ -622,11 +623,13 @@ def w_resources(p: Dict[str, Any], url: str) -> Dict[str, Any]:
 
 def w_memory(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     """RSS growth over TASKS tasks whose results another process publishes (windows of
-    1,000 ids, two ahead). pika_rpc: ``bench_backend``'s worker (result_cache_max=1000)."""
+    1,000 ids, two ahead). pika_rpc: ``bench_backend``'s worker (result_cache_max=3000)."""
     import gc
     tasks = p['tasks']
     if p['impl'] == 'pr':
-        return bb.w_pr_memory({'tasks': tasks, 'mode': 'process'}, url)
+        # result_cache_max covers every result that may be in flight unread (3 windows):
+        # pika_rpc drops the oldest *unread* results beyond it (a later get() times out).
+        return bb.w_pr_memory({'tasks': tasks, 'mode': 'process', 'cache_max': 3 * WINDOW}, url)
     rss_start = bc.rss_kb()
     impl = make_impl(p['impl'], url)
     queue = impl.thread_setup()
@@ -747,7 +750,7 @@ def report(runs: Dict[str, List[Dict]], a: argparse.Namespace) -> Tuple[str, Lis
     targets: List[Dict[str, Any]] = []
 
     def row(figure: str, key: str, pr: str, raw: Optional[str], cel: Optional[str],
-            unit: str = '', note: str = '', lower_better: bool = False) -> Tuple:
+            unit: str = '', note: str = '') -> Tuple:
         vp, vr, vc = med(pr, key), med(raw, key) if raw else None, med(cel, key) if cel else None
         fails = lambda k: sum(1 for r in runs.get(k, []) if 'error' in r) if k else 0
         cell = lambda k, v: bc.fmt(v, unit) + (f' ({fails(k)} failed run(s))' if fails(k) else '')
@@ -755,6 +758,16 @@ def report(runs: Dict[str, List[Dict]], a: argparse.Namespace) -> Tuple[str, Lis
                      cell(cel, vc) if cel else '-', bc.fmt(bc.ratio(vp, vr)),
                      bc.fmt(bc.ratio(vp, vc)), note])
         return vp, vr, vc
+
+    def totals(figure: str, keys: Sequence[str], kinds: Sequence[Optional[str]],
+               note: str = '') -> None:
+        """Sums over all runs (one hang in one run matters), 'a / b / c' per implementation."""
+        def cell(kind: Optional[str]) -> str:
+            if not kind or kind not in runs:
+                return '-'
+            rs = [r for r in runs[kind] if 'error' not in r]
+            return ' / '.join(str(sum(int(r.get(k) or 0) for r in rs)) for k in keys)
+        rows.append([figure] + [cell(k) for k in kinds] + ['', '', note])
 
     def target(name: str, value: Optional[float], ok: Optional[bool], want: str) -> None:
         targets.append({'target': name, 'want': want, 'value': value,
@@ -766,6 +779,7 @@ def report(runs: Dict[str, List[Dict]], a: argparse.Namespace) -> Tuple[str, Lis
     def le(x: Optional[float], y: Optional[float], f: float) -> Optional[bool]:
         return None if x is None or y is None else x <= f * y
 
+    n_runs = f'{a.repeats} run(s)'
     # 1. store
     for t in (1, 8):
         if f'store{t}.pr' not in runs:
@@ -777,6 +791,8 @@ def report(runs: Dict[str, List[Dict]], a: argparse.Namespace) -> Tuple[str, Lis
                              '; raw: a connection per thread' if t > 1 else ''))
         row('  same [raw: no confirms]', 'rate', f'store{t}.pr', f'store{t}.raw_noconfirm',
             None, '/s')
+        row('  CPU per result stored [raw: sync confirms]', 'cpu_us_per_msg', f'store{t}.pr',
+            f'store{t}.raw_confirm', f'store{t}.celery', ' us')
         if t == 1:
             target('store 1 thread with confirms >= 0.8x raw pika (sync confirms)',
                    bc.ratio(vp, vr), ge(vp, vr, 0.8), '>= 0.8')
@@ -784,16 +800,20 @@ def report(runs: Dict[str, List[Dict]], a: argparse.Namespace) -> Tuple[str, Lis
     if 'get_seq.pr' in runs:
         vp, vr, vc = row(f'get_seq ({a.seq:,} pre-published, get() each in order)', 'rate',
                          'get_seq.pr', 'get_seq.raw', 'get_seq.celery', ' results/s')
+        row('  CPU per result', 'cpu_us_per_result', 'get_seq.pr', 'get_seq.raw',
+            'get_seq.celery', ' us')
         target('get_seq >= 0.8x raw pika', bc.ratio(vp, vr), ge(vp, vr, 0.8), '>= 0.8')
         target('get_seq >= 4x Celery', bc.ratio(vp, vc), ge(vp, vc, 4), '>= 4')
     # 3. rtt
     if 'rtt.pr' in runs:
         p50 = row(f'rtt p50 (1 thread, {a.iters:,} round trips) [raw: sync confirms]', 'p50_us',
-                  'rtt.pr', 'rtt.raw_confirm', 'rtt.celery', ' us', lower_better=True)
+                  'rtt.pr', 'rtt.raw_confirm', 'rtt.celery', ' us')
         p99 = row('rtt p99 [raw: sync confirms]', 'p99_us', 'rtt.pr', 'rtt.raw_confirm',
-                  'rtt.celery', ' us', lower_better=True)
+                  'rtt.celery', ' us')
         row('  rtt p50 [raw: no confirms]', 'p50_us', 'rtt.pr', 'rtt.raw_noconfirm', None, ' us')
         row('  rtt p99 [raw: no confirms]', 'p99_us', 'rtt.pr', 'rtt.raw_noconfirm', None, ' us')
+        row('  CPU per round trip [raw: sync confirms]', 'cpu_us_per_iter', 'rtt.pr',
+            'rtt.raw_confirm', 'rtt.celery', ' us')
         target('rtt p50 <= 1.3x raw pika (sync confirms)', bc.ratio(p50[0], p50[1]),
                le(p50[0], p50[1], 1.3), '<= 1.3')
         target('rtt p99 <= 1.5x raw pika (sync confirms)', bc.ratio(p99[0], p99[1]),
@@ -806,41 +826,40 @@ def report(runs: Dict[str, List[Dict]], a: argparse.Namespace) -> Tuple[str, Lis
         vp, vr, vc = row(f'threads T={t}: {a.total:,} results from another process', 'rate',
                          f'{k}.pr', f'{k}.raw', f'{k}.celery', ' results/s',
                          'raw: a connection + queue per thread; Celery: a backend per thread')
-        for key, label in (('errors', 'errors'), ('wrong', 'wrong results'),
-                           ('hung_or_timed_out', 'hangs (threads hung or timed out)')):
-            row(f'  T={t} {label} (median)', key, f'{k}.pr', f'{k}.raw', f'{k}.celery')
+        row(f'  T={t} client CPU per result', 'cpu_us_per_result', f'{k}.pr', f'{k}.raw',
+            f'{k}.celery', ' us')
         row(f'  T={t} publisher rate (other process)', 'publisher_rate', f'{k}.pr', f'{k}.raw',
-            f'{k}.celery', '/s', 'if close to the results/s, the publisher bounds the figure')
+            f'{k}.celery', '/s', 'close to results/s: the publisher bounds the figure')
+        totals(f'  T={t} errors / wrong results / threads hung or timed out ({n_runs})',
+               ('errors', 'wrong', 'hung_or_timed_out'), (f'{k}.pr', f'{k}.raw', f'{k}.celery'),
+               f'per-run timeout {a.run_timeout:g} s')
         target(f'threads T={t} >= 0.8x raw pika', bc.ratio(vp, vr), ge(vp, vr, 0.8), '>= 0.8')
         target(f'threads T={t} >= 4x Celery', bc.ratio(vp, vc), ge(vp, vc, 4), '>= 4')
         if f'{k}.celery_shared' in runs:
-            rs = runs[f'{k}.celery_shared']
-            rows.append([f'  T={t} Celery, one backend shared by all threads', '', '',
-                         '; '.join(f"{r.get('received', '?')}/{a.total} received, "
-                                   f"{r.get('hung_or_timed_out', '?')} hung/timed out, "
-                                   f"{r.get('errors', '?')} errors" if 'error' not in r
-                                   else 'run failed' for r in rs), '', '',
-                         'not Celery\'s default (app.backend is per thread)'])
+            rs = [r for r in runs[f'{k}.celery_shared'] if 'error' not in r]
+            got = sum(r.get('received', 0) for r in rs)
+            rows.append([f'  T={t} Celery, ONE backend shared by all threads ({len(rs)} run(s))',
+                         '', '', f"{got:,} of {len(rs) * a.total:,} results received; threads "
+                         f"timed out: {sum(r.get('timeouts', 0) for r in rs)}, hung past the "
+                         f"deadline: {sum(r.get('hangs', 0) for r in rs)} (of {len(rs) * t})",
+                         '', '', 'not Celery\'s default (app.backend is per thread)'])
     # 5. threads_rtt
     for t in a.threads:
-        k = f'threads_rtt{t}' if t != 1 else None
         if t == 1:
             if 'rtt.pr' not in runs:
                 continue
             pr_k, raw_k, cel_k = 'rtt.pr', 'rtt.raw_confirm', 'rtt.celery'
         else:
-            if f'{k}.pr' not in runs:
+            if f'threads_rtt{t}.pr' not in runs:
                 continue
-            pr_k, raw_k, cel_k = f'{k}.pr', f'{k}.raw', f'{k}.celery'
+            pr_k, raw_k, cel_k = (f'threads_rtt{t}.{i}' for i in ('pr', 'raw', 'celery'))
         row(f'threads_rtt T={t} p50' + (' (= rtt)' if t == 1 else ''), 'p50_us', pr_k, raw_k,
             cel_k, ' us')
         vp, vr, vc = row(f'threads_rtt T={t} p99', 'p99_us', pr_k, raw_k, cel_k, ' us')
         if t != 1:
             row(f'  T={t} round trips/s', 'rate', pr_k, raw_k, cel_k, '/s')
-            row(f'  T={t} errors + timeouts + hangs', 'errors', pr_k, raw_k, cel_k, '',
-                f"timeouts: {bc.fmt(med(pr_k, 'timeouts'))} / {bc.fmt(med(raw_k, 'timeouts'))}"
-                f" / {bc.fmt(med(cel_k, 'timeouts'))}; hangs: {bc.fmt(med(pr_k, 'hangs'))} / "
-                f"{bc.fmt(med(raw_k, 'hangs'))} / {bc.fmt(med(cel_k, 'hangs'))}")
+            totals(f'  T={t} errors / wrong / timeouts / hung threads ({n_runs})',
+                   ('errors', 'wrong', 'timeouts', 'hangs'), (pr_k, raw_k, cel_k))
         if t == 64:
             target('threads_rtt T=64 p99 <= 0.5x Celery', bc.ratio(vp, vc), le(vp, vc, 0.5),
                    '<= 0.5')
@@ -851,6 +870,8 @@ def report(runs: Dict[str, List[Dict]], a: argparse.Namespace) -> Tuple[str, Lis
         row('poll p99', 'p99_us', 'poll.pr', 'poll.raw', 'poll.celery', ' us')
         row('  polls per result (p50)', 'polls_p50', 'poll.pr', 'poll.raw', 'poll.celery')
         row('  CPU per result', 'cpu_us_per_result', 'poll.pr', 'poll.raw', 'poll.celery', ' us')
+        totals(f'  results never ready ({n_runs})', ('timeouts',),
+               ('poll.pr', 'poll.raw', 'poll.celery'), '10 s per result')
         if runs.get('poll.celery_after_get'):
             r = runs['poll.celery_after_get'][0]
             rows.append(['  Celery poll after a get() in the same thread', '', '',
@@ -871,8 +892,8 @@ def report(runs: Dict[str, List[Dict]], a: argparse.Namespace) -> Tuple[str, Lis
                   f'{k}.raw', f'{k}.celery', '% of a core')
         row(f'  RSS with {t} threads waiting', 'rss_kb', f'{k}.pr', f'{k}.raw', f'{k}.celery',
             ' kB')
-        row('  woken after the idle period', 'woken', f'{k}.pr', f'{k}.raw', f'{k}.celery', '',
-            f'of {t}')
+        totals(f'  woken after the idle period / hung ({n_runs})', ('woken', 'hangs'),
+               (f'{k}.pr', f'{k}.raw', f'{k}.celery'), f'{t} threads per run')
         target(f'one connection per process at T={t}', c[0],
                None if c[0] is None else c[0] == 1, '== 1')
         target(f'one reply queue per process at T={t}', q[0],
@@ -882,7 +903,7 @@ def report(runs: Dict[str, List[Dict]], a: argparse.Namespace) -> Tuple[str, Lis
     if 'memory.pr' in runs:
         vp = row(f'RSS growth over {a.tasks:,} tasks (after 2,000 warm-up)', 'rss_growth_kb',
                  'memory.pr', 'memory.raw', 'memory.celery', ' kB',
-                 'pika_rpc: result_cache_max=1000')[0]
+                 'pika_rpc: result_cache_max=3000 (3 windows of 1,000 in flight)')[0]
         row('  get() rate in the memory run', 'rate', 'memory.pr', 'memory.raw',
             'memory.celery', '/s')
         target(f'RSS growth over {a.tasks:,} tasks < 20 MB', vp,
@@ -894,7 +915,9 @@ def report(runs: Dict[str, List[Dict]], a: argparse.Namespace) -> Tuple[str, Lis
               {True: 'met', False: 'MISSED', None: 'n/a'}[t['met']]] for t in targets]
     ttable = bc.markdown_table(['target', 'wanted', 'measured (ratio or value)', 'verdict'],
                                trows) if trows else ''
-    return table + '\n\nTargets (ratios of medians in this run):\n\n' + ttable, targets
+    return ('Ratios are pika_rpc / other: for rates higher favours pika_rpc; for latencies, '
+            'CPU, connections and memory lower does.\n\n' + table +
+            '\n\nTargets (ratios of medians in this run):\n\n' + ttable), targets
 
 
 # ====================================================================== driver

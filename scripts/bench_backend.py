@@ -257,7 +257,10 @@ def _sizes(app: Any) -> Dict[str, Any]:
 def w_pr_memory(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     tasks, mode = p['tasks'], p['mode']
     rss_start = bc.rss_kb()
-    app = _pr_app(url, result_cache_max=1000)
+    # result_cache_max also bounds results that arrived and were not read yet: with two
+    # windows in flight ahead of the reader, a starved reader can have > 1000 unread (then
+    # the oldest are dropped and their get() times out); callers may raise it (bench.py).
+    app = _pr_app(url, result_cache_max=p.get('cache_max', 1000))
     backend = app.backend
     oid = backend.oid
     bc.announce_queue(oid, url)

@@ -20,7 +20,7 @@ TASKS = 100_000
 @pytest.mark.slow
 def test_100000_tasks_leave_every_structure_within_its_bound(amqp_url):
     app = App(amqp_url, result_cache_max=500, out_of_band_max=200, pending_history_max=5,
-              result_expires=120)
+              pending_max=1000, result_expires=120)
     backend = app.backend
     try:
         sent = [f'task-{i}' for i in range(TASKS)]
@@ -44,12 +44,30 @@ def test_100000_tasks_leave_every_structure_within_its_bound(amqp_url):
         assert app.AsyncResult('last').get(timeout=120) == 'done'
         stats = backend.stats()
         assert stats['cached'] <= 500
+        assert stats['unread'] <= 1000
         assert stats['out_of_band'] <= 200
         assert stats['replay'] <= 200
         assert stats['pending'] == 0
         assert stats['history_max_len'] <= 5
         assert app.AsyncResult(sent[-1]).get(timeout=0) == TASKS - 1     # newest still cached
-        assert app.AsyncResult(sent[0]).state == 'PENDING'               # oldest evicted
+        assert app.AsyncResult(sent[0]).state == 'PENDING'               # oldest unread evicted
+    finally:
+        app.close()
+
+
+def test_results_nobody_has_read_yet_are_not_evicted_by_the_result_cache(amqp_url):
+    app = App(amqp_url, result_cache_max=10, result_expires=60)
+    backend = app.backend
+    try:
+        ids = [f'unread-{i}' for i in range(20)]
+        for task_id in ids:
+            backend.on_task_call(None, task_id)
+        for i, task_id in enumerate(ids):
+            backend.mark_as_done(task_id, i, request={'reply_to': backend.oid,
+                                                      'correlation_id': task_id})
+        assert [app.AsyncResult(t).get(timeout=20) for t in ids] == list(range(20))
+        stats = backend.stats()
+        assert stats['cached'] == 10 and stats['unread'] == 0       # read ones obey the cache
     finally:
         app.close()
 
