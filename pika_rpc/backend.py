@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -363,6 +364,10 @@ class RPCBackend:
             return cached
         self._ensure_consuming()
         meta = self._pending.peek(task_id)
+        if meta is None or meta.get('status') not in states.READY_STATES:
+            # Not ready: give the GIL away once, so a caller polling in a tight loop does not
+            # starve the I/O thread that would deliver the result (5 ms switch interval).
+            time.sleep(0)
         return dict(_PENDING_META) if meta is None else meta
 
     poll = get_task_meta
