@@ -48,3 +48,13 @@ def worker(amqp_url: str) -> Iterator[App]:
     app = App(amqp_url, result_expires=120)
     yield app
     app.close()
+
+
+@pytest.fixture
+def app(amqp_url: str, unique_name: str, raw_channel: Any) -> Iterator[App]:
+    """An App straight to the broker; its task queue is deleted afterwards."""
+    application = App(amqp_url, task_default_queue=unique_name, result_expires=120)
+    yield application
+    application.close()
+    raw_channel.queue_delete(unique_name)       # the task queue send_task declared
+    raw_channel.exchange_delete(unique_name)

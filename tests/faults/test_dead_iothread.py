@@ -6,21 +6,10 @@ from __future__ import annotations
 
 import threading
 
-import pytest
 
 import pika_rpc
-from pika_rpc import App
 
 from tests.helpers import eventually
-
-
-@pytest.fixture
-def app(amqp_url, unique_name, raw_channel):
-    application = App(amqp_url, task_default_queue=unique_name, result_expires=60)
-    yield application
-    application.close()
-    raw_channel.queue_delete(unique_name)       # the task queue send_task declared
-    raw_channel.exchange_delete(unique_name)
 
 
 def test_waiters_wake_with_the_error_when_the_io_thread_dies_and_the_next_call_works(app):

@@ -9,20 +9,10 @@ import multiprocessing
 import os
 import threading
 
-import pytest
 
 from pika_rpc import App
 
 from tests.helpers import eventually, list_queues
-
-
-@pytest.fixture
-def app(amqp_url, unique_name, raw_channel):
-    application = App(amqp_url, task_default_queue=unique_name, result_expires=120)
-    yield application
-    application.close()
-    raw_channel.queue_delete(unique_name)       # the task queue send_task declared
-    raw_channel.exchange_delete(unique_name)
 
 
 def request_for(backend, task_id):
