@@ -21,7 +21,7 @@ import pytest
 
 from pika_rpc.findbroker import Broker, BrokerNotFound, find_broker
 from tests.faultproxy import FaultProxy
-from tests.helpers import pika_parameters
+from tests.helpers import list_queues, pika_parameters
 from tests.tlsproxy import TLSProxy
 
 UNIQUE_PREFIX = 'pika-rpc-test-'
@@ -58,6 +58,28 @@ def broker() -> Iterator[Broker]:
         if found.container_name:   # tests.helpers.rabbitmqctl then talks to the container
             patch.setenv('RABBITMQCTL', f'docker exec {found.container_name} rabbitmqctl')
         yield found
+        _delete_leftover_test_queues(found.url)
+
+
+def _delete_leftover_test_queues(url: str) -> None:
+    """Delete the durable task queues and exchanges named ``pika-rpc-test-*`` that some tests
+    leave (a task queue has no x-expires, as Celery's): the broker is shared by later runs."""
+    try:
+        # Empty ones only: a concurrent run's queue in use usually holds its task messages.
+        names = [n for n, info in list_queues().items()
+                 if n.startswith(UNIQUE_PREFIX) and info.messages == 0]
+    except Exception:          # no rabbitmqctl for this broker: leave them
+        return
+    import pika
+    with pika.BlockingConnection(pika_parameters(url)) as conn:
+        for name in names:
+            channel = conn.channel()        # an error closes only this channel
+            try:
+                channel.queue_delete(name)
+                channel.exchange_delete(name)
+                channel.close()
+            except pika.exceptions.AMQPError:
+                pass
 
 
 @pytest.fixture(scope='session')
