@@ -13,28 +13,37 @@ from tests.helpers import FAST_RECONNECT, pika_parameters
 
 
 @pytest.fixture
-def make_client(fault_proxy: FaultProxy, amqp_url: str,
-                unique_name: str) -> Iterator[Callable[..., App]]:
-    """``make_client(url=None, **conf)``: an App through the proxy, fast reconnects, closed
-    afterwards (its task queue deleted)."""
+def make_app(amqp_url: str, unique_name: str) -> Iterator[Callable[..., App]]:
+    """``make_app(url=None, **conf)``: an App (straight to the broker unless ``url``),
+    closed afterwards, its task queue deleted."""
     made: List[App] = []
 
     def make(url: Optional[str] = None, **conf: Any) -> App:
-        conf.setdefault('broker_transport_options', FAST_RECONNECT)
-        conf.setdefault('broker_connection_max_retries', 1000)
         conf.setdefault('result_expires', 120)
-        app = App(url or fault_proxy.url(amqp_url), task_default_queue=unique_name, **conf)
+        app = App(url or amqp_url, task_default_queue=unique_name, **conf)
         made.append(app)
         return app
     yield make
-    fault_proxy.refuse(False)
-    fault_proxy.resume()
     for app in made:
         app.close()
     with pika.BlockingConnection(pika_parameters(amqp_url)) as conn:
         channel = conn.channel()
         channel.queue_delete(unique_name)
         channel.exchange_delete(unique_name)
+
+
+@pytest.fixture
+def make_client(fault_proxy: FaultProxy, amqp_url: str,
+                make_app: Callable[..., App]) -> Iterator[Callable[..., App]]:
+    """``make_client(url=None, **conf)``: an App through the proxy with fast reconnects; the
+    proxy forwards again before the Apps close."""
+    def make(url: Optional[str] = None, **conf: Any) -> App:
+        conf.setdefault('broker_transport_options', FAST_RECONNECT)
+        conf.setdefault('broker_connection_max_retries', 1000)
+        return make_app(url or fault_proxy.url(amqp_url), **conf)
+    yield make
+    fault_proxy.refuse(False)
+    fault_proxy.resume()
 
 
 @pytest.fixture

@@ -29,15 +29,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-import pika
 import pytest
 
 from pika_rpc import App
 from pika_rpc._iothread import Link
 from pika_rpc.errors import PublishError
-from tests.helpers import LinkEvents, eventually, list_queues, pika_parameters, rabbitmqctl
+from tests.helpers import LinkEvents, eventually, list_queues, rabbitmqctl
 
 pytestmark = [pytest.mark.disturbs_broker, pytest.mark.slow]
 
@@ -49,26 +48,6 @@ RESTART_RECONNECT = {'interval_start': 0, 'interval_step': 0.2, 'interval_max': 
 RESTART_RETRIES = 300
 #: This installation's default (``rabbitmqctl status``: vm_memory_high_watermark_setting).
 DEFAULT_WATERMARK = '0.4'
-
-
-@pytest.fixture
-def make_app(amqp_url: str, unique_name: str) -> Iterator[Callable[..., App]]:
-    """``make_app(**conf)``: an App straight to the broker, closed afterwards (its task
-    queue deleted)."""
-    made: List[App] = []
-
-    def make(**conf: Any) -> App:
-        conf.setdefault('result_expires', 600)
-        app = App(amqp_url, task_default_queue=unique_name, **conf)
-        made.append(app)
-        return app
-    yield make
-    for app in made:
-        app.close()
-    with pika.BlockingConnection(pika_parameters(amqp_url)) as conn:
-        channel = conn.channel()
-        channel.queue_delete(unique_name)
-        channel.exchange_delete(unique_name)
 
 
 def reply(app: App, task_id: str) -> Dict[str, str]:
