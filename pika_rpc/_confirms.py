@@ -1,45 +1,79 @@
-"""Pipelined publisher confirms: the one module that touches a pika internal.
+"""Pipelined publisher confirms and direct writes: the one module that touches pika internals.
 
 ``BlockingChannel.confirm_delivery()`` makes every publish wait out its own round trip
 (DESIGN §6.4). Instead we switch the *underlying* ``pika.channel.Channel``
 (``BlockingChannel._impl``) to confirm mode and keep a ledger here:
 
-* ``publish()`` records the next delivery tag, then publishes with ``mandatory`` as asked,
-  and never waits;
+* a publish records the next delivery tag and never waits;
 * a ``basic.ack``/``basic.nack`` settles its tag, or every tag up to it when ``multiple``;
 * a ``basic.return`` carries no tag: it flags the oldest unconfirmed, not yet returned
   publication with the same (routing key, correlation id). RabbitMQ sends the return before
   the ack of the same message, so when the ack comes the publication is known returned.
 
 Both callbacks are registered on ``_impl`` so they run as the frames arrive, in wire order;
-the blocking adapter would defer the return and reorder it after the ack. Everything here
-runs on the I/O thread. Requires ``pika>=1.3,<2`` (``BlockingChannel._impl`` and
-``Channel.confirm_delivery(ack_nack_callback, callback)``); tested in the integration suite.
+the blocking adapter would defer the return and reorder it after the ack.
+
+**Direct writes** (issue 9). Handing each publish to the I/O thread costs a wake-up, a loop
+turn and a poll for writability before pika sends it. On a plaintext connection a caller
+thread may instead write the marshalled frames to the socket itself (``publish_direct``):
+
+* ``_wlock`` serialises every write to the socket: direct writes, and pika's own
+  ``transport._produce`` (wrapped at ``start()``, so pika flushes its buffer under it too);
+* a direct write happens only while pika's write buffer is empty (no partly written frame
+  of pika's can be on the wire) and no publication waits in the I/O thread's queue (one
+  thread's publications keep their order); tags are given under ``_wlock``, so the order of
+  tags is the order on the wire, which is the order the broker numbers them in;
+* a short send (the broker is not reading) is finished by the same caller, still holding
+  ``_wlock``, waiting for writability up to a bound; past it the frame cannot be completed
+  and the connection is shut down (the I/O thread reconnects; unconfirmed publications are
+  re-published under their retry policy);
+* TLS connections never take this path (an ``SSLSocket`` must not be written by one thread
+  while another reads it).
+
+The ledger (``_ledger_lock``) is shared by writers and by the I/O thread that settles;
+settle handlers run on the I/O thread, outside that lock. Requires ``pika>=1.3,<2``
+(``BlockingChannel._impl``, ``Channel.confirm_delivery(ack_nack_callback, callback)``,
+``BlockingConnection._impl._transport`` with ``_sock``, ``_produce`` and
+``get_write_buffer_size()``); tested in the integration suite.
 """
 from __future__ import annotations
 
 import collections
 import itertools
 import logging
+import select
+import socket
+import threading
+import time
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 import pika
+import pika.frame
 import pika.spec
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ['Pipeline', 'SETTLED_ACK', 'SETTLED_NACK']
+__all__ = ['Pipeline', 'SETTLED_ACK', 'SETTLED_NACK', 'DIRECT_MAX_BODY']
 
 SETTLED_ACK = 'ack'
 SETTLED_NACK = 'nack'
 
+#: Bodies larger than this go through the I/O thread (a big write would hold ``_wlock``).
+DIRECT_MAX_BODY = 64 * 1024
+#: Longest a direct writer waits for the socket to take the rest of a frame it started.
+STALLED_WRITE_MAX = 30.0
+
 
 class Pipeline:
-    """Confirm ledger of one channel. I/O thread only.
+    """Confirm ledger of one publish channel (one per connection).
 
-    ``on_settled(pub, outcome, returned)`` is called once per publication, with outcome
-    ``'ack'`` or ``'nack'`` and ``returned`` = ``(reply_code, reply_text)`` or None. ``pub``
-    must have ``routing_key`` and ``correlation_id`` attributes (used to match returns).
+    ``on_settled(pub, outcome, returned)`` is called on the I/O thread once per publication,
+    with outcome ``'ack'`` or ``'nack'`` and ``returned`` = ``(reply_code, reply_text)`` or
+    None. ``pub`` must have ``routing_key``, ``correlation_id``, ``exchange``, ``body``,
+    ``mandatory`` and ``deadline`` attributes.
+
+    ``publish`` runs on the I/O thread; ``publish_direct`` on any thread; everything else on
+    the I/O thread.
     """
 
     def __init__(self, blocking_channel: Any,
@@ -47,70 +81,204 @@ class Pipeline:
         self._channel = blocking_channel
         self._impl = blocking_channel._impl     # the pika internal, used only in this module
         self._on_settled = on_settled
+        self._wlock = threading.Lock()          # every write to the socket, and tag order
+        self._ledger_lock = threading.Lock()    # the four fields below
         self._next_tag = 1
         self._unconfirmed: Dict[int, Any] = {}
         # (routing_key, correlation_id) -> tags in publish order, for returns
         self._by_key: Dict[tuple, Deque[int]] = collections.defaultdict(collections.deque)
         self._returned: Dict[int, tuple] = {}
         self._select_ok = False
+        self._transport: Any = None             # set when direct writes are possible
+        self._direct_open = False               # under _wlock: direct writes allowed now
         self.peak_in_flight = 0
+        self.direct_writes = 0
         #: Why the channel closed (``ChannelClosedByBroker`` for a broker's Channel.Close).
         self.closed_reason: Optional[BaseException] = None
 
-    def start(self) -> Callable[[], bool]:
-        """Send Confirm.Select; returns a predicate telling when SelectOk arrived."""
+    def start(self, connection: Any = None) -> Callable[[], bool]:
+        """Send Confirm.Select; returns a predicate telling when SelectOk arrived.
+
+        With ``connection`` (the ``BlockingConnection``) on a plaintext transport, direct
+        writes are enabled once SelectOk has arrived."""
         self._impl.add_on_return_callback(self._on_return)
         self._impl.add_on_close_callback(self._on_close)
         self._impl.confirm_delivery(ack_nack_callback=self._on_ack_nack,
                                     callback=self._on_select_ok)
+        if connection is not None:
+            self._prepare_direct(connection._impl)
         return lambda: self._select_ok
+
+    def _prepare_direct(self, impl: Any) -> None:
+        transport = getattr(impl, '_transport', None)
+        sock = getattr(transport, '_sock', None)
+        if transport is None or not isinstance(sock, socket.socket) \
+                or type(sock).__module__.startswith('ssl') or not hasattr(transport, '_produce'):
+            return
+        if not getattr(transport, '_pika_rpc_wrapped', False):
+            produce = transport._produce
+
+            def locked_produce() -> None:
+                with transport._pika_rpc_wlock:
+                    produce()
+
+            transport._produce = locked_produce
+            transport._pika_rpc_wrapped = True
+        # One lock per transport: every pipeline of this connection writes under it.
+        transport.__dict__.setdefault('_pika_rpc_wlock', self._wlock)
+        self._wlock = transport._pika_rpc_wlock
+        self._transport = transport
+        self._sock = sock
+        self._channel_number = self._impl.channel_number
+        self._body_max = impl._body_max_length
 
     def _on_select_ok(self, _frame: Any) -> None:
         self._select_ok = True
+        if self._transport is not None:
+            with self._wlock:
+                self._direct_open = self.closed_reason is None
 
     def _on_close(self, _channel: Any, reason: BaseException) -> None:
         self.closed_reason = reason
+        self._direct_open = False
+
+    def holds(self, pub: Any) -> bool:
+        with self._ledger_lock:
+            return any(p is pub for p in self._unconfirmed.values())
 
     @property
     def in_flight(self) -> int:
         return len(self._unconfirmed)
 
+    def _register(self, pub: Any, correlation_id: Optional[str]) -> int:
+        with self._ledger_lock:
+            tag = self._next_tag
+            self._next_tag += 1
+            self._unconfirmed[tag] = pub
+            self._by_key[(pub.routing_key, correlation_id)].append(tag)
+            if len(self._unconfirmed) > self.peak_in_flight:
+                self.peak_in_flight = len(self._unconfirmed)
+        return tag
+
     def publish(self, pub: Any, exchange: str, routing_key: str, body: bytes,
                 properties: pika.spec.BasicProperties, mandatory: bool) -> int:
-        """Publish without waiting; the ledger settles ``pub`` later. Returns its tag.
+        """I/O thread: publish through pika without waiting; the ledger settles ``pub``
+        later. Returns its tag.
 
         Raises whatever pika raises for a closed channel or connection (the caller, the
         I/O thread, treats that as a lost connection), or for a message it cannot encode
         (then nothing was sent and ``pub`` is not in the ledger).
         """
-        # Publish first: if pika cannot encode the message (a bad property) it raises before
-        # anything is sent, and the broker's tag count must not move ahead of ours. No ack can
-        # be processed in between: frames are read only by the ioloop, later.
-        self._impl.basic_publish(exchange=exchange, routing_key=routing_key, body=body,
-                                 properties=properties, mandatory=mandatory)
-        tag = self._next_tag
-        self._next_tag += 1
-        self._unconfirmed[tag] = pub
-        self._by_key[(routing_key, properties.correlation_id)].append(tag)
-        if len(self._unconfirmed) > self.peak_in_flight:
-            self.peak_in_flight = len(self._unconfirmed)
-        return tag
+        with self._wlock:
+            # Publish first: if pika cannot encode the message (a bad property) it raises
+            # before anything is buffered, and the broker's tag count must not move ahead of
+            # ours. No ack can be processed in between: frames are read only by the ioloop.
+            self._impl.basic_publish(exchange=exchange, routing_key=routing_key, body=body,
+                                     properties=properties, mandatory=mandatory)
+            return self._register(pub, properties.correlation_id)
+
+    def publish_direct(self, pub: Any, properties: pika.spec.BasicProperties,
+                       queued: Callable[[], bool]) -> bool:
+        """Any thread: write ``pub`` to the socket now. False when this path cannot be taken
+        (TLS, a big body, pika's buffer or the I/O thread's queue not empty, channel not
+        open, the lock busy past the publication's deadline); then the caller hands ``pub``
+        to the I/O thread. True: sent (or, if the socket failed, left to the I/O thread's
+        loss handling, which re-publishes it).
+
+        Raises what pika raises for a message it cannot encode (nothing was sent).
+        """
+        if not self._direct_open or not isinstance(pub.body, bytes) \
+                or len(pub.body) > DIRECT_MAX_BODY:
+            return False
+        ch = self._channel_number
+        frames = [pika.frame.Method(ch, pika.spec.Basic.Publish(
+                      exchange=pub.exchange, routing_key=pub.routing_key,
+                      mandatory=pub.mandatory)).marshal(),
+                  pika.frame.Header(ch, len(pub.body), properties).marshal()]
+        body, step = pub.body, self._body_max
+        for start in range(0, len(body), step):
+            frames.append(pika.frame.Body(ch, body[start:start + step]).marshal())
+        data = b''.join(frames)
+        wait = None if pub.deadline is None else max(0.0, pub.deadline - time.monotonic())
+        if not self._wlock.acquire(timeout=-1 if wait is None else wait):
+            return False
+        try:
+            if not self._direct_open or queued() or self._transport.get_write_buffer_size() \
+                    or not self._impl.is_open:
+                return False
+            tag = self._register(pub, properties.correlation_id)
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                # The connection is going: the I/O thread's loss handling re-publishes it.
+                LOGGER.debug('direct write failed (%s); left to the reconnect', exc)
+                self._direct_open = False
+                return True
+            if sent < len(data):
+                self._finish_write(memoryview(data)[sent:], pub)
+            self.direct_writes += 1
+            return True
+        finally:
+            self._wlock.release()
+
+    def _finish_write(self, rest: memoryview, pub: Any) -> None:
+        """Under ``_wlock``: the socket took part of a frame; the rest must follow before
+        anything else is written, so wait for writability (bounded)."""
+        limit = time.monotonic() + STALLED_WRITE_MAX
+        if pub.deadline is not None:
+            limit = min(limit, max(pub.deadline, time.monotonic() + 1.0))
+        while rest:
+            left = limit - time.monotonic()
+            if left <= 0:
+                LOGGER.warning('the broker took no data for %.0f s in the middle of a frame; '
+                               'closing the connection (unconfirmed publications are '
+                               're-published after the reconnect)', STALLED_WRITE_MAX)
+                self._direct_open = False
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                return
+            try:
+                select.select([], [self._sock], [], min(left, 1.0))
+                n = self._sock.send(rest)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                self._direct_open = False
+                return
+            rest = rest[n:]
+
+    def stop_direct(self) -> None:
+        """I/O thread: no more direct writes on this pipeline (channel or connection lost)."""
+        with self._wlock:
+            self._direct_open = False
 
     def _on_ack_nack(self, frame: Any) -> None:
         method = frame.method
         outcome = SETTLED_NACK if isinstance(method, pika.spec.Basic.Nack) else SETTLED_ACK
         tag = method.delivery_tag
-        if method.multiple:
-            # The dict keeps publish order, which is tag order: stop at the first later tag
-            # (a scan of everything in flight would make heavy pipelining quadratic).
-            tags = list(itertools.takewhile(lambda t: t <= tag, self._unconfirmed))
-        else:
-            tags = [tag] if tag in self._unconfirmed else []
-        for t in tags:
-            self._settle(t, outcome)
+        settled = []
+        with self._ledger_lock:
+            if method.multiple:
+                # The dict keeps publish order, which is tag order: stop at the first later
+                # tag (a scan of everything in flight would make heavy pipelining quadratic).
+                tags = list(itertools.takewhile(lambda t: t <= tag, self._unconfirmed))
+            else:
+                tags = [tag] if tag in self._unconfirmed else []
+            for t in tags:
+                pub = self._unconfirmed.pop(t)
+                self._drop_key(t, pub)
+                settled.append((pub, self._returned.pop(t, None)))
+        for pub, returned in settled:
+            try:
+                self._on_settled(pub, outcome, returned)
+            except Exception:  # the ledger must survive a faulty settle handler
+                LOGGER.exception('error while settling a publication to %r', pub.routing_key)
 
-    def _settle(self, tag: int, outcome: str) -> None:
-        pub = self._unconfirmed.pop(tag)
+    def _drop_key(self, tag: int, pub: Any) -> None:
         key = (pub.routing_key, pub.correlation_id)
         tags = self._by_key.get(key)
         if tags is not None:
@@ -120,24 +288,23 @@ class Pipeline:
                 pass
             if not tags:
                 del self._by_key[key]
-        returned = self._returned.pop(tag, None)
-        try:
-            self._on_settled(pub, outcome, returned)
-        except Exception:  # the ledger must survive a faulty settle handler
-            LOGGER.exception('error while settling publication %r', tag)
 
     def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
         key = (method.routing_key, properties.correlation_id)
-        for tag in self._by_key.get(key, ()):
-            if tag not in self._returned:
-                self._returned[tag] = (method.reply_code, method.reply_text)
-                return
+        with self._ledger_lock:
+            for tag in self._by_key.get(key, ()):
+                if tag not in self._returned:
+                    self._returned[tag] = (method.reply_code, method.reply_text)
+                    return
         LOGGER.debug('basic.return matched no unconfirmed publication: %r', key)
 
     def take_unsettled(self) -> List[Any]:
-        """Remove and return every unsettled publication, oldest first (after a loss)."""
-        pubs = list(self._unconfirmed.values())
-        self._unconfirmed.clear()
-        self._by_key.clear()
-        self._returned.clear()
+        """Stop direct writes; remove and return every unsettled publication, oldest first
+        (after a loss)."""
+        self.stop_direct()
+        with self._ledger_lock:
+            pubs = list(self._unconfirmed.values())
+            self._unconfirmed.clear()
+            self._by_key.clear()
+            self._returned.clear()
         return pubs

@@ -62,6 +62,10 @@ CLOSED = 'CLOSED'
 #: Upper bound of one ``process_data_events`` call. Deliveries and wake-ups end it early,
 #: so this only bounds how late the loop notices a cancelled timer or a closed channel.
 POLL_INTERVAL = 0.2
+# Batch-acking consumers (the reply queue) ack every ACK_EVERY deliveries, and at every loop
+# turn (at least each POLL_INTERVAL): an ack is not written between a delivery and the
+# waiter it wakes, and a burst costs one ack frame per ACK_EVERY messages.
+ACK_EVERY = 256
 
 _CONNECTION_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionWrongStateError,
                       pika.exceptions.StreamLostError, ConnectionError, OSError, socket.error)
@@ -70,8 +74,8 @@ _CHANNEL_ERRORS = (pika.exceptions.ChannelClosed, pika.exceptions.ChannelWrongSt
 _link_ids = itertools.count(1)
 
 #: The counters ``Link.stats()`` always reports.
-_COUNTERS = ('commands', 'wake_ups', 'publishes', 'confirms', 'republishes', 'ack_frames',
-             'reconnects', 'deliveries')
+_COUNTERS = ('commands', 'wake_ups', 'publishes', 'direct_publishes', 'confirms',
+             'republishes', 'ack_frames', 'reconnects', 'deliveries', 'ticks')
 
 
 def _basic_properties(props: dict) -> pika.spec.BasicProperties:
@@ -126,13 +130,16 @@ class Link:
             deadline, then ``TimeoutError`` (``PublishError`` for a publish).
         max_connect_retries: reconnect attempts before giving up (None: forever).
         connect_interval: ``(start, step, max)`` seconds between connect attempts.
+        direct_writes: let caller threads write publications to a plaintext connection's
+            socket themselves (``publish``); False: every publication goes through the I/O
+            thread. May be changed at any time.
     """
 
     def __init__(self, options: List[dict], *, handoff_max: int = 10000,
                  max_connect_retries: Optional[int] = 100,
                  connect_interval: tuple = (0.0, 0.5, 2.0),
                  callbacks: Optional[SerialExecutor] = None,
-                 name: Optional[str] = None) -> None:
+                 name: Optional[str] = None, direct_writes: bool = True) -> None:
         if not options:
             raise ValueError('no broker address given')
         self.id = next(_link_ids)
@@ -144,6 +151,7 @@ class Link:
         self._connect_interval = connect_interval
         self.callbacks = callbacks or SerialExecutor('pika-rpc-callbacks')
         self.pid = os.getpid()
+        self.direct_writes = direct_writes
 
         # Hand-off: `_mutex` guards `_commands`, `_wake_pending` and `_state`.
         self._mutex = threading.Lock()
@@ -154,6 +162,9 @@ class Link:
         # Notified on every state change; wait_for_state() waits on it.
         self._state_changed = threading.Condition(self._mutex)
         self._commands: Deque[Any] = collections.deque()
+        # Publications queued for the I/O thread and not yet handed to pika: while there are
+        # any, callers do not write directly (one thread's publications keep their order).
+        self._queued_pubs = 0
         self._wake_pending = False
         self._state = IDLE
         self._stop = threading.Event()
@@ -183,6 +194,9 @@ class Link:
         self._gen = 0                  # connection generation, bumped at every connect
         self._gen_started = False      # True once a connection was ever open
         self._reconnect_wanted = False # lost a connection that consumers or retries need
+        self._ioloop: Any = None       # the connection's native ioloop (for 0-delay timers)
+        self._batch_end_pending = False
+        self._unacked = 0              # batch-acked deliveries not acked yet
 
     # ------------------------------------------------------------------ callers' side
     def __repr__(self) -> str:
@@ -237,6 +251,8 @@ class Link:
                 if self._stop.is_set():
                     raise ClosedError(f'{self.name} is closed')
             self._commands.append(item)
+            if isinstance(item, Publication):
+                self._queued_pubs += 1
             self._stats['commands'] += 1
             wake = not self._wake_pending
             self._wake_pending = True
@@ -291,15 +307,47 @@ class Link:
         return why + ')'
 
     def publish(self, pub: Publication) -> Publication:
-        """Queue ``pub`` for publishing with confirms; returns at once (not settled).
+        """Publish ``pub`` with confirms; returns at once (not settled: wait on ``pub``).
+
+        On an open plaintext connection the calling thread writes the message to the socket
+        itself (``_confirms.Pipeline.publish_direct``); otherwise, or when that path is busy,
+        it is queued for the I/O thread. Either way the I/O thread settles it.
 
         Raises:
             PublishError: the hand-off queue stayed full until the publication's deadline.
             ClosedError: the link is closed.
         """
+        pipeline = self._pipeline
+        if self.direct_writes and pipeline is not None and self._state == OPEN \
+                and not self._stop.is_set() \
+                and not pub.cancelled and self._publish_direct(pipeline, pub):
+            return pub
         if not self._enqueue(pub, pub.deadline):
             raise PublishError(f'publish to {pub.routing_key!r}: hand-off queue full until deadline')
         return pub
+
+    def _publish_direct(self, pipeline: _confirms.Pipeline, pub: Publication) -> bool:
+        try:
+            props = _basic_properties(pub.properties)
+        except Exception:          # the I/O thread reports it as a PublishError
+            return False
+        if pub.deadline is not None and time.monotonic() >= pub.deadline:
+            return False
+        pub.attempts += 1
+        pub.gen = self._gen
+        try:
+            sent = pipeline.publish_direct(pub, props, self._has_queued_pubs)
+        except Exception:          # pika cannot marshal it: the I/O thread reports it
+            sent = False
+        if not sent:
+            pub.attempts -= 1
+            return False
+        self._stats['publishes'] += 1
+        self._stats['direct_publishes'] += 1
+        return True
+
+    def _has_queued_pubs(self) -> bool:
+        return self._queued_pubs > 0
 
     def close(self, timeout: Optional[float] = 5.0) -> bool:
         """Stop the I/O thread and close the connection. Idempotent, bounded by ``timeout``.
@@ -382,7 +430,8 @@ class Link:
 
     def _turn(self) -> None:
         self._drain_commands()
-        self._conn.process_data_events(time_limit=POLL_INTERVAL)
+        # Returns on a wake-up, a delivery, a timer (the tick, a retry) or a channel event.
+        self._conn.process_data_events(time_limit=None)
         self._drain_commands()
         self._flush_acks()
         self._check_channels()
@@ -407,8 +456,15 @@ class Link:
                     rest = [c for c in batch[i + 1:]]
                     if not isinstance(item, Publication):
                         rest.insert(0, item)
+                    elif not item.done.is_set() and not self._in_ledger(item):
+                        item.attempts -= 1      # never reached the broker: not a retry
+                        rest.insert(0, item)
+                        self._queued_pubs += 1
                     self._commands.extendleft(reversed(rest))
                 raise
+
+    def _in_ledger(self, pub: Publication) -> bool:
+        return self._pipeline is not None and self._pipeline.holds(pub)
 
     def _do_command(self, cmd: _Command) -> None:
         if cmd.cancelled:
@@ -427,7 +483,16 @@ class Link:
         else:
             cmd.finish(result)
 
-    def _do_publish(self, pub: Publication) -> None:
+    def _do_publish(self, pub: Publication, counted: bool = True) -> None:
+        """Publish a queued publication (``counted``: it was counted in ``_queued_pubs``)."""
+        try:
+            self._publish_queued(pub)
+        finally:
+            if counted:
+                with self._mutex:
+                    self._queued_pubs -= 1
+
+    def _publish_queued(self, pub: Publication) -> None:
         if pub.cancelled or pub.done.is_set():
             return
         self._ensure_publish_channel()
@@ -485,14 +550,25 @@ class Link:
             return
         with self._mutex:
             self._commands.append(pub)
+            self._queued_pubs += 1
+
+    def _end_batch(self) -> None:
+        # An ioloop timer (delay 0): runs once the frames of this read are processed.
+        self._batch_end_pending = False
+        self._flush_acks()
 
     def _flush_acks(self) -> None:
+        """One ``multiple=True`` ack per batch-acking consumer for what it received so far.
+        Buffered on the channel's impl: written by the ioloop's next poll (no flush here, so
+        this may run inside an ioloop callback)."""
         if not self._acks:
             return
-        acks, self._acks = self._acks, {}
-        for spec, gen, tag in acks.values():
+        acks = list(self._acks.values())
+        self._acks.clear()
+        self._unacked = 0
+        for spec, gen, tag in acks:
             if spec.gen == gen and spec.channel is not None and spec.channel.is_open:
-                spec.channel.basic_ack(tag, multiple=True)
+                spec.channel.impl.basic_ack(tag, multiple=True)
                 self._stats['ack_frames'] += 1
 
     def _ensure_publish_channel(self) -> None:
@@ -578,6 +654,8 @@ class Link:
     def _open(self) -> None:
         self._conn = pika.BlockingConnection(self._params)
         self._gen += 1
+        self._ioloop = self._conn._impl.ioloop
+        self._batch_end_pending = False
         params = self._conn._impl.params
         self.address = f'{params.host}:{params.port}'
         with self._declared_lock:
@@ -592,16 +670,24 @@ class Link:
                     spec.active = False
                     LOGGER.error('%s: cannot re-subscribe to %r: %s', self.name, spec.queue,
                                  translate_channel_error(exc, 'consume'))
+        self._conn.call_later(POLL_INTERVAL, self._on_tick)
         retry, self._retry_later = self._retry_later, []
         for pub in retry:
             if not pub.done.is_set():
-                self._do_publish(pub)
+                self._do_publish(pub, counted=False)
         LOGGER.info('%s: connected to %s', self.name, self.address)
+
+    def _on_tick(self) -> None:
+        # A timer of this connection: ends the current process_data_events, so the loop
+        # checks its channels and the stop flag at least every POLL_INTERVAL.
+        self._stats['ticks'] += 1
+        if self._conn is not None and self._conn.is_open:
+            self._conn.call_later(POLL_INTERVAL, self._on_tick)
 
     def _open_publish_channel(self) -> None:
         self._pub_ch = self._conn.channel()
         self._pipeline = _confirms.Pipeline(self._pub_ch, self._on_settled)
-        ready = self._pipeline.start()
+        ready = self._pipeline.start(self._conn)
         self._wait_until(ready, 30.0, 'Confirm.SelectOk')
 
     def _wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -632,6 +718,8 @@ class Link:
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
+        if self._pipeline is not None:
+            self._pipeline.stop_direct()
         self._pub_ch = self._ctl_ch = self._pipeline = None
         self._acks.clear()
         for spec in self._consumers.values():
@@ -663,6 +751,7 @@ class Link:
         with self._mutex:
             batch = list(self._commands)
             self._commands.clear()
+            self._queued_pubs = 0
             self._wake_pending = False
             self._not_full.notify_all()
         for item in batch:
@@ -696,28 +785,67 @@ class Link:
             LOGGER.warning('%s: queue %r vanished while we were away', self.name, spec.queue)
             if spec.on_missing is not None:
                 spec.on_missing()
-        channel = conn.channel()
-        for kind, kwargs in spec.declarations:
-            _DECLARE[kind](channel, **kwargs)
+        if spec.declarations:
+            self._reopen_control()
+            try:
+                for kind, kwargs in spec.declarations:
+                    _DECLARE[kind](self._ctl_ch, **kwargs)
+            except pika.exceptions.ChannelClosed:
+                self._reopen_control()
+                raise
+        channel = self._open_consumer_channel()
         if spec.prefetch_count:
             # One consumer per channel: global (per-channel) QoS also reaches a running consumer.
-            channel.basic_qos(prefetch_count=spec.prefetch_count, global_qos=True)
+            self._impl_sync(channel, lambda done: channel.impl.basic_qos(
+                prefetch_count=spec.prefetch_count, global_qos=True, callback=done), 'Basic.QosOk')
         spec.gen += 1
         gen = spec.gen
+        stats, acks, batch_ack = self._stats, self._acks, spec.batch_ack
 
+        # Runs as the frames are read, not later through BlockingChannel's event queue (the
+        # waiters wake sooner; no loop turn per batch).
         def on_message(_ch: Any, method: Any, properties: Any, body: bytes) -> None:
-            self._stats['deliveries'] += 1
+            stats['deliveries'] += 1
             spec.on_delivery(Delivery(spec, gen, method, properties, body))
-            if spec.batch_ack:
-                self._acks[id(spec)] = (spec, gen, method.delivery_tag)
+            if batch_ack:
+                acks[id(spec)] = (spec, gen, method.delivery_tag)
+                self._unacked += 1
+                if self._unacked >= ACK_EVERY and not self._batch_end_pending:
+                    self._batch_end_pending = True
+                    self._ioloop.call_later(0, self._end_batch)
 
-        channel.add_on_cancel_callback(lambda _frame: self._on_broker_cancel(spec))
-        spec.consumer_tag = channel.basic_consume(
+        impl = channel.impl
+        impl.add_on_cancel_callback(lambda _frame: self._on_broker_cancel(spec))
+        tag: List[str] = []
+        self._impl_sync(channel, lambda done: tag.append(impl.basic_consume(
             spec.queue, on_message, auto_ack=spec.no_ack, exclusive=spec.exclusive,
-            consumer_tag=spec.consumer_tag, arguments=spec.arguments)
+            consumer_tag=spec.consumer_tag, arguments=spec.arguments, callback=done)),
+            'Basic.ConsumeOk')
+        spec.consumer_tag = tag[0]
         spec.channel, spec.active, spec.subscribed_once = channel, True, True
         spec.cancelled_by_broker = False
         self._consumers[id(spec)] = spec
+
+    def _open_consumer_channel(self) -> '_ConsumerChannel':
+        """A plain ``pika.channel.Channel`` of the connection (no BlockingChannel around it:
+        its consumers' callbacks run as frames arrive, and a broker's Basic.Cancel is ours)."""
+        opened: List[Any] = []
+        channel = _ConsumerChannel(self._conn._impl.channel(on_open_callback=opened.append))
+        self._wait_until(lambda: opened or channel.closed_reason is not None, 30.0, 'Channel.OpenOk')
+        if not opened:
+            raise channel.error()
+        return channel
+
+    def _impl_sync(self, channel: '_ConsumerChannel', start: Callable[[Callable], Any],
+                   what: str) -> Any:
+        """Start an asynchronous method on ``channel``, ``start(callback)``; run the ioloop
+        until its reply (returned) or the channel closes (raises ``ChannelClosed``)."""
+        replies: List[Any] = []
+        start(replies.append)
+        self._wait_until(lambda: replies or channel.closed_reason is not None, 30.0, what)
+        if not replies:
+            raise channel.error()
+        return replies[0]
 
     def _on_broker_cancel(self, spec: ConsumerSpec) -> None:
         LOGGER.warning('%s: broker cancelled the consumer of %r (queue deleted?)', self.name, spec.queue)
@@ -730,7 +858,7 @@ class Link:
         spec.channel = None          # _check_channels re-subscribes at the end of this turn
         spec.consumer_tag = None
         if old is not None:
-            self._conn.add_callback_threadsafe(lambda: _close_quietly(old))
+            _close_quietly(old)
 
     def _queue_exists(self, name: str) -> bool:
         channel = self._conn.channel()
@@ -766,14 +894,17 @@ class Link:
     def _cancel(self, spec: ConsumerSpec) -> None:
         spec.active = False
         self._consumers.pop(id(spec), None)
-        self._acks.pop(id(spec), None)
+        pending = self._acks.pop(id(spec), None)
         channel, spec.channel = spec.channel, None
-        spec.gen += 1
         if channel is not None and channel.is_open:
-            try:
-                channel.basic_cancel(spec.consumer_tag)
-            finally:
-                _close_quietly(channel)
+            if pending is not None and pending[1] == spec.gen:
+                # Handed to the owner already: ack them, or closing would requeue them.
+                channel.impl.basic_ack(pending[2], multiple=True)
+            # Closing the channel cancels the consumer; unacked deliveries are requeued by the
+            # time Channel.CloseOk arrives, which cancel() waits for.
+            _close_quietly(channel)
+            self._wait_until(lambda: channel.impl.is_closed, 30.0, 'Channel.CloseOk')
+        spec.gen += 1
 
     def ack(self, spec: ConsumerSpec, gen: int, tag: int, multiple: bool = False,
             reject: bool = False, requeue: bool = True, timeout: Optional[float] = 10.0,
@@ -796,19 +927,28 @@ class Link:
         if spec.gen != gen or spec.channel is None or not spec.channel.is_open:
             return False
         if reject:
-            spec.channel.basic_reject(tag, requeue=requeue)
+            spec.channel.impl.basic_reject(tag, requeue=requeue)
         else:
-            spec.channel.basic_ack(tag, multiple=multiple)
+            spec.channel.impl.basic_ack(tag, multiple=multiple)
         return True
 
     def qos(self, spec: ConsumerSpec, prefetch_count: int, timeout: Optional[float] = 10.0) -> None:
         spec.prefetch_count = prefetch_count
-        self.call(lambda: spec.channel.basic_qos(prefetch_count=prefetch_count, global_qos=True)
-                  if spec.channel is not None else None, timeout=timeout, what='qos')
+
+        def qos() -> None:
+            channel = spec.channel
+            if channel is not None:
+                self._impl_sync(channel, lambda done: channel.impl.basic_qos(
+                    prefetch_count=prefetch_count, global_qos=True, callback=done), 'Basic.QosOk')
+        self.call(qos, timeout=timeout, what='qos')
 
     def recover(self, spec: ConsumerSpec, timeout: Optional[float] = 10.0) -> None:
-        self.call(lambda: spec.channel.basic_recover(requeue=True)
-                  if spec.channel is not None else None, timeout=timeout, what='recover')
+        def recover() -> None:
+            channel = spec.channel
+            if channel is not None:
+                self._impl_sync(channel, lambda done: channel.impl.basic_recover(
+                    requeue=True, callback=done), 'Basic.RecoverOk')
+        self.call(recover, timeout=timeout, what='recover')
 
     def control(self, kind: str, timeout: Optional[float] = None, cache_key: Any = None,
                 **kwargs: Any) -> Any:
@@ -842,6 +982,38 @@ def _seconds(value: Optional[float]) -> str:
 
 def _noop() -> None:
     pass
+
+
+class _ConsumerChannel:
+    """A consumer's ``pika.channel.Channel`` and why it closed. I/O thread only.
+
+    It is also the channel's *cookie*, the object ``BlockingConnection.close()`` expects to
+    find on every channel of its connection (``is_open``, ``close(code, text)``)."""
+
+    __slots__ = ('impl', 'closed_reason')
+
+    def __init__(self, impl: Any) -> None:
+        self.impl = impl
+        self.closed_reason: Optional[BaseException] = None
+        impl.add_on_close_callback(self._on_close)
+        impl._set_cookie(self)
+
+    def _on_close(self, _channel: Any, reason: BaseException) -> None:
+        self.closed_reason = reason
+
+    @property
+    def is_open(self) -> bool:
+        return self.impl.is_open
+
+    def close(self, reply_code: int = 200, reply_text: str = 'Normal shutdown') -> None:
+        if self.impl.is_open:
+            self.impl.close(reply_code, reply_text)
+
+    def error(self) -> pika.exceptions.ChannelClosed:
+        reason = self.closed_reason
+        if isinstance(reason, pika.exceptions.ChannelClosed):
+            return reason
+        return pika.exceptions.ChannelClosed(0, f'channel closed: {reason}')
 
 
 def _close_quietly(channel: Any) -> None:

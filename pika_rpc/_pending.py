@@ -117,7 +117,8 @@ class PendingTable:
                 self._replay[task_id] = list(slot.history)
                 self._bound(self._replay, self.oob_max, 'state replay buffer')
             self._tell_watchers(task_id)
-        slot.settled.notify_all()
+        if slot.waiters:
+            slot.settled.notify_all()
         return 'final' if final else 'pending'
 
     def fail_one(self, task_id: Optional[str], error: BaseException) -> bool:

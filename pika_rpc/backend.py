@@ -87,8 +87,13 @@ class ResultConsumer:
         Returns True when one arrived, False when ``timeout`` passed first.
         """
         self.backend._ensure_consuming()
-        with self.backend._arrived:
-            return self.backend._arrived.wait(timeout)
+        backend = self.backend
+        with backend._arrived:
+            backend._drain_waiters += 1
+            try:
+                return backend._arrived.wait(timeout)
+            finally:
+                backend._drain_waiters -= 1
 
     def on_after_fork(self) -> None:
         self.backend._forget_parent_state()
@@ -151,6 +156,7 @@ class RPCBackend:
         self._oid = str(uuid.uuid4())
         self._lock = threading.RLock()
         self._arrived = threading.Condition(threading.Lock())
+        self._drain_waiters = 0          # threads in ResultConsumer.drain_events
         self._pending = PendingTable(cache_max=self.conf.result_cache_max,
                                      history_max=self.conf.pending_history_max,
                                      oob_max=self.conf.out_of_band_max,
@@ -324,8 +330,9 @@ class RPCBackend:
             self._stats['out_of_band_received'] += 1
             self.on_out_of_band_result(task_id, delivery)
         self.result_consumer.on_state_change(meta, delivery)
-        with self._arrived:
-            self._arrived.notify_all()
+        if self._drain_waiters:          # read unlocked: a waiter that starts later waits
+            with self._arrived:          # for the next message anyway
+                self._arrived.notify_all()
 
     def on_out_of_band_result(self, task_id: str, message: Any) -> None:
         """Hook: a state arrived for an id this process never sent (kept, bounded)."""

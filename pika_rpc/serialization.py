@@ -143,6 +143,8 @@ def _json_dumps(obj: Any) -> str:
 def _json_loads(data: Any) -> Any:
     if isinstance(data, bytes):
         data = data.decode('utf-8')
+    if '"__type__"' not in data:       # no envelope can be in it: the C decoder alone
+        return _PLAIN_JSON_DECODER.decode(data)
     return _JSON_DECODER.decode(data)
 
 
@@ -180,6 +182,9 @@ def register(name: str, content_type: str, content_encoding: str,
         _by_type[content_type] = codec
 
 
+_prepared: Dict[FrozenSet[str], FrozenSet[str]] = {}
+
+
 def prepare_accept_content(names: Optional[Iterable[str]]) -> FrozenSet[str]:
     """Map serializer names and content types to a set of content types.
 
@@ -191,6 +196,8 @@ def prepare_accept_content(names: Optional[Iterable[str]]) -> FrozenSet[str]:
     """
     if names is None:
         return DEFAULT_ACCEPT
+    if isinstance(names, frozenset) and names in _prepared:     # once per message: keep it cheap
+        return _prepared[names]
     if isinstance(names, str):
         names = [names]
     out = set()
@@ -202,7 +209,10 @@ def prepare_accept_content(names: Optional[Iterable[str]]) -> FrozenSet[str]:
         else:
             raise ValueError(f'no serializer registered under the name {n!r} '
                              f'(registered: {", ".join(sorted(_by_name))})')
-    return frozenset(out)
+    prepared = frozenset(out)
+    if isinstance(names, frozenset) and len(_prepared) < 64:
+        _prepared[names] = prepared
+    return prepared
 
 
 def dumps(obj: Any, serializer: str = 'json') -> Tuple[str, str, bytes]:
@@ -266,6 +276,7 @@ def loads(body: Any, content_type: Optional[str], content_encoding: Optional[str
 
 # One decoder for every message: json.loads(object_hook=...) would build one per call.
 _JSON_DECODER = json.JSONDecoder(object_hook=_decode_envelope)
+_PLAIN_JSON_DECODER = json.JSONDecoder()
 register('json', JSON_CONTENT_TYPE, 'utf-8', _json_dumps, _json_loads)
 register('pickle', 'application/x-python-serialize', 'binary',
          lambda o: pickle.dumps(o, protocol=pickle.DEFAULT_PROTOCOL), pickle.loads)

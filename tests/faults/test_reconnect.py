@@ -112,7 +112,10 @@ def test_results_stored_while_the_broker_is_unreachable_arrive_after_the_reconne
     assert events.count('connected') == 0
     fault_proxy.refuse(False)
     assert result.get(timeout=WAIT) == 4
-    assert events.count('connected') == 1 and link.stats()['reconnects'] == 1
+    # The result may wake its waiter while the link is still re-subscribing, just before it
+    # reports 'connected'.
+    assert events.wait('connected') and events.count('connected') == 1
+    assert link.stats()['reconnects'] == 1
 
 
 # ------------------------------------------------------------------ retry counting

@@ -133,11 +133,14 @@ def test_concurrent_publishers_share_pipelined_confirms_and_few_wake_ups(
         t.join(WAIT)
     assert failures == [] and not any(t.is_alive() for t in threads)
     after = private_link.stats()
-    commands = after['commands'] - before.get('commands', 0)
-    wake_ups = after['wake_ups'] - before.get('wake_ups', 0)
-    assert after['confirms'] - before.get('confirms', 0) == commands == 64 * 20
+    delta = {k: after[k] - before.get(k, 0) for k in ('publishes', 'direct_publishes',
+                                                      'commands', 'wake_ups', 'confirms')}
+    assert delta['confirms'] == delta['publishes'] == 64 * 20, delta
+    # Written by the publishing threads themselves, or queued for the I/O thread while the
+    # socket was busy; the queued ones share wake-ups.
+    assert delta['direct_publishes'] + delta['commands'] == 64 * 20, delta
+    assert delta['wake_ups'] * 4 < max(4, delta['commands']) or delta['wake_ups'] <= 1, delta
     assert after['peak_in_flight'] > 1            # many publishes awaited their confirm at once
-    assert wake_ups * 4 < commands, (wake_ups, commands)
 
 
 def test_no_ack_consumer_gets_messages_the_broker_already_forgot(
@@ -230,11 +233,14 @@ def test_publishing_to_a_named_exchange_checks_it_only_once(private_link: Link, 
     exchange.declare(channel=conn)
     private_link.forget_declared(('exchange', exchange.name))
     producer = Producer(conn, exchange=exchange.name)      # a str: checked, never declared
-    start = private_link.stats()['commands']
+    def operations() -> int:       # commands for the I/O thread + publishes written directly
+        stats = private_link.stats()
+        return stats['commands'] + stats['direct_publishes']
+    start = operations()
     producer.publish('a')
-    first = private_link.stats()['commands'] - start
+    first = operations() - start
     producer.publish('b')
-    second = private_link.stats()['commands'] - start - first
+    second = operations() - start - first
     assert (first, second) == (2, 1)                      # passive check + publish, then publish
 
 
