@@ -18,7 +18,11 @@ turn and a poll for writability before pika sends it. On a plaintext connection 
 thread may instead write the marshalled frames to the socket itself (``publish_direct``):
 
 * ``_wlock`` serialises every write to the socket: direct writes, and pika's own
-  ``transport._produce`` (wrapped at ``start()``, so pika flushes its buffer under it too);
+  ``transport._produce`` (wrapped at ``start()``, so pika flushes its buffer under it too).
+  The I/O thread never waits for it: pika's flush is skipped while a caller writes (it runs
+  again at the next writability event) and a queued publish raises ``WriteBusy`` (the link
+  retries it a moment later), so the I/O thread keeps reading while a caller waits for the
+  broker to take the rest of a frame;
 * a direct write happens only while pika's write buffer is empty (no partly written frame
   of pika's can be on the wire) and no publication waits in the I/O thread's queue (one
   thread's publications keep their order); tags are given under ``_wlock``, so the order of
@@ -31,7 +35,9 @@ thread may instead write the marshalled frames to the socket itself (``publish_d
   while another reads it).
 
 The ledger (``_ledger_lock``) is shared by writers and by the I/O thread that settles;
-settle handlers run on the I/O thread, outside that lock. Requires ``pika>=1.3,<2``
+settle handlers run on the I/O thread, outside that lock. ``take_unsettled`` (after a loss)
+retires the ledger: a writer that passed its checks just before registers nothing and hands
+its publication to the I/O thread instead. Requires ``pika>=1.3,<2``
 (``BlockingChannel._impl``, ``Channel.confirm_delivery(ack_nack_callback, callback)``,
 ``BlockingConnection._impl._transport`` with ``_sock``, ``_produce`` and
 ``get_write_buffer_size()``); tested in the integration suite.
@@ -53,15 +59,22 @@ import pika.spec
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ['Pipeline', 'SETTLED_ACK', 'SETTLED_NACK', 'DIRECT_MAX_BODY']
+__all__ = ['Pipeline', 'WriteBusy', 'SETTLED_ACK', 'SETTLED_NACK', 'DIRECT_MAX_BODY']
 
 SETTLED_ACK = 'ack'
 SETTLED_NACK = 'nack'
 
 #: Bodies larger than this go through the I/O thread (a big write would hold ``_wlock``).
 DIRECT_MAX_BODY = 64 * 1024
+#: With this many publications unconfirmed, callers hand theirs to the I/O thread, which
+#: writes a burst in few syscalls; below it a caller's own write is the shorter path.
+DIRECT_MAX_IN_FLIGHT = 8
 #: Longest a direct writer waits for the socket to take the rest of a frame it started.
 STALLED_WRITE_MAX = 30.0
+
+
+class WriteBusy(Exception):
+    """The I/O thread found a caller writing to the socket: publish again shortly."""
 
 
 class Pipeline:
@@ -90,7 +103,8 @@ class Pipeline:
         self._returned: Dict[int, tuple] = {}
         self._select_ok = False
         self._transport: Any = None             # set when direct writes are possible
-        self._direct_open = False               # under _wlock: direct writes allowed now
+        self._direct_open = False               # direct writes allowed now
+        self._retired = False                   # under _ledger_lock: unsettled were taken
         self.peak_in_flight = 0
         self.direct_writes = 0
         #: Why the channel closed (``ChannelClosedByBroker`` for a broker's Channel.Close).
@@ -119,8 +133,15 @@ class Pipeline:
             produce = transport._produce
 
             def locked_produce() -> None:
-                with transport._pika_rpc_wlock:
-                    produce()
+                # Never wait here: a caller holding the lock may be waiting for the broker
+                # to read, and the I/O thread must go on reading meanwhile. The writability
+                # watch stays on while pika's buffer is not empty, so this runs again.
+                lock = transport._pika_rpc_wlock
+                if lock.acquire(blocking=False):
+                    try:
+                        produce()
+                    finally:
+                        lock.release()
 
             transport._produce = locked_produce
             transport._pika_rpc_wrapped = True
@@ -135,8 +156,7 @@ class Pipeline:
     def _on_select_ok(self, _frame: Any) -> None:
         self._select_ok = True
         if self._transport is not None:
-            with self._wlock:
-                self._direct_open = self.closed_reason is None
+            self._direct_open = self.closed_reason is None
 
     def _on_close(self, _channel: Any, reason: BaseException) -> None:
         self.closed_reason = reason
@@ -150,8 +170,11 @@ class Pipeline:
     def in_flight(self) -> int:
         return len(self._unconfirmed)
 
-    def _register(self, pub: Any, correlation_id: Optional[str]) -> int:
+    def _register(self, pub: Any, correlation_id: Optional[str],
+                  direct: bool = False) -> Optional[int]:
         with self._ledger_lock:
+            if direct and self._retired:
+                return None
             tag = self._next_tag
             self._next_tag += 1
             self._unconfirmed[tag] = pub
@@ -169,13 +192,22 @@ class Pipeline:
         I/O thread, treats that as a lost connection), or for a message it cannot encode
         (then nothing was sent and ``pub`` is not in the ledger).
         """
-        with self._wlock:
+        if not self._wlock.acquire(blocking=False):
+            raise WriteBusy()
+        try:
             # Publish first: if pika cannot encode the message (a bad property) it raises
             # before anything is buffered, and the broker's tag count must not move ahead of
             # ours. No ack can be processed in between: frames are read only by the ioloop.
             self._impl.basic_publish(exchange=exchange, routing_key=routing_key, body=body,
                                      properties=properties, mandatory=mandatory)
-            return self._register(pub, properties.correlation_id)
+            return self._register(pub, properties.correlation_id)  # type: ignore[return-value]
+        finally:
+            self._wlock.release()
+
+    def takes_direct(self, pub: Any) -> bool:
+        """Whether ``publish_direct`` may take ``pub`` now (a cheap check, no lock)."""
+        return self._direct_open and isinstance(pub.body, bytes) \
+            and len(pub.body) <= DIRECT_MAX_BODY and len(self._unconfirmed) < DIRECT_MAX_IN_FLIGHT
 
     def publish_direct(self, pub: Any, properties: pika.spec.BasicProperties,
                        queued: Callable[[], bool]) -> bool:
@@ -187,8 +219,7 @@ class Pipeline:
 
         Raises what pika raises for a message it cannot encode (nothing was sent).
         """
-        if not self._direct_open or not isinstance(pub.body, bytes) \
-                or len(pub.body) > DIRECT_MAX_BODY:
+        if not self.takes_direct(pub):
             return False
         ch = self._channel_number
         frames = [pika.frame.Method(ch, pika.spec.Basic.Publish(
@@ -206,7 +237,8 @@ class Pipeline:
             if not self._direct_open or queued() or self._transport.get_write_buffer_size() \
                     or not self._impl.is_open:
                 return False
-            tag = self._register(pub, properties.correlation_id)
+            if self._register(pub, properties.correlation_id, direct=True) is None:
+                return False                 # the I/O thread has retired this pipeline
             try:
                 sent = self._sock.send(data)
             except (BlockingIOError, InterruptedError):
@@ -226,15 +258,17 @@ class Pipeline:
     def _finish_write(self, rest: memoryview, pub: Any) -> None:
         """Under ``_wlock``: the socket took part of a frame; the rest must follow before
         anything else is written, so wait for writability (bounded)."""
-        limit = time.monotonic() + STALLED_WRITE_MAX
+        began = time.monotonic()
+        limit = began + STALLED_WRITE_MAX
         if pub.deadline is not None:
-            limit = min(limit, max(pub.deadline, time.monotonic() + 1.0))
+            limit = min(limit, max(pub.deadline, began + 1.0))
         while rest:
             left = limit - time.monotonic()
             if left <= 0:
-                LOGGER.warning('the broker took no data for %.0f s in the middle of a frame; '
+                LOGGER.warning('the broker took no data for %.1f s in the middle of a frame; '
                                'closing the connection (unconfirmed publications are '
-                               're-published after the reconnect)', STALLED_WRITE_MAX)
+                               're-published after the reconnect, within their retry policy)',
+                               time.monotonic() - began)
                 self._direct_open = False
                 try:
                     self._sock.shutdown(socket.SHUT_RDWR)
@@ -252,9 +286,9 @@ class Pipeline:
             rest = rest[n:]
 
     def stop_direct(self) -> None:
-        """I/O thread: no more direct writes on this pipeline (channel or connection lost)."""
-        with self._wlock:
-            self._direct_open = False
+        """I/O thread: no more direct writes on this pipeline (channel or connection lost).
+        Does not wait for a writer in the middle of a frame."""
+        self._direct_open = False
 
     def _on_ack_nack(self, frame: Any) -> None:
         method = frame.method
@@ -303,6 +337,7 @@ class Pipeline:
         (after a loss)."""
         self.stop_direct()
         with self._ledger_lock:
+            self._retired = True             # a writer past its checks registers nothing now
             pubs = list(self._unconfirmed.values())
             self._unconfirmed.clear()
             self._by_key.clear()

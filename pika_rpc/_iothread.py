@@ -41,6 +41,7 @@ import time
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 import pika
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 import pika.exceptions
 import pika.spec
 
@@ -66,6 +67,8 @@ POLL_INTERVAL = 0.2
 # turn (at least each POLL_INTERVAL): an ack is not written between a delivery and the
 # waiter it wakes, and a burst costs one ack frame per ACK_EVERY messages.
 ACK_EVERY = 256
+# A queued publish that found a caller writing to the socket is tried again this much later.
+BUSY_RETRY = 0.002
 
 _CONNECTION_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionWrongStateError,
                       pika.exceptions.StreamLostError, ConnectionError, OSError, socket.error)
@@ -75,7 +78,7 @@ _link_ids = itertools.count(1)
 
 #: The counters ``Link.stats()`` always reports.
 _COUNTERS = ('commands', 'wake_ups', 'publishes', 'direct_publishes', 'confirms',
-             'republishes', 'ack_frames', 'reconnects', 'deliveries', 'ticks')
+             'republishes', 'ack_frames', 'reconnects', 'deliveries', 'ticks', 'write_busy')
 
 
 def _basic_properties(props: dict) -> pika.spec.BasicProperties:
@@ -327,6 +330,8 @@ class Link:
         return pub
 
     def _publish_direct(self, pipeline: _confirms.Pipeline, pub: Publication) -> bool:
+        if not pipeline.takes_direct(pub) or self._queued_pubs:
+            return False
         try:
             props = _basic_properties(pub.properties)
         except Exception:          # the I/O thread reports it as a PublishError
@@ -444,24 +449,40 @@ class Link:
             batch = list(self._commands)
             self._commands.clear()
             self._not_full.notify_all()
-        for i, item in enumerate(batch):
-            try:
-                if isinstance(item, Publication):
-                    self._do_publish(item)
-                else:
-                    self._do_command(item)
-            except _CONNECTION_ERRORS + _CHANNEL_ERRORS:
-                # Put back what was not run: it runs after the reconnect.
+        published = 0       # publications of the batch handed to pika (or settled) so far
+        try:
+            for i, item in enumerate(batch):
+                try:
+                    if isinstance(item, Publication):
+                        published += 1
+                        self._do_publish(item)
+                    else:
+                        self._do_command(item)
+                except _confirms.WriteBusy:
+                    # A caller is finishing a frame on the socket: this and the rest of
+                    # the batch go back to the front, and the loop comes back shortly.
+                    with self._mutex:
+                        published -= 1
+                        self._commands.extendleft(reversed(batch[i:]))
+                    self._stats['write_busy'] += 1
+                    self._conn.call_later(BUSY_RETRY, _noop)
+                    return
+                except _CONNECTION_ERRORS + _CHANNEL_ERRORS:
+                    # Put back what was not run: it runs after the reconnect.
+                    with self._mutex:
+                        rest = [c for c in batch[i + 1:]]
+                        if not isinstance(item, Publication):
+                            rest.insert(0, item)
+                        elif not item.done.is_set() and not self._in_ledger(item):
+                            rest.insert(0, item)    # never handed to pika: not a retry
+                            published -= 1          # still queued
+                        self._commands.extendleft(reversed(rest))
+                    raise
+        finally:
+            if published:
+                # Only now: until pika holds them, callers must not write around them.
                 with self._mutex:
-                    rest = [c for c in batch[i + 1:]]
-                    if not isinstance(item, Publication):
-                        rest.insert(0, item)
-                    elif not item.done.is_set() and not self._in_ledger(item):
-                        item.attempts -= 1      # never reached the broker: not a retry
-                        rest.insert(0, item)
-                        self._queued_pubs += 1
-                    self._commands.extendleft(reversed(rest))
-                raise
+                    self._queued_pubs = max(0, self._queued_pubs - published)
 
     def _in_ledger(self, pub: Publication) -> bool:
         return self._pipeline is not None and self._pipeline.holds(pub)
@@ -483,33 +504,25 @@ class Link:
         else:
             cmd.finish(result)
 
-    def _do_publish(self, pub: Publication, counted: bool = True) -> None:
-        """Publish a queued publication (``counted``: it was counted in ``_queued_pubs``)."""
-        try:
-            self._publish_queued(pub)
-        finally:
-            if counted:
-                with self._mutex:
-                    self._queued_pubs -= 1
-
-    def _publish_queued(self, pub: Publication) -> None:
+    def _do_publish(self, pub: Publication) -> None:
         if pub.cancelled or pub.done.is_set():
             return
         self._ensure_publish_channel()
         if pub.deadline is not None and time.monotonic() >= pub.deadline:
             pub._finish(PublishError(f'publish to {pub.routing_key!r} not sent within its timeout'))
             return
-        pub.attempts += 1
-        pub.gen = self._gen
-        self._stats['publishes'] += 1
         try:
             self._pipeline.publish(pub, pub.exchange, pub.routing_key, pub.body,
                                    _basic_properties(pub.properties), pub.mandatory)
-        except _CONNECTION_ERRORS + _CHANNEL_ERRORS:
+        except (_confirms.WriteBusy,) + _CONNECTION_ERRORS + _CHANNEL_ERRORS:
             raise
         except Exception as exc:  # pika cannot encode it (a float header, priority > 255...)
             pub._finish(PublishError(f'cannot publish to {pub.routing_key!r}: '
                                      f'{type(exc).__name__}: {exc}'))
+        else:                     # no confirm can be read before the loop polls again
+            pub.attempts += 1
+            pub.gen = self._gen
+            self._stats['publishes'] += 1
 
     def _on_settled(self, pub: Publication, outcome: str, returned: Optional[tuple]) -> None:
         self._stats['confirms'] += 1
@@ -623,7 +636,9 @@ class Link:
                 break
             # pika 1.4 may raise a bare ValueError ("Expected connected socket") when the
             # peer resets right after accepting: that is a failed connect too.
-            except (_CONNECTION_ERRORS + (pika.exceptions.AMQPError, ValueError)) as exc:
+            # A handshake that times out raises pika's AMQPConnectorException (not an AMQPError).
+            except (_CONNECTION_ERRORS + (pika.exceptions.AMQPError, ValueError,
+                                          AMQPConnectorException)) as exc:
                 errors.append(_advice.describe(exc))
                 self.last_error = errors[-1]
                 self.last_advice = _advice.connect_advice(exc, self._options)
@@ -671,10 +686,13 @@ class Link:
                     LOGGER.error('%s: cannot re-subscribe to %r: %s', self.name, spec.queue,
                                  translate_channel_error(exc, 'consume'))
         self._conn.call_later(POLL_INTERVAL, self._on_tick)
-        retry, self._retry_later = self._retry_later, []
-        for pub in retry:
-            if not pub.done.is_set():
-                self._do_publish(pub, counted=False)
+        # Lost with the last connection: first in line now (callers' own writes wait for them).
+        retry = [pub for pub in self._retry_later if not pub.done.is_set()]
+        self._retry_later = []
+        if retry:
+            with self._mutex:
+                self._commands.extendleft(reversed(retry))
+                self._queued_pubs += len(retry)
         LOGGER.info('%s: connected to %s', self.name, self.address)
 
     def _on_tick(self) -> None:

@@ -22,6 +22,7 @@ import pika
 import pytest
 
 from pika_rpc import App, RPCBackend
+from pika_rpc._confirms import DIRECT_MAX_BODY
 from pika_rpc._iothread import Link, Publication
 from pika_rpc.config import Settings, connection_options, mask_url, parse_url
 from pika_rpc.entities import Queue
@@ -165,6 +166,8 @@ def test_amqps_round_trip_through_the_tls_proxy(tls_proxy: Any, amqp_url: str,
         link = app.backend._get_link()
         assert link.address == f'127.0.0.1:{tls_proxy.port}'
         assert tls_proxy.publish_count >= 2        # the task and its result went over TLS
+        # An SSL socket is never written by a caller thread while the I/O thread reads it.
+        assert link.stats()['direct_publishes'] == 0 and link.stats()['publishes'] >= 2
     finally:
         app.close()
         delete_entities(amqp_url, unique_name)
@@ -420,6 +423,49 @@ def test_a_full_hand_off_queue_blocks_callers_until_their_deadline_then_lets_the
         assert first.returned is not None           # no queue of that name: returned, not lost
     finally:
         link.close(5.0)
+
+
+# ------------------------------------------------------------------ direct writes
+
+def test_results_stored_by_one_thread_are_written_by_it_without_waking_the_io_thread(
+        app: App, result_queue: str, raw_channel: Any) -> None:
+    backend = app.backend
+    link = backend._get_link()
+    link.call(_noop, timeout=WAIT)
+    before = link.stats()
+    for i in range(20):
+        backend.store_result(f'direct-{i}', i, 'SUCCESS',
+                             request={'reply_to': result_queue, 'id': f'direct-{i}'})
+    after = link.stats()
+    delta = {k: after[k] - before[k] for k in ('direct_publishes', 'commands', 'wake_ups',
+                                               'confirms')}
+    assert delta == {'direct_publishes': 20, 'commands': 0, 'wake_ups': 0, 'confirms': 20}
+    assert eventually(lambda: ready_count(raw_channel, result_queue) == 20, timeout=WAIT)
+
+
+def test_publications_of_one_thread_keep_their_order_behind_one_waiting_for_the_io_thread(
+        private_link: Link, result_queue: str, raw_channel: Any) -> None:
+    private_link.call(_noop, timeout=WAIT)
+    before = private_link.stats()['direct_publishes']
+    with IOBlocker(private_link) as blocker:
+        # Too big to be written by the caller: queued for the (blocked) I/O thread...
+        pubs = [private_link.publish(Publication('', result_queue, b'x' * (DIRECT_MAX_BODY + 1),
+                                                 {'correlation_id': 'big'}, timeout=WAIT))]
+        # ...so these small ones must queue behind it, not overtake it on the socket.
+        pubs += [private_link.publish(Publication('', result_queue, b'small',
+                                                  {'correlation_id': f'small-{i}'}, timeout=WAIT))
+                 for i in range(3)]
+        assert private_link.stats()['direct_publishes'] == before
+        assert private_link.stats()['queued_commands'] == 4
+        blocker.release()
+    assert all(p.wait(WAIT) and p.error is None and p.returned is None for p in pubs)
+    order = [raw_channel.basic_get(result_queue, auto_ack=True)[1].correlation_id
+             for _ in range(4)]
+    assert order == ['big', 'small-0', 'small-1', 'small-2']
+    # Once the queue is empty again, the next one is written directly.
+    after = private_link.publish(Publication('', result_queue, b'next', {}, timeout=WAIT))
+    assert after.wait(WAIT) and after.error is None
+    assert private_link.stats()['direct_publishes'] == before + 1
 
 
 # ------------------------------------------------------------------ channel errors
