@@ -1,10 +1,13 @@
 """The link: one I/O thread that owns the process's only pika ``BlockingConnection``.
 
-Caller threads never touch pika. They hand *commands* to the I/O thread through our own
+Caller threads do not call pika. They hand *commands* to the I/O thread through our own
 bounded queue (``handoff_max``) and wait on a per-command event with one deadline for the
 whole call. ``add_callback_threadsafe`` is only the wake-up, sent once per batch behind a
 "wake pending" flag, so many threads publishing at once cost few wake-ups (``stats()``
 counts them). A command whose caller gave up before the I/O thread reached it is skipped.
+The one exception is the hot path of publishing: on a plaintext connection a caller writes
+its publication's frames to the socket itself when nothing is queued ahead of it
+(``_confirms.Pipeline.publish_direct``); the I/O thread still reads and settles the confirm.
 
 Channels of one connection:
 
@@ -13,13 +16,15 @@ Channels of one connection:
   lost; lost and nacked publications are re-published while their retry budget lasts;
 * the *control* channel for declarations, deletes, binds and purges; a channel error
   (404, 406, 403) is raised to the caller as a typed error and the channel is reopened;
-* one channel per consumer, so ``prefetch_count`` is per consumer and one consumer's
-  failure cannot stop another's deliveries.
+* one plain ``pika.channel.Channel`` per consumer (no ``BlockingChannel``), so
+  ``prefetch_count`` is per consumer and one consumer's failure cannot stop another's
+  deliveries. Its deliveries are parsed as they are read (``_deliveries.DeliveryReader``)
+  and go to the consumer's ``on_delivery`` at once (which must only hand off).
 
-The loop is ``process_data_events(time_limit=poll_interval)``; pika returns early when a
-delivery or a wake-up arrives. Nothing in the loop blocks on a caller or runs user code:
-deliveries go to each consumer's ``on_delivery`` (which must only hand off), acks of
-batched consumers are sent once per turn with ``multiple=True``.
+The loop is ``process_data_events(None)``: it returns on a wake-up, a timer (a tick every
+``POLL_INTERVAL``, a retry) or a channel event. Nothing in the loop blocks on a caller or
+runs user code. Batch-acking consumers (the reply queue) are acked with ``multiple=True``
+every ``ACK_EVERY`` deliveries and at every turn.
 
 Reconnect (DESIGN §6.2): when the connection drops, the I/O thread reconnects under the
 connection retry policy (``broker_connection_max_retries``, failover list in order),
@@ -45,7 +50,7 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorException
 import pika.exceptions
 import pika.spec
 
-from . import _advice, _confirms
+from . import _advice, _confirms, _deliveries
 from ._commands import ConsumerSpec, Delivery, Publication, _Command  # noqa: F401 (re-exported)
 from ._threads import SerialExecutor
 from ._timeouts import deadline, remaining
@@ -198,6 +203,7 @@ class Link:
         self._gen_started = False      # True once a connection was ever open
         self._reconnect_wanted = False # lost a connection that consumers or retries need
         self._ioloop: Any = None       # the connection's native ioloop (for 0-delay timers)
+        self._reader: Optional[_deliveries.DeliveryReader] = None   # of the connection
         self._batch_end_pending = False
         self._unacked = 0              # batch-acked deliveries not acked yet
 
@@ -670,6 +676,7 @@ class Link:
         self._conn = pika.BlockingConnection(self._params)
         self._gen += 1
         self._ioloop = self._conn._impl.ioloop
+        self._reader = _deliveries.DeliveryReader(self._conn._impl)
         self._batch_end_pending = False
         params = self._conn._impl.params
         self.address = f'{params.host}:{params.port}'
@@ -840,6 +847,8 @@ class Link:
             consumer_tag=spec.consumer_tag, arguments=spec.arguments, callback=done)),
             'Basic.ConsumeOk')
         spec.consumer_tag = tag[0]
+        channel.reader = self._reader
+        self._reader.register(impl, on_message)
         spec.channel, spec.active, spec.subscribed_once = channel, True, True
         spec.cancelled_by_broker = False
         self._consumers[id(spec)] = spec
@@ -1008,16 +1017,19 @@ class _ConsumerChannel:
     It is also the channel's *cookie*, the object ``BlockingConnection.close()`` expects to
     find on every channel of its connection (``is_open``, ``close(code, text)``)."""
 
-    __slots__ = ('impl', 'closed_reason')
+    __slots__ = ('impl', 'closed_reason', 'reader')
 
     def __init__(self, impl: Any) -> None:
         self.impl = impl
         self.closed_reason: Optional[BaseException] = None
+        self.reader: Optional[_deliveries.DeliveryReader] = None   # reads its deliveries
         impl.add_on_close_callback(self._on_close)
         impl._set_cookie(self)
 
     def _on_close(self, _channel: Any, reason: BaseException) -> None:
         self.closed_reason = reason
+        if self.reader is not None:
+            self.reader.unregister(self.impl)
 
     @property
     def is_open(self) -> bool:
