@@ -105,22 +105,27 @@ class Pipeline:
         self._transport: Any = None             # set when direct writes are possible
         self._direct_open = False               # direct writes allowed now
         self._retired = False                   # under _ledger_lock: unsettled were taken
+        self._reader: Any = None                # reads our confirms when given
         self.peak_in_flight = 0
         self.direct_writes = 0
         #: Why the channel closed (``ChannelClosedByBroker`` for a broker's Channel.Close).
         self.closed_reason: Optional[BaseException] = None
 
-    def start(self, connection: Any = None) -> Callable[[], bool]:
+    def start(self, connection: Any = None, reader: Any = None) -> Callable[[], bool]:
         """Send Confirm.Select; returns a predicate telling when SelectOk arrived.
 
         With ``connection`` (the ``BlockingConnection``) on a plaintext transport, direct
-        writes are enabled once SelectOk has arrived."""
+        writes are enabled once SelectOk has arrived. With ``reader``
+        (``_deliveries.DeliveryReader``) the confirms are read by it, ahead of pika."""
         self._impl.add_on_return_callback(self._on_return)
         self._impl.add_on_close_callback(self._on_close)
         self._impl.confirm_delivery(ack_nack_callback=self._on_ack_nack,
                                     callback=self._on_select_ok)
         if connection is not None:
             self._prepare_direct(connection._impl)
+        if reader is not None:
+            reader.register_confirms(self._impl, self.on_confirm)
+            self._reader = reader
         return lambda: self._select_ok
 
     def _prepare_direct(self, impl: Any) -> None:
@@ -161,6 +166,8 @@ class Pipeline:
     def _on_close(self, _channel: Any, reason: BaseException) -> None:
         self.closed_reason = reason
         self._direct_open = False
+        if self._reader is not None:
+            self._reader.unregister(self._impl)
 
     def holds(self, pub: Any) -> bool:
         with self._ledger_lock:
@@ -292,11 +299,15 @@ class Pipeline:
 
     def _on_ack_nack(self, frame: Any) -> None:
         method = frame.method
-        outcome = SETTLED_NACK if isinstance(method, pika.spec.Basic.Nack) else SETTLED_ACK
-        tag = method.delivery_tag
+        self.on_confirm(method.delivery_tag, method.multiple,
+                        isinstance(method, pika.spec.Basic.Nack))
+
+    def on_confirm(self, tag: int, multiple: bool, nack: bool) -> None:
+        """I/O thread: the broker acked (or nacked) ``tag``, or every tag up to it."""
+        outcome = SETTLED_NACK if nack else SETTLED_ACK
         settled = []
         with self._ledger_lock:
-            if method.multiple:
+            if multiple:
                 # The dict keeps publish order, which is tag order: stop at the first later
                 # tag (a scan of everything in flight would make heavy pipelining quadratic).
                 tags = list(itertools.takewhile(lambda t: t <= tag, self._unconfirmed))

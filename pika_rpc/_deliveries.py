@@ -1,11 +1,13 @@
-"""Deliveries read straight from the connection's input, ahead of pika's frame dispatch.
+"""Deliveries and confirms read straight from the connection's input, ahead of pika.
 
 Receiving a message through pika costs three generic frame decodes, callback-registry
 lookups per frame, the channel's content assembler and the consumer lookup: most of the
 I/O thread's time per result (issue 9). For the channels it is given (our consumer
 channels), a :class:`DeliveryReader` parses the three frames of a delivery itself —
 ``Basic.Deliver``, the content header, the body frames — and calls the channel's handler
-with the same ``(method, properties, body)`` pika would pass. Every other frame (any other
+with the same ``(method, properties, body)`` pika would pass. The same goes for the
+``Basic.Ack``/``Basic.Nack`` frames of the publish channel (``register_confirms``), which
+settle publications (``_confirms.Pipeline.on_confirm``). Every other frame (any other
 method, heartbeats, other channels, anything it does not recognise) goes to pika unchanged
 and in order: frames before a delivery are handed to pika before the delivery is handled.
 
@@ -34,6 +36,8 @@ _U64 = struct.Struct('>Q')
 _BODY_SIZE = struct.Struct('>HHQ')             # class, weight, body size
 
 Handler = Callable[[Any, pika.spec.Basic.Deliver, pika.spec.BasicProperties, bytes], None]
+ConfirmHandler = Callable[[int, bool, bool], None]
+_CONFIRMS = (b'\x00\x3c\x00\x50', b'\x00\x3c\x00\x78')   # basic.ack (80), basic.nack (120)
 
 
 class DeliveryReader:
@@ -42,7 +46,8 @@ class DeliveryReader:
     def __init__(self, impl: Any) -> None:
         self._impl = impl
         self._pika_on_data = impl._on_data_available
-        self._handlers: Dict[int, Tuple[Any, Handler]] = {}
+        # channel number -> (channel, delivery handler, None) or (channel, None, confirm handler)
+        self._handlers: Dict[int, Tuple[Any, Optional[Handler], Optional[ConfirmHandler]]] = {}
         # A partial frame pika may hold already becomes the start of our buffer.
         self._buf = bytes(impl._frame_buffer or b'')
         impl._frame_buffer = b''
@@ -52,7 +57,12 @@ class DeliveryReader:
     def register(self, channel: Any, handler: Handler) -> None:
         """Read the deliveries of ``channel`` (a ``pika.channel.Channel``) here from now on;
         ``handler(channel, method, properties, body)`` as pika's ``on_message_callback``."""
-        self._handlers[channel.channel_number] = (channel, handler)
+        self._handlers[channel.channel_number] = (channel, handler, None)
+
+    def register_confirms(self, channel: Any, on_confirm: 'ConfirmHandler') -> None:
+        """Read ``Basic.Ack``/``Basic.Nack`` of ``channel`` (in confirm mode) here:
+        ``on_confirm(delivery_tag, multiple, nack)``."""
+        self._handlers[channel.channel_number] = (channel, None, on_confirm)
 
     def unregister(self, channel: Any) -> None:
         entry = self._handlers.get(channel.channel_number)
@@ -72,8 +82,26 @@ class DeliveryReader:
                 if end >= size:
                     break
                 entry = handlers.get(channel_number) if ftype == _FRAME_METHOD else None
-                if entry is not None and buf[pos + 7:pos + 11] == _DELIVER \
-                        and buf[end] == _FRAME_END:
+                if entry is not None and entry[1] is None and length == 13 \
+                        and buf[end] == _FRAME_END and buf[pos + 7:pos + 11] in _CONFIRMS:
+                    # A publisher confirm of a publish channel.
+                    if run >= 0:
+                        self._to_pika(buf[run:pos])
+                        run = -1
+                        if self._impl.is_closed:
+                            pos = size
+                            break
+                        if channel_number not in handlers:
+                            continue
+                    self._impl.bytes_received += length + 8
+                    channel, _none, on_confirm = entry
+                    if channel.is_open:
+                        on_confirm(_U64.unpack_from(buf, pos + 11)[0], bool(buf[pos + 19] & 1),
+                                   buf[pos + 10] == 120)
+                    pos = end + 1
+                    continue
+                if entry is not None and entry[1] is not None \
+                        and buf[pos + 7:pos + 11] == _DELIVER and buf[end] == _FRAME_END:
                     parsed = _parse_delivery(buf, pos, end, size, channel_number)
                     if parsed is None:                    # the rest has not arrived yet
                         break
@@ -89,7 +117,7 @@ class DeliveryReader:
                         nxt, method, properties, body = parsed
                         self._impl.bytes_received += nxt - pos
                         self.fast += 1
-                        channel, handler = entry
+                        channel, handler, _none = entry
                         if channel.is_open:
                             handler(channel, method, properties, body)
                         pos = nxt

@@ -72,6 +72,9 @@ POLL_INTERVAL = 0.2
 # turn (at least each POLL_INTERVAL): an ack is not written between a delivery and the
 # waiter it wakes, and a burst costs one ack frame per ACK_EVERY messages.
 ACK_EVERY = 256
+# Slices in which the I/O thread runs the ioloop while it waits for a reply to its own
+# request (Channel.OpenOk, Basic.ConsumeOk...): the latency such a step may add.
+WAIT_SLICE = 0.002
 # A queued publish that found a caller writing to the socket is tried again this much later.
 BUSY_RETRY = 0.002
 
@@ -712,15 +715,17 @@ class Link:
     def _open_publish_channel(self) -> None:
         self._pub_ch = self._conn.channel()
         self._pipeline = _confirms.Pipeline(self._pub_ch, self._on_settled)
-        ready = self._pipeline.start(self._conn)
+        ready = self._pipeline.start(self._conn, self._reader)
         self._wait_until(ready, 30.0, 'Confirm.SelectOk')
 
     def _wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        """Run the ioloop until ``predicate()`` (set by a callback of a plain pika channel,
+        which does not end ``process_data_events``: hence the short slices)."""
         dl = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() >= dl:
                 raise pika.exceptions.AMQPConnectionError(f'no {what} within {timeout} s')
-            self._conn.process_data_events(time_limit=0.05)
+            self._conn.process_data_events(time_limit=WAIT_SLICE)
 
     def _reopen_control(self) -> None:
         try:

@@ -829,7 +829,7 @@ def report(runs: Dict[str, List[Dict]], a: argparse.Namespace) -> Tuple[str, Lis
         row(f'  T={t} client CPU per result', 'cpu_us_per_result', f'{k}.pr', f'{k}.raw',
             f'{k}.celery', ' us')
         row(f'  T={t} publisher rate (other process)', 'publisher_rate', f'{k}.pr', f'{k}.raw',
-            f'{k}.celery', '/s', 'close to results/s: the publisher bounds the figure')
+            f'{k}.celery', '/s', 'the publisher alone; when close to results/s it is the bound')
         totals(f'  T={t} errors / wrong results / threads hung or timed out ({n_runs})',
                ('errors', 'wrong', 'hung_or_timed_out'), (f'{k}.pr', f'{k}.raw', f'{k}.celery'),
                f'per-run timeout {a.run_timeout:g} s')

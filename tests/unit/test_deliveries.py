@@ -176,3 +176,23 @@ def test_frames_after_pika_closed_the_connection_are_not_handed_on() -> None:
     conn = ClosingConnection()
     reader_on(conn, FakeChannel(2))._on_data(STREAM[2] + STREAM[1] + STREAM[6])
     assert conn.log == [('pika', (2, 'Basic.QosOk'))]
+
+
+def test_confirms_of_a_registered_publish_channel_are_read_here_in_order() -> None:
+    conn = FakeConnection()
+    reader = DeliveryReader(conn)
+    reader.register_confirms(FakeChannel(1), lambda tag, multiple, nack: conn.log.append(
+        ('confirm', (tag, multiple, nack))))
+    returned = (method(1, pika.spec.Basic.Return(312, 'NO_ROUTE', '', 'q'))
+                + pika.frame.Header(1, 1, pika.spec.BasicProperties()).marshal()
+                + pika.frame.Body(1, b'r').marshal())
+    data = (method(1, pika.spec.Basic.Ack(1, multiple=False)) + returned
+            + method(1, pika.spec.Basic.Ack(3, multiple=True))
+            + method(1, pika.spec.Basic.Nack(4, multiple=False, requeue=False))
+            + method(2, pika.spec.Basic.Ack(9, multiple=False)))        # not registered
+    feed(reader, data, [5] * (len(data) // 5 + 1))
+    assert conn.log == [('confirm', (1, False, False)),
+                        ('pika', (1, 'Basic.Return')), ('pika', (1, 'Header')),
+                        ('pika', (1, 'Body')),                  # before the ack after it
+                        ('confirm', (3, True, False)), ('confirm', (4, False, True)),
+                        ('pika', (2, 'Basic.Ack'))]
