@@ -31,6 +31,36 @@ class _Command:
         self.done.set()
 
 
+class _Latch:
+    """A one-shot event: ``set()`` once, ``wait()`` by any number of threads. Lighter than
+    ``threading.Event`` (one lock, no condition): one is made per publication."""
+
+    __slots__ = ('_lock', '_set')
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            try:
+                self._lock.release()
+            except RuntimeError:     # set by two threads at once: released already
+                pass
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        if self._set:
+            return True
+        if self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            self._lock.release()     # pass it on to the next waiter
+        return self._set
+
+
 class Publication:
     """One message to publish with confirms. Settled once: ``done`` is set then.
 
@@ -55,7 +85,7 @@ class Publication:
         self.errback = errback
         self.interval, self.interval_step = interval_start, interval_step
         self.interval_max = interval_start + interval_max
-        self.done = threading.Event()
+        self.done = _Latch()
         self.error: Optional[BaseException] = None
         self.returned: Optional[tuple] = None
         self.attempts = 0

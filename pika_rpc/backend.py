@@ -25,6 +25,7 @@ Choices where Celery and DESIGN leave room (also in the CHANGELOG):
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -637,8 +638,11 @@ class RPCBackend:
 
 def _timezone(conf: Settings) -> Any:
     name = conf.timezone
-    if not name:
-        return None
+    return _zone(name) if name else None
+
+
+@functools.lru_cache(maxsize=16)
+def _zone(name: str) -> Any:
     try:
         from zoneinfo import ZoneInfo
         return ZoneInfo(name)

@@ -130,10 +130,18 @@ def _decode_envelope(obj: Dict[Any, Any]) -> Any:
 
 # --------------------------------------------------------------------------- codecs
 
+def _json_default(obj: Any) -> Any:
+    return _envelope(obj, with_bytes=True)
+
+
+# Built once (json.dumps with any option builds a new encoder per call); stateless.
+_JSON_ENCODER = json.JSONEncoder(default=_json_default, separators=(', ', ': '),
+                                 ensure_ascii=True)
+
+
 def _json_dumps(obj: Any) -> str:
     try:
-        return json.dumps(obj, default=lambda o: _envelope(o, with_bytes=True),
-                          separators=(', ', ': '), ensure_ascii=True)
+        return _JSON_ENCODER.encode(obj)
     except EncodeError:
         raise
     except (TypeError, ValueError, RecursionError) as exc:   # non-str keys, cycles, depth
