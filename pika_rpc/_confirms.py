@@ -19,10 +19,11 @@ thread may instead write the marshalled frames to the socket itself (``publish_d
 
 * ``_wlock`` serialises every write to the socket: direct writes, and pika's own
   ``transport._produce`` (wrapped at ``start()``, so pika flushes its buffer under it too).
-  The I/O thread never waits for it: pika's flush is skipped while a caller writes (it runs
-  again at the next writability event) and a queued publish raises ``WriteBusy`` (the link
-  retries it a moment later), so the I/O thread keeps reading while a caller waits for the
-  broker to take the rest of a frame;
+  The I/O thread waits for it at most ``IO_LOCK_WAIT`` (1 ms; a caller's write takes
+  microseconds): past that pika's flush is skipped (it runs again at the next writability
+  event) and a queued publish raises ``WriteBusy`` (the link retries it a moment later), so
+  the I/O thread keeps reading while a caller waits for the broker to take the rest of a
+  frame;
 * a direct write happens only while pika's write buffer is empty (no partly written frame
   of pika's can be on the wire) and no publication waits in the I/O thread's queue (one
   thread's publications keep their order); tags are given under ``_wlock``, so the order of
@@ -69,6 +70,9 @@ DIRECT_MAX_BODY = 64 * 1024
 #: With this many publications unconfirmed, callers hand theirs to the I/O thread, which
 #: writes a burst in few syscalls; below it a caller's own write is the shorter path.
 DIRECT_MAX_IN_FLIGHT = 8
+#: Longest the I/O thread waits for the write lock (a caller's write takes microseconds;
+#: one waiting for a stalled broker holds it much longer, and the I/O thread must not).
+IO_LOCK_WAIT = 0.001
 #: Longest a direct writer waits for the socket to take the rest of a frame it started.
 STALLED_WRITE_MAX = 30.0
 
@@ -138,11 +142,11 @@ class Pipeline:
             produce = transport._produce
 
             def locked_produce() -> None:
-                # Never wait here: a caller holding the lock may be waiting for the broker
+                # Never wait long: a caller holding the lock may be waiting for the broker
                 # to read, and the I/O thread must go on reading meanwhile. The writability
                 # watch stays on while pika's buffer is not empty, so this runs again.
                 lock = transport._pika_rpc_wlock
-                if lock.acquire(blocking=False):
+                if lock.acquire(timeout=IO_LOCK_WAIT):
                     try:
                         produce()
                     finally:
@@ -199,7 +203,7 @@ class Pipeline:
         I/O thread, treats that as a lost connection), or for a message it cannot encode
         (then nothing was sent and ``pub`` is not in the ledger).
         """
-        if not self._wlock.acquire(blocking=False):
+        if not self._wlock.acquire(timeout=IO_LOCK_WAIT):
             raise WriteBusy()
         try:
             # Publish first: if pika cannot encode the message (a bad property) it raises

@@ -38,8 +38,10 @@ Scenarios (``--scenarios``, default all):
 5. ``threads_rtt``: T threads doing ping-pongs (as ``rtt``) at once: p50, p99 (T=1: rtt).
 6. ``poll``: another process publishes a result; this one calls get_task_meta() in a tight
    loop until it is ready (the Django-view pattern): p50, p99, polls per result. Raw pika
-   polls with ``process_data_events(0)`` + lookup. ``celery_after_get`` (default run only):
-   the same after one get() started Celery's push consumer.
+   polls with ``basic_get`` until the queue is empty + lookup (``raw_get``, the target's
+   baseline), and, shown too, with a push consumer: ``process_data_events(0)`` + lookup.
+   ``celery_after_get`` (default run only): the same after one get() started Celery's push
+   consumer.
 7. ``resources``: T=64 threads each did one ping-pong and now wait in get(): broker
    connections, channels and consumed queues of the process (``rabbitmqctl``, connections
    matched by the pid in their ``connection_name``), CPU of the process over IDLE seconds
@@ -211,6 +213,44 @@ class Raw:
             client.close()
 
 
+class RawGet:
+    """Raw pika polling as the issue's baseline for ``poll``: one connection, a reply queue
+    declared as pika_rpc's and nobody consuming it; ``poll`` = ``basic_get`` until empty,
+    JSON decode + correlation lookup."""
+
+    def __init__(self, url: str) -> None:
+        import json as _json
+        self._loads = _json.loads
+        self.url = url
+        self.results: Dict[str, Any] = {}
+
+    def thread_setup(self) -> str:
+        self.conn = bc.raw_connection(self.url)
+        self.ch = self.conn.channel()
+        self.queue = bc.unique('rawget')
+        bc.announce_queue(self.queue, self.url)
+        bc.raw_reply_queue(self.ch, self.queue)
+        return self.queue
+
+    def register(self, tid: str) -> None:
+        pass
+
+    def poll(self, tid: str) -> Optional[Any]:
+        while True:
+            method, props, body = self.ch.basic_get(self.queue, auto_ack=True)
+            if method is None:
+                break
+            meta = self._loads(body)
+            self.results[meta.get('task_id') or props.correlation_id] = meta
+        return self.results.pop(tid, None)
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+
+
 def celery_app(url: str, **conf: Any) -> Any:
     """``Celery(broker=url, backend='rpc://')``; its connections are named ``bench-celery-PID``
     (``broker_transport_options`` -> py-amqp ``client_properties``) so the broker's
@@ -269,6 +309,8 @@ def make_impl(impl: str, url: str, **kw: Any) -> Any:
         return Raw(url, confirm=True)
     if impl == 'raw_noconfirm':
         return Raw(url, confirm=False)
+    if impl == 'raw_get':
+        return RawGet(url)
     if impl == 'celery':
         return CeleryImpl(url)
     if impl == 'celery_shared':
@@ -703,9 +745,9 @@ def kinds_and_params(a: argparse.Namespace) -> Tuple[List[List[str]], Dict[str, 
                                                 timeout=a.run_timeout)
             groups.append([f'threads_rtt{t}.{i}' for i in ('pr', 'raw', 'celery')])
     if 'poll' in sc:
-        for i in ('pr', 'raw', 'celery'):
+        for i in ('pr', 'raw_get', 'raw', 'celery'):
             P[f'poll.{i}'] = dict(worker='poll', impl=i, iters=a.polls, timeout=10)
-        groups.append([f'poll.{i}' for i in ('pr', 'raw', 'celery')])
+        groups.append([f'poll.{i}' for i in ('pr', 'raw_get', 'raw', 'celery')])
         if a.shared:
             P['poll.celery_after_get'] = dict(worker='poll', impl='celery', iters=3, timeout=3,
                                               after_get=True)
@@ -865,13 +907,20 @@ def report(runs: Dict[str, List[Dict]], a: argparse.Namespace) -> Tuple[str, Lis
                    '<= 0.5')
     # 6. poll
     if 'poll.pr' in runs:
-        row(f'poll p50 (get_task_meta() loop, {a.polls} results)', 'p50_us', 'poll.pr',
-            'poll.raw', 'poll.celery', ' us', 'raw: process_data_events(0) + lookup')
-        row('poll p99', 'p99_us', 'poll.pr', 'poll.raw', 'poll.celery', ' us')
-        row('  polls per result (p50)', 'polls_p50', 'poll.pr', 'poll.raw', 'poll.celery')
-        row('  CPU per result', 'cpu_us_per_result', 'poll.pr', 'poll.raw', 'poll.celery', ' us')
+        vp, vr, _vc = row(f'poll p50 (get_task_meta() loop, {a.polls} results) [raw: basic_get]',
+                          'p50_us', 'poll.pr', 'poll.raw_get', 'poll.celery', ' us',
+                          'raw: publish, then basic_get until ready (the issue\'s baseline)')
+        row('poll p99 [raw: basic_get]', 'p99_us', 'poll.pr', 'poll.raw_get', 'poll.celery', ' us')
+        row('  poll p50 [raw: push consumer]', 'p50_us', 'poll.pr', 'poll.raw', None, ' us',
+            'raw: basic_consume, process_data_events(0) + lookup per poll')
+        row('  poll p99 [raw: push consumer]', 'p99_us', 'poll.pr', 'poll.raw', None, ' us')
+        row('  polls per result (p50)', 'polls_p50', 'poll.pr', 'poll.raw_get', 'poll.celery')
+        row('  CPU per result', 'cpu_us_per_result', 'poll.pr', 'poll.raw_get', 'poll.celery',
+            ' us')
         totals(f'  results never ready ({n_runs})', ('timeouts',),
-               ('poll.pr', 'poll.raw', 'poll.celery'), '10 s per result')
+               ('poll.pr', 'poll.raw_get', 'poll.celery'), '10 s per result')
+        target('poll p50 <= 1.5x raw pika (publish, then basic_get until ready)',
+               bc.ratio(vp, vr), le(vp, vr, 1.5), '<= 1.5')
         if runs.get('poll.celery_after_get'):
             r = runs['poll.celery_after_get'][0]
             rows.append(['  Celery poll after a get() in the same thread', '', '',
