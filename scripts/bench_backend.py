@@ -153,6 +153,12 @@ def w_raw_pingpong(p: Dict[str, Any], url: str) -> Dict[str, Any]:
 _fill = bc.fill_queue
 
 
+def _arrived(backend: Any) -> int:
+    """Results in the table: read ones (cached) and not yet read ones (unread)."""
+    stats = backend.stats()
+    return stats['cached'] + stats['unread']
+
+
 def w_pr_get_seq(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     """``arrived=False``: clock starts at subscribe; True: all results already in the table."""
     from pika_rpc.config import reply_queue_arguments
@@ -171,9 +177,9 @@ def w_pr_get_seq(p: Dict[str, Any], url: str) -> Dict[str, Any]:
         check=not arrived)
     if arrived:
         dl = time.monotonic() + 60
-        while backend.stats()['cached'] < n and time.monotonic() < dl:
+        while _arrived(backend) < n and time.monotonic() < dl:
             time.sleep(0.01)
-        if backend.stats()['cached'] < n:
+        if _arrived(backend) < n:
             raise RuntimeError(f'results did not arrive: {backend.stats()}')
     AsyncResult = app.AsyncResult
     t0, c0 = time.perf_counter(), time.process_time()
