@@ -98,6 +98,7 @@ def acquire_link_for(settings: Settings) -> Link:
     """``acquire_link`` with the broker options, retry policy and bounds of ``settings``."""
     policy = connection_retry_policy(settings)
     return acquire_link(connection_options(settings), handoff_max=settings.handoff_max,
+                        direct_writes=settings.direct_writes,
                         max_connect_retries=policy['max_retries'],
                         connect_interval=(policy['interval_start'], policy['interval_step'],
                                           policy['interval_max']))

@@ -335,6 +335,7 @@ _SPECS: Dict[str, tuple] = {
     'pending_max': (100000, _count(1)),
     'out_of_band_max': (1000, _count(0)),
     'handoff_max': (10000, _count(1)),
+    'direct_writes': (True, _flag),
     'task_ignore_result': (False, _flag),
     'worker_prefetch_multiplier': (4, _count(0)),
 }

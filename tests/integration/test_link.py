@@ -443,6 +443,27 @@ def test_results_stored_by_one_thread_are_written_by_it_without_waking_the_io_th
     assert eventually(lambda: ready_count(raw_channel, result_queue) == 20, timeout=WAIT)
 
 
+def test_direct_writes_false_sends_every_result_through_the_io_thread(
+        amqp_url: str, unique_name: str, result_queue: str, raw_channel: Any) -> None:
+    # Apps with the same broker options share a link (the first one's settings win): an
+    # option of its own in the URL gives this App a link of its own.
+    url = amqp_url + ('&' if '?' in amqp_url else '?') + 'heartbeat=117'
+    app = App(url, direct_writes=False, task_default_queue=unique_name)
+    try:
+        link = app.backend._get_link()
+        assert link.direct_writes is False
+        before = link.stats()
+        for i in range(5):
+            app.backend.store_result(f'via-io-{i}', i, 'SUCCESS',
+                                     request={'reply_to': result_queue, 'id': f'via-io-{i}'})
+        stats = link.stats()
+        assert stats['direct_publishes'] == before['direct_publishes'] == 0
+        assert stats['publishes'] - before['publishes'] == 5
+        assert eventually(lambda: ready_count(raw_channel, result_queue) == 5, timeout=WAIT)
+    finally:
+        app.close()
+
+
 def test_publications_of_one_thread_keep_their_order_behind_one_waiting_for_the_io_thread(
         private_link: Link, result_queue: str, raw_channel: Any) -> None:
     private_link.call(_noop, timeout=WAIT)
