@@ -82,49 +82,39 @@ class DeliveryReader:
                 if end >= size:
                     break
                 entry = handlers.get(channel_number) if ftype == _FRAME_METHOD else None
-                if entry is not None and entry[1] is None and length == 13 \
-                        and buf[end] == _FRAME_END and buf[pos + 7:pos + 11] in _CONFIRMS:
-                    # A publisher confirm of a publish channel.
-                    if run >= 0:
-                        self._to_pika(buf[run:pos])
-                        run = -1
-                        if self._impl.is_closed:
-                            pos = size
+                parsed: Any = False
+                if entry is not None and buf[end] == _FRAME_END:
+                    kind = buf[pos + 7:pos + 11]
+                    if entry[1] is None and length == 13 and kind in _CONFIRMS:
+                        parsed = end + 1, None, None, None          # a publisher confirm
+                    elif entry[1] is not None and kind == _DELIVER:
+                        parsed = _parse_delivery(buf, pos, end, size, channel_number)
+                        if parsed is None:                # the rest has not arrived yet
                             break
-                        if channel_number not in handlers:
-                            continue
-                    self._impl.bytes_received += length + 8
-                    channel, _none, on_confirm = entry
-                    if channel.is_open:
-                        on_confirm(_U64.unpack_from(buf, pos + 11)[0], bool(buf[pos + 19] & 1),
-                                   buf[pos + 10] == 120)
+                if parsed is False:                       # pika's frame
+                    if run < 0:
+                        run = pos
                     pos = end + 1
                     continue
-                if entry is not None and entry[1] is not None \
-                        and buf[pos + 7:pos + 11] == _DELIVER and buf[end] == _FRAME_END:
-                    parsed = _parse_delivery(buf, pos, end, size, channel_number)
-                    if parsed is None:                    # the rest has not arrived yet
+                if run >= 0:                              # pika's frames come first
+                    self._to_pika(buf[run:pos])
+                    run = -1
+                    if self._impl.is_closed:              # nothing more to read
+                        pos = size
                         break
-                    if parsed is not False:
-                        if run >= 0:
-                            self._to_pika(buf[run:pos])
-                            run = -1
-                            if self._impl.is_closed:         # nothing more to read
-                                pos = size
-                                break
-                            if channel_number not in handlers:
-                                continue             # pika closed that channel: pika's now
-                        nxt, method, properties, body = parsed
-                        self._impl.bytes_received += nxt - pos
-                        self.fast += 1
-                        channel, handler, _none = entry
-                        if channel.is_open:
-                            handler(channel, method, properties, body)
-                        pos = nxt
+                    if channel_number not in handlers:    # pika closed that channel
                         continue
-                if run < 0:
-                    run = pos
-                pos = end + 1
+                nxt, method, properties, body = parsed
+                self._impl.bytes_received += nxt - pos
+                channel, on_delivery, on_confirm = entry
+                if channel.is_open:
+                    if on_delivery is not None:
+                        self.fast += 1
+                        on_delivery(channel, method, properties, body)
+                    else:
+                        on_confirm(_U64.unpack_from(buf, pos + 11)[0],
+                                   bool(buf[pos + 19] & 1), buf[pos + 10] == 120)
+                pos = nxt
         finally:
             if run >= 0:
                 self._to_pika(buf[run:pos])
@@ -141,6 +131,28 @@ def _short_string(buf: bytes, offset: int) -> Tuple[str, int]:
     return buf[offset:offset + length].decode('utf-8'), offset + length
 
 
+class _Incomplete(Exception):
+    """The rest of a message has not arrived yet."""
+
+
+def _content_frame(buf: bytes, pos: int, size: int, ftype: int, channel_number: int) -> int:
+    """Index of the end octet of the ``ftype`` frame of ``channel_number`` at ``pos``.
+
+    Raises ``_Incomplete`` when it is not all in ``buf`` yet, ``ValueError`` when the frame
+    there is another one (or malformed)."""
+    if size - pos < 8:
+        raise _Incomplete
+    found, channel, length = _FRAME_HEADER.unpack_from(buf, pos)
+    end = pos + 7 + length
+    if found != ftype or channel != channel_number:
+        raise ValueError(f'frame type {found} on channel {channel} inside a delivery')
+    if end >= size:
+        raise _Incomplete
+    if buf[end] != _FRAME_END:
+        raise ValueError('bad frame end')
+    return end
+
+
 def _parse_delivery(buf: bytes, pos: int, end: int, size: int, channel_number: int) -> Any:
     """The delivery whose method frame is at ``pos`` (its end octet at ``end``):
     ``(next position, method, properties, body)``; None when its frames are not all in
@@ -155,16 +167,7 @@ def _parse_delivery(buf: bytes, pos: int, end: int, size: int, channel_number: i
         if offset != end:
             return False
         hpos = end + 1
-        if size - hpos < 8:
-            return None
-        ftype, hchannel, hlength = _FRAME_HEADER.unpack_from(buf, hpos)
-        hend = hpos + 7 + hlength
-        if ftype != _FRAME_HEADER_TYPE or hchannel != channel_number:
-            return False
-        if hend >= size:
-            return None
-        if buf[hend] != _FRAME_END:
-            return False
+        hend = _content_frame(buf, hpos, size, _FRAME_HEADER_TYPE, channel_number)
         _class, _weight, body_size = _BODY_SIZE.unpack_from(buf, hpos + 7)
         properties = pika.spec.BasicProperties()
         properties.decode(buf, hpos + 19)
@@ -172,21 +175,14 @@ def _parse_delivery(buf: bytes, pos: int, end: int, size: int, channel_number: i
         got = 0
         bpos = hend + 1
         while got < body_size:
-            if size - bpos < 8:
-                return None
-            ftype, bchannel, blength = _FRAME_HEADER.unpack_from(buf, bpos)
-            bend = bpos + 7 + blength
-            if ftype != _FRAME_BODY or bchannel != channel_number:
-                return False
-            if bend >= size:
-                return None
-            if buf[bend] != _FRAME_END:
-                return False
+            bend = _content_frame(buf, bpos, size, _FRAME_BODY, channel_number)
             chunks.append(buf[bpos + 7:bend])
-            got += blength
+            got += bend - bpos - 7
             bpos = bend + 1
         if got != body_size:
             return False
+    except _Incomplete:
+        return None
     except Exception:            # malformed: pika reads it and reports it its own way
         return False
     body = chunks[0] if len(chunks) == 1 else b''.join(chunks)

@@ -65,8 +65,8 @@ OPEN = 'OPEN'
 RECONNECTING = 'RECONNECTING'
 CLOSED = 'CLOSED'
 
-#: Upper bound of one ``process_data_events`` call. Deliveries and wake-ups end it early,
-#: so this only bounds how late the loop notices a cancelled timer or a closed channel.
+#: The loop's tick: the longest one ``process_data_events`` lasts (commands end it early), so
+#: this bounds how late the loop notices a closed channel, a stop or acks left to send.
 POLL_INTERVAL = 0.2
 # Batch-acking consumers (the reply queue) ack every ACK_EVERY deliveries, and at every loop
 # turn (at least each POLL_INTERVAL): an ack is not written between a delivery and the
@@ -444,7 +444,9 @@ class Link:
 
     def _turn(self) -> None:
         self._drain_commands()
-        # Returns on a wake-up, a delivery, a timer (the tick, a retry) or a channel event.
+        # Returns on a wake-up (a command), a timer (the tick, a retry) or an event of a
+        # BlockingChannel (control, publish). Deliveries and confirms do not end it: they
+        # are handled as they are read.
         self._conn.process_data_events(time_limit=None)
         self._drain_commands()
         self._flush_acks()
@@ -809,7 +811,6 @@ class Link:
 
     # ------------------------------------------------------------------ commands (I/O thread)
     def _subscribe(self, spec: ConsumerSpec) -> None:
-        conn = self._conn
         if spec.subscribed_once and spec.check_exists and not spec.cancelled_by_broker \
                 and not self._queue_exists(spec.queue):
             LOGGER.warning('%s: queue %r vanished while we were away', self.name, spec.queue)
@@ -852,7 +853,8 @@ class Link:
             consumer_tag=spec.consumer_tag, arguments=spec.arguments, callback=done)),
             'Basic.ConsumeOk')
         spec.consumer_tag = tag[0]
-        channel.reader = self._reader
+        # From now on the reader hands this channel's deliveries to on_message; any that
+        # came with the ConsumeOk went through pika to the same callback, in order.
         self._reader.register(impl, on_message)
         spec.channel, spec.active, spec.subscribed_once = channel, True, True
         spec.cancelled_by_broker = False
@@ -862,7 +864,8 @@ class Link:
         """A plain ``pika.channel.Channel`` of the connection (no BlockingChannel around it:
         its consumers' callbacks run as frames arrive, and a broker's Basic.Cancel is ours)."""
         opened: List[Any] = []
-        channel = _ConsumerChannel(self._conn._impl.channel(on_open_callback=opened.append))
+        channel = _ConsumerChannel(self._conn._impl.channel(on_open_callback=opened.append),
+                                   self._reader)
         self._wait_until(lambda: opened or channel.closed_reason is not None, 30.0, 'Channel.OpenOk')
         if not opened:
             raise channel.error()
@@ -1024,10 +1027,10 @@ class _ConsumerChannel:
 
     __slots__ = ('impl', 'closed_reason', 'reader')
 
-    def __init__(self, impl: Any) -> None:
+    def __init__(self, impl: Any, reader: Optional[_deliveries.DeliveryReader]) -> None:
         self.impl = impl
         self.closed_reason: Optional[BaseException] = None
-        self.reader: Optional[_deliveries.DeliveryReader] = None   # reads its deliveries
+        self.reader = reader          # reads its deliveries once registered there
         impl.add_on_close_callback(self._on_close)
         impl._set_cookie(self)
 

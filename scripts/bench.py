@@ -244,11 +244,7 @@ class RawGet:
             self.results[meta.get('task_id') or props.correlation_id] = meta
         return self.results.pop(tid, None)
 
-    def close(self) -> None:
-        try:
-            self.conn.close()
-        except Exception:
-            pass
+    close = RawClient.close
 
 
 def celery_app(url: str, **conf: Any) -> Any:

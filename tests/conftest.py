@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Iterator, List
+from typing import Any, Iterator, List
 
 import pytest
 
@@ -121,3 +121,12 @@ def raw_channel(amqp_url: str):
     finally:
         if connection.is_open:
             connection.close()
+
+
+@pytest.fixture
+def result_queue(unique_name: str, raw_channel: Any) -> Iterator[str]:
+    """A durable queue (gone a minute after its last use) for results stored in a test."""
+    name = f'{unique_name}-results'
+    raw_channel.queue_declare(name, durable=True, arguments={'x-expires': 60000})
+    yield name
+    raw_channel.queue_delete(name)

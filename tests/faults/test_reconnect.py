@@ -22,15 +22,6 @@ WAIT = 30.0
 FAST_RETRY = {'interval_start': 0, 'interval_step': 0.01, 'interval_max': 0.05}
 
 
-@pytest.fixture
-def result_queue(unique_name: str, raw_channel: Any) -> Iterator[str]:
-    """A durable queue (gone a minute after its last use) to store results into."""
-    name = f'{unique_name}-results'
-    raw_channel.queue_declare(name, durable=True, arguments={'x-expires': 60000})
-    yield name
-    raw_channel.queue_delete(name)
-
-
 def reply(app: App, task_id: str) -> Dict[str, str]:
     """The request a worker would store ``task_id``'s result with."""
     return {'id': task_id, 'reply_to': app.backend.oid, 'correlation_id': task_id}

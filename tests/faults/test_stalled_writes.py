@@ -7,9 +7,7 @@ import json
 import socket
 import threading
 import time
-from typing import Any, Dict, Iterator, List
-
-import pytest
+from typing import Any, Dict, List
 
 from pika_rpc import App
 from pika_rpc.errors import PublishError
@@ -19,14 +17,6 @@ from tests.helpers import LinkEvents, eventually
 WAIT = 30.0
 WRITERS = 7                   # below DIRECT_MAX_IN_FLIGHT: every one writes for itself
 BODY = 'x' * 60_000           # under DIRECT_MAX_BODY once encoded
-
-
-@pytest.fixture
-def result_queue(unique_name: str, raw_channel: Any) -> Iterator[str]:
-    name = f'{unique_name}-results'
-    raw_channel.queue_declare(name, durable=True, arguments={'x-expires': 60000})
-    yield name
-    raw_channel.queue_delete(name)
 
 
 def _stalled_writers(client: App, fault_proxy: FaultProxy, queue: str,

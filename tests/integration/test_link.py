@@ -75,15 +75,6 @@ def private_link(amqp_url: str) -> Iterator[Link]:
     link.close(5.0)
 
 
-@pytest.fixture
-def result_queue(unique_name: str, raw_channel: Any) -> Iterator[str]:
-    """A durable queue (gone a minute after its last use) for results stored in a test."""
-    name = f'{unique_name}-results'
-    raw_channel.queue_declare(name, durable=True, arguments={'x-expires': 60000})
-    yield name
-    raw_channel.queue_delete(name)
-
-
 def ready_count(raw_channel: Any, queue: str) -> int:
     return raw_channel.queue_declare(queue, passive=True).method.message_count
 
