@@ -17,7 +17,7 @@ from .result import AsyncResult, GroupResult, ResultSet
 from .task import Task
 from .worker import Worker
 
-__version__ = '0.1.0'
+from ._version import __version__
 
 __all__ = [
     'App', 'AsyncResult', 'ClosedError', 'MessageStateError', 'NotBoundError', 'BacklogLimitExceeded', 'Connection', 'ConnectionLost', 'Consumer',
@@ -26,5 +26,5 @@ __all__ = [
     'NotRegistered', 'NotSupportedByRabbitMQ', 'PikaRPCError', 'PreconditionFailed', 'Producer',
     'PublishError', 'Queue', 'RPCBackend', 'ReplyQueueLost', 'ResultConsumer', 'ResultSet',
     'Retry', 'SecurityError', 'SoftTimeLimitExceeded', 'Task', 'TaskRevokedError',
-    'TimeLimitExceeded', 'TimeoutError', 'Worker', 'WorkerLostError', 'states',
+    'TimeLimitExceeded', 'TimeoutError', 'Worker', 'WorkerLostError', 'states', '__version__',
 ]

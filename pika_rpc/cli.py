@@ -1,4 +1,5 @@
-"""The command line: ``python -m pika_rpc worker -A module -Q queues -c N``.
+"""The command line: ``pika-rpc worker -A module -Q queues -c N`` (the console script), or
+``python -m pika_rpc worker ...`` (the same program); ``pika-rpc --version`` prints the version.
 
 ``-A`` names a module, or ``module:attribute``, holding an ``App`` (attribute ``app`` by
 default); importing it registers its tasks. The current directory is put first on
@@ -27,6 +28,7 @@ import sys
 import threading
 from typing import Any, List, Optional
 
+from ._version import __version__
 from .app import App
 from .worker import Worker
 
@@ -62,9 +64,15 @@ def load_app(spec: str) -> App:
     return obj
 
 
+def _prog() -> str:
+    """How the program was started, for usage lines: ``pika-rpc`` or ``python -m pika_rpc``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ''
+    return 'python -m pika_rpc' if name in ('', '__main__.py', '-c') else name
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='python -m pika_rpc',
-                                     description='pika_rpc: Celery rpc:// on pika')
+    parser = argparse.ArgumentParser(prog=_prog(), description='pika_rpc: Celery rpc:// on pika')
+    parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     sub = parser.add_subparsers(dest='command', required=True)
     worker = sub.add_parser('worker', help='run tasks from a queue in a thread pool')
     worker.add_argument('-A', '--app', required=True, help='module or module:attribute of the App')

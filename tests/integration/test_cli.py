@@ -177,3 +177,11 @@ def test_an_attribute_that_is_not_an_app_exits_with_a_message(cli):
     worker = cli('-A', 'cli_tasks:add')
     assert worker.proc.wait(30) != 0
     assert 'not a pika_rpc App' in worker.stderr()
+
+
+def test_version_flag_prints_the_package_version_without_a_broker():
+    from pika_rpc import __version__
+    done = subprocess.run([sys.executable, '-m', 'pika_rpc', '--version'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f'python -m pika_rpc {__version__}'
