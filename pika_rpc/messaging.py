@@ -14,6 +14,11 @@ User code (Consumer callbacks, ``on_message``, ``on_decode_error``, ``on_return`
 errbacks) runs on the link's one callback thread, in delivery order, never on the I/O
 thread; an exception there is logged and the next message goes on.
 
+Fork: a ``Connection``, ``Producer`` or ``Consumer`` made before ``os.fork()`` works in the
+child: its locks are new there (a parent thread may have held one), its connection acquires
+the child's own link, and a Consumer's subscriptions stay the parent's (``consume()``
+subscribes the child). A message received by the parent is acked by the parent only.
+
 An exception from a Consumer's ``callbacks``, ``on_message`` or ``on_decode_error`` is also
 raised to the consumer's connection, as kombu raises it out of ``drain_events()``: the same
 exception object (any ``BaseException``), raised by that ``Connection``'s next
@@ -105,9 +110,13 @@ class Connection:
 
     def _setup(self, settings: Settings, link: Optional[Link]) -> None:
         self.settings = settings
-        self._lock = threading.Lock()
         self._link = link
         self._owns_link = link is None
+        self._new_state()
+        _registry.register_live(self)
+
+    def _new_state(self) -> None:
+        self._lock = threading.Lock()
         # Counts messages handled by this connection's consumers; drain_events waits on it.
         self._handled = threading.Condition(threading.Lock())
         self._handled_count = 0
@@ -116,6 +125,13 @@ class Connection:
         # _handled_count of its message.
         self._callback_error: Optional[BaseException] = None
         self._callback_error_at = 0
+
+    def _forget_parent_state(self) -> None:
+        # In a forked child (_registry): a parent thread may have held a lock at the fork.
+        # An owned link is the parent's: the next use acquires the child's own.
+        if self._owns_link:
+            self._link = None
+        self._new_state()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> 'Connection':
@@ -606,6 +622,7 @@ class Consumer:
         self._lock = threading.RLock()
         self._queues: Dict[str, Queue] = {}
         self._specs: Dict[str, ConsumerSpec] = {}
+        _registry.register_live(self)
         self._tags = itertools.count(1)
         self._connection: Optional[Connection] = None
         self._owns = False
@@ -626,6 +643,13 @@ class Consumer:
 
     def __repr__(self) -> str:
         return f'<Consumer {sorted(self._queues)}>'
+
+    def _forget_parent_state(self) -> None:
+        # In a forked child (_registry): a parent thread may have held the lock (consume()
+        # holds it over round trips), and the subscriptions are the parent's: consume()
+        # subscribes this process.
+        self._lock = threading.RLock()
+        self._specs = {}
 
     @property
     def queues(self) -> List[Queue]:
