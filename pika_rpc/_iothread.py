@@ -847,16 +847,23 @@ class Link:
 
         impl = channel.impl
         impl.add_on_cancel_callback(lambda _frame: self._on_broker_cancel(spec))
+        # Live before Basic.Consume: queued messages follow the ConsumeOk at once, and are
+        # handed on (and acked by their owner) while _impl_sync still runs the ioloop.
+        was_active, spec.channel, spec.active = spec.active, channel, True
         tag: List[str] = []
-        self._impl_sync(channel, lambda done: tag.append(impl.basic_consume(
-            spec.queue, on_message, auto_ack=spec.no_ack, exclusive=spec.exclusive,
-            consumer_tag=spec.consumer_tag, arguments=spec.arguments, callback=done)),
-            'Basic.ConsumeOk')
+        try:
+            self._impl_sync(channel, lambda done: tag.append(impl.basic_consume(
+                spec.queue, on_message, auto_ack=spec.no_ack, exclusive=spec.exclusive,
+                consumer_tag=spec.consumer_tag, arguments=spec.arguments, callback=done)),
+                'Basic.ConsumeOk')
+        except BaseException:
+            spec.active = was_active
+            raise
         spec.consumer_tag = tag[0]
         # From now on the reader hands this channel's deliveries to on_message; any that
         # came with the ConsumeOk went through pika to the same callback, in order.
         self._reader.register(impl, on_message)
-        spec.channel, spec.active, spec.subscribed_once = channel, True, True
+        spec.subscribed_once = True
         spec.cancelled_by_broker = False
         self._consumers[id(spec)] = spec
 

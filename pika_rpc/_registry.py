@@ -9,8 +9,12 @@ Fork (DESIGN §6.12): ``os.register_at_fork(after_in_child=...)`` and a pid chec
 ``current()`` call replace the registry in the child with an empty one, with new locks.
 The inherited links are kept in a list and never used again: no AMQP close, no socket
 shutdown, no write to their wake-up pipe, so the parent's connection is untouched.
-Objects that cache a link (backends) register in ``live`` and are told to forget their
-parent's state through ``_forget_parent_state()``.
+Objects that cache a link or hold long-lived locks (apps, backends, workers, messaging
+``Connection``s and ``Consumer``s) register in ``live`` and are told to forget their parent's
+state through ``_forget_parent_state()``: new locks (a parent thread may have held one at the
+fork, and it would stay held in the child), no parent link. Module-level locks of modules
+below this one are made anew by their own ``os.register_at_fork`` hook (``serialization``,
+``_threads``), which cannot import this module.
 """
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 ``SerialExecutor`` runs submitted calls one at a time, in order, on one lazily started
 daemon thread. pika_rpc uses one per process for user hooks (errbacks, ``on_unroutable``,
 ``on_return``, Consumer callbacks; DESIGN §6.8) and one for decoding large bodies.
-A raising call is logged and the thread goes on. After a fork the child's executor starts
-empty with fresh locks (the parent's thread does not exist in the child).
+A raising call is logged and the thread goes on. After a fork every executor of the child
+starts empty with a fresh lock (``os.register_at_fork``): the parent's thread does not exist
+in the child, and it may have held the lock at the fork.
 """
 from __future__ import annotations
 
@@ -12,11 +13,20 @@ import logging
 import os
 import queue
 import threading
+import weakref
 from typing import Any, Callable, Optional
 
 LOGGER = logging.getLogger(__name__)
 
 _STOP = object()
+
+#: Every executor of the process, reset in a forked child.
+_executors: 'weakref.WeakSet[SerialExecutor]' = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for executor in list(_executors):
+        executor._reset()
 
 
 class SerialExecutor:
@@ -25,9 +35,9 @@ class SerialExecutor:
     def __init__(self, name: str) -> None:
         self._name = name
         self._reset()
+        _executors.add(self)
 
     def _reset(self) -> None:
-        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: Optional[threading.Thread] = None
@@ -35,8 +45,6 @@ class SerialExecutor:
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(*args)``; never blocks, never raises for a faulty ``fn``."""
-        if self._pid != os.getpid():  # forked: the parent's thread is not here
-            self._reset()
         self._queue.put((fn, args))
         if self._thread is None:
             with self._lock:
@@ -68,3 +76,7 @@ class SerialExecutor:
             self._queue.put(_STOP)
             if thread is not threading.current_thread():
                 thread.join(timeout)
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

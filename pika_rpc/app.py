@@ -139,6 +139,8 @@ class App:
 
         Blocks until the broker confirmed the message (up to ``timeout``, default
         ``publish_timeout``), retrying per ``retry_policy`` (``task_publish_retry_policy``).
+        With ``ignore_result=True`` no reply queue is set up and the result is
+        ``ignored``: its ``get()`` returns None at once, as Celery's.
 
         Raises:
             PublishError: nacked, unconfirmed in time, or retries exhausted.
@@ -153,7 +155,8 @@ class App:
         if parent is not None:
             parent_id = parent_id or request_field(parent, 'id')
             root_id = root_id or request_field(parent, 'root_id') or parent_id
-        if ignore_result is not True:
+        ignored = bool(ignore_result)
+        if not ignored:
             try:
                 backend.on_task_call(None, task_id, timeout=remaining(dl))
             except TimeoutError as exc:   # its text says why (e.g. cannot connect, and what to do)
@@ -195,7 +198,9 @@ class App:
         if pub.returned is not None:
             LOGGER.warning('task %s[%s] unroutable: exchange %r routing key %r (%s %s); no worker '
                            'will see it', name, task_id, exchange, routing_key, *pub.returned)
-        return AsyncResult(task_id, app=self, task_name=name)
+        result = AsyncResult(task_id, app=self, task_name=name)
+        result.ignored = ignored
+        return result
 
     def _declare_task_queue(self, link: Any, queue: str, timeout: Optional[float]) -> None:
         """Declare a task queue as Celery does: direct exchange and queue of that name, bound."""

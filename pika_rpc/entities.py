@@ -44,6 +44,7 @@ import datetime
 import decimal
 import logging
 import lzma
+import os
 import sys
 import threading
 import uuid
@@ -784,6 +785,7 @@ class Message:
         self._acker: Optional[Callable[[int, bool, bool, bool], bool]] = None
         self._no_ack = False
         self._ack_lock = threading.Lock()
+        self._pid = 0                    # of the process that received it
 
     @classmethod
     def _received(cls, body: bytes, properties: dict, delivery_info: dict, *, channel: Any,
@@ -794,6 +796,7 @@ class Message:
                   delivery_tag=delivery_info.get('delivery_tag'), delivery_info=delivery_info,
                   accept=accept)
         msg._acker, msg._no_ack = acker, no_ack
+        msg._pid = os.getpid()
         compression = msg.headers.get('compression')
         if compression:
             try:
@@ -859,6 +862,10 @@ class Message:
     def _settle(self, state: str, multiple: bool, reject: bool, requeue: bool) -> None:
         if self._acker is None:
             raise MessageStateError('This message does not have a receiving channel')
+        if self._pid != os.getpid():
+            # A forked child: the channel, and any lock a parent thread held, are the parent's.
+            raise MessageStateError('This message was received by the parent process: only '
+                                    'it can acknowledge it (its channel is not this process\'s)')
         if self._no_ack:         # the broker already counted it acknowledged
             return
         with self._ack_lock:
@@ -878,7 +885,8 @@ class Message:
         """Acknowledge the message (and, ``multiple``, every earlier one). Blocks.
 
         Raises:
-            MessageStateError: already acknowledged, or not a received message.
+            MessageStateError: already acknowledged, not a received message, or received by
+                another process (the parent of a forked child).
         """
         self._settle('ACK', multiple, False, False)
 

@@ -14,6 +14,21 @@ User code (Consumer callbacks, ``on_message``, ``on_decode_error``, ``on_return`
 errbacks) runs on the link's one callback thread, in delivery order, never on the I/O
 thread; an exception there is logged and the next message goes on.
 
+Fork: a ``Connection``, ``Producer`` or ``Consumer`` made before ``os.fork()`` works in the
+child: its locks are new there (a parent thread may have held one), its connection acquires
+the child's own link, and a Consumer's subscriptions stay the parent's (``consume()``
+subscribes the child). A message received by the parent is acked by the parent only.
+
+An exception from a Consumer's ``callbacks``, ``on_message`` or ``on_decode_error`` is also
+raised to the consumer's connection, as kombu raises it out of ``drain_events()``: the same
+exception object (any ``BaseException``), raised by that ``Connection``'s next
+``drain_events()`` call. Its message is left unacknowledged (acked only if the callback
+acked it before raising) and the connection and subscription stay up. kombu stops reading
+at the failing message, so each ``drain_events()`` raises at most one exception and none is
+lost; here callbacks go on with later messages, so the first exception is kept until a
+``drain_events()`` raises it, and later ones meanwhile are only logged. Kept and not raised
+(nobody calls ``drain_events()``), it holds one exception and its traceback.
+
 Choices where kombu and DESIGN leave room:
 
 * ``Producer.publish`` waits for the broker's confirm (bounded by ``timeout``, default the
@@ -44,7 +59,8 @@ Choices where kombu and DESIGN leave room:
   cancelled or replaced by a reconnect before its callback ran is skipped (the broker
   delivers it again); with ``no_ack`` it is passed on, as the broker will not resend it.
 * ``Connection.drain_events(timeout)`` exists for kombu-style loops: deliveries are pushed to
-  callbacks without it; it only waits until a consumer of this connection handled one.
+  callbacks without it; it only waits until a consumer of this connection handled one, and
+  raises what a callback raised (above).
 """
 from __future__ import annotations
 
@@ -94,13 +110,28 @@ class Connection:
 
     def _setup(self, settings: Settings, link: Optional[Link]) -> None:
         self.settings = settings
-        self._lock = threading.Lock()
         self._link = link
         self._owns_link = link is None
+        self._new_state()
+        _registry.register_live(self)
+
+    def _new_state(self) -> None:
+        self._lock = threading.Lock()
         # Counts messages handled by this connection's consumers; drain_events waits on it.
         self._handled = threading.Condition(threading.Lock())
         self._handled_count = 0
         self._drained = 0          # _handled_count when drain_events last returned
+        # The first callback exception not raised yet by drain_events, and the
+        # _handled_count of its message.
+        self._callback_error: Optional[BaseException] = None
+        self._callback_error_at = 0
+
+    def _forget_parent_state(self) -> None:
+        # In a forked child (_registry): a parent thread may have held a lock at the fork.
+        # An owned link is the parent's: the next use acquires the child's own.
+        if self._owns_link:
+            self._link = None
+        self._new_state()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> 'Connection':
@@ -189,20 +220,39 @@ class Connection:
         """Wait until a consumer of this connection handled a message since the last call.
 
         For kombu-style loops; messages are pushed to callbacks whether or not it is called.
+        Blocks up to ``timeout`` (None: until a message is handled); any thread.
 
         Raises:
+            BaseException: the exception a callback of this connection's consumers raised
+                since the last call (the first one, as it was raised; see the module
+                docstring). Raised at once; the next call raises nothing for it.
             TimeoutError: none within ``timeout`` (also the builtin, i.e. socket.timeout).
         """
         dl = deadline(timeout)
         with self._handled:
-            if not self._handled.wait_for(lambda: self._handled_count > self._drained,
-                                          remaining(dl)):
+            if not self._handled.wait_for(
+                    lambda: self._callback_error is not None or self._handled_count > self._drained,
+                    remaining(dl)):
                 raise TimeoutError(f'no message handled within {timeout} s')
-            self._drained = self._handled_count
+            error, self._callback_error = self._callback_error, None
+            if error is None:
+                self._drained = self._handled_count
+                return
+            # The failing message is this call's; later ones count for the next call.
+            self._drained = self._callback_error_at
+        try:
+            raise error
+        finally:
+            del error          # no frame -> traceback -> frame cycle from here
 
-    def _note_handled(self) -> None:
+    def _note_handled(self, error: Optional[BaseException] = None) -> None:
+        """A consumer of this connection handled a message; ``error``: its callback raised
+        (kept for ``drain_events`` unless one is kept already). Callback thread."""
         with self._handled:
             self._handled_count += 1
+            if error is not None and self._callback_error is None:
+                self._callback_error = error
+                self._callback_error_at = self._handled_count
             self._handled.notify_all()
 
     def stats(self) -> Dict[str, Any]:
@@ -545,7 +595,9 @@ class Consumer:
 
     ``channel``: a ``Connection``, a ``Link``, or None (a connection of its own). Callbacks
     ``callbacks(body, message)``, ``on_message(message)`` and ``on_decode_error(message,
-    exc)`` run on the callback thread. With ``auto_declare`` (default) the queues are
+    exc)`` run on the callback thread. What one of them raises is logged, leaves its message
+    unacknowledged and is raised by the connection's next ``drain_events()`` (the first one
+    not raised yet; see the module docstring). With ``auto_declare`` (default) the queues are
     declared at instantiation and again after every reconnect.
     """
 
@@ -570,6 +622,7 @@ class Consumer:
         self._lock = threading.RLock()
         self._queues: Dict[str, Queue] = {}
         self._specs: Dict[str, ConsumerSpec] = {}
+        _registry.register_live(self)
         self._tags = itertools.count(1)
         self._connection: Optional[Connection] = None
         self._owns = False
@@ -590,6 +643,13 @@ class Consumer:
 
     def __repr__(self) -> str:
         return f'<Consumer {sorted(self._queues)}>'
+
+    def _forget_parent_state(self) -> None:
+        # In a forked child (_registry): a parent thread may have held the lock (consume()
+        # holds it over round trips), and the subscriptions are the parent's: consume()
+        # subscribes this process.
+        self._lock = threading.RLock()
+        self._specs = {}
 
     @property
     def queues(self) -> List[Queue]:
@@ -711,13 +771,18 @@ class Consumer:
                                     accept=self.accept)
         try:
             self._receive_callback(message)
-        except Exception:
-            LOGGER.exception('Consumer callback failed on message %s from queue %r; it stays '
-                             'unacknowledged', delivery.delivery_tag, spec.queue)
-        finally:
-            conn = self._connection
-            if conn is not None:
-                conn._note_handled()
+        except BaseException as exc:      # SystemExit too: raised by drain_events, as kombu
+            LOGGER.error('Consumer callback failed on message %s from queue %r; it stays '
+                         'unacknowledged and the next drain_events() raises the error',
+                         delivery.delivery_tag, spec.queue, exc_info=exc)
+            self._note_handled(exc)
+        else:
+            self._note_handled(None)
+
+    def _note_handled(self, error: Optional[BaseException]) -> None:
+        conn = self._connection
+        if conn is not None:
+            conn._note_handled(error)
 
     def _receive_callback(self, message: Message) -> None:
         on_message = self.on_message

@@ -38,6 +38,8 @@ class AsyncResult:
         self._backend = backend
         self.task_name = task_name
         self.parent = parent
+        #: True for a task sent with ``ignore_result``: ``get()`` returns None at once (no
+        #: result will come); ``state`` stays what arrived (``PENDING``), as in Celery.
         self.ignored = False
 
     @property
@@ -64,15 +66,20 @@ class AsyncResult:
 
         Blocks up to ``timeout`` seconds (None: until ready; 0: answer at once). Runs
         ``on_message(raw_meta)`` on this thread for every state message of the task.
+        An ``ignored`` result (sent with ``ignore_result``) returns None at once, before
+        any check, as Celery's.
 
         Returns:
-            The task's return value (SUCCESS), or its exception with ``propagate=False``.
+            The task's return value (SUCCESS), or its exception with ``propagate=False``;
+            None for an ``ignored`` result.
         Raises:
             The task's exception for FAILURE/REVOKED (with ``propagate=True``);
             pika_rpc.TimeoutError: not ready in time (the message names the task);
             ReplyQueueLost, ConnectionLost: the result can no longer arrive;
             RuntimeError: called inside a task with ``disable_sync_subtasks=True``.
         """
+        if self.ignored:
+            return None
         _assert_will_not_block(disable_sync_subtasks)
         deadline(timeout)                      # validates: negative or NaN raise ValueError
         if follow_parents and propagate and self.parent is not None:

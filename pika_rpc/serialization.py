@@ -26,6 +26,10 @@ synthesized; their ``__module__`` is the message's ``exc_module`` (this module's
 that is null), so encoding the rebuilt exception again gives the same ``exc_type`` and
 ``exc_module``. Synthesized classes are cached per ``(exc_module, exc_type)``, bounded at
 ``_SYNTH_CACHE_MAX`` entries (oldest dropped), so one name gives one class while cached.
+
+Threads and fork: every function is thread-safe. The module's locks are made anew in a
+forked child (``os.register_at_fork``), so a lock held by a parent thread at the fork cannot
+block the child's first encode or decode.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ import collections
 import inspect
 import json
 import logging
+import os
 import pickle
 import sys
 import threading
@@ -331,6 +336,18 @@ _CELERY_MODULES = {'BacklogLimitExceeded': 'celery.backends.rpc'}
 _MAPPED_PACKAGES = ('celery', 'billiard')
 _synth_lock = threading.Lock()
 _synthesized: 'collections.OrderedDict[Tuple[Optional[str], str], type]' = collections.OrderedDict()
+
+
+def _after_fork_in_child() -> None:
+    """New module locks: a forked child has only the forking thread, so a lock another
+    thread of the parent held at the fork would stay held for ever (the dicts they guard
+    are whole: the GIL keeps each of their operations atomic)."""
+    global _lock, _synth_lock
+    _lock, _synth_lock = threading.Lock(), threading.Lock()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def register_exception(cls: type) -> type:

@@ -53,11 +53,18 @@ class Task:
 
     def apply_async(self, args: Any = None, kwargs: Optional[Dict[str, Any]] = None,
                     task_id: Optional[str] = None, **options: Any) -> Any:
-        """Send the task (``app.send_task`` options); returns an ``AsyncResult``."""
+        """Send the task (``app.send_task`` options); returns an ``AsyncResult``.
+
+        ``ignore_result`` defaults to the task's option, else to True when the app's
+        ``task_ignore_result`` setting is (as Celery): the result is then ``ignored``.
+        """
         opts = dict(self.options)
         opts.update(options)
-        if self.ignore_result is not None:
-            opts.setdefault('ignore_result', self.ignore_result)
+        ignore = self.ignore_result
+        if ignore is None and self.app.conf.task_ignore_result:
+            ignore = True
+        if ignore is not None:
+            opts.setdefault('ignore_result', ignore)
         return self.app.send_task(self.name, args or (), kwargs or {}, task_id=task_id, **opts)
 
     def AsyncResult(self, task_id: str) -> Any:

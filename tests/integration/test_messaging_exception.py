@@ -248,7 +248,8 @@ def test_a_consumer_without_callbacks_logs_not_implemented(conn: Connection, nam
     with caplog.at_level(logging.ERROR, logger='pika_rpc.messaging'):
         with Consumer(conn, [queue]):
             Producer(conn, routing_key=queue.name).publish({'lonely': 1})
-            conn.drain_events(timeout=WAIT)
+            with pytest.raises(NotImplementedError):      # as kombu, out of drain_events
+                conn.drain_events(timeout=WAIT)
     assert any(r.exc_info and r.exc_info[0] is NotImplementedError for r in caplog.records)
 
 
