@@ -254,6 +254,8 @@ class Link:
             return key in self._declared
 
     def _enqueue(self, item: Any, dl: Optional[float]) -> bool:
+        if self._stop.is_set():          # before the mutex: an abandoned link's may be held
+            raise ClosedError(f'{self.name} is closed')
         with self._mutex:
             if self._stop.is_set():
                 raise ClosedError(f'{self.name} is closed')
@@ -395,7 +397,10 @@ class Link:
         return True
 
     def abandon(self) -> None:
-        """Forget this link without any I/O (a forked child's inherited link)."""
+        """Forget this link without any I/O (a forked child's inherited link).
+
+        A new, set stop flag: the parent's Event may have been mid-use by a thread gone here."""
+        self._stop = threading.Event()
         self._stop.set()
 
     # ------------------------------------------------------------------ I/O thread

@@ -155,8 +155,9 @@ class Broker:
             so never log it: use :func:`mask_url` (``repr`` does).
         source: ``'AMQP_URL'``, ``'localhost'`` or ``'docker'``.
 
-    :meth:`close` removes a container this process started and is a no-op otherwise; it is
-    idempotent and thread-safe. Usable as a context manager.
+    :meth:`close` removes a container this process started and is a no-op otherwise (also in a
+    forked child, which never removes its parent's container); it is idempotent and
+    thread-safe. Usable as a context manager.
     """
 
     def __init__(self, url: str, source: str, container: Any = None, client: Any = None) -> None:
@@ -165,6 +166,7 @@ class Broker:
         self._container = container
         self._client = client   # the docker client that started the container
         self._close_lock = threading.Lock()
+        self._pid = os.getpid()       # only this process removes the container
         if container is not None:
             atexit.register(self.close)   # a test run that dies before close() leaks nothing
 
@@ -186,6 +188,8 @@ class Broker:
 
     def close(self) -> None:
         """Stop and remove the container if this broker is one; otherwise do nothing. Blocks."""
+        if self._pid != os.getpid():  # a forked child: the container (and lock) are the parent's
+            return
         with self._close_lock:
             container, self._container = self._container, None
             client, self._client = self._client, None

@@ -327,6 +327,10 @@ class Worker:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._stats_lock, self._start_lock = threading.Lock(), threading.Lock()
+        self.revoked._lock = threading.Lock()
+        self._timer = _Timer(self._timer._name)
+        self.ready, self._stop_requested = threading.Event(), threading.Event()
+        self._stopped = threading.Event()
         self._state = _STOPPED
         self._stopped.set()
 

@@ -190,3 +190,66 @@ def test_a_child_stops_an_inherited_executor_whose_lock_a_parent_thread_held() -
         assert fork_while_held([executor._lock], child) == 'stopped'
     finally:
         executor.stop(WAIT)
+
+
+# ------------------------------------------------------------------ worker, link, broker finder
+
+def test_a_child_stops_an_inherited_worker_whose_locks_a_parent_thread_held(
+        amqp_url: str, unique_name: str, raw_channel: Any) -> None:
+    from pika_rpc import Worker
+    app = App(broker=amqp_url, task_default_queue=f'{unique_name}-tasks')
+    worker = Worker(app, concurrency=1).start()
+    try:
+        def child() -> str:
+            worker.revoke('fork-probe-task')     # the revoked set's lock
+            stopped = worker.stop(CHILD_WAIT)
+            return f'{worker.stats()["state"]} {stopped} {"fork-probe-task" in worker.revoked}'
+        report = fork_while_held([worker.revoked._lock], child)
+        assert report == 'STOPPED True True'
+    finally:
+        worker.stop(WAIT)
+        app.close()
+        raw_channel.queue_delete(f'{unique_name}-tasks')
+
+
+def test_a_child_using_an_abandoned_parent_link_is_refused_even_with_its_mutex_held(
+        amqp_url: str) -> None:
+    from pika_rpc.errors import ClosedError
+    conn = Connection(amqp_url)
+    link = conn.link
+    link.control('declare_exchange', exchange='amq.direct', passive=True, timeout=WAIT)
+
+    def child() -> str:
+        try:
+            link.control('declare_exchange', exchange='amq.direct', passive=True,
+                         timeout=CHILD_WAIT)
+        except ClosedError as exc:
+            return f'refused: {exc}'
+        return 'ran on the parent link'
+    try:
+        assert fork_while_held([link._mutex], child).startswith('refused: ')
+    finally:
+        conn.release()
+
+
+def test_a_child_never_removes_the_broker_container_its_parent_started() -> None:
+    from pika_rpc.findbroker import Broker
+
+    class Container:                             # stands in for a docker container object
+        name = 'pika-rpc-fork-probe'
+        removed: List[int] = []
+
+        def stop(self, timeout: Any = None) -> None:
+            self.removed.append(os.getpid())
+
+        remove = kill = stop
+    container = Container()
+    broker = Broker('amqp://guest:guest@127.0.0.1:5672//', 'docker', container=container)
+    try:
+        def child() -> str:
+            broker.close()
+            return f'closed, container removed by {Container.removed}'
+        assert fork_while_held([broker._close_lock], child) == 'closed, container removed by []'
+    finally:
+        import atexit
+        atexit.unregister(broker.close)
