@@ -429,10 +429,9 @@ class PendingTable:
                 len(final) > 1 and self._final_bytes + self._unread_bytes > self.cache_max_bytes):
             t, dropped = final.popitem(last=False)
             self._final_bytes -= dropped[2]
-            self._warn_once('result cache', 'result cache full (%d entries, %d bytes with the '
-                            'unread results; bounds %d entries, %d bytes); dropping the least '
-                            'recently read (%s) and others after it (logged once)',
-                            len(final) + 1, self._final_bytes + dropped[2] + self._unread_bytes,
+            self._warn_once('result cache', 'result cache full (result_cache_max=%d entries, '
+                            'result_cache_max_bytes=%d with the unread results); dropping the '
+                            'least recently read (%s) and others after it (logged once)',
                             self.cache_max, self.cache_max_bytes, t)
 
     def _new_slot(self, task_id: str) -> _TaskSlot:

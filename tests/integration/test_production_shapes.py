@@ -174,19 +174,31 @@ def test_get_many_and_join_native_return_a_result_already_buffered_out_of_band(m
 
 # ------------------------------------------------------------------ bytes (item 9)
 
-def test_megabyte_results_read_once_keep_at_most_result_cache_max_bytes(make_app):
-    app = make_app(result_cache_max_bytes=4 * MB)
+def test_megabyte_results_read_once_keep_at_most_64_mib_by_default(make_app):
+    app = make_app()
     backend = app.backend
     body = 'r' * MB
-    for i in range(40):
+    for i in range(80):
         task_id = f'mb-{i}'
         backend.on_task_call(None, task_id)
         store(app, task_id, body)
         assert app.AsyncResult(task_id).get(timeout=WAIT) == body
     stats = backend.stats()
-    assert stats['cached'] <= 4 and stats['cached_bytes'] <= 4 * MB
+    assert stats['cached'] < 64 and stats['cached_bytes'] <= 64 * MB
     assert stats['unread'] == 0 and stats['pending'] == 0
-    assert app.AsyncResult('mb-39').state == 'SUCCESS'          # the newest is still kept
+    assert app.AsyncResult('mb-79').state == 'SUCCESS'          # the newest is still kept
+    assert app.AsyncResult('mb-0').state == 'PENDING'           # the oldest went
+
+
+def test_result_cache_max_bytes_bounds_the_results_kept(make_app):
+    app = make_app(result_cache_max_bytes=4 * MB)
+    body = 'r' * MB
+    for i in range(10):
+        app.backend.on_task_call(None, f'small-bound-{i}')
+        store(app, f'small-bound-{i}', body)
+        assert app.AsyncResult(f'small-bound-{i}').get(timeout=WAIT) == body
+    stats = app.backend.stats()
+    assert stats['cached'] < 4 and stats['cached_bytes'] <= 4 * MB
 
 
 def test_a_result_larger_than_result_cache_max_bytes_is_returned_by_get_and_not_kept(make_app):

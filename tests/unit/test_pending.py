@@ -75,7 +75,7 @@ def drain(q: queue.SimpleQueue) -> List:
 
 def test_watch_reports_a_final_result_it_adopts_from_the_out_of_band_buffer():
     table = PendingTable()
-    assert table.deliver('late', *success('late', 7), size=10) == 'oob'   # slot was dropped
+    assert table.deliver('late', *success('late', 7)) == 'oob'   # its slot was dropped
     q, done = table.watch(['late'])
     reported = [(t, m and m['result'], e) for t, m, e in done + drain(q)]
     assert reported == [('late', 7, None)]
