@@ -29,8 +29,10 @@ Structures and their bounds (past a bound the oldest entry goes, logged once per
   that id adopts them. Its bytes are reported, not bounded (the ids are).
 
 Each kept result is ``(meta, raw, size)``: the decoded meta answers ``get``/``get_task_meta``
-and the raw body dict is what ``on_message`` replays. They share their large values (the
-result, traceback and children are the same objects), so keeping both costs two small dicts.
+and the raw body dict is what ``on_message`` replays. Both are kept because neither can be
+rebuilt from the other exactly (the meta drops unknown keys; an exception is rebuilt from the
+raw dict once, not at every read), and it costs two small dicts: their large values are the
+same objects (the result of a non-exception state, the traceback, the children).
 
 ``get_many`` uses *watchers*: a queue per call that receives ``(task_id, meta, error)`` for
 every id of interest reaching a final state (or an error), so waiting on thousands of ids is
