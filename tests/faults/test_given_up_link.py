@@ -55,7 +55,8 @@ def test_get_on_a_given_up_link_connects_again_and_returns_the_result(
     assert fault_proxy.connection_attempts > attempts and events.count('gave_up') == 2
     fault_proxy.refuse(False)
     assert result.get(timeout=WAIT) == 7                # the next wait connects again
-    assert events.wait('connected') and client.backend._get_link().wait_for_state('OPEN', timeout=WAIT)
+    assert events.wait('connected')
+    assert client.backend._get_link().wait_for_state('OPEN', timeout=WAIT)
 
 
 def test_get_on_a_given_up_link_connects_again_and_raises_timeout_error_when_no_result_comes(

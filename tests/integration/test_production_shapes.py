@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from typing import Any, Dict, Iterator, List
 
-import pika
 import pytest
 
 from pika_rpc import App
@@ -129,10 +129,19 @@ def test_a_raising_on_out_of_band_result_keeps_the_link_and_the_result(make_app,
     assert any('never-sent-from-here' in r.getMessage() for r in caplog.records)
 
 
+@pytest.fixture
+def poison_queue(raw_channel: Any) -> Iterator[str]:
+    """A queue of this test, named outside ``pika-rpc-test-*``: another run's clean-up deletes
+    empty queues by that prefix, and this one is empty on purpose."""
+    name = f'pika-rpc-poison-{uuid.uuid4().hex}'
+    raw_channel.queue_declare(name, arguments={'x-expires': 60000})
+    yield name
+    raw_channel.queue_delete(name)
+
+
 def test_a_consumer_whose_on_delivery_raises_has_the_message_rejected_and_keeps_consuming(
-        private_link, names, raw_channel):
-    queue = names('poison')
-    raw_channel.queue_declare(queue)
+        private_link, poison_queue, raw_channel):
+    queue = poison_queue
     seen: List[bytes] = []
 
     def on_delivery(delivery: Delivery) -> None:                   # manual acks
