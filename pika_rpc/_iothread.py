@@ -205,6 +205,7 @@ class Link:
         self._gen = 0                  # connection generation, bumped at every connect
         self._gen_started = False      # True once a connection was ever open
         self._reconnect_wanted = False # lost a connection that consumers or retries need
+        self._revive_wanted = False    # under _mutex: revive() asked for a new connection cycle
         self._ioloop: Any = None       # the connection's native ioloop (for 0-delay timers)
         self._reader: Optional[_deliveries.DeliveryReader] = None   # of the connection
         self._batch_end_pending = False
@@ -396,6 +397,22 @@ class Link:
                 return False
         return True
 
+    def revive(self) -> bool:
+        """Start a new connection cycle if the link is idle (it gave up, or never started).
+
+        The I/O thread then connects under the retry policy as it does for a new command, and
+        listeners hear 'connected' or 'gave_up'. Never blocks; any thread. Returns True when
+        a cycle was asked for, False when the link is connecting, open or closed.
+        """
+        with self._mutex:
+            if self._stop.is_set() or self._state != IDLE:
+                return False
+            self._revive_wanted = True
+            if self._thread is None:
+                self._start_thread()
+            self._work.notify()
+            return True
+
     def abandon(self) -> None:
         """Forget this link without any I/O (a forked child's inherited link).
 
@@ -426,6 +443,7 @@ class Link:
                         while not self._commands and not self._retry_later and not self._stop.is_set() \
                                 and not self._wants_connection():
                             self._work.wait()
+                        self._revive_wanted = False     # this cycle answers it
                     if self._stop.is_set():
                         break
                     if not self._connect():
@@ -445,7 +463,7 @@ class Link:
             self._shutdown()
 
     def _wants_connection(self) -> bool:
-        return self._reconnect_wanted
+        return self._reconnect_wanted or self._revive_wanted
 
     def _turn(self) -> None:
         self._drain_commands()
@@ -842,7 +860,17 @@ class Link:
         # waiters wake sooner; no loop turn per batch).
         def on_message(_ch: Any, method: Any, properties: Any, body: bytes) -> None:
             stats['deliveries'] += 1
-            spec.on_delivery(Delivery(spec, gen, method, properties, body))
+            try:
+                spec.on_delivery(Delivery(spec, gen, method, properties, body))
+            except Exception:
+                # Never into pika (it would drop the connection, and the redelivered message
+                # would raise again): log it and settle the message so it cannot loop.
+                settled = 'acknowledged' if batch_ack or spec.no_ack else 'rejected (not requeued)'
+                LOGGER.exception('%s: the consumer of %r failed on delivery %s (correlation_id '
+                                 '%s); the message is %s', self.name, spec.queue,
+                                 method.delivery_tag, properties.correlation_id, settled)
+                if not batch_ack and not spec.no_ack:
+                    _ch.basic_reject(method.delivery_tag, requeue=False)
             if batch_ack:
                 acks[id(spec)] = (spec, gen, method.delivery_tag)
                 self._unacked += 1

@@ -19,6 +19,16 @@ Choices where Celery and DESIGN leave room (also in the CHANGELOG):
 * ``get_task_meta`` never blocks and never raises ``BacklogLimitExceeded``: it reads what the
   I/O thread already pushed; a result that can no longer arrive raises its error
   (``ReplyQueueLost``, ``ConnectionLost``).
+* After the link gave up, a wait (``get``, ``get_many``) starts a new connection cycle and
+  waits for its outcome within its own timeout (``ConnectionLost`` when that cycle gives up
+  too); ``get_task_meta`` raises ``ConnectionLost`` at once and starts the cycle in the
+  background, so a later poll sees the result once the link is back.
+* Hooks (``on_state_change``, ``on_out_of_band_result``) run on the thread that decoded the
+  message, guarded: one that raises is logged with the task id; the state is still recorded,
+  its waiters still wake and the message is acknowledged (no poison-message loop).
+* Final results are kept for later reads within ``result_cache_max`` entries and
+  ``result_cache_max_bytes`` bytes of received bodies (``_pending`` says how); one larger
+  than ``result_cache_max_bytes`` is handed to its waiters and not kept.
 * A process that only polls (``get_task_meta`` without having sent) starts the consumer on
   first use, as Celery declares the queue on each poll.
 * After a fork the child gets a new oid and an empty table; the parent's queue is untouched.
@@ -159,6 +169,7 @@ class RPCBackend:
         self._arrived = threading.Condition(threading.Lock())
         self._drain_waiters = 0          # threads in ResultConsumer.drain_events
         self._pending = PendingTable(cache_max=self.conf.result_cache_max,
+                                     cache_max_bytes=self.conf.result_cache_max_bytes,
                                      history_max=self.conf.pending_history_max,
                                      oob_max=self.conf.out_of_band_max,
                                      pending_max=self.conf.pending_max)
@@ -171,7 +182,8 @@ class RPCBackend:
         self._link: Optional[Link] = None
         self._spec: Optional[ConsumerSpec] = None
         self._closed = False
-        self._stats = {'out_of_band_received': 0, 'bad_messages': 0, 'unroutable': 0, 'stored': 0}
+        self._stats = {'out_of_band_received': 0, 'bad_messages': 0, 'unroutable': 0, 'stored': 0,
+                       'hook_errors': 0}
 
     def _forget_parent_state(self) -> None:
         # In a forked child: never touch the parent's link; start over lazily.
@@ -265,17 +277,31 @@ class RPCBackend:
 
     def _on_link_event(self, event: str, info: Any) -> None:     # I/O thread
         if event == 'gave_up':
-            self._pending.fail_pending(lambda ids: ConnectionLost(
-                f'{info}; results of {len(ids)} pending task(s) cannot arrive: '
-                f'{", ".join(ids[:10])}{" ..." if len(ids) > 10 else ""}'))
+            # Sticky: a wait that starts later hears it too, until a new cycle starts.
+            self._pending.fail_pending(functools.partial(_lost, info), sticky=True)
         elif event == 'connected':
             self._pending.clear_errors(ConnectionLost)
         elif event == 'closed' and not self._closed:
             # The link stopped under us (its I/O thread died, or it was closed): wake every
             # waiter now; the next call starts a new link (_get_link).
-            self._pending.fail_pending(lambda ids: ConnectionLost(
-                f'{info}; results of {len(ids)} pending task(s) cannot arrive: '
-                f'{", ".join(ids[:10])}{" ..." if len(ids) > 10 else ""}'))
+            self._pending.fail_pending(functools.partial(_lost, info))
+
+    def _revive_link(self, for_wait: bool) -> bool:
+        """If the link gave up, start a new connection cycle (never blocks); True if it had.
+
+        ``for_wait``: the caller then waits for that cycle's outcome, so the errors of the
+        last cycle are forgotten first (on slots nobody waits on), and only then the cycle
+        started: if it gives up too, its ``gave_up`` fails the wait (on the task's slot, or
+        sticky for a slot the wait creates).
+        """
+        if self._pending.down is None:
+            return False
+        if for_wait:
+            self._pending.clear_errors(ConnectionLost)
+        link = self._link
+        if link is not None and not link.closed:
+            link.revive()
+        return True
 
     def _on_queue_lost(self) -> None:                             # I/O thread
         ids = self._pending.fail_pending(lambda ids: ReplyQueueLost(self._oid, ids))
@@ -326,14 +352,26 @@ class RPCBackend:
             self._stats['bad_messages'] += 1
             LOGGER.warning('dropped a state message with no task id on %s', self._oid)
             return
-        outcome = self._pending.deliver(task_id, raw, meta)
+        outcome = self._pending.deliver(task_id, raw, meta, len(delivery.body))
         if outcome == 'oob':
             self._stats['out_of_band_received'] += 1
-            self.on_out_of_band_result(task_id, delivery)
-        self.result_consumer.on_state_change(meta, delivery)
+            self._run_hook(self.on_out_of_band_result, 'on_out_of_band_result', task_id,
+                           task_id, delivery)
+        self._run_hook(self.result_consumer.on_state_change, 'on_state_change', task_id,
+                       meta, delivery)
         if self._drain_waiters:          # read unlocked: a waiter that starts later waits
             with self._arrived:          # for the next message anyway
                 self._arrived.notify_all()
+
+    def _run_hook(self, hook: Callable[..., Any], name: str, task_id: str, *args: Any) -> None:
+        # User code on the I/O or decoder thread: an exception must not reach pika (it would
+        # drop the connection and the redelivered message would raise again, forever).
+        try:
+            hook(*args)
+        except Exception:
+            self._stats['hook_errors'] += 1
+            LOGGER.exception('%s raised for task %s on reply queue %s; its state was recorded '
+                             'and the message acknowledged', name, task_id, self._oid)
 
     def on_out_of_band_result(self, task_id: str, message: Any) -> None:
         """Hook: a state arrived for an id this process never sent (kept, bounded)."""
@@ -363,16 +401,26 @@ class RPCBackend:
         """Latest known state of ``task_id``; never blocks on the broker past the first use.
 
         Returns Celery's decoded meta, or exactly ``{'status': 'PENDING', 'result': None}``.
+        A result larger than ``result_cache_max_bytes`` is not consumed by a poll: the next
+        ``get()`` still returns it (and, not being kept, it is PENDING after that).
 
         Raises:
-            ReplyQueueLost, ConnectionLost: that result can no longer arrive.
+            ReplyQueueLost, ConnectionLost: that result can no longer arrive. After the link
+                gave up, ``ConnectionLost`` at once, and a new connection cycle starts in the
+                background: a later poll sees the result once the link is back.
         """
-        cached = self._pending.cached(task_id)
+        cached = self._pending.cached(task_id, poll=True)
         if cached is not None:
             return cached
-        self._ensure_consuming()
-        meta = self._pending.peek(task_id)
+        down = self._pending.down
+        if down is None:
+            self._ensure_consuming()
+        else:
+            self._revive_link(for_wait=False)   # in the background: a later poll sees it
+        meta = self._pending.peek(task_id)      # the task's own error raises here
         if meta is None or meta.get('status') not in states.READY_STATES:
+            if down is not None:
+                raise ConnectionLost(f'{down} (reconnecting in the background; poll again)')
             # Not ready: give the GIL away once, so a caller polling in a tight loop does not
             # starve the I/O thread that would deliver the result (5 ms switch interval).
             time.sleep(0)
@@ -390,15 +438,21 @@ class RPCBackend:
                          callback: Optional[Callable] = None, propagate: bool = True) -> Dict[str, Any]:
         """Block until ``result`` is ready; return its meta. ``interval`` is unused (push).
 
+        After the link gave up, starts a new connection cycle and waits for it (within
+        ``timeout``).
+
         Raises:
             pika_rpc.TimeoutError: not ready within ``timeout`` seconds (names the task).
-            ReplyQueueLost, ConnectionLost: the result can no longer arrive.
+            ReplyQueueLost, ConnectionLost: the result can no longer arrive (for a given-up
+                link: the new connection cycle gave up too).
         """
         task_id = getattr(result, 'id', result)
         dl = deadline(timeout)
-        cached = self._pending.cached(task_id)
-        if cached is not None and on_message is None:
-            return cached
+        if on_message is None:          # else wait() replays the kept messages too
+            cached = self._pending.cached(task_id)
+            if cached is not None:
+                return cached
+        self._revive_link(for_wait=True)
         self._pending.peek(task_id)      # a result that can no longer arrive raises at once
         try:
             self._ensure_consuming(timeout=remaining(dl))
@@ -429,26 +483,24 @@ class RPCBackend:
         """
         ids = list(dict.fromkeys(getattr(t, 'id', t) for t in task_ids))
         dl = deadline(timeout)
+        self._revive_link(for_wait=True)
         self._ensure_consuming(timeout=remaining(dl))
         watcher, ready = self._pending.watch(ids)
         left = set(ids)
         try:
             while left:
                 if ready:
-                    task_id = ready.pop()
+                    task_id, meta, error = ready.pop()
                 else:
                     try:
-                        task_id = watcher.get(timeout=remaining(dl))
+                        task_id, meta, error = watcher.get(timeout=remaining(dl))
                     except Exception:   # queue.Empty
                         raise TimeoutError(f'{len(left)} of {len(ids)} task(s) not ready after '
                                            f'{timeout} s') from None
                 if task_id not in left:
                     continue
-                meta, error = self._pending.outcome(task_id)
                 if error is not None:
                     raise error
-                if meta is None:
-                    continue
                 left.discard(task_id)
                 if on_message is not None:
                     on_message(meta)
@@ -634,6 +686,14 @@ class RPCBackend:
     def _close_at_exit(self) -> None:
         self.close(timeout=2.0)
 
+
+
+def _lost(info: Any, ids: List[str]) -> ConnectionLost:
+    """The error of waits whose results cannot arrive over the lost link."""
+    if not ids:
+        return ConnectionLost(f'{info}; no result can arrive until the link reconnects')
+    return ConnectionLost(f'{info}; results of {len(ids)} pending task(s) cannot arrive: '
+                          f'{", ".join(ids[:10])}{" ..." if len(ids) > 10 else ""}')
 
 
 def _timezone(conf: Settings) -> Any:

@@ -19,6 +19,12 @@ URLs are read as kombu reads them. Choices made where DESIGN is silent:
   in Celery; ``broker_connection_retry=False`` means a single attempt.
 * ``result_cache_max`` must be >= 1: Celery's ``-1`` (no cache) is refused because final
   states must be kept somewhere bounded (DESIGN §6.5).
+* ``result_cache_max_bytes`` (default 64 MiB, >= 1) bounds the same cache by the received
+  body length of the results it keeps. Results nobody has read yet count toward it but are
+  never dropped for it (they are bounded by ``pending_max``): while they fill it, results
+  already read are dropped first. A single result larger than it is handed to the waiters
+  of its task and not kept: a later ``get()`` or ``state`` of that id does not find it
+  (``get_task_meta`` polls leave it in place until a ``get()`` reads it).
 * Serializer names are not checked here; ``serialization.py`` does that when used.
 """
 from __future__ import annotations
@@ -321,6 +327,7 @@ _SPECS: Dict[str, tuple] = {
     'task_default_routing_key': (None, lambda k, v: _text(k, v, none=True)),
     'task_track_started': (False, _flag),
     'result_cache_max': (10000, _count(1)),
+    'result_cache_max_bytes': (64 * 1024 * 1024, _count(1)),
     'result_extended': (False, _flag),
     'timezone': (None, lambda k, v: _text(k, v, none=True)),
     'enable_utc': (True, _flag),
