@@ -38,7 +38,8 @@ thread may instead write the marshalled frames to the socket itself (``publish_d
 The ledger (``_ledger_lock``) is shared by writers and by the I/O thread that settles;
 settle handlers run on the I/O thread, outside that lock. ``take_unsettled`` (after a loss)
 retires the ledger: a writer that passed its checks just before registers nothing and hands
-its publication to the I/O thread instead. Requires ``pika>=1.3,<2``
+its publication to the I/O thread instead. A publication is on one ledger at most, and the
+ledger owns it until it settles or is taken: the taker (``_iothread``) hands it on at once. Requires ``pika>=1.3,<2``
 (``BlockingChannel._impl``, ``Channel.confirm_delivery(ack_nack_callback, callback)``,
 ``BlockingConnection._impl._transport`` with ``_sock``, ``_produce`` and
 ``get_write_buffer_size()``); tested in the integration suite.
@@ -57,6 +58,8 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 import pika
 import pika.frame
 import pika.spec
+
+from .errors import PublishError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -87,7 +90,8 @@ class Pipeline:
     ``on_settled(pub, outcome, returned)`` is called on the I/O thread once per publication,
     with outcome ``'ack'`` or ``'nack'`` and ``returned`` = ``(reply_code, reply_text)`` or
     None. ``pub`` must have ``routing_key``, ``correlation_id``, ``exchange``, ``body``,
-    ``mandatory`` and ``deadline`` attributes.
+    ``mandatory`` and ``deadline`` attributes, and ``done`` and ``_finish(error)`` as
+    ``_commands.Publication``.
 
     ``publish`` runs on the I/O thread; ``publish_direct`` on any thread; everything else on
     the I/O thread.
@@ -324,8 +328,11 @@ class Pipeline:
         for pub, returned in settled:
             try:
                 self._on_settled(pub, outcome, returned)
-            except Exception:  # the ledger must survive a faulty settle handler
+            except Exception as exc:  # the ledger must survive a faulty settle handler
                 LOGGER.exception('error while settling a publication to %r', pub.routing_key)
+                if not pub.done.is_set():    # off the ledger: no one else would settle it
+                    pub._finish(PublishError(f'publish to {pub.routing_key!r}: error while '
+                                             f'settling it: {type(exc).__name__}: {exc}'))
 
     def _drop_key(self, tag: int, pub: Any) -> None:
         key = (pub.routing_key, pub.correlation_id)
@@ -349,7 +356,9 @@ class Pipeline:
 
     def take_unsettled(self) -> List[Any]:
         """Stop direct writes; remove and return every unsettled publication, oldest first
-        (after a loss)."""
+        (after a loss). The caller owns them from here: it must hand each on (retry or
+        fail) before anything else can raise. A writer that passed its checks just before
+        registers nothing now: it reports "not sent" and queues its publication."""
         self.stop_direct()
         with self._ledger_lock:
             self._retired = True             # a writer past its checks registers nothing now
