@@ -6,9 +6,13 @@
 
 * a publish records the next delivery tag and never waits;
 * a ``basic.ack``/``basic.nack`` settles its tag, or every tag up to it when ``multiple``;
-* a ``basic.return`` carries no tag: it flags the oldest unconfirmed, not yet returned
-  publication with the same (routing key, correlation id). RabbitMQ sends the return before
+* a ``basic.return`` carries no tag: it flags the unconfirmed, not yet returned publication
+  with the same (exchange, routing key, correlation id) and, among several, the same body
+  and properties (the oldest of those that are identical). RabbitMQ sends the return before
   the ack of the same message, so when the ack comes the publication is known returned.
+  No per-publication token is added to the properties: every consumer would see it, and
+  only byte-identical messages to the same destination, which are interchangeable, remain
+  ambiguous.
 
 Both callbacks are registered on ``_impl`` so they run as the frames arrive, in wire order;
 the blocking adapter would defer the return and reorder it after the ack.
@@ -90,8 +94,8 @@ class Pipeline:
     ``on_settled(pub, outcome, returned)`` is called on the I/O thread once per publication,
     with outcome ``'ack'`` or ``'nack'`` and ``returned`` = ``(reply_code, reply_text)`` or
     None. ``pub`` must have ``routing_key``, ``correlation_id``, ``exchange``, ``body``,
-    ``mandatory`` and ``deadline`` attributes, and ``done`` and ``_finish(error)`` as
-    ``_commands.Publication``.
+    ``properties`` (a dict), ``mandatory`` and ``deadline`` attributes, and ``done`` and
+    ``_finish(error)`` as ``_commands.Publication``.
 
     ``publish`` runs on the I/O thread; ``publish_direct`` on any thread; everything else on
     the I/O thread.
@@ -106,7 +110,7 @@ class Pipeline:
         self._ledger_lock = threading.Lock()    # the four fields below
         self._next_tag = 1
         self._unconfirmed: Dict[int, Any] = {}
-        # (routing_key, correlation_id) -> tags in publish order, for returns
+        # (exchange, routing_key, correlation_id) -> tags in publish order, for returns
         self._by_key: Dict[tuple, Deque[int]] = collections.defaultdict(collections.deque)
         self._returned: Dict[int, tuple] = {}
         self._select_ok = False
@@ -185,15 +189,16 @@ class Pipeline:
     def in_flight(self) -> int:
         return len(self._unconfirmed)
 
-    def _register(self, pub: Any, correlation_id: Optional[str],
-                  direct: bool = False) -> Optional[int]:
+    def _register(self, pub: Any, direct: bool = False) -> Optional[int]:
+        """Put ``pub`` on the ledger under the next tag (None: the ledger is retired and
+        ``direct``). From here on the ledger owns it until it settles or is taken."""
         with self._ledger_lock:
             if direct and self._retired:
                 return None
             tag = self._next_tag
             self._next_tag += 1
             self._unconfirmed[tag] = pub
-            self._by_key[(pub.routing_key, correlation_id)].append(tag)
+            self._by_key[_return_key(pub)].append(tag)
             if len(self._unconfirmed) > self.peak_in_flight:
                 self.peak_in_flight = len(self._unconfirmed)
         return tag
@@ -215,7 +220,7 @@ class Pipeline:
             # ours. No ack can be processed in between: frames are read only by the ioloop.
             self._impl.basic_publish(exchange=exchange, routing_key=routing_key, body=body,
                                      properties=properties, mandatory=mandatory)
-            return self._register(pub, properties.correlation_id)  # type: ignore[return-value]
+            return self._register(pub)  # type: ignore[return-value]
         finally:
             self._wlock.release()
 
@@ -252,7 +257,7 @@ class Pipeline:
             if not self._direct_open or queued() or self._transport.get_write_buffer_size() \
                     or not self._impl.is_open:
                 return False
-            if self._register(pub, properties.correlation_id, direct=True) is None:
+            if self._register(pub, direct=True) is None:
                 return False                 # the I/O thread has retired this pipeline
             try:
                 sent = self._sock.send(data)
@@ -335,7 +340,7 @@ class Pipeline:
                                              f'settling it: {type(exc).__name__}: {exc}'))
 
     def _drop_key(self, tag: int, pub: Any) -> None:
-        key = (pub.routing_key, pub.correlation_id)
+        key = _return_key(pub)
         tags = self._by_key.get(key)
         if tags is not None:
             try:
@@ -345,14 +350,23 @@ class Pipeline:
             if not tags:
                 del self._by_key[key]
 
-    def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
-        key = (method.routing_key, properties.correlation_id)
+    def _on_return(self, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        """I/O thread: the broker returned a message (before its confirm). Flag the
+        publication it is: same (exchange, routing key, correlation id), not confirmed nor
+        flagged yet; among several, the one whose body and properties are the returned
+        message's, the oldest of those that are (identical messages are interchangeable)."""
+        key = (method.exchange, method.routing_key, properties.correlation_id)
         with self._ledger_lock:
-            for tag in self._by_key.get(key, ()):
-                if tag not in self._returned:
-                    self._returned[tag] = (method.reply_code, method.reply_text)
-                    return
-        LOGGER.debug('basic.return matched no unconfirmed publication: %r', key)
+            candidates = [(tag, self._unconfirmed[tag]) for tag in self._by_key.get(key, ())
+                          if tag not in self._returned]
+        # Compared outside the lock (bodies may be large): only this thread settles or
+        # flags, so the candidates stay on the ledger meanwhile.
+        tag = _returned_one(candidates, properties, body) if candidates else None
+        if tag is None:
+            LOGGER.debug('basic.return matched no unconfirmed publication: %r', key)
+            return
+        with self._ledger_lock:
+            self._returned[tag] = (method.reply_code, method.reply_text)
 
     def take_unsettled(self) -> List[Any]:
         """Stop direct writes; remove and return every unsettled publication, oldest first
@@ -367,3 +381,36 @@ class Pipeline:
             self._by_key.clear()
             self._returned.clear()
         return pubs
+
+
+def _return_key(pub: Any) -> tuple:
+    return (pub.exchange, pub.routing_key, pub.correlation_id)
+
+
+def _returned_one(candidates: List[tuple], properties: Any, body: bytes) -> Optional[int]:
+    """The tag, among ``candidates`` (``(tag, pub)`` in publish order), of the publication
+    that a ``basic.return`` of ``properties`` and ``body`` gives back."""
+    if len(candidates) == 1:
+        return candidates[0][0]
+    same_body = [(tag, pub) for tag, pub in candidates if _as_bytes(pub.body) == body]
+    if len(same_body) <= 1:
+        return (same_body or candidates)[0][0]
+    wire = _encoded(properties)
+    for tag, pub in same_body:
+        try:
+            mine = _encoded(pika.spec.BasicProperties(**pub.properties))
+        except Exception:            # not comparable: another candidate may be
+            continue
+        if mine == wire:
+            return tag
+    return same_body[0][0]
+
+
+def _as_bytes(body: Any) -> bytes:
+    return body.encode('utf-8') if isinstance(body, str) else body
+
+
+def _encoded(properties: pika.spec.BasicProperties) -> bytes:
+    # pika decodes what it encodes to equal values, and encodes them to the same bytes: a
+    # returned message's properties re-encode to what the publication's encode to.
+    return b''.join(properties.encode())
