@@ -33,9 +33,13 @@ thread may instead write the marshalled frames to the socket itself (``publish_d
   thread's publications keep their order); tags are given under ``_wlock``, so the order of
   tags is the order on the wire, which is the order the broker numbers them in;
 * a short send (the broker is not reading) is finished by the same caller, still holding
-  ``_wlock``, waiting for writability up to a bound; past it the frame cannot be completed
-  and the connection is shut down (the I/O thread reconnects; unconfirmed publications are
-  re-published under their retry policy);
+  ``_wlock``, waiting for writability (``poll()``: any descriptor number) up to a bound;
+  past it the frame cannot be completed and the connection is shut down (the I/O thread
+  reconnects; unconfirmed publications are re-published under their retry policy);
+* a publication is put on the ledger just before its bytes are written; from then on the
+  writer reports it sent whatever happens: a socket that fails, or that pika closes under
+  the writer (``select()``/``poll()`` raise ``ValueError`` then), shuts the connection down
+  and leaves it to the loss handling. Queuing it again would publish it twice;
 * TLS connections never take this path (an ``SSLSocket`` must not be written by one thread
   while another reads it).
 
@@ -82,6 +86,8 @@ DIRECT_MAX_IN_FLIGHT = 8
 IO_LOCK_WAIT = 0.001
 #: Longest a direct writer waits for the socket to take the rest of a frame it started.
 STALLED_WRITE_MAX = 30.0
+#: ``poll()`` takes any descriptor; ``select()`` refuses those past FD_SETSIZE (1024).
+_HAS_POLL = hasattr(select, 'poll')
 
 
 class WriteBusy(Exception):
@@ -233,9 +239,13 @@ class Pipeline:
                        queued: Callable[[], bool]) -> bool:
         """Any thread: write ``pub`` to the socket now. False when this path cannot be taken
         (TLS, a big body, pika's buffer or the I/O thread's queue not empty, channel not
-        open, the lock busy past the publication's deadline); then the caller hands ``pub``
-        to the I/O thread. True: sent (or, if the socket failed, left to the I/O thread's
-        loss handling, which re-publishes it).
+        open, the lock busy past the publication's deadline); then ``pub`` was not put on
+        the ledger and the caller hands it to the I/O thread.
+
+        True once ``pub`` is on the ledger, whatever happens to the write afterwards: the
+        ledger owns it from then on, so it must never be queued again (it would be sent
+        twice). If the socket fails or the frame cannot be finished, the connection is shut
+        down and the I/O thread's loss handling re-publishes it under its retry policy.
 
         Raises what pika raises for a message it cannot encode (nothing was sent).
         """
@@ -255,29 +265,39 @@ class Pipeline:
             return False
         try:
             if not self._direct_open or queued() or self._transport.get_write_buffer_size() \
-                    or not self._impl.is_open:
+                    or not self._impl.is_open \
+                    or self._register(pub, direct=True) is None:  # None: retired by a loss
                 return False
-            if self._register(pub, direct=True) is None:
-                return False                 # the I/O thread has retired this pipeline
             try:
-                sent = self._sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                # The connection is going: the I/O thread's loss handling re-publishes it.
-                LOGGER.debug('direct write failed (%s); left to the reconnect', exc)
-                self._direct_open = False
-                return True
-            if sent < len(data):
-                self._finish_write(memoryview(data)[sent:], pub)
-            self.direct_writes += 1
+                self._write(data, pub)
+            except BaseException as exc:
+                # Registered: the ledger owns it. Whatever went wrong (a socket pika has just
+                # closed makes select()/poll() raise ValueError, not OSError), a frame may be
+                # cut short: end the connection; the loss handling re-publishes it.
+                LOGGER.debug('direct write failed (%r); left to the reconnect', exc)
+                self._abandon_stream()
+                if not isinstance(exc, Exception):
+                    raise                    # KeyboardInterrupt...: the caller's to handle
             return True
         finally:
             self._wlock.release()
 
-    def _finish_write(self, rest: memoryview, pub: Any) -> None:
+    def _write(self, data: bytes, pub: Any) -> None:
+        """Under ``_wlock``: send all of ``data``, or abandon the stream after the bound.
+        Raises what the socket raises (the caller abandons the stream then)."""
+        try:
+            sent = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(data):
+            if not self._finish_write(memoryview(data)[sent:], pub):
+                return
+        self.direct_writes += 1
+
+    def _finish_write(self, rest: memoryview, pub: Any) -> bool:
         """Under ``_wlock``: the socket took part of a frame; the rest must follow before
-        anything else is written, so wait for writability (bounded)."""
+        anything else is written, so wait for writability (bounded). False: the broker took
+        nothing for too long and the stream was abandoned. Raises what the socket raises."""
         began = time.monotonic()
         limit = began + STALLED_WRITE_MAX
         if pub.deadline is not None:
@@ -289,21 +309,36 @@ class Pipeline:
                                'closing the connection (unconfirmed publications are '
                                're-published after the reconnect, within their retry policy)',
                                time.monotonic() - began)
-                self._direct_open = False
-                try:
-                    self._sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                return
+                self._abandon_stream()
+                return False
+            self._wait_writable(min(left, 1.0))
             try:
-                select.select([], [self._sock], [], min(left, 1.0))
                 n = self._sock.send(rest)
             except (BlockingIOError, InterruptedError):
                 continue
-            except OSError:
-                self._direct_open = False
-                return
             rest = rest[n:]
+        return True
+
+    def _wait_writable(self, timeout: float) -> None:
+        """Under ``_wlock``: wait up to ``timeout`` s for the socket to take more data. The
+        one place a direct writer blocks (tests wrap it to act while a writer is stalled).
+        Raises ``ValueError`` for a socket closed meanwhile, ``OSError`` for a failed one."""
+        if _HAS_POLL:
+            poller = select.poll()
+            poller.register(self._sock, select.POLLOUT)
+            poller.poll(timeout * 1000.0)
+        else:
+            select.select([], [self._sock], [], timeout)
+
+    def _abandon_stream(self) -> None:
+        """Under ``_wlock``: a frame may be cut short on the wire, or the socket failed. No
+        more direct writes; shut the socket down, so that pika sees the connection end and
+        the I/O thread re-publishes what the ledger holds (at once if it is gone already)."""
+        self._direct_open = False
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, ValueError):    # closed already: pika saw the loss
+            pass
 
     def stop_direct(self) -> None:
         """I/O thread: no more direct writes on this pipeline (channel or connection lost).

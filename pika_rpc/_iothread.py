@@ -41,7 +41,8 @@ after the reconnect). It moves from one to the next with nothing that can raise 
 (``take_unsettled`` -> ``_retry_or_fail``), so a failure at any point (the connection
 dropping while the publish channel is reopened, the I/O thread dying) leaves each one where
 the loss handling, ``_give_up`` or ``_shutdown`` settles it: confirmed, re-published under
-its retry budget, or failed with a typed error.
+its retry budget, or failed with a typed error. A caller's direct write that put its
+publication on the ledger never queues it too.
 """
 from __future__ import annotations
 
@@ -360,9 +361,11 @@ class Link:
         pub.attempts += 1
         pub.gen = self._gen
         try:
+            # True once the ledger holds it, whatever became of the write: never queue it
+            # then, or it is sent twice (the loss handling re-publishes it).
             sent = pipeline.publish_direct(pub, props, self._has_queued_pubs)
-        except Exception:          # pika cannot marshal it: the I/O thread reports it
-            sent = False
+        except Exception:          # pika cannot marshal it (not on the ledger): the I/O
+            sent = False           # thread reports it
         if not sent:
             pub.attempts -= 1
             return False

@@ -8,9 +8,11 @@ proxy; what reached the broker is read straight from it (``raw_channel``).
 """
 from __future__ import annotations
 
+import resource
+import socket
 import threading
 import time
-from typing import Any, List
+from typing import Any, Iterator, List
 
 import pytest
 
@@ -18,11 +20,12 @@ from pika_rpc._iothread import OPEN, Link, Publication
 from pika_rpc.config import Settings, connection_options
 from pika_rpc.errors import PublishError
 from tests.faultproxy import FaultProxy
-from tests.helpers import LinkEvents
+from tests.helpers import LinkEvents, eventually
 
 WAIT = 30.0
 CHANNEL_OPEN = (20, 10)
 CONFIRM_SELECT = (85, 10)
+BIG = 60_000                 # a caller writes it itself (under DIRECT_MAX_BODY)
 
 
 def _noop() -> None:
@@ -118,3 +121,117 @@ def test_publications_discarded_with_the_publish_channel_settle_when_the_connect
     # At least once: one routed before the close but confirmed only after it may come twice.
     bodies = _drain(raw_channel, result_queue)
     assert set(bodies) == {p.body for p in good}
+
+
+# ------------------------------------------------------------------ item: direct write twice
+
+def _stall_direct_writes(link: Link, fault_proxy: FaultProxy) -> Any:
+    """Pause the proxy and shrink the send buffer: a caller writing a big publication
+    itself is soon left with part of a frame the socket does not take."""
+    pipeline = link._pipeline
+    pipeline._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    fault_proxy.pause()
+    return pipeline
+
+
+def _publish_in_thread(link: Link, pubs: List[Publication]) -> threading.Thread:
+    errors: List[BaseException] = []
+
+    def publish() -> None:
+        try:
+            for pub in pubs:
+                link.publish(pub)
+        except BaseException as exc:      # asserted empty by the caller
+            errors.append(exc)
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.errors = errors                # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def _big_publications(queue: str, n: int) -> List[Publication]:
+    return [Publication('', queue, b'%d' % i + b'.' * BIG, {'correlation_id': f'big-{i}'},
+                        max_retries=3, timeout=WAIT) for i in range(n)]
+
+
+def test_a_direct_write_whose_socket_pika_closes_under_it_is_published_exactly_once(
+        fault_proxy: FaultProxy, amqp_url: str, result_queue: str, raw_channel: Any) -> None:
+    link = _proxied_link(fault_proxy, amqp_url)
+    try:
+        events = LinkEvents(link)
+        pipeline = _stall_direct_writes(link, fault_proxy)
+        stalled = threading.Event()
+        wait_writable = pipeline._wait_writable
+
+        def socket_closed_under_the_writer(timeout: float) -> None:
+            # The test seam: the writer is in the middle of a frame; it waits for the
+            # socket only once the I/O thread has lost the connection and pika has closed
+            # that socket (the window the issue hit by chance).
+            stalled.set()
+            assert events.wait('lost', timeout=WAIT)
+            wait_writable(timeout)
+        pipeline._wait_writable = socket_closed_under_the_writer
+        pubs = _big_publications(result_queue, 7)
+        writer = _publish_in_thread(link, pubs)
+        assert stalled.wait(WAIT)
+        published_before = fault_proxy.publish_count
+        fault_proxy.cut()               # pika reads the reset and closes the socket
+        fault_proxy.resume()
+        writer.join(WAIT)
+        assert not writer.is_alive() and writer.errors == []
+        assert _unsettled(pubs, WAIT) == []
+        assert [p.error for p in pubs] == [None] * len(pubs)
+        # Nothing passed the paused proxy: each one was sent once, after the reconnect.
+        assert fault_proxy.publish_count - published_before == len(pubs)
+    finally:
+        link.close(5.0)
+    assert sorted(_drain(raw_channel, result_queue)) == sorted(p.body for p in pubs)
+
+
+@pytest.fixture
+def descriptors_past_select_limit() -> Iterator[None]:
+    """Open descriptors until the next socket's number is above 1024, where ``select()``
+    refuses it (a process serving many connections); closed afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1200
+    if hard != resource.RLIM_INFINITY and hard < want:
+        pytest.skip(f'RLIMIT_NOFILE hard limit {hard} < {want}')
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    held: List[socket.socket] = []
+    try:
+        while True:
+            sock = socket.socket()
+            held.append(sock)
+            if sock.fileno() > 1030:
+                break
+        yield
+    finally:
+        for sock in held:
+            sock.close()
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_stalled_direct_write_on_a_descriptor_past_select_limit_finishes_when_the_broker_reads(
+        descriptors_past_select_limit: None, fault_proxy: FaultProxy, amqp_url: str,
+        result_queue: str, raw_channel: Any) -> None:
+    link = _proxied_link(fault_proxy, amqp_url)
+    try:
+        pipeline = _stall_direct_writes(link, fault_proxy)
+        assert pipeline._sock.fileno() > 1024
+        pubs = _big_publications(result_queue, 7)
+        writer = _publish_in_thread(link, pubs)
+        # The writer holds the write lock in the middle of a frame the socket did not take
+        # (before the fix: select() raised ValueError there, and the writer went on).
+        assert eventually(lambda: (pipeline._wlock.locked() and pipeline.direct_writes >= 1)
+                          or not writer.is_alive(), timeout=WAIT)
+        fault_proxy.resume()
+        writer.join(WAIT)
+        assert not writer.is_alive() and writer.errors == []
+        assert _unsettled(pubs, WAIT) == []
+        assert [p.error for p in pubs] == [None] * len(pubs)
+        assert link.stats()['reconnects'] == 0          # the stream stayed whole
+    finally:
+        link.close(5.0)
+    assert sorted(_drain(raw_channel, result_queue)) == sorted(p.body for p in pubs)
