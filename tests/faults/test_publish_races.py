@@ -18,7 +18,7 @@ import pytest
 
 from pika_rpc._iothread import OPEN, Link, Publication
 from pika_rpc.config import Settings, connection_options
-from pika_rpc.errors import PublishError
+from pika_rpc.errors import ClosedError, PublishError
 from tests.faultproxy import FaultProxy
 from tests.helpers import LinkEvents, eventually
 
@@ -121,6 +121,30 @@ def test_publications_discarded_with_the_publish_channel_settle_when_the_connect
     # At least once: one routed before the close but confirmed only after it may come twice.
     bodies = _drain(raw_channel, result_queue)
     assert set(bodies) == {p.body for p in good}
+
+
+def test_a_bug_in_the_middle_of_a_batch_fails_every_publication_of_it_with_a_typed_error(
+        amqp_url: str, result_queue: str) -> None:
+    link = Link(connection_options(Settings(broker_url=amqp_url)), direct_writes=False)
+    try:
+        link.call(_noop, timeout=WAIT)
+        pubs = [Publication('', result_queue, b'%d' % i, {}, timeout=None) for i in range(10)]
+        do_publish = link._do_publish
+
+        def bug_at_the_sixth(pub: Publication) -> None:
+            if pub is pubs[5]:
+                raise RuntimeError('injected bug')   # the I/O thread dies of it
+            do_publish(pub)
+        link._do_publish = bug_at_the_sixth          # type: ignore[method-assign]
+        with _IOThreadHeld(link):                    # all ten in one batch
+            for pub in pubs:
+                link.publish(pub)
+        assert _unsettled(pubs, WAIT) == []
+        assert all(isinstance(p.error, ClosedError) and 'injected bug' in str(p.error)
+                   for p in pubs), [p.error for p in pubs]
+        assert link.closed
+    finally:
+        link.close(5.0)
 
 
 # ------------------------------------------------------------------ item: direct write twice
