@@ -12,7 +12,7 @@ import resource
 import socket
 import threading
 import time
-from typing import Any, Iterator, List
+from typing import Any, Iterator, List, Tuple
 
 import pytest
 
@@ -158,19 +158,20 @@ def _stall_direct_writes(link: Link, fault_proxy: FaultProxy) -> Any:
     return pipeline
 
 
-def _publish_in_thread(link: Link, pubs: List[Publication]) -> threading.Thread:
+def _publish_in_thread(link: Link, pubs: List[Publication]) -> Tuple[threading.Thread,
+                                                                     List[BaseException]]:
+    """Publish ``pubs`` one after the other on a new thread; returns it and its errors."""
     errors: List[BaseException] = []
 
     def publish() -> None:
         try:
             for pub in pubs:
                 link.publish(pub)
-        except BaseException as exc:      # asserted empty by the caller
+        except BaseException as exc:      # asserted empty by the test
             errors.append(exc)
     thread = threading.Thread(target=publish, daemon=True)
-    thread.errors = errors                # type: ignore[attr-defined]
     thread.start()
-    return thread
+    return thread, errors
 
 
 def _big_publications(queue: str, n: int) -> List[Publication]:
@@ -196,13 +197,13 @@ def test_a_direct_write_whose_socket_pika_closes_under_it_is_published_exactly_o
             wait_writable(timeout)
         pipeline._wait_writable = socket_closed_under_the_writer
         pubs = _big_publications(result_queue, 7)
-        writer = _publish_in_thread(link, pubs)
+        writer, errors = _publish_in_thread(link, pubs)
         assert stalled.wait(WAIT)
         published_before = fault_proxy.publish_count
         fault_proxy.cut()               # pika reads the reset and closes the socket
         fault_proxy.resume()
         writer.join(WAIT)
-        assert not writer.is_alive() and writer.errors == []
+        assert not writer.is_alive() and errors == []
         assert _unsettled(pubs, WAIT) == []
         assert [p.error for p in pubs] == [None] * len(pubs)
         # Nothing passed the paused proxy: each one was sent once, after the reconnect.
@@ -245,14 +246,14 @@ def test_a_stalled_direct_write_on_a_descriptor_past_select_limit_finishes_when_
         pipeline = _stall_direct_writes(link, fault_proxy)
         assert pipeline._sock.fileno() > 1024
         pubs = _big_publications(result_queue, 7)
-        writer = _publish_in_thread(link, pubs)
+        writer, errors = _publish_in_thread(link, pubs)
         # The writer holds the write lock in the middle of a frame the socket did not take
         # (before the fix: select() raised ValueError there, and the writer went on).
         assert eventually(lambda: (pipeline._wlock.locked() and pipeline.direct_writes >= 1)
                           or not writer.is_alive(), timeout=WAIT)
         fault_proxy.resume()
         writer.join(WAIT)
-        assert not writer.is_alive() and writer.errors == []
+        assert not writer.is_alive() and errors == []
         assert _unsettled(pubs, WAIT) == []
         assert [p.error for p in pubs] == [None] * len(pubs)
         assert link.stats()['reconnects'] == 0          # the stream stayed whole
