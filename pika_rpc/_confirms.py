@@ -6,9 +6,13 @@
 
 * a publish records the next delivery tag and never waits;
 * a ``basic.ack``/``basic.nack`` settles its tag, or every tag up to it when ``multiple``;
-* a ``basic.return`` carries no tag: it flags the oldest unconfirmed, not yet returned
-  publication with the same (routing key, correlation id). RabbitMQ sends the return before
+* a ``basic.return`` carries no tag: it flags the unconfirmed, not yet returned publication
+  with the same (exchange, routing key, correlation id) and, among several, the same body
+  and properties (the oldest of those that are identical). RabbitMQ sends the return before
   the ack of the same message, so when the ack comes the publication is known returned.
+  No per-publication token is added to the properties: every consumer would see it, and
+  only byte-identical messages to the same destination, which are interchangeable, remain
+  ambiguous.
 
 Both callbacks are registered on ``_impl`` so they run as the frames arrive, in wire order;
 the blocking adapter would defer the return and reorder it after the ack.
@@ -29,16 +33,21 @@ thread may instead write the marshalled frames to the socket itself (``publish_d
   thread's publications keep their order); tags are given under ``_wlock``, so the order of
   tags is the order on the wire, which is the order the broker numbers them in;
 * a short send (the broker is not reading) is finished by the same caller, still holding
-  ``_wlock``, waiting for writability up to a bound; past it the frame cannot be completed
-  and the connection is shut down (the I/O thread reconnects; unconfirmed publications are
-  re-published under their retry policy);
+  ``_wlock``, waiting for writability (``poll()``: any descriptor number) up to a bound;
+  past it the frame cannot be completed and the connection is shut down (the I/O thread
+  reconnects; unconfirmed publications are re-published under their retry policy);
+* a publication is put on the ledger just before its bytes are written; from then on the
+  writer reports it sent whatever happens: a socket that fails, or that pika closes under
+  the writer (``select()``/``poll()`` raise ``ValueError`` then), shuts the connection down
+  and leaves it to the loss handling. Queuing it again would publish it twice;
 * TLS connections never take this path (an ``SSLSocket`` must not be written by one thread
   while another reads it).
 
 The ledger (``_ledger_lock``) is shared by writers and by the I/O thread that settles;
 settle handlers run on the I/O thread, outside that lock. ``take_unsettled`` (after a loss)
 retires the ledger: a writer that passed its checks just before registers nothing and hands
-its publication to the I/O thread instead. Requires ``pika>=1.3,<2``
+its publication to the I/O thread instead. A publication is on one ledger at most, and the
+ledger owns it until it settles or is taken: the taker (``_iothread``) hands it on at once. Requires ``pika>=1.3,<2``
 (``BlockingChannel._impl``, ``Channel.confirm_delivery(ack_nack_callback, callback)``,
 ``BlockingConnection._impl._transport`` with ``_sock``, ``_produce`` and
 ``get_write_buffer_size()``); tested in the integration suite.
@@ -58,6 +67,8 @@ import pika
 import pika.frame
 import pika.spec
 
+from .errors import PublishError
+
 LOGGER = logging.getLogger(__name__)
 
 __all__ = ['Pipeline', 'WriteBusy', 'SETTLED_ACK', 'SETTLED_NACK', 'DIRECT_MAX_BODY']
@@ -75,6 +86,8 @@ DIRECT_MAX_IN_FLIGHT = 8
 IO_LOCK_WAIT = 0.001
 #: Longest a direct writer waits for the socket to take the rest of a frame it started.
 STALLED_WRITE_MAX = 30.0
+#: ``poll()`` takes any descriptor; ``select()`` refuses those past FD_SETSIZE (1024).
+_HAS_POLL = hasattr(select, 'poll')
 
 
 class WriteBusy(Exception):
@@ -87,7 +100,8 @@ class Pipeline:
     ``on_settled(pub, outcome, returned)`` is called on the I/O thread once per publication,
     with outcome ``'ack'`` or ``'nack'`` and ``returned`` = ``(reply_code, reply_text)`` or
     None. ``pub`` must have ``routing_key``, ``correlation_id``, ``exchange``, ``body``,
-    ``mandatory`` and ``deadline`` attributes.
+    ``properties`` (a dict), ``mandatory`` and ``deadline`` attributes, and ``done`` and
+    ``_finish(error)`` as ``_commands.Publication``.
 
     ``publish`` runs on the I/O thread; ``publish_direct`` on any thread; everything else on
     the I/O thread.
@@ -102,7 +116,7 @@ class Pipeline:
         self._ledger_lock = threading.Lock()    # the four fields below
         self._next_tag = 1
         self._unconfirmed: Dict[int, Any] = {}
-        # (routing_key, correlation_id) -> tags in publish order, for returns
+        # (exchange, routing_key, correlation_id) -> tags in publish order, for returns
         self._by_key: Dict[tuple, Deque[int]] = collections.defaultdict(collections.deque)
         self._returned: Dict[int, tuple] = {}
         self._select_ok = False
@@ -181,15 +195,16 @@ class Pipeline:
     def in_flight(self) -> int:
         return len(self._unconfirmed)
 
-    def _register(self, pub: Any, correlation_id: Optional[str],
-                  direct: bool = False) -> Optional[int]:
+    def _register(self, pub: Any, direct: bool = False) -> Optional[int]:
+        """Put ``pub`` on the ledger under the next tag (None: the ledger is retired and
+        ``direct``). From here on the ledger owns it until it settles or is taken."""
         with self._ledger_lock:
             if direct and self._retired:
                 return None
             tag = self._next_tag
             self._next_tag += 1
             self._unconfirmed[tag] = pub
-            self._by_key[(pub.routing_key, correlation_id)].append(tag)
+            self._by_key[_return_key(pub)].append(tag)
             if len(self._unconfirmed) > self.peak_in_flight:
                 self.peak_in_flight = len(self._unconfirmed)
         return tag
@@ -211,7 +226,7 @@ class Pipeline:
             # ours. No ack can be processed in between: frames are read only by the ioloop.
             self._impl.basic_publish(exchange=exchange, routing_key=routing_key, body=body,
                                      properties=properties, mandatory=mandatory)
-            return self._register(pub, properties.correlation_id)  # type: ignore[return-value]
+            return self._register(pub)  # type: ignore[return-value]
         finally:
             self._wlock.release()
 
@@ -224,9 +239,13 @@ class Pipeline:
                        queued: Callable[[], bool]) -> bool:
         """Any thread: write ``pub`` to the socket now. False when this path cannot be taken
         (TLS, a big body, pika's buffer or the I/O thread's queue not empty, channel not
-        open, the lock busy past the publication's deadline); then the caller hands ``pub``
-        to the I/O thread. True: sent (or, if the socket failed, left to the I/O thread's
-        loss handling, which re-publishes it).
+        open, the lock busy past the publication's deadline); then ``pub`` was not put on
+        the ledger and the caller hands it to the I/O thread.
+
+        True once ``pub`` is on the ledger, whatever happens to the write afterwards: the
+        ledger owns it from then on, so it must never be queued again (it would be sent
+        twice). If the socket fails or the frame cannot be finished, the connection is shut
+        down and the I/O thread's loss handling re-publishes it under its retry policy.
 
         Raises what pika raises for a message it cannot encode (nothing was sent).
         """
@@ -246,29 +265,39 @@ class Pipeline:
             return False
         try:
             if not self._direct_open or queued() or self._transport.get_write_buffer_size() \
-                    or not self._impl.is_open:
+                    or not self._impl.is_open \
+                    or self._register(pub, direct=True) is None:  # None: retired by a loss
                 return False
-            if self._register(pub, properties.correlation_id, direct=True) is None:
-                return False                 # the I/O thread has retired this pipeline
             try:
-                sent = self._sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                # The connection is going: the I/O thread's loss handling re-publishes it.
-                LOGGER.debug('direct write failed (%s); left to the reconnect', exc)
-                self._direct_open = False
-                return True
-            if sent < len(data):
-                self._finish_write(memoryview(data)[sent:], pub)
-            self.direct_writes += 1
+                self._write(data, pub)
+            except BaseException as exc:
+                # Registered: the ledger owns it. Whatever went wrong (a socket pika has just
+                # closed makes select()/poll() raise ValueError, not OSError), a frame may be
+                # cut short: end the connection; the loss handling re-publishes it.
+                LOGGER.debug('direct write failed (%r); left to the reconnect', exc)
+                self._abandon_stream()
+                if not isinstance(exc, Exception):
+                    raise                    # KeyboardInterrupt...: the caller's to handle
             return True
         finally:
             self._wlock.release()
 
-    def _finish_write(self, rest: memoryview, pub: Any) -> None:
+    def _write(self, data: bytes, pub: Any) -> None:
+        """Under ``_wlock``: send all of ``data``, or abandon the stream after the bound.
+        Raises what the socket raises (the caller abandons the stream then)."""
+        try:
+            sent = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(data):
+            if not self._finish_write(memoryview(data)[sent:], pub):
+                return
+        self.direct_writes += 1
+
+    def _finish_write(self, rest: memoryview, pub: Any) -> bool:
         """Under ``_wlock``: the socket took part of a frame; the rest must follow before
-        anything else is written, so wait for writability (bounded)."""
+        anything else is written, so wait for writability (bounded). False: the broker took
+        nothing for too long and the stream was abandoned. Raises what the socket raises."""
         began = time.monotonic()
         limit = began + STALLED_WRITE_MAX
         if pub.deadline is not None:
@@ -280,21 +309,36 @@ class Pipeline:
                                'closing the connection (unconfirmed publications are '
                                're-published after the reconnect, within their retry policy)',
                                time.monotonic() - began)
-                self._direct_open = False
-                try:
-                    self._sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                return
+                self._abandon_stream()
+                return False
+            self._wait_writable(min(left, 1.0))
             try:
-                select.select([], [self._sock], [], min(left, 1.0))
                 n = self._sock.send(rest)
             except (BlockingIOError, InterruptedError):
                 continue
-            except OSError:
-                self._direct_open = False
-                return
             rest = rest[n:]
+        return True
+
+    def _wait_writable(self, timeout: float) -> None:
+        """Under ``_wlock``: wait up to ``timeout`` s for the socket to take more data. The
+        one place a direct writer blocks (tests wrap it to act while a writer is stalled).
+        Raises ``ValueError`` for a socket closed meanwhile, ``OSError`` for a failed one."""
+        if _HAS_POLL:
+            poller = select.poll()
+            poller.register(self._sock, select.POLLOUT)
+            poller.poll(timeout * 1000.0)
+        else:
+            select.select([], [self._sock], [], timeout)
+
+    def _abandon_stream(self) -> None:
+        """Under ``_wlock``: a frame may be cut short on the wire, or the socket failed. No
+        more direct writes; shut the socket down, so that pika sees the connection end and
+        the I/O thread re-publishes what the ledger holds (at once if it is gone already)."""
+        self._direct_open = False
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, ValueError):    # closed already: pika saw the loss
+            pass
 
     def stop_direct(self) -> None:
         """I/O thread: no more direct writes on this pipeline (channel or connection lost).
@@ -324,11 +368,14 @@ class Pipeline:
         for pub, returned in settled:
             try:
                 self._on_settled(pub, outcome, returned)
-            except Exception:  # the ledger must survive a faulty settle handler
+            except Exception as exc:  # the ledger must survive a faulty settle handler
                 LOGGER.exception('error while settling a publication to %r', pub.routing_key)
+                if not pub.done.is_set():    # off the ledger: no one else would settle it
+                    pub._finish(PublishError(f'publish to {pub.routing_key!r}: error while '
+                                             f'settling it: {type(exc).__name__}: {exc}'))
 
     def _drop_key(self, tag: int, pub: Any) -> None:
-        key = (pub.routing_key, pub.correlation_id)
+        key = _return_key(pub)
         tags = self._by_key.get(key)
         if tags is not None:
             try:
@@ -338,18 +385,29 @@ class Pipeline:
             if not tags:
                 del self._by_key[key]
 
-    def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
-        key = (method.routing_key, properties.correlation_id)
+    def _on_return(self, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        """I/O thread: the broker returned a message (before its confirm). Flag the
+        publication it is: same (exchange, routing key, correlation id), not confirmed nor
+        flagged yet; among several, the one whose body and properties are the returned
+        message's, the oldest of those that are (identical messages are interchangeable)."""
+        key = (method.exchange, method.routing_key, properties.correlation_id)
         with self._ledger_lock:
-            for tag in self._by_key.get(key, ()):
-                if tag not in self._returned:
-                    self._returned[tag] = (method.reply_code, method.reply_text)
-                    return
-        LOGGER.debug('basic.return matched no unconfirmed publication: %r', key)
+            candidates = [(tag, self._unconfirmed[tag]) for tag in self._by_key.get(key, ())
+                          if tag not in self._returned]
+        # Compared outside the lock (bodies may be large): only this thread settles or
+        # flags, so the candidates stay on the ledger meanwhile.
+        tag = _returned_one(candidates, properties, body) if candidates else None
+        if tag is None:
+            LOGGER.debug('basic.return matched no unconfirmed publication: %r', key)
+            return
+        with self._ledger_lock:
+            self._returned[tag] = (method.reply_code, method.reply_text)
 
     def take_unsettled(self) -> List[Any]:
         """Stop direct writes; remove and return every unsettled publication, oldest first
-        (after a loss)."""
+        (after a loss). The caller owns them from here: it must hand each on (retry or
+        fail) before anything else can raise. A writer that passed its checks just before
+        registers nothing now: it reports "not sent" and queues its publication."""
         self.stop_direct()
         with self._ledger_lock:
             self._retired = True             # a writer past its checks registers nothing now
@@ -358,3 +416,36 @@ class Pipeline:
             self._by_key.clear()
             self._returned.clear()
         return pubs
+
+
+def _return_key(pub: Any) -> tuple:
+    return (pub.exchange, pub.routing_key, pub.correlation_id)
+
+
+def _returned_one(candidates: List[tuple], properties: Any, body: bytes) -> Optional[int]:
+    """The tag, among ``candidates`` (``(tag, pub)`` in publish order), of the publication
+    that a ``basic.return`` of ``properties`` and ``body`` gives back."""
+    if len(candidates) == 1:
+        return candidates[0][0]
+    same_body = [(tag, pub) for tag, pub in candidates if _as_bytes(pub.body) == body]
+    if len(same_body) <= 1:
+        return (same_body or candidates)[0][0]
+    wire = _encoded(properties)
+    for tag, pub in same_body:
+        try:
+            mine = _encoded(pika.spec.BasicProperties(**pub.properties))
+        except Exception:            # not comparable: another candidate may be
+            continue
+        if mine == wire:
+            return tag
+    return same_body[0][0]
+
+
+def _as_bytes(body: Any) -> bytes:
+    return body.encode('utf-8') if isinstance(body, str) else body
+
+
+def _encoded(properties: pika.spec.BasicProperties) -> bytes:
+    # pika decodes what it encodes to equal values, and encodes them to the same bytes: a
+    # returned message's properties re-encode to what the publication's encode to.
+    return b''.join(properties.encode())

@@ -32,6 +32,17 @@ reopens the channels, re-runs each consumer's declarations and re-subscribes it,
 re-publishes what was unconfirmed (at-least-once). If it gives up, every queued command
 and unsettled publication fails with ``ConnectionLost`` and listeners hear ``gave_up``;
 the next command starts a new connection cycle.
+
+Every publication handed to the link is owned by exactly one structure until it settles:
+the command queue (or the batch ``_drain_commands`` is running, which puts back what it did
+not hand on, whatever is raised), the publish channel's ledger (``_confirms.Pipeline``),
+``_delayed`` (a retry timer of the current connection) or ``_retry_later`` (re-published
+after the reconnect). It moves from one to the next with nothing that can raise in between
+(``take_unsettled`` -> ``_retry_or_fail``), so a failure at any point (the connection
+dropping while the publish channel is reopened, the I/O thread dying) leaves each one where
+the loss handling, ``_give_up`` or ``_shutdown`` settles it: confirmed, re-published under
+its retry budget, or failed with a typed error. A caller's direct write that put its
+publication on the ledger never queues it too.
 """
 from __future__ import annotations
 
@@ -353,9 +364,11 @@ class Link:
         pub.attempts += 1
         pub.gen = self._gen
         try:
+            # True once the ledger holds it, whatever became of the write: never queue it
+            # then, or it is sent twice (the loss handling re-publishes it).
             sent = pipeline.publish_direct(pub, props, self._has_queued_pubs)
-        except Exception:          # pika cannot marshal it: the I/O thread reports it
-            sent = False
+        except Exception:          # pika cannot marshal it (not on the ledger): the I/O
+            sent = False           # thread reports it
         if not sent:
             pub.attempts -= 1
             return False
@@ -476,6 +489,11 @@ class Link:
         self._check_channels()
 
     def _drain_commands(self) -> None:
+        """Run the queued commands and publish the queued publications, in order.
+
+        The batch taken off the queue is this function's until each item is run or handed
+        on: whatever an item raises, what was not run goes back to the front of the queue
+        (the item too, unless pika or a settle took it) before the exception leaves."""
         with self._mutex:
             self._wake_pending = False
             if not self._commands:
@@ -483,40 +501,42 @@ class Link:
             batch = list(self._commands)
             self._commands.clear()
             self._not_full.notify_all()
-        published = 0       # publications of the batch handed to pika (or settled) so far
+        ran = 0             # items of the batch run so far
+        handed = 0          # publications among them: no longer queued (pika has them...)
         try:
-            for i, item in enumerate(batch):
-                try:
-                    if isinstance(item, Publication):
-                        published += 1
-                        self._do_publish(item)
-                    else:
-                        self._do_command(item)
-                except _confirms.WriteBusy:
-                    # A caller is finishing a frame on the socket: this and the rest of
-                    # the batch go back to the front, and the loop comes back shortly.
-                    with self._mutex:
-                        published -= 1
-                        self._commands.extendleft(reversed(batch[i:]))
-                    self._stats['write_busy'] += 1
-                    self._conn.call_later(BUSY_RETRY, _noop)
-                    return
-                except _CONNECTION_ERRORS + _CHANNEL_ERRORS:
-                    # Put back what was not run: it runs after the reconnect.
-                    with self._mutex:
-                        rest = [c for c in batch[i + 1:]]
-                        if not isinstance(item, Publication):
-                            rest.insert(0, item)
-                        elif not item.done.is_set() and not self._in_ledger(item):
-                            rest.insert(0, item)    # never handed to pika: not a retry
-                            published -= 1          # still queued
-                        self._commands.extendleft(reversed(rest))
-                    raise
+            for item in batch:
+                if isinstance(item, Publication):
+                    self._do_publish(item)
+                    handed += 1
+                else:
+                    self._do_command(item)
+                ran += 1
+        except _confirms.WriteBusy:
+            # A caller is finishing a frame on the socket: this and the rest of the batch go
+            # back to the front, and the loop comes back shortly.
+            self._put_back(batch[ran:])
+            self._stats['write_busy'] += 1
+            self._conn.call_later(BUSY_RETRY, _noop)
+        except BaseException:
+            # A lost connection or channel (the rest runs after the reconnect), or a bug.
+            item, rest = batch[ran], batch[ran + 1:]
+            if isinstance(item, Publication) and (item.done.is_set() or self._in_ledger(item)):
+                handed += 1                  # settled, or the ledger's (the loss re-sends it)
+            else:
+                rest.insert(0, item)         # never handed to pika: not a retry
+            self._put_back(rest)
+            raise
         finally:
-            if published:
+            if handed:
                 # Only now: until pika holds them, callers must not write around them.
                 with self._mutex:
-                    self._queued_pubs = max(0, self._queued_pubs - published)
+                    self._queued_pubs = max(0, self._queued_pubs - handed)
+
+    def _put_back(self, items: List[Any]) -> None:
+        """Return items taken off the queue, unrun, to its front (they stay counted)."""
+        if items:
+            with self._mutex:
+                self._commands.extendleft(reversed(items))
 
     def _in_ledger(self, pub: Publication) -> bool:
         return self._pipeline is not None and self._pipeline.holds(pub)
@@ -567,7 +587,10 @@ class Link:
         pub._finish(None)
 
     def _retry_or_fail(self, pub: Publication, exc: PikaRPCError) -> None:
-        """A publication failed (nack or lost connection): re-publish within its budget."""
+        """A publication failed (nack, lost channel or connection): re-publish it within its
+        budget, else fail it. ``pub`` has exactly one owner when this returns: settled, the
+        command queue, ``_delayed`` (a retry timer of this connection) or ``_retry_later``
+        (re-published after the reconnect). Does not raise: callers hand on lists of them."""
         if pub.cancelled:
             pub._finish(exc)
             return
@@ -576,25 +599,33 @@ class Link:
             why = 'its deadline passed' if out_of_time else f'{pub.attempts} attempt(s)'
             pub._finish(PublishError(f'{exc} (gave up after {why})'))
             return
-        if pub.errback is not None:
-            self.callbacks.submit(pub.errback, exc, pub.interval)
         interval = pub.interval
         pub.interval = min(pub.interval + pub.interval_step, pub.interval_max)
         self._stats['republishes'] += 1
         if self._conn is None or not self._conn.is_open:
             self._retry_later.append(pub)      # re-published by _open() after the reconnect
-            return
-        self._delayed.append(pub)
-        if interval > 0:
+        elif interval > 0:
+            self._delayed.append(pub)          # moved to _retry_later if the connection goes
             self._conn.call_later(interval, lambda: self._requeue(pub))
         else:
-            self._requeue(pub)
+            self._queue_again(pub)
+        if pub.errback is not None:
+            try:
+                self.callbacks.submit(pub.errback, exc, interval)
+            except Exception:     # no thread for it: the retry goes on all the same
+                LOGGER.exception('%s: cannot run the errback of a publish to %r', self.name,
+                                 pub.routing_key)
 
     def _requeue(self, pub: Publication) -> None:
         try:
             self._delayed.remove(pub)
         except ValueError:                     # its connection went away: in _retry_later now
             return
+        self._queue_again(pub)
+
+    def _queue_again(self, pub: Publication) -> None:
+        """Queue a publication to re-publish (I/O thread: no wake-up needed; the loop drains
+        the queue every turn). Callers' own writes wait behind it."""
         with self._mutex:
             self._commands.append(pub)
             self._queued_pubs += 1
@@ -631,15 +662,15 @@ class Link:
         code, text = reason.reply_code, reason.reply_text
         LOGGER.warning('%s: the broker closed the publish channel (%s %s); reopening it',
                        self.name, code, text)
-        lost = self._pipeline.take_unsettled()
-        self._open_publish_channel()
-        for pub in lost:
+        # Each goes to its next owner before the reopen, which may fail with the connection.
+        for pub in self._pipeline.take_unsettled():
             if pub.exchange and f"exchange '{pub.exchange}'" in text:
                 pub._finish(PublishError(f'publish to exchange {pub.exchange!r} refused: {code} {text}'))
             else:
                 self._retry_or_fail(pub, PublishError(
                     f'publish to {pub.routing_key!r} discarded: the broker closed the channel '
                     f'({code} {text})'))
+        self._open_publish_channel()
 
     def _check_channels(self) -> None:
         self._ensure_publish_channel()
@@ -763,19 +794,25 @@ class Link:
     def _on_connection_lost(self, exc: BaseException) -> None:
         self.last_error = f'{type(exc).__name__}: {exc}'
         LOGGER.warning('%s: connection lost (%s); reconnecting', self.name, self.last_error)
-        lost = self._pipeline.take_unsettled() if self._pipeline else []
-        self._drop_connection()
+        self._drop_connection()        # what was unconfirmed is re-published after the reconnect
         self._reconnect_wanted = True
         self._notify('lost', self.last_error)
-        for pub in lost:
+
+    def _reclaim_ledger(self) -> None:
+        """Retire the publish channel's ledger (no caller registers on it any more) and hand
+        every unconfirmed publication to the retry policy: re-published after the reconnect,
+        or failed. Called with the connection gone (``_conn`` None)."""
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is None:
+            return
+        for pub in pipeline.take_unsettled():
             self._retry_or_fail(pub, PublishError(f'connection lost before the broker confirmed '
                                                   f'the publish to {pub.routing_key!r}'))
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
-        if self._pipeline is not None:
-            self._pipeline.stop_direct()
-        self._pub_ch = self._ctl_ch = self._pipeline = None
+        self._reclaim_ledger()
+        self._pub_ch = self._ctl_ch = None
         self._acks.clear()
         for spec in self._consumers.values():
             spec.channel = None
@@ -818,19 +855,24 @@ class Link:
     def _shutdown(self) -> None:
         died = self.last_error if (self.last_error or '').startswith('I/O thread died') else None
         err = ClosedError(f'{self.name} closed' + (f' ({died})' if died else ''))
-        lost = self._pipeline.take_unsettled() if self._pipeline else []
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                LOGGER.debug('%s: error while closing the connection', self.name, exc_info=True)
-        self._set_state(CLOSED)
-        self._fail_queued(err)
-        for pub in lost + self._retry_later + self._delayed:
-            pub._finish(err)
+        # Every publication not settled, wherever it is, fails with err: taken here first.
+        pipeline, self._pipeline = self._pipeline, None
+        owned = pipeline.take_unsettled() if pipeline is not None else []
+        owned += self._retry_later + self._delayed
         self._retry_later, self._delayed = [], []
-        self._notify('closed', err)   # the users' waiters wake with this error
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:
+                    LOGGER.debug('%s: error while closing the connection', self.name, exc_info=True)
+            self._set_state(CLOSED)
+        finally:
+            self._fail_queued(err)
+            for pub in owned:
+                pub._finish(err)
+            self._notify('closed', err)   # the users' waiters wake with this error
 
     # ------------------------------------------------------------------ commands (I/O thread)
     def _subscribe(self, spec: ConsumerSpec) -> None:

@@ -9,7 +9,8 @@ connection that existed is gone. Only the loop thread touches sockets.
 The client -> server stream is cut into whole AMQP 0-9-1 frames (after the 8-byte protocol
 header) before it is forwarded, so a frame split over TCP reads is seen whole: that is how
 ``basic.publish`` method frames are counted and how :meth:`~FaultProxy.cut_at_next_publish`
-drops a connection before the broker sees the publish. A stream that is not AMQP (bad frame
+drops a connection before the broker sees the publish (:meth:`~FaultProxy.cut_at_next_method`
+does the same for any method: ``channel.open``, ``confirm.select``...). A stream that is not AMQP (bad frame
 end) is forwarded untouched from then on. The server -> client stream is forwarded as is.
 
 Decisions: ``refuse(True)`` accepts each new connection and resets it at once (RST) rather than
@@ -140,7 +141,8 @@ class FaultProxy:
         self._thread: Optional[threading.Thread] = None
         # Loop-thread state (set up in start(), then only the loop thread uses it):
         self._links: Set[_Link] = set()
-        self._paused = self._refusing = self._cut_next_publish = False
+        self._paused = self._refusing = False
+        self._cut_next: Optional[bytes] = None   # class-id + method-id of the frame to cut at
         self._interest: Dict[socket.socket, int] = {}
         self._selector: Optional[selectors.BaseSelector] = None
         self._listener: Optional[socket.socket] = None
@@ -236,7 +238,14 @@ class FaultProxy:
         """Arm a one-shot cut: the next ``basic.publish`` frame (any connection) is not forwarded;
         its connection is reset instead. Frames before it are sent first, best effort (the RST
         may still make the broker discard them). :attr:`cut_count` goes up when it fires."""
-        self._call(functools.partial(setattr, self, '_cut_next_publish', True))
+        self.cut_at_next_method(60, 40)
+
+    def cut_at_next_method(self, class_id: int, method_id: int) -> None:
+        """As :meth:`cut_at_next_publish`, for the next method frame ``class_id.method_id`` a
+        client sends (e.g. ``20, 10``: ``channel.open``; ``85, 10``: ``confirm.select``).
+        Replaces a cut armed before and not fired yet."""
+        self._call(functools.partial(setattr, self, '_cut_next',
+                                     struct.pack('>HH', class_id, method_id)))
 
     # ----------------------------------------------------------------- counters
 
@@ -255,7 +264,8 @@ class FaultProxy:
 
     @property
     def cut_count(self) -> int:
-        """Connections reset by :meth:`cut` or :meth:`cut_at_next_publish`."""
+        """Connections reset by :meth:`cut`, :meth:`cut_at_next_publish` or
+        :meth:`cut_at_next_method`."""
         with self._lock:
             return self._cut_count
 
@@ -478,11 +488,11 @@ class FaultProxy:
             _send(link.client, link.to_client)
 
     def _from_client(self, link: _Link, data: bytes) -> bool:
-        """Queue whole frames for the server; False if the link was cut at a publish."""
+        """Queue whole frames for the server; False if the link was cut at the armed method."""
         for unit, is_publish in link.scanner.feed(data):
-            if is_publish and self._cut_next_publish:
-                self._cut_next_publish = False
-                if link.connected:   # best effort: frames before the publish reach the broker
+            if self._cut_next is not None and unit[0] == 1 and unit[7:11] == self._cut_next:
+                self._cut_next = None
+                if link.connected:   # best effort: frames before that one reach the broker
                     try:
                         _send(link.server, link.to_server)
                     except OSError:

@@ -125,6 +125,22 @@ def test_cut_at_next_publish_drops_the_connection_before_the_broker_gets_the_mes
     assert raw_channel.basic_get(queue, auto_ack=True)[2] == b'marker'
 
 
+def test_cut_at_next_method_drops_the_connection_at_the_named_method_and_no_earlier(
+        fault_proxy, proxied, queue, raw_channel):
+    channel = proxied.channel()
+    fault_proxy.cut_at_next_method(85, 10)          # confirm.select
+    channel.basic_publish('', queue, b'before the cut')   # other methods pass
+    channel.queue_declare(queue, passive=True)      # a round trip: the publish went first
+    assert fault_proxy.cut_count == 0
+
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        channel.confirm_delivery()
+
+    assert fault_proxy.wait_for(lambda: fault_proxy.cut_count == 1, timeout=10)
+    assert fault_proxy.publish_count == 1
+    assert _message_count(raw_channel, queue) == 1
+
+
 def test_pause_stalls_a_confirmed_publish_until_resume(fault_proxy, proxied, queue, raw_channel):
     channel = proxied.channel()
     channel.confirm_delivery()
