@@ -7,11 +7,11 @@ from . import states
 from .app import App
 from .backend import BacklogLimitExceeded, ResultConsumer, RPCBackend
 from .entities import Exchange, Message, Queue
-from .errors import (ClosedError, ConnectionLost, ContentDisallowed, DecodeError, EncodeError,
+from .errors import (AccessRefused, BrokerRefused, ClosedError, ConnectionLost, ContentDisallowed, DecodeError, EncodeError,
                      MaxRetriesExceededError, MessageStateError, NotBoundError, NotRegistered,
-                     NotSupportedByRabbitMQ, PikaRPCError, PreconditionFailed, PublishError,
+                     NotFound, NotSupportedByRabbitMQ, PikaRPCError, PreconditionFailed, PublishError,
                      ReplyQueueLost, Retry, SecurityError, SoftTimeLimitExceeded,
-                     TaskRevokedError, TimeLimitExceeded, TimeoutError, WorkerLostError)
+                     TaskRevokedError, TimeLimitExceeded, TimeoutError, Unroutable, WorkerLostError)
 from .messaging import Connection, Consumer, Producer
 from .result import AsyncResult, GroupResult, ResultSet
 from .task import Task
@@ -20,6 +20,7 @@ from .worker import Worker
 from ._version import __version__
 
 __all__ = [
+    'AccessRefused', 'BrokerRefused', 'NotFound', 'Unroutable',
     'App', 'AsyncResult', 'ClosedError', 'MessageStateError', 'NotBoundError', 'BacklogLimitExceeded', 'Connection', 'ConnectionLost', 'Consumer',
     'ContentDisallowed', 'DecodeError', 'EncodeError', 'Exchange', 'GroupResult',
     'MaxRetriesExceededError', 'Message',

@@ -9,7 +9,7 @@ a ``Delivery`` carries pika's ``BasicProperties`` only as data.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from ._timeouts import deadline
 
@@ -61,6 +61,9 @@ class _Latch:
         return self._set
 
 
+_NO_RETRY: Mapping[str, Any] = {'max_retries': 0}
+
+
 class Publication:
     """One message to publish with confirms. Settled once: ``done`` is set then.
 
@@ -71,20 +74,24 @@ class Publication:
     __slots__ = ('exchange', 'routing_key', 'body', 'properties', 'mandatory',
                  'correlation_id', 'max_retries', 'deadline', 'errback', 'done', 'error',
                  'returned', 'attempts', 'cancelled', 'interval', 'interval_step',
-                 'interval_max', 'gen')
+                 'interval_max', 'gen', 'timeout')
 
     def __init__(self, exchange: str, routing_key: str, body: bytes, properties: dict,
-                 mandatory: bool = True, max_retries: Optional[int] = 0,
-                 timeout: Optional[float] = None, errback: Optional[Callable] = None,
-                 interval_start: float = 0, interval_step: float = 1,
-                 interval_max: float = 1) -> None:
+                 mandatory: bool = True, policy: Optional[Mapping[str, Any]] = None,
+                 timeout: Optional[float] = None) -> None:
+        """``policy``: a retry policy (``max_retries``, ``interval_start``/``_step``/``_max``,
+        ``errback``) for re-publishing after a nack or a lost connection; None: never
+        re-published (one attempt). ``timeout``: seconds until it must be settled."""
+        policy = policy or _NO_RETRY
         self.exchange, self.routing_key, self.body = exchange, routing_key, body
         self.properties, self.mandatory = properties, mandatory
         self.correlation_id = properties.get('correlation_id')
-        self.max_retries, self.deadline = max_retries, deadline(timeout)
-        self.errback = errback
-        self.interval, self.interval_step = interval_start, interval_step
-        self.interval_max = interval_start + interval_max
+        self.max_retries, self.deadline = policy.get('max_retries', 0), deadline(timeout)
+        self.timeout = timeout
+        self.errback = policy.get('errback')
+        self.interval = policy.get('interval_start', 0)
+        self.interval_step = policy.get('interval_step', 1)
+        self.interval_max = self.interval + policy.get('interval_max', 1)
         self.done = _Latch()
         self.error: Optional[BaseException] = None
         self.returned: Optional[tuple] = None

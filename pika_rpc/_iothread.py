@@ -65,7 +65,7 @@ from . import _advice, _confirms, _deliveries
 from ._commands import ConsumerSpec, Delivery, Publication, _Command  # noqa: F401 (re-exported)
 from ._threads import SerialExecutor
 from ._timeouts import deadline, remaining
-from .errors import (ClosedError, ConnectionLost, PikaRPCError, PreconditionFailed,
+from .errors import (BrokerRefused, ClosedError, ConnectionLost, PikaRPCError, refusal,
                      PublishError, TimeoutError)
 
 LOGGER = logging.getLogger(__name__)
@@ -128,8 +128,8 @@ def connection_parameters(opts: dict, name: str) -> pika.ConnectionParameters:
         client_properties={'connection_name': name, 'product': 'pika_rpc'})
 
 
-def translate_channel_error(exc: BaseException, what: str) -> PikaRPCError:
-    """Turn a pika channel closure into our typed error (406 says how to fix it)."""
+def translate_channel_error(exc: BaseException, what: str) -> BrokerRefused:
+    """Turn a pika channel closure into our typed refusal (a 406 says how to fix it)."""
     code = getattr(exc, 'reply_code', None)
     text = getattr(exc, 'reply_text', str(exc))
     if code == 406:
@@ -137,10 +137,8 @@ def translate_channel_error(exc: BaseException, what: str) -> PikaRPCError:
             'An entity of that name already exists with other arguments (durable, auto_delete, '
             'exclusive, x-expires, ...): declare it with the same arguments, use another name, '
             'or delete it first')
-        return PreconditionFailed(f'{what}: 406 PRECONDITION_FAILED ({text}). {advice}.')
-    err = PikaRPCError(f'{what}: {code} {text}')
-    err.reply_code = code  # type: ignore[attr-defined]
-    return err
+        return refusal(code, f'{what}: 406 PRECONDITION_FAILED ({text}). {advice}.', text)
+    return refusal(code, f'{what}: {code} {text}', text)
 
 
 class Link:

@@ -30,7 +30,7 @@ import logging
 import threading
 from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Type, TypeVar, Union
 
-from .errors import NotSupportedByRabbitMQ, PreconditionFailed
+from .errors import AccessRefused, NotSupportedByRabbitMQ, PreconditionFailed, Unroutable
 from ._timeouts import remaining
 
 __all__ = ['retry_over_time', 'intervals', 'never_retried', 'FATAL_REPLY_CODES']
@@ -49,15 +49,17 @@ def never_retried(exc: BaseException) -> bool:
     """True for an error no retry can fix (argument clash, access refused, unsupported).
 
     Looks at ``exc`` and its ``__cause__`` (a pika error translated ``from exc``): our
-    ``PreconditionFailed``/``NotSupportedByRabbitMQ``, or a ``reply_code`` attribute (as pika's
-    ``ChannelClosed``/``ConnectionClosed`` carry) in :data:`FATAL_REPLY_CODES`.
+    ``PreconditionFailed``/``AccessRefused``/``NotSupportedByRabbitMQ``/``Unroutable``, or a
+    ``reply_code`` (as pika's ``ChannelClosed``/``ConnectionClosed`` carry) in
+    :data:`FATAL_REPLY_CODES`.
     """
     for err in (exc, exc.__cause__):
         if err is None:
             continue
-        if isinstance(err, (PreconditionFailed, NotSupportedByRabbitMQ)):
+        if isinstance(err, (PreconditionFailed, AccessRefused, NotSupportedByRabbitMQ,
+                            Unroutable)):
             return True
-        if getattr(err, 'reply_code', None) in FATAL_REPLY_CODES:
+        if getattr(err, 'reply_code', None) in FATAL_REPLY_CODES:     # pika's own errors
             return True
     return False
 

@@ -23,10 +23,13 @@ from . import protocol, serialization
 from . import _registry
 from ._context import current_request, request_field
 from ._commands import Publication
+from ._publish import publish_and_wait
 from ._timeouts import deadline, remaining
 from .backend import RPCBackend
 from .config import Settings, merge_retry_policy
-from .errors import NotRegistered, PikaRPCError, PublishError, TimeoutError
+from .entities import check_properties
+from .errors import NotFound, NotRegistered, PublishError, TimeoutError
+from .messaging import Connection
 from .result import AsyncResult, GroupResult, ResultSet
 from .task import Task
 
@@ -50,6 +53,7 @@ class App:
         self.conf = Settings(**conf)
         self.tasks: Dict[str, Task] = {}
         self._backend: Optional[RPCBackend] = None
+        self._connection: Optional[Connection] = None   # for sending; shares the process link
         self._lock = threading.Lock()
         _registry.register_live(self)
 
@@ -89,10 +93,28 @@ class App:
                     **kwargs: Any) -> GroupResult:
         return GroupResult(group_id, results, app=self, **kwargs)
 
-    def close(self) -> None:
+    def connection_for_write(self) -> Connection:
+        """The connection tasks and control messages are sent on (Celery's name): a handle on
+        the process's shared link, made on first use and released by ``close()``."""
+        conn = self._connection
+        if conn is None:
+            with self._lock:
+                conn = self._connection
+                if conn is None:
+                    conn = self._connection = Connection.from_settings(self.conf)
+        return conn
+
+    def close(self, timeout: Optional[float] = 10.0) -> None:
+        """Close this app's backend (its waiters wake with ``ClosedError``; its reply queue is
+        deleted) and release its connection; the process's link closes when nothing else
+        uses it. Blocks up to ``timeout``. The app stays usable: a later call starts again."""
+        dl = deadline(timeout)
         backend, self._backend = self._backend, None
+        conn, self._connection = self._connection, None
         if backend is not None:
-            backend.close()
+            backend.close(timeout=remaining(dl))
+        if conn is not None:
+            conn.release(timeout=remaining(dl))
 
     def __enter__(self) -> 'App':
         return self
@@ -163,56 +185,50 @@ class App:
                 raise PublishError(f'task {name}[{task_id}] not sent: the reply queue could not '
                                    f'be set up within the publish timeout: {exc}') from None
         queue = queue or conf.task_default_queue
-        link = backend._get_link()
+        conn = self.connection_for_write()
         if exchange is None:
-            self._declare_task_queue(link, queue, remaining(dl))
+            self._declare_task_queue(conn, queue, remaining(dl))
             exchange, routing_key = '', routing_key or queue
         else:
             routing_key = routing_key if routing_key is not None else queue
         msg_headers, props, body = protocol.task_message(
             name, args, kwargs, task_id=task_id, reply_to=reply_to or backend.oid,
             correlation_id=correlation_id, countdown=countdown, eta=eta, expires=expires,
-            priority=0 if priority is None else priority, time_limit=time_limit, soft_time_limit=soft_time_limit,
-            ignore_result=ignore_result, shadow=shadow, root_id=root_id, parent_id=parent_id,
-            group_id=group_id, group_index=group_index, retries=retries)
+            priority=0 if priority is None else priority, time_limit=time_limit,
+            soft_time_limit=soft_time_limit, ignore_result=ignore_result, shadow=shadow,
+            root_id=root_id, parent_id=parent_id, group_id=group_id, group_index=group_index,
+            retries=retries)
         if headers:
             msg_headers.update(headers)
         content_type, content_encoding, data = serialization.dumps(
             body, serializer or conf.task_serializer)
         props.update(content_type=content_type, content_encoding=content_encoding,
                      headers=msg_headers)
+        props = check_properties(props)        # a bad header fails here, named, not later
         use_retry = conf.task_publish_retry if retry is None else retry
-        policy = merge_retry_policy(conf.task_publish_retry_policy, retry_policy)
-        pub = Publication(exchange, routing_key, data, props, mandatory=True,
-                          max_retries=policy.get('max_retries') if use_retry else 0,
-                          timeout=remaining(dl), errback=policy.get('errback'),
-                          interval_start=policy.get('interval_start', 0),
-                          interval_step=policy.get('interval_step', 1),
-                          interval_max=policy.get('interval_max', 1))
-        link.publish(pub)
-        if not pub.wait(remaining(dl)):
-            pub.cancelled = True
-            raise PublishError(f'task {name}[{task_id}] not confirmed by the broker in time')
-        if pub.error is not None:
-            raise pub.error
-        if pub.returned is not None:
-            LOGGER.warning('task %s[%s] unroutable: exchange %r routing key %r (%s %s); no worker '
-                           'will see it', name, task_id, exchange, routing_key, *pub.returned)
+        policy = merge_retry_policy(conf.task_publish_retry_policy, retry_policy) \
+            if use_retry else None
+        pub = Publication(exchange, routing_key, data, props, mandatory=True, policy=policy,
+                          timeout=remaining(dl))
+        returned = publish_and_wait(conn.link, pub, f'task {name}[{task_id}]')
+        if returned is not None:
+            LOGGER.warning('%s; no worker will see it', returned)
         result = AsyncResult(task_id, app=self, task_name=name)
         result.ignored = ignored
         return result
 
-    def _declare_task_queue(self, link: Any, queue: str, timeout: Optional[float]) -> None:
-        """Declare a task queue as Celery does: direct exchange and queue of that name, bound."""
+    def _declare_task_queue(self, conn: Connection, queue: str,
+                            timeout: Optional[float]) -> None:
+        """Declare a task queue as Celery does (``protocol.task_queue_declarations``), once
+        per connection."""
         key = ('task_queue', queue)
-        if link.is_declared(key):
+        if conn.is_declared(key):
             return
         dl = deadline(timeout)
-        link.control('declare_exchange', exchange=queue, exchange_type='direct', durable=True,
-                     timeout=remaining(dl))
-        link.control('declare_queue', queue=queue, durable=True, timeout=remaining(dl))
-        link.control('bind_queue', queue=queue, exchange=queue, routing_key=queue,
-                     timeout=remaining(dl), cache_key=key)
+        steps = protocol.task_queue_declarations(queue)
+        for i, (kind, kwargs) in enumerate(steps):
+            conn.control(kind, timeout=remaining(dl),
+                         cache_key=key if i == len(steps) - 1 else None, **kwargs)
 
     def control_revoke(self, task_ids: Union[str, Sequence[str]], terminate: bool = False,
                        signal: Optional[str] = 'SIGTERM', timeout: Optional[float] = None) -> None:
@@ -223,25 +239,21 @@ class App:
         """
         ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
         dl = deadline(self.conf.publish_timeout if timeout is None else timeout)
-        link = self.backend._get_link()
+        conn = self.connection_for_write()
         exchange, body, props = protocol.control_revoke(
             task_ids if isinstance(task_ids, str) else ids, terminate=terminate, signal=signal,
             clock=next(_clock))
         key = ('exchange', exchange)
-        if not link.is_declared(key):
+        if not conn.is_declared(key):
             try:
-                link.control('declare_exchange', exchange=exchange, passive=True,
+                conn.control('declare_exchange', exchange=exchange, passive=True,
                              timeout=remaining(dl), cache_key=key)
-            except PikaRPCError as exc:
-                if getattr(exc, 'reply_code', None) == 404:
-                    LOGGER.info('revoke of %s not sent: no worker listens (no %r exchange)',
-                                ', '.join(ids), exchange)
-                    return
-                raise
+            except NotFound:
+                LOGGER.info('revoke of %s not sent: no worker listens (no %r exchange)',
+                            ', '.join(ids), exchange)
+                return
         content_type, content_encoding, data = serialization.dumps(body, 'json')
         props = dict(props, content_type=content_type, content_encoding=content_encoding)
-        pub = link.publish(Publication(exchange, '', data, props, mandatory=False,
-                                       timeout=remaining(dl)))
-        if not pub.wait(remaining(dl)) or pub.error is not None:
-            raise PublishError(f'revoke of {", ".join(ids)} not confirmed: {pub.error}')
-
+        publish_and_wait(conn.link, Publication(exchange, '', data, props, mandatory=False,
+                                                timeout=remaining(dl)),
+                         f'revoke of {", ".join(ids)}')

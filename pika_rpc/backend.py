@@ -49,12 +49,13 @@ from ._context import current_request, request_field
 from ._commands import ConsumerSpec, Delivery, Publication
 from ._iothread import Link
 from ._pending import PendingTable
+from ._publish import publish_and_wait
 from ._threads import SerialExecutor
 from ._timeouts import deadline, remaining
 from .config import Settings, reply_queue_arguments
 from .entities import Exchange, Queue
 from .errors import (BacklogLimitExceeded, ClosedError, ConnectionLost, DecodeError, PikaRPCError,
-                     PublishError, ReplyQueueLost, TaskRevokedError, TimeoutError)
+                     ReplyQueueLost, TaskRevokedError, TimeoutError, Unroutable)
 from .messaging import Consumer, Producer
 
 LOGGER = logging.getLogger(__name__)
@@ -562,35 +563,27 @@ class RPCBackend:
             group_id=request_field(req, 'group'), parent_id=request_field(req, 'parent_id'), request=req,
             extended=self.conf.result_extended, tz=_timezone(self.conf))
         content_type, content_encoding, data = serialization.dumps(body, self.serializer)
-        policy = self.retry_policy
         pub = Publication('', reply_to, data, {
             'content_type': content_type, 'content_encoding': content_encoding,
             'correlation_id': correlation_id, 'delivery_mode': self.delivery_mode,
             'priority': 0, 'headers': {}},
-            mandatory=True, max_retries=policy.get('max_retries'),
-            timeout=self.conf.publish_timeout if timeout is None else timeout,
-            errback=policy.get('errback'), interval_start=policy.get('interval_start', 0),
-            interval_step=policy.get('interval_step', 1), interval_max=policy.get('interval_max', 1))
-        self._get_link().publish(pub)
+            mandatory=True, policy=self.retry_policy,
+            timeout=self.conf.publish_timeout if timeout is None else timeout)
+        link = self._get_link()
         self._stats['stored'] += 1
         if not wait:
+            link.publish(pub)
             return result
-        if not pub.wait(remaining(pub.deadline)):
-            pub.cancelled = True
-            raise PublishError(f'result of task {task_id} not confirmed within '
-                               f'{self.conf.publish_timeout if timeout is None else timeout} s')
-        if pub.error is not None:
-            if isinstance(pub.error, (PublishError, ConnectionLost)):
-                raise pub.error
-            raise PublishError(f'result of task {task_id} not stored: {pub.error}') from pub.error
-        if pub.returned is not None:
-            self._report_unroutable(task_id, reply_to, pub.returned)
+        returned = publish_and_wait(link, pub, f'result of task {task_id}')
+        if returned is not None:
+            self._report_unroutable(task_id, reply_to, returned)
         return result
 
-    def _report_unroutable(self, task_id: str, queue: str, returned: tuple) -> None:
+    def _report_unroutable(self, task_id: str, queue: str, returned: Unroutable) -> None:
         self._stats['unroutable'] += 1
         LOGGER.warning('result of task %s unroutable: no queue %r (%s %s); the client is gone or '
-                       'its reply queue expired', task_id, queue, *returned)
+                       'its reply queue expired', task_id, queue, returned.reply_code,
+                       returned.reply_text)
         hook = self.on_unroutable
         if hook is not None and self._link is not None:
             self._link.callbacks.submit(hook, task_id, queue)

@@ -17,8 +17,9 @@ __all__ = [
     'BacklogLimitExceeded', 'ReplyQueueLost', 'NotRegistered', 'TaskRevokedError',
     'TimeLimitExceeded', 'SoftTimeLimitExceeded', 'Retry', 'MaxRetriesExceededError',
     'WorkerLostError',
-    'NotSupportedByRabbitMQ', 'PreconditionFailed', 'ClosedError', 'NotBoundError',
-    'MessageStateError',
+    'NotSupportedByRabbitMQ', 'BrokerRefused', 'NotFound', 'AccessRefused',
+    'PreconditionFailed', 'Unroutable', 'ClosedError', 'NotBoundError', 'MessageStateError',
+    'refusal',
 ]
 
 
@@ -53,6 +54,21 @@ class ClosedError(ConnectionLost):
 
 class PublishError(PikaRPCError):
     """A publish was nacked by the broker, stayed unconfirmed, or ran out of retries."""
+
+
+class Unroutable(PublishError):
+    """The broker returned a mandatory message: no queue is bound for its exchange and
+    routing key (``reply_code`` 312 NO_ROUTE). Never retried: it would route nowhere again."""
+
+    def __init__(self, exchange: str, routing_key: str, reply_code: int = 312,
+                 reply_text: str = 'NO_ROUTE', what: str = 'message') -> None:
+        super().__init__(exchange, routing_key, reply_code, reply_text, what)
+        self.exchange, self.routing_key = exchange, routing_key
+        self.reply_code, self.reply_text, self.what = reply_code, reply_text, what
+
+    def __str__(self) -> str:
+        return (f'{self.what} unroutable: {self.reply_code} {self.reply_text}: no queue is bound '
+                f'to exchange {self.exchange!r} with routing key {self.routing_key!r}')
 
 
 class ContentDisallowed(PikaRPCError):
@@ -145,8 +161,50 @@ class MessageStateError(PikaRPCError):
     """A message was acked/rejected twice, or has no consumer to ack it through."""
 
 
-class PreconditionFailed(PikaRPCError):
+class BrokerRefused(PikaRPCError):
+    """The broker refused a command and closed the channel it ran on (a channel error).
+
+    ``reply_code``/``reply_text`` are the broker's (e.g. 404, ``NOT_FOUND - no queue 'x'``);
+    the message says which command it was. Subclasses name the codes callers act on.
+    """
+
+    default_code: Optional[int] = None
+
+    def __init__(self, message: str, reply_code: Optional[int] = None,
+                 reply_text: str = '') -> None:
+        if reply_code is None:
+            reply_code = self.default_code
+        super().__init__(message, reply_code, reply_text)
+        self.reply_code, self.reply_text = reply_code, reply_text
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class NotFound(BrokerRefused):
+    """404 NOT_FOUND: the queue or exchange does not exist (or its home node is down)."""
+
+    default_code = 404
+
+
+class AccessRefused(BrokerRefused):
+    """403 ACCESS_REFUSED: the user may not do this (permissions, exclusive queue of another
+    connection, a reserved ``amq.`` name)."""
+
+    default_code = 403
+
+
+class PreconditionFailed(BrokerRefused):
     """406 PRECONDITION_FAILED: a declaration clashes with an existing entity's arguments."""
+
+    default_code = 406
+
+
+def refusal(reply_code: Optional[int], message: str, reply_text: str = '') -> BrokerRefused:
+    """The typed error for a broker's channel refusal with ``reply_code``."""
+    cls = {404: NotFound, 403: AccessRefused, 406: PreconditionFailed}.get(
+        reply_code if isinstance(reply_code, int) else -1, BrokerRefused)
+    return cls(message, reply_code, reply_text)
 
 
 # Celery's exception names as they appear in results (exc_module 'celery.exceptions'),

@@ -73,14 +73,15 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 from . import _registry, serialization
 from ._commands import ConsumerSpec, Delivery, Publication
 from ._iothread import Link
+from ._publish import publish_and_wait
 from ._retry import retry_over_time
 from ._timeouts import deadline, remaining
 from .config import (Settings, mask_url,
                      merge_retry_policy, parse_url)
 from .entities import (IMMEDIATE_REFUSED, Exchange, Message, Queue, check_properties, compress,
                        maybe_declare as _maybe_declare, maybe_delivery_mode)
-from .errors import (ClosedError, ConnectionLost, ContentDisallowed, NotSupportedByRabbitMQ,
-                     PikaRPCError, PublishError, TimeoutError)
+from .errors import (ClosedError, ConnectionLost, ContentDisallowed, NotFound,
+                     NotSupportedByRabbitMQ, PikaRPCError, PublishError, TimeoutError)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -258,14 +259,15 @@ class Connection:
     def stats(self) -> Dict[str, Any]:
         return self.link.stats()
 
-    def release(self) -> None:
-        """Let go of this handle's share of the link (the last user closes it). Idempotent."""
+    def release(self, timeout: Optional[float] = 5.0) -> None:
+        """Let go of this handle's share of the link; the last user closes it, waiting up to
+        ``timeout`` for the I/O thread. Idempotent."""
         with self._lock:
             link, owned = self._link, self._owns_link
             if owned:
                 self._link = None
         if owned and link is not None and link.pid == os.getpid():
-            _registry.release_link(link)
+            _registry.release_link(link, timeout=timeout)
 
     close = release
 
@@ -323,35 +325,22 @@ def _check_exchange(view: _View, name: str) -> None:
         return
     try:
         view.control('declare_exchange', cache_key=key, exchange=name, passive=True)
-    except PikaRPCError as exc:
-        if getattr(exc, 'reply_code', None) == 404:
-            raise PublishError(
-                f'cannot publish to exchange {name!r}: it does not exist (404 NOT_FOUND). '
-                f'Declare it first: Exchange({name!r}, type=...).declare(), or give the '
-                f'Producer that Exchange with auto_declare=True') from exc
-        raise
+    except NotFound as exc:
+        raise PublishError(
+            f'cannot publish to exchange {name!r}: it does not exist (404 NOT_FOUND). '
+            f'Declare it first: Exchange({name!r}, type=...).declare(), or give the '
+            f'Producer that Exchange with auto_declare=True') from exc
 
 
 def _send(conn: Connection, pub: Publication, dl: Optional[float], message: Message,
           on_return: Optional[Callable[..., Any]]) -> None:
     """Publish, wait for the confirm, report a return. Caller's thread; blocks until ``dl``."""
     link = conn.link
-    link.publish(pub)
-    if not pub.wait(remaining(dl)):
-        pub.cancelled = True
-        raise PublishError(f'publish to exchange {pub.exchange!r} with routing key '
-                           f'{pub.routing_key!r} not confirmed by the broker in time')
-    if pub.error is not None:
-        raise pub.error
-    if pub.returned is not None:
-        code, text = pub.returned
-        LOGGER.warning('message to exchange %r with routing key %r was returned unroutable '
-                       '(%s %s): no queue is bound for it', pub.exchange, pub.routing_key, code, text)
+    returned = publish_and_wait(link, pub, 'message')
+    if returned is not None:
+        LOGGER.warning('%s', returned)
         if on_return is not None:
-            exc = PublishError(f'{code} {text}: no queue for exchange {pub.exchange!r} routing '
-                               f'key {pub.routing_key!r}')
-            exc.reply_code, exc.reply_text = code, text   # type: ignore[attr-defined]
-            link.callbacks.submit(on_return, exc, pub.exchange, pub.routing_key, message)
+            link.callbacks.submit(on_return, returned, pub.exchange, pub.routing_key, message)
 
 
 def _retrying(fn: Callable[[], Any], policy: Optional[dict], dl: Optional[float]) -> Any:
@@ -520,13 +509,8 @@ class Producer:
         props = check_properties(props)
         self._check_user_id(props.get('user_id'))
         message = Message(body, properties=props, channel=self._connection)
-        policy = retry_policy or {'max_retries': 0, 'interval_start': 0, 'interval_step': 1,
-                                  'interval_max': 1}
         pub = Publication(exchange_name, routing_key, body, props, mandatory=mandatory,
-                          max_retries=policy['max_retries'], timeout=timeout,
-                          errback=policy.get('errback'), interval_start=policy['interval_start'],
-                          interval_step=policy['interval_step'],
-                          interval_max=policy['interval_max'])
+                          policy=retry_policy, timeout=timeout)
         return pub, message
 
     def _encode(self, body: Any, serializer: Optional[str], content_type: Optional[str],

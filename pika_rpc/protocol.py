@@ -34,11 +34,39 @@ LOGGER = logging.getLogger(__name__)
 
 __all__ = [
     'result_body', 'meta_from_raw', 'task_id_of', 'task_message', 'parse_task_message',
-    'TaskRequest', 'control_revoke', 'default_origin', 'REPR_MAXSIZE', 'PIDBOX_EXCHANGE_TYPE',
+    'TaskRequest', 'control_revoke', 'default_origin', 'REPR_MAXSIZE', 'PIDBOX_EXCHANGE',
+    'PIDBOX_EXCHANGE_TYPE', 'PIDBOX_QUEUE_EXPIRES', 'PIDBOX_QUEUE_TTL', 'pidbox_queue_name',
+    'REVOKES_MAX', 'REVOKE_EXPIRES', 'TASK_EXCHANGE_TYPE', 'task_queue_declarations',
 ]
 
 REPR_MAXSIZE = 1024                  # Celery's argsrepr_maxsize / kwargsrepr_maxsize
-PIDBOX_EXCHANGE_TYPE = 'fanout'      # Celery's control mailbox type for broadcasts
+
+# Celery's broadcast control mailbox (kombu Mailbox 'celery' of type fanout).
+PIDBOX_EXCHANGE = 'celery.pidbox'    # control_exchange 'celery' + '.pidbox'
+PIDBOX_EXCHANGE_TYPE = 'fanout'
+PIDBOX_QUEUE_EXPIRES = 10.0          # control_queue_expires (s): a node's queue outlives it so long
+PIDBOX_QUEUE_TTL = 300.0             # control_queue_ttl (s) of a control message in that queue
+REVOKES_MAX = 50000                  # worker_state.REVOKES_MAX: revoked ids a worker remembers
+REVOKE_EXPIRES = 10800.0             # worker_state.REVOKE_EXPIRES (s): and for how long
+
+# How Celery declares a task queue named N: a durable direct exchange N, a durable queue N,
+# bound with routing key N (so neither side gets a 406 from the other's declaration).
+TASK_EXCHANGE_TYPE = 'direct'
+
+
+def pidbox_queue_name(hostname: str) -> str:
+    """A worker node's control queue: ``<hostname>.celery.pidbox``."""
+    return f'{hostname}.{PIDBOX_EXCHANGE}'
+
+
+def task_queue_declarations(name: str) -> List[Tuple[str, Dict[str, Any]]]:
+    """The declarations Celery makes for task queue ``name``, as ``(kind, kwargs)`` link
+    commands: exchange, queue, binding."""
+    return [
+        ('declare_exchange', dict(exchange=name, exchange_type=TASK_EXCHANGE_TYPE, durable=True)),
+        ('declare_queue', dict(queue=name, durable=True)),
+        ('bind_queue', dict(queue=name, exchange=name, routing_key=name)),
+    ]
 _EXTENDED_KEYS = ('name', 'args', 'kwargs', 'worker', 'retries', 'queue')
 
 

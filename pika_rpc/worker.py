@@ -90,10 +90,11 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 from . import _registry, protocol, serialization, states
 from ._context import task_context
 from ._commands import Publication
+from ._publish import publish_and_wait
 from ._threads import SerialExecutor
 from ._timeouts import deadline, remaining
 from .entities import Exchange, Queue
-from .errors import (EncodeError, NotRegistered, PikaRPCError, PublishError, Retry,
+from .errors import (EncodeError, NotRegistered, PikaRPCError, Retry,
                      TaskRevokedError, TimeLimitExceeded)
 from .messaging import Connection, Consumer
 
@@ -759,20 +760,11 @@ class Worker:
         exchange = info.get('exchange') or ''
         routing_key = info.get('routing_key') or (self.queues[0].name if not exchange else '')
         policy = conf.task_publish_retry_policy
-        pub = Publication(exchange, routing_key, data, props, mandatory=True,
-                          max_retries=policy.get('max_retries'), timeout=conf.publish_timeout,
-                          interval_start=policy.get('interval_start', 0),
-                          interval_step=policy.get('interval_step', 1),
-                          interval_max=policy.get('interval_max', 1))
-        self._connection.link.publish(pub)
-        if not pub.wait(remaining(pub.deadline)):
-            pub.cancelled = True
-            raise PublishError(f'retry of task {req.id} not confirmed by the broker in time')
-        if pub.error is not None:
-            raise pub.error
-        if pub.returned is not None:
-            raise PublishError(f'retry of task {req.id} unroutable: exchange {exchange!r} routing '
-                               f'key {routing_key!r} ({pub.returned[0]} {pub.returned[1]})')
+        pub = Publication(exchange, routing_key, data, props, mandatory=True, policy=policy,
+                          timeout=conf.publish_timeout)
+        returned = publish_and_wait(self._connection.link, pub, f'retry of task {req.id}')
+        if returned is not None:
+            raise returned
 
     def _arm_time_limits(self, job: _Job) -> None:
         req = job.request

@@ -244,7 +244,7 @@ def test_close_during_an_outage_wakes_every_waiter_and_returns_within_its_timeou
     fault_proxy.cut()
     assert events.wait('lost')
 
-    closer = threading.Thread(target=backend.close, kwargs={'timeout': 1.0})
+    closer = threading.Thread(target=client.close, kwargs={'timeout': 1.0})
     closer.start()
     waiters.join()
     closer.join(WAIT)

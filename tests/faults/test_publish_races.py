@@ -97,8 +97,9 @@ def test_publications_discarded_with_the_publish_channel_settle_when_the_connect
         events = LinkEvents(link)
         # No timeout: a publication nobody settles would keep its caller waiting forever.
         good = [Publication('', result_queue, b'%d' % i, {'correlation_id': str(i)},
-                            max_retries=3, timeout=None) for i in range(30)]
-        bad = Publication(f'{unique_name}-missing', 'x', b'bad', {}, max_retries=3, timeout=None)
+                            policy={'max_retries': 3}, timeout=None) for i in range(30)]
+        bad = Publication(f'{unique_name}-missing', 'x', b'bad', {}, policy={'max_retries': 3},
+                          timeout=None)
         batch = good[:5] + [bad] + good[5:]
         # The only Channel.Open/Confirm.Select from now on is the publish channel's reopen
         # after the broker closed it for the publish to the missing exchange.
@@ -176,7 +177,7 @@ def _publish_in_thread(link: Link, pubs: List[Publication]) -> Tuple[threading.T
 
 def _big_publications(queue: str, n: int) -> List[Publication]:
     return [Publication('', queue, b'%d' % i + b'.' * BIG, {'correlation_id': f'big-{i}'},
-                        max_retries=3, timeout=WAIT) for i in range(n)]
+                        policy={'max_retries': 3}, timeout=WAIT) for i in range(n)]
 
 
 def test_a_direct_write_whose_socket_pika_closes_under_it_is_published_exactly_once(

@@ -502,7 +502,7 @@ def test_a_task_sent_to_a_missing_exchange_fails_with_404_and_the_connection_sta
 def test_publishes_pipelined_behind_one_to_a_missing_exchange_are_re_sent_and_confirmed(
         private_link: Link, result_queue: str, raw_channel: Any, unique_name: str) -> None:
     def pub(exchange: str, routing_key: str, body: bytes) -> Publication:
-        return Publication(exchange, routing_key, body, {}, max_retries=3, timeout=WAIT)
+        return Publication(exchange, routing_key, body, {}, policy={'max_retries': 3}, timeout=WAIT)
     missing = f'{unique_name}-missing'
     with IOBlocker(private_link) as blocker:          # all five go out in one batch
         good = [pub('', result_queue, b'before')]
@@ -574,6 +574,7 @@ def test_backend_close_returns_within_its_timeout_when_the_broker_stopped_answer
         assert not waiter.is_alive() and isinstance(waiter_error[0], ConnectionLost)
         backend.close(timeout=2)                               # a second close is a no-op
         assert app.backend is not backend                      # renewed with a new oid
+        app.close(timeout=2)              # the app's connection was the link's last user
         fault_proxy.cut()
         io_thread.join(WAIT)
         assert not io_thread.is_alive()

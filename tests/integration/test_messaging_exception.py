@@ -13,7 +13,8 @@ import pytest
 
 from pika_rpc._iothread import Link
 from pika_rpc.entities import Exchange, Message, MessageStateError, NotBoundError, Queue
-from pika_rpc.errors import (ContentDisallowed, DecodeError, NotSupportedByRabbitMQ, PikaRPCError,
+from pika_rpc.errors import (BrokerRefused, ContentDisallowed, DecodeError, NotFound,
+                             NotSupportedByRabbitMQ, PikaRPCError,
                              PreconditionFailed)
 from pika_rpc.messaging import Connection, Consumer, Producer
 
@@ -69,9 +70,9 @@ def test_406_precondition_failed_names_the_fix_and_the_link_keeps_working(
 def test_consuming_a_missing_queue_without_declaring_it_is_a_404(conn: Connection, names: Any) -> None:
     reconnects = conn.link.stats().get('reconnects', 0)
     consumer = Consumer(conn, [Queue(names('q'), expires=60)], auto_declare=False, callbacks=[])
-    with pytest.raises(PikaRPCError) as info:
+    with pytest.raises(NotFound) as info:
         consumer.consume()
-    assert getattr(info.value, 'reply_code', None) == 404
+    assert info.value.reply_code == 404 and isinstance(info.value, BrokerRefused)
     assert not consumer.consuming_from(names('q'))
     assert_link_healthy(conn, reconnects)
 
@@ -88,9 +89,9 @@ def test_publish_to_a_missing_exchange_names_the_fix_without_a_reconnect(
 
 
 def test_passive_declare_of_a_missing_queue_is_a_404(conn: Connection, names: Any) -> None:
-    with pytest.raises(PikaRPCError) as info:
+    with pytest.raises(NotFound) as info:
         Queue(names('q')).queue_declare(passive=True, channel=conn)
-    assert info.value.reply_code == 404
+    assert info.value.reply_code == 404 and 'NOT_FOUND' in info.value.reply_text
 
 
 # ------------------------------------------------------------------ refused locally

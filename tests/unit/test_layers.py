@@ -18,7 +18,7 @@ LEVELS = {
     'config': 1, '_advice': 1, 'serialization': 1, '_retry': 1, '_pending': 1, '_threads': 1, 'findbroker': 1,
     '_advice': 1,
     'protocol': 2, 'entities': 2, '_confirms': 2, '_deliveries': 2, '_commands': 2, 'result': 2, 'task': 2,
-    '_iothread': 3, '_registry': 4, 'messaging': 5, 'backend': 6, 'app': 7, 'worker': 7,
+    '_iothread': 3, '_publish': 3, '_registry': 4, 'messaging': 5, 'backend': 6, 'app': 7, 'worker': 7,
     'cli': 8, '__main__': 9,
 }
 PIKA_ALLOWED = {'_iothread', '_confirms', '_deliveries'}
