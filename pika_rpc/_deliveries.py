@@ -17,14 +17,15 @@ Two paths, one result:
   parsed in one go, the fast path.
 * A delivery that is not (its frames span socket reads; pika reads 4 KB at a time) is
   *assembled*: its method and header frames are parsed once, then its body is collected
-  as it arrives, each byte copied once (a body frame split over reads is taken piece by
-  piece, never buffered and re-parsed), and joined once at the end. Receiving is linear in
-  the body size. Frames of other channels may come between its content frames (AMQP allows
-  it; RabbitMQ does not do it, as it writes a message's frames in one go): they are handled
-  in order as they come, so pika sees heartbeats and its channels' frames without waiting
-  for the delivery. A protocol violation in a delivery being assembled (a body longer than
-  its header said, a bad frame end, a method frame before its content is complete) raises
-  the exception pika's own reader raises, which aborts the connection as pika would.
+  as it arrives, each byte copied once into one buffer (a body frame split over reads is
+  taken piece by piece, never buffered and re-parsed), which becomes the body without
+  another copy. Receiving is linear in the body size. Frames of other channels may come
+  between its content frames (AMQP allows it; RabbitMQ does not do it, as it writes a
+  message's frames in one go): they are handled in order as they come, so pika sees
+  heartbeats and its channels' frames without waiting for the delivery. A protocol
+  violation in a delivery being assembled (a body longer than its header said, a bad
+  frame end, a method frame before its content is complete) raises the exception pika's
+  own reader raises, which aborts the connection as pika would.
 
 Bytes count as received (``bytes_received``, which pika's heartbeat checker watches) as
 they are consumed: a large delivery arriving slowly keeps the connection alive.
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import io
 import logging
 import struct
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -74,14 +76,16 @@ class PikaContractError(RuntimeError):
 class _Assembly:
     """A delivery of a registered channel whose frames have not all been read yet."""
 
-    __slots__ = ('entry', 'method', 'properties', 'left', 'chunks')
+    __slots__ = ('entry', 'method', 'properties', 'left', 'body')
 
     def __init__(self, entry: _Entry, method: pika.spec.Basic.Deliver) -> None:
         self.entry = entry
         self.method = method
         self.properties: Optional[pika.spec.BasicProperties] = None   # until its header
         self.left = 0                  # body bytes still to come (known from the header)
-        self.chunks: List[bytes] = []
+        # Each piece is copied in as it is read; getvalue() at the end hands over this
+        # buffer without copying it again (no join of the whole body after its last byte).
+        self.body = io.BytesIO()
 
 
 class DeliveryReader:
@@ -127,6 +131,7 @@ class DeliveryReader:
             del self._handlers[channel.channel_number]
 
     def _on_data(self, data: bytes) -> None:
+        # pika's transport hands every socket read here (I/O thread), in order.
         if self._stream_left:                 # inside a body frame of ours
             pos = self._stream_body(data)
             if pos == len(data):
@@ -221,7 +226,7 @@ class DeliveryReader:
             if length > assembly.left:
                 raise _too_long(assembly, length)
             if length:
-                assembly.chunks.append(buf[pos + 7:end])
+                assembly.body.write(memoryview(buf)[pos + 7:end])
                 assembly.left -= length
         else:
             raise _unexpected(ftype, channel_number, assembly)
@@ -241,7 +246,7 @@ class DeliveryReader:
         got = size - pos - 7                      # < length + 1: the end octet is not here
         if got > length:
             got = length
-        assembly.chunks.append(buf[pos + 7:pos + 7 + got])
+        assembly.body.write(memoryview(buf)[pos + 7:pos + 7 + got])
         assembly.left -= got
         self._stream, self._stream_channel = assembly, channel_number
         self._stream_left = length + 1 - got
@@ -255,13 +260,13 @@ class DeliveryReader:
         assembly = self._stream
         n = len(data)
         if n < left:                              # all payload: the end octet comes later
-            assembly.chunks.append(data)
+            assembly.body.write(data)
             assembly.left -= n
             self._stream_left = left - n
             self._impl.bytes_received += n
             return n
         if left > 1:
-            assembly.chunks.append(data[:left - 1])
+            assembly.body.write(memoryview(data)[:left - 1])
             assembly.left -= left - 1
         if data[left - 1] != _FRAME_END:
             raise pika.exceptions.InvalidFrameError('Invalid FRAME_END marker')
@@ -274,9 +279,7 @@ class DeliveryReader:
     def _complete(self, channel_number: int) -> None:
         """The delivery assembled on ``channel_number`` is all read: hand it on."""
         assembly = self._assembling.pop(channel_number)
-        chunks = assembly.chunks
-        body = chunks[0] if len(chunks) == 1 else b''.join(chunks)
-        assembly.chunks = []
+        body = assembly.body.getvalue()
         channel, on_delivery, _ = assembly.entry
         if self._handlers.get(channel_number) is assembly.entry and channel.is_open:
             self.fast += 1

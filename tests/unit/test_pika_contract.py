@@ -11,8 +11,16 @@ as they arrive (pika's real heartbeat checker is asked).
 
 Each test runs twice: with the installed pika's reader, and with that reader replaced by
 one that empties its ``bytearray`` frame buffer in place, as pika's main branch does.
-Run against several pika versions by hand (see ``check_pika_internals``'s callers); the
-``setup.cfg`` range is the one verified.
+
+``setup.cfg``'s pika range is the one these tests passed on: every release from the lowest
+it accepts to the newest, plus pika's main branch, each in its own virtualenv::
+
+    python -m venv /tmp/venv-pika1.3.0
+    /tmp/venv-pika1.3.0/bin/pip install 'pika==1.3.0' pytest pytest-timeout
+    PYTHONPATH=$PWD /tmp/venv-pika1.3.0/bin/python -m pytest -p no:cacheprovider \
+        tests/unit/test_pika_contract.py tests/unit/test_deliveries.py
+    # pika's main branch: git archive of https://github.com/pika/pika into /tmp/pika-main,
+    # then pip install /tmp/pika-main into another virtualenv and run the same.
 """
 from __future__ import annotations
 
