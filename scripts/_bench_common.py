@@ -344,9 +344,18 @@ def large_publisher_main(url: str) -> None:
     with confirms). It prints ``{"go": t, "confirmed": t_big, "all_confirmed": t_all}``:
     ``time.monotonic()`` readings (one clock for every process of the machine) of the
     first publish and of the broker's confirms. ``END`` stops.
+
+    With ``Q`` = ``"@self"`` the big one goes to a queue this process consumes itself (so
+    the broker moves it in and out, but to another process than the one measured); then
+    ``"received"`` is when its consumer had it.
     """
     conn = raw_connection(url)
     impl = conn.channel()._impl
+    own = conn.channel()
+    own_queue = own.queue_declare('', exclusive=True, auto_delete=True).method.queue
+    received: Dict[str, float] = {}
+    own.basic_consume(own_queue, lambda ch, m, props, body: received.__setitem__(
+        props.correlation_id, time.monotonic()), auto_ack=True)
     acks: List[Tuple[float, int, bool]] = []
     selected: List[Any] = []
     impl.confirm_delivery(lambda frame: acks.append((time.monotonic(), frame.method.delivery_tag,
@@ -362,7 +371,8 @@ def large_publisher_main(url: str) -> None:
         if not line or line == 'END':
             break
         cmd = json.loads(line)
-        batch = [(cmd['queue'], result_body(cmd['task_id'], 'x' * cmd['size']),
+        big_queue = own_queue if cmd['queue'] == '@self' else cmd['queue']
+        batch = [(big_queue, result_body(cmd['task_id'], 'x' * cmd['size']),
                   result_properties(cmd['task_id']))]
         batch += [(q, result_body(tid, i), result_properties(tid))
                   for i, (q, tid) in enumerate(cmd.get('small') or ())]
@@ -378,10 +388,12 @@ def large_publisher_main(url: str) -> None:
         confirmed = lambda t: next((at for at, n, multiple in acks
                                     if n == t or (multiple and n >= t)), None)
         dl = t0 + 120
-        while confirmed(last) is None and time.monotonic() < dl:
+        while (confirmed(last) is None or (big_queue == own_queue and cmd['task_id']
+                                           not in received)) and time.monotonic() < dl:
             conn.process_data_events(time_limit=0.05)
         print(json.dumps({'go': t0, 'confirmed': confirmed(first),
-                          'all_confirmed': confirmed(last)}), flush=True)
+                          'all_confirmed': confirmed(last),
+                          'received': received.pop(cmd['task_id'], None)}), flush=True)
     conn.close()
 
 
