@@ -3,7 +3,7 @@
 Receiving a message through pika costs three generic frame decodes, callback-registry
 lookups per frame, the channel's content assembler and the consumer lookup: most of the
 I/O thread's time per result (issue 9). For the channels it is given (our consumer
-channels), a :class:`DeliveryReader` parses the three frames of a delivery itself —
+channels), a :class:`DeliveryReader` parses the frames of a delivery itself —
 ``Basic.Deliver``, the content header, the body frames — and calls the channel's handler
 with the same ``(method, properties, body)`` pika would pass. The same goes for the
 ``Basic.Ack``/``Basic.Nack`` frames of the publish channel (``register_confirms``), which
@@ -11,22 +11,50 @@ settle publications (``_confirms.Pipeline.on_confirm``). Every other frame (any 
 method, heartbeats, other channels, anything it does not recognise) goes to pika unchanged
 and in order: frames before a delivery are handed to pika before the delivery is handled.
 
-It replaces ``SelectConnection._on_data_available`` on the connection instance (the pika
-internal this module depends on, with ``_frame_buffer`` and ``bytes_received``, which the
-heartbeat checker reads). The properties are decoded by pika's own
-``BasicProperties.decode``. I/O thread only. Requires ``pika>=1.3,<2``.
+Two paths, one result:
+
+* A delivery whose frames are all in what has been read (small results: most of them) is
+  parsed in one go, the fast path.
+* A delivery that is not (its frames span socket reads; pika reads 4 KB at a time) is
+  *assembled*: its method and header frames are parsed once, then its body is collected
+  as it arrives, each byte copied once into one buffer (a body frame split over reads is
+  taken piece by piece, never buffered and re-parsed), which becomes the body without
+  another copy. Receiving is linear in the body size. Frames of other channels may come
+  between its content frames (AMQP allows it; RabbitMQ does not do it, as it writes a
+  message's frames in one go): they are handled in order as they come, so pika sees
+  heartbeats and its channels' frames without waiting for the delivery. A protocol
+  violation in a delivery being assembled (a body longer than its header said, a bad
+  frame end, a method frame before its content is complete) raises the exception pika's
+  own reader raises, which aborts the connection as pika would.
+
+Bytes count as received (``bytes_received``, which pika's heartbeat checker watches) as
+they are consumed: a large delivery arriving slowly keeps the connection alive.
+
+It replaces ``_on_data_available`` on the connection instance and relies on the pika
+internals named in :func:`check_pika_internals`, which checks them (attributes and
+behaviour, not a version) when a reader is installed and raises :class:`PikaContractError`
+if they differ: a connect then fails loudly instead of losing frames. Verified with pika
+1.3.0 to 1.4.4 and pika's main branch (``tests/unit/test_pika_contract.py``). The
+properties are decoded by pika's own ``BasicProperties.decode``. I/O thread only.
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import io
 import logging
 import struct
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import pika
+import pika.connection
+import pika.exceptions
+import pika.frame
 import pika.spec
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ['DeliveryReader']
+__all__ = ['DeliveryReader', 'PikaContractError', 'check_pika_internals']
 
 _FRAME_HEADER = struct.Struct('>BHI')          # type, channel, payload size
 _DELIVER = b'\x00\x3c\x00\x3c'                 # class 60 (basic), method 60 (deliver)
@@ -37,21 +65,57 @@ _BODY_SIZE = struct.Struct('>HHQ')             # class, weight, body size
 
 Handler = Callable[[Any, pika.spec.Basic.Deliver, pika.spec.BasicProperties, bytes], None]
 ConfirmHandler = Callable[[int, bool, bool], None]
+_Entry = Tuple[Any, Optional[Handler], Optional[ConfirmHandler]]
 _CONFIRMS = (b'\x00\x3c\x00\x50', b'\x00\x3c\x00\x78')   # basic.ack (80), basic.nack (120)
+#: Bytes asked of the socket per read (pika asks 4 KB): a 24 MB result is 400 reads, not
+#: 6,000, and what is behind it in the stream (confirms, small results) is read sooner.
+#: Below glibc's mmap threshold (128 KB), so a short read costs no mmap/munmap.
+READ_SIZE = 65536
+
+
+class PikaContractError(RuntimeError):
+    """The installed pika's internals are not the ones :class:`DeliveryReader` relies on."""
+
+
+class _Assembly:
+    """A delivery of a registered channel whose frames have not all been read yet."""
+
+    __slots__ = ('entry', 'method', 'properties', 'left', 'body')
+
+    def __init__(self, entry: _Entry, method: pika.spec.Basic.Deliver) -> None:
+        self.entry = entry
+        self.method = method
+        self.properties: Optional[pika.spec.BasicProperties] = None   # until its header
+        self.left = 0                  # body bytes still to come (known from the header)
+        # Each piece is copied in as it is read; getvalue() at the end hands over this
+        # buffer without copying it again (no join of the whole body after its last byte).
+        self.body = io.BytesIO()
 
 
 class DeliveryReader:
-    """Installed on one connection (``BlockingConnection._impl``) for its lifetime."""
+    """Installed on one connection (``BlockingConnection._impl``) for its lifetime.
+
+    Raises ``PikaContractError`` (from :func:`check_pika_internals`) when pika's reader is
+    not what it relies on."""
 
     def __init__(self, impl: Any) -> None:
+        check_pika_internals(impl)
         self._impl = impl
         self._pika_on_data = impl._on_data_available
         # channel number -> (channel, delivery handler, None) or (channel, None, confirm handler)
-        self._handlers: Dict[int, Tuple[Any, Optional[Handler], Optional[ConfirmHandler]]] = {}
+        self._handlers: Dict[int, _Entry] = {}
+        # channel number -> its delivery being assembled (several only if the broker
+        # interleaves channels' content frames)
+        self._assembling: Dict[int, _Assembly] = {}
+        # The body frame being read piece by piece: its delivery, its channel, and how many
+        # of its bytes (payload + the frame-end octet) are still to come; 0 when none.
+        self._stream: Optional[_Assembly] = None
+        self._stream_channel = 0
+        self._stream_left = 0
         # A partial frame pika may hold already becomes the start of our buffer.
-        self._buf = bytes(impl._frame_buffer or b'')
-        impl._frame_buffer = b''
+        self._buf = _take_frame_buffer(impl)
         impl._on_data_available = self._on_data
+        _read_more_per_call(impl)
         self.fast = 0                # deliveries read here (for stats and tests)
 
     def register(self, channel: Any, handler: Handler) -> None:
@@ -65,22 +129,47 @@ class DeliveryReader:
         self._handlers[channel.channel_number] = (channel, None, on_confirm)
 
     def unregister(self, channel: Any) -> None:
+        """Leave ``channel``'s frames to pika from now on. A delivery of it being assembled
+        is still read to its end here (pika never saw its start), then dropped."""
         entry = self._handlers.get(channel.channel_number)
         if entry is not None and entry[0] is channel:
             del self._handlers[channel.channel_number]
 
     def _on_data(self, data: bytes) -> None:
-        buf = self._buf + data if self._buf else data
+        # pika's transport hands every socket read here (I/O thread), in order.
+        if self._stream_left:                 # inside a body frame of ours
+            pos = self._stream_body(data)
+            if pos == len(data):
+                return
+            buf = data
+        else:
+            buf = self._buf + data if self._buf else data
+            pos = 0
         size = len(buf)
-        pos = 0
         run = -1                     # start of frames waiting to be handed to pika
         handlers = self._handlers
+        assembling = self._assembling
         try:
             while size - pos >= 8:
                 ftype, channel_number, length = _FRAME_HEADER.unpack_from(buf, pos)
                 end = pos + 7 + length                    # index of the frame-end octet
                 if end >= size:
+                    if ftype == _FRAME_BODY and channel_number in assembling:
+                        if run >= 0:                      # pika's frames come first
+                            frames, run = buf[run:pos], -1
+                            self._to_pika(frames)
+                        pos = self._start_stream(buf, pos, size, channel_number, length)
                     break
+                if channel_number in assembling:          # a frame of a delivery being read
+                    if run >= 0:
+                        frames, run = buf[run:pos], -1
+                        self._to_pika(frames)
+                        if self._impl.is_closed:
+                            pos = size
+                            break
+                    start, pos = pos, end + 1     # consumed, whatever a handler does
+                    self._content_frame(buf, start, end, ftype, channel_number)
+                    continue
                 entry = handlers.get(channel_number) if ftype == _FRAME_METHOD else None
                 parsed: Any = False
                 if entry is not None and buf[end] == _FRAME_END:
@@ -89,40 +178,160 @@ class DeliveryReader:
                         parsed = end + 1, None, None, None          # a publisher confirm
                     elif entry[1] is not None and kind == _DELIVER:
                         parsed = _parse_delivery(buf, pos, end, size, channel_number)
-                        if parsed is None:                # the rest has not arrived yet
-                            break
                 if parsed is False:                       # pika's frame
                     if run < 0:
                         run = pos
                     pos = end + 1
                     continue
                 if run >= 0:                              # pika's frames come first
-                    self._to_pika(buf[run:pos])
-                    run = -1
+                    frames, run = buf[run:pos], -1
+                    self._to_pika(frames)
                     if self._impl.is_closed:              # nothing more to read
                         pos = size
                         break
                     if channel_number not in handlers:    # pika closed that channel
                         continue
+                if parsed is None:        # a delivery not all here: assemble it
+                    self._assembling[channel_number] = _Assembly(
+                        entry, _parse_deliver_method(buf, pos, end))
+                    self._impl.bytes_received += end + 1 - pos
+                    pos = end + 1
+                    continue
                 nxt, method, properties, body = parsed
                 self._impl.bytes_received += nxt - pos
+                start, pos = pos, nxt     # consumed, whatever the handler does
                 channel, on_delivery, on_confirm = entry
                 if channel.is_open:
                     if on_delivery is not None:
                         self.fast += 1
                         on_delivery(channel, method, properties, body)
                     else:
-                        on_confirm(_U64.unpack_from(buf, pos + 11)[0],
-                                   bool(buf[pos + 19] & 1), buf[pos + 10] == 120)
-                pos = nxt
+                        on_confirm(_U64.unpack_from(buf, start + 11)[0],
+                                   bool(buf[start + 19] & 1), buf[start + 10] == 120)
         finally:
             if run >= 0:
-                self._to_pika(buf[run:pos])
+                frames, run = buf[run:pos], -1
+                self._to_pika(frames)
             self._buf = buf[pos:] if pos < size else b''
+
+    def _content_frame(self, buf: bytes, pos: int, end: int, ftype: int,
+                       channel_number: int) -> None:
+        """Take the whole frame at ``pos`` (its end octet at ``end``) of the delivery being
+        assembled on ``channel_number``: its header or a body frame."""
+        assembly = self._assembling[channel_number]
+        if buf[end] != _FRAME_END:
+            raise pika.exceptions.InvalidFrameError('Invalid FRAME_END marker')
+        if ftype == _FRAME_HEADER_TYPE and assembly.properties is None:
+            body_size = _BODY_SIZE.unpack_from(buf, pos + 7)[2]
+            properties = pika.spec.BasicProperties()
+            properties.decode(buf, pos + 19)
+            assembly.properties, assembly.left = properties, body_size
+        elif ftype == _FRAME_BODY and assembly.properties is not None:
+            length = end - pos - 7
+            if length > assembly.left:
+                raise _too_long(assembly, length)
+            if length:
+                assembly.body.write(memoryview(buf)[pos + 7:end])
+                assembly.left -= length
+        else:
+            raise _unexpected(ftype, channel_number, assembly)
+        self._impl.bytes_received += end + 1 - pos
+        if not assembly.left and assembly.properties is not None:
+            self._complete(channel_number)
+
+    def _start_stream(self, buf: bytes, pos: int, size: int, channel_number: int,
+                      length: int) -> int:
+        """The body frame at ``pos`` is not all read: take what is here, read the rest as it
+        comes (``_stream_body``). Returns the new position (``size``)."""
+        assembly = self._assembling[channel_number]
+        if assembly.properties is None:
+            raise _unexpected(_FRAME_BODY, channel_number, assembly)
+        if length > assembly.left:
+            raise _too_long(assembly, length)
+        got = size - pos - 7                      # < length + 1: the end octet is not here
+        if got > length:
+            got = length
+        assembly.body.write(memoryview(buf)[pos + 7:pos + 7 + got])
+        assembly.left -= got
+        self._stream, self._stream_channel = assembly, channel_number
+        self._stream_left = length + 1 - got
+        self._impl.bytes_received += size - pos
+        return size
+
+    def _stream_body(self, data: bytes) -> int:
+        """Read the rest of the body frame being streamed from ``data``: how much of ``data``
+        it took."""
+        left = self._stream_left
+        assembly = self._stream
+        n = len(data)
+        if n < left:                              # all payload: the end octet comes later
+            assembly.body.write(data)
+            assembly.left -= n
+            self._stream_left = left - n
+            self._impl.bytes_received += n
+            return n
+        if left > 1:
+            assembly.body.write(memoryview(data)[:left - 1])
+            assembly.left -= left - 1
+        if data[left - 1] != _FRAME_END:
+            raise pika.exceptions.InvalidFrameError('Invalid FRAME_END marker')
+        self._stream, self._stream_left = None, 0
+        self._impl.bytes_received += left
+        if not assembly.left:
+            self._complete(self._stream_channel)
+        return left
+
+    def _complete(self, channel_number: int) -> None:
+        """The delivery assembled on ``channel_number`` is all read: hand it on."""
+        assembly = self._assembling.pop(channel_number)
+        body = assembly.body.getvalue()
+        channel, on_delivery, _ = assembly.entry
+        if self._handlers.get(channel_number) is assembly.entry and channel.is_open:
+            self.fast += 1
+            on_delivery(channel, assembly.method, assembly.properties, body)
 
     def _to_pika(self, frames: bytes) -> None:
         if frames and not self._impl.is_closed:
             self._pika_on_data(frames)
+
+
+def _too_long(assembly: _Assembly, length: int) -> Exception:
+    return pika.exceptions.BodyTooLongError(
+        f'a body frame of {length} bytes where {assembly.left} were left of delivery '
+        f'{assembly.method.delivery_tag}')
+
+
+def _unexpected(ftype: int, channel_number: int, assembly: _Assembly) -> Exception:
+    return pika.exceptions.UnexpectedFrameError(
+        f'frame type {ftype} on channel {channel_number} while delivery '
+        f'{assembly.method.delivery_tag} was not complete')
+
+
+def _read_more_per_call(impl: Any) -> None:
+    """Have pika's transport read ``READ_SIZE`` bytes per ``recv`` (its
+    ``_MAX_RECV_BYTES``, 4 KB). Speed only: a transport without that attribute reads as it
+    does."""
+    transport = getattr(impl, '_transport', None)
+    if isinstance(getattr(transport, '_MAX_RECV_BYTES', None), int) \
+            and transport._MAX_RECV_BYTES < READ_SIZE:
+        transport._MAX_RECV_BYTES = READ_SIZE
+    else:
+        LOGGER.debug('pika transport %r: read size left as it is', transport)
+
+
+def _take_frame_buffer(impl: Any) -> bytes:
+    """Empty pika's input buffer (a partial frame at most) and return what it held.
+
+    The buffer keeps its type and, when it is mutable, its identity: pika <= 1.4 rebinds
+    a ``bytes`` buffer on every read; pika's main branch appends to a ``bytearray`` and
+    empties it in place, and stops reading frames once the attribute is another object."""
+    held = impl._frame_buffer
+    data = bytes(held)
+    if isinstance(held, bytearray):
+        del held[:]
+    else:
+        impl._frame_buffer = held[:0]
+    return data
 
 
 def _short_string(buf: bytes, offset: int) -> Tuple[str, int]:
@@ -131,32 +340,9 @@ def _short_string(buf: bytes, offset: int) -> Tuple[str, int]:
     return buf[offset:offset + length].decode('utf-8'), offset + length
 
 
-class _Incomplete(Exception):
-    """The rest of a message has not arrived yet."""
-
-
-def _content_frame(buf: bytes, pos: int, size: int, ftype: int, channel_number: int) -> int:
-    """Index of the end octet of the ``ftype`` frame of ``channel_number`` at ``pos``.
-
-    Raises ``_Incomplete`` when it is not all in ``buf`` yet, ``ValueError`` when the frame
-    there is another one (or malformed)."""
-    if size - pos < 8:
-        raise _Incomplete
-    found, channel, length = _FRAME_HEADER.unpack_from(buf, pos)
-    end = pos + 7 + length
-    if found != ftype or channel != channel_number:
-        raise ValueError(f'frame type {found} on channel {channel} inside a delivery')
-    if end >= size:
-        raise _Incomplete
-    if buf[end] != _FRAME_END:
-        raise ValueError('bad frame end')
-    return end
-
-
-def _parse_delivery(buf: bytes, pos: int, end: int, size: int, channel_number: int) -> Any:
-    """The delivery whose method frame is at ``pos`` (its end octet at ``end``):
-    ``(next position, method, properties, body)``; None when its frames are not all in
-    ``buf`` yet; False when they are not a well-formed delivery (pika then reads them)."""
+def _parse_deliver_method(buf: bytes, pos: int, end: int) -> Any:
+    """The ``Basic.Deliver`` of the method frame at ``pos`` (its end octet at ``end``);
+    ``None`` when it is malformed."""
     try:
         offset = pos + 11
         consumer_tag, offset = _short_string(buf, offset)
@@ -164,28 +350,183 @@ def _parse_delivery(buf: bytes, pos: int, end: int, size: int, channel_number: i
         redelivered = bool(buf[offset + 8] & 1)
         exchange, offset = _short_string(buf, offset + 9)
         routing_key, offset = _short_string(buf, offset)
-        if offset != end:
-            return False
+    except Exception:            # malformed: pika reads it and reports it its own way
+        return None
+    if offset != end:
+        return None
+    return pika.spec.Basic.Deliver(consumer_tag, delivery_tag, redelivered, exchange,
+                                   routing_key)
+
+
+def _parse_delivery(buf: bytes, pos: int, end: int, size: int, channel_number: int) -> Any:
+    """The delivery whose method frame is at ``pos`` (its end octet at ``end``):
+    ``(next position, method, properties, body)`` when its header and body frames follow it
+    in ``buf``, all there and well-formed; None when they do not (not all read yet, another
+    channel's frame in between, or a bad content frame: the delivery is then assembled frame
+    by frame); False when the method frame is malformed (pika then reads it)."""
+    method = _parse_deliver_method(buf, pos, end)
+    if method is None:
+        return False
+    try:
         hpos = end + 1
-        hend = _content_frame(buf, hpos, size, _FRAME_HEADER_TYPE, channel_number)
-        _class, _weight, body_size = _BODY_SIZE.unpack_from(buf, hpos + 7)
-        properties = pika.spec.BasicProperties()
-        properties.decode(buf, hpos + 19)
+        hend = _content_end(buf, hpos, size, _FRAME_HEADER_TYPE, channel_number)
+        if hend < 0:
+            return None
+        body_size = _BODY_SIZE.unpack_from(buf, hpos + 7)[2]
         chunks = []
         got = 0
         bpos = hend + 1
         while got < body_size:
-            bend = _content_frame(buf, bpos, size, _FRAME_BODY, channel_number)
+            bend = _content_end(buf, bpos, size, _FRAME_BODY, channel_number)
+            if bend < 0:
+                return None
             chunks.append(buf[bpos + 7:bend])
             got += bend - bpos - 7
             bpos = bend + 1
         if got != body_size:
-            return False
-    except _Incomplete:
+            return None
+        properties = pika.spec.BasicProperties()
+        properties.decode(buf, hpos + 19)
+    except Exception:            # a bad header: the assembly reports it as pika would
         return None
-    except Exception:            # malformed: pika reads it and reports it its own way
-        return False
     body = chunks[0] if len(chunks) == 1 else b''.join(chunks)
-    method = pika.spec.Basic.Deliver(consumer_tag, delivery_tag, redelivered, exchange,
-                                     routing_key)
     return bpos, method, properties, bytes(body)
+
+
+def _content_end(buf: bytes, pos: int, size: int, ftype: int, channel_number: int) -> int:
+    """Index of the end octet of the whole, well-formed ``ftype`` frame of
+    ``channel_number`` at ``pos``; -1 when there is no such frame there (yet)."""
+    if size - pos < 8:
+        return -1
+    found, channel, length = _FRAME_HEADER.unpack_from(buf, pos)
+    end = pos + 7 + length
+    if found != ftype or channel != channel_number or end >= size or buf[end] != _FRAME_END:
+        return -1
+    return end
+
+
+# ---------------------------------------------------------------------- the pika contract
+def check_pika_internals(impl: Any = None) -> None:
+    """Check that pika's internals are the ones :class:`DeliveryReader` relies on.
+
+    These (none of them public API) are checked by what they are and do, not by pika's
+    version:
+
+    * ``Connection._on_data_available(data_in)``: the reader replaces it on the instance and
+      hands it whole frames; it must read them all at once, count them in
+      ``bytes_received`` (pika's heartbeat checker watches that counter), and leave
+      ``_frame_buffer`` empty, whether pika rebinds that buffer (pika <= 1.4) or empties it
+      in place (pika's main branch). Tried once per process on a connection object that
+      never connects.
+    * ``_frame_buffer`` (``bytes`` or ``bytearray``: a partial frame at most, taken over
+      by the reader) and ``bytes_received`` (an int) on the connection ``impl``; ``impl``
+      not inside its own frame loop.
+    * ``pika.spec.BasicProperties.decode(encoded, offset)`` and
+      ``pika.spec.Basic.Deliver(consumer_tag, delivery_tag, redelivered, exchange,
+      routing_key)``: a delivery marshalled by pika reads back whole.
+
+    Not checked, as nothing is lost without it: the transport's ``_MAX_RECV_BYTES``
+    (``_read_more_per_call``); a transport without it reads 4 KB at a time as before.
+
+    Raises ``PikaContractError`` naming what differs. Any thread; cheap after the first call.
+    """
+    _check_pika_classes(pika.connection.Connection._on_data_available)
+    if impl is None:
+        return
+    problems = []
+    if not callable(getattr(impl, '_on_data_available', None)):
+        problems.append('the connection has no _on_data_available')
+    if not isinstance(getattr(impl, '_frame_buffer', None), (bytes, bytearray)):
+        problems.append('its _frame_buffer is '
+                        f'{type(getattr(impl, "_frame_buffer", None)).__name__}, '
+                        'not bytes or bytearray')
+    if type(getattr(impl, 'bytes_received', None)) is not int:
+        problems.append('its bytes_received is not an int')
+    if getattr(impl, '_processing_frame_buffer', False):
+        problems.append('it is inside its own frame loop')
+    if problems:
+        raise PikaContractError(_contract_message('; '.join(problems)))
+
+
+def _contract_message(what: str) -> str:
+    return (f'pika {getattr(pika, "__version__", "?")} does not read frames as pika_rpc '
+            f'expects ({what}); install a pika release within pika_rpc\'s requirement '
+            f'(install_requires)')
+
+
+@functools.lru_cache(maxsize=None)
+def _check_pika_classes(on_data_available: Any) -> None:
+    # Cached by the frame reader's function: a pika patched later is checked again.
+    params = list(inspect.signature(on_data_available).parameters)
+    if len(params) != 2:
+        raise PikaContractError(_contract_message(
+            f'Connection._on_data_available takes {params[1:]}, not one data argument'))
+    _check_reader_behaviour()
+    _check_delivery_round_trip()
+
+
+def _check_reader_behaviour() -> None:
+    """Hand pika's reader whole frames, as DeliveryReader does, on a connection that never
+    connects; it must read them all at once, count their bytes and keep nothing."""
+    heartbeat = pika.frame.Heartbeat().marshal()
+    try:
+        conn = pika.SelectConnection(pika.ConnectionParameters(),
+                                     internal_connection_workflow=False)
+    except Exception as exc:
+        raise PikaContractError(_contract_message(
+            f'a SelectConnection cannot be made without connecting: {exc!r}')) from exc
+    conn._heartbeat_checker = _HeartbeatSink()          # pika warns of heartbeats without
+    try:
+        conn._on_data_available(heartbeat[:3])          # pika holds a partial frame...
+        held = _take_frame_buffer(conn)                 # ...which the reader takes over
+        if held != heartbeat[:3] or len(conn._frame_buffer):
+            raise PikaContractError(_contract_message(
+                f'_frame_buffer held {held!r} after a partial frame'))
+        frames0, bytes0 = conn.frames_received, conn.bytes_received
+        conn._on_data_available(heartbeat * 3)
+        read, counted = conn.frames_received - frames0, conn.bytes_received - bytes0
+        if (read, counted, len(conn._frame_buffer)) != (3, 3 * len(heartbeat), 0):
+            raise PikaContractError(_contract_message(
+                f'of 3 whole frames handed to _on_data_available it read {read}, counted '
+                f'{counted} of {3 * len(heartbeat)} bytes in bytes_received and kept '
+                f'{len(conn._frame_buffer)} bytes'))
+    except PikaContractError:
+        raise
+    except Exception as exc:
+        raise PikaContractError(_contract_message(f'its frame reader failed: {exc!r}')) from exc
+    finally:
+        try:
+            conn.ioloop.close()
+        except Exception:
+            LOGGER.debug('closing the ioloop of the check connection failed', exc_info=True)
+
+
+class _HeartbeatSink:
+    """The heartbeat checker of the connection :func:`_check_reader_behaviour` makes."""
+
+    def received(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def _check_delivery_round_trip() -> None:
+    """A delivery marshalled by pika must parse back to the same method, properties, body."""
+    method = pika.spec.Basic.Deliver('ctag', 7, True, 'ex', 'rk')
+    properties = pika.spec.BasicProperties(content_type='application/json',
+                                           correlation_id='c', headers={'k': 1})
+    frames = (pika.frame.Method(1, method).marshal()
+              + pika.frame.Header(1, 2, properties).marshal()
+              + pika.frame.Body(1, b'{}').marshal())
+    end = _FRAME_HEADER.unpack_from(frames, 0)[2] + 7
+    try:
+        parsed = _parse_delivery(frames, 0, end, len(frames), 1)
+        ok = parsed not in (None, False) and parsed[0] == len(frames) and (
+            vars(parsed[1]), vars(parsed[2]), parsed[3]) == (vars(method), vars(properties),
+                                                              b'{}')
+    except Exception as exc:
+        raise PikaContractError(_contract_message(
+            f'a delivery it marshals does not read back: {exc!r}')) from exc
+    if not ok:
+        raise PikaContractError(_contract_message('a delivery it marshals reads back changed'))

@@ -11,7 +11,7 @@ queues, task ids both processes derive, a raw-pika publisher in another process,
 broker's view of a process's connections and queues, CPU and RSS readings).
 
 Not part of the library: benchmark helpers only. Run as a script (``--publisher --url URL``)
-it is the publisher process of ``Publisher``.
+it is the publisher process of ``Publisher`` (``--large-publisher``: of ``LargePublisher``).
 """
 from __future__ import annotations
 
@@ -334,6 +334,98 @@ class Publisher:
             self.proc.kill()
 
 
+def large_publisher_main(url: str) -> None:
+    """The publisher process of ``LargePublisher``: one JSON command a line on stdin.
+
+    ``{"queue": Q, "task_id": T, "size": N, "small": [[queue, task_id], ...]}`` encodes the
+    result of T (a string of N characters) and the small ones, prints ``{"prepared": N}``,
+    and at the next line (``GO``) publishes the big one, then the small ones right behind
+    it, without waiting in between (confirms are pipelined; raw pika, as a Celery worker
+    with confirms). It prints ``{"go": t, "confirmed": t_big, "all_confirmed": t_all}``:
+    ``time.monotonic()`` readings (one clock for every process of the machine) of the
+    first publish and of the broker's confirms. ``END`` stops.
+
+    With ``Q`` = ``"@self"`` the big one goes to a queue this process consumes itself (so
+    the broker moves it in and out, but to another process than the one measured); then
+    ``"received"`` is when its consumer had it.
+    """
+    conn = raw_connection(url)
+    impl = conn.channel()._impl
+    own = conn.channel()
+    own_queue = own.queue_declare('', exclusive=True, auto_delete=True).method.queue
+    received: Dict[str, float] = {}
+    own.basic_consume(own_queue, lambda ch, m, props, body: received.__setitem__(
+        props.correlation_id, time.monotonic()), auto_ack=True)
+    acks: List[Tuple[float, int, bool]] = []
+    selected: List[Any] = []
+    impl.confirm_delivery(lambda frame: acks.append((time.monotonic(), frame.method.delivery_tag,
+                                                     frame.method.multiple)),
+                          callback=selected.append)
+    while not selected:
+        conn.process_data_events(time_limit=0.01)
+    tag = 0
+    print(json.dumps({'ready': os.getpid()}), flush=True)
+    lines = iter(sys.stdin)
+    for line in lines:
+        line = line.strip()
+        if not line or line == 'END':
+            break
+        cmd = json.loads(line)
+        big_queue = own_queue if cmd['queue'] == '@self' else cmd['queue']
+        batch = [(big_queue, result_body(cmd['task_id'], 'x' * cmd['size']),
+                  result_properties(cmd['task_id']))]
+        batch += [(q, result_body(tid, i), result_properties(tid))
+                  for i, (q, tid) in enumerate(cmd.get('small') or ())]
+        print(json.dumps({'prepared': cmd['size']}), flush=True)
+        if next(lines, 'END').strip() != 'GO':
+            break
+        del acks[:]
+        first, last = tag + 1, tag + len(batch)
+        t0 = time.monotonic()
+        for queue, body, props in batch:
+            impl.basic_publish('', queue, body, props)
+        tag = last
+        confirmed = lambda t: next((at for at, n, multiple in acks
+                                    if n == t or (multiple and n >= t)), None)
+        dl = t0 + 120
+        while (confirmed(last) is None or (big_queue == own_queue and cmd['task_id']
+                                           not in received)) and time.monotonic() < dl:
+            conn.process_data_events(time_limit=0.05)
+        print(json.dumps({'go': t0, 'confirmed': confirmed(first),
+                          'all_confirmed': confirmed(last),
+                          'received': received.pop(cmd['task_id'], None)}), flush=True)
+    conn.close()
+
+
+class LargePublisher:
+    """A raw-pika publisher of large results in another process (``large_publisher_main``)."""
+
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__),
+                                      '--large-publisher', '--url', url], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+        self._lines: 'Any' = _queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.read(timeout)                 # {"ready": pid}
+
+    _read = Publisher._read
+    read = Publisher.read
+    close = Publisher.close
+
+    def prepare(self, queue: str, task_id: str, size: int,
+                small: Sequence[Tuple[str, str]] = (), timeout: float = 60.0) -> None:
+        """Have it encode the results now (untimed); ``go()`` publishes them."""
+        self.proc.stdin.write(json.dumps({'queue': queue, 'task_id': task_id, 'size': size,
+                                          'small': [list(s) for s in small]}) + '\n')
+        self.proc.stdin.flush()
+        self.read(timeout)                 # {"prepared": size}
+
+    def go(self) -> None:
+        self.proc.stdin.write('GO\n')
+        self.proc.stdin.flush()
+
+
 def window_ids(prefix: str, tasks: int, window: int) -> Callable[[int], List[str]]:
     """k -> the ids of window k of ``tasks`` ids ``task_ids(prefix, ...)``."""
     return lambda k: task_ids(prefix, k * window, min(window, tasks - k * window))
@@ -553,3 +645,5 @@ def worker_args(argv: Optional[List[str]] = None) -> Any:
 if __name__ == '__main__':
     if '--publisher' in sys.argv:
         publisher_main(sys.argv[sys.argv.index('--url') + 1])
+    elif '--large-publisher' in sys.argv:
+        large_publisher_main(sys.argv[sys.argv.index('--url') + 1])

@@ -50,6 +50,18 @@ Scenarios (``--scenarios``, default all):
    windows; pika_rpc: ``bench_backend``'s worker with ``result_cache_max=3000``, as that
    bound also drops results that arrived and were not read yet).
 
+8. ``large``: one result of 1, 4, 16, 24 and 64 MB (``--large-sizes``) stored by another
+   process (raw pika, confirmed): the time from the publisher's confirm to ``get()``
+   returning (pika_rpc, JSON decode included), against a raw pika ``basic_consume``
+   consumer, from the same confirm to the body in its callback; ITERS per run, median.
+   ``large_load`` (pika_rpc, 5 times per run): while a 24 MB result arrives, other
+   threads' confirmed stores (their wait for the confirm) and small round trips, and small
+   results published right behind the big one into the same reply queue (their arrival,
+   from the big one's confirm); ops outside those windows are shown as the baseline, and
+   ``large_load.pr_elsewhere`` measures the same ops while the 24 MB go to another process
+   (same broker and CPU load, nothing big read here). The clock is ``time.monotonic()``,
+   one clock for every process of the machine.
+
 Usage::
 
     python scripts/bench.py --quick        # < 2 minutes: 1 round, T=1,8, smaller counts
@@ -65,6 +77,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import sys
 import threading
 import time
@@ -695,6 +708,212 @@ def w_memory(p: Dict[str, Any], url: str) -> Dict[str, Any]:
             'rss_growth_from_start_kb': rss_end - rss_start, 'checkpoints': run['checkpoints']}
 
 
+# ====================================================================== large results
+MB = 1 << 20
+
+
+def w_large_recv(p: Dict[str, Any], url: str) -> Dict[str, Any]:
+    """One result of ``mb`` MB from another process, ``iters`` times: from the publisher's
+    confirm to ``get()`` returning (pika_rpc) or to the body in the ``basic_consume``
+    callback (raw pika; also once its ``json.loads`` returned: ``recv_decoded_ms``).
+    ``decode_ms``: the JSON decode alone (pika_rpc: of the same body, afterwards)."""
+    size, iters, impl = int(p['mb'] * MB), p['iters'], p['impl']
+    publisher = bc.LargePublisher(url)
+    recv: List[float] = []
+    from_go: List[float] = []
+    decode: List[float] = []
+    if impl == 'pr':
+        from pika_rpc import serialization
+        app = bc.pr_app(url)
+        backend = app.backend
+        queue = backend.oid
+        bc.announce_queue(queue, url)
+        backend.result_consumer.start()
+    else:
+        conn = bc.raw_connection(url)
+        ch = conn.channel()
+        queue = bc.unique('rawlarge')
+        bc.announce_queue(queue, url)
+        bc.raw_reply_queue(ch, queue)
+        seen: Dict[str, Tuple[float, float, int]] = {}
+
+        def on_message(chan: Any, method: Any, props: Any, body: bytes) -> None:
+            t = time.monotonic()                  # the body is here
+            value = json.loads(body)['result']    # what a caller could use: decoded
+            seen[props.correlation_id] = (t, time.monotonic(), len(value))
+            chan.basic_ack(method.delivery_tag)
+        ch.basic_consume(queue, on_message)
+    for _ in range(iters):
+        tid = str(uuid.uuid4())
+        if impl == 'pr':
+            backend.on_task_call(None, tid)
+        publisher.prepare(queue, tid, size)
+        publisher.go()
+        if impl == 'pr':
+            value = app.AsyncResult(tid).get(timeout=120)
+            done = time.monotonic()
+            if len(value) != size:
+                raise RuntimeError('wrong result')
+            app.AsyncResult(tid).forget()
+        else:
+            dl = time.monotonic() + 120
+            while tid not in seen and time.monotonic() < dl:
+                conn.process_data_events(time_limit=1)
+            done, decoded, got = seen.pop(tid)
+            if got != size:
+                raise RuntimeError('wrong result')
+            decode.append(decoded - done)
+        pub = publisher.read(120)
+        recv.append(done - pub['confirmed'])
+        from_go.append(done - pub['go'])
+        if impl == 'pr':          # where the time goes: the decode alone, same body
+            body = bc.result_body(tid, 'x' * size)
+            t0 = time.perf_counter()
+            serialization.loads(body, 'application/json', 'utf-8')
+            decode.append(time.perf_counter() - t0)
+            del body
+    publisher.close()
+    if impl == 'pr':
+        app.close()
+    else:
+        conn.close()
+    med = lambda xs: statistics.median(xs) * 1e3 if xs else None
+    out = {'mb': p['mb'], 'iters': iters, 'recv_ms': med(recv), 'recv_max_ms': max(recv) * 1e3,
+           'from_publish_ms': med(from_go), 'decode_ms': med(decode),
+           'runs_ms': [round(x * 1e3, 2) for x in recv]}
+    if impl == 'raw':             # raw pika once its callback has the value decoded too
+        out['recv_decoded_ms'] = med([r + d for r, d in zip(recv, decode)])
+    return out
+
+
+def w_large_load(p: Dict[str, Any], url: str) -> Dict[str, Any]:
+    """While a ``mb`` MB result arrives (``iters`` times): other threads' confirmed stores
+    and small round trips, and ``small`` results queued right behind the big one.
+
+    ``elsewhere``: the big result goes to another process (the publisher consumes it):
+    the same broker and CPU load, nothing big read here; the baseline of the figures."""
+    size, iters, n_small = int(p['mb'] * MB), p['iters'], p['small']
+    elsewhere = p.get('elsewhere', False)
+    app = bc.pr_app(url)
+    backend = app.backend
+    oid = backend.oid
+    bc.announce_queue(oid, url)
+    backend.result_consumer.start()
+    sink = bc.unique('largesink')                 # the other threads' stores go there
+    bc.announce_queue(sink, url)
+    conn = bc.raw_connection(url)
+    bc.raw_reply_queue(conn.channel(), sink)
+    conn.close()
+    publisher = bc.LargePublisher(url)
+    stop = threading.Event()
+    errors: List[str] = []
+    stores: List[List[Tuple[float, float]]] = [[] for _ in range(p['store_threads'])]
+    trips: List[List[Tuple[float, float]]] = [[] for _ in range(p['rtt_threads'])]
+
+    def storer(i: int) -> None:
+        ops = stores[i]
+        while not stop.is_set():
+            tid = str(uuid.uuid4())
+            t0 = time.monotonic()
+            try:
+                backend.store_result(tid, i, 'SUCCESS',
+                                     request={'reply_to': sink, 'correlation_id': tid})
+            except Exception as exc:              # counted, the run goes on
+                errors.append(f'store: {exc!r}'[:200])
+                continue
+            ops.append((t0, time.monotonic()))
+
+    def tripper(i: int) -> None:
+        ops = trips[i]
+        while not stop.is_set():
+            tid = str(uuid.uuid4())
+            t0 = time.monotonic()
+            try:
+                backend.on_task_call(None, tid)
+                backend.store_result(tid, i, 'SUCCESS',
+                                     request={'reply_to': oid, 'correlation_id': tid})
+                if app.AsyncResult(tid).get(timeout=30) != i:
+                    raise RuntimeError('wrong result')
+            except Exception as exc:
+                errors.append(f'round trip: {exc!r}'[:200])
+                continue
+            ops.append((t0, time.monotonic()))
+
+    pool = [threading.Thread(target=storer, args=(i,), daemon=True)
+            for i in range(p['store_threads'])]
+    pool += [threading.Thread(target=tripper, args=(i,), daemon=True)
+             for i in range(p['rtt_threads'])]
+    for t in pool:
+        t.start()
+    windows: List[Tuple[float, float]] = []
+    big_recv: List[float] = []
+    small_arrival: List[float] = []
+    for _ in range(iters):
+        tid = str(uuid.uuid4())
+        small = [str(uuid.uuid4()) for _ in range(n_small)]
+        for t in [tid] + small:
+            backend.on_task_call(None, t)
+        arrived: Dict[str, float] = {}
+
+        def wait_small(t: str) -> None:
+            try:
+                app.AsyncResult(t).get(timeout=120)
+                arrived[t] = time.monotonic()
+            except Exception as exc:
+                errors.append(f'small result: {exc!r}'[:200])
+        waiters = [threading.Thread(target=wait_small, args=(t,), daemon=True) for t in small]
+        for w in waiters:
+            w.start()
+        publisher.prepare('@self' if elsewhere else oid, tid, size, [(oid, t) for t in small])
+        stop.wait(0.3)          # background ops only, before the window (pacing, not a sync)
+        publisher.go()
+        if not elsewhere:
+            value = app.AsyncResult(tid).get(timeout=120)
+            done = time.monotonic()
+            if len(value) != size:
+                raise RuntimeError('wrong result')
+            del value
+            app.AsyncResult(tid).forget()
+        for w in waiters:
+            w.join(120)
+        pub = publisher.read(120)
+        if elsewhere:
+            done = pub['received']
+        windows.append((pub['go'], done))
+        big_recv.append(done - pub['confirmed'])
+        if arrived:
+            small_arrival.append(max(arrived.values()) - pub['confirmed'])
+        stop.wait(0.3)
+    stop.set()
+    for t in pool:
+        t.join(60)
+    publisher.close()
+    app.close()
+
+    def split(ops_by_thread: List[List[Tuple[float, float]]]) -> Tuple[List[float], List[float]]:
+        inside, outside = [], []
+        for ops in ops_by_thread:
+            for t0, t1 in ops:
+                hit = any(t0 < end and t1 > start for start, end in windows)
+                (inside if hit else outside).append(t1 - t0)
+        return inside, outside
+
+    out: Dict[str, Any] = {'mb': p['mb'], 'iters': iters, 'errors': len(errors),
+                           'error_samples': errors[:3]}
+    for name, ops in (('store', stores), ('rtt', trips)):
+        inside, outside = split(ops)
+        for where, lat in (('during', inside), ('outside', outside)):
+            pc = bc.percentiles(lat)
+            out[f'{name}_{where}_n'] = len(lat)
+            out[f'{name}_{where}_p50_ms'] = pc['p50_us'] / 1e3 if pc else None
+            out[f'{name}_{where}_p99_ms'] = pc['p99_us'] / 1e3 if pc else None
+            out[f'{name}_{where}_max_ms'] = pc['max_us'] / 1e3 if pc else None
+    out['big_recv_ms'] = statistics.median(big_recv) * 1e3
+    out['small_arrival_ms'] = statistics.median(small_arrival) * 1e3 if small_arrival else None
+    out['small_arrival_runs_ms'] = [round(x * 1e3, 2) for x in small_arrival]
+    return out
+
+
 # ====================================================================== kinds
 def kinds_and_params(a: argparse.Namespace) -> Tuple[List[List[str]], Dict[str, Dict[str, Any]],
                                                      List[List[str]]]:
@@ -759,6 +978,17 @@ def kinds_and_params(a: argparse.Namespace) -> Tuple[List[List[str]], Dict[str, 
             P[f'memory.{i}'] = dict(worker='memory', impl=i, tasks=a.tasks)
         (groups if a.memory_repeats else once).append([f'memory.{i}' for i in ('pr', 'raw',
                                                                               'celery')])
+    if 'large' in sc:
+        for mb in a.large_sizes:
+            for i in ('pr', 'raw'):
+                P[f'large{mb:g}.{i}'] = dict(worker='large_recv', impl=i, mb=mb,
+                                             iters=a.large_iters, timeout=120)
+            groups.append([f'large{mb:g}.{i}' for i in ('pr', 'raw')])
+        for i, elsewhere in (('pr', False), ('pr_elsewhere', True)):
+            P[f'large_load.{i}'] = dict(worker='large_load', impl='pr', mb=24,
+                                        iters=max(5, a.large_iters), small=8, store_threads=2,
+                                        rtt_threads=2, elsewhere=elsewhere, timeout=180)
+        groups.append(['large_load.pr', 'large_load.pr_elsewhere'])
     return groups, P, once
 
 
@@ -767,6 +997,7 @@ WORKERS: Dict[str, Callable[[Dict[str, Any], str], Dict[str, Any]]] = {
     'pr_get_seq': bb.w_pr_get_seq, 'raw_get_seq': bb.w_raw_get_seq,
     'get_seq_celery': w_get_seq_celery, 'pingpong': w_pingpong, 'threads': w_threads,
     'poll': w_poll, 'resources': w_resources, 'memory': w_memory,
+    'large_recv': w_large_recv, 'large_load': w_large_load,
 }
 
 
@@ -953,6 +1184,51 @@ def report(runs: Dict[str, List[Dict]], a: argparse.Namespace) -> Tuple[str, Lis
             'memory.celery', '/s')
         target(f'RSS growth over {a.tasks:,} tasks < 20 MB', vp,
                None if vp is None else vp < 20 * 1024, '< 20,480 kB')
+    # 8. large
+    for mb in (a.large_sizes if 'large' in a.scenarios else ()):
+        k = f'large{mb:g}'
+        if f'{k}.pr' not in runs:
+            continue
+        vp, vr, _ = row(f'large {mb:g} MB: confirm -> received ({a.large_iters} per run)',
+                        'recv_ms', f'{k}.pr', f'{k}.raw', None, ' ms',
+                        'pika_rpc: get() returned (decoded); raw: body in the callback')
+        row(f'  {mb:g} MB: JSON decode alone', 'decode_ms', f'{k}.pr', f'{k}.raw', None,
+            ' ms', 'pika_rpc: the same body decoded afterwards; raw: json.loads in the callback')
+        dr = med(f'{k}.raw', 'recv_decoded_ms')
+        rows.append([f'  {mb:g} MB: raw pika, confirm -> json.loads done in its callback',
+                     bc.fmt(vp, ' ms'), bc.fmt(dr, ' ms'), '-', bc.fmt(bc.ratio(vp, dr)), 'n/a',
+                     'both decoded'])
+        target(f'large {mb:g} MB receive <= 1.5x raw pika', bc.ratio(vp, vr), le(vp, vr, 1.5),
+               '<= 1.5')
+        target(f'  same, raw pika with json.loads in its callback (both decoded)',
+               bc.ratio(vp, dr), le(vp, dr, 1.5), '<= 1.5')
+    if 'large_load.pr' in runs:
+        k, ke = 'large_load.pr', 'large_load.pr_elsewhere'
+        raw24 = med('large24.raw', 'recv_ms')
+        row('large_load: 24 MB result arriving, confirm -> get()', 'big_recv_ms', k, None, None,
+            ' ms')
+        for name, what in (('store', "other threads' store_result, wait for the confirm"),
+                           ('rtt', 'other threads\' small round trips')):
+            for q in ('p50', 'p99', 'max'):
+                vp = med(k, f'{name}_during_{q}_ms')
+                ve = med(ke, f'{name}_during_{q}_ms')
+                rows.append([f'  {what}: {q} while it arrives', bc.fmt(vp, ' ms'),
+                             bc.fmt(ve, ' ms'), '-', bc.fmt(bc.ratio(vp, ve)), 'n/a',
+                             'raw pika column: the same while the 24 MB go to another '
+                             'process' if q == 'p50' else ''])
+            row(f'  {what}: p99 otherwise (baseline)', f'{name}_outside_p99_ms', k, None, None,
+                ' ms')
+            row(f'  {what}: ops while it arrives', f'{name}_during_n', k, None, None)
+        small = row('  8 small results queued behind it: the last one, confirm -> get()',
+                    'small_arrival_ms', k, None, None, ' ms',
+                    f'target: raw pika 24 MB receive ({bc.fmt(raw24, " ms")}) + 10 ms')[0]
+        totals('  errors (all runs)', ('errors',), (k, None, None))
+        p99 = med(k, 'store_during_p99_ms')
+        target("other threads' confirms wait <= 50 ms (p99) while 24 MB arrive", p99,
+               None if p99 is None else p99 <= 50, '<= 50 ms')
+        target('small results behind 24 MB arrive <= raw 24 MB receive + 10 ms', small,
+               None if small is None or raw24 is None else small <= raw24 + 10,
+               f'<= {bc.fmt(raw24)} + 10 ms')
     table = bc.markdown_table(
         [f'figure (median of {a.repeats})', 'pika_rpc', 'raw pika', 'Celery 5 rpc://',
          'pika_rpc/raw', 'pika_rpc/Celery', 'note'], rows)
@@ -966,7 +1242,8 @@ def report(runs: Dict[str, List[Dict]], a: argparse.Namespace) -> Tuple[str, Lis
 
 
 # ====================================================================== driver
-SCENARIOS = ('store', 'get_seq', 'rtt', 'threads', 'threads_rtt', 'poll', 'resources', 'memory')
+SCENARIOS = ('store', 'get_seq', 'rtt', 'threads', 'threads_rtt', 'poll', 'resources', 'memory',
+             'large')
 
 
 def main() -> None:
@@ -999,6 +1276,11 @@ def main() -> None:
                     help='repeat the memory runs too (default: once each)')
     ap.add_argument('--run-timeout', type=float, dest='run_timeout',
                     help='threads/threads_rtt/rtt: per-run timeout in s (default 60, quick 30)')
+    ap.add_argument('--large-sizes', dest='large_sizes',
+                    help='large: result sizes in MB (default 1,4,16,24,64; 24 is the baseline '
+                         'of large_load)')
+    ap.add_argument('--large-iters', type=int, dest='large_iters',
+                    help='large: results per run and size (default 3)')
     ap.add_argument('--no-shared', action='store_false', dest='shared',
                     help='skip the Celery-shared-backend and Celery-poll-after-get runs')
     a = ap.parse_args()
@@ -1019,6 +1301,8 @@ def main() -> None:
     a.idle = a.idle or (3.0 if q else 10.0)
     a.tasks = a.tasks or (10000 if q else 100000)
     a.run_timeout = a.run_timeout or (30.0 if q else 60.0)
+    a.large_sizes = [float(x) for x in (a.large_sizes or '1,4,16,24,64').split(',')]
+    a.large_iters = a.large_iters or 3
     if q:
         a.shared = False
     groups, P, once = kinds_and_params(a)

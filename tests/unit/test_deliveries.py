@@ -8,12 +8,14 @@ receives a result.
 from __future__ import annotations
 
 import random
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
+import pika.exceptions
 import pika.frame
 import pika.spec
 import pytest
 
+from pika_rpc import _deliveries
 from pika_rpc._deliveries import DeliveryReader
 
 
@@ -33,6 +35,7 @@ class FakeConnection:
             consumed, frame = pika.frame.decode_frame(self._pending)
             assert frame is not None, 'pika was handed part of a frame'
             self._pending = self._pending[consumed:]
+            self.bytes_received += consumed                     # as pika counts them
             self.log.append(('pika', _describe(frame)))
 
 
@@ -114,8 +117,7 @@ def test_all_at_once_deliveries_are_read_here_and_the_rest_reaches_pika_in_order
     reader._on_data(data)
     assert conn.log == EXPECTED
     assert reader.fast == 4
-    fast_bytes = len(STREAM[1]) + len(STREAM[4]) + len(STREAM[5]) + len(STREAM[7])
-    assert conn.bytes_received == fast_bytes       # the heartbeat checker sees the traffic
+    assert conn.bytes_received == len(data)        # the heartbeat checker sees the traffic
 
 
 @pytest.mark.parametrize('seed', range(20))
@@ -146,14 +148,17 @@ def test_a_partial_frame_pika_already_held_is_taken_over() -> None:
     assert conn.log == EXPECTED
 
 
-def test_a_delivery_whose_header_is_on_another_channel_is_left_to_pika() -> None:
-    bad = (method(2, pika.spec.Basic.Deliver('ctag-2', 9, False, 'ex', 'rk-9'))
-           + pika.frame.Header(5, 1, pika.spec.BasicProperties()).marshal()
-           + pika.frame.Body(5, b'z').marshal())
+def test_a_delivery_whose_content_frames_do_not_follow_it_at_once_is_assembled() -> None:
+    # Another channel's frames between a delivery's method and header frames: AMQP allows it.
+    interleaved = (method(2, pika.spec.Basic.Deliver('ctag-2', 9, False, 'ex', 'rk-9'))
+                   + pika.frame.Header(5, 1, pika.spec.BasicProperties()).marshal()
+                   + pika.frame.Body(5, b'z').marshal()
+                   + pika.frame.Header(2, 1, pika.spec.BasicProperties()).marshal()
+                   + pika.frame.Body(2, b'y').marshal())
     conn = FakeConnection()
-    reader_on(conn, FakeChannel(2))._on_data(bad + STREAM[7])
-    assert conn.log == [('pika', (2, 'Basic.Deliver')), ('pika', (5, 'Header')),
-                        ('pika', (5, 'Body')), ('deliver', (4, b'last', None))]
+    reader_on(conn, FakeChannel(2))._on_data(interleaved + STREAM[7])
+    assert conn.log == [('pika', (5, 'Header')), ('pika', (5, 'Body')),
+                        ('deliver', (9, b'y', None)), ('deliver', (4, b'last', None))]
 
 
 def test_after_unregister_or_close_deliveries_are_not_handled_here() -> None:
@@ -196,3 +201,173 @@ def test_confirms_of_a_registered_publish_channel_are_read_here_in_order() -> No
                         ('pika', (1, 'Body')),                  # before the ack after it
                         ('confirm', (3, True, False)), ('confirm', (4, False, True)),
                         ('pika', (2, 'Basic.Ack'))]
+
+
+# ---------------------------------------------------------------- deliveries spanning reads
+def frames_of(channel: int, tag: int, body: bytes, frame_max: int, **props: Any) -> List[bytes]:
+    """A delivery's frames, one bytes each: method, header, body frames."""
+    data = deliver(channel, tag, body, frame_max, **props)
+    out, pos = [], 0
+    while pos < len(data):
+        size = 8 + int.from_bytes(data[pos + 3:pos + 7], 'big')
+        out.append(data[pos:pos + size])
+        pos += size
+    return out
+
+
+def logging_reader(conn: FakeConnection, *channels: FakeChannel) -> DeliveryReader:
+    reader = DeliveryReader(conn)
+    for channel in channels:
+        reader.register(channel, lambda ch, m, p, body: conn.log.append(
+            ('deliver', (ch.channel_number, m.delivery_tag, body, p.correlation_id))))
+    return reader
+
+
+BIG = bytes(range(256)) * 4096                     # 1 MiB holding every byte value
+HEARTBEAT = pika.frame.Heartbeat().marshal()
+
+
+def test_a_large_delivery_read_4_kb_at_a_time_is_parsed_once_and_never_buffered_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    parses: List[int] = []
+    real_parse = _deliveries._parse_delivery
+    monkeypatch.setattr(_deliveries, '_parse_delivery',
+                        lambda *args: parses.append(1) or real_parse(*args))
+    data = HEARTBEAT + deliver(2, 11, BIG, 131064, correlation_id='big') + deliver(2, 12, b's')
+    conn = FakeConnection()
+    reader = logging_reader(conn, FakeChannel(2))
+    kept = []
+    for pos in range(0, len(data), 4096):
+        reader._on_data(data[pos:pos + 4096])
+        kept.append(len(reader._buf))
+        # every byte read counts as received as soon as it is consumed
+        assert conn.bytes_received + len(reader._buf) == min(pos + 4096, len(data))
+    assert conn.log == [('pika', (0, 'Heartbeat')), ('deliver', (2, 11, BIG, 'big')),
+                        ('deliver', (2, 12, b's', None))]
+    assert type(conn.log[1][1][2]) is bytes
+    assert len(parses) == 2                        # once per delivery, not once per read
+    assert max(kept) < 64                          # at most a frame header or a header frame
+
+
+# Frames of a delivery on channel 2 with others between them: pika's (heartbeat, channel 3),
+# a confirm of the registered publish channel 1, a delivery of the registered channel 4
+# (itself interleaved) and a whole one of the registered channel 5.
+D2 = frames_of(2, 21, b'a' * 300 + b'b' * 300 + b'c' * 7, 300, correlation_id='two')
+D4 = frames_of(4, 41, b'four' * 100, 150)
+INTERLEAVED = [D2[0], HEARTBEAT, D2[1], D2[2], deliver(3, 31, b'pika'), D4[0], D4[1],
+               D2[3], method(1, pika.spec.Basic.Ack(5, multiple=False)), D4[2],
+               deliver(5, 51, b'whole'), D4[3], D2[4], D4[4]]
+INTERLEAVED_EVENTS = [('pika', (0, 'Heartbeat')), ('pika', (3, 'Basic.Deliver')),
+                      ('pika', (3, 'Header')), ('pika', (3, 'Body')),
+                      ('confirm', (5, False, False)), ('deliver', (5, 51, b'whole', None)),
+                      ('deliver', (2, 21, b'a' * 300 + b'b' * 300 + b'c' * 7, 'two')),
+                      ('deliver', (4, 41, b'four' * 100, None))]
+
+
+def interleaved_reader(conn: FakeConnection) -> DeliveryReader:
+    reader = logging_reader(conn, FakeChannel(2), FakeChannel(4), FakeChannel(5))
+    reader.register_confirms(FakeChannel(1), lambda tag, multiple, nack: conn.log.append(
+        ('confirm', (tag, multiple, nack))))
+    return reader
+
+
+@pytest.mark.parametrize('seed', range(20))
+def test_frames_of_other_channels_between_content_frames_are_handled_in_order(seed: int) -> None:
+    data = b''.join(INTERLEAVED)
+    rng = random.Random(seed)
+    sizes = []
+    while sum(sizes) < len(data):
+        sizes.append(rng.choice([1, 2, 7, 8, 9, 40, 150, 301, 4096]))
+    conn = FakeConnection()
+    reader = interleaved_reader(conn)
+    fed = 0
+    for size in sizes:
+        reader._on_data(data[fed:fed + size])
+        fed = min(fed + size, len(data))
+        assert conn.bytes_received + len(reader._buf) == fed
+    assert conn.log == INTERLEAVED_EVENTS
+    assert reader._assembling == {} and reader._stream is None
+
+
+def test_interleaved_frames_byte_by_byte_and_at_every_two_way_split() -> None:
+    data = b''.join(INTERLEAVED)
+    for sizes in [[1] * len(data)] + [[cut, len(data)] for cut in range(1, len(data))]:
+        conn = FakeConnection()
+        feed(interleaved_reader(conn), data, sizes)
+        assert conn.log == INTERLEAVED_EVENTS, sizes[:2]
+
+
+def test_frames_behind_a_partial_delivery_reach_pika_before_the_delivery_completes() -> None:
+    big = frames_of(2, 11, BIG, 131064)
+    conn = FakeConnection()
+    reader = logging_reader(conn, FakeChannel(2))
+    reader._on_data(big[0] + big[1] + big[2][:5000])
+    reader._on_data(big[2][5000:] + HEARTBEAT + big[3][:100])
+    assert conn.log == [('pika', (0, 'Heartbeat'))]
+    reader._on_data(big[3][100:] + b''.join(big[4:]))
+    assert conn.log == [('pika', (0, 'Heartbeat')), ('deliver', (2, 11, BIG, None))]
+
+
+@pytest.mark.parametrize('cut', [None, 20, 40])
+def test_a_body_longer_than_its_header_says_raises_pikas_error(cut: Optional[int]) -> None:
+    data = (method(2, pika.spec.Basic.Deliver('ctag-2', 9, False, 'ex', 'rk'))
+            + pika.frame.Header(2, 3, pika.spec.BasicProperties()).marshal()
+            + pika.frame.Body(2, b'12345').marshal())
+    conn = FakeConnection()
+    reader = logging_reader(conn, FakeChannel(2))
+    with pytest.raises(pika.exceptions.BodyTooLongError):
+        for part in ([data] if cut is None else [data[:cut], data[cut:]]):
+            reader._on_data(part)
+    assert conn.log == []
+
+
+def test_a_bad_frame_end_inside_a_body_read_in_pieces_raises_pikas_error() -> None:
+    big = frames_of(2, 11, BIG, 131064)
+    bad = big[2][:-1] + b'\x00'
+    conn = FakeConnection()
+    reader = logging_reader(conn, FakeChannel(2))
+    reader._on_data(big[0] + big[1] + bad[:1000])
+    with pytest.raises(pika.exceptions.InvalidFrameError):
+        reader._on_data(bad[1000:])
+
+
+def test_a_method_frame_before_a_delivery_is_complete_raises_pikas_error() -> None:
+    big = frames_of(2, 11, BIG, 131064)
+    conn = FakeConnection()
+    reader = logging_reader(conn, FakeChannel(2))
+    reader._on_data(big[0] + big[1] + big[2])
+    with pytest.raises(pika.exceptions.UnexpectedFrameError):
+        reader._on_data(HEARTBEAT + method(2, pika.spec.Basic.QosOk()))
+    assert conn.log == [('pika', (0, 'Heartbeat'))]      # what came before it went on
+
+
+def test_a_delivery_being_assembled_when_its_channel_goes_is_read_to_its_end_and_dropped() -> None:
+    big = frames_of(2, 11, BIG, 131064)
+    conn = FakeConnection()
+    channel = FakeChannel(2)
+    reader = logging_reader(conn, channel)
+    reader._on_data(big[0] + big[1] + big[2][:100])
+    reader.unregister(channel)
+    reader._on_data(b''.join(big)[len(big[0] + big[1]) + 100:] + STREAM[7])
+    assert conn.log == [('pika', (2, 'Basic.Deliver')), ('pika', (2, 'Header')),
+                        ('pika', (2, 'Body'))]           # the later one: pika's again
+
+
+@pytest.mark.parametrize('big', [False, True])
+def test_a_delivery_whose_handler_raised_is_not_handed_on_again(big: bool) -> None:
+    body = BIG if big else b'x'
+    first = deliver(2, 1, body, 131064)
+    conn = FakeConnection()
+    reader = DeliveryReader(conn)
+    calls: List[int] = []
+
+    def handler(ch: Any, m: Any, p: Any, got: bytes) -> None:
+        calls.append(m.delivery_tag)
+        if m.delivery_tag == 1:
+            raise RuntimeError('a bug in a handler')
+    reader.register(FakeChannel(2), handler)
+    with pytest.raises(RuntimeError):
+        for pos in range(0, len(first), 4096):
+            reader._on_data(first[pos:pos + 4096])
+    reader._on_data(deliver(2, 2, b'next'))
+    assert calls == [1, 2]
