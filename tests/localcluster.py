@@ -4,7 +4,7 @@
 distribution on 25673-25675) from the installed RabbitMQ package, joins them into one cluster,
 lets a caller stop, start and kill single nodes, brings them back, and removes everything::
 
-    with LocalCluster() as cluster:          # start(): ~10-20 s
+    with LocalCluster() as cluster:          # start(): ~15-20 s
         app = App(cluster.url)               # 'amqp://guest:guest@localhost:5673//;...'
         cluster.kill(cluster.queue_node('celery'))
         ...
@@ -37,12 +37,21 @@ clears, after killing what a killed run left running, and :meth:`LocalCluster.cl
 Nodes are named by number (1..3) or by node name (``'n2@localhost'``), so the result of
 :meth:`LocalCluster.queue_node` can be passed to :meth:`~LocalCluster.kill` directly.
 
-Boot (measured on a 2-core VM): the three nodes start in parallel, then n2 and n3 join n1
-(``stop_app``; ``join_cluster n1@localhost``; ``start_app``, both at once). What dominates is
-CPU: three Erlang VMs loading RabbitMQ's code on two cores, then the two ``start_app`` runs.
-:meth:`LocalCluster.close` kills the VMs (SIGKILL: the data is thrown away) and takes < 1 s.
+Boot (measured on a 2-core VM, RabbitMQ 3.10.8, Erlang 25 JIT, beside other test runs):
+15-22 s, up to ~27 s on a heavily loaded machine. The three nodes start in parallel, then n2
+and n3 join n1 at once (``stop_app``; ``join_cluster n1@localhost``; ``start_app``). CPU
+dominates. A node needs ~4.5 s of CPU to boot: the VM and prelaunch, then ~1.8 s between
+"== Boot steps ==" and the first step (RabbitMQ loading its modules to collect the steps), then
+the steps. Three nodes share two cores (boot ~10 s); each join's ``start_app`` runs the boot
+steps again, and each ``rabbitmqctl`` is an Erlang VM of its own (~0.5 s of CPU; join ~4 s).
+So the launcher waits for ports from Python and runs as few ``rabbitmqctl`` calls as it can.
+:meth:`LocalCluster.close` kills the VMs (SIGKILL: the data is thrown away) and takes < 0.1 s.
+A running cluster costs ~120 MB RSS and ~0.5 % CPU per node.
 
-Not thread-safe beyond this: one thread at a time drives a cluster (a lock serialises calls).
+``python -m tests.localcluster`` starts one, prints its URL list and keeps it until Ctrl-C.
+
+Thread-safe: a lock serialises the methods that change nodes; ``ctl``, ``running_nodes`` and
+``queue_node`` only read, and may run at the same time.
 Linux only (``/proc``); needs the ``rabbitmq-server`` package and Erlang's ``epmd``.
 """
 from __future__ import annotations
@@ -664,3 +673,21 @@ def _kill_and_reap(proc: subprocess.Popen, deadline: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
     _reap(proc, deadline)
+
+
+def main() -> None:
+    """``python -m tests.localcluster``: start a cluster, print its URL list, keep it until
+    Ctrl-C (or SIGTERM), then remove it. For trying things by hand."""
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with LocalCluster() as cluster:
+        print(cluster.url, flush=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == '__main__':
+    main()

@@ -11,7 +11,7 @@ import pytest
 
 from tests.cluster.system_node import SystemNode, system_node
 from tests.helpers import eventually, pika_parameters
-from tests.localcluster import LocalCluster
+from tests.localcluster import ClusterBusy, LocalCluster
 
 
 def connect(url_or_urls, **attributes) -> pika.BlockingConnection:
@@ -113,6 +113,13 @@ def test_queue_node_follows_the_leader_of_a_quorum_queue(
     rabbit_cluster.restore()
     with connect(rabbit_cluster.urls[0]) as conn:
         conn.channel().queue_delete(unique_name)
+
+
+def test_a_second_launcher_waits_for_the_running_cluster_then_names_its_holder(
+        rabbit_cluster: LocalCluster) -> None:
+    with pytest.raises(ClusterBusy, match=f'pid {os.getpid()} holds'):
+        LocalCluster().start(lock_timeout=0.3)
+    assert rabbit_cluster.running_nodes() == sorted(rabbit_cluster.node_names)
 
 
 def test_the_system_node_is_untouched_by_the_cluster(
