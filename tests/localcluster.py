@@ -134,7 +134,8 @@ class Node:
         self.pid_file = os.path.join(self.dir, 'pid')
         self.log_file = os.path.join(self.dir, 'log', f'{self.name}.log')
         self.url = f'amqp://guest:guest@{HOST}:{self.amqp_port}//'
-        #: 'running', 'stopped' (the rabbit app, by :meth:`LocalCluster.stop_app`) or 'killed'.
+        #: 'running', 'stopped' (its app, by :meth:`LocalCluster.stop_app`), 'killed' (by
+        #: :meth:`LocalCluster.kill`), or 'down' (before start, after close).
         self.state = 'down'
         self.server: Optional[subprocess.Popen] = None   # the rabbitmq-server script we spawned
 
