@@ -7,13 +7,16 @@ Policy:
   rest. The broker is looked for once per run (:func:`pika_rpc.findbroker.find_broker`:
   ``AMQP_URL`` -> localhost -> Docker). If none is found, those tests are skipped with the
   finder's message, or fail with it when ``CI`` is true.
-* Tests marked ``disturbs_broker`` run last, in their collected order; the others keep theirs.
+* A test that uses the ``rabbit_cluster`` fixture (``tests/cluster/conftest.py``) gets the
+  ``cluster`` marker, so ``-m "not cluster"`` runs the rest.
+* Order: the other tests first, then the ``cluster`` tests (so the cluster, started at the first
+  of them, does not sit beside the rest of the run), then those marked ``disturbs_broker``;
+  each group keeps its collected order.
 
 Fixtures need the broker only when they say so: ``unique_name`` works without one.
 """
 from __future__ import annotations
 
-import os
 import uuid
 from typing import Any, Iterator, List
 
@@ -21,25 +24,25 @@ import pytest
 
 from pika_rpc.findbroker import Broker, BrokerNotFound, find_broker
 from tests.faultproxy import FaultProxy
-from tests.helpers import list_queues, pika_parameters
+from tests.helpers import list_queues, pika_parameters, under_ci
 from tests.tlsproxy import TLSProxy
 
 UNIQUE_PREFIX = 'pika-rpc-test-'
 
 
-def under_ci() -> bool:
-    """True when ``$CI`` says so (``true``, ``1`` or ``yes``, any case), as CI services set it."""
-    return os.environ.get('CI', '').strip().lower() in ('true', '1', 'yes')
-
-
 @pytest.hookimpl(tryfirst=True)   # before -m deselects, so "-m 'not broker'" sees our markers
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
     for item in items:
-        if 'broker' in getattr(item, 'fixturenames', ()) and item.get_closest_marker('broker') is None:
-            item.add_marker(pytest.mark.broker)
-    calm = [item for item in items if item.get_closest_marker('disturbs_broker') is None]
-    disturbing = [item for item in items if item.get_closest_marker('disturbs_broker') is not None]
-    items[:] = calm + disturbing
+        fixtures = getattr(item, 'fixturenames', ())
+        for fixture, marker in (('broker', 'broker'), ('rabbit_cluster', 'cluster')):
+            if fixture in fixtures and item.get_closest_marker(marker) is None:
+                item.add_marker(getattr(pytest.mark, marker))
+
+    def group(item: pytest.Item) -> int:
+        if item.get_closest_marker('disturbs_broker') is not None:
+            return 2
+        return 1 if item.get_closest_marker('cluster') is not None else 0
+    items.sort(key=group)      # stable: each group keeps its collected order
 
 
 @pytest.fixture(scope='session')

@@ -18,9 +18,15 @@ import time
 from typing import Any, Callable, Dict, List, NamedTuple, Tuple, Type, TypeVar
 from urllib.parse import quote
 
-__all__ = ['eventually', 'rabbitmqctl', 'list_queues', 'QueueInfo', 'pika_url', 'pika_parameters']
+__all__ = ['eventually', 'rabbitmqctl', 'list_queues', 'QueueInfo', 'pika_url', 'pika_parameters',
+           'under_ci']
 
 T = TypeVar('T')
+
+
+def under_ci() -> bool:
+    """True when ``$CI`` says so (``true``, ``1`` or ``yes``, any case), as CI services set it."""
+    return os.environ.get('CI', '').strip().lower() in ('true', '1', 'yes')
 
 
 def eventually(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, *,
