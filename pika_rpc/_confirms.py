@@ -1,8 +1,8 @@
-"""Pipelined publisher confirms and direct writes: the one module that touches pika internals.
+"""Pipelined publisher confirms and direct writes.
 
-``BlockingChannel.confirm_delivery()`` makes every publish wait out its own round trip
-(DESIGN §6.4). Instead we switch the *underlying* ``pika.channel.Channel``
-(``BlockingChannel._impl``) to confirm mode and keep a ledger here:
+``BlockingChannel.confirm_delivery()`` makes every publish wait out its own round trip (~4k
+publishes/s here). Instead the *underlying* ``pika.channel.Channel`` (``_pika.channel_impl``)
+is switched to confirm mode and a ledger is kept here:
 
 * a publish records the next delivery tag and never waits;
 * a ``basic.ack``/``basic.nack`` settles its tag, or every tag up to it when ``multiple``;
@@ -14,15 +14,15 @@
   only byte-identical messages to the same destination, which are interchangeable, remain
   ambiguous.
 
-Both callbacks are registered on ``_impl`` so they run as the frames arrive, in wire order;
-the blocking adapter would defer the return and reorder it after the ack.
+Both callbacks are registered on the underlying channel so they run as the frames arrive, in
+wire order; the blocking adapter would defer the return and reorder it after the ack.
 
 **Direct writes** (issue 9). Handing each publish to the I/O thread costs a wake-up, a loop
 turn and a poll for writability before pika sends it. On a plaintext connection a caller
 thread may instead write the marshalled frames to the socket itself (``publish_direct``):
 
-* ``_wlock`` serialises every write to the socket: direct writes, and pika's own
-  ``transport._produce`` (wrapped at ``start()``, so pika flushes its buffer under it too).
+* ``_wlock`` serialises every write to the socket: direct writes, and pika's own writer
+  (wrapped at ``start()`` by ``_pika.Wire.direct_socket``, so pika flushes under it too).
   The I/O thread waits for it at most ``IO_LOCK_WAIT`` (1 ms; a caller's write takes
   microseconds): past that pika's flush is skipped (it runs again at the next writability
   event) and a queued publish raises ``WriteBusy`` (the link retries it a moment later), so
@@ -47,10 +47,7 @@ The ledger (``_ledger_lock``) is shared by writers and by the I/O thread that se
 settle handlers run on the I/O thread, outside that lock. ``take_unsettled`` (after a loss)
 retires the ledger: a writer that passed its checks just before registers nothing and hands
 its publication to the I/O thread instead. A publication is on one ledger at most, and the
-ledger owns it until it settles or is taken: the taker (``_iothread``) hands it on at once. Requires ``pika>=1.3,<2``
-(``BlockingChannel._impl``, ``Channel.confirm_delivery(ack_nack_callback, callback)``,
-``BlockingConnection._impl._transport`` with ``_sock``, ``_produce`` and
-``get_write_buffer_size()``); tested in the integration suite.
+ledger owns it until it settles or is taken: the taker (the link) hands it on at once.
 """
 from __future__ import annotations
 
@@ -67,6 +64,7 @@ import pika
 import pika.frame
 import pika.spec
 
+from ._pika import DirectSocket
 from .errors import PublishError
 
 LOGGER = logging.getLogger(__name__)
@@ -101,16 +99,15 @@ class Pipeline:
     with outcome ``'ack'`` or ``'nack'`` and ``returned`` = ``(reply_code, reply_text)`` or
     None. ``pub`` must have ``routing_key``, ``correlation_id``, ``exchange``, ``body``,
     ``properties`` (a dict), ``mandatory`` and ``deadline`` attributes, and ``done`` and
-    ``_finish(error)`` as ``_commands.Publication``.
+    ``_finish(error)`` as ``_handoff.Publication``.
 
     ``publish`` runs on the I/O thread; ``publish_direct`` on any thread; everything else on
     the I/O thread.
     """
 
-    def __init__(self, blocking_channel: Any,
+    def __init__(self, channel: Any,
                  on_settled: Callable[[Any, str, Optional[tuple]], None]) -> None:
-        self._channel = blocking_channel
-        self._impl = blocking_channel._impl     # the pika internal, used only in this module
+        self._chan = channel                    # the pika.channel.Channel (not the Blocking one)
         self._on_settled = on_settled
         self._wlock = threading.Lock()          # every write to the socket, and tag order
         self._ledger_lock = threading.Lock()    # the four fields below
@@ -120,7 +117,7 @@ class Pipeline:
         self._by_key: Dict[tuple, Deque[int]] = collections.defaultdict(collections.deque)
         self._returned: Dict[int, tuple] = {}
         self._select_ok = False
-        self._transport: Any = None             # set when direct writes are possible
+        self._socket: Optional[DirectSocket] = None   # set when direct writes are possible
         self._direct_open = False               # direct writes allowed now
         self._retired = False                   # under _ledger_lock: unsettled were taken
         self._reader: Any = None                # reads our confirms when given
@@ -129,63 +126,36 @@ class Pipeline:
         #: Why the channel closed (``ChannelClosedByBroker`` for a broker's Channel.Close).
         self.closed_reason: Optional[BaseException] = None
 
-    def start(self, connection: Any = None, reader: Any = None) -> Callable[[], bool]:
+    def start(self, wire: Any = None, reader: Any = None) -> Callable[[], bool]:
         """Send Confirm.Select; returns a predicate telling when SelectOk arrived.
 
-        With ``connection`` (the ``BlockingConnection``) on a plaintext transport, direct
+        With ``wire`` (the connection's ``_pika.Wire``) on a plaintext transport, direct
         writes are enabled once SelectOk has arrived. With ``reader``
         (``_deliveries.DeliveryReader``) the confirms are read by it, ahead of pika."""
-        self._impl.add_on_return_callback(self._on_return)
-        self._impl.add_on_close_callback(self._on_close)
-        self._impl.confirm_delivery(ack_nack_callback=self._on_ack_nack,
+        self._chan.add_on_return_callback(self._on_return)
+        self._chan.add_on_close_callback(self._on_close)
+        self._chan.confirm_delivery(ack_nack_callback=self._on_ack_nack,
                                     callback=self._on_select_ok)
-        if connection is not None:
-            self._prepare_direct(connection._impl)
+        if wire is not None:
+            self._socket = wire.direct_socket(self._wlock, IO_LOCK_WAIT)
+            if self._socket is not None:
+                self._wlock = self._socket.lock      # one lock per connection's socket
+                self._channel_number = self._chan.channel_number
         if reader is not None:
-            reader.register_confirms(self._impl, self.on_confirm)
+            reader.register_confirms(self._chan, self.on_confirm)
             self._reader = reader
         return lambda: self._select_ok
 
-    def _prepare_direct(self, impl: Any) -> None:
-        transport = getattr(impl, '_transport', None)
-        sock = getattr(transport, '_sock', None)
-        if transport is None or not isinstance(sock, socket.socket) \
-                or type(sock).__module__.startswith('ssl') or not hasattr(transport, '_produce'):
-            return
-        if not getattr(transport, '_pika_rpc_wrapped', False):
-            produce = transport._produce
-
-            def locked_produce() -> None:
-                # Never wait long: a caller holding the lock may be waiting for the broker
-                # to read, and the I/O thread must go on reading meanwhile. The writability
-                # watch stays on while pika's buffer is not empty, so this runs again.
-                lock = transport._pika_rpc_wlock
-                if lock.acquire(timeout=IO_LOCK_WAIT):
-                    try:
-                        produce()
-                    finally:
-                        lock.release()
-
-            transport._produce = locked_produce
-            transport._pika_rpc_wrapped = True
-        # One lock per transport: every pipeline of this connection writes under it.
-        transport.__dict__.setdefault('_pika_rpc_wlock', self._wlock)
-        self._wlock = transport._pika_rpc_wlock
-        self._transport = transport
-        self._sock = sock
-        self._channel_number = self._impl.channel_number
-        self._body_max = impl._body_max_length
-
     def _on_select_ok(self, _frame: Any) -> None:
         self._select_ok = True
-        if self._transport is not None:
+        if self._socket is not None:
             self._direct_open = self.closed_reason is None
 
     def _on_close(self, _channel: Any, reason: BaseException) -> None:
         self.closed_reason = reason
         self._direct_open = False
         if self._reader is not None:
-            self._reader.unregister(self._impl)
+            self._reader.unregister(self._chan)
 
     def holds(self, pub: Any) -> bool:
         with self._ledger_lock:
@@ -224,7 +194,7 @@ class Pipeline:
             # Publish first: if pika cannot encode the message (a bad property) it raises
             # before anything is buffered, and the broker's tag count must not move ahead of
             # ours. No ack can be processed in between: frames are read only by the ioloop.
-            self._impl.basic_publish(exchange=exchange, routing_key=routing_key, body=body,
+            self._chan.basic_publish(exchange=exchange, routing_key=routing_key, body=body,
                                      properties=properties, mandatory=mandatory)
             return self._register(pub)  # type: ignore[return-value]
         finally:
@@ -256,7 +226,7 @@ class Pipeline:
                       exchange=pub.exchange, routing_key=pub.routing_key,
                       mandatory=pub.mandatory)).marshal(),
                   pika.frame.Header(ch, len(pub.body), properties).marshal()]
-        body, step = pub.body, self._body_max
+        body, step = pub.body, self._socket.frame_max
         for start in range(0, len(body), step):
             frames.append(pika.frame.Body(ch, body[start:start + step]).marshal())
         data = b''.join(frames)
@@ -264,8 +234,8 @@ class Pipeline:
         if not self._wlock.acquire(timeout=-1 if wait is None else wait):
             return False
         try:
-            if not self._direct_open or queued() or self._transport.get_write_buffer_size() \
-                    or not self._impl.is_open \
+            if not self._direct_open or queued() or self._socket.pika_buffered() \
+                    or not self._chan.is_open \
                     or self._register(pub, direct=True) is None:  # None: retired by a loss
                 return False
             try:
@@ -286,7 +256,7 @@ class Pipeline:
         """Under ``_wlock``: send all of ``data``, or abandon the stream after the bound.
         Raises what the socket raises (the caller abandons the stream then)."""
         try:
-            sent = self._sock.send(data)
+            sent = self._socket.sock.send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
         if sent < len(data):
@@ -313,7 +283,7 @@ class Pipeline:
                 return False
             self._wait_writable(min(left, 1.0))
             try:
-                n = self._sock.send(rest)
+                n = self._socket.sock.send(rest)
             except (BlockingIOError, InterruptedError):
                 continue
             rest = rest[n:]
@@ -325,10 +295,10 @@ class Pipeline:
         Raises ``ValueError`` for a socket closed meanwhile, ``OSError`` for a failed one."""
         if _HAS_POLL:
             poller = select.poll()
-            poller.register(self._sock, select.POLLOUT)
+            poller.register(self._socket.sock, select.POLLOUT)
             poller.poll(timeout * 1000.0)
         else:
-            select.select([], [self._sock], [], timeout)
+            select.select([], [self._socket.sock], [], timeout)
 
     def _abandon_stream(self) -> None:
         """Under ``_wlock``: a frame may be cut short on the wire, or the socket failed. No
@@ -336,7 +306,7 @@ class Pipeline:
         the I/O thread re-publishes what the ledger holds (at once if it is gone already)."""
         self._direct_open = False
         try:
-            self._sock.shutdown(socket.SHUT_RDWR)
+            self._socket.sock.shutdown(socket.SHUT_RDWR)
         except (OSError, ValueError):    # closed already: pika saw the loss
             pass
 

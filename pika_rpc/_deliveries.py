@@ -30,31 +30,30 @@ Two paths, one result:
 Bytes count as received (``bytes_received``, which pika's heartbeat checker watches) as
 they are consumed: a large delivery arriving slowly keeps the connection alive.
 
-It replaces ``_on_data_available`` on the connection instance and relies on the pika
-internals named in :func:`check_pika_internals`, which checks them (attributes and
-behaviour, not a version) when a reader is installed and raises :class:`PikaContractError`
-if they differ: a connect then fails loudly instead of losing frames. Verified with pika
-1.3.0 to 1.4.4 and pika's main branch (``tests/unit/test_pika_contract.py``). The
-properties are decoded by pika's own ``BasicProperties.decode``. I/O thread only.
+It takes over the connection's frame reader through ``_pika.Wire.take_reader`` (the pika
+internals it relies on are named and checked in ``_pika``); what it touches of pika here is
+public: ``bytes_received``, ``is_closed``, ``pika.spec``/``pika.frame``. The properties are
+decoded by pika's own ``BasicProperties.decode``; :func:`check_parser` checks once per
+process that a delivery pika marshals reads back whole. I/O thread only.
 """
 from __future__ import annotations
 
 import functools
-import inspect
 import io
 import logging
 import struct
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import pika
-import pika.connection
 import pika.exceptions
 import pika.frame
 import pika.spec
 
+from ._pika import PikaContractError
+
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ['DeliveryReader', 'PikaContractError', 'check_pika_internals']
+__all__ = ['DeliveryReader', 'check_parser']
 
 _FRAME_HEADER = struct.Struct('>BHI')          # type, channel, payload size
 _DELIVER = b'\x00\x3c\x00\x3c'                 # class 60 (basic), method 60 (deliver)
@@ -67,14 +66,6 @@ Handler = Callable[[Any, pika.spec.Basic.Deliver, pika.spec.BasicProperties, byt
 ConfirmHandler = Callable[[int, bool, bool], None]
 _Entry = Tuple[Any, Optional[Handler], Optional[ConfirmHandler]]
 _CONFIRMS = (b'\x00\x3c\x00\x50', b'\x00\x3c\x00\x78')   # basic.ack (80), basic.nack (120)
-#: Bytes asked of the socket per read (pika asks 4 KB): a 24 MB result is 400 reads, not
-#: 6,000, and what is behind it in the stream (confirms, small results) is read sooner.
-#: Below glibc's mmap threshold (128 KB), so a short read costs no mmap/munmap.
-READ_SIZE = 65536
-
-
-class PikaContractError(RuntimeError):
-    """The installed pika's internals are not the ones :class:`DeliveryReader` relies on."""
 
 
 class _Assembly:
@@ -93,15 +84,13 @@ class _Assembly:
 
 
 class DeliveryReader:
-    """Installed on one connection (``BlockingConnection._impl``) for its lifetime.
+    """Installed on one connection (a ``_pika.Wire``) for its lifetime.
 
-    Raises ``PikaContractError`` (from :func:`check_pika_internals`) when pika's reader is
-    not what it relies on."""
+    Raises ``PikaContractError`` when pika's frames do not parse as expected."""
 
-    def __init__(self, impl: Any) -> None:
-        check_pika_internals(impl)
-        self._impl = impl
-        self._pika_on_data = impl._on_data_available
+    def __init__(self, wire: Any) -> None:
+        check_parser()
+        self._conn = wire.impl            # pika's connection: bytes_received, is_closed
         # channel number -> (channel, delivery handler, None) or (channel, None, confirm handler)
         self._handlers: Dict[int, _Entry] = {}
         # channel number -> its delivery being assembled (several only if the broker
@@ -113,9 +102,7 @@ class DeliveryReader:
         self._stream_channel = 0
         self._stream_left = 0
         # A partial frame pika may hold already becomes the start of our buffer.
-        self._buf = _take_frame_buffer(impl)
-        impl._on_data_available = self._on_data
-        _read_more_per_call(impl)
+        self._pika_on_data, self._buf = wire.take_reader(self._on_data)
         self.fast = 0                # deliveries read here (for stats and tests)
 
     def register(self, channel: Any, handler: Handler) -> None:
@@ -164,7 +151,7 @@ class DeliveryReader:
                     if run >= 0:
                         frames, run = buf[run:pos], -1
                         self._to_pika(frames)
-                        if self._impl.is_closed:
+                        if self._conn.is_closed:
                             pos = size
                             break
                     start, pos = pos, end + 1     # consumed, whatever a handler does
@@ -186,7 +173,7 @@ class DeliveryReader:
                 if run >= 0:                              # pika's frames come first
                     frames, run = buf[run:pos], -1
                     self._to_pika(frames)
-                    if self._impl.is_closed:              # nothing more to read
+                    if self._conn.is_closed:              # nothing more to read
                         pos = size
                         break
                     if channel_number not in handlers:    # pika closed that channel
@@ -194,11 +181,11 @@ class DeliveryReader:
                 if parsed is None:        # a delivery not all here: assemble it
                     self._assembling[channel_number] = _Assembly(
                         entry, _parse_deliver_method(buf, pos, end))
-                    self._impl.bytes_received += end + 1 - pos
+                    self._conn.bytes_received += end + 1 - pos
                     pos = end + 1
                     continue
                 nxt, method, properties, body = parsed
-                self._impl.bytes_received += nxt - pos
+                self._conn.bytes_received += nxt - pos
                 start, pos = pos, nxt     # consumed, whatever the handler does
                 channel, on_delivery, on_confirm = entry
                 if channel.is_open:
@@ -235,7 +222,7 @@ class DeliveryReader:
                 assembly.left -= length
         else:
             raise _unexpected(ftype, channel_number, assembly)
-        self._impl.bytes_received += end + 1 - pos
+        self._conn.bytes_received += end + 1 - pos
         if not assembly.left and assembly.properties is not None:
             self._complete(channel_number)
 
@@ -255,7 +242,7 @@ class DeliveryReader:
         assembly.left -= got
         self._stream, self._stream_channel = assembly, channel_number
         self._stream_left = length + 1 - got
-        self._impl.bytes_received += size - pos
+        self._conn.bytes_received += size - pos
         return size
 
     def _stream_body(self, data: bytes) -> int:
@@ -268,7 +255,7 @@ class DeliveryReader:
             assembly.body.write(data)
             assembly.left -= n
             self._stream_left = left - n
-            self._impl.bytes_received += n
+            self._conn.bytes_received += n
             return n
         if left > 1:
             assembly.body.write(memoryview(data)[:left - 1])
@@ -276,7 +263,7 @@ class DeliveryReader:
         if data[left - 1] != _FRAME_END:
             raise pika.exceptions.InvalidFrameError('Invalid FRAME_END marker')
         self._stream, self._stream_left = None, 0
-        self._impl.bytes_received += left
+        self._conn.bytes_received += left
         if not assembly.left:
             self._complete(self._stream_channel)
         return left
@@ -291,7 +278,7 @@ class DeliveryReader:
             on_delivery(channel, assembly.method, assembly.properties, body)
 
     def _to_pika(self, frames: bytes) -> None:
-        if frames and not self._impl.is_closed:
+        if frames and not self._conn.is_closed:
             self._pika_on_data(frames)
 
 
@@ -305,33 +292,6 @@ def _unexpected(ftype: int, channel_number: int, assembly: _Assembly) -> Excepti
     return pika.exceptions.UnexpectedFrameError(
         f'frame type {ftype} on channel {channel_number} while delivery '
         f'{assembly.method.delivery_tag} was not complete')
-
-
-def _read_more_per_call(impl: Any) -> None:
-    """Have pika's transport read ``READ_SIZE`` bytes per ``recv`` (its
-    ``_MAX_RECV_BYTES``, 4 KB). Speed only: a transport without that attribute reads as it
-    does."""
-    transport = getattr(impl, '_transport', None)
-    if isinstance(getattr(transport, '_MAX_RECV_BYTES', None), int) \
-            and transport._MAX_RECV_BYTES < READ_SIZE:
-        transport._MAX_RECV_BYTES = READ_SIZE
-    else:
-        LOGGER.debug('pika transport %r: read size left as it is', transport)
-
-
-def _take_frame_buffer(impl: Any) -> bytes:
-    """Empty pika's input buffer (a partial frame at most) and return what it held.
-
-    The buffer keeps its type and, when it is mutable, its identity: pika <= 1.4 rebinds
-    a ``bytes`` buffer on every read; pika's main branch appends to a ``bytearray`` and
-    empties it in place, and stops reading frames once the attribute is another object."""
-    held = impl._frame_buffer
-    data = bytes(held)
-    if isinstance(held, bytearray):
-        del held[:]
-    else:
-        impl._frame_buffer = held[:0]
-    return data
 
 
 def _short_string(buf: bytes, offset: int) -> Tuple[str, int]:
@@ -405,114 +365,12 @@ def _content_end(buf: bytes, pos: int, size: int, ftype: int, channel_number: in
     return end
 
 
-# ---------------------------------------------------------------------- the pika contract
-def check_pika_internals(impl: Any = None) -> None:
-    """Check that pika's internals are the ones :class:`DeliveryReader` relies on.
-
-    These (none of them public API) are checked by what they are and do, not by pika's
-    version:
-
-    * ``Connection._on_data_available(data_in)``: the reader replaces it on the instance and
-      hands it whole frames; it must read them all at once, count them in
-      ``bytes_received`` (pika's heartbeat checker watches that counter), and leave
-      ``_frame_buffer`` empty, whether pika rebinds that buffer (pika <= 1.4) or empties it
-      in place (pika's main branch). Tried once per process on a connection object that
-      never connects.
-    * ``_frame_buffer`` (``bytes`` or ``bytearray``: a partial frame at most, taken over
-      by the reader) and ``bytes_received`` (an int) on the connection ``impl``; ``impl``
-      not inside its own frame loop.
-    * ``pika.spec.BasicProperties.decode(encoded, offset)`` and
-      ``pika.spec.Basic.Deliver(consumer_tag, delivery_tag, redelivered, exchange,
-      routing_key)``: a delivery marshalled by pika reads back whole.
-
-    Not checked, as nothing is lost without it: the transport's ``_MAX_RECV_BYTES``
-    (``_read_more_per_call``); a transport without it reads 4 KB at a time as before.
-
-    Raises ``PikaContractError`` naming what differs. Any thread; cheap after the first call.
-    """
-    _check_pika_classes(pika.connection.Connection._on_data_available)
-    if impl is None:
-        return
-    problems = []
-    if not callable(getattr(impl, '_on_data_available', None)):
-        problems.append('the connection has no _on_data_available')
-    if not isinstance(getattr(impl, '_frame_buffer', None), (bytes, bytearray)):
-        problems.append('its _frame_buffer is '
-                        f'{type(getattr(impl, "_frame_buffer", None)).__name__}, '
-                        'not bytes or bytearray')
-    if type(getattr(impl, 'bytes_received', None)) is not int:
-        problems.append('its bytes_received is not an int')
-    if getattr(impl, '_processing_frame_buffer', False):
-        problems.append('it is inside its own frame loop')
-    if problems:
-        raise PikaContractError(_contract_message('; '.join(problems)))
-
-
-def _contract_message(what: str) -> str:
-    return (f'pika {getattr(pika, "__version__", "?")} does not read frames as pika_rpc '
-            f'expects ({what}); install a pika release within pika_rpc\'s requirement '
-            f'(install_requires)')
-
-
+# ---------------------------------------------------------------------- self-check
 @functools.lru_cache(maxsize=None)
-def _check_pika_classes(on_data_available: Any) -> None:
-    # Cached by the frame reader's function: a pika patched later is checked again.
-    params = list(inspect.signature(on_data_available).parameters)
-    if len(params) != 2:
-        raise PikaContractError(_contract_message(
-            f'Connection._on_data_available takes {params[1:]}, not one data argument'))
-    _check_reader_behaviour()
-    _check_delivery_round_trip()
-
-
-def _check_reader_behaviour() -> None:
-    """Hand pika's reader whole frames, as DeliveryReader does, on a connection that never
-    connects; it must read them all at once, count their bytes and keep nothing."""
-    heartbeat = pika.frame.Heartbeat().marshal()
-    try:
-        conn = pika.SelectConnection(pika.ConnectionParameters(),
-                                     internal_connection_workflow=False)
-    except Exception as exc:
-        raise PikaContractError(_contract_message(
-            f'a SelectConnection cannot be made without connecting: {exc!r}')) from exc
-    conn._heartbeat_checker = _HeartbeatSink()          # pika warns of heartbeats without
-    try:
-        conn._on_data_available(heartbeat[:3])          # pika holds a partial frame...
-        held = _take_frame_buffer(conn)                 # ...which the reader takes over
-        if held != heartbeat[:3] or len(conn._frame_buffer):
-            raise PikaContractError(_contract_message(
-                f'_frame_buffer held {held!r} after a partial frame'))
-        frames0, bytes0 = conn.frames_received, conn.bytes_received
-        conn._on_data_available(heartbeat * 3)
-        read, counted = conn.frames_received - frames0, conn.bytes_received - bytes0
-        if (read, counted, len(conn._frame_buffer)) != (3, 3 * len(heartbeat), 0):
-            raise PikaContractError(_contract_message(
-                f'of 3 whole frames handed to _on_data_available it read {read}, counted '
-                f'{counted} of {3 * len(heartbeat)} bytes in bytes_received and kept '
-                f'{len(conn._frame_buffer)} bytes'))
-    except PikaContractError:
-        raise
-    except Exception as exc:
-        raise PikaContractError(_contract_message(f'its frame reader failed: {exc!r}')) from exc
-    finally:
-        try:
-            conn.ioloop.close()
-        except Exception:
-            LOGGER.debug('closing the ioloop of the check connection failed', exc_info=True)
-
-
-class _HeartbeatSink:
-    """The heartbeat checker of the connection :func:`_check_reader_behaviour` makes."""
-
-    def received(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
-def _check_delivery_round_trip() -> None:
-    """A delivery marshalled by pika must parse back to the same method, properties, body."""
+def check_parser() -> None:
+    """Check once per process that a delivery marshalled by pika (``pika.frame``,
+    ``BasicProperties``, ``Basic.Deliver``) parses back to the same method, properties and
+    body here. Raises ``PikaContractError`` if not."""
     method = pika.spec.Basic.Deliver('ctag', 7, True, 'ex', 'rk')
     properties = pika.spec.BasicProperties(content_type='application/json',
                                            correlation_id='c', headers={'k': 1})
@@ -526,7 +384,8 @@ def _check_delivery_round_trip() -> None:
             vars(parsed[1]), vars(parsed[2]), parsed[3]) == (vars(method), vars(properties),
                                                               b'{}')
     except Exception as exc:
-        raise PikaContractError(_contract_message(
-            f'a delivery it marshals does not read back: {exc!r}')) from exc
+        raise PikaContractError(
+            f'pika {pika.__version__}: a delivery it marshals does not read back: {exc!r}') from exc
     if not ok:
-        raise PikaContractError(_contract_message('a delivery it marshals reads back changed'))
+        raise PikaContractError(f'pika {pika.__version__}: a delivery it marshals reads back '
+                                'changed')

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ._commands import Publication
+from ._handoff import Publication
 from ._timeouts import remaining
 from .errors import ConnectionLost, PublishError, Unroutable
 

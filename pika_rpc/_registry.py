@@ -25,7 +25,7 @@ import threading
 import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
-from ._iothread import Link
+from ._link import Link
 from .config import Settings, connection_options, connection_retry_policy
 from ._threads import SerialExecutor
 

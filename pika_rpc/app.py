@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 from . import protocol, serialization
 from . import _registry
 from ._context import current_request, request_field
-from ._commands import Publication
+from ._handoff import Publication
 from ._publish import publish_and_wait
 from ._timeouts import deadline, remaining
 from .backend import RPCBackend

@@ -46,8 +46,9 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 from . import protocol, serialization, states
 from . import _registry
 from ._context import current_request, request_field
-from ._commands import ConsumerSpec, Delivery, Publication
-from ._iothread import Link
+from ._consumers import ConsumerSpec, Delivery
+from ._handoff import Publication
+from ._link import Link
 from ._pending import PendingTable
 from ._publish import publish_and_wait
 from ._threads import SerialExecutor

@@ -71,8 +71,9 @@ import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from . import _registry, serialization
-from ._commands import ConsumerSpec, Delivery, Publication
-from ._iothread import Link
+from ._consumers import ConsumerSpec, Delivery
+from ._handoff import Publication
+from ._link import Link
 from ._publish import publish_and_wait
 from ._retry import retry_over_time
 from ._timeouts import deadline, remaining

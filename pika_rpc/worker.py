@@ -89,7 +89,7 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 
 from . import _registry, protocol, serialization, states
 from ._context import task_context
-from ._commands import Publication
+from ._handoff import Publication
 from ._publish import publish_and_wait
 from ._threads import SerialExecutor
 from ._timeouts import deadline, remaining

@@ -246,13 +246,14 @@ def _sizes(app: Any) -> Dict[str, Any]:
                                                  'commands', 'wake_ups', 'deliveries', 'ack_frames',
                                                  'publishes', 'confirms')})
     # Internal structures (read-only peek, diagnostics only).
-    pipe = link._pipeline
+    pipe = link._outbox.pipeline
     table = backend._pending
     out.update(pipeline_unconfirmed=len(pipe._unconfirmed) if pipe else None,
                pipeline_by_key=len(pipe._by_key) if pipe else None,
                pipeline_returned=len(pipe._returned) if pipe else None,
-               link_acks=len(link._acks), link_consumers=len(link._consumers),
-               link_retry_later=len(link._retry_later), link_declared=len(link._declared),
+               link_acks=len(link._consumers._acks), link_consumers=len(link._consumers),
+               link_retry_later=len(link._outbox.retry_later),
+               link_declared=len(link._declarations._done),
                table_slots=len(table._slots), table_final=len(table._final),
                table_oob=len(table._oob), table_replay=len(table._replay),
                table_watchers=len(table._watchers),

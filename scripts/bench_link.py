@@ -119,7 +119,7 @@ def _time_ack_handler() -> List[float]:
 def w_pr_link_pipelined(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     """One thread: ``Link.publish`` n publications without waiting, then wait for all."""
     from pika_rpc import protocol, serialization
-    from pika_rpc._iothread import Publication
+    from pika_rpc._handoff import Publication
     n = p['n']
     spent = _time_ack_handler()
     queue = _target_queue(url, 'pipe')

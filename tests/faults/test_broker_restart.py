@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional
 import pytest
 
 from pika_rpc import App
-from pika_rpc._iothread import Link
+from pika_rpc._link import Link
 from pika_rpc.errors import PublishError
 from tests.helpers import LinkEvents, eventually, list_queues, rabbitmqctl
 

@@ -8,6 +8,7 @@ import threading
 
 
 import pika_rpc
+import pika_rpc._handoff
 
 from tests.helpers import eventually
 
@@ -34,8 +35,8 @@ def test_waiters_wake_with_the_error_when_the_io_thread_dies_and_the_next_call_w
 
     def boom():
         raise RuntimeError('injected bug')
-    link._flush_acks = boom               # the next loop turn raises inside the I/O thread
-    link._enqueue(pika_rpc._iothread._Command(lambda: None, (), 'nudge'), None)
+    link._consumers.flush_acks = boom     # the next loop turn raises inside the I/O thread
+    link.enqueue(pika_rpc._handoff.Command(lambda: None, (), 'nudge'), None)
     for t in threads:
         t.join(30)
         assert not t.is_alive()

@@ -165,7 +165,7 @@ def test_acking_the_parents_message_in_a_child_is_refused_even_with_its_link_loc
             except Message.MessageStateError as exc:
                 return f'refused: {exc}'
             return 'acked'
-        report = fork_while_held([conn.link._mutex], child)
+        report = fork_while_held([conn.link.handoff.mutex], child)
         assert report.startswith('refused: This message was received by the parent process')
         received[0].ack()                                   # the parent still can
         consumer.cancel()
@@ -227,7 +227,7 @@ def test_a_child_using_an_abandoned_parent_link_is_refused_even_with_its_mutex_h
             return f'refused: {exc}'
         return 'ran on the parent link'
     try:
-        assert fork_while_held([link._mutex], child).startswith('refused: ')
+        assert fork_while_held([link.handoff.mutex], child).startswith('refused: ')
     finally:
         conn.release()
 

@@ -27,7 +27,7 @@ import pika
 import pytest
 
 from pika_rpc import App
-from pika_rpc._iothread import Link
+from pika_rpc._link import Link
 from pika_rpc.errors import (ClosedError, ConnectionLost, ContentDisallowed, DecodeError,
                              PikaRPCError)
 from tests.faultproxy import FaultProxy

@@ -16,7 +16,8 @@ from typing import Any, Iterator, List, Tuple
 
 import pytest
 
-from pika_rpc._iothread import OPEN, Link, Publication
+from pika_rpc._handoff import Publication
+from pika_rpc._link import OPEN, Link
 from pika_rpc.config import Settings, connection_options
 from pika_rpc.errors import ClosedError, PublishError
 from tests.faultproxy import FaultProxy
@@ -130,13 +131,13 @@ def test_a_bug_in_the_middle_of_a_batch_fails_every_publication_of_it_with_a_typ
     try:
         link.call(_noop, timeout=WAIT)
         pubs = [Publication('', result_queue, b'%d' % i, {}, timeout=None) for i in range(10)]
-        do_publish = link._do_publish
+        do_publish = link._outbox.send
 
         def bug_at_the_sixth(pub: Publication) -> None:
             if pub is pubs[5]:
                 raise RuntimeError('injected bug')   # the I/O thread dies of it
             do_publish(pub)
-        link._do_publish = bug_at_the_sixth          # type: ignore[method-assign]
+        link._outbox.send = bug_at_the_sixth          # type: ignore[method-assign]
         with _IOThreadHeld(link):                    # all ten in one batch
             for pub in pubs:
                 link.publish(pub)
@@ -153,8 +154,8 @@ def test_a_bug_in_the_middle_of_a_batch_fails_every_publication_of_it_with_a_typ
 def _stall_direct_writes(link: Link, fault_proxy: FaultProxy) -> Any:
     """Pause the proxy and shrink the send buffer: a caller writing a big publication
     itself is soon left with part of a frame the socket does not take."""
-    pipeline = link._pipeline
-    pipeline._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    pipeline = link._outbox.pipeline
+    pipeline._socket.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     fault_proxy.pause()
     return pipeline
 
@@ -245,7 +246,7 @@ def test_a_stalled_direct_write_on_a_descriptor_past_select_limit_finishes_when_
     link = _proxied_link(fault_proxy, amqp_url)
     try:
         pipeline = _stall_direct_writes(link, fault_proxy)
-        assert pipeline._sock.fileno() > 1024
+        assert pipeline._socket.sock.fileno() > 1024
         pubs = _big_publications(result_queue, 7)
         writer, errors = _publish_in_thread(link, pubs)
         # The writer holds the write lock in the middle of a frame the socket did not take

@@ -63,11 +63,11 @@ def test_the_link_reconnects_by_itself_after_the_connection_is_cut(
     client.send_task('tasks.add', (1, 1))          # the reply consumer runs from here
     link = client.backend._get_link()
     events = LinkEvents(link)
-    old_connection, attempts = link._conn, fault_proxy.connection_attempts
+    old_connection, attempts = link.connection, fault_proxy.connection_attempts
     assert fault_proxy.cut() == 1
     assert events.wait('connected')                # nobody called: the I/O thread did it
     assert link.wait_for_state('OPEN', timeout=WAIT)
-    assert link._conn is not old_connection and link.stats()['reconnects'] == 1
+    assert link.connection is not old_connection and link.stats()['reconnects'] == 1
     assert fault_proxy.connection_attempts == attempts + 1
     assert fault_proxy.active_connections == 1
     assert client.backend.stats()['reconnects'] == 1
@@ -378,12 +378,12 @@ def test_a_get_timeout_never_triggers_a_reconnect(
         client: App, worker: App, fault_proxy: FaultProxy) -> None:
     result = client.send_task('tasks.add', (1, 1))
     link = client.backend._get_link()
-    connection, attempts = link._conn, fault_proxy.connection_attempts
+    connection, attempts = link.connection, fault_proxy.connection_attempts
     with pytest.raises(TimeoutError):
         result.get(timeout=0.2)
     with pytest.raises(TimeoutError):
         result.get(timeout=0)
-    assert link._conn is connection and link.stats()['reconnects'] == 0
+    assert link.connection is connection and link.stats()['reconnects'] == 0
     assert fault_proxy.connection_attempts == attempts and fault_proxy.active_connections == 1
     worker.backend.mark_as_done(result.id, 2, request=reply(client, result.id))
     assert result.get(timeout=WAIT) == 2

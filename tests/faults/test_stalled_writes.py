@@ -25,8 +25,8 @@ def _stalled_writers(client: App, fault_proxy: FaultProxy, queue: str,
     results; return once one of them holds the write lock in the middle of a frame."""
     link = client.backend._get_link()
     link.call(lambda: None, timeout=WAIT)
-    pipeline = link._pipeline
-    pipeline._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    pipeline = link._outbox.pipeline
+    pipeline._socket.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     fault_proxy.pause()
     outcome: Dict[str, Any] = {}
 

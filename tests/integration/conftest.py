@@ -6,7 +6,7 @@ from typing import Any, Callable, Iterator, List
 import pika
 import pytest
 
-from pika_rpc._iothread import Link
+from pika_rpc._link import Link
 from pika_rpc.config import Settings, connection_options
 from pika_rpc.messaging import Connection
 

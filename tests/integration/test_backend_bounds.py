@@ -10,7 +10,7 @@ import json
 import pytest
 
 from pika_rpc import App
-from pika_rpc._iothread import Publication
+from pika_rpc._handoff import Publication
 
 from tests.helpers import eventually
 

@@ -16,7 +16,7 @@ from typing import Any, Iterator, List, Optional
 import pika
 import pytest
 
-from pika_rpc import App, _deliveries
+from pika_rpc import App, _deliveries, _pika
 from pika_rpc.errors import ClosedError
 from tests.helpers import LinkEvents, pika_parameters
 
@@ -51,8 +51,8 @@ class ReadWatch:
 
     def __init__(self, app: App) -> None:
         link = app.backend._get_link()
-        impl = link._conn._impl
-        self.reader = link._reader
+        impl = link.wire.impl
+        self.reader = link.reader
         self.kept: List[int] = []
         self.reads = 0
         on_data = impl._on_data_available
@@ -79,8 +79,8 @@ def test_a_16_mb_result_is_taken_read_by_read_and_parsed_once(
         publish_result(amqp_url, app.backend.oid, task_id, 16 << 20)
         assert len(app.AsyncResult(task_id).get(timeout=WAIT)) == 16 << 20
         assert watch.reads > 100                     # it did span hundreds of reads
-        assert app.backend._get_link()._conn._impl._transport._MAX_RECV_BYTES == \
-            _deliveries.READ_SIZE                    # 64 KB per read, not pika's 4 KB
+        assert app.backend._get_link().wire.impl._transport._MAX_RECV_BYTES == \
+            _pika.READ_SIZE                    # 64 KB per read, not pika's 4 KB
         assert max(watch.kept) < 1024                # never the partial delivery (16 MB)
         assert len(parses) == 1                      # once, not once per read
     finally:

@@ -23,7 +23,8 @@ import pytest
 
 from pika_rpc import App, RPCBackend
 from pika_rpc._confirms import DIRECT_MAX_BODY
-from pika_rpc._iothread import Link, Publication
+from pika_rpc._handoff import Publication
+from pika_rpc._link import Link
 from pika_rpc.config import Settings, connection_options, mask_url, parse_url
 from pika_rpc.entities import Queue
 from pika_rpc.errors import ConnectionLost, PublishError, TimeoutError
@@ -122,7 +123,7 @@ def test_an_idle_link_with_a_one_second_heartbeat_keeps_its_connection_for_fifte
     try:
         result = app.send_task('tasks.idle')       # the reply consumer is running from here
         link = app.backend._get_link()
-        connection = link._conn
+        connection = link.connection
         before = eventually(lambda: broker_connections().get(link.name), timeout=WAIT)
         assert before['timeout'] == 1              # the broker agreed to a 1 s heartbeat
 
@@ -130,7 +131,7 @@ def test_an_idle_link_with_a_one_second_heartbeat_keeps_its_connection_for_fifte
 
         after = broker_connections().get(link.name)
         assert after is not None and after['name'] == before['name']   # same TCP connection
-        assert link._conn is connection and link.state == 'OPEN'
+        assert link.connection is connection and link.state == 'OPEN'
         assert link.stats()['reconnects'] == 0
         app.backend.mark_as_done(result.id, 'still here',
                                  request={'reply_to': app.backend.oid, 'id': result.id})
@@ -486,11 +487,11 @@ def test_a_task_sent_to_a_missing_exchange_fails_with_404_and_the_connection_sta
         app: App, unique_name: str) -> None:
     pending = app.send_task('tasks.add', (1, 1))
     link = app.backend._get_link()
-    connection = link._conn
+    connection = link.connection
     missing = f'{unique_name}-missing'
     with pytest.raises(PublishError, match=f"404 NOT_FOUND - no exchange '{missing}'"):
         app.send_task('tasks.add', (2, 2), exchange=missing, routing_key='x')
-    assert link._conn is connection and link.stats()['reconnects'] == 0
+    assert link.connection is connection and link.stats()['reconnects'] == 0
     assert link.stats()['republishes'] == 0          # an argument error is never retried
     app.backend.mark_as_done(pending.id, 2, request={'reply_to': app.backend.oid, 'id': pending.id})
     assert pending.get(timeout=WAIT) == 2            # the reply consumer never noticed
@@ -610,7 +611,7 @@ def _wait_child(pid: int, timeout: float) -> int:
 def test_a_forked_child_opens_its_own_connection_and_leaves_the_parents_untouched(app: App) -> None:
     result = app.send_task('tasks.add', (1, 1))
     link = app.backend._get_link()
-    connection = link._conn
+    connection = link.connection
     eventually(lambda: link.name in broker_connections(), timeout=WAIT)
     to_child_r, to_child_w = os.pipe()
     from_child_r, from_child_w = os.pipe()
@@ -652,7 +653,7 @@ def test_a_forked_child_opens_its_own_connection_and_leaves_the_parents_untouche
         os.close(from_child_r)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     eventually(lambda: report['name'] not in broker_connections(), timeout=WAIT)
-    assert app.backend._get_link() is link and link._conn is connection and not link.closed
+    assert app.backend._get_link() is link and link.connection is connection and not link.closed
     assert link.stats()['reconnects'] == 0 and link.pid == os.getpid()
     app.backend.mark_as_done(result.id, 2, request={'reply_to': app.backend.oid, 'id': result.id})
     assert result.get(timeout=WAIT) == 2

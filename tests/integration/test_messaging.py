@@ -11,7 +11,7 @@ from typing import Any, Callable, List, Optional
 
 import pytest
 
-from pika_rpc._iothread import Link
+from pika_rpc._link import Link
 from pika_rpc.entities import Exchange, Message, Queue, binding
 from pika_rpc.errors import PublishError, TimeoutError
 from pika_rpc.messaging import Connection, Consumer, Producer

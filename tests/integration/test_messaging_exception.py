@@ -11,7 +11,7 @@ from typing import Any, Callable, List
 
 import pytest
 
-from pika_rpc._iothread import Link
+from pika_rpc._link import Link
 from pika_rpc.entities import Exchange, Message, MessageStateError, NotBoundError, Queue
 from pika_rpc.errors import (BrokerRefused, ContentDisallowed, DecodeError, NotFound,
                              NotSupportedByRabbitMQ, PikaRPCError,

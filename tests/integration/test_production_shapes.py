@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from pika_rpc import App
-from pika_rpc._commands import ConsumerSpec, Delivery
+from pika_rpc._consumers import ConsumerSpec, Delivery
 from pika_rpc.errors import TimeoutError
 
 from tests.helpers import eventually, list_queues

@@ -12,7 +12,8 @@ import pika.spec
 import pytest
 
 from pika_rpc._confirms import _returned_one
-from pika_rpc._iothread import Link, Publication
+from pika_rpc._handoff import Publication
+from pika_rpc._link import Link
 from pika_rpc.config import Settings, connection_options
 
 WAIT = 30.0

@@ -7,7 +7,7 @@
 * ``wait_http(url)``: bounded polling of an HTTP port until it answers (no sleep).
 * ``get_json(url)``: ``(status, body)`` of a GET returning JSON.
 * ``pika_connections()``: the broker's pika_rpc connections by the pid in their
-  ``connection_name`` (``pika-rpc-io-<pid>-<n>``, see ``pika_rpc/_iothread.py``).
+  ``connection_name`` (``pika-rpc-io-<pid>-<n>``, see ``pika_rpc/_link.py``).
 * ``children_of(pid)``: the pids of a process's children (Linux ``/proc``).
 """
 from __future__ import annotations

@@ -16,6 +16,7 @@ import pika.spec
 import pytest
 
 from pika_rpc import _deliveries
+from pika_rpc import _pika
 from pika_rpc._deliveries import DeliveryReader
 
 
@@ -89,7 +90,7 @@ EXPECTED = [
 
 
 def reader_on(conn: FakeConnection, channel: FakeChannel) -> DeliveryReader:
-    reader = DeliveryReader(conn)
+    reader = DeliveryReader(_pika.Wire.of(conn))
 
     def handler(ch: Any, method: Any, properties: Any, body: bytes) -> None:
         assert ch is channel and method.consumer_tag == 'ctag-2'
@@ -185,7 +186,7 @@ def test_frames_after_pika_closed_the_connection_are_not_handed_on() -> None:
 
 def test_confirms_of_a_registered_publish_channel_are_read_here_in_order() -> None:
     conn = FakeConnection()
-    reader = DeliveryReader(conn)
+    reader = DeliveryReader(_pika.Wire.of(conn))
     reader.register_confirms(FakeChannel(1), lambda tag, multiple, nack: conn.log.append(
         ('confirm', (tag, multiple, nack))))
     returned = (method(1, pika.spec.Basic.Return(312, 'NO_ROUTE', '', 'q'))
@@ -216,7 +217,7 @@ def frames_of(channel: int, tag: int, body: bytes, frame_max: int, **props: Any)
 
 
 def logging_reader(conn: FakeConnection, *channels: FakeChannel) -> DeliveryReader:
-    reader = DeliveryReader(conn)
+    reader = DeliveryReader(_pika.Wire.of(conn))
     for channel in channels:
         reader.register(channel, lambda ch, m, p, body: conn.log.append(
             ('deliver', (ch.channel_number, m.delivery_tag, body, p.correlation_id))))
@@ -358,7 +359,7 @@ def test_a_delivery_whose_handler_raised_is_not_handed_on_again(big: bool) -> No
     body = BIG if big else b'x'
     first = deliver(2, 1, body, 131064)
     conn = FakeConnection()
-    reader = DeliveryReader(conn)
+    reader = DeliveryReader(_pika.Wire.of(conn))
     calls: List[int] = []
 
     def handler(ch: Any, m: Any, p: Any, got: bytes) -> None:

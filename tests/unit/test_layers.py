@@ -1,30 +1,43 @@
-"""The module layering of STYLE.md §3: a module imports only from lower levels.
+"""The package's layout rules, read with ``ast`` (no import of pika_rpc runs):
 
-pika is imported only by the I/O-thread modules (_iothread, and the two that reach into pika's
-internals for speed: _confirms for publishing, _deliveries for receiving);
-nothing inside the package imports ``pika_rpc/__init__``. Read with ``ast``; no import runs.
+* a module imports only from lower levels (the table below); nothing inside the package
+  imports ``pika_rpc/__init__``;
+* pika is imported only by the modules that talk to it: ``_pika`` (the boundary), the I/O
+  thread's ``_link``, ``_outbox``, ``_consumers``, ``_confirms`` and ``_deliveries``;
+* a private pika attribute (one pika's own source defines, e.g. ``_impl``, ``_transport``,
+  ``_frame_buffer``) is touched in ``_pika`` only;
+* no module is over ``MAX_LINES`` lines: a later feature splits a module rather than grow it.
 """
 from __future__ import annotations
 
 import ast
 import pathlib
+from typing import Iterator, Set
 
+import pika
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / 'pika_rpc'
+MAX_LINES = 650
 
 LEVELS = {
-    'errors': 0, 'states': 0, '_version': 0, '_timeouts': 0, '_context': 0,
-    'config': 1, '_advice': 1, 'serialization': 1, '_retry': 1, '_pending': 1, '_threads': 1, 'findbroker': 1,
-    '_advice': 1,
-    'protocol': 2, 'entities': 2, '_confirms': 2, '_deliveries': 2, '_commands': 2, 'result': 2, 'task': 2,
-    '_iothread': 3, '_publish': 3, '_registry': 4, 'messaging': 5, 'backend': 6, 'app': 7, 'worker': 7,
-    'cli': 8, '__main__': 9,
+    'errors': 0, 'states': 0, '_timeouts': 0, '_context': 0, '_version': 0,
+    'config': 1, '_advice': 1, 'serialization': 1, '_retry': 1, '_pending': 1, '_threads': 1,
+    'findbroker': 1, '_handoff': 1, '_declarations': 1,
+    'protocol': 2, 'entities': 2, 'result': 2, 'task': 2, '_pika': 2,
+    '_confirms': 3, '_deliveries': 3, '_consumers': 3, '_publish': 3,
+    '_outbox': 4, '_link': 5, '_registry': 6, 'messaging': 7, 'backend': 8, 'app': 9, 'worker': 9,
+    'cli': 10, '__main__': 11,
 }
-PIKA_ALLOWED = {'_iothread', '_confirms', '_deliveries'}
+PIKA_ALLOWED = {'_pika', '_link', '_outbox', '_consumers', '_confirms', '_deliveries'}
+#: The pika internals pika_rpc relies on (see pika_rpc/_pika.py); no other module may even
+#: define attributes of these names, so a use of one elsewhere is always pika's.
+KNOWN_INTERNALS = {'_impl', '_transport', '_sock', '_produce', '_frame_buffer',
+                   '_on_data_available', '_set_cookie', '_body_max_length', '_MAX_RECV_BYTES',
+                   '_processing_frame_buffer', '_heartbeat_checker'}
 
 
-def imports_of(path: pathlib.Path):
+def imports_of(path: pathlib.Path) -> Iterator[str]:
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -42,12 +55,12 @@ def imports_of(path: pathlib.Path):
 MODULES = sorted(p.stem for p in PACKAGE.glob('*.py') if p.stem != '__init__')
 
 
-def test_every_module_has_a_level():
+def test_every_module_has_a_level() -> None:
     assert set(MODULES) <= set(LEVELS), set(MODULES) - set(LEVELS)
 
 
 @pytest.mark.parametrize('module', MODULES)
-def test_module_imports_only_lower_levels(module):
+def test_module_imports_only_lower_levels(module: str) -> None:
     level = LEVELS[module]
     for name in imports_of(PACKAGE / f'{module}.py'):
         top = name.split('.')[0]
@@ -58,3 +71,65 @@ def test_module_imports_only_lower_levels(module):
             assert target != '__init__' and target in LEVELS, f'{module} imports {name}'
             assert LEVELS[target] < level, f'{module} (level {level}) imports {target} ' \
                                            f'(level {LEVELS[target]})'
+
+
+@pytest.mark.parametrize('module', MODULES)
+def test_no_module_is_over_the_size_limit(module: str) -> None:
+    lines = len((PACKAGE / f'{module}.py').read_text().splitlines())
+    assert lines <= MAX_LINES, f'{module}.py has {lines} lines (at most {MAX_LINES}): split it'
+
+
+def _private_names(tree: ast.AST) -> Set[str]:
+    """Private names a source defines: ``self._x = ...``, ``setattr(self, '_x', ...)``,
+    ``def _x``, class-level ``_X = ...``."""
+    names: Set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.Call) and len(node.args) >= 2 \
+                and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str) \
+                and getattr(node.func, 'attr', getattr(node.func, 'id', '')) in (
+                    'setattr', '__setattr__'):
+            names.add(node.args[1].value)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            if isinstance(node, ast.ClassDef):
+                for stmt in node.body:
+                    if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+                        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+                        names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return {n for n in names if n.startswith('_') and not n.startswith('__')}
+
+
+def _pika_private_names() -> Set[str]:
+    root = pathlib.Path(pika.__file__).parent
+    names: Set[str] = set()
+    for path in root.rglob('*.py'):
+        names |= _private_names(ast.parse(path.read_text(encoding='utf-8')))
+    return names
+
+
+def test_the_known_internals_are_pikas_and_no_other_module_defines_them() -> None:
+    newer = {'_processing_frame_buffer'}       # pika's main branch only
+    assert KNOWN_INTERNALS - newer <= _pika_private_names()
+    for module in MODULES:
+        if module == '_pika':
+            continue
+        own = _private_names(ast.parse((PACKAGE / f'{module}.py').read_text()))
+        assert not own & KNOWN_INTERNALS, f'{module} defines {own & KNOWN_INTERNALS}'
+
+
+@pytest.mark.parametrize('module', [m for m in MODULES if m != '_pika'])
+def test_private_pika_attributes_are_touched_only_in_the_pika_module(module: str) -> None:
+    ours: Set[str] = set()
+    for other in MODULES:
+        if other != '_pika':
+            ours |= _private_names(ast.parse((PACKAGE / f'{other}.py').read_text()))
+    pikas = (_pika_private_names() - ours) | KNOWN_INTERNALS
+    tree = ast.parse((PACKAGE / f'{module}.py').read_text())
+    used = {node.attr for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr in pikas}
+    strings = {node.value for node in ast.walk(tree)     # getattr(obj, '_impl')
+               if isinstance(node, ast.Constant) and node.value in KNOWN_INTERNALS}
+    assert not used | strings, f'{module} touches pika internals {sorted(used | strings)}: ' \
+                               'only pika_rpc/_pika.py may'

@@ -36,8 +36,9 @@ import pika.heartbeat
 import pika.spec
 import pytest
 
-from pika_rpc import _deliveries
-from pika_rpc._deliveries import DeliveryReader, PikaContractError, check_pika_internals
+from pika_rpc import _pika
+from pika_rpc._deliveries import DeliveryReader
+from pika_rpc._pika import PikaContractError, check_pika as check_pika_internals
 
 CTAG = 'ctag-%d'
 FRAME_MAX = 131072 - 8            # body bytes per frame at RabbitMQ's default frame_max
@@ -170,7 +171,7 @@ class Client:
             self.channels[n].basic_consume(f'q{n}', self._pika_delivery,
                                            consumer_tag=CTAG % n)
             self.reply(method(n, pika.spec.Basic.ConsumeOk(CTAG % n)))
-        self.reader = DeliveryReader(conn)
+        self.reader = DeliveryReader(_pika.Wire.of(conn))
         self.reader.register_confirms(publish, lambda tag, multiple, nack: self.log.append(
             ('confirm', tag, multiple, nack)))
         for n in (2, 4):
@@ -322,7 +323,7 @@ def test_a_partial_frame_pika_held_when_the_reader_came_is_read(pika_reader: str
     try:
         conn._proto_data_received(HEARTBEAT[:3])
         frames, received = conn.frames_received, conn.bytes_received
-        reader = DeliveryReader(conn)
+        reader = DeliveryReader(_pika.Wire.of(conn))
         assert len(conn._frame_buffer) == 0 and reader._buf == HEARTBEAT[:3]
         conn._proto_data_received(HEARTBEAT[3:] + HEARTBEAT * 3)
         assert conn.frames_received == frames + 4          # 1 of 4 before the fix
@@ -348,9 +349,9 @@ def test_a_large_delivery_arriving_slowly_keeps_pikas_heartbeat_checker_content(
 @pytest.fixture(autouse=True)
 def fresh_check() -> Iterator[None]:
     """The behaviour check is cached per frame reader; the tests patch more than that."""
-    _deliveries._check_pika_classes.cache_clear()
+    _pika._check_pika_classes.cache_clear()
     yield
-    _deliveries._check_pika_classes.cache_clear()
+    _pika._check_pika_classes.cache_clear()
 
 
 def test_the_feature_check_passes_on_this_pika(pika_reader: str) -> None:
@@ -417,7 +418,7 @@ def test_a_connection_without_the_attributes_the_reader_uses_fails_the_check() -
     bare._frame_buffer = b''
     bare.bytes_received = 0.0
     with pytest.raises(PikaContractError, match='bytes_received is not an int'):
-        DeliveryReader(bare)
+        DeliveryReader(_pika.Wire.of(bare))
 
 
 def test_a_reader_taking_more_than_one_argument_fails_the_check(
@@ -431,10 +432,10 @@ def test_a_reader_taking_more_than_one_argument_fails_the_check(
 
 def test_the_check_is_made_once_per_frame_reader(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: List[int] = []
-    real = _deliveries._check_reader_behaviour
-    monkeypatch.setattr(_deliveries, '_check_reader_behaviour',
+    real = _pika._check_reader_behaviour
+    monkeypatch.setattr(_pika, '_check_reader_behaviour',
                         lambda: calls.append(1) or real())
-    _deliveries._check_pika_classes.cache_clear()
+    _pika._check_pika_classes.cache_clear()
     for _ in range(3):
         check_pika_internals()
     assert calls == [1]
