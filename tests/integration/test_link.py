@@ -165,6 +165,24 @@ def test_amqps_round_trip_through_the_tls_proxy(tls_proxy: Any, amqp_url: str,
         delete_entities(amqp_url, unique_name)
 
 
+@pytest.mark.parametrize('check_hostname', [True, False])
+def test_check_hostname_of_broker_use_ssl_decides_whether_a_certificate_for_another_name_is_taken(
+        check_hostname: bool, tls_proxy: Any, amqp_url: str) -> None:
+    # The proxy's certificate names 127.0.0.1 and localhost, not the name we expect here.
+    ssl_conf = {'ca_certs': tls_proxy.ca_file, 'server_hostname': 'broker.example',
+                'check_hostname': check_hostname}
+    backend = RPCBackend(url=tls_proxy.url(amqp_url), broker_use_ssl=ssl_conf, **FAST_GIVE_UP)
+    try:
+        if check_hostname:
+            with pytest.raises(ConnectionLost, match='CERTIFICATE_VERIFY_FAILED'):
+                backend.get_task_meta(str(uuid.uuid4()))
+        else:
+            assert backend.get_task_meta(str(uuid.uuid4()))['status'] == 'PENDING'
+            assert backend._get_link().state == 'OPEN'
+    finally:
+        backend.close()
+
+
 def test_amqps_to_a_proxy_whose_ca_is_not_trusted_gives_connection_lost_naming_the_certificate(
         tls_proxy: Any, amqp_url: str) -> None:
     backend = RPCBackend(url=tls_proxy.url(amqp_url), **FAST_GIVE_UP)   # system CAs only
