@@ -1,4 +1,4 @@
-"""The retry policy (DESIGN §6.11): kombu's knobs and intervals, one deadline, a stop Event.
+"""The retry policy: kombu's knobs and intervals, one deadline, a stop Event.
 
 Intervals follow kombu 5.7's ``retry_over_time``: the float range from ``interval_start``
 by ``interval_step`` while it stays <= ``interval_start + interval_max``, then its last
@@ -21,7 +21,8 @@ Where this differs from kombu, on purpose:
 * Some errors are never retried: see :func:`never_retried`; ``is_fatal`` adds to it.
 
 This runs on whatever thread calls it; callers that must not run user code on their thread
-(the I/O thread, DESIGN §6.8) pass an errback that hands off to the callback thread.
+(the I/O thread, where user code never runs) pass an errback that hands off to the
+callback thread.
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 ``SerialExecutor`` runs submitted calls one at a time, in order, on one lazily started
 daemon thread. pika_rpc uses one per process for user hooks (errbacks, ``on_unroutable``,
-``on_return``, Consumer callbacks; DESIGN §6.8) and one for decoding large bodies.
+``on_return``, Consumer callbacks: user code never runs on the I/O thread) and one for
+decoding large bodies.
 A raising call is logged and the thread goes on. After a fork every executor of the child
 starts empty with a fresh lock (``os.register_at_fork``): the parent's thread does not exist
 in the child, and it may have held the lock at the fork.

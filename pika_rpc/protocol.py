@@ -3,7 +3,7 @@
 Pure build/parse: no I/O, no pika, no serialization of whole messages (callers pass the
 dicts/lists returned here to :func:`pika_rpc.serialization.dumps` and publish them).
 
-Choices where wire-format.md leaves room:
+Choices where Celery's format leaves room (the format itself: ``docs/wire-format.rst``):
 
 * Times. A naive ``datetime`` given to :func:`task_message` or :func:`result_body` is taken
   to be in ``tz`` (UTC when ``tz`` is None) and is written with an offset; Celery would write
@@ -91,7 +91,7 @@ def result_body(task_id: str, state: str, result: Any, traceback: Optional[str] 
                 group_id: Optional[str] = None, parent_id: Optional[str] = None,
                 request: Any = None, extended: bool = False,
                 tz: Optional[tzinfo] = None) -> Dict[str, Any]:
-    """Build the body a Celery 5.7 worker sends for a state change (wire-format.md §1).
+    """Build the body a Celery 5.7 worker sends for a state change (``docs/wire-format.rst``, Result messages).
 
     Keys, in this order: ``status``, ``result``, ``traceback``, ``children``, ``date_done``,
     ``group_id`` and ``parent_id`` (only when set), the extended keys (only with
@@ -183,7 +183,8 @@ def meta_from_raw(raw: Any) -> Dict[str, Any]:
 
 
 def task_id_of(raw: Any, correlation_id: Optional[str]) -> Optional[str]:
-    """The task a result belongs to: the body's ``task_id``, else ``correlation_id`` (§6.1)."""
+    """The task a result belongs to: the body's ``task_id``, else ``correlation_id`` (Celery's
+    consumer keys on the body; a sender may override ``correlation_id``)."""
     task_id = raw.get('task_id') if isinstance(raw, dict) else None
     if isinstance(task_id, str) and task_id:
         return task_id
@@ -251,7 +252,7 @@ def task_message(name: str, args: Sequence[Any] = (), kwargs: Optional[Mapping[s
                  headers: Optional[Mapping[str, Any]] = None,
                  now: Optional[datetime] = None, tz: Optional[tzinfo] = None,
                  ) -> Tuple[Dict[str, Any], Dict[str, Any], list]:
-    """Build a Celery protocol-v2 task message (wire-format.md §7).
+    """Build a Celery protocol-v2 task message (``docs/wire-format.rst``, Task messages).
 
     ``countdown`` (seconds) becomes ``eta`` = ``now + countdown`` and wins over ``eta``, as in
     Celery. ``expires`` (seconds, ``datetime`` or ISO string) sets the ISO ``expires`` header

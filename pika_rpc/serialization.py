@@ -1,6 +1,6 @@
 """Serializers (json, msgpack, yaml, pickle) and the exception codec, wire-compatible with kombu.
 
-Contracts (wire-format.md §2, §3; DESIGN §6.16):
+Contracts (``docs/wire-format.rst``: JSON envelopes, Exceptions):
 
 * ``dumps(obj, serializer)`` returns ``(content_type, content_encoding, body_bytes)``.
   JSON is written as kombu writes it: ``", "``/``": "`` separators, non-ASCII escaped, and

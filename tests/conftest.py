@@ -1,4 +1,4 @@
-"""Fixtures and run policy shared by every test (STYLE §4).
+"""Fixtures and run policy shared by every test.
 
 Policy:
 

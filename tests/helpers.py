@@ -1,6 +1,6 @@
 """Helpers for tests: bounded retries for broker-side facts, ``rabbitmqctl``, pika parameters.
 
-``eventually`` is the one place a test may wait between two checks (STYLE §4): broker-side facts
+``eventually`` is the one place a test may wait between two checks: broker-side facts
 (what ``rabbitmqctl`` lists, a queue's message count) have no event to wait on.
 
 ``rabbitmqctl`` runs the command named by ``$RABBITMQCTL`` (split like a shell would, e.g.

@@ -19,7 +19,7 @@ A memory alarm blocks every publishing connection: the broker stops reading from
 so a publish is never confirmed. ``store_result(timeout=2)`` then raises ``PublishError`` at
 its deadline instead of hanging. The publish itself is already in the socket, so once the
 alarm clears the broker reads it and routes it: ``PublishError`` means "not confirmed in
-time", not "not delivered" (publishing is at-least-once, DESIGN §6.3). pika's
+time", not "not delivered" (publishing is at-least-once). pika's
 ``blocked_connection_timeout`` (30 s by default) tears a connection down when it stays
 blocked that long; one test sets it to 1 s to check that the link then reconnects, the
 store still fails at its own deadline, and everything works once the alarm clears.

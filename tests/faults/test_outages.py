@@ -8,7 +8,7 @@ pika straight into the client's reply queue. Every phase is sequenced with event
 proxy's counters and ``eventually`` on broker-side facts; nothing sleeps.
 
 Where timing is easy to observe (waking waiters after an outage or at ``close()``) the test
-prints it; run with ``-s`` to see it. It is never asserted (STYLE §4).
+prints it; run with ``-s`` to see it. It is never asserted: timings are measured in scripts/, never asserted in tests.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ their logs.
 * gunicorn ``--preload -w 3 --threads 4`` (raw ``os.fork()`` of a master that already
   connected in ``AppConfig.ready()``): every worker has its own reply queue and
   connection, no request sees another's result, the master's connection is untouched.
-* The known limit (DESIGN §6.14): ``get_task_meta`` in a worker that did not send the task
+* The known limit (README: a result reaches only the process that sent the task): ``get_task_meta`` in a worker that did not send the task
   says PENDING; the pattern README shows (the sender stores the outcome) works.
 """
 from __future__ import annotations

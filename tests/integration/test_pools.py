@@ -1,4 +1,5 @@
-"""Process pools forked from a process whose link is running (DESIGN §6.12).
+"""Process pools forked from a process whose link is running (fork: the child drops the
+inherited connection unused and starts its own).
 
 ``multiprocessing.Pool`` and ``ProcessPoolExecutor`` with the *fork* start method: the
 parent has sent tasks (its I/O thread is consuming its reply queue) when the pool forks;

@@ -1,4 +1,5 @@
-"""Exceptions in results (wire-format.md §3): encoding, and rebuilding without any import."""
+"""Exceptions in results (``docs/wire-format.rst``, Exceptions): encoding, and rebuilding
+without any import."""
 from __future__ import annotations
 
 import sys

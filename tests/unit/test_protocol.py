@@ -1,4 +1,5 @@
-"""Celery message shapes (wire-format.md §1, §7) and the revoke broadcast, built and parsed."""
+"""Celery message shapes (``docs/wire-format.rst``: Result messages, Task messages) and the
+revoke broadcast, built and parsed."""
 from __future__ import annotations
 
 import datetime

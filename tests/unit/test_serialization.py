@@ -1,4 +1,5 @@
-"""Serializer registry and kombu-compatible JSON envelopes (wire-format.md §2): happy paths."""
+"""Serializer registry and kombu-compatible JSON envelopes (``docs/wire-format.rst``, JSON
+envelopes): happy paths."""
 from __future__ import annotations
 
 import datetime
