@@ -14,7 +14,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / 'pika_rpc'
 
 LEVELS = {
-    'errors': 0, 'states': 0, '_version': 0, '_timeouts': 0, '_context': 0,
+    'errors': 0, 'states': 0, '_version': 0, '_timeouts': 0, '_context': 0, '_urls': 0,
     'config': 1, '_advice': 1, 'serialization': 1, '_retry': 1, '_pending': 1, '_threads': 1, 'findbroker': 1,
     '_advice': 1,
     'protocol': 2, 'entities': 2, '_confirms': 2, '_deliveries': 2, '_commands': 2, 'result': 2, 'task': 2,
