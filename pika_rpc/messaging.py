@@ -78,8 +78,8 @@ from ._retry import retry_over_time
 from ._timeouts import deadline, remaining
 from .config import (Settings, mask_url,
                      merge_retry_policy, parse_url)
-from .entities import (IMMEDIATE_REFUSED, Exchange, Message, Queue, check_properties, compress,
-                       maybe_declare as _maybe_declare, maybe_delivery_mode)
+from .entities import IMMEDIATE_REFUSED, Exchange, Queue, maybe_declare as _maybe_declare
+from .message import Message, check_properties, compress, maybe_delivery_mode
 from .errors import (ClosedError, ConnectionLost, ContentDisallowed, NotFound,
                      NotSupportedByRabbitMQ, PikaRPCError, PublishError, TimeoutError)
 

@@ -17,7 +17,7 @@ LEVELS = {
     'errors': 0, 'states': 0, '_version': 0, '_timeouts': 0, '_context': 0, '_urls': 0,
     'config': 1, '_advice': 1, 'serialization': 1, '_retry': 1, '_pending': 1, '_threads': 1, 'findbroker': 1,
     '_advice': 1,
-    'protocol': 2, 'entities': 2, '_confirms': 2, '_deliveries': 2, '_commands': 2, 'result': 2, 'task': 2,
+    'message': 2, 'protocol': 2, 'entities': 3, '_confirms': 2, '_deliveries': 2, '_commands': 2, 'result': 2, 'task': 2,
     '_iothread': 3, '_publish': 3, '_registry': 4, 'messaging': 5, 'backend': 6, 'app': 7, 'worker': 7,
     'cli': 8, '__main__': 9,
 }
@@ -58,3 +58,25 @@ def test_module_imports_only_lower_levels(module):
             assert target != '__init__' and target in LEVELS, f'{module} imports {name}'
             assert LEVELS[target] < level, f'{module} (level {level}) imports {target} ' \
                                            f'(level {LEVELS[target]})'
+
+
+# A moved name stays importable from the module users imported it from: (old module, name,
+# new module).
+MOVED = [
+    ('config', 'parse_url', '_urls'), ('config', 'mask_url', '_urls'),
+    ('config', 'BrokerAddress', '_urls'),
+    ('entities', 'Message', 'message'), ('entities', 'check_properties', 'message'),
+    ('entities', 'compress', 'message'), ('entities', 'decompress', 'message'),
+    ('entities', 'maybe_delivery_mode', 'message'),
+    ('entities', 'TRANSIENT_DELIVERY_MODE', 'message'),
+    ('entities', 'PERSISTENT_DELIVERY_MODE', 'message'),
+]
+
+
+@pytest.mark.parametrize('old, name, new', MOVED)
+def test_a_moved_name_is_still_importable_from_its_old_module(old, name, new):
+    import importlib
+    old_module = importlib.import_module(f'pika_rpc.{old}')
+    new_module = importlib.import_module(f'pika_rpc.{new}')
+    assert getattr(old_module, name) is getattr(new_module, name)
+    assert name in old_module.__all__
