@@ -6,6 +6,7 @@ results and wait on them. Wire-compatible with Celery 5.5-5.7. See README.rst.
 from . import states
 from .app import App
 from .backend import BacklogLimitExceeded, ResultConsumer, RPCBackend
+from .connection import Connection
 from .entities import Exchange, Queue
 from .errors import (AccessRefused, BrokerRefused, ClosedError, ConnectionLost, ContentDisallowed, DecodeError, EncodeError,
                      MaxRetriesExceededError, MessageStateError, NotBoundError, NotRegistered,
@@ -13,7 +14,7 @@ from .errors import (AccessRefused, BrokerRefused, ClosedError, ConnectionLost, 
                      ReplyQueueLost, Retry, SecurityError, SoftTimeLimitExceeded,
                      TaskRevokedError, TimeLimitExceeded, TimeoutError, Unroutable, WorkerLostError)
 from .message import Message
-from .messaging import Connection, Consumer, Producer
+from .messaging import Consumer, Producer
 from .result import AsyncResult, GroupResult, ResultSet
 from .task import Task
 from .worker import Worker

@@ -5,10 +5,10 @@ through the *channel* it is bound to. Binding works as in kombu: ``entity(channe
 ``entity.bind(channel)`` returns a bound copy, ``maybe_bind`` binds in place, and each
 method also takes an explicit ``channel=``. This module never imports the link: a channel
 is duck-typed, any object with ``control(kind, timeout=None, cache_key=None, **kwargs)``,
-``is_declared(key)`` and ``forget_declared(key)`` (``messaging.Connection`` or the I/O
+``is_declared(key)`` and ``forget_declared(key)`` (``connection.Connection`` or the I/O
 thread's ``Link``), or an object whose ``.link`` is one. ``Exchange.publish`` also needs
 ``basic_publish(message, exchange, routing_key, mandatory)``, which only
-``messaging.Connection`` has.
+``connection.Connection`` has.
 
 Every method that talks to the broker blocks the calling thread until the I/O thread has
 the broker's answer (at most the connection's command timeout; then ``TimeoutError``). None

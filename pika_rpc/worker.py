@@ -94,9 +94,10 @@ from ._publish import publish_and_wait
 from ._threads import SerialExecutor
 from ._timeouts import deadline, remaining
 from .entities import Exchange, Queue
+from .connection import Connection
 from .errors import (EncodeError, NotRegistered, PikaRPCError, Retry,
                      TaskRevokedError, TimeLimitExceeded)
-from .messaging import Connection, Consumer
+from .messaging import Consumer
 
 LOGGER = logging.getLogger(__name__)
 

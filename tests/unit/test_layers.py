@@ -18,8 +18,8 @@ LEVELS = {
     'config': 1, '_advice': 1, 'serialization': 1, '_retry': 1, '_pending': 1, '_threads': 1, 'findbroker': 1,
     '_advice': 1,
     'message': 2, 'protocol': 2, 'entities': 3, '_confirms': 2, '_deliveries': 2, '_commands': 2, 'result': 2, 'task': 2,
-    '_iothread': 3, '_publish': 3, '_registry': 4, 'messaging': 5, 'backend': 6, 'app': 7, 'worker': 7,
-    'cli': 8, '__main__': 9,
+    '_iothread': 3, '_publish': 3, '_registry': 4, 'connection': 5, 'messaging': 6, 'backend': 7, 'app': 8,
+    'worker': 8, 'cli': 9, '__main__': 10,
 }
 PIKA_ALLOWED = {'_iothread', '_confirms', '_deliveries'}
 
@@ -70,6 +70,7 @@ MOVED = [
     ('entities', 'maybe_delivery_mode', 'message'),
     ('entities', 'TRANSIENT_DELIVERY_MODE', 'message'),
     ('entities', 'PERSISTENT_DELIVERY_MODE', 'message'),
+    ('messaging', 'Connection', 'connection'),
 ]
 
 
