@@ -15,10 +15,11 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[2] / 'pika_rpc'
 
 LEVELS = {
     'errors': 0, 'states': 0, '_version': 0, '_timeouts': 0, '_context': 0, '_urls': 0,
-    'config': 1, '_advice': 1, 'serialization': 1, '_retry': 1, '_pending': 1, '_threads': 1, 'findbroker': 1,
+    'config': 1, '_advice': 1, 'serialization': 1, '_retry': 1, '_pending': 1, '_threads': 1, '_timer': 1, 'findbroker': 1,
     '_advice': 1,
     'message': 2, 'protocol': 2, 'entities': 3, '_confirms': 2, '_deliveries': 2, '_commands': 2, 'result': 2, 'task': 2,
-    '_iothread': 3, '_publish': 3, '_registry': 4, 'connection': 5, 'messaging': 6, 'backend': 7, 'app': 8,
+    '_iothread': 3, '_publish': 3, '_registry': 4, '_jobs': 4, 'connection': 5, 'messaging': 6, 'backend': 7,
+    '_control': 7, 'app': 8,
     'worker': 8, 'cli': 9, '__main__': 10,
 }
 PIKA_ALLOWED = {'_iothread', '_confirms', '_deliveries'}
@@ -71,6 +72,8 @@ MOVED = [
     ('entities', 'TRANSIENT_DELIVERY_MODE', 'message'),
     ('entities', 'PERSISTENT_DELIVERY_MODE', 'message'),
     ('messaging', 'Connection', 'connection'),
+    ('worker', 'PIDBOX_EXCHANGE', 'protocol'), ('worker', 'REVOKES_MAX', 'protocol'),
+    ('worker', 'REVOKE_EXPIRES', 'protocol'),
 ]
 
 
