@@ -18,9 +18,8 @@ LEVELS = {
     'config': 1, '_advice': 1, 'serialization': 1, '_retry': 1, '_pending': 1, '_threads': 1, '_timer': 1, 'findbroker': 1,
     '_advice': 1,
     'message': 2, 'protocol': 2, 'entities': 3, '_confirms': 2, '_deliveries': 2, '_commands': 2, 'result': 2, 'task': 2,
-    '_iothread': 3, '_publish': 3, '_registry': 4, '_jobs': 4, 'connection': 5, 'messaging': 6, 'backend': 7,
-    '_control': 7, 'app': 8,
-    'worker': 8, 'cli': 9, '__main__': 10,
+    '_iothread': 3, '_publish': 3, '_registry': 4, '_jobs': 4, 'connection': 5, 'messaging': 6, '_replies': 7,
+    '_control': 7, 'backend': 8, 'worker': 8, 'app': 9, 'cli': 10, '__main__': 11,
 }
 PIKA_ALLOWED = {'_iothread', '_confirms', '_deliveries'}
 
@@ -74,6 +73,7 @@ MOVED = [
     ('messaging', 'Connection', 'connection'),
     ('worker', 'PIDBOX_EXCHANGE', 'protocol'), ('worker', 'REVOKES_MAX', 'protocol'),
     ('worker', 'REVOKE_EXPIRES', 'protocol'),
+    ('backend', 'ResultConsumer', '_replies'),
 ]
 
 
