@@ -42,7 +42,7 @@ from . import protocol, serialization
 from ._commands import ConsumerSpec, Delivery
 from ._iothread import Link
 from ._pending import PendingTable
-from ._threads import SerialExecutor
+from ._threads import Counters, SerialExecutor
 from ._timeouts import deadline, remaining
 from .config import reply_queue_arguments
 from .errors import DecodeError, PikaRPCError, ReplyQueueLost, TimeoutError
@@ -89,7 +89,7 @@ class ResultConsumer:
         self._subscribing = False                  # a thread is in link.consume() for us
         self._arrived = threading.Condition(threading.Lock())
         self._drain_waiters = 0          # threads in drain_events
-        self._stats = {'out_of_band_received': 0, 'bad_messages': 0, 'hook_errors': 0}
+        self._stats = Counters('out_of_band_received', 'bad_messages', 'hook_errors')
 
     # ------------------------------------------------------------------ Celery's API
     def start(self, initial_task_id: Optional[str] = None, no_ack: bool = True,
@@ -234,7 +234,7 @@ class ResultConsumer:
             task_id = protocol.task_id_of(raw, props.correlation_id)
             meta = protocol.meta_from_raw(raw)
         except PikaRPCError as exc:
-            self._stats['bad_messages'] += 1
+            self._stats.add('bad_messages')
             task_id = protocol.task_id_of(raw, props.correlation_id) if isinstance(raw, dict) \
                 else props.correlation_id
             if self._pending.fail_one(task_id, exc):
@@ -245,12 +245,12 @@ class ResultConsumer:
                                self._oid, task_id, exc)
             return
         if task_id is None:
-            self._stats['bad_messages'] += 1
+            self._stats.add('bad_messages')
             LOGGER.warning('dropped a state message with no task id on %s', self._oid)
             return
         outcome = self._pending.deliver(task_id, raw, meta, len(delivery.body))
         if outcome == 'oob':
-            self._stats['out_of_band_received'] += 1
+            self._stats.add('out_of_band_received')
             self._run_hook(self.backend.on_out_of_band_result, 'on_out_of_band_result', task_id,
                            task_id, delivery)
         self._run_hook(self.on_state_change, 'on_state_change', task_id, meta, delivery)
@@ -264,10 +264,10 @@ class ResultConsumer:
         try:
             hook(*args)
         except Exception:
-            self._stats['hook_errors'] += 1
+            self._stats.add('hook_errors')
             LOGGER.exception('%s raised for task %s on reply queue %s; its state was recorded '
                              'and the message acknowledged', name, task_id, self._oid)
 
     def stats(self) -> Dict[str, int]:
         """Messages counted while consuming: out-of-band, bad, and raising hooks."""
-        return dict(self._stats)
+        return self._stats.snapshot()

@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import queue
 import threading
 import time
 import uuid
@@ -49,6 +50,7 @@ from ._iothread import Link
 from ._pending import PendingTable
 from ._publish import publish_and_wait
 from ._replies import ResultConsumer
+from ._threads import Counters
 from ._timeouts import deadline, remaining
 from .config import Settings, reply_queue_arguments
 from .entities import Exchange, Queue
@@ -123,7 +125,7 @@ class RPCBackend:
                                      pending_max=self.conf.pending_max)
         self._link: Optional[Link] = None
         self._closed = False
-        self._stats = {'unroutable': 0, 'stored': 0}
+        self._stats = Counters('unroutable', 'stored')      # any thread stores
         self.result_consumer._attach(self._oid, self._pending, self._get_link)
 
     def _forget_parent_state(self) -> None:
@@ -271,9 +273,6 @@ class RPCBackend:
 
     poll = get_task_meta
 
-    def _get_task_meta_for(self, task_id: str) -> Dict[str, Any]:
-        return self.get_task_meta(task_id)
-
     def wait_for_pending(self, result: Any, timeout: Optional[float] = None,
                          interval: float = 0.5, no_ack: bool = True,
                          on_message: Optional[Callable[[dict], Any]] = None,
@@ -337,7 +336,7 @@ class RPCBackend:
                 else:
                     try:
                         task_id, meta, error = watcher.get(timeout=remaining(dl))
-                    except Exception:   # queue.Empty
+                    except queue.Empty:
                         raise TimeoutError(f'{len(left)} of {len(ids)} task(s) not ready after '
                                            f'{timeout} s') from None
                 if task_id not in left:
@@ -412,7 +411,7 @@ class RPCBackend:
             mandatory=True, policy=self.retry_policy,
             timeout=self.conf.publish_timeout if timeout is None else timeout)
         link = self._get_link()
-        self._stats['stored'] += 1
+        self._stats.add('stored')
         if not wait:
             link.publish(pub)
             return result
@@ -422,7 +421,7 @@ class RPCBackend:
         return result
 
     def _report_unroutable(self, task_id: str, queue: str, returned: Unroutable) -> None:
-        self._stats['unroutable'] += 1
+        self._stats.add('unroutable')
         LOGGER.warning('result of task %s unroutable: no queue %r (%s %s); the client is gone or '
                        'its reply queue expired', task_id, queue, returned.reply_code,
                        returned.reply_text)
@@ -483,7 +482,7 @@ class RPCBackend:
     # ------------------------------------------------------------------ life cycle
     def stats(self) -> Dict[str, Any]:
         """Pending and buffered tasks, bad messages, reconnects and the last link error."""
-        out = dict(self.result_consumer.stats(), **self._stats)
+        out = dict(self.result_consumer.stats(), **self._stats.snapshot())
         out.update(self._pending.sizes())
         out['oid'] = self._oid
         link = self._link

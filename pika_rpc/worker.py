@@ -76,7 +76,7 @@ from ._context import task_context
 from ._control import ControlHandler, RevokedIds
 from ._jobs import (DONE, HELD, QUEUED, RELEASED, RUNNING, Job, Outcomes, expired, format_tb,
                     short)
-from ._threads import SerialExecutor
+from ._threads import Counters, SerialExecutor
 from ._timeouts import deadline, remaining
 from ._timer import Timer
 from .connection import Connection
@@ -173,13 +173,12 @@ class Worker:
         self._service = SerialExecutor(f'pika-rpc-worker-service-{number}')
         self._connection: Optional[Connection] = None
         self._consumer: Optional[Consumer] = None
-        self._control = ControlHandler(self.hostname, on_revoke=self.revoke)
-        self._outcomes = Outcomes(app, self.hostname, self._count, lambda: self._connection.link,
-                                  self.queues[0].name)
         self._link: Any = None
-        self._stats = {'received': 0, 'succeeded': 0, 'failed': 0, 'retried': 0,
-                       'revoked': 0, 'rejected': 0, 'abandoned': 0}
-        self._stats_lock = threading.Lock()
+        self._stats = Counters('received', 'succeeded', 'failed', 'retried', 'revoked',
+                               'rejected', 'abandoned')
+        self._control = ControlHandler(self.hostname, on_revoke=self.revoke)
+        self._outcomes = Outcomes(app, self.hostname, self._stats.add,
+                                  lambda: self._connection.link, self.queues[0].name)
         self._start_lock = threading.Lock()     # stop() waits for a start() in progress
         self._thread_numbers = itertools.count(1)
         _registry.register_live(self)
@@ -192,17 +191,13 @@ class Worker:
         # A forked child has none of the parent's threads or channels: this worker is dead here.
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._stats_lock, self._start_lock = threading.Lock(), threading.Lock()
+        self._start_lock = threading.Lock()
         self.revoked._forget_parent_state()
         self._timer = Timer(self._timer.name)
         self.ready, self._stop_requested = threading.Event(), threading.Event()
         self._stopped = threading.Event()
         self._state = _STOPPED
         self._stopped.set()
-
-    def _count(self, key: str) -> None:
-        with self._stats_lock:
-            self._stats[key] += 1
 
     def _close_at_exit(self) -> None:
         # Called by the registry at interpreter exit, before the links close.
@@ -212,8 +207,7 @@ class Worker:
     def stats(self) -> Dict[str, Any]:
         """Counters (received, succeeded, failed, retried, revoked, rejected, abandoned) and
         what is held, queued and running now."""
-        with self._stats_lock:
-            counts = dict(self._stats)
+        counts = self._stats.snapshot()
         with self._lock:
             jobs = [j for js in self._jobs.values() for j in js]
             out = dict(counts, held=self._held, running=len(self._running),
@@ -504,7 +498,7 @@ class Worker:
 
     def _orphan(self, job: Job) -> None:             # under _lock
         job.abandoned = True
-        self._count('abandoned')
+        self._stats.add('abandoned')
         if job.thread in self._threads:
             self._threads.remove(job.thread)    # never joined: it may run for a long time
 
@@ -533,7 +527,7 @@ class Worker:
 
     def _on_hard_limit(self, job: Job, limit: float) -> None:     # timer thread
         if self._abandon(job, states.FAILURE, TimeLimitExceeded(limit)):
-            self._count('failed')
+            self._stats.add('failed')
             LOGGER.error('Task %s[%s] passed its hard time limit (%ss): FAILURE TimeLimitExceeded '
                          'stored; the thread cannot be killed and runs on, its outcome dropped',
                          job.request.name, job.request.id, limit)
@@ -548,19 +542,19 @@ class Worker:
             req = protocol.parse_task_message(message.headers, message.properties, body,
                                               delivery_info=info)
         except Exception as exc:
-            self._count('rejected')
+            self._stats.add('rejected')
             LOGGER.error('worker %s: rejected a malformed task message (tag %s, %s, headers %s): '
                          '%s', self.hostname, message.delivery_tag, message.content_type,
                          short(message.headers), exc)
             self._service.submit(self._outcomes.reject, message)
             return
         req.hostname = self.hostname
-        self._count('received')
+        self._stats.add('received')
         task = self.app.tasks.get(req.name)
         job = Job(req, message, task)
         LOGGER.info('Task %s[%s] received', req.name, req.id)
         if task is None:
-            self._count('failed')
+            self._stats.add('failed')
             LOGGER.error('Received unregistered task of type %r (id %s); FAILURE NotRegistered '
                          'stored and the message rejected', req.name, req.id)
             job.state = DONE
@@ -635,7 +629,7 @@ class Worker:
         for job in running:
             if terminate:
                 if self._abandon(job, states.REVOKED, TaskRevokedError('terminated')):
-                    self._count('revoked')
+                    self._stats.add('revoked')
                     LOGGER.warning('Task %s[%s] terminated: REVOKED stored; a thread cannot be '
                                    'killed, so the function runs on and its outcome is dropped',
                                    job.request.name, job.request.id)
