@@ -6,13 +6,15 @@ results and wait on them. Wire-compatible with Celery 5.5-5.7. See README.rst.
 from . import states
 from .app import App
 from .backend import BacklogLimitExceeded, ResultConsumer, RPCBackend
-from .entities import Exchange, Message, Queue
+from .connection import Connection
+from .entities import Exchange, Queue
 from .errors import (AccessRefused, BrokerRefused, ClosedError, ConnectionLost, ContentDisallowed, DecodeError, EncodeError,
                      MaxRetriesExceededError, MessageStateError, NotBoundError, NotRegistered,
                      NotFound, NotSupportedByRabbitMQ, PikaRPCError, PreconditionFailed, PublishError,
                      ReplyQueueLost, Retry, SecurityError, SoftTimeLimitExceeded,
                      TaskRevokedError, TimeLimitExceeded, TimeoutError, Unroutable, WorkerLostError)
-from .messaging import Connection, Consumer, Producer
+from .message import Message
+from .messaging import Consumer, Producer
 from .result import AsyncResult, GroupResult, ResultSet
 from .task import Task
 from .worker import Worker

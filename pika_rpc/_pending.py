@@ -247,17 +247,6 @@ class PendingTable:
             if slot is not None and slot.waiters == 0:
                 del self._slots[task_id]
 
-    def clear(self) -> None:
-        with self.mutex:
-            self._slots.clear()
-            self._final.clear()
-            self._unread.clear()
-            self._oob.clear()
-            self._replay.clear()
-            self._watchers.clear()
-            self._final_bytes = self._unread_bytes = self._oob_bytes = 0
-            self._down = None
-
     # ------------------------------------------------------------------ readers
     def peek(self, task_id: str) -> Optional[Meta]:
         """The latest known meta of ``task_id`` (None when nothing arrived). Never blocks.
@@ -378,10 +367,6 @@ class PendingTable:
                     'out_of_band_bytes': self._oob_bytes,
                     'history_max_len': max((len(s.history) for s in self._slots.values()), default=0),
                     'duplicates': self.duplicates}
-
-    def pending_ids(self) -> List[str]:
-        with self.mutex:
-            return list(self._slots)
 
     # ------------------------------------------------------------------ internals (locked)
     def _is_final(self, task_id: str) -> bool:

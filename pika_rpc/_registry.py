@@ -2,14 +2,15 @@
 
 Every ``RPCBackend``, ``Producer``/``Consumer`` with ``channel=None`` and ``Worker`` of a
 process that talks to the same broker(s) shares one ``Link`` (one connection, one I/O
-thread; DESIGN §2). ``acquire_link`` makes the caller one of its users, ``release_link``
-lets go, and the last user out closes it (bounded).
+thread: a process holds one connection per broker however many objects use it).
+``acquire_link`` makes the caller one of its users, ``release_link`` lets go, and the last
+user out closes it (bounded).
 
-Fork (DESIGN §6.12): ``os.register_at_fork(after_in_child=...)`` and a pid check at every
+Fork: ``os.register_at_fork(after_in_child=...)`` and a pid check at every
 ``current()`` call replace the registry in the child with an empty one, with new locks.
 The inherited links are kept in a list and never used again: no AMQP close, no socket
 shutdown, no write to their wake-up pipe, so the parent's connection is untouched.
-Objects that cache a link or hold long-lived locks (apps, backends, workers, messaging
+Objects that cache a link or hold long-lived locks (apps, backends, workers,
 ``Connection``s and ``Consumer``s) register in ``live`` and are told to forget their parent's
 state through ``_forget_parent_state()``: new locks (a parent thread may have held one at the
 fork, and it would stay held in the child), no parent link. Module-level locks of modules
@@ -122,10 +123,6 @@ def release_link(link: Link, timeout: Optional[float] = 5.0) -> None:
                 del proc.links[key], proc.users[key]
                 break
     link.close(timeout)
-
-
-def links() -> List[Link]:
-    return list(current().links.values())
 
 
 @atexit.register

@@ -1,12 +1,15 @@
-"""Helper threads that keep user code and slow work off the I/O thread.
+"""Helper threads that keep user code and slow work off the I/O thread, and counters they share.
 
 ``SerialExecutor`` runs submitted calls one at a time, in order, on one lazily started
 daemon thread. pika_rpc uses one per process for user hooks (errbacks, ``on_unroutable``,
-``on_return``, Consumer callbacks: user code never runs on the I/O thread) and one for
-decoding large bodies.
-A raising call is logged and the thread goes on. After a fork every executor of the child
-starts empty with a fresh lock (``os.register_at_fork``): the parent's thread does not exist
-in the child, and it may have held the lock at the fork.
+``on_return``, Consumer callbacks: user code must never run on the I/O thread, where it
+could block every other thread's traffic) and one for decoding large bodies.
+A raising call is logged and the thread goes on. ``Counters`` are named counters for
+``stats()`` that several threads add to (a ``+=`` on a shared dict is not atomic).
+
+After a fork every executor of the child starts empty with a fresh lock, and every counter
+keeps its values with a fresh lock (``os.register_at_fork``): the parent's thread does not
+exist in the child, and it may have held the lock at the fork.
 """
 from __future__ import annotations
 
@@ -15,19 +18,19 @@ import os
 import queue
 import threading
 import weakref
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional, Union
 
 LOGGER = logging.getLogger(__name__)
 
 _STOP = object()
 
-#: Every executor of the process, reset in a forked child.
-_executors: 'weakref.WeakSet[SerialExecutor]' = weakref.WeakSet()
+#: Every executor and counter set of the process, reset in a forked child.
+_resettable: 'weakref.WeakSet[Union[SerialExecutor, Counters]]' = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    for executor in list(_executors):
-        executor._reset()
+    for obj in list(_resettable):
+        obj._reset()
 
 
 class SerialExecutor:
@@ -36,7 +39,7 @@ class SerialExecutor:
     def __init__(self, name: str) -> None:
         self._name = name
         self._reset()
-        _executors.add(self)
+        _resettable.add(self)
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
@@ -77,6 +80,28 @@ class SerialExecutor:
             self._queue.put(_STOP)
             if thread is not threading.current_thread():
                 thread.join(timeout)
+
+
+class Counters:
+    """Named counters, all 0 at first; any thread may ``add`` to one. Thread-safe."""
+
+    def __init__(self, *names: str) -> None:
+        self._values = dict.fromkeys(names, 0)
+        self._reset()
+        _resettable.add(self)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, name: str, by: int = 1) -> None:
+        """Add ``by`` to counter ``name``. Raises KeyError for a name not given at creation."""
+        with self._lock:
+            self._values[name] += by
+
+    def snapshot(self) -> Dict[str, int]:
+        """A copy of every counter, read at one moment."""
+        with self._lock:
+            return dict(self._values)
 
 
 if hasattr(os, 'register_at_fork'):

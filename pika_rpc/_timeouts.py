@@ -21,7 +21,3 @@ def deadline(timeout: Optional[float]) -> Optional[float]:
 def remaining(dl: Optional[float]) -> Optional[float]:
     """Seconds left until ``dl`` (never negative); None for no deadline."""
     return None if dl is None else max(0.0, dl - time.monotonic())
-
-
-def expired(dl: Optional[float]) -> bool:
-    return dl is not None and time.monotonic() >= dl

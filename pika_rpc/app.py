@@ -27,9 +27,9 @@ from ._publish import publish_and_wait
 from ._timeouts import deadline, remaining
 from .backend import RPCBackend
 from .config import Settings, merge_retry_policy
-from .entities import check_properties
+from .connection import Connection
 from .errors import NotFound, NotRegistered, PublishError, TimeoutError
-from .messaging import Connection
+from .message import check_properties
 from .result import AsyncResult, GroupResult, ResultSet
 from .task import Task
 

@@ -1,9 +1,9 @@
-"""``RPCBackend`` and ``ResultConsumer``: Celery's rpc:// result backend on the process's link.
+"""``RPCBackend``: Celery's rpc:// result backend on the process's link.
 
-Client side: one reply queue per *process* (``oid``), consumed by the I/O thread with
-manual, batched acks; every state message is decoded (small bodies on the I/O thread, big
-ones on the decoder thread, order kept) and routed by the body's ``task_id`` (falling back
-to ``correlation_id``, DESIGN §6.1) into the pending table, where waiting threads wake.
+Client side: one reply queue per *process* (``oid``), consumed by ``result_consumer``
+(``_replies.ResultConsumer``, re-exported here), which fills this backend's pending table;
+``get``/``get_many``/``get_task_meta`` read and wait on that table. The backend owns the
+link (shared with the store side), the oid and the table, and hands them to its consumer.
 
 Result-storing side: ``store_result`` publishes Celery's 5.7 result body to the request's
 ``reply_to`` with publisher confirms and ``mandatory=True``, blocking until the broker
@@ -11,11 +11,10 @@ confirmed (bounded by ``publish_timeout``). An unroutable result (no such reply 
 WARNING naming the task and queue plus the ``on_unroutable(task_id, queue)`` hook, never a
 silent drop; a nack or a timeout raises ``PublishError``; no ``reply_to`` publishes nothing.
 
-Choices where Celery and DESIGN leave room (also in the CHANGELOG):
+Choices where Celery leaves room:
 
-* The reply queue is ``durable=True, auto_delete=False, exclusive=False`` with
-  ``x-expires = result_expires`` (one day when unset): it survives a reconnect; ``close()``
-  deletes it. The seed's ``auto_delete`` and ``no_ack`` arguments are accepted and ignored.
+* The reply queue survives a reconnect (see ``_replies``); ``close()`` deletes it. The
+  seed's ``auto_delete`` and ``no_ack`` arguments are accepted and ignored.
 * ``get_task_meta`` never blocks and never raises ``BacklogLimitExceeded``: it reads what the
   I/O thread already pushed; a result that can no longer arrive raises its error
   (``ReplyQueueLost``, ``ConnectionLost``).
@@ -23,21 +22,21 @@ Choices where Celery and DESIGN leave room (also in the CHANGELOG):
   waits for its outcome within its own timeout (``ConnectionLost`` when that cycle gives up
   too); ``get_task_meta`` raises ``ConnectionLost`` at once and starts the cycle in the
   background, so a later poll sees the result once the link is back.
-* Hooks (``on_state_change``, ``on_out_of_band_result``) run on the thread that decoded the
-  message, guarded: one that raises is logged with the task id; the state is still recorded,
-  its waiters still wake and the message is acknowledged (no poison-message loop).
 * Final results are kept for later reads within ``result_cache_max`` entries and
   ``result_cache_max_bytes`` bytes of received bodies (``_pending`` says how); one larger
   than ``result_cache_max_bytes`` is handed to its waiters and not kept.
 * A process that only polls (``get_task_meta`` without having sent) starts the consumer on
   first use, as Celery declares the queue on each poll.
 * After a fork the child gets a new oid and an empty table; the parent's queue is untouched.
+* No lock is held across a broker round trip: ``_lock`` guards only the link reference and
+  the closed flag.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import os
+import queue
 import threading
 import time
 import uuid
@@ -46,17 +45,17 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 from . import protocol, serialization, states
 from . import _registry
 from ._context import current_request, request_field
-from ._consumers import ConsumerSpec, Delivery
 from ._handoff import Publication
 from ._link import Link
 from ._pending import PendingTable
 from ._publish import publish_and_wait
-from ._threads import SerialExecutor
+from ._replies import ResultConsumer
+from ._threads import Counters
 from ._timeouts import deadline, remaining
 from .config import Settings, reply_queue_arguments
 from .entities import Exchange, Queue
-from .errors import (BacklogLimitExceeded, ClosedError, ConnectionLost, DecodeError, PikaRPCError,
-                     ReplyQueueLost, TaskRevokedError, TimeoutError, Unroutable)
+from .errors import (BacklogLimitExceeded, ClosedError, ConnectionLost, PikaRPCError,
+                     TaskRevokedError, TimeoutError, Unroutable)
 from .messaging import Consumer, Producer
 
 LOGGER = logging.getLogger(__name__)
@@ -64,55 +63,6 @@ LOGGER = logging.getLogger(__name__)
 __all__ = ['RPCBackend', 'ResultConsumer', 'BacklogLimitExceeded']
 
 _PENDING_META = {'status': states.PENDING, 'result': None}
-
-
-
-class ResultConsumer:
-    """The seed's ResultConsumer, fed by the I/O thread instead of drained by the caller.
-
-    ``drain_events`` exists for compatibility: results arrive without it, so it only waits
-    (up to ``timeout``) for any new state message.
-    """
-
-    Consumer = Consumer
-
-    def __init__(self, backend: 'RPCBackend', *args: Any, **kwargs: Any) -> None:
-        self.backend = backend
-
-    def start(self, initial_task_id: Optional[str] = None, no_ack: bool = True, **kwargs: Any) -> None:
-        """Subscribe to the reply queue (idempotent); expect ``initial_task_id``."""
-        self.backend._ensure_consuming()
-        if initial_task_id is not None:
-            self.backend._pending.register(initial_task_id)
-
-    def stop(self) -> None:
-        self.backend._stop_consuming()
-
-    def consume_from(self, task_id: str) -> None:
-        self.start(task_id)
-
-    def cancel_for(self, task_id: str) -> None:
-        self.backend._pending.discard(task_id)
-
-    def drain_events(self, timeout: Optional[float] = None) -> bool:
-        """Wait up to ``timeout`` for the next state message (pushed by the I/O thread).
-
-        Returns True when one arrived, False when ``timeout`` passed first.
-        """
-        self.backend._ensure_consuming()
-        backend = self.backend
-        with backend._arrived:
-            backend._drain_waiters += 1
-            try:
-                return backend._arrived.wait(timeout)
-            finally:
-                backend._drain_waiters -= 1
-
-    def on_after_fork(self) -> None:
-        self.backend._forget_parent_state()
-
-    def on_state_change(self, meta: dict, message: Any) -> None:
-        """Hook called (decoder or I/O thread) for every state message; quick, no I/O."""
 
 
 class RPCBackend:
@@ -167,25 +117,16 @@ class RPCBackend:
         """Fresh per-process state: new oid, empty table, new locks, no link yet."""
         self._pid = os.getpid()
         self._oid = str(uuid.uuid4())
-        self._lock = threading.RLock()
-        self._arrived = threading.Condition(threading.Lock())
-        self._drain_waiters = 0          # threads in ResultConsumer.drain_events
+        self._lock = threading.Lock()    # guards _link and _closed; never held across I/O
         self._pending = PendingTable(cache_max=self.conf.result_cache_max,
                                      cache_max_bytes=self.conf.result_cache_max_bytes,
                                      history_max=self.conf.pending_history_max,
                                      oob_max=self.conf.out_of_band_max,
                                      pending_max=self.conf.pending_max)
-        # Read once: Settings lookups are not free on the per-message path.
-        self._large_body = self.conf.large_body_threshold
-        self._max_size = self.conf.result_max_size
-        self._decoder = SerialExecutor('pika-rpc-decoder')
-        self._decoding = 0              # bodies handed to the decoder and not yet stored
-        self._decoding_lock = threading.Lock()
         self._link: Optional[Link] = None
-        self._spec: Optional[ConsumerSpec] = None
         self._closed = False
-        self._stats = {'out_of_band_received': 0, 'bad_messages': 0, 'unroutable': 0, 'stored': 0,
-                       'hook_errors': 0}
+        self._stats = Counters('unroutable', 'stored')      # any thread stores
+        self.result_consumer._attach(self._oid, self._pending, self._get_link)
 
     def _forget_parent_state(self) -> None:
         # In a forked child: never touch the parent's link; start over lazily.
@@ -243,39 +184,11 @@ class RPCBackend:
             with self._lock:
                 if self._link is None or self._link.closed:
                     # First use, or the old link stopped (its I/O thread died): a new one,
-                    # and the reply consumer is subscribed again on it.
-                    self._spec = None
+                    # and the reply consumer subscribes again on it.
                     self._link = _registry.acquire_link_for(self.conf)
                     self._link.add_listener(self._on_link_event)
                 link = self._link
         return link
-
-    def _ensure_consuming(self, timeout: Optional[float] = None) -> None:
-        link = self._link
-        if self._spec is not None and self._spec.active and self._pid == os.getpid() \
-                and link is not None and not link.closed:
-            return
-        link = self._get_link()
-        with self._lock:
-            if self._spec is not None and self._spec.active:
-                return
-            spec = ConsumerSpec(
-                self._oid, self._on_reply, batch_ack=True,
-                declarations=(('declare_queue', dict(queue=self._oid, durable=True,
-                                                     auto_delete=False, exclusive=False,
-                                                     arguments=reply_queue_arguments(self.conf))),),
-                check_exists=True, on_missing=self._on_queue_lost, on_cancel=self._on_queue_lost,
-                consumer_tag=f'pika-rpc-{self._oid}')
-            link.consume(spec, timeout=self.conf.publish_timeout if timeout is None else timeout)
-            self._spec = spec
-
-    def _stop_consuming(self) -> None:
-        spec, self._spec = self._spec, None
-        if spec is not None and self._link is not None:
-            try:
-                self._link.cancel(spec, timeout=5.0)
-            except PikaRPCError as exc:
-                LOGGER.debug('cancel of the reply consumer failed: %s', exc)
 
     def _on_link_event(self, event: str, info: Any) -> None:     # I/O thread
         if event == 'gave_up':
@@ -305,76 +218,6 @@ class RPCBackend:
             link.revive()
         return True
 
-    def _on_queue_lost(self) -> None:                             # I/O thread
-        ids = self._pending.fail_pending(lambda ids: ReplyQueueLost(self._oid, ids))
-        LOGGER.error('reply queue %s was deleted or expired; %d pending task(s) lost: %s',
-                     self._oid, len(ids), ', '.join(ids[:20]))
-
-    # ------------------------------------------------------------------ receiving
-    def _on_reply(self, delivery: Delivery) -> None:             # I/O thread: hand off only
-        # Once a body is with the decoder, later ones follow it there: order is kept.
-        if self._decoding or len(delivery.body) > self._large_body:
-            with self._decoding_lock:
-                self._decoding += 1
-            self._decoder.submit(self._decode_off_thread, delivery)
-        else:
-            self._handle(delivery)
-
-    def _decode_off_thread(self, delivery: Delivery) -> None:
-        try:
-            self._handle(delivery)
-        finally:
-            with self._decoding_lock:
-                self._decoding -= 1
-
-    def _handle(self, delivery: Delivery) -> None:
-        props = delivery.properties
-        raw = None
-        try:
-            max_size = self._max_size
-            if max_size is not None and len(delivery.body) > max_size:
-                raise DecodeError(
-                    f'result body of {len(delivery.body)} bytes exceeds result_max_size={max_size}')
-            raw = serialization.loads(delivery.body, props.content_type, props.content_encoding,
-                                      accept=self.accept)
-            task_id = protocol.task_id_of(raw, props.correlation_id)
-            meta = protocol.meta_from_raw(raw)
-        except PikaRPCError as exc:
-            self._stats['bad_messages'] += 1
-            task_id = protocol.task_id_of(raw, props.correlation_id) if isinstance(raw, dict) \
-                else props.correlation_id
-            if self._pending.fail_one(task_id, exc):
-                LOGGER.warning('bad message for task %s on reply queue %s: %s (its waiters get '
-                               'this error)', task_id, self._oid, exc)
-            else:
-                LOGGER.warning('dropped a bad message on reply queue %s (task %s): %s',
-                               self._oid, task_id, exc)
-            return
-        if task_id is None:
-            self._stats['bad_messages'] += 1
-            LOGGER.warning('dropped a state message with no task id on %s', self._oid)
-            return
-        outcome = self._pending.deliver(task_id, raw, meta, len(delivery.body))
-        if outcome == 'oob':
-            self._stats['out_of_band_received'] += 1
-            self._run_hook(self.on_out_of_band_result, 'on_out_of_band_result', task_id,
-                           task_id, delivery)
-        self._run_hook(self.result_consumer.on_state_change, 'on_state_change', task_id,
-                       meta, delivery)
-        if self._drain_waiters:          # read unlocked: a waiter that starts later waits
-            with self._arrived:          # for the next message anyway
-                self._arrived.notify_all()
-
-    def _run_hook(self, hook: Callable[..., Any], name: str, task_id: str, *args: Any) -> None:
-        # User code on the I/O or decoder thread: an exception must not reach pika (it would
-        # drop the connection and the redelivered message would raise again, forever).
-        try:
-            hook(*args)
-        except Exception:
-            self._stats['hook_errors'] += 1
-            LOGGER.exception('%s raised for task %s on reply queue %s; its state was recorded '
-                             'and the message acknowledged', name, task_id, self._oid)
-
     def on_out_of_band_result(self, task_id: str, message: Any) -> None:
         """Hook: a state arrived for an id this process never sent (kept, bounded)."""
         LOGGER.debug('out-of-band result for task %s on %s', task_id, self._oid)
@@ -387,7 +230,7 @@ class RPCBackend:
         Blocks only the first time on a connection (up to ``timeout``, default
         ``publish_timeout``). Raises ``TimeoutError`` or ``ConnectionLost``.
         """
-        self._ensure_consuming(timeout=timeout)
+        self.result_consumer.ensure_consuming(timeout=timeout)
         self._pending.register(task_id)
 
     def on_reply_declare(self, task_id: str) -> List[Queue]:
@@ -416,7 +259,7 @@ class RPCBackend:
             return cached
         down = self._pending.down
         if down is None:
-            self._ensure_consuming()
+            self.result_consumer.ensure_consuming()
         else:
             self._revive_link(for_wait=False)   # in the background: a later poll sees it
         meta = self._pending.peek(task_id)      # the task's own error raises here
@@ -429,9 +272,6 @@ class RPCBackend:
         return dict(_PENDING_META) if meta is None else meta
 
     poll = get_task_meta
-
-    def _get_task_meta_for(self, task_id: str) -> Dict[str, Any]:
-        return self.get_task_meta(task_id)
 
     def wait_for_pending(self, result: Any, timeout: Optional[float] = None,
                          interval: float = 0.5, no_ack: bool = True,
@@ -457,7 +297,7 @@ class RPCBackend:
         self._revive_link(for_wait=True)
         self._pending.peek(task_id)      # a result that can no longer arrive raises at once
         try:
-            self._ensure_consuming(timeout=remaining(dl))
+            self.result_consumer.ensure_consuming(timeout=remaining(dl))
         except TimeoutError:
             raise TimeoutError(f'task {task_id} still PENDING after {timeout} s '
                                '(the reply consumer was not running yet)') from None
@@ -486,7 +326,7 @@ class RPCBackend:
         ids = list(dict.fromkeys(getattr(t, 'id', t) for t in task_ids))
         dl = deadline(timeout)
         self._revive_link(for_wait=True)
-        self._ensure_consuming(timeout=remaining(dl))
+        self.result_consumer.ensure_consuming(timeout=remaining(dl))
         watcher, ready = self._pending.watch(ids)
         left = set(ids)
         try:
@@ -496,7 +336,7 @@ class RPCBackend:
                 else:
                     try:
                         task_id, meta, error = watcher.get(timeout=remaining(dl))
-                    except Exception:   # queue.Empty
+                    except queue.Empty:
                         raise TimeoutError(f'{len(left)} of {len(ids)} task(s) not ready after '
                                            f'{timeout} s') from None
                 if task_id not in left:
@@ -571,7 +411,7 @@ class RPCBackend:
             mandatory=True, policy=self.retry_policy,
             timeout=self.conf.publish_timeout if timeout is None else timeout)
         link = self._get_link()
-        self._stats['stored'] += 1
+        self._stats.add('stored')
         if not wait:
             link.publish(pub)
             return result
@@ -581,7 +421,7 @@ class RPCBackend:
         return result
 
     def _report_unroutable(self, task_id: str, queue: str, returned: Unroutable) -> None:
-        self._stats['unroutable'] += 1
+        self._stats.add('unroutable')
         LOGGER.warning('result of task %s unroutable: no queue %r (%s %s); the client is gone or '
                        'its reply queue expired', task_id, queue, returned.reply_code,
                        returned.reply_text)
@@ -642,7 +482,7 @@ class RPCBackend:
     # ------------------------------------------------------------------ life cycle
     def stats(self) -> Dict[str, Any]:
         """Pending and buffered tasks, bad messages, reconnects and the last link error."""
-        out = dict(self._stats)
+        out = dict(self.result_consumer.stats(), **self._stats.snapshot())
         out.update(self._pending.sizes())
         out['oid'] = self._oid
         link = self._link
@@ -665,10 +505,8 @@ class RPCBackend:
         link, self._link = self._link, None
         if link is None or link.pid != os.getpid():
             return
-        spec, self._spec = self._spec, None
         try:
-            if spec is not None:
-                link.cancel(spec, timeout=remaining(dl))
+            if self.result_consumer._cancel(remaining(dl)):
                 link.control('delete_queue', queue=self._oid, timeout=remaining(dl))
         except PikaRPCError as exc:
             LOGGER.warning('could not delete reply queue %s at close: %s (it expires by itself)',

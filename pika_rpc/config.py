@@ -1,24 +1,26 @@
-"""Settings, broker URLs and retry policies: pure data, no I/O, no pika.
+"""Settings, connection options and retry policies: pure data, no I/O, no pika.
 
 Setting names and defaults are Celery's (``result_expires``, ``broker_heartbeat``, ...);
-URLs are read as kombu reads them. Choices made where DESIGN is silent:
+broker URLs are read by ``_urls`` (as kombu reads them; ``parse_url``, ``mask_url`` and
+``BrokerAddress`` are re-exported here for code that imported them from this module).
+Choices made where Celery is silent:
 
 * ``Settings(**conf)`` and ``update()`` raise ``TypeError`` for an unknown key, suggesting
   close matches: a typo in code should fail loudly. ``from_object()`` reads only the keys it
   knows from a module, object or mapping (a Celery config or Django settings holds many
   others) and logs a WARNING for a name that looks like a typo of a known key.
-* ``broker_url`` may be a ``;``-separated failover list or a list of URLs. Each entry is a
-  full URL parsed on its own: a missing user or password is ``guest``, a missing port the
-  scheme's default, a missing vhost ``/``. (kombu would carry the previous entry's vhost into
-  an entry that names none; we don't.) A bare hostname is refused, as is ``rpc://``.
+* ``broker_url`` may be a ``;``-separated failover list or a list of URLs, each entry a
+  full URL (see ``_urls``); it is parsed when set, so a bad URL fails at once, not on the
+  first connect.
 * ``task_publish_retry_policy`` and ``result_backend_retry_policy`` given partially are merged
   over their defaults, so ``{'max_retries': 5}`` keeps the default intervals.
 * ``result_expires`` ``None`` or ``0`` (Celery: "never expire") still gives the reply queue a
   one-day ``x-expires``, so a killed process leaks nothing for long.
 * ``broker_connection_max_retries`` ``0`` or ``None`` means "until the call's deadline", as
   in Celery; ``broker_connection_retry=False`` means a single attempt.
-* ``result_cache_max`` must be >= 1: Celery's ``-1`` (no cache) is refused because final
-  states must be kept somewhere bounded (DESIGN §6.5).
+* ``result_cache_max`` must be >= 1: Celery's ``-1`` (no cache) is refused because a
+  result message is consumed once and cannot be read from the broker again, so final states
+  must be kept here, in a bounded cache.
 * ``result_cache_max_bytes`` (default 64 MiB, >= 1) bounds the same cache by the received
   body length of the results it keeps. Results nobody has read yet count toward it but are
   never dropped for it (they are bounded by ``pending_max``): while they fill it, results
@@ -37,9 +39,9 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from ._urls import DEFAULT_PORTS, MASK, BrokerAddress, mask_url, parse_url, split_urls
 
 __all__ = [
     'BrokerAddress', 'parse_url', 'mask_url', 'Settings', 'merge_retry_policy',
@@ -52,10 +54,6 @@ LOGGER = logging.getLogger(__name__)
 DEFAULT_BROKER_URL = 'amqp://guest:guest@localhost:5672//'
 #: Celery's default result lifetime, also the reply queue's x-expires when none is set.
 DEFAULT_RESULT_EXPIRES = 86400.0
-_PORTS = {'amqp': 5672, 'amqps': 5671}
-# kombu's transport names that mean AMQP 0-9-1 on the wire.
-_SCHEMES = {'amqp': 'amqp', 'pyamqp': 'amqp', 'librabbitmq': 'amqp', 'amqps': 'amqps'}
-_MASK = '**'
 
 RETRY_POLICY_KEYS = frozenset({'max_retries', 'interval_start', 'interval_step',
                                'interval_max', 'errback'})
@@ -70,129 +68,6 @@ _RESULT_RETRY_POLICY = {'max_retries': 20, 'interval_start': 0, 'interval_step':
                         'interval_max': 1}
 # kombu Connection.ensure_connection's intervals (Celery reconnects with these).
 _CONNECTION_INTERVALS = {'interval_start': 2, 'interval_step': 2, 'interval_max': 30}
-
-
-# --------------------------------------------------------------------------- URLs
-
-@dataclass(frozen=True, repr=False)
-class BrokerAddress:
-    """One broker of a (failover) broker URL. ``str``/``repr`` never show the password."""
-
-    scheme: str                  # 'amqp' or 'amqps'
-    host: str = 'localhost'
-    port: int = 5672
-    virtual_host: str = '/'
-    userid: str = 'guest'
-    password: str = 'guest'
-    options: Dict[str, str] = field(default_factory=dict, hash=False)  # URL query, as text
-    port_explicit: bool = field(default=True, compare=False)  # False: the scheme's default
-
-    @property
-    def ssl(self) -> bool:
-        """True for ``amqps://`` (``broker_use_ssl`` can also turn TLS on)."""
-        return self.scheme == 'amqps'
-
-    def as_uri(self, include_password: bool = False) -> str:
-        """The URL, kombu style (vhost ``/`` written as ``//``); password ``**`` unless asked."""
-        password = quote(self.password, safe='') if include_password else _MASK
-        host = f'[{self.host}]' if ':' in self.host else self.host
-        vhost = '/' if self.virtual_host == '/' else quote(self.virtual_host, safe='')
-        query = '&'.join(f'{quote(k, safe="")}={quote(v, safe="")}'
-                         for k, v in self.options.items())
-        return (f'{self.scheme}://{quote(self.userid, safe="")}:{password}@{host}:{self.port}'
-                f'/{vhost}' + (f'?{query}' if query else ''))
-
-    def __str__(self) -> str:
-        return self.as_uri()
-
-    def __repr__(self) -> str:
-        return (f'BrokerAddress(scheme={self.scheme!r}, host={self.host!r}, port={self.port!r}, '
-                f'virtual_host={self.virtual_host!r}, userid={self.userid!r}, '
-                f'password={_MASK!r}, options={self.options!r})')
-
-
-# user:password@ with or without a scheme; greedy up to the last '@' of the entry.
-_USERINFO = re.compile(r'(?P<head>(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^:@/;\s]*:)[^;\s]*@')
-
-
-def _redact(text: str) -> str:
-    """Mask anything that could be a password in raw text that may not even parse."""
-    return _USERINFO.sub(lambda m: f'{m.group("head")}{_MASK}@', text)
-
-
-def _split_urls(url: Union[str, Sequence[str]]) -> List[str]:
-    items = [url] if isinstance(url, str) else list(url)
-    parts = []
-    for item in items:
-        if not isinstance(item, str):
-            raise TypeError(f'a broker URL must be a str, got {type(item).__name__}')
-        parts.extend(p.strip() for p in item.split(';'))
-    return [p for p in parts if p]
-
-
-def parse_url(url: Union[str, Sequence[str]]) -> List[BrokerAddress]:
-    """Parse a kombu-style broker URL, or a ``;``-separated failover list, into addresses.
-
-    ``amqp://user:pass@host:port/vhost``: the path after the first ``/`` is the vhost,
-    URL-unquoted, and an empty one is ``/`` (``amqp://h``, ``amqp://h/``, ``amqp://h//`` and
-    ``amqp://h/%2F`` all mean ``/``). ``pyamqp://`` is ``amqp://``; ``amqps://`` is TLS on
-    port 5671 by default. Query parameters stay in ``options`` as text.
-
-    Raises:
-        ValueError: an empty list, a non-AMQP scheme (``rpc://`` is a result backend URL), a
-            bad port. Messages never contain the password.
-    """
-    urls = _split_urls(url)
-    if not urls:
-        raise ValueError('no broker URL given')
-    return [_parse_one(u) for u in urls]
-
-
-def _parse_one(url: str) -> BrokerAddress:
-    given = url.split('://', 1)[0].lower() if '://' in url else ''
-    if not re.fullmatch(r'[a-z][a-z0-9+.-]*', given):
-        raise ValueError(f'not a broker URL (expected amqp://...): {_redact(url)!r}')
-    if given == 'rpc':
-        raise ValueError("'rpc://' names the result backend (result_backend='rpc://'), not a "
-                         "broker; give the broker as amqp://user:password@host:port/vhost")
-    scheme = _SCHEMES.get(given)
-    if scheme is None:
-        raise ValueError(f'unsupported broker scheme {given!r}: pika_rpc speaks AMQP 0-9-1 '
-                         f'only (amqp://, amqps://, pyamqp://)')
-    # Parse the rest with generic URL rules, as kombu does.
-    parts = urlsplit('http://' + url.split('://', 1)[1])
-    if parts.fragment or url.endswith('#'):
-        raise ValueError(f"'#' in broker URL {_redact(url)!r}: quote special characters in "
-                         f"the user or password ('#' is %23, '/' is %2F, '@' is %40)")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f'bad port in broker URL {_redact(url)!r} (quote special characters '
-                         f'in the user or password: %2F for /, %23 for #)') from None
-    path = parts.path[1:] if parts.path.startswith('/') else parts.path
-    return BrokerAddress(
-        scheme=scheme,
-        host=unquote(parts.hostname or '') or 'localhost',
-        port=port or _PORTS[scheme],
-        virtual_host=unquote(path) or '/',
-        userid=unquote(parts.username or '') or 'guest',
-        password=unquote(parts.password or '') or 'guest',
-        options=dict(parse_qsl(parts.query)),
-        port_explicit=port is not None,
-    )
-
-
-def mask_url(url: Union[str, Sequence[str], None]) -> str:
-    """``url`` with every password replaced by ``**`` (each entry of a failover list).
-
-    Never raises for a str: text that does not parse is masked by pattern instead.
-    """
-    if url is None:
-        return ''
-    try:
-        return ';'.join(a.as_uri() for a in parse_url(url))
-    except (ValueError, TypeError):
-        return _redact(url if isinstance(url, str) else ';'.join(map(str, url)))
 
 
 # ----------------------------------------------------------------- validators
@@ -261,7 +136,7 @@ def _broker_url(key: str, value: Any) -> Optional[str]:
     if not isinstance(value, str):
         if not isinstance(value, (list, tuple)):
             raise TypeError(f'{key} must be a str or a list of str, got {type(value).__name__}')
-        value = ';'.join(_split_urls(value))
+        value = ';'.join(split_urls(value))
     parse_url(value)                             # fail now, not on first connect
     return value
 
@@ -436,7 +311,7 @@ class Settings(Mapping):
             out['broker_url'] = mask_url(out['broker_url'])
             for key, value in out.items():
                 if isinstance(value, dict):
-                    out[key] = {k: _MASK if _SECRET.search(str(k)) else v
+                    out[key] = {k: MASK if _SECRET.search(str(k)) else v
                                 for k, v in value.items()}
         return out
 
@@ -635,7 +510,7 @@ def connection_options(settings: Settings) -> List[Dict[str, Any]]:
     for addr in parse_url(settings.broker_url):
         heartbeat = _query_number(addr, ('heartbeat',), settings.broker_heartbeat)
         ssl_opts = _ssl_options(addr, settings.broker_use_ssl)
-        port = addr.port if addr.port_explicit else _PORTS['amqps' if ssl_opts else 'amqp']
+        port = addr.port if addr.port_explicit else DEFAULT_PORTS['amqps' if ssl_opts else 'amqp']
         out.append({
             'host': addr.host, 'port': port, 'virtual_host': addr.virtual_host,
             'userid': addr.userid, 'password': addr.password,

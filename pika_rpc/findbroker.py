@@ -1,6 +1,6 @@
 """Find a RabbitMQ broker to talk to: for tests, ``scripts/demo.py`` and benchmarks.
 
-Order (DESIGN §5, STYLE §4):
+Order (the user's word first, then the cheapest guess, then the one that needs Docker):
 
 1. ``$AMQP_URL``, if set and not blank. It is probed; if it does not answer, :class:`BrokerNotFound`
    is raised at once: the user said where the broker is, so nothing else is tried.
@@ -17,7 +17,9 @@ credentials are used by the probe. For an ``amqps://`` URL the probe runs over T
 certificate checks: it only asks whether a broker is there; the real client verifies.
 
 This module never imports pika (the docker SDK is imported only when step 3 runs), and no message,
-``repr`` or log line holds a password: URLs go through :func:`mask_url` first.
+``repr`` or log line holds a password: URLs go through :func:`mask_url` first, other text
+through ``_urls.redact``. URLs are read as the client reads them (``_urls``), so the probe
+asks the host and port the client will connect to.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ import threading
 import time
 import uuid
 from typing import Any, List, Optional, Tuple
-from urllib.parse import unquote, urlsplit
+
+from ._urls import host_port, mask_url, parse_url, redact, split_urls
 
 __all__ = ['Broker', 'BrokerNotFound', 'find_broker', 'mask_url', 'host_port', 'probe_amqp']
 
@@ -53,7 +56,6 @@ CONTAINER_LABEL = 'pika_rpc.findbroker'
 AMQP_PROTOCOL_HEADER = b'AMQP\x00\x00\x09\x01'
 _FRAME_METHOD = 1
 _CONNECTION_START = (10, 10)   # class-id Connection, method-id Start
-_DEFAULT_PORTS = {'amqp': 5672, 'amqps': 5671}
 
 _HOW_TO_GET_ONE = """\
 To get a broker, any of:
@@ -65,44 +67,6 @@ To get a broker, any of:
 
 class BrokerNotFound(RuntimeError):
     """No broker answered. The message lists what was tried, why each step failed, and how to get one."""
-
-
-def mask_url(url: str) -> str:
-    """Return ``url`` with every password replaced by ``***`` (each URL of a ``;`` failover list).
-
-    ``amqp://guest:guest@host:5672//`` -> ``amqp://guest:***@host:5672//``. A URL without a
-    password is returned unchanged. When in doubt the mask covers more, never less.
-    """
-    return ';'.join(_mask_one(part) for part in url.split(';'))
-
-
-def _mask_one(url: str) -> str:
-    scheme, sep, rest = url.partition('://')
-    if not sep:
-        return url
-    # The last '@' ends the user info: a password may hold an unescaped '@' or '/'.
-    userinfo, at, hostpart = rest.rpartition('@')
-    if not at or ':' not in userinfo:
-        return url
-    user = userinfo.split(':', 1)[0]
-    return f'{scheme}://{user}:***@{hostpart}'
-
-
-def host_port(url: str) -> Tuple[str, int]:
-    """Return ``(host, port)`` of ``url`` (the first of a ``;`` failover list).
-
-    The port defaults to 5672 for ``amqp://`` and 5671 for ``amqps://``.
-
-    Raises:
-        ValueError: not an ``amqp://`` or ``amqps://`` URL, or no host in it.
-    """
-    first = url.split(';', 1)[0].strip()
-    parts = urlsplit(first)
-    if parts.scheme not in _DEFAULT_PORTS:
-        raise ValueError(f'not an amqp:// or amqps:// URL: {mask_url(first)!r}')
-    if not parts.hostname:
-        raise ValueError(f'no host in {mask_url(first)!r}')
-    return unquote(parts.hostname), parts.port or _DEFAULT_PORTS[parts.scheme]
 
 
 def probe_amqp(host: str, port: int, timeout: float = 3.0, *, use_tls: bool = False) -> None:
@@ -248,10 +212,10 @@ def find_broker(*, use_docker: bool = True, timeout: float = 3.0) -> Broker:
 
 def _from_env(env_url: str, timeout: float) -> Broker:
     failures = []
-    for one in (u.strip() for u in env_url.split(';') if u.strip()):
+    for one in split_urls(env_url):
         try:
-            host, port = host_port(one)
-            probe_amqp(host, port, timeout, use_tls=one.startswith('amqps://'))
+            address = parse_url(one)[0]
+            probe_amqp(address.host, address.port, timeout, use_tls=address.ssl)
         except (OSError, ValueError) as exc:
             failures.append(f'{mask_url(one)}: {_why(exc)}')
         else:
@@ -344,4 +308,4 @@ def _close_quietly(client: Any) -> None:
 
 def _why(exc: BaseException) -> str:
     text = str(exc) or 'no details'
-    return f'{type(exc).__name__}: {mask_url(text)}'
+    return f'{type(exc).__name__}: {redact(text)}'

@@ -1,9 +1,10 @@
-"""Celery's messages as data: result bodies, protocol-v2 task messages, the revoke broadcast.
+"""Celery's messages as data: result bodies, protocol-v2 task messages (and their retry), the
+revoke broadcast, and Celery's names for the queues and exchanges they travel through.
 
 Pure build/parse: no I/O, no pika, no serialization of whole messages (callers pass the
 dicts/lists returned here to :func:`pika_rpc.serialization.dumps` and publish them).
 
-Choices where Celery's format leaves room (the format itself: ``docs/wire-format.rst``):
+Choices where Celery leaves room (``docs/wire-format.rst`` describes the messages):
 
 * Times. A naive ``datetime`` given to :func:`task_message` or :func:`result_body` is taken
   to be in ``tz`` (UTC when ``tz`` is None) and is written with an offset; Celery would write
@@ -37,6 +38,7 @@ __all__ = [
     'TaskRequest', 'control_revoke', 'default_origin', 'REPR_MAXSIZE', 'PIDBOX_EXCHANGE',
     'PIDBOX_EXCHANGE_TYPE', 'PIDBOX_QUEUE_EXPIRES', 'PIDBOX_QUEUE_TTL', 'pidbox_queue_name',
     'REVOKES_MAX', 'REVOKE_EXPIRES', 'TASK_EXCHANGE_TYPE', 'task_queue_declarations',
+    'retry_message',
 ]
 
 REPR_MAXSIZE = 1024                  # Celery's argsrepr_maxsize / kwargsrepr_maxsize
@@ -91,7 +93,8 @@ def result_body(task_id: str, state: str, result: Any, traceback: Optional[str] 
                 group_id: Optional[str] = None, parent_id: Optional[str] = None,
                 request: Any = None, extended: bool = False,
                 tz: Optional[tzinfo] = None) -> Dict[str, Any]:
-    """Build the body a Celery 5.7 worker sends for a state change (``docs/wire-format.rst``, Result messages).
+    """Build the body a Celery 5.7 worker sends for a state change (``docs/wire-format.rst``,
+    "Result messages").
 
     Keys, in this order: ``status``, ``result``, ``traceback``, ``children``, ``date_done``,
     ``group_id`` and ``parent_id`` (only when set), the extended keys (only with
@@ -252,7 +255,7 @@ def task_message(name: str, args: Sequence[Any] = (), kwargs: Optional[Mapping[s
                  headers: Optional[Mapping[str, Any]] = None,
                  now: Optional[datetime] = None, tz: Optional[tzinfo] = None,
                  ) -> Tuple[Dict[str, Any], Dict[str, Any], list]:
-    """Build a Celery protocol-v2 task message (``docs/wire-format.rst``, Task messages).
+    """Build a Celery protocol-v2 task message (``docs/wire-format.rst``, "Task messages").
 
     ``countdown`` (seconds) becomes ``eta`` = ``now + countdown`` and wins over ``eta``, as in
     Celery. ``expires`` (seconds, ``datetime`` or ISO string) sets the ISO ``expires`` header
@@ -457,6 +460,41 @@ def parse_task_message(headers: Optional[Mapping[str, Any]], properties: Any, bo
         priority=_check(_field(properties, 'priority'), int, 'priority'),
         delivery_info=dict(delivery_info or {}), headers=headers,
     )
+
+
+def retry_message(request: TaskRequest, args: Optional[Sequence[Any]] = None,
+                  kwargs: Optional[Mapping[str, Any]] = None, *,
+                  countdown: Optional[float] = None, eta: Union[None, str, datetime] = None,
+                  options: Optional[Mapping[str, Any]] = None,
+                  ) -> Tuple[Dict[str, Any], Dict[str, Any], list]:
+    """The message Celery's ``Task.retry`` sends for ``request``: the same task and id again.
+
+    ``retries + 1``; ``args``/``kwargs`` None keep the request's; ``countdown`` (seconds) or
+    ``eta``; ``options['priority']`` overrides the request's priority. The request's
+    ``reply_to``, ``correlation_id``, expiry, time limits, group, stamps and embedded
+    callbacks travel on; ``parent_id`` is the request's own id when it had none, as Celery.
+    The sender's own extra headers travel on too, the broker's (``x-death``,
+    ``x-delivery-count``, any ``x-``) do not.
+
+    Returns:
+        ``(headers, properties, body)`` as :func:`task_message`.
+    """
+    req = request
+    headers, props, body = task_message(
+        req.name, req.args if args is None else args, req.kwargs if kwargs is None else kwargs,
+        task_id=req.id, reply_to=req.reply_to, correlation_id=req.correlation_id,
+        countdown=countdown, eta=eta, expires=req.expires,
+        priority=(options or {}).get('priority', req.priority), time_limit=req.time_limit,
+        soft_time_limit=req.soft_time_limit, group_id=req.group, group_index=req.group_index,
+        retries=req.retries + 1, root_id=req.root_id, parent_id=req.parent_id or req.id,
+        shadow=req.shadow, origin=req.origin, ignore_result=req.ignore_result,
+        replaced_task_nesting=req.replaced_task_nesting, stamped_headers=req.stamped_headers,
+        stamps=req.stamps, callbacks=req.callbacks, errbacks=req.errbacks, chain=req.chain,
+        chord=req.chord)
+    for key, value in req.headers.items():
+        if not key.startswith('x-'):
+            headers.setdefault(key, value)
+    return headers, props, body
 
 
 # --------------------------------------------------------------------------- control

@@ -19,7 +19,7 @@ from typing import Any, Callable, ContextManager, List
 import pytest
 
 from pika_rpc import App, serialization
-from pika_rpc._threads import SerialExecutor
+from pika_rpc._threads import Counters, SerialExecutor
 from pika_rpc.entities import Message, Queue
 from pika_rpc.messaging import Connection, Consumer, Producer
 
@@ -190,6 +190,16 @@ def test_a_child_stops_an_inherited_executor_whose_lock_a_parent_thread_held() -
         assert fork_while_held([executor._lock], child) == 'stopped'
     finally:
         executor.stop(WAIT)
+
+
+def test_a_child_counts_on_inherited_counters_whose_lock_a_parent_thread_held() -> None:
+    counters = Counters('stored')
+    counters.add('stored')
+
+    def child() -> str:
+        counters.add('stored')                  # e.g. a backend storing a result in the child
+        return str(counters.snapshot())
+    assert fork_while_held([counters._lock], child) == "{'stored': 2}"
 
 
 # ------------------------------------------------------------------ worker, link, broker finder

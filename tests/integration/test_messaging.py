@@ -183,7 +183,7 @@ def test_mandatory_publish_to_no_queue_calls_on_return_and_warns(
         returned.append((exc, exchange, routing_key, message, threading.current_thread().name))
         called.set()
     missing = names('nowhere')
-    with caplog.at_level(logging.WARNING, logger='pika_rpc.messaging'):
+    with caplog.at_level(logging.WARNING, logger='pika_rpc.connection'):
         Producer(conn, on_return=on_return).publish({'x': 1}, routing_key=missing, mandatory=True)
     assert called.wait(WAIT)
     exc, exchange, routing_key, message, thread = returned[0]

@@ -279,7 +279,7 @@ def test_acking_after_cancel_is_reported_and_the_message_comes_back(
         Producer(conn, routing_key=queue.name).publish({'late': 1})
         assert held.wait(1)
     message = held.calls[0][0]
-    with caplog.at_level(logging.WARNING, logger='pika_rpc.entities'):
+    with caplog.at_level(logging.WARNING, logger='pika_rpc.message'):
         message.ack()                  # its channel is gone: nothing acked, a warning instead
     assert any('deliver it again' in r.getMessage() for r in caplog.records)
     assert ready_count(raw_channel, queue.name) == 1

@@ -93,7 +93,7 @@ def test_a_raising_on_state_change_is_logged_with_the_task_id_and_the_link_stays
     drainer = threading.Thread(target=lambda: drained.append(
         backend.result_consumer.drain_events(timeout=WAIT)), daemon=True)
     drainer.start()
-    eventually(lambda: backend._drain_waiters == 1)
+    eventually(lambda: backend.result_consumer._drain_waiters == 1)
     caplog.set_level(logging.ERROR, logger='pika_rpc')
 
     store(app, task_id, 'x' * size)

@@ -133,6 +133,36 @@ def test_mask_url_masks_text_that_does_not_parse():
     assert SECRET not in masked and masked == 'redis://u:**@h/0'
 
 
+def test_mask_url_hides_every_piece_of_a_password_with_an_unescaped_at_and_slash():
+    # A generic URL parse ends the user info at the first '/', so it would read 'ss' as the
+    # host and 'wd@h//' as the vhost: the mask removes up to the last '@' before parsing.
+    masked = mask_url('amqp://u:p@ss/wd@h//')
+    assert 'ss' not in masked and 'wd' not in masked
+    assert masked == 'amqp://u:**@h:5672//'
+
+
+def test_mask_url_leaves_a_url_without_a_password_readable():
+    assert mask_url('amqp://user@h//') == 'amqp://user:**@h:5672//'
+    assert mask_url('not a url: amqp://host') == 'not a url: amqp://host'
+
+
+def test_config_and_findbroker_mask_urls_with_one_implementation():
+    from pika_rpc import _urls, findbroker
+    assert config.mask_url is findbroker.mask_url is _urls.mask_url
+    assert config.parse_url is _urls.parse_url and config.BrokerAddress is _urls.BrokerAddress
+
+
+@pytest.mark.parametrize('url, expected', [
+    ('amqp://u:p@h1:5673/v;amqp://h2//', ('h1', 5673)),
+    ('amqps://h', ('h', 5671)),
+    ('pyamqp://h', ('h', 5672)),
+    ('amqp://[::1]:99//', ('::1', 99)),
+])
+def test_host_port_is_the_first_broker_as_the_client_reads_it(url, expected):
+    from pika_rpc._urls import host_port
+    assert host_port(url) == expected
+
+
 def test_broker_address_is_frozen_and_hashable():
     addr = parse_url('amqp://h//?x=1')[0]
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -490,4 +520,4 @@ def test_config_imports_no_pika_and_no_pika_rpc_module_above_level_0():
     names = _imports(config)
     assert not any(n == 'pika' or n.startswith('pika.') for n in names)
     local = {n for n in names if n.startswith('.') or n.startswith('pika_rpc')}
-    assert local <= {'.errors', '.states', '._timeouts'}
+    assert local <= {'.errors', '.states', '._timeouts', '._urls'}

@@ -280,7 +280,7 @@ def test_an_unreachable_amqp_url_raises_without_trying_localhost_or_docker(monke
         assert local.connections == 0
     assert fake.from_env_calls == 0
     message = str(info.value)
-    assert f'AMQP_URL=amqp://alice:***@127.0.0.1:{closed_port}//' in message
+    assert f'AMQP_URL=amqp://alice:**@127.0.0.1:{closed_port}//' in message
     assert 'ConnectionRefusedError' in message and 'Nothing else was tried' in message
     assert 's3cret' not in message
 
@@ -288,12 +288,12 @@ def test_an_unreachable_amqp_url_raises_without_trying_localhost_or_docker(monke
 # ----------------------------------------------------------------- (d) masking
 
 @pytest.mark.parametrize('url, masked', [
-    ('amqp://guest:guest@localhost:5672//', 'amqp://guest:***@localhost:5672//'),
-    ('amqps://u:p%40ss@h:5671/vh?heartbeat=10', 'amqps://u:***@h:5671/vh?heartbeat=10'),
-    ('amqp://u:p@ss/wd@h//', 'amqp://u:***@h//'),                  # unescaped @ and / in it
-    ('amqp://a:x@h1//;amqp://b:y@h2//', 'amqp://a:***@h1//;amqp://b:***@h2//'),
-    ('amqp://user@h//', 'amqp://user@h//'),                          # no password: unchanged
-    ('amqp://h:5672//', 'amqp://h:5672//'),
+    ('amqp://guest:guest@localhost:5672//', 'amqp://guest:**@localhost:5672//'),
+    ('amqps://u:p%40ss@h:5671/vh?heartbeat=10', 'amqps://u:**@h:5671/vh?heartbeat=10'),
+    ('amqp://u:p@ss/wd@h//', 'amqp://u:**@h:5672//'),             # unescaped @ and / in it
+    ('amqp://a:x@h1//;amqp://b:y@h2//', 'amqp://a:**@h1:5672//;amqp://b:**@h2:5672//'),
+    ('amqp://user@h//', 'amqp://user:**@h:5672//'),                  # no password: the default's
+    ('amqp://h:5672//', 'amqp://guest:**@h:5672//'),
 ])
 def test_mask_url_hides_every_password(url, masked):
     assert mask_url(url) == masked
@@ -301,7 +301,7 @@ def test_mask_url_hides_every_password(url, masked):
 
 def test_broker_repr_never_shows_the_password():
     broker = Broker('amqp://alice:s3cret@db:5672//', 'AMQP_URL')
-    assert repr(broker) == "Broker(url='amqp://alice:***@db:5672//', source='AMQP_URL')"
+    assert repr(broker) == "Broker(url='amqp://alice:**@db:5672//', source='AMQP_URL')"
     assert 's3cret' not in str(broker)
 
 

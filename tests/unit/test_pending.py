@@ -108,8 +108,8 @@ def test_a_timed_out_wait_keeps_the_slot_of_a_task_sent_from_here():
     table = PendingTable()
     table.register('sent')
     assert table.wait('sent', time.monotonic()) is None
-    assert table.pending_ids() == ['sent']
-    table.deliver('sent', *success('sent', 3))
+    assert table.sizes()['pending'] == 1
+    assert table.deliver('sent', *success('sent', 3)) == 'final'     # still expected
     assert table.wait('sent', time.monotonic())['result'] == 3
 
 
@@ -127,8 +127,9 @@ def test_a_wait_that_ends_keeps_a_slot_that_received_a_state():
     eventually(lambda: waited(table, 'progress'))
     table.deliver('progress', *started('progress'))
     assert str(done.get(timeout=WAIT).value) == 'STARTED'
-    assert table.pending_ids() == ['progress'] and table.sizes()['out_of_band'] == 0
+    assert table.sizes()['pending'] == 1 and table.sizes()['out_of_band'] == 0
     assert table.peek('progress')['status'] == 'STARTED'
+    assert table.deliver('progress', *success('progress', 1)) == 'final'
 
 
 def test_a_finished_watch_leaves_no_slot_for_ids_nothing_arrived_for():
@@ -137,7 +138,9 @@ def test_a_finished_watch_leaves_no_slot_for_ids_nothing_arrived_for():
     q, done = table.watch(['sent', 'other-1', 'other-2'])
     assert done == [] and table.sizes()['pending'] == 3
     table.unwatch(['sent', 'other-1', 'other-2'], q)
-    assert table.pending_ids() == ['sent']
+    assert table.sizes()['pending'] == 1
+    assert table.deliver('other-1', *success('other-1', 1)) == 'oob'
+    assert table.deliver('sent', *success('sent', 1)) == 'final'
 
 
 def test_a_new_slot_is_never_evicted_while_it_is_waited_on():
@@ -159,7 +162,9 @@ def test_a_full_table_evicts_an_idle_expected_slot_not_the_waited_ones():
     waiter = Waiter(table, 'waited')
     eventually(lambda: waited(table, 'waited'))
     table.register('new')
-    assert sorted(table.pending_ids()) == ['new', 'waited']
+    assert table.sizes()['pending'] == 2
+    assert table.deliver('idle', *success('idle', 0)) == 'oob'       # evicted
+    assert table.deliver('new', *success('new', 2)) == 'final'
     table.deliver('waited', *success('waited', 1))
     assert waiter.result()['result'] == 1
 

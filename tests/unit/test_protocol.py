@@ -352,6 +352,30 @@ def test_a_built_message_parses_back_to_the_same_request():
     assert request.delivery_info == {'routing_key': 'celery'}
 
 
+def test_a_retry_message_is_the_same_task_again_with_one_more_retry():
+    headers, properties, body = _captured_message()
+    headers = dict(headers, custom='kept', **{'x-death': [{'count': 1}]})
+    request = protocol.parse_task_message(headers, properties, _raw(_wire(body)))
+    again, props, again_body = protocol.retry_message(request, countdown=5,
+                                                      options={'priority': 9})
+    assert (again['id'], again['task'], again['retries']) == (
+        request.id, request.name, request.retries + 1)
+    assert again['parent_id'] == request.id and again['root_id'] == request.root_id
+    assert again['custom'] == 'kept' and 'x-death' not in again
+    assert (props['reply_to'], props['correlation_id'], props['priority']) == (
+        request.reply_to, request.correlation_id, 9)
+    assert again_body[:2] == [request.args, request.kwargs]
+    assert protocol.parse_task_message(again, props, again_body).eta is not None
+
+
+def test_a_retry_message_takes_new_arguments_and_keeps_the_priority_without_options():
+    request = protocol.parse_task_message({'task': 'x.y', 'id': 'i', 'parent_id': 'p'},
+                                          {'priority': 3}, [[1], {'a': 1}, None])
+    headers, props, body = protocol.retry_message(request, [2], {'b': 2})
+    assert body[:2] == [[2], {'b': 2}] and props['priority'] == 3
+    assert headers['parent_id'] == 'p' and headers['eta'] is None
+
+
 def test_a_message_with_only_task_and_id_headers_is_accepted():
     request = protocol.parse_task_message({'task': 'x.y', 'id': 'i'}, {}, [[], {}, None])
     assert (request.retries, request.timelimit, request.eta, request.stamps) == (

@@ -1,0 +1,273 @@
+"""``ResultConsumer``: the client side of rpc://, fed by the I/O thread.
+
+One reply queue per *process* (the backend's ``oid``), consumed by the I/O thread with
+manual, batched acks. Every state message is decoded (small bodies on the I/O thread, big
+ones on the decoder thread, order kept) and routed by the body's ``task_id`` into the
+pending table, where waiting threads wake. The body's id wins because a sender may choose its
+own ``correlation_id``; that property is used only for a body without one
+(``protocol.task_id_of``; ``docs/wire-format.rst``, "Which task a message belongs to").
+
+The ``RPCBackend`` owns the link, the reply queue's name and the pending table, and hands
+them to its consumer per process (:meth:`ResultConsumer._attach`, at creation and after a
+fork); the consumer owns everything about consuming: the subscription and its hand-off, the
+decoder thread and its ordering, the hook guards, the ``drain_events`` waiters and their
+counters. ``RPCBackend.result_consumer`` is Celery's public object (``start``, ``stop``,
+``consume_from``, ``cancel_for``, ``drain_events``, ``on_after_fork``, ``on_state_change``).
+
+Choices where Celery leaves room:
+
+* Subscribing is a broker round trip, so no lock is held across it: one thread subscribes
+  (``ensure_consuming``) while the others that need the subscription wait on a condition,
+  each within its own deadline, and take over if the subscribing thread fails.
+* The reply queue is declared ``durable=True, auto_delete=False, exclusive=False`` with
+  ``x-expires = result_expires`` (``config.reply_queue_arguments``): it survives a
+  reconnect, and the link re-subscribes it after every reconnect, checking first that it
+  still exists. A reply queue that is gone (deleted, expired) fails every pending task with
+  ``ReplyQueueLost``: their results can no longer arrive.
+* Hooks (``on_state_change``, the backend's ``on_out_of_band_result``) run on the thread
+  that decoded the message, guarded: one that raises is logged with the task id; the state
+  is still recorded, its waiters still wake and the message is acknowledged (no
+  poison-message loop).
+* A body over ``result_max_size``, or one that does not decode, fails the waiters of its
+  task (when it names one) with its ``DecodeError``, and is acknowledged.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, Callable, Dict, Optional
+
+from . import protocol, serialization
+from ._consumers import ConsumerSpec, Delivery
+from ._link import Link
+from ._pending import PendingTable
+from ._threads import Counters, SerialExecutor
+from ._timeouts import deadline, remaining
+from .config import reply_queue_arguments
+from .errors import DecodeError, PikaRPCError, ReplyQueueLost, TimeoutError
+from .messaging import Consumer
+
+LOGGER = logging.getLogger(__name__)
+
+__all__ = ['ResultConsumer']
+
+
+class ResultConsumer:
+    """The seed's ResultConsumer, fed by the I/O thread instead of drained by the caller.
+
+    ``drain_events`` exists for compatibility: results arrive without it, so it only waits
+    (up to ``timeout``) for any new state message. Every method may be called from any
+    thread except the I/O thread.
+    """
+
+    Consumer = Consumer
+
+    def __init__(self, backend: Any, *args: Any, **kwargs: Any) -> None:
+        self.backend = backend
+        self._oid = ''
+        self._pending: Optional[PendingTable] = None
+        self._get_link: Optional[Callable[[], Link]] = None
+
+    def _attach(self, oid: str, pending: PendingTable, get_link: Callable[[], Link]) -> None:
+        """Called by the backend for each process (at creation and in a forked child): the
+        reply queue to consume, the table to fill and how to get the link. Starts over: no
+        subscription, new locks, a new decoder thread."""
+        self._pid = os.getpid()
+        self._oid, self._pending, self._get_link = oid, pending, get_link
+        conf = self.backend.conf
+        # Read once: Settings lookups are not free on the per-message path.
+        self._large_body = conf.large_body_threshold
+        self._max_size = conf.result_max_size
+        self._decoder = SerialExecutor('pika-rpc-decoder')
+        self._decoding = 0              # bodies handed to the decoder and not yet stored
+        self._decoding_lock = threading.Lock()
+        # Guards _spec, _spec_link and _subscribing; notified when a subscribe attempt ends.
+        self._subscribed = threading.Condition(threading.Lock())
+        self._spec: Optional[ConsumerSpec] = None
+        self._spec_link: Optional[Link] = None     # the link _spec is subscribed on
+        self._subscribing = False                  # a thread is in link.consume() for us
+        self._arrived = threading.Condition(threading.Lock())
+        self._drain_waiters = 0          # threads in drain_events
+        self._stats = Counters('out_of_band_received', 'bad_messages', 'hook_errors')
+
+    # ------------------------------------------------------------------ Celery's API
+    def start(self, initial_task_id: Optional[str] = None, no_ack: bool = True,
+              **kwargs: Any) -> None:
+        """Subscribe to the reply queue (idempotent); expect ``initial_task_id``. Blocks up
+        to ``publish_timeout`` for the subscription."""
+        self.ensure_consuming()
+        if initial_task_id is not None:
+            self._pending.register(initial_task_id)
+
+    def stop(self) -> None:
+        """Cancel the subscription (results stay in the queue for a later ``start``)."""
+        try:
+            self._cancel(timeout=5.0)
+        except PikaRPCError as exc:
+            LOGGER.debug('cancel of the reply consumer failed: %s', exc)
+
+    def consume_from(self, task_id: str) -> None:
+        self.start(task_id)
+
+    def cancel_for(self, task_id: str) -> None:
+        self._pending.discard(task_id)
+
+    def drain_events(self, timeout: Optional[float] = None) -> bool:
+        """Wait up to ``timeout`` for the next state message (pushed by the I/O thread).
+
+        Returns True when one arrived, False when ``timeout`` passed first.
+        """
+        self.ensure_consuming()
+        with self._arrived:
+            self._drain_waiters += 1
+            try:
+                return self._arrived.wait(timeout)
+            finally:
+                self._drain_waiters -= 1
+
+    def on_after_fork(self) -> None:
+        self.backend._forget_parent_state()
+
+    def on_state_change(self, meta: dict, message: Any) -> None:
+        """Hook called (decoder or I/O thread) for every state message; quick, no I/O."""
+
+    # ------------------------------------------------------------------ subscription
+    def ensure_consuming(self, timeout: Optional[float] = None) -> None:
+        """Subscribe to the reply queue unless subscribed on the backend's current link.
+
+        Blocks up to ``timeout`` (default ``publish_timeout``): for the broker's answer, or
+        for another thread's subscribe to end (then, if that one failed, this thread tries).
+
+        Raises:
+            TimeoutError: not subscribed within ``timeout``.
+            ConnectionLost, PikaRPCError: the broker could not be reached, or refused.
+            ClosedError: the backend is closed.
+        """
+        link = self._spec_link       # unlocked fast path: subscribed on a live link here
+        if link is not None and not link.closed and self._pid == os.getpid() \
+                and self._is_subscribed(link):
+            return
+        link = self._get_link()     # a fork resets this consumer here (the backend's pid check)
+        limit = self.backend.conf.publish_timeout if timeout is None else timeout
+        dl = deadline(limit)
+        with self._subscribed:
+            while True:
+                if self._is_subscribed(link):
+                    return
+                if not self._subscribing:
+                    self._subscribing = True       # this thread subscribes; others wait
+                    break
+                if not self._subscribed.wait(remaining(dl)):
+                    raise TimeoutError(f'reply queue {self._oid} not consumed within {limit} s '
+                                       '(another thread is subscribing it)')
+        subscribed = None
+        try:
+            spec = ConsumerSpec(
+                self._oid, self._on_reply, batch_ack=True,
+                declarations=(('declare_queue', dict(
+                    queue=self._oid, durable=True, auto_delete=False, exclusive=False,
+                    arguments=reply_queue_arguments(self.backend.conf))),),
+                check_exists=True, on_missing=self._on_queue_lost, on_cancel=self._on_queue_lost,
+                consumer_tag=f'pika-rpc-{self._oid}')
+            link.consume(spec, timeout=remaining(dl))
+            subscribed = spec
+        finally:
+            with self._subscribed:
+                if subscribed is not None:
+                    self._spec, self._spec_link = subscribed, link
+                self._subscribing = False
+                self._subscribed.notify_all()      # done, or the next waiter tries
+
+    def _is_subscribed(self, link: Link) -> bool:
+        spec = self._spec
+        return spec is not None and spec.active and self._spec_link is link
+
+    def _cancel(self, timeout: Optional[float]) -> bool:
+        """Cancel the subscription (for ``stop`` and the backend's ``close``); True when
+        there was one. Blocks up to ``timeout``.
+
+        Raises:
+            PikaRPCError: the cancel failed (the subscription is forgotten all the same).
+        """
+        with self._subscribed:
+            spec, link = self._spec, self._spec_link
+            self._spec = self._spec_link = None
+        if spec is None:
+            return False
+        if link is not None:
+            link.cancel(spec, timeout=timeout)
+        return True
+
+    def _on_queue_lost(self) -> None:                             # I/O thread
+        ids = self._pending.fail_pending(lambda ids: ReplyQueueLost(self._oid, ids))
+        LOGGER.error('reply queue %s was deleted or expired; %d pending task(s) lost: %s',
+                     self._oid, len(ids), ', '.join(ids[:20]))
+
+    # ------------------------------------------------------------------ receiving
+    def _on_reply(self, delivery: Delivery) -> None:             # I/O thread: hand off only
+        # Once a body is with the decoder, later ones follow it there: order is kept.
+        if self._decoding or len(delivery.body) > self._large_body:
+            with self._decoding_lock:
+                self._decoding += 1
+            self._decoder.submit(self._decode_off_thread, delivery)
+        else:
+            self._handle(delivery)
+
+    def _decode_off_thread(self, delivery: Delivery) -> None:
+        try:
+            self._handle(delivery)
+        finally:
+            with self._decoding_lock:
+                self._decoding -= 1
+
+    def _handle(self, delivery: Delivery) -> None:
+        props = delivery.properties
+        raw = None
+        try:
+            max_size = self._max_size
+            if max_size is not None and len(delivery.body) > max_size:
+                raise DecodeError(
+                    f'result body of {len(delivery.body)} bytes exceeds result_max_size={max_size}')
+            raw = serialization.loads(delivery.body, props.content_type, props.content_encoding,
+                                      accept=self.backend.accept)
+            task_id = protocol.task_id_of(raw, props.correlation_id)
+            meta = protocol.meta_from_raw(raw)
+        except PikaRPCError as exc:
+            self._stats.add('bad_messages')
+            task_id = protocol.task_id_of(raw, props.correlation_id) if isinstance(raw, dict) \
+                else props.correlation_id
+            if self._pending.fail_one(task_id, exc):
+                LOGGER.warning('bad message for task %s on reply queue %s: %s (its waiters get '
+                               'this error)', task_id, self._oid, exc)
+            else:
+                LOGGER.warning('dropped a bad message on reply queue %s (task %s): %s',
+                               self._oid, task_id, exc)
+            return
+        if task_id is None:
+            self._stats.add('bad_messages')
+            LOGGER.warning('dropped a state message with no task id on %s', self._oid)
+            return
+        outcome = self._pending.deliver(task_id, raw, meta, len(delivery.body))
+        if outcome == 'oob':
+            self._stats.add('out_of_band_received')
+            self._run_hook(self.backend.on_out_of_band_result, 'on_out_of_band_result', task_id,
+                           task_id, delivery)
+        self._run_hook(self.on_state_change, 'on_state_change', task_id, meta, delivery)
+        if self._drain_waiters:          # read unlocked: a waiter that starts later waits
+            with self._arrived:          # for the next message anyway
+                self._arrived.notify_all()
+
+    def _run_hook(self, hook: Callable[..., Any], name: str, task_id: str, *args: Any) -> None:
+        # User code on the I/O or decoder thread: an exception must not reach pika (it would
+        # drop the connection and the redelivered message would raise again, forever).
+        try:
+            hook(*args)
+        except Exception:
+            self._stats.add('hook_errors')
+            LOGGER.exception('%s raised for task %s on reply queue %s; its state was recorded '
+                             'and the message acknowledged', name, task_id, self._oid)
+
+    def stats(self) -> Dict[str, int]:
+        """Messages counted while consuming: out-of-band, bad, and raising hooks."""
+        return self._stats.snapshot()
