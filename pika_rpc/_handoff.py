@@ -42,7 +42,12 @@ class Command:
 
 class Latch:
     """A one-shot event: ``set()`` once, ``wait()`` by any number of threads. Lighter than
-    ``threading.Event`` (one lock, no condition): one is made per publication."""
+    ``threading.Event`` (one lock, no condition): one is made per publication.
+
+    The lock is held until the latch is set; each waiter takes it and passes it on. Two
+    threads setting it at once may both release it (a lock may be released by any thread),
+    which only ever leaves it released: a waiter whose pass-on release then finds it already
+    released has nothing left to do."""
 
     __slots__ = ('_lock', '_set')
 
@@ -66,7 +71,10 @@ class Latch:
         if self._set:
             return True
         if self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
-            self._lock.release()     # pass it on to the next waiter
+            try:
+                self._lock.release()     # pass it on to the next waiter
+            except RuntimeError:         # a second setter released it under us: still open
+                pass
         return self._set
 
 

@@ -69,7 +69,7 @@ class SerialExecutor:
             fn, args = item
             try:
                 fn(*args)
-            except Exception:
+            except BaseException:     # SystemExit from a user hook too: the thread goes on
                 LOGGER.exception('error in %s running %r', self._name, fn)
 
     def stop(self, timeout: Optional[float] = None) -> None:

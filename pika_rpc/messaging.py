@@ -170,12 +170,13 @@ class Producer:
                 compression: Optional[str] = None, exchange: Any = None, retry: bool = False,
                 retry_policy: Optional[dict] = None, declare: Optional[Sequence[Any]] = None,
                 expiration: Optional[float] = None, timeout: Optional[float] = None,
-                **properties: Any) -> None:
+                confirm_timeout: Optional[float] = None, **properties: Any) -> None:
         """Publish ``body`` and wait for the broker's confirm (see the module docstring).
 
         ``expiration`` is in seconds; ``**properties`` are AMQP properties
         (``correlation_id``, ``reply_to``, ``message_id``, ...). Blocks up to ``timeout``
-        (default: the ``publish_timeout`` setting) for declarations, publish and confirm.
+        (default: the ``publish_timeout`` setting) for declarations, publish and confirm;
+        ``confirm_timeout`` (kombu's) shortens that bound when it is the smaller one.
 
         Raises:
             NotSupportedByRabbitMQ: ``immediate=True``.
@@ -187,6 +188,8 @@ class Producer:
             raise NotSupportedByRabbitMQ(IMMEDIATE_REFUSED)
         conn = self._require()
         timeout = conn.settings.publish_timeout if timeout is None else timeout
+        if confirm_timeout is not None:
+            timeout = confirm_timeout if timeout is None else min(timeout, confirm_timeout)
         dl = deadline(timeout)
         policy = self._policy(retry, retry_policy)
         pub, message = self.prepare_publication(
