@@ -29,7 +29,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from . import states
 from .errors import DecodeError
-from .serialization import exception_from_dict, exception_to_dict
+from .serialization import exception_from_dict, exception_to_dict, json_object, required_text
 
 LOGGER = logging.getLogger(__name__)
 
@@ -169,11 +169,8 @@ def meta_from_raw(raw: Any) -> Dict[str, Any]:
             exception.
         SecurityError: the exception names something that is not an exception class.
     """
-    if not isinstance(raw, dict):
-        raise DecodeError(f'a result body must be a JSON object, got {type(raw).__qualname__}')
-    status = raw.get('status')
-    if not isinstance(status, str) or not status:
-        raise DecodeError(f'a result body needs a "status" string, got {status!r}')
+    status = required_text(json_object(raw, 'a result body'), 'status',
+                           'a result body needs a status string')
     result = raw.get('result')
     if status in states.EXCEPTION_STATES:
         result = exception_from_dict(result)

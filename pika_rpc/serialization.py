@@ -457,6 +457,21 @@ def _synthesize(exc_module: Optional[str], exc_type: str) -> type:
         return cls
 
 
+def json_object(value: Any, what: str) -> Dict[Any, Any]:
+    """``value`` if it is a dict (a JSON object), else ``DecodeError`` naming ``what``."""
+    if not isinstance(value, dict):
+        raise DecodeError(f'{what} must be a JSON object, got {type(value).__qualname__}')
+    return value
+
+
+def required_text(obj: Dict[Any, Any], key: str, what: str) -> str:
+    """``obj[key]`` if it is a non-empty str, else ``DecodeError``: ``what`` and the value."""
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        raise DecodeError(f'{what}: {key} = {value!r}')
+    return value
+
+
 def exception_from_dict(d: Any, *, allow_loaded_modules: bool = True) -> Optional[BaseException]:
     """Rebuild an exception from Celery's dict, importing nothing.
 
@@ -484,11 +499,8 @@ def exception_from_dict(d: Any, *, allow_loaded_modules: bool = True) -> Optiona
         return None
     if isinstance(d, BaseException):
         return d
-    if not isinstance(d, dict):
-        raise DecodeError(f'an exception must be encoded as a dict, got {type(d).__qualname__}')
-    exc_type = d.get('exc_type')
-    if not isinstance(exc_type, str) or not exc_type:
-        raise DecodeError(f'exception information must include the exception type: {d!r}')
+    exc_type = required_text(json_object(d, 'an exception'), 'exc_type',
+                             'exception information must include the exception type')
     exc_module = d.get('exc_module')
     if exc_module is not None and not isinstance(exc_module, str):
         raise DecodeError(f'exc_module must be a string or null, got {exc_module!r}')
