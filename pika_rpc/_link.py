@@ -7,22 +7,17 @@ The one exception is the hot path of publishing: on a plaintext connection a cal
 its publication's frames to the socket itself when nothing is queued ahead of it
 (``_confirms.Pipeline.publish_direct``); the I/O thread still reads and settles the confirm.
 
-Channels of one connection:
-
-* the *publish* channel, in confirm mode with pipelined confirms (``_confirms.Pipeline``):
-  every publish is ``mandatory`` as asked and settles as confirmed, returned, nacked or
-  lost; lost and nacked publications are re-published while their retry budget lasts;
-* the *control* channel for declarations, deletes, binds and purges; a channel error
-  (404, 406, 403) is raised to the caller as a typed error and the channel is reopened;
-* one plain channel per consumer (``_consumers``).
+Channels of one connection: the *publish* channel with pipelined confirms (``_outbox``),
+the *control* channel for declarations (``_declarations``), and one plain channel per
+consumer (``_consumers``, whose caller-side commands are mixed in here).
 
 The loop is ``process_data_events(None)``: it returns on a wake-up, a timer (a tick every
 ``POLL_INTERVAL``, a retry) or a channel event. Nothing in the loop blocks on a caller or
 runs user code.
 
 Reconnect: the I/O thread reconnects by itself (idle waiters depend on it) under the
-connection retry policy (``_retry.intervals``: kombu's intervals, capped at their
-``interval_max``; ``broker_connection_max_retries``; the failover list in order), reopens
+connection retry policy (``_connector``: the failover list, kombu's intervals, capped at
+their ``interval_max``; ``broker_connection_max_retries``), reopens
 the channels, re-runs each consumer's declarations and re-subscribes it, and re-publishes
 what was unconfirmed (at-least-once). If it gives up, every queued command and unsettled
 publication fails with ``ConnectionLost`` and listeners hear ``gave_up``; the next command
@@ -42,17 +37,16 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, List, Optional
 
-import pika
 import pika.exceptions
 
-from . import _advice, _confirms, _deliveries, _pika
-from ._consumers import Consumers, ConsumerSpec
+from . import _confirms, _deliveries, _pika
+from ._connector import STOPPED, Connector
+from ._consumers import ConsumerCommands, Consumers
 from ._declarations import Declarations
 from ._handoff import Command, HandOff, Publication
 from ._outbox import Outbox
-from ._retry import intervals
 from ._threads import SerialExecutor
 from ._timeouts import deadline, remaining
 from .errors import ClosedError, ConnectionLost, TimeoutError
@@ -83,7 +77,7 @@ _IO_COUNTERS = ('publishes', 'confirms', 'republishes', 'ack_frames', 'reconnect
                 'deliveries', 'ticks', 'write_busy')
 _CALLER_COUNTERS = ('commands', 'wake_ups', 'direct_publishes')
 
-class Link:
+class Link(ConsumerCommands):
     """The I/O thread and its connection. Every public method is thread-safe.
 
     Args:
@@ -103,16 +97,10 @@ class Link:
                  connect_interval: tuple = (0.0, 0.5, 2.0),
                  callbacks: Optional[SerialExecutor] = None,
                  name: Optional[str] = None, direct_writes: bool = True) -> None:
-        if not options:
-            raise ValueError('no broker address given')
         self.id = next(_link_ids)
         self.name = name or f'pika-rpc-io-{os.getpid()}-{self.id}'
-        self._options = list(options)
-        self._params = [_pika.connection_parameters(o, self.name) for o in self._options]
-        self._max_connect_retries = max_connect_retries
-        start, step, top = connect_interval
-        self._connect_policy = {'interval_start': start, 'interval_step': step,
-                                'interval_max': top}
+        self._connector = Connector(options, self.name, max_retries=max_connect_retries,
+                                    interval=connect_interval)
         self.callbacks = callbacks or SerialExecutor('pika-rpc-callbacks')
         self.pid = os.getpid()
         self.direct_writes = direct_writes
@@ -261,38 +249,6 @@ class Link:
             if self.last_advice:
                 why += f'. {self.last_advice}'
         return why + ')'
-
-    # ------------------------------------------------------------------ consumers
-    def consume(self, spec: ConsumerSpec, timeout: Optional[float] = None) -> str:
-        """Subscribe ``spec`` (declarations first); kept across reconnects. Returns the tag."""
-        return self.call(self._consumers.consume, spec, timeout=timeout,
-                         what=f'consume from {spec.queue!r}')
-
-    def cancel(self, spec: ConsumerSpec, timeout: Optional[float] = None) -> None:
-        """Stop ``spec``; unacked deliveries go back to the queue (its channel closes)."""
-        if self._thread is None or self._stop.is_set():
-            spec.active = False
-            return
-        self.call(self._consumers.cancel, spec, timeout=timeout,
-                  what=f'cancel consumer of {spec.queue!r}')
-
-    def ack(self, spec: ConsumerSpec, gen: int, tag: int, multiple: bool = False,
-            reject: bool = False, requeue: bool = True, timeout: Optional[float] = 10.0,
-            wait: bool = True) -> bool:
-        """Ack (or reject) a delivery; False when its channel is gone (it will be redelivered).
-
-        With ``wait=False`` the ack is queued and True returned at once (no round trip to the
-        I/O thread; a lost channel makes the broker redeliver, which is what False would say).
-        """
-        result = self.call(self._consumers.ack, spec, gen, tag, multiple, reject, requeue,
-                           timeout=timeout, what='ack', wait=wait)
-        return True if not wait else result
-
-    def qos(self, spec: ConsumerSpec, prefetch_count: int, timeout: Optional[float] = 10.0) -> None:
-        self.call(self._consumers.qos, spec, prefetch_count, timeout=timeout, what='qos')
-
-    def recover(self, spec: ConsumerSpec, timeout: Optional[float] = 10.0) -> None:
-        self.call(self._consumers.recover, spec, timeout=timeout, what='recover')
 
     # ------------------------------------------------------------------ control channel
     def control(self, kind: str, timeout: Optional[float] = None, cache_key: Any = None,
@@ -507,30 +463,16 @@ class Link:
 
     # ---------------------------------------------------------------- connecting
     def _connect(self) -> bool:
-        """Connect under the retry policy. True when open; False after giving up."""
+        """Connect under the retry policy (``_connector``). True when open; False after
+        giving up (everything queued then fails) or when told to stop."""
         reconnect = self.gen_started
         self._set_state(RECONNECTING if reconnect else CONNECTING)
-        waits: Iterator[float] = intervals(self._connect_policy)
-        began = time.monotonic()
-        for attempt in itertools.count(1):
-            if self._stop.is_set():
-                return False
-            try:
-                self._open()
-                break
-            except _pika.CONNECT_ERRORS as exc:
-                self.last_error = _advice.describe(exc)
-                self.last_advice = _advice.connect_advice(exc, self._options)
-                self._drop_connection()
-                if isinstance(exc, _pika.FATAL_CONNECT_ERRORS) or (
-                        self._max_connect_retries is not None and attempt > self._max_connect_retries):
-                    self._give_up(attempt, time.monotonic() - began, self.last_error)
-                    return False
-                interval = next(waits)
-                LOGGER.warning('%s: cannot connect to %s (%s); retry %d in %.1f s', self.name,
-                               self._addresses(), self.last_error, attempt, interval)
-                if self._stop.wait(interval):
-                    return False
+        outcome = self._connector.cycle(self._open, self._after_failed_attempt, self._stop)
+        if outcome is STOPPED:
+            return False
+        if outcome is not None:
+            self._give_up(outcome)
+            return False
         self.gen_started = True
         self._reconnect_wanted = False
         if reconnect:
@@ -539,11 +481,13 @@ class Link:
         self._notify('connected', reconnect)
         return True
 
-    def _addresses(self) -> str:
-        return ', '.join(f'{p.host}:{p.port} (vhost {p.virtual_host!r})' for p in self._params)
+    def _after_failed_attempt(self) -> None:
+        self.last_error = self._connector.last_error
+        self.last_advice = self._connector.last_advice
+        self._drop_connection()
 
     def _open(self) -> None:
-        self.connection = pika.BlockingConnection(self._params)
+        self.connection = self._connector.open_connection()
         self.gen += 1
         self.wire = _pika.Wire(self.connection)
         self.reader = _deliveries.DeliveryReader(self.wire)
@@ -580,11 +524,7 @@ class Link:
             except Exception:
                 pass
 
-    def _give_up(self, attempts: int, elapsed: float, last: str) -> None:
-        advice = f'. {self.last_advice}' if self.last_advice else ''
-        err = ConnectionLost(f'cannot connect to {self._addresses()} after {attempts} attempt(s) '
-                             f'in {elapsed:.1f} s; last error: {last}{advice}')
-        LOGGER.error('%s', err)
+    def _give_up(self, err: ConnectionLost) -> None:
         self._set_state(IDLE)
         self._fail_queued(err)
         self._outbox.fail_retries(err)

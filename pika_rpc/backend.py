@@ -5,11 +5,8 @@ Client side: one reply queue per *process* (``oid``), consumed by ``result_consu
 ``get``/``get_many``/``get_task_meta`` read and wait on that table. The backend owns the
 link (shared with the store side), the oid and the table, and hands them to its consumer.
 
-Result-storing side: ``store_result`` publishes Celery's 5.7 result body to the request's
-``reply_to`` with publisher confirms and ``mandatory=True``, blocking until the broker
-confirmed (bounded by ``publish_timeout``). An unroutable result (no such reply queue) is a
-WARNING naming the task and queue plus the ``on_unroutable(task_id, queue)`` hook, never a
-silent drop; a nack or a timeout raises ``PublishError``; no ``reply_to`` publishes nothing.
+Result-storing side: ``store_result`` and Celery's ``mark_as_*`` (written in ``_storing``)
+publish each state to the request's ``reply_to`` with confirms, ``mandatory=True``.
 
 Choices where Celery leaves room:
 
@@ -42,20 +39,17 @@ import time
 import uuid
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from . import protocol, serialization, states
+from . import serialization, states
 from . import _registry
-from ._context import current_request, request_field
-from ._handoff import Publication
 from ._link import Link
 from ._pending import PendingTable
-from ._publish import publish_and_wait
 from ._replies import ResultConsumer
+from ._storing import ResultStoring
 from ._threads import Counters
 from ._timeouts import deadline, remaining
 from .config import Settings, reply_queue_arguments
 from .entities import Exchange, Queue
-from .errors import (BacklogLimitExceeded, ClosedError, ConnectionLost, PikaRPCError,
-                     TaskRevokedError, TimeoutError, Unroutable)
+from .errors import BacklogLimitExceeded, ClosedError, ConnectionLost, PikaRPCError, TimeoutError
 from .messaging import Consumer, Producer
 
 LOGGER = logging.getLogger(__name__)
@@ -65,7 +59,7 @@ __all__ = ['RPCBackend', 'ResultConsumer', 'BacklogLimitExceeded']
 _PENDING_META = {'status': states.PENDING, 'result': None}
 
 
-class RPCBackend:
+class RPCBackend(ResultStoring):
     """Celery's rpc:// result backend. Thread-safe; one per process is enough (``app.backend``).
 
     Every method may be called from any thread. Blocking methods take a timeout.
@@ -365,100 +359,6 @@ class RPCBackend:
     def revive(self, channel: Any) -> None:
         """Kept for API compatibility: the I/O thread revives the consumer by itself."""
 
-    # ------------------------------------------------------------------ storing side
-    def destination_for(self, task_id: str, request: Any) -> Tuple[Optional[str], str]:
-        """``(reply_to, correlation_id)`` for a result, from ``request`` or the current task.
-
-        Raises:
-            PikaRPCError: no request given and no task running in this thread.
-        """
-        request = request if request is not None else current_request()
-        if request is None:
-            raise PikaRPCError(f'RPC backend cannot store the result of task {task_id}: no '
-                               'request given and no task running in this thread')
-        reply_to = request_field(request, 'reply_to')
-        correlation_id = request_field(request, 'correlation_id') or task_id
-        return reply_to, correlation_id
-
-    def store_result(self, task_id: str, result: Any, state: str, traceback: Optional[str] = None,
-                     request: Any = None, *, timeout: Optional[float] = None,
-                     wait: bool = True, **kwargs: Any) -> Any:
-        """Publish a state of ``task_id`` to the request's ``reply_to``; returns ``result``.
-
-        Blocks until the broker confirmed it (up to ``timeout``, default ``publish_timeout``)
-        unless ``wait=False``. Follows ``retry_policy`` (a re-publish after reconnect counts).
-
-        Raises:
-            PublishError: nacked, unconfirmed in time, or retries exhausted.
-            PikaRPCError: no request and no current task.
-        """
-        self._check_open()
-        reply_to, correlation_id = self.destination_for(task_id, request)
-        if not reply_to:
-            LOGGER.warning('result of task %s (%s) not sent: its request has no reply_to',
-                           task_id, state)
-            return result
-        req = request if request is not None else current_request()
-        body = protocol.result_body(
-            task_id, state, result, traceback, children=kwargs.get('children'),
-            group_id=request_field(req, 'group'), parent_id=request_field(req, 'parent_id'), request=req,
-            extended=self.conf.result_extended, tz=_timezone(self.conf))
-        content_type, content_encoding, data = serialization.dumps(body, self.serializer)
-        pub = Publication('', reply_to, data, {
-            'content_type': content_type, 'content_encoding': content_encoding,
-            'correlation_id': correlation_id, 'delivery_mode': self.delivery_mode,
-            'priority': 0, 'headers': {}},
-            mandatory=True, policy=self.retry_policy,
-            timeout=self.conf.publish_timeout if timeout is None else timeout)
-        link = self._get_link()
-        self._stats.add('stored')
-        if not wait:
-            link.publish(pub)
-            return result
-        returned = publish_and_wait(link, pub, f'result of task {task_id}')
-        if returned is not None:
-            self._report_unroutable(task_id, reply_to, returned)
-        return result
-
-    def _report_unroutable(self, task_id: str, queue: str, returned: Unroutable) -> None:
-        self._stats.add('unroutable')
-        LOGGER.warning('result of task %s unroutable: no queue %r (%s %s); the client is gone or '
-                       'its reply queue expired', task_id, queue, returned.reply_code,
-                       returned.reply_text)
-        hook = self.on_unroutable
-        if hook is not None and self._link is not None:
-            self._link.callbacks.submit(hook, task_id, queue)
-
-    def mark_as_started(self, task_id: str, request: Any = None, **meta: Any) -> Any:
-        return self.store_result(task_id, meta, states.STARTED, request=request)
-
-    def mark_as_done(self, task_id: str, result: Any, request: Any = None,
-                     store_result: bool = True, state: str = states.SUCCESS) -> Any:
-        if store_result:
-            self.store_result(task_id, result, state, request=request)
-        return result
-
-    def mark_as_failure(self, task_id: str, exc: BaseException, traceback: Optional[str] = None,
-                        request: Any = None, store_result: bool = True, call_errbacks: bool = True,
-                        state: str = states.FAILURE) -> BaseException:
-        if store_result:
-            self.store_result(task_id, exc, state, traceback=traceback, request=request)
-        return exc
-
-    def mark_as_retry(self, task_id: str, exc: BaseException, traceback: Optional[str] = None,
-                      request: Any = None, store_result: bool = True,
-                      state: str = states.RETRY) -> BaseException:
-        if store_result:
-            self.store_result(task_id, exc, state, traceback=traceback, request=request)
-        return exc
-
-    def mark_as_revoked(self, task_id: str, reason: str = '', request: Any = None,
-                        store_result: bool = True, state: str = states.REVOKED) -> BaseException:
-        exc = TaskRevokedError(reason or 'revoked')
-        if store_result:
-            self.store_result(task_id, exc, state, request=request)
-        return exc
-
     # ------------------------------------------------------------------ unsupported (as Celery)
     def ensure_chords_allowed(self) -> None:
         raise NotImplementedError('the rpc result backend does not support chords: use a '
@@ -526,21 +426,6 @@ def _lost(info: Any, ids: List[str]) -> ConnectionLost:
         return ConnectionLost(f'{info}; no result can arrive until the link reconnects')
     return ConnectionLost(f'{info}; results of {len(ids)} pending task(s) cannot arrive: '
                           f'{", ".join(ids[:10])}{" ..." if len(ids) > 10 else ""}')
-
-
-def _timezone(conf: Settings) -> Any:
-    name = conf.timezone
-    return _zone(name) if name else None
-
-
-@functools.lru_cache(maxsize=16)
-def _zone(name: str) -> Any:
-    try:
-        from zoneinfo import ZoneInfo
-        return ZoneInfo(name)
-    except Exception:
-        LOGGER.warning('unknown timezone %r; writing date_done in UTC', name)
-        return None
 
 
 def _rebuild_backend(conf: dict, init_args: dict) -> RPCBackend:

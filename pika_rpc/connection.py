@@ -50,7 +50,7 @@ from ._link import Link
 from ._publish import publish_and_wait
 from ._timeouts import deadline, remaining
 from .config import Settings, mask_url
-from .entities import IMMEDIATE_REFUSED
+from ._exchange import IMMEDIATE_REFUSED
 from .errors import ClosedError, NotFound, NotSupportedByRabbitMQ, PublishError, TimeoutError
 from .message import Message
 

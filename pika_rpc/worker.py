@@ -67,21 +67,19 @@ import os
 import queue
 import socket
 import threading
-import time
 from datetime import datetime, timezone
 from typing import Any, Dict, Iterable, List, Optional, Union
 
 from . import _registry, protocol, states
-from ._context import task_context
 from ._control import ControlHandler, RevokedIds
-from ._jobs import (DONE, HELD, QUEUED, RELEASED, RUNNING, Job, Outcomes, expired, format_tb,
-                    short)
+from ._execution import _NEW, _RUNNING, _STARTING, _STOPPED, _STOPPING, Execution
+from ._jobs import DONE, HELD, QUEUED, RELEASED, RUNNING, Job, Outcomes, expired, short
 from ._threads import Counters, SerialExecutor
 from ._timeouts import deadline, remaining
 from ._timer import Timer
 from .connection import Connection
 from .entities import Exchange, Queue
-from .errors import NotRegistered, PikaRPCError, Retry, TaskRevokedError, TimeLimitExceeded
+from .errors import NotRegistered, PikaRPCError, TaskRevokedError
 from .messaging import Consumer
 # Celery's facts, owned by protocol; re-exported: they are in this module's __all__.
 from .protocol import PIDBOX_EXCHANGE, REVOKE_EXPIRES, REVOKES_MAX
@@ -90,7 +88,6 @@ LOGGER = logging.getLogger(__name__)
 
 __all__ = ['Worker', 'PIDBOX_EXCHANGE', 'REVOKES_MAX', 'REVOKE_EXPIRES']
 
-_NEW, _STARTING, _RUNNING, _STOPPING, _STOPPED = 'NEW', 'STARTING', 'RUNNING', 'STOPPING', 'STOPPED'
 
 _worker_numbers = itertools.count(1)
 
@@ -119,7 +116,7 @@ def _names(queues: Any) -> List[Any]:
     return out
 
 
-class Worker:
+class Worker(Execution):
     """Run an app's tasks from protocol-v2 task messages; see the module docstring.
 
     Args:
@@ -384,153 +381,6 @@ class Worker:
         if dropped:
             LOGGER.warning('worker %s: connection lost; %d waiting message(s) dropped here, the '
                            'broker delivers them again', self.hostname, len(dropped))
-
-    # ------------------------------------------------------------------ pool
-    def _start_thread(self) -> None:                  # under _lock
-        name = f'pika-rpc-worker-{self.hostname}-{next(self._thread_numbers)}'
-        thread = threading.Thread(target=self._pool_loop, name=name, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _pool_loop(self) -> None:
-        me = threading.current_thread()
-        try:
-            while True:
-                job = self._work.get()
-                if job is None:
-                    return
-                try:
-                    self._execute(job)
-                except Exception:   # a bug of ours: the message stays unacked, the pool lives
-                    LOGGER.critical('worker %s: error handling task %s[%s]', self.hostname,
-                                    job.request.name, job.request.id, exc_info=True)
-                if job.abandoned:
-                    return                      # a new thread took this one's place
-        finally:
-            with self._lock:
-                if me in self._threads:
-                    self._threads.remove(me)
-
-    def _forget(self, job: Job) -> None:             # under _lock
-        for entry in job.timers:
-            self._timer.cancel(entry)
-        jobs = self._jobs.get(job.request.id)
-        if jobs is not None and job in jobs:
-            jobs.remove(job)
-            if not jobs:
-                del self._jobs[job.request.id]
-        if job in self._running:
-            self._running.discard(job)
-            self._idle.notify_all()
-
-    def _claim(self, job: Job, *states_from: str) -> bool:
-        """Move ``job`` to DONE if it is in one of ``states_from``. Under _lock."""
-        if job.state not in states_from:
-            return False
-        if job.state == HELD:
-            self._held -= 1
-        job.state = DONE
-        self._forget(job)
-        return True
-
-    def _execute(self, job: Job) -> None:            # pool thread
-        req = job.request
-        with self._lock:
-            if job.state != QUEUED:
-                return                           # revoked, released or dropped meanwhile
-            if self._state != _RUNNING:
-                job.state = RELEASED
-                self._forget(job)
-                return                           # stop() is handing messages back
-            revoked, too_late = req.id in self.revoked, expired(req)
-            if revoked or too_late:
-                self._claim(job, QUEUED)
-            else:
-                job.state, job.thread = RUNNING, threading.current_thread()
-                self._running.add(job)
-        if revoked or too_late:
-            return self._outcomes.revoked(job, 'revoked' if revoked else 'expired')
-        self._arm_time_limits(job)
-        began = time.monotonic()
-        outcome: tuple
-        outcomes = self._outcomes
-        with task_context(req):
-            if outcomes.track_started(job) and not outcomes.ignored(job):
-                outcomes.store(job, states.STARTED, {'pid': os.getpid(), 'hostname': self.hostname})
-            try:
-                value = job.task(*req.args, **req.kwargs)
-            except Retry as exc:
-                outcome = (states.RETRY, exc, format_tb(exc))
-            except Exception as exc:
-                outcome = (states.FAILURE, exc, format_tb(exc))
-            except BaseException as exc:  # sys.exit() in a task never ends its thread, and
-                # a client must not re-raise SystemExit/KeyboardInterrupt (Celery's would).
-                outcome = (states.FAILURE, RuntimeError(f'the task raised {exc!r}'),
-                           format_tb(exc))
-            else:
-                outcome = (states.SUCCESS, value, None)
-        runtime = time.monotonic() - began
-        with self._lock:
-            claimed = self._claim(job, RUNNING)
-        if not claimed:
-            LOGGER.info('Task %s[%s] returned after %.3fs, but was already finished for its '
-                        'client (revoked/terminated or hard time limit): outcome %s dropped',
-                        req.name, req.id, runtime, outcome[0])
-            return
-        outcomes.finished(job, *outcome, runtime=runtime)
-
-    def _abandon(self, job: Job, state: str, exc: BaseException) -> bool:
-        """Finish a RUNNING job for its client now; its thread runs on. Any thread.
-
-        Returns False when the job was no longer running (nothing done)."""
-        with self._lock:
-            if not self._claim(job, RUNNING):
-                return False
-            self._orphan(job)
-            running = self._state == _RUNNING
-            if running:
-                self._start_thread()            # keep `concurrency` threads taking work
-        if running:
-            self._service.submit(self._outcomes.store_and_ack, job, state, exc)
-        else:                                   # stop() has shut the service thread down
-            self._outcomes.store_and_ack(job, state, exc)
-        return True
-
-    def _orphan(self, job: Job) -> None:             # under _lock
-        job.abandoned = True
-        self._stats.add('abandoned')
-        if job.thread in self._threads:
-            self._threads.remove(job.thread)    # never joined: it may run for a long time
-
-    def _arm_time_limits(self, job: Job) -> None:
-        req = job.request
-        options = getattr(job.task, 'options', None) or {}
-        hard = req.time_limit if req.time_limit is not None else options.get('time_limit')
-        soft = req.soft_time_limit if req.soft_time_limit is not None else \
-            options.get('soft_time_limit')
-        timers = []
-        if soft:
-            timers.append(self._timer.call_later(soft, self._on_soft_limit, job, soft))
-        if hard:
-            timers.append(self._timer.call_later(hard, self._on_hard_limit, job, hard))
-        with self._lock:
-            if job.state == RUNNING:
-                job.timers.extend(timers)
-            else:
-                for entry in timers:
-                    self._timer.cancel(entry)
-
-    def _on_soft_limit(self, job: Job, limit: float) -> None:     # timer thread
-        if job.state == RUNNING:
-            LOGGER.warning('Task %s[%s] passed its soft time limit (%ss); a thread cannot be '
-                           'interrupted, so it goes on', job.request.name, job.request.id, limit)
-
-    def _on_hard_limit(self, job: Job, limit: float) -> None:     # timer thread
-        if self._abandon(job, states.FAILURE, TimeLimitExceeded(limit)):
-            self._stats.add('failed')
-            LOGGER.error('Task %s[%s] passed its hard time limit (%ss): FAILURE TimeLimitExceeded '
-                         'stored; the thread cannot be killed and runs on, its outcome dropped',
-                         job.request.name, job.request.id, limit)
 
     # ------------------------------------------------------------------ receiving (callback thread)
     def _on_task_message(self, message: Any) -> None:

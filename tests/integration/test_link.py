@@ -252,7 +252,7 @@ def object_texts(app: App) -> List[str]:
     texts += [repr(a) + str(a) + a.as_uri() for a in parse_url(app.conf.broker_url)]
     link = backend._link
     if link is not None:
-        texts += [repr(link), str(link), repr(link.stats()), repr(link._params)]
+        texts += [repr(link), str(link), repr(link.stats()), repr(link._connector.params)]
     return texts
 
 

@@ -3,7 +3,8 @@
 * a module imports only from lower levels (the table below); nothing inside the package
   imports ``pika_rpc/__init__``;
 * pika is imported only by the modules that talk to it: ``_pika`` (the boundary), the I/O
-  thread's ``_link``, ``_outbox``, ``_consumers``, ``_confirms`` and ``_deliveries``;
+  thread's ``_link``, ``_outbox``, ``_connector``, ``_consumers``, ``_confirms`` and
+  ``_deliveries``;
 * a private pika attribute (one pika's own source defines, e.g. ``_impl``, ``_transport``,
   ``_frame_buffer``) is touched in ``_pika`` only;
 * no module is over ``MAX_LINES`` lines: a later feature splits a module rather than grow it.
@@ -30,15 +31,16 @@ LEVELS = {
     # Celery's messages, AMQP messages, the pika boundary
     'message': 2, 'protocol': 2, 'result': 2, 'task': 2, '_pika': 2,
     # the I/O thread's parts, the one publish-and-wait path
-    'entities': 3, '_confirms': 3, '_deliveries': 3, '_consumers': 3, '_publish': 3,
-    '_outbox': 4, '_link': 5,
+    '_exchange': 3, '_queue': 4, 'entities': 5, '_confirms': 3, '_deliveries': 3, '_consumers': 3, '_publish': 3,
+    '_outbox': 4, '_connector': 3, '_link': 5,
     # the process's links, and kombu's surface on them (connection below messaging)
-    '_registry': 6, '_jobs': 7, 'connection': 7, 'messaging': 8,
+    '_registry': 6, '_jobs': 7, 'connection': 7, 'consumer': 8, 'messaging': 9,
     # Celery's surface
-    '_replies': 9, '_control': 9, 'backend': 10, 'worker': 10, 'app': 11, 'cli': 12,
-    '__main__': 13,
+    '_replies': 10, '_control': 10, '_storing': 4, '_execution': 8, 'backend': 11, 'worker': 11, 'app': 12, 'cli': 13,
+    '__main__': 14,
 }
-PIKA_ALLOWED = {'_pika', '_link', '_outbox', '_consumers', '_confirms', '_deliveries'}
+PIKA_ALLOWED = {'_pika', '_link', '_outbox', '_connector', '_consumers', '_confirms',
+                '_deliveries'}
 #: The pika internals pika_rpc relies on (see pika_rpc/_pika.py); no other module may even
 #: define attributes of these names, so a use of one elsewhere is always pika's.
 KNOWN_INTERNALS = {'_impl', '_transport', '_sock', '_produce', '_frame_buffer',
@@ -164,7 +166,7 @@ MOVED = [
     ('messaging', 'Connection', 'connection'),
     ('worker', 'PIDBOX_EXCHANGE', 'protocol'), ('worker', 'REVOKES_MAX', 'protocol'),
     ('worker', 'REVOKE_EXPIRES', 'protocol'),
-    ('backend', 'ResultConsumer', '_replies'),
+    ('backend', 'ResultConsumer', '_replies'), ('messaging', 'Consumer', 'consumer'),
 ]
 
 
