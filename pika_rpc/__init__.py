@@ -3,31 +3,87 @@
 One I/O thread per process owns the only connection; any thread may send tasks, store
 results and wait on them. Wire-compatible with Celery 5.5-5.7. See README.rst.
 """
+
 from . import states
+from ._version import __version__
 from .app import App
 from .backend import BacklogLimitExceeded, ResultConsumer, RPCBackend
 from .connection import Connection
 from .entities import Exchange, Queue
-from .errors import (AccessRefused, BrokerRefused, ClosedError, ConnectionLost, ContentDisallowed, DecodeError, EncodeError,
-                     MaxRetriesExceededError, MessageStateError, NotBoundError, NotRegistered,
-                     NotFound, NotSupportedByRabbitMQ, PikaRPCError, PreconditionFailed, PublishError,
-                     ReplyQueueLost, Retry, SecurityError, SoftTimeLimitExceeded,
-                     TaskRevokedError, TimeLimitExceeded, TimeoutError, Unroutable, WorkerLostError)
+from .errors import (
+    AccessRefused,
+    BrokerRefused,
+    ClosedError,
+    ConnectionLost,
+    ContentDisallowed,
+    DecodeError,
+    EncodeError,
+    MaxRetriesExceededError,
+    MessageStateError,
+    NotBoundError,
+    NotFound,
+    NotRegistered,
+    NotSupportedByRabbitMQ,
+    PikaRPCError,
+    PreconditionFailed,
+    PublishError,
+    ReplyQueueLost,
+    Retry,
+    SecurityError,
+    SoftTimeLimitExceeded,
+    TaskRevokedError,
+    TimeLimitExceeded,
+    TimeoutError,
+    Unroutable,
+    WorkerLostError,
+)
 from .message import Message
 from .messaging import Consumer, Producer
 from .result import AsyncResult, GroupResult, ResultSet
 from .task import Task
 from .worker import Worker
 
-from ._version import __version__
-
 __all__ = [
-    'AccessRefused', 'BrokerRefused', 'NotFound', 'Unroutable',
-    'App', 'AsyncResult', 'ClosedError', 'MessageStateError', 'NotBoundError', 'BacklogLimitExceeded', 'Connection', 'ConnectionLost', 'Consumer',
-    'ContentDisallowed', 'DecodeError', 'EncodeError', 'Exchange', 'GroupResult',
-    'MaxRetriesExceededError', 'Message',
-    'NotRegistered', 'NotSupportedByRabbitMQ', 'PikaRPCError', 'PreconditionFailed', 'Producer',
-    'PublishError', 'Queue', 'RPCBackend', 'ReplyQueueLost', 'ResultConsumer', 'ResultSet',
-    'Retry', 'SecurityError', 'SoftTimeLimitExceeded', 'Task', 'TaskRevokedError',
-    'TimeLimitExceeded', 'TimeoutError', 'Worker', 'WorkerLostError', 'states', '__version__',
+    'AccessRefused',
+    'BrokerRefused',
+    'NotFound',
+    'Unroutable',
+    'App',
+    'AsyncResult',
+    'ClosedError',
+    'MessageStateError',
+    'NotBoundError',
+    'BacklogLimitExceeded',
+    'Connection',
+    'ConnectionLost',
+    'Consumer',
+    'ContentDisallowed',
+    'DecodeError',
+    'EncodeError',
+    'Exchange',
+    'GroupResult',
+    'MaxRetriesExceededError',
+    'Message',
+    'NotRegistered',
+    'NotSupportedByRabbitMQ',
+    'PikaRPCError',
+    'PreconditionFailed',
+    'Producer',
+    'PublishError',
+    'Queue',
+    'RPCBackend',
+    'ReplyQueueLost',
+    'ResultConsumer',
+    'ResultSet',
+    'Retry',
+    'SecurityError',
+    'SoftTimeLimitExceeded',
+    'Task',
+    'TaskRevokedError',
+    'TimeLimitExceeded',
+    'TimeoutError',
+    'Worker',
+    'WorkerLostError',
+    'states',
+    '__version__',
 ]

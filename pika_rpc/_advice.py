@@ -10,6 +10,7 @@ password: only the user name, hosts, ports and vhost of the parameters are used.
 Level 1: imports nothing from pika (exceptions are recognised by class name and text), so it
 is testable without a broker. Pure functions: no I/O.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,10 +20,12 @@ __all__ = ['describe', 'connect_advice', 'precondition_advice']
 
 _INEQUIVALENT = re.compile(
     r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) '(?P<name>[^']*)' in "
-    r"vhost '(?P<vhost>[^']*)': received (?P<asked>.+?) but current is (?P<current>.+?)\)?$")
-_VHOST_NOT_FOUND = re.compile(r"vhost (?P<vhost>\S+) not found")
+    r"vhost '(?P<vhost>[^']*)': received (?P<asked>.+?) but current is (?P<current>.+?)\)?$"
+)
+_VHOST_NOT_FOUND = re.compile(r'vhost (?P<vhost>\S+) not found')
 _VHOST_REFUSED = re.compile(
-    r"access to vhost '(?P<vhost>[^']*)' refused for user '(?P<user>[^']*)'")
+    r"access to vhost '(?P<vhost>[^']*)' refused for user '(?P<user>[^']*)'"
+)
 
 
 def describe(exc: BaseException) -> str:
@@ -81,44 +84,71 @@ def connect_advice(exc: BaseException, params: Iterable[Any] = ()) -> str:
     text = raw.lower()
     match = _VHOST_REFUSED.search(raw)
     if match:
-        return (f"User {match.group('user')!r} has no permissions on vhost "
-                f"{match.group('vhost')!r}: grant them with `rabbitmqctl set_permissions -p "
-                f"{match.group('vhost')} {match.group('user')} '.*' '.*' '.*'`, or use another "
-                f"user in broker_url")
+        return (
+            f'User {match.group("user")!r} has no permissions on vhost '
+            f'{match.group("vhost")!r}: grant them with `rabbitmqctl set_permissions -p '
+            f"{match.group('vhost')} {match.group('user')} '.*' '.*' '.*'`, or use another "
+            f'user in broker_url'
+        )
     match = _VHOST_NOT_FOUND.search(raw)
     if match:
         name = match.group('vhost')
-        return (f"The vhost {name!r} does not exist: create it with `rabbitmqctl add_vhost {name}` "
-                f"and `rabbitmqctl set_permissions -p {name} {user} '.*' '.*' '.*'`, or fix the "
-                f"vhost in broker_url (the path after host:port; '//' is the default vhost '/')")
-    if 'probableauthenticationerror' in text or 'authenticationerror' in text or (
-            'access_refused' in text and 'login was refused' in text):
-        hint = (" RabbitMQ lets 'guest' log in only from localhost: for a remote broker create a "
-                "user (`rabbitmqctl add_user`, `set_permissions`)." if user == 'guest' else '')
-        return (f'ACCESS_REFUSED: the broker refused user {user!r} with this password: check the '
-                f'user and password in broker_url (or $AMQP_URL); URL-encode special characters '
-                f'(@ : / %).{hint}')
+        return (
+            f'The vhost {name!r} does not exist: create it with `rabbitmqctl add_vhost {name}` '
+            f"and `rabbitmqctl set_permissions -p {name} {user} '.*' '.*' '.*'`, or fix the "
+            f"vhost in broker_url (the path after host:port; '//' is the default vhost '/')"
+        )
+    if (
+        'probableauthenticationerror' in text
+        or 'authenticationerror' in text
+        or ('access_refused' in text and 'login was refused' in text)
+    ):
+        hint = (
+            " RabbitMQ lets 'guest' log in only from localhost: for a remote broker create a "
+            'user (`rabbitmqctl add_user`, `set_permissions`).'
+            if user == 'guest'
+            else ''
+        )
+        return (
+            f'ACCESS_REFUSED: the broker refused user {user!r} with this password: check the '
+            f'user and password in broker_url (or $AMQP_URL); URL-encode special characters '
+            f'(@ : / %).{hint}'
+        )
     if 'probableaccessdeniederror' in text or 'access_refused' in text:
-        return (f'Access to vhost {vhost!r} refused for user {user!r}: check the vhost in '
-                f'broker_url and the user\'s permissions (`rabbitmqctl list_permissions -p '
-                f'{vhost}`)')
-    if 'gaierror' in text or 'name or service not known' in text or \
-            'nodename nor servname' in text or 'temporary failure in name resolution' in text:
+        return (
+            f'Access to vhost {vhost!r} refused for user {user!r}: check the vhost in '
+            f"broker_url and the user's permissions (`rabbitmqctl list_permissions -p "
+            f'{vhost}`)'
+        )
+    if (
+        'gaierror' in text
+        or 'name or service not known' in text
+        or 'nodename nor servname' in text
+        or 'temporary failure in name resolution' in text
+    ):
         return f'The host name in broker_url does not resolve ({hosts}): fix the host'
     if 'connection refused' in text or 'connectionrefusederror' in text:
-        return (f'Nothing accepts connections at {hosts}: start RabbitMQ there (e.g. `docker run '
-                f'-d -p 5672:5672 rabbitmq:3`) or fix the host and port in broker_url (or '
-                f'$AMQP_URL); AMQP listens on 5672, amqps on 5671 (15672 is the web UI)')
+        return (
+            f'Nothing accepts connections at {hosts}: start RabbitMQ there (e.g. `docker run '
+            f'-d -p 5672:5672 rabbitmq:3`) or fix the host and port in broker_url (or '
+            f'$AMQP_URL); AMQP listens on 5672, amqps on 5671 (15672 is the web UI)'
+        )
     if 'sslerror' in text or 'ssl:' in text or 'certificate' in text:
-        return ('The TLS handshake failed: check amqps:// is meant (port 5671), and the CA, '
-                'certificate and key in broker_use_ssl')
+        return (
+            'The TLS handshake failed: check amqps:// is meant (port 5671), and the CA, '
+            'certificate and key in broker_use_ssl'
+        )
     if 'incompatibleprotocolerror' in text or 'streamlosterror' in text:
-        return (f'The peer at {hosts} is not an AMQP 0-9-1 broker or dropped the handshake: '
-                f'check the port (5672 for amqp://, 5671 for amqps://, not the 15672 web UI) and '
-                f'that amqps:// is used only on a TLS port')
+        return (
+            f'The peer at {hosts} is not an AMQP 0-9-1 broker or dropped the handshake: '
+            f'check the port (5672 for amqp://, 5671 for amqps://, not the 15672 web UI) and '
+            f'that amqps:// is used only on a TLS port'
+        )
     if 'timeout' in text or 'timed out' in text:
-        return (f'No answer from {hosts} within broker_connection_timeout: check the host, the '
-                f'port and any firewall, or raise broker_connection_timeout')
+        return (
+            f'No answer from {hosts} within broker_connection_timeout: check the host, the '
+            f'port and any firewall, or raise broker_connection_timeout'
+        )
     return ''
 
 
@@ -146,7 +176,9 @@ def precondition_advice(text: str) -> str:
         delete = f'`rabbitmqctl -p {vhost} delete_queue {name}`; its messages go with it'
     else:
         delete = f'`rabbitmqadmin -V {vhost} delete exchange name={name}` or the management UI'
-    return (f'{kind.capitalize()} {name!r} already exists with {arg}={current} and this '
-            f'declaration asks {arg}={asked}: declare it with the same arguments as it has '
-            f'({arg}={current}), use another name, or delete it ({delete}) and let it be '
-            f'declared again')
+    return (
+        f'{kind.capitalize()} {name!r} already exists with {arg}={current} and this '
+        f'declaration asks {arg}={asked}: declare it with the same arguments as it has '
+        f'({arg}={current}), use another name, or delete it ({delete}) and let it be '
+        f'declared again'
+    )

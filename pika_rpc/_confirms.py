@@ -49,6 +49,7 @@ retires the ledger: a writer that passed its checks just before registers nothin
 its publication to the I/O thread instead. A publication is on one ledger at most, and the
 ledger owns it until it settles or is taken: the taker (the link) hands it on at once.
 """
+
 from __future__ import annotations
 
 import collections
@@ -105,22 +106,23 @@ class Pipeline:
     the I/O thread.
     """
 
-    def __init__(self, channel: Any,
-                 on_settled: Callable[[Any, str, Optional[tuple]], None]) -> None:
-        self._chan = channel                    # the pika.channel.Channel (not the Blocking one)
+    def __init__(
+        self, channel: Any, on_settled: Callable[[Any, str, Optional[tuple]], None]
+    ) -> None:
+        self._chan = channel  # the pika.channel.Channel (not the Blocking one)
         self._on_settled = on_settled
-        self._wlock = threading.Lock()          # every write to the socket, and tag order
-        self._ledger_lock = threading.Lock()    # the four fields below
+        self._wlock = threading.Lock()  # every write to the socket, and tag order
+        self._ledger_lock = threading.Lock()  # the four fields below
         self._next_tag = 1
         self._unconfirmed: Dict[int, Any] = {}
         # (exchange, routing_key, correlation_id) -> tags in publish order, for returns
         self._by_key: Dict[tuple, Deque[int]] = collections.defaultdict(collections.deque)
         self._returned: Dict[int, tuple] = {}
         self._select_ok = False
-        self._socket: Optional[DirectSocket] = None   # set when direct writes are possible
-        self._direct_open = False               # direct writes allowed now
-        self._retired = False                   # under _ledger_lock: unsettled were taken
-        self._reader: Any = None                # reads our confirms when given
+        self._socket: Optional[DirectSocket] = None  # set when direct writes are possible
+        self._direct_open = False  # direct writes allowed now
+        self._retired = False  # under _ledger_lock: unsettled were taken
+        self._reader: Any = None  # reads our confirms when given
         self.peak_in_flight = 0
         self.direct_writes = 0
         #: Why the channel closed (``ChannelClosedByBroker`` for a broker's Channel.Close).
@@ -134,12 +136,13 @@ class Pipeline:
         (``_deliveries.DeliveryReader``) the confirms are read by it, ahead of pika."""
         self._chan.add_on_return_callback(self._on_return)
         self._chan.add_on_close_callback(self._on_close)
-        self._chan.confirm_delivery(ack_nack_callback=self._on_ack_nack,
-                                    callback=self._on_select_ok)
+        self._chan.confirm_delivery(
+            ack_nack_callback=self._on_ack_nack, callback=self._on_select_ok
+        )
         if wire is not None:
             self._socket = wire.direct_socket(self._wlock, IO_LOCK_WAIT)
             if self._socket is not None:
-                self._wlock = self._socket.lock      # one lock per connection's socket
+                self._wlock = self._socket.lock  # one lock per connection's socket
                 self._channel_number = self._chan.channel_number
         if reader is not None:
             reader.register_confirms(self._chan, self.on_confirm)
@@ -179,8 +182,15 @@ class Pipeline:
                 self.peak_in_flight = len(self._unconfirmed)
         return tag
 
-    def publish(self, pub: Any, exchange: str, routing_key: str, body: bytes,
-                properties: pika.spec.BasicProperties, mandatory: bool) -> int:
+    def publish(
+        self,
+        pub: Any,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: pika.spec.BasicProperties,
+        mandatory: bool,
+    ) -> int:
         """I/O thread: publish through pika without waiting; the ledger settles ``pub``
         later. Returns its tag.
 
@@ -194,19 +204,29 @@ class Pipeline:
             # Publish first: if pika cannot encode the message (a bad property) it raises
             # before anything is buffered, and the broker's tag count must not move ahead of
             # ours. No ack can be processed in between: frames are read only by the ioloop.
-            self._chan.basic_publish(exchange=exchange, routing_key=routing_key, body=body,
-                                     properties=properties, mandatory=mandatory)
+            self._chan.basic_publish(
+                exchange=exchange,
+                routing_key=routing_key,
+                body=body,
+                properties=properties,
+                mandatory=mandatory,
+            )
             return self._register(pub)  # type: ignore[return-value]
         finally:
             self._wlock.release()
 
     def takes_direct(self, pub: Any) -> bool:
         """Whether ``publish_direct`` may take ``pub`` now (a cheap check, no lock)."""
-        return self._direct_open and isinstance(pub.body, bytes) \
-            and len(pub.body) <= DIRECT_MAX_BODY and len(self._unconfirmed) < DIRECT_MAX_IN_FLIGHT
+        return (
+            self._direct_open
+            and isinstance(pub.body, bytes)
+            and len(pub.body) <= DIRECT_MAX_BODY
+            and len(self._unconfirmed) < DIRECT_MAX_IN_FLIGHT
+        )
 
-    def publish_direct(self, pub: Any, properties: pika.spec.BasicProperties,
-                       queued: Callable[[], bool]) -> bool:
+    def publish_direct(
+        self, pub: Any, properties: pika.spec.BasicProperties, queued: Callable[[], bool]
+    ) -> bool:
         """Any thread: write ``pub`` to the socket now. False when this path cannot be taken
         (TLS, a big body, pika's buffer or the I/O thread's queue not empty, channel not
         open, the lock busy past the publication's deadline); then ``pub`` was not put on
@@ -222,21 +242,30 @@ class Pipeline:
         if not self.takes_direct(pub):
             return False
         ch = self._channel_number
-        frames = [pika.frame.Method(ch, pika.spec.Basic.Publish(
-                      exchange=pub.exchange, routing_key=pub.routing_key,
-                      mandatory=pub.mandatory)).marshal(),
-                  pika.frame.Header(ch, len(pub.body), properties).marshal()]
+        frames = [
+            pika.frame.Method(
+                ch,
+                pika.spec.Basic.Publish(
+                    exchange=pub.exchange, routing_key=pub.routing_key, mandatory=pub.mandatory
+                ),
+            ).marshal(),
+            pika.frame.Header(ch, len(pub.body), properties).marshal(),
+        ]
         body, step = pub.body, self._socket.frame_max
         for start in range(0, len(body), step):
-            frames.append(pika.frame.Body(ch, body[start:start + step]).marshal())
+            frames.append(pika.frame.Body(ch, body[start : start + step]).marshal())
         data = b''.join(frames)
         wait = None if pub.deadline is None else max(0.0, pub.deadline - time.monotonic())
         if not self._wlock.acquire(timeout=-1 if wait is None else wait):
             return False
         try:
-            if not self._direct_open or queued() or self._socket.pika_buffered() \
-                    or not self._chan.is_open \
-                    or self._register(pub, direct=True) is None:  # None: retired by a loss
+            if (
+                not self._direct_open
+                or queued()
+                or self._socket.pika_buffered()
+                or not self._chan.is_open
+                or self._register(pub, direct=True) is None
+            ):  # None: retired by a loss
                 return False
             try:
                 self._write(data, pub)
@@ -247,7 +276,7 @@ class Pipeline:
                 LOGGER.debug('direct write failed (%r); left to the reconnect', exc)
                 self._abandon_stream()
                 if not isinstance(exc, Exception):
-                    raise                    # KeyboardInterrupt...: the caller's to handle
+                    raise  # KeyboardInterrupt...: the caller's to handle
             return True
         finally:
             self._wlock.release()
@@ -275,10 +304,12 @@ class Pipeline:
         while rest:
             left = limit - time.monotonic()
             if left <= 0:
-                LOGGER.warning('the broker took no data for %.1f s in the middle of a frame; '
-                               'closing the connection (unconfirmed publications are '
-                               're-published after the reconnect, within their retry policy)',
-                               time.monotonic() - began)
+                LOGGER.warning(
+                    'the broker took no data for %.1f s in the middle of a frame; '
+                    'closing the connection (unconfirmed publications are '
+                    're-published after the reconnect, within their retry policy)',
+                    time.monotonic() - began,
+                )
                 self._abandon_stream()
                 return False
             self._wait_writable(min(left, 1.0))
@@ -307,7 +338,7 @@ class Pipeline:
         self._direct_open = False
         try:
             self._socket.sock.shutdown(socket.SHUT_RDWR)
-        except (OSError, ValueError):    # closed already: pika saw the loss
+        except (OSError, ValueError):  # closed already: pika saw the loss
             pass
 
     def stop_direct(self) -> None:
@@ -317,8 +348,9 @@ class Pipeline:
 
     def _on_ack_nack(self, frame: Any) -> None:
         method = frame.method
-        self.on_confirm(method.delivery_tag, method.multiple,
-                        isinstance(method, pika.spec.Basic.Nack))
+        self.on_confirm(
+            method.delivery_tag, method.multiple, isinstance(method, pika.spec.Basic.Nack)
+        )
 
     def on_confirm(self, tag: int, multiple: bool, nack: bool) -> None:
         """I/O thread: the broker acked (or nacked) ``tag``, or every tag up to it."""
@@ -340,9 +372,13 @@ class Pipeline:
                 self._on_settled(pub, outcome, returned)
             except Exception as exc:  # the ledger must survive a faulty settle handler
                 LOGGER.exception('error while settling a publication to %r', pub.routing_key)
-                if not pub.done.is_set():    # off the ledger: no one else would settle it
-                    pub._finish(PublishError(f'publish to {pub.routing_key!r}: error while '
-                                             f'settling it: {type(exc).__name__}: {exc}'))
+                if not pub.done.is_set():  # off the ledger: no one else would settle it
+                    pub._finish(
+                        PublishError(
+                            f'publish to {pub.routing_key!r}: error while '
+                            f'settling it: {type(exc).__name__}: {exc}'
+                        )
+                    )
 
     def _drop_key(self, tag: int, pub: Any) -> None:
         key = _return_key(pub)
@@ -362,8 +398,11 @@ class Pipeline:
         message's, the oldest of those that are (identical messages are interchangeable)."""
         key = (method.exchange, method.routing_key, properties.correlation_id)
         with self._ledger_lock:
-            candidates = [(tag, self._unconfirmed[tag]) for tag in self._by_key.get(key, ())
-                          if tag not in self._returned]
+            candidates = [
+                (tag, self._unconfirmed[tag])
+                for tag in self._by_key.get(key, ())
+                if tag not in self._returned
+            ]
         # Compared outside the lock (bodies may be large): only this thread settles or
         # flags, so the candidates stay on the ledger meanwhile.
         tag = _returned_one(candidates, properties, body) if candidates else None
@@ -380,7 +419,7 @@ class Pipeline:
         registers nothing now: it reports "not sent" and queues its publication."""
         self.stop_direct()
         with self._ledger_lock:
-            self._retired = True             # a writer past its checks registers nothing now
+            self._retired = True  # a writer past its checks registers nothing now
             pubs = list(self._unconfirmed.values())
             self._unconfirmed.clear()
             self._by_key.clear()
@@ -404,7 +443,7 @@ def _returned_one(candidates: List[tuple], properties: Any, body: bytes) -> Opti
     for tag, pub in same_body:
         try:
             mine = _encoded(pika.spec.BasicProperties(**pub.properties))
-        except Exception:            # not comparable: another candidate may be
+        except Exception:  # not comparable: another candidate may be
             continue
         if mine == wire:
             return tag

@@ -16,6 +16,7 @@ succeeds, the link stops, or the policy gives up:
 pika's ``BlockingConnection`` is given the whole address list and tries it in order within
 one attempt.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -42,8 +43,9 @@ class Connector:
     """How one link connects (see the module docstring). I/O thread only, except the
     read-only ``last_error``/``last_advice``."""
 
-    def __init__(self, options: List[dict], name: str, *, max_retries: Optional[int],
-                 interval: tuple) -> None:
+    def __init__(
+        self, options: List[dict], name: str, *, max_retries: Optional[int], interval: tuple
+    ) -> None:
         if not options:
             raise ValueError('no broker address given')
         self.options = list(options)
@@ -53,7 +55,7 @@ class Connector:
         start, step, top = interval
         self._policy = {'interval_start': start, 'interval_step': step, 'interval_max': top}
         self.last_error: Optional[str] = None
-        self.last_advice = ''          # what to do about last_error (pika_rpc._advice)
+        self.last_advice = ''  # what to do about last_error (pika_rpc._advice)
 
     def addresses(self) -> str:
         return ', '.join(f'{p.host}:{p.port} (vhost {p.virtual_host!r})' for p in self.params)
@@ -63,8 +65,9 @@ class Connector:
         each address's connection timeout); raises one of ``_pika.CONNECT_ERRORS``."""
         return pika.BlockingConnection(self.params)
 
-    def cycle(self, attempt: Callable[[], None], on_failed: Callable[[], None],
-              stop: threading.Event) -> Union[None, str, ConnectionLost]:
+    def cycle(
+        self, attempt: Callable[[], None], on_failed: Callable[[], None], stop: threading.Event
+    ) -> Union[None, str, ConnectionLost]:
         """Call ``attempt()`` until it returns. After each failure ``on_failed()`` drops
         what the attempt left, then the next wait passes (cut short by ``stop``).
 
@@ -84,18 +87,27 @@ class Connector:
                 self.last_advice = _advice.connect_advice(exc, self.options)
                 on_failed()
                 if isinstance(exc, _pika.FATAL_CONNECT_ERRORS) or (
-                        self.max_retries is not None and number > self.max_retries):
+                    self.max_retries is not None and number > self.max_retries
+                ):
                     return self._give_up(number, time.monotonic() - began)
                 interval = next(waits)
-                LOGGER.warning('%s: cannot connect to %s (%s); retry %d in %.1f s', self.name,
-                               self.addresses(), self.last_error, number, interval)
+                LOGGER.warning(
+                    '%s: cannot connect to %s (%s); retry %d in %.1f s',
+                    self.name,
+                    self.addresses(),
+                    self.last_error,
+                    number,
+                    interval,
+                )
                 if stop.wait(interval):
                     return STOPPED
         raise AssertionError('unreachable')  # pragma: no cover
 
     def _give_up(self, attempts: int, elapsed: float) -> ConnectionLost:
         advice = f'. {self.last_advice}' if self.last_advice else ''
-        err = ConnectionLost(f'cannot connect to {self.addresses()} after {attempts} attempt(s) '
-                             f'in {elapsed:.1f} s; last error: {self.last_error}{advice}')
+        err = ConnectionLost(
+            f'cannot connect to {self.addresses()} after {attempts} attempt(s) '
+            f'in {elapsed:.1f} s; last error: {self.last_error}{advice}'
+        )
         LOGGER.error('%s', err)
         return err

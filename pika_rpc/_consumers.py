@@ -18,6 +18,7 @@ A subscription is live (``spec.channel``, ``spec.active``) *before* its Basic.Co
 messages already in the queue follow the ConsumeOk at once and are handed on, and acked by
 their owner, while the I/O thread still waits for that ConsumeOk.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,14 @@ from . import _pika
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ['ConsumerSpec', 'Delivery', 'properties_to_dict', 'Consumers', 'ConsumerCommands',
-           'ACK_EVERY']
+__all__ = [
+    'ConsumerSpec',
+    'Delivery',
+    'properties_to_dict',
+    'Consumers',
+    'ConsumerCommands',
+    'ACK_EVERY',
+]
 
 # Batch-acking consumers (the reply queue) ack every ACK_EVERY deliveries, and at every loop
 # turn (at least each POLL_INTERVAL): an ack is not written between a delivery and the
@@ -53,20 +60,29 @@ class ConsumerSpec:
     ``on_missing()`` again for that same loss (the owner was told once, by ``on_cancel``).
     """
 
-    def __init__(self, queue: str, on_delivery: Callable[['Delivery'], None], *,
-                 batch_ack: bool = False, no_ack: bool = False,
-                 prefetch_count: Optional[int] = None, declarations: tuple = (),
-                 check_exists: bool = False, on_missing: Optional[Callable[[], None]] = None,
-                 on_cancel: Optional[Callable[[], None]] = None,
-                 consumer_tag: Optional[str] = None, exclusive: bool = False,
-                 arguments: Optional[dict] = None) -> None:
+    def __init__(
+        self,
+        queue: str,
+        on_delivery: Callable[['Delivery'], None],
+        *,
+        batch_ack: bool = False,
+        no_ack: bool = False,
+        prefetch_count: Optional[int] = None,
+        declarations: tuple = (),
+        check_exists: bool = False,
+        on_missing: Optional[Callable[[], None]] = None,
+        on_cancel: Optional[Callable[[], None]] = None,
+        consumer_tag: Optional[str] = None,
+        exclusive: bool = False,
+        arguments: Optional[dict] = None,
+    ) -> None:
         self.queue, self.on_delivery = queue, on_delivery
         self.batch_ack, self.no_ack, self.prefetch_count = batch_ack, no_ack, prefetch_count
         self.declarations, self.check_exists = tuple(declarations), check_exists
         self.on_missing, self.on_cancel = on_missing, on_cancel
         self.consumer_tag, self.exclusive, self.arguments = consumer_tag, exclusive, arguments
-        self.channel: Any = None      # I/O thread only
-        self.gen = 0                  # bumped at every subscribe: acks of an older gen are void
+        self.channel: Any = None  # I/O thread only
+        self.gen = 0  # bumped at every subscribe: acks of an older gen are void
         self.subscribed_once = False
         self.cancelled_by_broker = False  # I/O thread: on_cancel told the owner already
         self.active = False
@@ -75,11 +91,20 @@ class ConsumerSpec:
 class Delivery:
     """A message received by a consumer. Plain data, safe to read on any thread."""
 
-    __slots__ = ('spec', 'gen', 'delivery_tag', 'redelivered', 'exchange', 'routing_key',
-                 'properties', 'body')
+    __slots__ = (
+        'spec',
+        'gen',
+        'delivery_tag',
+        'redelivered',
+        'exchange',
+        'routing_key',
+        'properties',
+        'body',
+    )
 
-    def __init__(self, spec: ConsumerSpec, gen: int, method: Any, properties: Any,
-                 body: bytes) -> None:
+    def __init__(
+        self, spec: ConsumerSpec, gen: int, method: Any, properties: Any, body: bytes
+    ) -> None:
         self.spec, self.gen = spec, gen
         self.delivery_tag, self.redelivered = method.delivery_tag, method.redelivered
         self.exchange, self.routing_key = method.exchange, method.routing_key
@@ -89,15 +114,31 @@ class Delivery:
         return properties_to_dict(self.properties)
 
 
-_PROPERTY_NAMES = ('content_type', 'content_encoding', 'headers', 'delivery_mode', 'priority',
-                   'correlation_id', 'reply_to', 'expiration', 'message_id', 'timestamp',
-                   'type', 'user_id', 'app_id', 'cluster_id')
+_PROPERTY_NAMES = (
+    'content_type',
+    'content_encoding',
+    'headers',
+    'delivery_mode',
+    'priority',
+    'correlation_id',
+    'reply_to',
+    'expiration',
+    'message_id',
+    'timestamp',
+    'type',
+    'user_id',
+    'app_id',
+    'cluster_id',
+)
 
 
 def properties_to_dict(props: Any) -> dict:
     """The set AMQP properties of a pika ``BasicProperties`` as a plain dict."""
-    return {name: getattr(props, name) for name in _PROPERTY_NAMES
-            if getattr(props, name, None) is not None}
+    return {
+        name: getattr(props, name)
+        for name in _PROPERTY_NAMES
+        if getattr(props, name, None) is not None
+    }
 
 
 class ConsumerChannel:
@@ -111,7 +152,7 @@ class ConsumerChannel:
     def __init__(self, impl: Any, reader: Any) -> None:
         self.impl = impl
         self.closed_reason: Optional[BaseException] = None
-        self.reader = reader          # reads its deliveries once registered there
+        self.reader = reader  # reads its deliveries once registered there
         impl.add_on_close_callback(self._on_close)
         _pika.set_channel_cookie(impl, self)
 
@@ -156,8 +197,8 @@ class Consumers:
     def __init__(self, link: Any) -> None:
         self._link = link
         self._specs: Dict[int, ConsumerSpec] = {}
-        self._acks: Dict[int, tuple] = {}          # id(spec) -> (spec, gen, highest tag)
-        self._unacked = 0                          # batch-acked deliveries not acked yet
+        self._acks: Dict[int, tuple] = {}  # id(spec) -> (spec, gen, highest tag)
+        self._unacked = 0  # batch-acked deliveries not acked yet
         self._batch_end_pending = False
 
     def __len__(self) -> int:
@@ -183,8 +224,12 @@ class Consumers:
 
         Raises pika's ``ChannelClosed`` when the broker refused (the caller decides)."""
         link = self._link
-        if spec.subscribed_once and spec.check_exists and not spec.cancelled_by_broker \
-                and not self.queue_exists(spec.queue):
+        if (
+            spec.subscribed_once
+            and spec.check_exists
+            and not spec.cancelled_by_broker
+            and not self.queue_exists(spec.queue)
+        ):
             LOGGER.warning('%s: queue %r vanished while we were away', link.name, spec.queue)
             if spec.on_missing is not None:
                 spec.on_missing()
@@ -193,8 +238,13 @@ class Consumers:
         channel = self._open_channel()
         if spec.prefetch_count:
             # One consumer per channel: global (per-channel) QoS also reaches a running consumer.
-            self._sync(channel, lambda done: channel.impl.basic_qos(
-                prefetch_count=spec.prefetch_count, global_qos=True, callback=done), 'Basic.QosOk')
+            self._sync(
+                channel,
+                lambda done: channel.impl.basic_qos(
+                    prefetch_count=spec.prefetch_count, global_qos=True, callback=done
+                ),
+                'Basic.QosOk',
+            )
         spec.gen += 1
         on_message = self._on_message(spec, spec.gen)
         impl = channel.impl
@@ -202,10 +252,21 @@ class Consumers:
         was_active, spec.channel, spec.active = spec.active, channel, True
         tag: List[str] = []
         try:
-            self._sync(channel, lambda done: tag.append(impl.basic_consume(
-                spec.queue, on_message, auto_ack=spec.no_ack, exclusive=spec.exclusive,
-                consumer_tag=spec.consumer_tag, arguments=spec.arguments, callback=done)),
-                'Basic.ConsumeOk')
+            self._sync(
+                channel,
+                lambda done: tag.append(
+                    impl.basic_consume(
+                        spec.queue,
+                        on_message,
+                        auto_ack=spec.no_ack,
+                        exclusive=spec.exclusive,
+                        consumer_tag=spec.consumer_tag,
+                        arguments=spec.arguments,
+                        callback=done,
+                    )
+                ),
+                'Basic.ConsumeOk',
+            )
         except BaseException:
             spec.active = was_active
             raise
@@ -231,9 +292,15 @@ class Consumers:
                 # Never into pika (it would drop the connection, and the redelivered message
                 # would raise again): log it and settle the message so it cannot loop.
                 settled = 'acknowledged' if batch_ack or spec.no_ack else 'rejected (not requeued)'
-                LOGGER.exception('%s: the consumer of %r failed on delivery %s (correlation_id '
-                                 '%s); the message is %s', link.name, spec.queue,
-                                 method.delivery_tag, properties.correlation_id, settled)
+                LOGGER.exception(
+                    '%s: the consumer of %r failed on delivery %s (correlation_id '
+                    '%s); the message is %s',
+                    link.name,
+                    spec.queue,
+                    method.delivery_tag,
+                    properties.correlation_id,
+                    settled,
+                )
                 if not batch_ack and not spec.no_ack:
                     channel.basic_reject(method.delivery_tag, requeue=False)
             if batch_ack:
@@ -242,6 +309,7 @@ class Consumers:
                 if self._unacked >= ACK_EVERY and not self._batch_end_pending:
                     self._batch_end_pending = True
                     link.wire.ioloop.call_later(0, self._end_batch)
+
         return on_message
 
     def _open_channel(self) -> ConsumerChannel:
@@ -250,8 +318,9 @@ class Consumers:
         link = self._link
         opened: List[Any] = []
         channel = ConsumerChannel(link.wire.open_channel(opened.append), link.reader)
-        link.wait_until(lambda: opened or channel.closed_reason is not None, REPLY_WAIT,
-                        'Channel.OpenOk')
+        link.wait_until(
+            lambda: opened or channel.closed_reason is not None, REPLY_WAIT, 'Channel.OpenOk'
+        )
         if not opened:
             raise channel.error()
         return channel
@@ -261,8 +330,9 @@ class Consumers:
         until its reply (returned) or the channel closes (raises ``ChannelClosed``)."""
         replies: List[Any] = []
         start(replies.append)
-        self._link.wait_until(lambda: replies or channel.closed_reason is not None,
-                              REPLY_WAIT, what)
+        self._link.wait_until(
+            lambda: replies or channel.closed_reason is not None, REPLY_WAIT, what
+        )
         if not replies:
             raise channel.error()
         return replies[0]
@@ -282,8 +352,9 @@ class Consumers:
     def on_broker_cancel(self, spec: ConsumerSpec) -> None:
         """The broker cancelled ``spec``'s consumer (its queue was deleted): tell its owner
         once; ``check()`` re-declares and re-subscribes it at the end of this turn."""
-        LOGGER.warning('%s: broker cancelled the consumer of %r (queue deleted?)',
-                       self._link.name, spec.queue)
+        LOGGER.warning(
+            '%s: broker cancelled the consumer of %r (queue deleted?)', self._link.name, spec.queue
+        )
         self._link.forget_declarations()
         if spec.on_cancel is not None:
             spec.on_cancel()
@@ -310,8 +381,9 @@ class Consumers:
             self._link.wait_until(lambda: channel.impl.is_closed, REPLY_WAIT, 'Channel.CloseOk')
         spec.gen += 1
 
-    def ack(self, spec: ConsumerSpec, gen: int, tag: int, multiple: bool, reject: bool,
-            requeue: bool) -> bool:
+    def ack(
+        self, spec: ConsumerSpec, gen: int, tag: int, multiple: bool, reject: bool, requeue: bool
+    ) -> bool:
         """Ack (or reject) a delivery; False when its subscription is gone."""
         if spec.gen != gen or spec.channel is None or not spec.channel.is_open:
             return False
@@ -326,15 +398,23 @@ class Consumers:
         spec.prefetch_count = prefetch_count
         channel = spec.channel
         if channel is not None:
-            self._sync(channel, lambda done: channel.impl.basic_qos(
-                prefetch_count=prefetch_count, global_qos=True, callback=done), 'Basic.QosOk')
+            self._sync(
+                channel,
+                lambda done: channel.impl.basic_qos(
+                    prefetch_count=prefetch_count, global_qos=True, callback=done
+                ),
+                'Basic.QosOk',
+            )
 
     def recover(self, spec: ConsumerSpec) -> None:
         """Have the broker redeliver ``spec``'s unacked messages."""
         channel = spec.channel
         if channel is not None:
-            self._sync(channel, lambda done: channel.impl.basic_recover(
-                requeue=True, callback=done), 'Basic.RecoverOk')
+            self._sync(
+                channel,
+                lambda done: channel.impl.basic_recover(requeue=True, callback=done),
+                'Basic.RecoverOk',
+            )
 
     # ------------------------------------------------------------------ every turn
     def _end_batch(self) -> None:
@@ -360,15 +440,22 @@ class Consumers:
         """Re-subscribe every active consumer whose channel closed."""
         for spec in list(self._specs.values()):
             if spec.active and (spec.channel is None or not spec.channel.is_open):
-                LOGGER.warning('%s: consumer channel for %r closed; re-subscribing',
-                               self._link.name, spec.queue)
+                LOGGER.warning(
+                    '%s: consumer channel for %r closed; re-subscribing',
+                    self._link.name,
+                    spec.queue,
+                )
                 try:
                     self.subscribe(spec)
                 except pika.exceptions.ChannelClosedByBroker as exc:
                     spec.active = False
                     self._specs.pop(id(spec), None)
-                    LOGGER.error('%s: consumer of %r stopped: %s', self._link.name, spec.queue,
-                                 _pika.translate_channel_error(exc, 'consume'))
+                    LOGGER.error(
+                        '%s: consumer of %r stopped: %s',
+                        self._link.name,
+                        spec.queue,
+                        _pika.translate_channel_error(exc, 'consume'),
+                    )
 
     # ------------------------------------------------------------------ connections
     def resubscribe(self) -> None:
@@ -380,8 +467,12 @@ class Consumers:
                     self.subscribe(spec)
                 except pika.exceptions.ChannelClosed as exc:
                     spec.active = False
-                    LOGGER.error('%s: cannot re-subscribe to %r: %s', self._link.name,
-                                 spec.queue, _pika.translate_channel_error(exc, 'consume'))
+                    LOGGER.error(
+                        '%s: cannot re-subscribe to %r: %s',
+                        self._link.name,
+                        spec.queue,
+                        _pika.translate_channel_error(exc, 'consume'),
+                    )
 
     def drop(self) -> None:
         """The connection is gone: its channels and pending acks with it (the broker
@@ -403,27 +494,47 @@ class ConsumerCommands:
 
     def consume(self, spec: ConsumerSpec, timeout: Optional[float] = None) -> str:
         """Subscribe ``spec`` (declarations first); kept across reconnects. Returns the tag."""
-        return self.call(self._consumers.consume, spec, timeout=timeout,
-                         what=f'consume from {spec.queue!r}')
+        return self.call(
+            self._consumers.consume, spec, timeout=timeout, what=f'consume from {spec.queue!r}'
+        )
 
     def cancel(self, spec: ConsumerSpec, timeout: Optional[float] = None) -> None:
         """Stop ``spec``; unacked deliveries go back to the queue (its channel closes)."""
         if self._thread is None or self._stop.is_set():
             spec.active = False
             return
-        self.call(self._consumers.cancel, spec, timeout=timeout,
-                  what=f'cancel consumer of {spec.queue!r}')
+        self.call(
+            self._consumers.cancel, spec, timeout=timeout, what=f'cancel consumer of {spec.queue!r}'
+        )
 
-    def ack(self, spec: ConsumerSpec, gen: int, tag: int, multiple: bool = False,
-            reject: bool = False, requeue: bool = True, timeout: Optional[float] = 10.0,
-            wait: bool = True) -> bool:
+    def ack(
+        self,
+        spec: ConsumerSpec,
+        gen: int,
+        tag: int,
+        multiple: bool = False,
+        reject: bool = False,
+        requeue: bool = True,
+        timeout: Optional[float] = 10.0,
+        wait: bool = True,
+    ) -> bool:
         """Ack (or reject) a delivery; False when its channel is gone (it will be redelivered).
 
         With ``wait=False`` the ack is queued and True returned at once (no round trip to the
         I/O thread; a lost channel makes the broker redeliver, which is what False would say).
         """
-        result = self.call(self._consumers.ack, spec, gen, tag, multiple, reject, requeue,
-                           timeout=timeout, what='ack', wait=wait)
+        result = self.call(
+            self._consumers.ack,
+            spec,
+            gen,
+            tag,
+            multiple,
+            reject,
+            requeue,
+            timeout=timeout,
+            what='ack',
+            wait=wait,
+        )
         return True if not wait else result
 
     def qos(self, spec: ConsumerSpec, prefetch_count: int, timeout: Optional[float] = 10.0) -> None:
@@ -431,4 +542,3 @@ class ConsumerCommands:
 
     def recover(self, spec: ConsumerSpec, timeout: Optional[float] = 10.0) -> None:
         self.call(self._consumers.recover, spec, timeout=timeout, what='recover')
-

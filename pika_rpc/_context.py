@@ -4,6 +4,7 @@ Read by ``store_result`` without a ``request`` and by ``AsyncResult.get()``, whi
 inside a task unless ``disable_sync_subtasks=False``. A ContextVar, so each worker thread
 (and asyncio task) sees its own.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +12,8 @@ import contextvars
 from typing import Any, Iterator, Optional
 
 _current_request: contextvars.ContextVar[Optional[Any]] = contextvars.ContextVar(
-    'pika_rpc_current_request', default=None)
+    'pika_rpc_current_request', default=None
+)
 
 
 def current_request() -> Optional[Any]:

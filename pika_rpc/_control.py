@@ -26,6 +26,7 @@ Choices where Celery leaves room:
 * Revoked ids are kept in :class:`RevokedIds`, bounded and expiring as Celery's
   ``worker_state.revoked`` (``protocol.REVOKES_MAX`` ids, ``protocol.REVOKE_EXPIRES`` s).
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -40,8 +41,15 @@ from .connection import Connection
 from .entities import Exchange, Queue
 from .errors import PikaRPCError
 from .messaging import Consumer
-from .protocol import (PIDBOX_EXCHANGE, PIDBOX_EXCHANGE_TYPE, PIDBOX_QUEUE_EXPIRES,
-                       PIDBOX_QUEUE_TTL, REVOKE_EXPIRES, REVOKES_MAX, pidbox_queue_name)
+from .protocol import (
+    PIDBOX_EXCHANGE,
+    PIDBOX_EXCHANGE_TYPE,
+    PIDBOX_QUEUE_EXPIRES,
+    PIDBOX_QUEUE_TTL,
+    REVOKE_EXPIRES,
+    REVOKES_MAX,
+    pidbox_queue_name,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -65,16 +73,16 @@ class RevokedIds:
         with self._lock:
             self._ids.pop(task_id, None)
             self._ids[task_id] = now + self.expires
-            while len(self._ids) > self.maxlen:          # the oldest go first
+            while len(self._ids) > self.maxlen:  # the oldest go first
                 self._ids.popitem(last=False)
             while self._ids and next(iter(self._ids.values())) < now:
                 self._ids.popitem(last=False)
 
     def __contains__(self, task_id: object) -> bool:
         with self._lock:
-            until = self._ids.get(task_id)              # type: ignore[arg-type]
+            until = self._ids.get(task_id)  # type: ignore[arg-type]
             if until is not None and until < time.monotonic():
-                del self._ids[task_id]                  # type: ignore[arg-type]
+                del self._ids[task_id]  # type: ignore[arg-type]
                 return False
             return until is not None
 
@@ -84,11 +92,17 @@ class RevokedIds:
 
 def control_queue(hostname: str) -> Queue:
     """Node ``hostname``'s control queue, bound to Celery's pidbox exchange, as Celery declares it."""
-    return Queue(pidbox_queue_name(hostname),
-                 exchange=Exchange(PIDBOX_EXCHANGE, type=PIDBOX_EXCHANGE_TYPE, durable=False,
-                                   auto_delete=False),
-                 durable=False, exclusive=True, auto_delete=True,
-                 expires=PIDBOX_QUEUE_EXPIRES, message_ttl=PIDBOX_QUEUE_TTL)
+    return Queue(
+        pidbox_queue_name(hostname),
+        exchange=Exchange(
+            PIDBOX_EXCHANGE, type=PIDBOX_EXCHANGE_TYPE, durable=False, auto_delete=False
+        ),
+        durable=False,
+        exclusive=True,
+        auto_delete=True,
+        expires=PIDBOX_QUEUE_EXPIRES,
+        message_ttl=PIDBOX_QUEUE_TTL,
+    )
 
 
 class ControlHandler:
@@ -103,8 +117,7 @@ class ControlHandler:
     broker; commands run on the link's callback thread.
     """
 
-    def __init__(self, hostname: str,
-                 on_revoke: Callable[[List[str], bool], None]) -> None:
+    def __init__(self, hostname: str, on_revoke: Callable[[List[str], bool], None]) -> None:
         self.hostname = hostname
         self._on_revoke = on_revoke
         self._commands: Dict[str, Callable[[Dict[str, Any]], Any]] = {'revoke': self._revoke}
@@ -116,8 +129,9 @@ class ControlHandler:
         Raises:
             PreconditionFailed, PikaRPCError, ConnectionLost, TimeoutError: from the broker.
         """
-        self._consumer = Consumer(connection, [control_queue(self.hostname)], no_ack=True,
-                                  on_message=self._on_message)
+        self._consumer = Consumer(
+            connection, [control_queue(self.hostname)], no_ack=True, on_message=self._on_message
+        )
         self._consumer.consume()
 
     def stop(self) -> None:
@@ -128,8 +142,12 @@ class ControlHandler:
         try:
             consumer.cancel()
         except PikaRPCError as exc:
-            LOGGER.warning('worker %s: cancel of the control consumer failed: %s (its channel '
-                           'goes with the connection)', self.hostname, exc)
+            LOGGER.warning(
+                'worker %s: cancel of the control consumer failed: %s (its channel '
+                'goes with the connection)',
+                self.hostname,
+                exc,
+            )
 
     def for_me(self, body: Dict[str, Any]) -> bool:
         """True when the command ``body`` is meant for this node (see the module docstring)."""
@@ -142,20 +160,22 @@ class ControlHandler:
             return fnmatch.fnmatch(self.hostname, pattern)
         return True
 
-    def _on_message(self, message: Any) -> None:                 # callback thread
+    def _on_message(self, message: Any) -> None:  # callback thread
         try:
             body = message.decode()
         except Exception as exc:
-            LOGGER.warning('worker %s: dropped an undecodable control message: %s',
-                           self.hostname, exc)
+            LOGGER.warning(
+                'worker %s: dropped an undecodable control message: %s', self.hostname, exc
+            )
             return
         if not isinstance(body, dict) or not self.for_me(body):
             return
         method = body.get('method')
         command = self._commands.get(method) if isinstance(method, str) else None
         if command is None:
-            LOGGER.debug('worker %s: control command %r not supported; ignored',
-                         self.hostname, method)
+            LOGGER.debug(
+                'worker %s: control command %r not supported; ignored', self.hostname, method
+            )
             return
         command(body.get('arguments') or {})
 

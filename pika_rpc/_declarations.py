@@ -10,6 +10,7 @@ name)``, ``('task_queue', name)``...): ``is_declared`` answers any thread, so a 
 a declaration already made on this connection. A new connection, or a queue deleted under
 a consumer (the broker's Basic.Cancel), forgets them all.
 """
+
 from __future__ import annotations
 
 import threading
@@ -37,7 +38,7 @@ class Declarations:
 
     def __init__(self) -> None:
         self._channel: Any = None
-        self._lock = threading.Lock()        # guards _done
+        self._lock = threading.Lock()  # guards _done
         self._done: set = set()
 
     # ------------------------------------------------------------------ any thread
@@ -70,8 +71,7 @@ class Declarations:
             self._channel = connection.channel()
         return _COMMANDS[kind](self._channel, **kwargs)
 
-    def command(self, connection: Any, kind: str, kwargs: dict,
-                cache_key: Optional[Any]) -> Any:
+    def command(self, connection: Any, kind: str, kwargs: dict, cache_key: Optional[Any]) -> Any:
         """``run`` for a caller: remember ``cache_key`` on success; return the message count
         of a queue declare (None when unknown) or a purge, else None."""
         result = self.run(connection, kind, kwargs)

@@ -36,6 +36,7 @@ public: ``bytes_received``, ``is_closed``, ``pika.spec``/``pika.frame``. The pro
 decoded by pika's own ``BasicProperties.decode``; :func:`check_parser` checks once per
 process that a delivery pika marshals reads back whole. I/O thread only.
 """
+
 from __future__ import annotations
 
 import functools
@@ -55,17 +56,17 @@ LOGGER = logging.getLogger(__name__)
 
 __all__ = ['DeliveryReader', 'check_parser']
 
-_FRAME_HEADER = struct.Struct('>BHI')          # type, channel, payload size
-_DELIVER = b'\x00\x3c\x00\x3c'                 # class 60 (basic), method 60 (deliver)
+_FRAME_HEADER = struct.Struct('>BHI')  # type, channel, payload size
+_DELIVER = b'\x00\x3c\x00\x3c'  # class 60 (basic), method 60 (deliver)
 _FRAME_METHOD, _FRAME_HEADER_TYPE, _FRAME_BODY = 1, 2, 3
 _FRAME_END = 0xCE
 _U64 = struct.Struct('>Q')
-_BODY_SIZE = struct.Struct('>HHQ')             # class, weight, body size
+_BODY_SIZE = struct.Struct('>HHQ')  # class, weight, body size
 
 Handler = Callable[[Any, pika.spec.Basic.Deliver, pika.spec.BasicProperties, bytes], None]
 ConfirmHandler = Callable[[int, bool, bool], None]
 _Entry = Tuple[Any, Optional[Handler], Optional[ConfirmHandler]]
-_CONFIRMS = (b'\x00\x3c\x00\x50', b'\x00\x3c\x00\x78')   # basic.ack (80), basic.nack (120)
+_CONFIRMS = (b'\x00\x3c\x00\x50', b'\x00\x3c\x00\x78')  # basic.ack (80), basic.nack (120)
 
 
 class _Assembly:
@@ -76,8 +77,8 @@ class _Assembly:
     def __init__(self, entry: _Entry, method: pika.spec.Basic.Deliver) -> None:
         self.entry = entry
         self.method = method
-        self.properties: Optional[pika.spec.BasicProperties] = None   # until its header
-        self.left = 0                  # body bytes still to come (known from the header)
+        self.properties: Optional[pika.spec.BasicProperties] = None  # until its header
+        self.left = 0  # body bytes still to come (known from the header)
         # Each piece is copied in as it is read; getvalue() at the end hands over this
         # buffer without copying it again (no join of the whole body after its last byte).
         self.body = io.BytesIO()
@@ -90,7 +91,7 @@ class DeliveryReader:
 
     def __init__(self, wire: Any) -> None:
         check_parser()
-        self._conn = wire.impl            # pika's connection: bytes_received, is_closed
+        self._conn = wire.impl  # pika's connection: bytes_received, is_closed
         # channel number -> (channel, delivery handler, None) or (channel, None, confirm handler)
         self._handlers: Dict[int, _Entry] = {}
         # channel number -> its delivery being assembled (several only if the broker
@@ -103,7 +104,7 @@ class DeliveryReader:
         self._stream_left = 0
         # A partial frame pika may hold already becomes the start of our buffer.
         self._pika_on_data, self._buf = wire.take_reader(self._on_data)
-        self.fast = 0                # deliveries read here (for stats and tests)
+        self.fast = 0  # deliveries read here (for stats and tests)
 
     def register(self, channel: Any, handler: Handler) -> None:
         """Read the deliveries of ``channel`` (a ``pika.channel.Channel``) here from now on;
@@ -124,7 +125,7 @@ class DeliveryReader:
 
     def _on_data(self, data: bytes) -> None:
         # pika's transport hands every socket read here (I/O thread), in order.
-        if self._stream_left:                 # inside a body frame of ours
+        if self._stream_left:  # inside a body frame of ours
             pos = self._stream_body(data)
             if pos == len(data):
                 return
@@ -133,76 +134,81 @@ class DeliveryReader:
             buf = self._buf + data if self._buf else data
             pos = 0
         size = len(buf)
-        run = -1                     # start of frames waiting to be handed to pika
+        run = -1  # start of frames waiting to be handed to pika
         handlers = self._handlers
         assembling = self._assembling
         try:
             while size - pos >= 8:
                 ftype, channel_number, length = _FRAME_HEADER.unpack_from(buf, pos)
-                end = pos + 7 + length                    # index of the frame-end octet
+                end = pos + 7 + length  # index of the frame-end octet
                 if end >= size:
                     if ftype == _FRAME_BODY and channel_number in assembling:
-                        if run >= 0:                      # pika's frames come first
+                        if run >= 0:  # pika's frames come first
                             frames, run = buf[run:pos], -1
                             self._to_pika(frames)
                         pos = self._start_stream(buf, pos, size, channel_number, length)
                     break
-                if channel_number in assembling:          # a frame of a delivery being read
+                if channel_number in assembling:  # a frame of a delivery being read
                     if run >= 0:
                         frames, run = buf[run:pos], -1
                         self._to_pika(frames)
                         if self._conn.is_closed:
                             pos = size
                             break
-                    start, pos = pos, end + 1     # consumed, whatever a handler does
+                    start, pos = pos, end + 1  # consumed, whatever a handler does
                     self._content_frame(buf, start, end, ftype, channel_number)
                     continue
                 entry = handlers.get(channel_number) if ftype == _FRAME_METHOD else None
                 parsed: Any = False
                 if entry is not None and buf[end] == _FRAME_END:
-                    kind = buf[pos + 7:pos + 11]
+                    kind = buf[pos + 7 : pos + 11]
                     if entry[1] is None and length == 13 and kind in _CONFIRMS:
-                        parsed = end + 1, None, None, None          # a publisher confirm
+                        parsed = end + 1, None, None, None  # a publisher confirm
                     elif entry[1] is not None and kind == _DELIVER:
                         parsed = _parse_delivery(buf, pos, end, size, channel_number)
-                if parsed is False:                       # pika's frame
+                if parsed is False:  # pika's frame
                     if run < 0:
                         run = pos
                     pos = end + 1
                     continue
-                if run >= 0:                              # pika's frames come first
+                if run >= 0:  # pika's frames come first
                     frames, run = buf[run:pos], -1
                     self._to_pika(frames)
-                    if self._conn.is_closed:              # nothing more to read
+                    if self._conn.is_closed:  # nothing more to read
                         pos = size
                         break
-                    if channel_number not in handlers:    # pika closed that channel
+                    if channel_number not in handlers:  # pika closed that channel
                         continue
-                if parsed is None:        # a delivery not all here: assemble it
+                if parsed is None:  # a delivery not all here: assemble it
                     self._assembling[channel_number] = _Assembly(
-                        entry, _parse_deliver_method(buf, pos, end))
+                        entry, _parse_deliver_method(buf, pos, end)
+                    )
                     self._conn.bytes_received += end + 1 - pos
                     pos = end + 1
                     continue
                 nxt, method, properties, body = parsed
                 self._conn.bytes_received += nxt - pos
-                start, pos = pos, nxt     # consumed, whatever the handler does
+                start, pos = pos, nxt  # consumed, whatever the handler does
                 channel, on_delivery, on_confirm = entry
                 if channel.is_open:
                     if on_delivery is not None:
                         self.fast += 1
                         on_delivery(channel, method, properties, body)
                     else:
-                        on_confirm(_U64.unpack_from(buf, start + 11)[0],
-                                   bool(buf[start + 19] & 1), buf[start + 10] == 120)
+                        on_confirm(
+                            _U64.unpack_from(buf, start + 11)[0],
+                            bool(buf[start + 19] & 1),
+                            buf[start + 10] == 120,
+                        )
         finally:
             if run >= 0:
                 frames, run = buf[run:pos], -1
                 self._to_pika(frames)
             self._buf = buf[pos:] if pos < size else b''
 
-    def _content_frame(self, buf: bytes, pos: int, end: int, ftype: int,
-                       channel_number: int) -> None:
+    def _content_frame(
+        self, buf: bytes, pos: int, end: int, ftype: int, channel_number: int
+    ) -> None:
         """Take the whole frame at ``pos`` (its end octet at ``end``) of the delivery being
         assembled on ``channel_number``: its header or a body frame."""
         assembly = self._assembling[channel_number]
@@ -218,7 +224,7 @@ class DeliveryReader:
             if length > assembly.left:
                 raise _too_long(assembly, length)
             if length:
-                assembly.body.write(memoryview(buf)[pos + 7:end])
+                assembly.body.write(memoryview(buf)[pos + 7 : end])
                 assembly.left -= length
         else:
             raise _unexpected(ftype, channel_number, assembly)
@@ -226,8 +232,9 @@ class DeliveryReader:
         if not assembly.left and assembly.properties is not None:
             self._complete(channel_number)
 
-    def _start_stream(self, buf: bytes, pos: int, size: int, channel_number: int,
-                      length: int) -> int:
+    def _start_stream(
+        self, buf: bytes, pos: int, size: int, channel_number: int, length: int
+    ) -> int:
         """The body frame at ``pos`` is not all read: take what is here, read the rest as it
         comes (``_stream_body``). Returns the new position (``size``)."""
         assembly = self._assembling[channel_number]
@@ -235,10 +242,10 @@ class DeliveryReader:
             raise _unexpected(_FRAME_BODY, channel_number, assembly)
         if length > assembly.left:
             raise _too_long(assembly, length)
-        got = size - pos - 7                      # < length + 1: the end octet is not here
+        got = size - pos - 7  # < length + 1: the end octet is not here
         if got > length:
             got = length
-        assembly.body.write(memoryview(buf)[pos + 7:pos + 7 + got])
+        assembly.body.write(memoryview(buf)[pos + 7 : pos + 7 + got])
         assembly.left -= got
         self._stream, self._stream_channel = assembly, channel_number
         self._stream_left = length + 1 - got
@@ -251,14 +258,14 @@ class DeliveryReader:
         left = self._stream_left
         assembly = self._stream
         n = len(data)
-        if n < left:                              # all payload: the end octet comes later
+        if n < left:  # all payload: the end octet comes later
             assembly.body.write(data)
             assembly.left -= n
             self._stream_left = left - n
             self._conn.bytes_received += n
             return n
         if left > 1:
-            assembly.body.write(memoryview(data)[:left - 1])
+            assembly.body.write(memoryview(data)[: left - 1])
             assembly.left -= left - 1
         if data[left - 1] != _FRAME_END:
             raise pika.exceptions.InvalidFrameError('Invalid FRAME_END marker')
@@ -285,19 +292,21 @@ class DeliveryReader:
 def _too_long(assembly: _Assembly, length: int) -> Exception:
     return pika.exceptions.BodyTooLongError(
         f'a body frame of {length} bytes where {assembly.left} were left of delivery '
-        f'{assembly.method.delivery_tag}')
+        f'{assembly.method.delivery_tag}'
+    )
 
 
 def _unexpected(ftype: int, channel_number: int, assembly: _Assembly) -> Exception:
     return pika.exceptions.UnexpectedFrameError(
         f'frame type {ftype} on channel {channel_number} while delivery '
-        f'{assembly.method.delivery_tag} was not complete')
+        f'{assembly.method.delivery_tag} was not complete'
+    )
 
 
 def _short_string(buf: bytes, offset: int) -> Tuple[str, int]:
     length = buf[offset]
     offset += 1
-    return buf[offset:offset + length].decode('utf-8'), offset + length
+    return buf[offset : offset + length].decode('utf-8'), offset + length
 
 
 def _parse_deliver_method(buf: bytes, pos: int, end: int) -> Any:
@@ -310,12 +319,11 @@ def _parse_deliver_method(buf: bytes, pos: int, end: int) -> Any:
         redelivered = bool(buf[offset + 8] & 1)
         exchange, offset = _short_string(buf, offset + 9)
         routing_key, offset = _short_string(buf, offset)
-    except Exception:            # malformed: pika reads it and reports it its own way
+    except Exception:  # malformed: pika reads it and reports it its own way
         return None
     if offset != end:
         return None
-    return pika.spec.Basic.Deliver(consumer_tag, delivery_tag, redelivered, exchange,
-                                   routing_key)
+    return pika.spec.Basic.Deliver(consumer_tag, delivery_tag, redelivered, exchange, routing_key)
 
 
 def _parse_delivery(buf: bytes, pos: int, end: int, size: int, channel_number: int) -> Any:
@@ -340,14 +348,14 @@ def _parse_delivery(buf: bytes, pos: int, end: int, size: int, channel_number: i
             bend = _content_end(buf, bpos, size, _FRAME_BODY, channel_number)
             if bend < 0:
                 return None
-            chunks.append(buf[bpos + 7:bend])
+            chunks.append(buf[bpos + 7 : bend])
             got += bend - bpos - 7
             bpos = bend + 1
         if got != body_size:
             return None
         properties = pika.spec.BasicProperties()
         properties.decode(buf, hpos + 19)
-    except Exception:            # a bad header: the assembly reports it as pika would
+    except Exception:  # a bad header: the assembly reports it as pika would
         return None
     body = chunks[0] if len(chunks) == 1 else b''.join(chunks)
     return bpos, method, properties, bytes(body)
@@ -372,20 +380,28 @@ def check_parser() -> None:
     ``BasicProperties``, ``Basic.Deliver``) parses back to the same method, properties and
     body here. Raises ``PikaContractError`` if not."""
     method = pika.spec.Basic.Deliver('ctag', 7, True, 'ex', 'rk')
-    properties = pika.spec.BasicProperties(content_type='application/json',
-                                           correlation_id='c', headers={'k': 1})
-    frames = (pika.frame.Method(1, method).marshal()
-              + pika.frame.Header(1, 2, properties).marshal()
-              + pika.frame.Body(1, b'{}').marshal())
+    properties = pika.spec.BasicProperties(
+        content_type='application/json', correlation_id='c', headers={'k': 1}
+    )
+    frames = (
+        pika.frame.Method(1, method).marshal()
+        + pika.frame.Header(1, 2, properties).marshal()
+        + pika.frame.Body(1, b'{}').marshal()
+    )
     end = _FRAME_HEADER.unpack_from(frames, 0)[2] + 7
     try:
         parsed = _parse_delivery(frames, 0, end, len(frames), 1)
-        ok = parsed not in (None, False) and parsed[0] == len(frames) and (
-            vars(parsed[1]), vars(parsed[2]), parsed[3]) == (vars(method), vars(properties),
-                                                              b'{}')
+        ok = (
+            parsed not in (None, False)
+            and parsed[0] == len(frames)
+            and (vars(parsed[1]), vars(parsed[2]), parsed[3])
+            == (vars(method), vars(properties), b'{}')
+        )
     except Exception as exc:
         raise PikaContractError(
-            f'pika {pika.__version__}: a delivery it marshals does not read back: {exc!r}') from exc
+            f'pika {pika.__version__}: a delivery it marshals does not read back: {exc!r}'
+        ) from exc
     if not ok:
-        raise PikaContractError(f'pika {pika.__version__}: a delivery it marshals reads back '
-                                'changed')
+        raise PikaContractError(
+            f'pika {pika.__version__}: a delivery it marshals reads back changed'
+        )

@@ -1,14 +1,14 @@
 """The base of kombu-shaped entities (attributes, binding to a channel, pickling),
 ``Exchange`` and ``binding``; public through :mod:`pika_rpc.entities`, whose docstring says
 how entities act on the broker."""
+
 from __future__ import annotations
 
 import copy
 from typing import Any, Dict, Optional, Tuple
 
 from .errors import NotBoundError, NotSupportedByRabbitMQ
-from .message import (PERSISTENT_DELIVERY_MODE, TRANSIENT_DELIVERY_MODE, Message,
-                      maybe_delivery_mode)
+from .message import PERSISTENT_DELIVERY_MODE, TRANSIENT_DELIVERY_MODE, Message, maybe_delivery_mode
 
 __all__ = ['Exchange', 'binding']
 
@@ -20,8 +20,10 @@ def _name_of(exchange: Any) -> str:
 def _ops(channel: Any, entity: Any) -> Any:
     """The object that runs broker commands for ``channel`` (see the module docstring)."""
     if channel is None:
-        raise NotBoundError(f'{entity!r} is not bound to a connection: pass channel=..., or '
-                            f'bind it first (entity.bind(connection) or entity(connection))')
+        raise NotBoundError(
+            f'{entity!r} is not bound to a connection: pass channel=..., or '
+            f'bind it first (entity.bind(connection) or entity(connection))'
+        )
     if hasattr(channel, 'control'):
         return channel
     link = getattr(channel, 'link', None)
@@ -31,6 +33,7 @@ def _ops(channel: Any, entity: Any) -> Any:
 
 
 # ------------------------------------------------------------------ entity base
+
 
 class _Entity:
     """Attribute handling and channel binding shared by Exchange and Queue (kombu-like)."""
@@ -43,8 +46,9 @@ class _Entity:
         known = {name for name, _ in self.attrs}
         unknown = sorted(set(kwargs) - known)
         if unknown:
-            raise TypeError(f'{type(self).__name__}() got unknown argument(s) {unknown}; '
-                            f'known: {sorted(known)}')
+            raise TypeError(
+                f'{type(self).__name__}() got unknown argument(s) {unknown}; known: {sorted(known)}'
+            )
         for name, convert in self.attrs:
             value = kwargs.get(name)
             if value is not None:
@@ -115,6 +119,7 @@ def _control(ops: Any, kind: str, cache_key: Any = None, **kwargs: Any) -> Any:
 
 # ------------------------------------------------------------------ Exchange
 
+
 class Exchange(_Entity):
     """An exchange declaration (kombu's ``Exchange``); see the module docstring."""
 
@@ -130,9 +135,16 @@ class Exchange(_Entity):
     no_declare = False
     arguments: Optional[Dict[str, Any]] = None
 
-    attrs = (('name', None), ('type', None), ('arguments', None), ('durable', bool),
-             ('passive', bool), ('auto_delete', bool),
-             ('delivery_mode', lambda m: maybe_delivery_mode(m)), ('no_declare', bool))
+    attrs = (
+        ('name', None),
+        ('type', None),
+        ('arguments', None),
+        ('durable', bool),
+        ('passive', bool),
+        ('auto_delete', bool),
+        ('delivery_mode', lambda m: maybe_delivery_mode(m)),
+        ('no_declare', bool),
+    )
 
     def __init__(self, name: str = '', type: str = '', channel: Any = None, **kwargs: Any) -> None:
         self._set_attrs(kwargs)
@@ -165,8 +177,9 @@ class Exchange(_Entity):
     def _can_declare(self) -> bool:
         return bool(self.name) and not self.no_declare
 
-    def declare(self, nowait: bool = False, passive: Optional[bool] = None,
-                channel: Any = None) -> None:
+    def declare(
+        self, nowait: bool = False, passive: Optional[bool] = None, channel: Any = None
+    ) -> None:
         """Declare the exchange (or, ``passive``, check that it exists). Blocks.
 
         Does nothing for the default exchange ``''`` or with ``no_declare``.
@@ -179,9 +192,17 @@ class Exchange(_Entity):
             return
         passive = self.passive if passive is None else passive
         key = ('exchange', self.name) if self.can_cache_declaration else None
-        _control(_ops(channel or self._channel, self), 'declare_exchange', cache_key=key,
-                 exchange=self.name, exchange_type=self.type, passive=bool(passive),
-                 durable=self.durable, auto_delete=self.auto_delete, arguments=self.arguments)
+        _control(
+            _ops(channel or self._channel, self),
+            'declare_exchange',
+            cache_key=key,
+            exchange=self.name,
+            exchange_type=self.type,
+            passive=bool(passive),
+            durable=self.durable,
+            auto_delete=self.auto_delete,
+            arguments=self.arguments,
+        )
 
     def delete(self, if_unused: bool = False, nowait: bool = False) -> None:
         """Delete the exchange on the broker. Blocks."""
@@ -189,30 +210,71 @@ class Exchange(_Entity):
         _control(ops, 'delete_exchange', exchange=self.name, if_unused=if_unused)
         ops.forget_declared(('exchange', self.name))
 
-    def bind_to(self, exchange: Any = '', routing_key: str = '', arguments: Optional[dict] = None,
-                nowait: bool = False, channel: Any = None, **kwargs: Any) -> None:
+    def bind_to(
+        self,
+        exchange: Any = '',
+        routing_key: str = '',
+        arguments: Optional[dict] = None,
+        nowait: bool = False,
+        channel: Any = None,
+        **kwargs: Any,
+    ) -> None:
         """Bind this exchange (destination) to ``exchange`` (source). Blocks."""
-        _control(_ops(channel or self._channel, self), 'bind_exchange', destination=self.name,
-                 source=_name_of(exchange), routing_key=routing_key, arguments=arguments)
+        _control(
+            _ops(channel or self._channel, self),
+            'bind_exchange',
+            destination=self.name,
+            source=_name_of(exchange),
+            routing_key=routing_key,
+            arguments=arguments,
+        )
 
-    def unbind_from(self, source: Any = '', routing_key: str = '', nowait: bool = False,
-                    arguments: Optional[dict] = None, channel: Any = None) -> None:
+    def unbind_from(
+        self,
+        source: Any = '',
+        routing_key: str = '',
+        nowait: bool = False,
+        arguments: Optional[dict] = None,
+        channel: Any = None,
+    ) -> None:
         """Remove a binding made by ``bind_to``. Blocks."""
-        _control(_ops(channel or self._channel, self), 'unbind_exchange', destination=self.name,
-                 source=_name_of(source), routing_key=routing_key, arguments=arguments)
+        _control(
+            _ops(channel or self._channel, self),
+            'unbind_exchange',
+            destination=self.name,
+            source=_name_of(source),
+            routing_key=routing_key,
+            arguments=arguments,
+        )
 
-    def binding(self, routing_key: str = '', arguments: Optional[dict] = None,
-                unbind_arguments: Optional[dict] = None) -> 'binding':
+    def binding(
+        self,
+        routing_key: str = '',
+        arguments: Optional[dict] = None,
+        unbind_arguments: Optional[dict] = None,
+    ) -> 'binding':
         return binding(self, routing_key, arguments, unbind_arguments)
 
-    def Message(self, body: Any, delivery_mode: Any = None, properties: Optional[dict] = None,
-                **kwargs: Any) -> 'Message':
+    def Message(
+        self, body: Any, delivery_mode: Any = None, properties: Optional[dict] = None, **kwargs: Any
+    ) -> 'Message':
         """A message to ``publish``, with this exchange's delivery mode by default."""
-        return Message(body, delivery_mode=delivery_mode or self.delivery_mode,
-                       properties=properties, channel=self._channel, **kwargs)
+        return Message(
+            body,
+            delivery_mode=delivery_mode or self.delivery_mode,
+            properties=properties,
+            channel=self._channel,
+            **kwargs,
+        )
 
-    def publish(self, message: Any, routing_key: Optional[str] = None, mandatory: bool = False,
-                immediate: bool = False, exchange: Any = None) -> None:
+    def publish(
+        self,
+        message: Any,
+        routing_key: Optional[str] = None,
+        mandatory: bool = False,
+        immediate: bool = False,
+        exchange: Any = None,
+    ) -> None:
         """Publish ``message`` (a Message, str or bytes) with confirms. Blocks until confirmed.
 
         Raises:
@@ -226,25 +288,41 @@ class Exchange(_Entity):
         channel = self.channel
         if not hasattr(channel, 'basic_publish'):
             raise TypeError('Exchange.publish needs a pika_rpc Connection as its channel')
-        channel.basic_publish(message, exchange=_name_of(exchange) or self.name,
-                              routing_key=routing_key or '', mandatory=mandatory)
+        channel.basic_publish(
+            message,
+            exchange=_name_of(exchange) or self.name,
+            routing_key=routing_key or '',
+            mandatory=mandatory,
+        )
 
 
-IMMEDIATE_REFUSED = ('immediate=True is not supported by RabbitMQ: it answers 540 NOT_IMPLEMENTED '
-                     'and closes the connection (cutting every waiter); use mandatory=True with '
-                     'a per-message expiration instead')
+IMMEDIATE_REFUSED = (
+    'immediate=True is not supported by RabbitMQ: it answers 540 NOT_IMPLEMENTED '
+    'and closes the connection (cutting every waiter); use mandatory=True with '
+    'a per-message expiration instead'
+)
 
 
 # ------------------------------------------------------------------ binding
 
+
 class binding:
     """A queue's (or exchange's) binding to ``exchange`` with a routing key (kombu's)."""
 
-    attrs = (('exchange', None), ('routing_key', None), ('arguments', None),
-             ('unbind_arguments', None))
+    attrs = (
+        ('exchange', None),
+        ('routing_key', None),
+        ('arguments', None),
+        ('unbind_arguments', None),
+    )
 
-    def __init__(self, exchange: Optional[Exchange] = None, routing_key: str = '',
-                 arguments: Optional[dict] = None, unbind_arguments: Optional[dict] = None) -> None:
+    def __init__(
+        self,
+        exchange: Optional[Exchange] = None,
+        routing_key: str = '',
+        arguments: Optional[dict] = None,
+        unbind_arguments: Optional[dict] = None,
+    ) -> None:
         self.exchange, self.routing_key = exchange, routing_key
         self.arguments, self.unbind_arguments = arguments, unbind_arguments
 
@@ -255,12 +333,22 @@ class binding:
 
     def bind(self, entity: Any, nowait: bool = False, channel: Any = None) -> None:
         """Bind ``entity`` (a Queue or Exchange) to this binding's exchange. Blocks."""
-        entity.bind_to(exchange=self.exchange, routing_key=self.routing_key,
-                       arguments=self.arguments, nowait=nowait, channel=channel)
+        entity.bind_to(
+            exchange=self.exchange,
+            routing_key=self.routing_key,
+            arguments=self.arguments,
+            nowait=nowait,
+            channel=channel,
+        )
 
     def unbind(self, entity: Any, nowait: bool = False, channel: Any = None) -> None:
-        entity.unbind_from(self.exchange, routing_key=self.routing_key,
-                           arguments=self.unbind_arguments, nowait=nowait, channel=channel)
+        entity.unbind_from(
+            self.exchange,
+            routing_key=self.routing_key,
+            arguments=self.unbind_arguments,
+            nowait=nowait,
+            channel=channel,
+        )
 
     def as_dict(self, recurse: bool = False) -> Dict[str, Any]:
         out = {name: getattr(self, name) for name, _ in self.attrs}

@@ -14,6 +14,7 @@ The mixin uses the worker's ``_lock`` (guarding every job's state and the sets b
 ``_jobs``, ``_running``, ``_held``, ``_threads``, ``_work``, ``_idle``, ``_state``,
 ``_timer``, ``_service``, ``_outcomes``, ``_stats``, ``revoked`` and ``hostname``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,7 +55,7 @@ class Execution:
     _outcomes: Any
     _stats: Any
 
-    def _start_thread(self) -> None:                  # under _lock
+    def _start_thread(self) -> None:  # under _lock
         name = f'pika-rpc-worker-{self.hostname}-{next(self._thread_numbers)}'
         thread = threading.Thread(target=self._pool_loop, name=name, daemon=True)
         self._threads.append(thread)
@@ -69,17 +70,22 @@ class Execution:
                     return
                 try:
                     self._execute(job)
-                except Exception:   # a bug of ours: the message stays unacked, the pool lives
-                    LOGGER.critical('worker %s: error handling task %s[%s]', self.hostname,
-                                    job.request.name, job.request.id, exc_info=True)
+                except Exception:  # a bug of ours: the message stays unacked, the pool lives
+                    LOGGER.critical(
+                        'worker %s: error handling task %s[%s]',
+                        self.hostname,
+                        job.request.name,
+                        job.request.id,
+                        exc_info=True,
+                    )
                 if job.abandoned:
-                    return                      # a new thread took this one's place
+                    return  # a new thread took this one's place
         finally:
             with self._lock:
                 if me in self._threads:
                     self._threads.remove(me)
 
-    def _forget(self, job: Job) -> None:             # under _lock
+    def _forget(self, job: Job) -> None:  # under _lock
         for entry in job.timers:
             self._timer.cancel(entry)
         jobs = self._jobs.get(job.request.id)
@@ -101,15 +107,15 @@ class Execution:
         self._forget(job)
         return True
 
-    def _execute(self, job: Job) -> None:            # pool thread
+    def _execute(self, job: Job) -> None:  # pool thread
         req = job.request
         with self._lock:
             if job.state != QUEUED:
-                return                           # revoked, released or dropped meanwhile
+                return  # revoked, released or dropped meanwhile
             if self._state != _RUNNING:
                 job.state = RELEASED
                 self._forget(job)
-                return                           # stop() is handing messages back
+                return  # stop() is handing messages back
             revoked, too_late = req.id in self.revoked, expired(req)
             if revoked or too_late:
                 self._claim(job, QUEUED)
@@ -133,17 +139,21 @@ class Execution:
                 outcome = (states.FAILURE, exc, format_tb(exc))
             except BaseException as exc:  # sys.exit() in a task never ends its thread, and
                 # a client must not re-raise SystemExit/KeyboardInterrupt (Celery's would).
-                outcome = (states.FAILURE, RuntimeError(f'the task raised {exc!r}'),
-                           format_tb(exc))
+                outcome = (states.FAILURE, RuntimeError(f'the task raised {exc!r}'), format_tb(exc))
             else:
                 outcome = (states.SUCCESS, value, None)
         runtime = time.monotonic() - began
         with self._lock:
             claimed = self._claim(job, RUNNING)
         if not claimed:
-            LOGGER.info('Task %s[%s] returned after %.3fs, but was already finished for its '
-                        'client (revoked/terminated or hard time limit): outcome %s dropped',
-                        req.name, req.id, runtime, outcome[0])
+            LOGGER.info(
+                'Task %s[%s] returned after %.3fs, but was already finished for its '
+                'client (revoked/terminated or hard time limit): outcome %s dropped',
+                req.name,
+                req.id,
+                runtime,
+                outcome[0],
+            )
             return
         outcomes.finished(job, *outcome, runtime=runtime)
 
@@ -157,25 +167,28 @@ class Execution:
             self._orphan(job)
             running = self._state == _RUNNING
             if running:
-                self._start_thread()            # keep `concurrency` threads taking work
+                self._start_thread()  # keep `concurrency` threads taking work
         if running:
             self._service.submit(self._outcomes.store_and_ack, job, state, exc)
-        else:                                   # stop() has shut the service thread down
+        else:  # stop() has shut the service thread down
             self._outcomes.store_and_ack(job, state, exc)
         return True
 
-    def _orphan(self, job: Job) -> None:             # under _lock
+    def _orphan(self, job: Job) -> None:  # under _lock
         job.abandoned = True
         self._stats.add('abandoned')
         if job.thread in self._threads:
-            self._threads.remove(job.thread)    # never joined: it may run for a long time
+            self._threads.remove(job.thread)  # never joined: it may run for a long time
 
     def _arm_time_limits(self, job: Job) -> None:
         req = job.request
         options = getattr(job.task, 'options', None) or {}
         hard = req.time_limit if req.time_limit is not None else options.get('time_limit')
-        soft = req.soft_time_limit if req.soft_time_limit is not None else \
-            options.get('soft_time_limit')
+        soft = (
+            req.soft_time_limit
+            if req.soft_time_limit is not None
+            else options.get('soft_time_limit')
+        )
         timers = []
         if soft:
             timers.append(self._timer.call_later(soft, self._on_soft_limit, job, soft))
@@ -188,14 +201,23 @@ class Execution:
                 for entry in timers:
                     self._timer.cancel(entry)
 
-    def _on_soft_limit(self, job: Job, limit: float) -> None:     # timer thread
+    def _on_soft_limit(self, job: Job, limit: float) -> None:  # timer thread
         if job.state == RUNNING:
-            LOGGER.warning('Task %s[%s] passed its soft time limit (%ss); a thread cannot be '
-                           'interrupted, so it goes on', job.request.name, job.request.id, limit)
+            LOGGER.warning(
+                'Task %s[%s] passed its soft time limit (%ss); a thread cannot be '
+                'interrupted, so it goes on',
+                job.request.name,
+                job.request.id,
+                limit,
+            )
 
-    def _on_hard_limit(self, job: Job, limit: float) -> None:     # timer thread
+    def _on_hard_limit(self, job: Job, limit: float) -> None:  # timer thread
         if self._abandon(job, states.FAILURE, TimeLimitExceeded(limit)):
             self._stats.add('failed')
-            LOGGER.error('Task %s[%s] passed its hard time limit (%ss): FAILURE TimeLimitExceeded '
-                         'stored; the thread cannot be killed and runs on, its outcome dropped',
-                         job.request.name, job.request.id, limit)
+            LOGGER.error(
+                'Task %s[%s] passed its hard time limit (%ss): FAILURE TimeLimitExceeded '
+                'stored; the thread cannot be killed and runs on, its outcome dropped',
+                job.request.name,
+                job.request.id,
+                limit,
+            )

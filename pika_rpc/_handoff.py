@@ -10,6 +10,7 @@ only the wake-up, sent once per batch behind the "wake pending" flag, so many th
 publishing at once cost few wake-ups. While publications wait in the queue, callers do not
 write their own directly (``queued_pubs``): one thread's publications keep their order.
 """
+
 from __future__ import annotations
 
 import collections
@@ -64,7 +65,7 @@ class Latch:
             self._set = True
             try:
                 self._lock.release()
-            except RuntimeError:     # set by two threads at once: released already
+            except RuntimeError:  # set by two threads at once: released already
                 pass
 
     def wait(self, timeout: Optional[float] = None) -> bool:
@@ -72,8 +73,8 @@ class Latch:
             return True
         if self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             try:
-                self._lock.release()     # pass it on to the next waiter
-            except RuntimeError:         # a second setter released it under us: still open
+                self._lock.release()  # pass it on to the next waiter
+            except RuntimeError:  # a second setter released it under us: still open
                 pass
         return self._set
 
@@ -88,14 +89,38 @@ class Publication:
     (``(reply_code, reply_text)`` when the broker returned it as unroutable), ``attempts``.
     """
 
-    __slots__ = ('exchange', 'routing_key', 'body', 'properties', 'mandatory',
-                 'correlation_id', 'max_retries', 'deadline', 'errback', 'done', 'error',
-                 'returned', 'attempts', 'cancelled', 'interval', 'interval_step',
-                 'interval_max', 'gen', 'timeout')
+    __slots__ = (
+        'exchange',
+        'routing_key',
+        'body',
+        'properties',
+        'mandatory',
+        'correlation_id',
+        'max_retries',
+        'deadline',
+        'errback',
+        'done',
+        'error',
+        'returned',
+        'attempts',
+        'cancelled',
+        'interval',
+        'interval_step',
+        'interval_max',
+        'gen',
+        'timeout',
+    )
 
-    def __init__(self, exchange: str, routing_key: str, body: bytes, properties: dict,
-                 mandatory: bool = True, policy: Optional[Mapping[str, Any]] = None,
-                 timeout: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: dict,
+        mandatory: bool = True,
+        policy: Optional[Mapping[str, Any]] = None,
+        timeout: Optional[float] = None,
+    ) -> None:
         """``policy``: a retry policy (``max_retries``, ``interval_start``/``_step``/``_max``,
         ``errback``) for re-publishing after a nack or a lost connection; None: never
         re-published (one attempt). ``timeout``: seconds until it must be settled."""
@@ -146,8 +171,9 @@ class HandOff:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, item: Any, dl: Optional[float], stopped: Callable[[], bool],
-            locked: Callable[[], Any]) -> Any:
+    def put(
+        self, item: Any, dl: Optional[float], stopped: Callable[[], bool], locked: Callable[[], Any]
+    ) -> Any:
         """Queue ``item``, blocking while the queue is full until ``dl``.
 
         ``locked()`` runs under ``mutex`` once the item is queued (the link starts its thread

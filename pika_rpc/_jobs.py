@@ -22,6 +22,7 @@ Choices where Celery leaves room:
   ``mandatory`` and confirmed, then acks. If the re-send fails, FAILURE with the publish
   error is stored instead.
 """
+
 from __future__ import annotations
 
 import logging
@@ -56,8 +57,8 @@ class Job:
         self.request, self.message, self.task = request, message, task
         self.state = QUEUED
         self.timers: List[list] = []
-        self.abandoned = False      # finished for the world while its function still runs
-        self.thread: Optional[threading.Thread] = None   # the pool thread running it
+        self.abandoned = False  # finished for the world while its function still runs
+        self.thread: Optional[threading.Thread] = None  # the pool thread running it
 
 
 def expired(request: protocol.TaskRequest) -> bool:
@@ -71,13 +72,13 @@ def short(value: Any) -> str:
         text = repr(value)
     except Exception:
         text = f'<{type(value).__name__}>'
-    return text if len(text) <= _REPR_MAX else text[:_REPR_MAX - 3] + '...'
+    return text if len(text) <= _REPR_MAX else text[: _REPR_MAX - 3] + '...'
 
 
 def format_tb(exc: BaseException) -> str:
     """``exc``'s traceback as text, without the frame that caught it."""
     tb = exc.__traceback__
-    tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb   # skip our own frame
+    tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb  # skip our own frame
     return ''.join(traceback.format_exception(type(exc), exc, tb))
 
 
@@ -95,8 +96,14 @@ class Outcomes:
     service thread, never on the callback or I/O thread. None raises.
     """
 
-    def __init__(self, app: Any, hostname: str, count: Callable[[str], None],
-                 link: Callable[[], Link], default_queue: str) -> None:
+    def __init__(
+        self,
+        app: Any,
+        hostname: str,
+        count: Callable[[str], None],
+        link: Callable[[], Link],
+        default_queue: str,
+    ) -> None:
         self.app, self.hostname = app, hostname
         self._count, self._link, self._default_queue = count, link, default_queue
 
@@ -114,15 +121,28 @@ class Outcomes:
         flag = getattr(job.task, 'track_started', None)
         return bool(self.app.conf.task_track_started if flag is None else flag)
 
-    def store(self, job: Job, state: str, value: Any, tb: Optional[str] = None,
-              children: Optional[list] = None) -> Optional[Exception]:
+    def store(
+        self,
+        job: Job,
+        state: str,
+        value: Any,
+        tb: Optional[str] = None,
+        children: Optional[list] = None,
+    ) -> Optional[Exception]:
         """Store a state; log and return the error if that failed (never raises)."""
         try:
-            self.app.backend.store_result(job.request.id, value, state, traceback=tb,
-                                          request=job.request, children=children)
+            self.app.backend.store_result(
+                job.request.id, value, state, traceback=tb, request=job.request, children=children
+            )
         except Exception as exc:
-            LOGGER.error('worker %s: could not store %s of task %s[%s]: %s', self.hostname,
-                         state, job.request.name, job.request.id, exc)
+            LOGGER.error(
+                'worker %s: could not store %s of task %s[%s]: %s',
+                self.hostname,
+                state,
+                job.request.name,
+                job.request.id,
+                exc,
+            )
             return exc
         return None
 
@@ -136,18 +156,27 @@ class Outcomes:
             else:
                 job.message.ack()
         except Exception as exc:
-            LOGGER.warning('worker %s: could not %s the message of task %s[%s]: %s; the broker '
-                           'may deliver it again', self.hostname,
-                           'requeue' if requeue else 'reject' if reject else 'ack',
-                           job.request.name, job.request.id, exc)
+            LOGGER.warning(
+                'worker %s: could not %s the message of task %s[%s]: %s; the broker '
+                'may deliver it again',
+                self.hostname,
+                'requeue' if requeue else 'reject' if reject else 'ack',
+                job.request.name,
+                job.request.id,
+                exc,
+            )
 
     def reject(self, message: Any) -> None:
         """Reject (no requeue) a message that never became a job; a failure is logged."""
         try:
             message.reject(requeue=False)
         except Exception as exc:
-            LOGGER.warning('worker %s: could not reject message %s: %s', self.hostname,
-                           message.delivery_tag, exc)
+            LOGGER.warning(
+                'worker %s: could not reject message %s: %s',
+                self.hostname,
+                message.delivery_tag,
+                exc,
+            )
 
     def store_and_ack(self, job: Job, state: str, exc: BaseException) -> None:
         """Store ``state`` with ``exc`` (unless ignored) and settle: a job ended by us."""
@@ -161,12 +190,15 @@ class Outcomes:
     def revoked(self, job: Job, reason: str) -> None:
         """REVOKED (``reason``: ``'revoked'`` or ``'expired'``) for a job that never ran."""
         self._count('revoked')
-        LOGGER.info('Task %s[%s] %s: not run', job.request.name, job.request.id,
-                    'expired' if reason == 'expired' else 'revoked')
+        LOGGER.info(
+            'Task %s[%s] %s: not run',
+            job.request.name,
+            job.request.id,
+            'expired' if reason == 'expired' else 'revoked',
+        )
         self.store_and_ack(job, states.REVOKED, TaskRevokedError(reason))
 
-    def finished(self, job: Job, state: str, value: Any, tb: Optional[str],
-                 runtime: float) -> None:
+    def finished(self, job: Job, state: str, value: Any, tb: Optional[str], runtime: float) -> None:
         """What the task returned (SUCCESS), raised (FAILURE) or asked for (RETRY)."""
         req = job.request
         if state == states.RETRY:
@@ -174,15 +206,16 @@ class Outcomes:
             return
         if state == states.SUCCESS:
             self._count('succeeded')
-            LOGGER.info('Task %s[%s] succeeded in %.3fs: %s', req.name, req.id, runtime,
-                        short(value))
+            LOGGER.info(
+                'Task %s[%s] succeeded in %.3fs: %s', req.name, req.id, runtime, short(value)
+            )
         else:
             self._count('failed')
             LOGGER.error('Task %s[%s] raised unexpected: %r\n%s', req.name, req.id, value, tb)
         if not self.ignored(job):
             error = self.store(job, state, value, tb)
             if isinstance(error, EncodeError) and state == states.SUCCESS:
-                self.store(job, states.FAILURE, error, format_tb(error))   # as Celery
+                self.store(job, states.FAILURE, error, format_tb(error))  # as Celery
         self.settle(job)
 
     def _retry(self, job: Job, err: Retry, tb: Optional[str]) -> None:
@@ -194,8 +227,9 @@ class Outcomes:
         try:
             self._republish(req, err)
         except Exception as exc:
-            LOGGER.error('Task %s[%s]: could not re-send it for its retry: %s', req.name,
-                         req.id, exc)
+            LOGGER.error(
+                'Task %s[%s]: could not re-send it for its retry: %s', req.name, req.id, exc
+            )
             if not self.ignored(job):
                 self.store(job, states.FAILURE, exc, format_tb(exc))
         self.settle(job)
@@ -204,17 +238,28 @@ class Outcomes:
         """Send the task again (same id, retries + 1) where it came from. Blocks on confirm."""
         eta = getattr(err, 'retry_eta', None)
         headers, props, body = protocol.retry_message(
-            req, getattr(err, 'retry_args', None), getattr(err, 'retry_kwargs', None),
-            countdown=None if eta is not None else err.when, eta=eta,
-            options=getattr(err, 'retry_options', None))
+            req,
+            getattr(err, 'retry_args', None),
+            getattr(err, 'retry_kwargs', None),
+            countdown=None if eta is not None else err.when,
+            eta=eta,
+            options=getattr(err, 'retry_options', None),
+        )
         conf = self.app.conf
         content_type, content_encoding, data = serialization.dumps(body, conf.task_serializer)
         props.update(content_type=content_type, content_encoding=content_encoding, headers=headers)
         info = req.delivery_info
         exchange = info.get('exchange') or ''
         routing_key = info.get('routing_key') or (self._default_queue if not exchange else '')
-        pub = Publication(exchange, routing_key, data, props, mandatory=True,
-                          policy=conf.task_publish_retry_policy, timeout=conf.publish_timeout)
+        pub = Publication(
+            exchange,
+            routing_key,
+            data,
+            props,
+            mandatory=True,
+            policy=conf.task_publish_retry_policy,
+            timeout=conf.publish_timeout,
+        )
         returned = publish_and_wait(self._link(), pub, f'retry of task {req.id}')
         if returned is not None:
             raise returned

@@ -29,6 +29,7 @@ did not hand on, whatever is raised), or the outbox (``_outbox``: the publish ch
 ledger and the lists of those waiting to be re-published); see ``_outbox`` for how a
 publication moves between them without ever being dropped or sent twice.
 """
+
 from __future__ import annotations
 
 import collections
@@ -55,7 +56,7 @@ LOGGER = logging.getLogger(__name__)
 
 __all__ = ['Link', 'IDLE', 'CONNECTING', 'OPEN', 'RECONNECTING', 'CLOSED']
 
-IDLE = 'IDLE'                  # no connection, none wanted yet (lazy start, or gave up)
+IDLE = 'IDLE'  # no connection, none wanted yet (lazy start, or gave up)
 CONNECTING = 'CONNECTING'
 OPEN = 'OPEN'
 RECONNECTING = 'RECONNECTING'
@@ -73,9 +74,18 @@ BUSY_RETRY = 0.002
 _link_ids = itertools.count(1)
 
 #: Counters kept by the I/O thread, and by callers (under ``_stats_lock``).
-_IO_COUNTERS = ('publishes', 'confirms', 'republishes', 'ack_frames', 'reconnects',
-                'deliveries', 'ticks', 'write_busy')
+_IO_COUNTERS = (
+    'publishes',
+    'confirms',
+    'republishes',
+    'ack_frames',
+    'reconnects',
+    'deliveries',
+    'ticks',
+    'write_busy',
+)
 _CALLER_COUNTERS = ('commands', 'wake_ups', 'direct_publishes')
+
 
 class Link(ConsumerCommands):
     """The I/O thread and its connection. Every public method is thread-safe.
@@ -92,15 +102,22 @@ class Link(ConsumerCommands):
             thread. May be changed at any time.
     """
 
-    def __init__(self, options: List[dict], *, handoff_max: int = 10000,
-                 max_connect_retries: Optional[int] = 100,
-                 connect_interval: tuple = (0.0, 0.5, 2.0),
-                 callbacks: Optional[SerialExecutor] = None,
-                 name: Optional[str] = None, direct_writes: bool = True) -> None:
+    def __init__(
+        self,
+        options: List[dict],
+        *,
+        handoff_max: int = 10000,
+        max_connect_retries: Optional[int] = 100,
+        connect_interval: tuple = (0.0, 0.5, 2.0),
+        callbacks: Optional[SerialExecutor] = None,
+        name: Optional[str] = None,
+        direct_writes: bool = True,
+    ) -> None:
         self.id = next(_link_ids)
         self.name = name or f'pika-rpc-io-{os.getpid()}-{self.id}'
-        self._connector = Connector(options, self.name, max_retries=max_connect_retries,
-                                    interval=connect_interval)
+        self._connector = Connector(
+            options, self.name, max_retries=max_connect_retries, interval=connect_interval
+        )
         self.callbacks = callbacks or SerialExecutor('pika-rpc-callbacks')
         self.pid = os.getpid()
         self.direct_writes = direct_writes
@@ -111,27 +128,27 @@ class Link(ConsumerCommands):
         self._state = IDLE
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._revive_wanted = False    # under the mutex: revive() asked for a connection cycle
+        self._revive_wanted = False  # under the mutex: revive() asked for a connection cycle
 
         # I/O-thread-only state.
-        self.connection: Any = None    # the BlockingConnection while one is open
+        self.connection: Any = None  # the BlockingConnection while one is open
         self.wire: Optional[_pika.Wire] = None
         self.reader: Optional[_deliveries.DeliveryReader] = None
         self._outbox = Outbox(self)
         self._consumers = Consumers(self)
         self._listeners: List[Callable[[str, Any], None]] = []
         self.address: Optional[str] = None
-        self.gen = 0                  # connection generation, bumped at every connect
-        self.gen_started = False      # True once a connection was ever open
+        self.gen = 0  # connection generation, bumped at every connect
+        self.gen_started = False  # True once a connection was ever open
         self._reconnect_wanted = False  # lost a connection that consumers or retries need
 
-        self._declarations = Declarations()     # control channel, per-connection cache
+        self._declarations = Declarations()  # control channel, per-connection cache
 
         self.last_error: Optional[str] = None
-        self.last_advice = ''          # what to do about last_error (pika_rpc._advice)
-        self.io_stats = collections.Counter(dict.fromkeys(_IO_COUNTERS, 0))   # I/O thread
+        self.last_advice = ''  # what to do about last_error (pika_rpc._advice)
+        self.io_stats = collections.Counter(dict.fromkeys(_IO_COUNTERS, 0))  # I/O thread
         self._stats_lock = threading.Lock()
-        self._caller_stats = dict.fromkeys(_CALLER_COUNTERS, 0)            # under the lock
+        self._caller_stats = dict.fromkeys(_CALLER_COUNTERS, 0)  # under the lock
 
     # ------------------------------------------------------------------ callers' side
     def __repr__(self) -> str:
@@ -154,8 +171,13 @@ class Link(ConsumerCommands):
         out.update(self.io_stats)
         out['publishes'] += out['direct_publishes']
         in_flight, peak = self._outbox.in_flight()
-        out.update(state=self._state, in_flight=in_flight, peak_in_flight=peak,
-                   queued_commands=len(self.handoff), last_error=self.last_error)
+        out.update(
+            state=self._state,
+            in_flight=in_flight,
+            peak_in_flight=peak,
+            queued_commands=len(self.handoff),
+            last_error=self.last_error,
+        )
         return out
 
     def add_listener(self, listener: Callable[[str, Any], None]) -> None:
@@ -182,7 +204,7 @@ class Link(ConsumerCommands):
         self._declarations.forget(key)
 
     def enqueue(self, item: Any, dl: Optional[float]) -> bool:
-        if self._stop.is_set():          # before the mutex: an abandoned link's may be held
+        if self._stop.is_set():  # before the mutex: an abandoned link's may be held
             raise ClosedError(f'{self.name} is closed')
         try:
             queued, wake, conn = self.handoff.put(item, dl, self._stop.is_set, self._queued)
@@ -212,8 +234,14 @@ class Link(ConsumerCommands):
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
-    def call(self, fn: Callable[..., Any], *args: Any, timeout: Optional[float] = None,
-             what: Optional[str] = None, wait: bool = True) -> Any:
+    def call(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        timeout: Optional[float] = None,
+        what: Optional[str] = None,
+        wait: bool = True,
+    ) -> Any:
         """Run ``fn(*args)`` on the I/O thread once the link is open; return its result.
 
         Blocks up to ``timeout`` for the whole call (queue space, connection, execution).
@@ -234,7 +262,9 @@ class Link(ConsumerCommands):
             return None
         if not cmd.done.wait(remaining(dl)):
             cmd.cancelled = True
-            raise TimeoutError(f'{what} not done within {_seconds(timeout)} s{self._why_not_open()}')
+            raise TimeoutError(
+                f'{what} not done within {_seconds(timeout)} s{self._why_not_open()}'
+            )
         if cmd.error is not None:
             raise cmd.error
         return cmd.result
@@ -251,14 +281,21 @@ class Link(ConsumerCommands):
         return why + ')'
 
     # ------------------------------------------------------------------ control channel
-    def control(self, kind: str, timeout: Optional[float] = None, cache_key: Any = None,
-                **kwargs: Any) -> Any:
+    def control(
+        self, kind: str, timeout: Optional[float] = None, cache_key: Any = None, **kwargs: Any
+    ) -> Any:
         """Run a declaration-like command on the control channel (declare_queue,
         declare_exchange, bind_queue, unbind_queue, bind_exchange, unbind_exchange,
         delete_queue, delete_exchange, purge_queue). With ``cache_key``, the result is
         remembered for this connection (``is_declared``)."""
-        return self.call(self._control, kind, kwargs, cache_key, timeout=timeout,
-                         what=f'{kind} {kwargs.get("queue") or kwargs.get("exchange") or ""}'.strip())
+        return self.call(
+            self._control,
+            kind,
+            kwargs,
+            cache_key,
+            timeout=timeout,
+            what=f'{kind} {kwargs.get("queue") or kwargs.get("exchange") or ""}'.strip(),
+        )
 
     def _control(self, kind: str, kwargs: dict, cache_key: Any) -> Any:
         return self._declarations.command(self.connection, kind, kwargs, cache_key)
@@ -315,7 +352,9 @@ class Link(ConsumerCommands):
         if thread is not threading.current_thread():
             thread.join(timeout)
             if thread.is_alive():
-                LOGGER.warning('%s still running %s s after close(); abandoning it', self.name, timeout)
+                LOGGER.warning(
+                    '%s still running %s s after close(); abandoning it', self.name, timeout
+                )
                 return False
         return True
 
@@ -375,7 +414,7 @@ class Link(ConsumerCommands):
         except Exception as exc:
             LOGGER.critical('%s died', self.name, exc_info=True)
             self.last_error = f'I/O thread died: {type(exc).__name__}: {exc}'
-            self._stop.set()          # later calls raise ClosedError instead of timing out
+            self._stop.set()  # later calls raise ClosedError instead of timing out
         finally:
             self._shutdown()
 
@@ -384,10 +423,15 @@ class Link(ConsumerCommands):
         that lost its connection, ``revive()``) or the link stops."""
         handoff = self.handoff
         with handoff.mutex:
-            while not len(handoff) and not self._outbox.retry_later and not self._stop.is_set() \
-                    and not self._reconnect_wanted and not self._revive_wanted:
+            while (
+                not len(handoff)
+                and not self._outbox.retry_later
+                and not self._stop.is_set()
+                and not self._reconnect_wanted
+                and not self._revive_wanted
+            ):
                 handoff.work.wait()
-            self._revive_wanted = False     # this cycle answers it
+            self._revive_wanted = False  # this cycle answers it
 
     def _turn(self) -> None:
         self._drain_commands()
@@ -409,8 +453,8 @@ class Link(ConsumerCommands):
         batch = self.handoff.take_all()
         if not batch:
             return
-        ran = 0             # items of the batch run so far
-        handed = 0          # publications among them: no longer queued (pika has them...)
+        ran = 0  # items of the batch run so far
+        handed = 0  # publications among them: no longer queued (pika has them...)
         try:
             for item in batch:
                 if isinstance(item, Publication):
@@ -427,11 +471,11 @@ class Link(ConsumerCommands):
             self.connection.call_later(BUSY_RETRY, _noop)
         except BaseException:
             # A lost connection or channel (the rest runs after the reconnect), or a bug.
-            item, rest = batch[ran], batch[ran + 1:]
+            item, rest = batch[ran], batch[ran + 1 :]
             if isinstance(item, Publication) and (item.done.is_set() or self._outbox.holds(item)):
-                handed += 1                  # settled, or the ledger's (the loss re-sends it)
+                handed += 1  # settled, or the ledger's (the loss re-sends it)
             else:
-                rest.insert(0, item)         # never handed to pika: not a retry
+                rest.insert(0, item)  # never handed to pika: not a retry
             self.handoff.put_back(rest)
             raise
         finally:
@@ -508,7 +552,7 @@ class Link(ConsumerCommands):
     def _on_connection_lost(self, exc: BaseException) -> None:
         self.last_error = f'{type(exc).__name__}: {exc}'
         LOGGER.warning('%s: connection lost (%s); reconnecting', self.name, self.last_error)
-        self._drop_connection()        # what was unconfirmed is re-published after the reconnect
+        self._drop_connection()  # what was unconfirmed is re-published after the reconnect
         self._reconnect_wanted = True
         self._notify('lost', self.last_error)
 
@@ -528,7 +572,7 @@ class Link(ConsumerCommands):
         self._set_state(IDLE)
         self._fail_queued(err)
         self._outbox.fail_retries(err)
-        self._reconnect_wanted = False   # consumers stay registered; the next command reconnects
+        self._reconnect_wanted = False  # consumers stay registered; the next command reconnects
         self._notify('gave_up', err)
 
     def _fail_queued(self, err: BaseException) -> None:
@@ -555,7 +599,7 @@ class Link(ConsumerCommands):
             self._fail_queued(err)
             for pub in owned:
                 pub._finish(err)
-            self._notify('closed', err)   # the users' waiters wake with this error
+            self._notify('closed', err)  # the users' waiters wake with this error
 
 
 def _seconds(value: Optional[float]) -> str:

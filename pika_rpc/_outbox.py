@@ -20,6 +20,7 @@ channel) fails at once: retrying cannot help.
 ``publish`` runs on any thread (a caller's direct write, else the hand-off); everything else
 on the I/O thread.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,11 +64,18 @@ class Outbox:
             ClosedError: the link is closed.
         """
         link, pipeline = self._link, self.pipeline
-        if link.direct_writes and pipeline is not None and open_now and not pub.cancelled \
-                and self._publish_direct(pipeline, pub):
+        if (
+            link.direct_writes
+            and pipeline is not None
+            and open_now
+            and not pub.cancelled
+            and self._publish_direct(pipeline, pub)
+        ):
             return pub
         if not link.enqueue(pub, pub.deadline):
-            raise PublishError(f'publish to {pub.routing_key!r}: hand-off queue full until deadline')
+            raise PublishError(
+                f'publish to {pub.routing_key!r}: hand-off queue full until deadline'
+            )
         return pub
 
     def _publish_direct(self, pipeline: _confirms.Pipeline, pub: Publication) -> bool:
@@ -76,7 +84,7 @@ class Outbox:
             return False
         try:
             props = _pika.basic_properties(pub.properties)
-        except Exception:          # the I/O thread reports it as a PublishError
+        except Exception:  # the I/O thread reports it as a PublishError
             return False
         if pub.deadline is not None and time.monotonic() >= pub.deadline:
             return False
@@ -86,8 +94,8 @@ class Outbox:
             # True once the ledger holds it, whatever became of the write: never queue it
             # then, or it is sent twice (the loss handling re-publishes it).
             sent = pipeline.publish_direct(pub, props, lambda: handoff.queued_pubs > 0)
-        except Exception:          # pika cannot marshal it (not on the ledger): the I/O
-            sent = False           # thread reports it
+        except Exception:  # pika cannot marshal it (not on the ledger): the I/O
+            sent = False  # thread reports it
         if not sent:
             pub.attempts -= 1
             return False
@@ -115,14 +123,21 @@ class Outbox:
             pub._finish(PublishError(f'publish to {pub.routing_key!r} not sent within its timeout'))
             return
         try:
-            self.pipeline.publish(pub, pub.exchange, pub.routing_key, pub.body,
-                                  _pika.basic_properties(pub.properties), pub.mandatory)
+            self.pipeline.publish(
+                pub,
+                pub.exchange,
+                pub.routing_key,
+                pub.body,
+                _pika.basic_properties(pub.properties),
+                pub.mandatory,
+            )
         except (_confirms.WriteBusy,) + _pika.CONNECTION_ERRORS + _pika.CHANNEL_ERRORS:
             raise
         except Exception as exc:  # pika cannot encode it (a float header, priority > 255...)
-            pub._finish(PublishError(f'cannot publish to {pub.routing_key!r}: '
-                                     f'{type(exc).__name__}: {exc}'))
-        else:                     # no confirm can be read before the loop polls again
+            pub._finish(
+                PublishError(f'cannot publish to {pub.routing_key!r}: {type(exc).__name__}: {exc}')
+            )
+        else:  # no confirm can be read before the loop polls again
             pub.attempts += 1
             pub.gen = self._link.gen
             self._link.io_stats['publishes'] += 1
@@ -143,26 +158,40 @@ class Outbox:
         if self._channel is None or self._channel.is_open:
             return
         reason = self.pipeline.closed_reason if self.pipeline is not None else None
-        if not isinstance(reason, pika.exceptions.ChannelClosedByBroker) \
-                or not self._link.connection.is_open:
+        if (
+            not isinstance(reason, pika.exceptions.ChannelClosedByBroker)
+            or not self._link.connection.is_open
+        ):
             raise pika.exceptions.ChannelClosed(0, 'publish channel closed')
         code, text = reason.reply_code, reason.reply_text
-        LOGGER.warning('%s: the broker closed the publish channel (%s %s); reopening it',
-                       self._link.name, code, text)
+        LOGGER.warning(
+            '%s: the broker closed the publish channel (%s %s); reopening it',
+            self._link.name,
+            code,
+            text,
+        )
         # Each goes to its next owner before the reopen, which may fail with the connection.
         for pub in self.pipeline.take_unsettled():
             if pub.exchange and f"exchange '{pub.exchange}'" in text:
-                pub._finish(PublishError(f'publish to exchange {pub.exchange!r} refused: {code} {text}'))
+                pub._finish(
+                    PublishError(f'publish to exchange {pub.exchange!r} refused: {code} {text}')
+                )
             else:
-                self.retry_or_fail(pub, PublishError(
-                    f'publish to {pub.routing_key!r} discarded: the broker closed the channel '
-                    f'({code} {text})'))
+                self.retry_or_fail(
+                    pub,
+                    PublishError(
+                        f'publish to {pub.routing_key!r} discarded: the broker closed the channel '
+                        f'({code} {text})'
+                    ),
+                )
         self.open_channel()
 
     def _on_settled(self, pub: Publication, outcome: str, returned: Optional[tuple]) -> None:
         self._link.io_stats['confirms'] += 1
         if outcome == _confirms.SETTLED_NACK:
-            self.retry_or_fail(pub, PublishError(f'broker nacked the publish to {pub.routing_key!r}'))
+            self.retry_or_fail(
+                pub, PublishError(f'broker nacked the publish to {pub.routing_key!r}')
+            )
             return
         pub.returned = returned
         pub._finish(None)
@@ -185,23 +214,24 @@ class Outbox:
         pub.interval = min(pub.interval + pub.interval_step, pub.interval_max)
         link.io_stats['republishes'] += 1
         if link.connection is None or not link.connection.is_open:
-            self.retry_later.append(pub)       # re-published after the reconnect
+            self.retry_later.append(pub)  # re-published after the reconnect
         elif interval > 0:
-            self.delayed.append(pub)           # moved to retry_later if the connection goes
+            self.delayed.append(pub)  # moved to retry_later if the connection goes
             link.connection.call_later(interval, lambda: self._requeue(pub))
         else:
             link.handoff.requeue([pub])
         if pub.errback is not None:
             try:
                 link.callbacks.submit(pub.errback, exc, interval)
-            except Exception:     # no thread for it: the retry goes on all the same
-                LOGGER.exception('%s: cannot run the errback of a publish to %r', link.name,
-                                 pub.routing_key)
+            except Exception:  # no thread for it: the retry goes on all the same
+                LOGGER.exception(
+                    '%s: cannot run the errback of a publish to %r', link.name, pub.routing_key
+                )
 
     def _requeue(self, pub: Publication) -> None:
         try:
             self.delayed.remove(pub)
-        except ValueError:                     # its connection went away: in retry_later now
+        except ValueError:  # its connection went away: in retry_later now
             return
         self._link.handoff.requeue([pub])
 
@@ -222,9 +252,13 @@ class Outbox:
         pipeline, self.pipeline, self._channel = self.pipeline, None, None
         if pipeline is not None:
             for pub in pipeline.take_unsettled():
-                self.retry_or_fail(pub, PublishError(
-                    f'connection lost before the broker confirmed the publish to '
-                    f'{pub.routing_key!r}'))
+                self.retry_or_fail(
+                    pub,
+                    PublishError(
+                        f'connection lost before the broker confirmed the publish to '
+                        f'{pub.routing_key!r}'
+                    ),
+                )
         delayed, self.delayed = self.delayed, []
         self.retry_later.extend(delayed)
 
@@ -241,4 +275,3 @@ class Outbox:
         owned += self.retry_later + self.delayed
         self.retry_later, self.delayed = [], []
         return owned
-

@@ -39,6 +39,7 @@ every id of interest reaching a final state (or an error), so waiting on thousan
 linear, not quadratic. A watched id is a waited-on slot: a result adopted from the
 out-of-band buffer when the watcher is registered is reported to it like any other.
 """
+
 from __future__ import annotations
 
 import collections
@@ -71,12 +72,12 @@ class _TaskSlot:
     __slots__ = ('meta', 'history', 'count', 'error', 'waiters', 'settled', 'expected')
 
     def __init__(self, mutex: threading.Lock, history_max: int) -> None:
-        self.meta: Optional[Meta] = None      # latest decoded meta
+        self.meta: Optional[Meta] = None  # latest decoded meta
         self.history: Deque[Meta] = collections.deque(maxlen=history_max)  # raw dicts
-        self.count = 0                        # messages ever appended to history
-        self.error: Optional[BaseException] = None   # set once: the result can't arrive
-        self.waiters = 0                      # threads in wait() plus registered watchers
-        self.expected = False                 # registered (sent from here): kept until final
+        self.count = 0  # messages ever appended to history
+        self.error: Optional[BaseException] = None  # set once: the result can't arrive
+        self.waiters = 0  # threads in wait() plus registered watchers
+        self.expected = False  # registered (sent from here): kept until final
         # Notified by deliver(), fail_one(), fail_pending() and forget(): any change.
         self.settled = threading.Condition(mutex)
 
@@ -84,15 +85,22 @@ class _TaskSlot:
 class PendingTable:
     """Thread-safe store of task states. Every method may be called from any thread."""
 
-    def __init__(self, *, cache_max: int = 10000, history_max: int = 100,
-                 oob_max: int = 1000, pending_max: int = 100000,
-                 cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        *,
+        cache_max: int = 10000,
+        history_max: int = 100,
+        oob_max: int = 1000,
+        pending_max: int = 100000,
+        cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
+    ) -> None:
         self.mutex = threading.Lock()
         self._slots: Dict[str, _TaskSlot] = {}
         self._final: 'collections.OrderedDict[str, Entry]' = collections.OrderedDict()
         self._unread: 'collections.OrderedDict[str, Entry]' = collections.OrderedDict()
-        self._oob: 'collections.OrderedDict[str, List[Tuple[Meta, Meta, int]]]' = \
+        self._oob: 'collections.OrderedDict[str, List[Tuple[Meta, Meta, int]]]' = (
             collections.OrderedDict()
+        )
         # task id -> [(watcher queue, the slot it counts as a waiter of)]
         self._watchers: Dict[str, List[Tuple[queue.SimpleQueue, _TaskSlot]]] = {}
         # Final tasks whose earlier states no waiter has seen yet (bounded like _oob).
@@ -142,10 +150,14 @@ class PendingTable:
             while len(self._oob) > self.oob_max:
                 t, dropped = self._oob.popitem(last=False)
                 self._oob_bytes -= sum(m[2] for m in dropped)
-                self._warn_once('out-of-band buffer', 'out-of-band buffer full (%d entries); '
-                                'dropping the oldest (%s) and others after it (logged once)',
-                                self.oob_max, t)
-            if task_id not in self._oob:       # oob_max == 0: nothing is buffered
+                self._warn_once(
+                    'out-of-band buffer',
+                    'out-of-band buffer full (%d entries); '
+                    'dropping the oldest (%s) and others after it (logged once)',
+                    self.oob_max,
+                    t,
+                )
+            if task_id not in self._oob:  # oob_max == 0: nothing is buffered
                 return
         if len(messages) >= self.history_max:
             self._oob_bytes -= messages.pop(0)[2]
@@ -160,7 +172,7 @@ class PendingTable:
         if final:
             del self._slots[task_id]
             entry = (meta, raw, size)
-            if slot.waiters:                   # read at once by its waiters
+            if slot.waiters:  # read at once by its waiters
                 self._keep_read(task_id, entry)
             else:
                 self._keep_unread(task_id, entry)
@@ -184,8 +196,12 @@ class PendingTable:
             self._tell_watchers(task_id, None, error)
             return True
 
-    def fail_pending(self, make_error: Callable[[List[str]], BaseException],
-                     only_waited: bool = False, sticky: bool = False) -> List[str]:
+    def fail_pending(
+        self,
+        make_error: Callable[[List[str]], BaseException],
+        only_waited: bool = False,
+        sticky: bool = False,
+    ) -> List[str]:
         """Wake every waiter of an unready task with ``make_error(task_ids)``.
 
         The error stays on the slots, so a thread that starts waiting later gets it at once.
@@ -194,8 +210,11 @@ class PendingTable:
         until ``clear_errors`` of its type.
         """
         with self.mutex:
-            ids = [t for t, s in self._slots.items()
-                   if s.error is None and (s.waiters or not only_waited)]
+            ids = [
+                t
+                for t, s in self._slots.items()
+                if s.error is None and (s.waiters or not only_waited)
+            ]
             if sticky:
                 self._down = make_error([])
             if not ids:
@@ -275,8 +294,9 @@ class PendingTable:
             hit = self._read(task_id, poll)
             return hit[0] if hit is not None else None
 
-    def wait(self, task_id: str, dl: Optional[float],
-             on_message: Optional[Callable[[Meta], Any]] = None) -> Optional[Meta]:
+    def wait(
+        self, task_id: str, dl: Optional[float], on_message: Optional[Callable[[Meta], Any]] = None
+    ) -> Optional[Meta]:
         """Block until ``task_id`` is ready or ``dl`` passes; return its meta (None: timed out).
 
         ``on_message(raw)`` runs on this thread, outside the lock, for every state message
@@ -307,7 +327,7 @@ class PendingTable:
                         seen = slot.count
                     if not new:
                         if is_ready(slot.meta):
-                            return slot.meta      # read: kept by _apply (waiters > 0)
+                            return slot.meta  # read: kept by _apply (waiters > 0)
                         if slot.error is not None:
                             raise slot.error
                         left = remaining(dl)
@@ -358,15 +378,20 @@ class PendingTable:
     def sizes(self) -> Dict[str, int]:
         """Entries (and bytes of received bodies) per structure; O(pending slots)."""
         with self.mutex:
-            return {'pending': len(self._slots), 'cached': len(self._final),
-                    'unread': len(self._unread),
-                    'out_of_band': len(self._oob), 'watched': len(self._watchers),
-                    'replay': len(self._replay),
-                    'waited': sum(1 for s in self._slots.values() if s.waiters),
-                    'cached_bytes': self._final_bytes, 'unread_bytes': self._unread_bytes,
-                    'out_of_band_bytes': self._oob_bytes,
-                    'history_max_len': max((len(s.history) for s in self._slots.values()), default=0),
-                    'duplicates': self.duplicates}
+            return {
+                'pending': len(self._slots),
+                'cached': len(self._final),
+                'unread': len(self._unread),
+                'out_of_band': len(self._oob),
+                'watched': len(self._watchers),
+                'replay': len(self._replay),
+                'waited': sum(1 for s in self._slots.values() if s.waiters),
+                'cached_bytes': self._final_bytes,
+                'unread_bytes': self._unread_bytes,
+                'out_of_band_bytes': self._oob_bytes,
+                'history_max_len': max((len(s.history) for s in self._slots.values()), default=0),
+                'duplicates': self.duplicates,
+            }
 
     # ------------------------------------------------------------------ internals (locked)
     def _is_final(self, task_id: str) -> bool:
@@ -390,9 +415,15 @@ class PendingTable:
     def _keep_read(self, task_id: str, entry: Entry) -> None:
         size = entry[2]
         if size > self.cache_max_bytes:
-            self._warn_once('too large', 'result of task %s is %d bytes, more than '
-                            'result_cache_max_bytes=%d: handed to its waiters and not kept '
-                            '(logged once)', task_id, size, self.cache_max_bytes)
+            self._warn_once(
+                'too large',
+                'result of task %s is %d bytes, more than '
+                'result_cache_max_bytes=%d: handed to its waiters and not kept '
+                '(logged once)',
+                task_id,
+                size,
+                self.cache_max_bytes,
+            )
             return
         self._final[task_id] = entry
         self._final_bytes += size
@@ -404,8 +435,13 @@ class PendingTable:
         while len(self._unread) > self.pending_max:
             t, dropped = self._unread.popitem(last=False)
             self._unread_bytes -= dropped[2]
-            self._warn_once('unread results', 'unread results full (%d entries); dropping the '
-                            'oldest (%s) and others after it (logged once)', self.pending_max, t)
+            self._warn_once(
+                'unread results',
+                'unread results full (%d entries); dropping the '
+                'oldest (%s) and others after it (logged once)',
+                self.pending_max,
+                t,
+            )
         self._trim_read()
 
     def _trim_read(self) -> None:
@@ -413,17 +449,23 @@ class PendingTable:
         results (read and unread) exceed ``cache_max_bytes``; the last one read stays."""
         final = self._final
         while len(final) > self.cache_max or (
-                len(final) > 1 and self._final_bytes + self._unread_bytes > self.cache_max_bytes):
+            len(final) > 1 and self._final_bytes + self._unread_bytes > self.cache_max_bytes
+        ):
             t, dropped = final.popitem(last=False)
             self._final_bytes -= dropped[2]
-            self._warn_once('result cache', 'result cache full (result_cache_max=%d entries, '
-                            'result_cache_max_bytes=%d with the unread results); dropping the '
-                            'least recently read (%s) and others after it (logged once)',
-                            self.cache_max, self.cache_max_bytes, t)
+            self._warn_once(
+                'result cache',
+                'result cache full (result_cache_max=%d entries, '
+                'result_cache_max_bytes=%d with the unread results); dropping the '
+                'least recently read (%s) and others after it (logged once)',
+                self.cache_max,
+                self.cache_max_bytes,
+                t,
+            )
 
     def _new_slot(self, task_id: str) -> _TaskSlot:
         if len(self._slots) >= self.pending_max:
-            self._evict_idle_slot()            # before adding: never the new slot itself
+            self._evict_idle_slot()  # before adding: never the new slot itself
         slot = self._slots[task_id] = _TaskSlot(self.mutex, self.history_max)
         return slot
 
@@ -449,8 +491,12 @@ class PendingTable:
         """One waiter of ``slot`` is gone. Drop the slot when nobody waits on it, nobody
         expects it and nothing arrived for it (a timed-out wait leaves nothing behind)."""
         slot.waiters -= 1
-        if slot.waiters == 0 and not slot.expected and slot.count == 0 \
-                and self._slots.get(task_id) is slot:
+        if (
+            slot.waiters == 0
+            and not slot.expected
+            and slot.count == 0
+            and self._slots.get(task_id) is slot
+        ):
             del self._slots[task_id]
 
     def _adopt(self, task_id: str, slot: _TaskSlot) -> None:
@@ -464,23 +510,33 @@ class PendingTable:
         for t, s in self._slots.items():
             if s.waiters == 0:
                 del self._slots[t]
-                self._warn_once('pending', 'pending-task table full (%d); forgetting the oldest '
-                                'unwaited task %s (a late result goes to the out-of-band buffer)',
-                                self.pending_max, t)
+                self._warn_once(
+                    'pending',
+                    'pending-task table full (%d); forgetting the oldest '
+                    'unwaited task %s (a late result goes to the out-of-band buffer)',
+                    self.pending_max,
+                    t,
+                )
                 return
 
     def _bound(self, od: 'collections.OrderedDict', limit: int, what: str) -> None:
         while len(od) > limit:
             t, _ = od.popitem(last=False)
-            self._warn_once(what, '%s full (%d entries); dropping the oldest (%s) and others '
-                            'after it (logged once)', what, limit, t)
+            self._warn_once(
+                what,
+                '%s full (%d entries); dropping the oldest (%s) and others after it (logged once)',
+                what,
+                limit,
+                t,
+            )
 
     def _warn_once(self, key: str, msg: str, *args: Any) -> None:
         if key not in self._warned:
             self._warned.add(key)
             LOGGER.warning(msg, *args)
 
-    def _tell_watchers(self, task_id: str, meta: Optional[Meta],
-                       error: Optional[BaseException]) -> None:
+    def _tell_watchers(
+        self, task_id: str, meta: Optional[Meta], error: Optional[BaseException]
+    ) -> None:
         for q, _slot in self._watchers.get(task_id, ()):
             q.put((task_id, meta, error))

@@ -29,6 +29,7 @@ Also here, because they translate pika's vocabulary into ours: connection parame
 our settings, pika's error classes sorted for the I/O thread, and a channel closure turned
 into a typed :class:`~pika_rpc.errors.BrokerRefused`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,24 +54,42 @@ from .errors import BrokerRefused, refusal
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ['PikaContractError', 'check_pika', 'Wire', 'DirectSocket', 'connection_parameters',
-           'translate_channel_error', 'channel_impl', 'set_channel_cookie',
-           'CONNECTION_ERRORS', 'CHANNEL_ERRORS', 'CONNECT_ERRORS', 'FATAL_CONNECT_ERRORS']
+__all__ = [
+    'PikaContractError',
+    'check_pika',
+    'Wire',
+    'DirectSocket',
+    'connection_parameters',
+    'translate_channel_error',
+    'channel_impl',
+    'set_channel_cookie',
+    'CONNECTION_ERRORS',
+    'CHANNEL_ERRORS',
+    'CONNECT_ERRORS',
+    'FATAL_CONNECT_ERRORS',
+]
 
 #: A connection is gone (or going): the I/O thread reconnects.
-CONNECTION_ERRORS = (pika.exceptions.AMQPConnectionError,
-                     pika.exceptions.ConnectionWrongStateError, pika.exceptions.StreamLostError,
-                     ConnectionError, OSError, socket.error)
+CONNECTION_ERRORS = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.ConnectionWrongStateError,
+    pika.exceptions.StreamLostError,
+    ConnectionError,
+    OSError,
+    socket.error,
+)
 #: A channel of ours is gone: the command that used it fails, or the channel is reopened.
 CHANNEL_ERRORS = (pika.exceptions.ChannelClosed, pika.exceptions.ChannelWrongStateError)
 #: What opening a connection can raise. pika 1.4 may raise a bare ValueError ("Expected
 #: connected socket") when the peer resets right after accepting; a handshake that times out
 #: raises AMQPConnectorException, which is not an AMQPError.
-CONNECT_ERRORS = CONNECTION_ERRORS + (pika.exceptions.AMQPError, ValueError,
-                                      AMQPConnectorException)
+CONNECT_ERRORS = CONNECTION_ERRORS + (pika.exceptions.AMQPError, ValueError, AMQPConnectorException)
 #: Connect errors no retry can fix: wrong credentials, vhost or certificate.
-FATAL_CONNECT_ERRORS = (pika.exceptions.ProbableAuthenticationError,
-                        pika.exceptions.ProbableAccessDeniedError, ssl.SSLCertVerificationError)
+FATAL_CONNECT_ERRORS = (
+    pika.exceptions.ProbableAuthenticationError,
+    pika.exceptions.ProbableAccessDeniedError,
+    ssl.SSLCertVerificationError,
+)
 
 #: Bytes asked of the socket per read (pika asks 4 KB): a 24 MB result is 400 reads, not
 #: 6,000, and what is behind it in the stream (confirms, small results) is read sooner.
@@ -84,6 +103,7 @@ class PikaContractError(RuntimeError):
 
 
 # ------------------------------------------------------------------ our vocabulary
+
 
 def connection_parameters(opts: dict, name: str) -> pika.ConnectionParameters:
     """pika parameters for one broker address (a ``config.connection_options`` item).
@@ -99,18 +119,25 @@ def connection_parameters(opts: dict, name: str) -> pika.ConnectionParameters:
         if conf.get('certfile'):
             context.load_cert_chain(conf['certfile'], conf.get('keyfile'))
         cert_reqs = conf.get('cert_reqs', ssl.CERT_REQUIRED)
-        context.check_hostname = bool(conf.get('check_hostname', True)) \
-            and cert_reqs != ssl.CERT_NONE
+        context.check_hostname = (
+            bool(conf.get('check_hostname', True)) and cert_reqs != ssl.CERT_NONE
+        )
         context.verify_mode = cert_reqs
         ssl_options = pika.SSLOptions(context, conf.get('server_hostname') or opts['host'])
     timeout = opts.get('connection_timeout')
     return pika.ConnectionParameters(
-        host=opts['host'], port=opts['port'], virtual_host=opts['virtual_host'],
+        host=opts['host'],
+        port=opts['port'],
+        virtual_host=opts['virtual_host'],
         credentials=pika.PlainCredentials(opts['userid'], opts['password']),
-        heartbeat=opts.get('heartbeat'), socket_timeout=timeout, stack_timeout=timeout,
+        heartbeat=opts.get('heartbeat'),
+        socket_timeout=timeout,
+        stack_timeout=timeout,
         blocked_connection_timeout=opts.get('blocked_connection_timeout'),
-        connection_attempts=1, ssl_options=ssl_options,
-        client_properties={'connection_name': name, 'product': 'pika_rpc'})
+        connection_attempts=1,
+        ssl_options=ssl_options,
+        client_properties={'connection_name': name, 'product': 'pika_rpc'},
+    )
 
 
 def translate_channel_error(exc: BaseException, what: str) -> BrokerRefused:
@@ -121,7 +148,8 @@ def translate_channel_error(exc: BaseException, what: str) -> BrokerRefused:
         advice = _advice.precondition_advice(text) or (
             'An entity of that name already exists with other arguments (durable, auto_delete, '
             'exclusive, x-expires, ...): declare it with the same arguments, use another name, '
-            'or delete it first')
+            'or delete it first'
+        )
         return refusal(code, f'{what}: 406 PRECONDITION_FAILED ({text}). {advice}.', text)
     return refusal(code, f'{what}: {code} {text}', text)
 
@@ -132,6 +160,7 @@ def basic_properties(props: dict) -> pika.spec.BasicProperties:
 
 
 # ------------------------------------------------------------------ the internals
+
 
 def channel_impl(blocking_channel: Any) -> Any:
     """The ``pika.channel.Channel`` behind a ``BlockingChannel``."""
@@ -175,8 +204,9 @@ class Wire:
         gets it once the broker's Channel.OpenOk arrived."""
         return self.impl.channel(on_open_callback=on_open)
 
-    def take_reader(self, on_data: Callable[[bytes], None]) -> Tuple[Callable[[bytes], None],
-                                                                       bytes]:
+    def take_reader(
+        self, on_data: Callable[[bytes], None]
+    ) -> Tuple[Callable[[bytes], None], bytes]:
         """Route every socket read to ``on_data`` from now on; returns pika's own reader
         (for the frames ``on_data`` leaves to pika) and the partial frame pika held."""
         pika_on_data = self.impl._on_data_available
@@ -192,9 +222,13 @@ class Wire:
         transport = getattr(self.impl, '_transport', None)
         sock = getattr(transport, '_sock', None)
         frame_max = getattr(self.impl, '_body_max_length', None)
-        if transport is None or not isinstance(sock, socket.socket) \
-                or type(sock).__module__.startswith('ssl') or not hasattr(transport, '_produce') \
-                or not isinstance(frame_max, int):
+        if (
+            transport is None
+            or not isinstance(sock, socket.socket)
+            or type(sock).__module__.startswith('ssl')
+            or not hasattr(transport, '_produce')
+            or not isinstance(frame_max, int)
+        ):
             return None
         if not getattr(transport, '_pika_rpc_wrapped', False):
             produce = transport._produce
@@ -222,8 +256,9 @@ class DirectSocket:
 
     __slots__ = ('sock', 'lock', 'frame_max', '_buffered')
 
-    def __init__(self, sock: socket.socket, transport: Any, lock: threading.Lock,
-                 frame_max: int) -> None:
+    def __init__(
+        self, sock: socket.socket, transport: Any, lock: threading.Lock, frame_max: int
+    ) -> None:
         self.sock, self.lock, self.frame_max = sock, lock, frame_max
         self._buffered = transport.get_write_buffer_size
 
@@ -236,8 +271,10 @@ def _read_more_per_call(impl: Any) -> None:
     """Have pika's transport read ``READ_SIZE`` bytes per ``recv`` (its
     ``_MAX_RECV_BYTES``, 4 KB). Speed only: a transport without it reads as it does."""
     transport = getattr(impl, '_transport', None)
-    if isinstance(getattr(transport, '_MAX_RECV_BYTES', None), int) \
-            and transport._MAX_RECV_BYTES < READ_SIZE:
+    if (
+        isinstance(getattr(transport, '_MAX_RECV_BYTES', None), int)
+        and transport._MAX_RECV_BYTES < READ_SIZE
+    ):
         transport._MAX_RECV_BYTES = READ_SIZE
     else:
         LOGGER.debug('pika transport %r: read size left as it is', transport)
@@ -259,6 +296,7 @@ def _take_frame_buffer(impl: Any) -> bytes:
 
 
 # ------------------------------------------------------------------ the contract check
+
 
 def check_pika(impl: Any = None) -> None:
     """Check that pika's internals are the ones named in this module's docstring.
@@ -285,9 +323,11 @@ def check_pika(impl: Any = None) -> None:
     if not callable(getattr(impl, '_on_data_available', None)):
         problems.append('the connection has no _on_data_available')
     if not isinstance(getattr(impl, '_frame_buffer', None), (bytes, bytearray)):
-        problems.append('its _frame_buffer is '
-                        f'{type(getattr(impl, "_frame_buffer", None)).__name__}, '
-                        'not bytes or bytearray')
+        problems.append(
+            'its _frame_buffer is '
+            f'{type(getattr(impl, "_frame_buffer", None)).__name__}, '
+            'not bytes or bytearray'
+        )
     if type(getattr(impl, 'bytes_received', None)) is not int:
         problems.append('its bytes_received is not an int')
     if getattr(impl, '_processing_frame_buffer', False):
@@ -297,9 +337,11 @@ def check_pika(impl: Any = None) -> None:
 
 
 def _contract_message(what: str) -> str:
-    return (f'pika {getattr(pika, "__version__", "?")} does not work as pika_rpc expects '
-            f'({what}); install a pika release within pika_rpc\'s requirement '
-            f'(install_requires)')
+    return (
+        f'pika {getattr(pika, "__version__", "?")} does not work as pika_rpc expects '
+        f"({what}); install a pika release within pika_rpc's requirement "
+        f'(install_requires)'
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -307,14 +349,16 @@ def _check_pika_classes(on_data_available: Any) -> None:
     # Cached by the frame reader's function: a pika patched later is checked again.
     params = list(inspect.signature(on_data_available).parameters)
     if len(params) != 2:
-        raise PikaContractError(_contract_message(
-            f'Connection._on_data_available takes {params[1:]}, not one data argument'))
+        raise PikaContractError(
+            _contract_message(
+                f'Connection._on_data_available takes {params[1:]}, not one data argument'
+            )
+        )
     if not callable(getattr(pika.channel.Channel, '_set_cookie', None)):
         raise PikaContractError(_contract_message('pika.channel.Channel has no _set_cookie'))
     confirm = list(inspect.signature(pika.channel.Channel.confirm_delivery).parameters)
     if confirm[1:3] != ['ack_nack_callback', 'callback']:
-        raise PikaContractError(_contract_message(
-            f'Channel.confirm_delivery takes {confirm[1:]}'))
+        raise PikaContractError(_contract_message(f'Channel.confirm_delivery takes {confirm[1:]}'))
     blocking_init = pika.adapters.blocking_connection.BlockingChannel.__init__
     if '_impl' not in blocking_init.__code__.co_names:
         raise PikaContractError(_contract_message('BlockingChannel keeps no _impl'))
@@ -326,26 +370,32 @@ def _check_reader_behaviour() -> None:
     never connects; it must read them all at once, count their bytes and keep nothing."""
     heartbeat = pika.frame.Heartbeat().marshal()
     try:
-        conn = pika.SelectConnection(pika.ConnectionParameters(),
-                                     internal_connection_workflow=False)
+        conn = pika.SelectConnection(
+            pika.ConnectionParameters(), internal_connection_workflow=False
+        )
     except Exception as exc:
-        raise PikaContractError(_contract_message(
-            f'a SelectConnection cannot be made without connecting: {exc!r}')) from exc
-    conn._heartbeat_checker = _HeartbeatSink()          # pika warns of heartbeats without
+        raise PikaContractError(
+            _contract_message(f'a SelectConnection cannot be made without connecting: {exc!r}')
+        ) from exc
+    conn._heartbeat_checker = _HeartbeatSink()  # pika warns of heartbeats without
     try:
-        conn._on_data_available(heartbeat[:3])          # pika holds a partial frame...
-        held = _take_frame_buffer(conn)                 # ...which the reader takes over
+        conn._on_data_available(heartbeat[:3])  # pika holds a partial frame...
+        held = _take_frame_buffer(conn)  # ...which the reader takes over
         if held != heartbeat[:3] or len(conn._frame_buffer):
-            raise PikaContractError(_contract_message(
-                f'_frame_buffer held {held!r} after a partial frame'))
+            raise PikaContractError(
+                _contract_message(f'_frame_buffer held {held!r} after a partial frame')
+            )
         frames0, bytes0 = conn.frames_received, conn.bytes_received
         conn._on_data_available(heartbeat * 3)
         read, counted = conn.frames_received - frames0, conn.bytes_received - bytes0
         if (read, counted, len(conn._frame_buffer)) != (3, 3 * len(heartbeat), 0):
-            raise PikaContractError(_contract_message(
-                f'of 3 whole frames handed to _on_data_available it read {read}, counted '
-                f'{counted} of {3 * len(heartbeat)} bytes in bytes_received and kept '
-                f'{len(conn._frame_buffer)} bytes'))
+            raise PikaContractError(
+                _contract_message(
+                    f'of 3 whole frames handed to _on_data_available it read {read}, counted '
+                    f'{counted} of {3 * len(heartbeat)} bytes in bytes_received and kept '
+                    f'{len(conn._frame_buffer)} bytes'
+                )
+            )
     except PikaContractError:
         raise
     except Exception as exc:

@@ -16,6 +16,7 @@ A mandatory publication the broker returned (no queue bound) was still confirmed
 returned as an ``Unroutable`` error, not raised; the caller decides (a task message, a result
 and a kombu ``on_return`` are reported differently).
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -44,8 +45,10 @@ def publish_and_wait(link: Any, pub: Publication, what: str) -> Optional[Unrouta
     link.publish(pub)
     if not pub.wait(remaining(pub.deadline)):
         pub.cancelled = True
-        raise PublishError(f'{what} not confirmed within {pub.timeout:.3g} s (exchange '
-                           f'{pub.exchange!r}, routing key {pub.routing_key!r})')
+        raise PublishError(
+            f'{what} not confirmed within {pub.timeout:.3g} s (exchange '
+            f'{pub.exchange!r}, routing key {pub.routing_key!r})'
+        )
     error = pub.error
     if error is not None:
         if isinstance(error, (PublishError, ConnectionLost)):

@@ -1,6 +1,7 @@
 """``Queue``: a kombu-shaped queue description, its exchange and binding(s); public through
 :mod:`pika_rpc.entities`, whose docstring says how entities act on the broker and the choices
 made for queues (durable or exclusive, client-made names, cached declarations)."""
+
 from __future__ import annotations
 
 import uuid
@@ -19,10 +20,13 @@ def _ms(seconds: Any) -> int:
 
 
 # Queue attribute -> (RabbitMQ argument, converter)
-_X_ARGUMENTS = (('message_ttl', 'x-message-ttl', _ms), ('expires', 'x-expires', _ms),
-                ('max_length', 'x-max-length', int),
-                ('max_length_bytes', 'x-max-length-bytes', int),
-                ('max_priority', 'x-max-priority', int))
+_X_ARGUMENTS = (
+    ('message_ttl', 'x-message-ttl', _ms),
+    ('expires', 'x-expires', _ms),
+    ('max_length', 'x-max-length', int),
+    ('max_length_bytes', 'x-max-length-bytes', int),
+    ('max_priority', 'x-max-priority', int),
+)
 
 
 class Queue(_Entity):
@@ -39,16 +43,37 @@ class Queue(_Entity):
     no_ack = False
     no_declare = False
 
-    attrs = (('name', None), ('exchange', None), ('routing_key', None),
-             ('queue_arguments', None), ('binding_arguments', None),
-             ('consumer_arguments', None), ('durable', bool), ('exclusive', bool),
-             ('auto_delete', bool), ('no_ack', None), ('alias', None), ('bindings', list),
-             ('no_declare', bool), ('expires', float), ('message_ttl', float),
-             ('max_length', int), ('max_length_bytes', int), ('max_priority', int))
+    attrs = (
+        ('name', None),
+        ('exchange', None),
+        ('routing_key', None),
+        ('queue_arguments', None),
+        ('binding_arguments', None),
+        ('consumer_arguments', None),
+        ('durable', bool),
+        ('exclusive', bool),
+        ('auto_delete', bool),
+        ('no_ack', None),
+        ('alias', None),
+        ('bindings', list),
+        ('no_declare', bool),
+        ('expires', float),
+        ('message_ttl', float),
+        ('max_length', int),
+        ('max_length_bytes', int),
+        ('max_priority', int),
+    )
 
-    def __init__(self, name: str = '', exchange: Any = None, routing_key: str = '',
-                 channel: Any = None, bindings: Optional[Iterable[binding]] = None,
-                 on_declared: Optional[Callable[..., Any]] = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str = '',
+        exchange: Any = None,
+        routing_key: str = '',
+        channel: Any = None,
+        bindings: Optional[Iterable[binding]] = None,
+        on_declared: Optional[Callable[..., Any]] = None,
+        **kwargs: Any,
+    ) -> None:
         self._set_attrs(kwargs)
         self.name = name or self.name
         self.routing_key = routing_key or self.routing_key
@@ -56,7 +81,7 @@ class Queue(_Entity):
         self.on_declared = on_declared
         if isinstance(exchange, str):
             self.exchange = Exchange(exchange)
-        elif isinstance(exchange, (list, tuple, set)):   # Queue('name', [binding(...), ...])
+        elif isinstance(exchange, (list, tuple, set)):  # Queue('name', [binding(...), ...])
             self.bindings |= set(exchange)
         elif exchange is not None:
             self.exchange = exchange
@@ -64,7 +89,7 @@ class Queue(_Entity):
             self.exchange = Exchange('')
         if self.bindings:
             self.exchange = None
-        if self.exclusive:               # exclusive implies auto_delete (AMQP, kombu)
+        if self.exclusive:  # exclusive implies auto_delete (AMQP, kombu)
             self.auto_delete = True
         self.maybe_bind(channel)
 
@@ -84,13 +109,27 @@ class Queue(_Entity):
     def __eq__(self, other: Any) -> bool:
         if not isinstance(other, Queue):
             return NotImplemented
-        keys = ('name', 'exchange', 'routing_key', 'queue_arguments', 'binding_arguments',
-                'consumer_arguments', 'durable', 'exclusive', 'auto_delete', 'no_ack', 'alias')
+        keys = (
+            'name',
+            'exchange',
+            'routing_key',
+            'queue_arguments',
+            'binding_arguments',
+            'consumer_arguments',
+            'durable',
+            'exclusive',
+            'auto_delete',
+            'no_ack',
+            'alias',
+        )
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
     def __repr__(self) -> str:
-        where = sorted(map(str, self.bindings)) if self.bindings else \
-            f'{self.exchange}->{self.routing_key!r}'
+        where = (
+            sorted(map(str, self.bindings))
+            if self.bindings
+            else f'{self.exchange}->{self.routing_key!r}'
+        )
         return f'<{"" if self.is_bound else "unbound "}Queue {self.name or repr("")} -> {where}>'
 
     @property
@@ -114,7 +153,8 @@ class Queue(_Entity):
             raise ValueError(
                 f'queue {self.name!r} is neither durable nor exclusive: RabbitMQ 4.3 refuses '
                 f'transient non-exclusive queues. Use durable=True (with expires=... so an '
-                f'unused queue goes away), or exclusive=True for a queue of this connection only')
+                f'unused queue goes away), or exclusive=True for a queue of this connection only'
+            )
 
     def _ensure_name(self) -> None:
         if not self.name:
@@ -128,27 +168,55 @@ class Queue(_Entity):
         self._check_durability()
         self._ensure_name()
         steps: List[Tuple[str, Dict[str, Any]]] = []
-        for exchange in ([self.exchange] if self.exchange is not None else []) + \
-                [b.exchange for b in self.bindings if b.exchange is not None]:
+        for exchange in ([self.exchange] if self.exchange is not None else []) + [
+            b.exchange for b in self.bindings if b.exchange is not None
+        ]:
             if exchange._can_declare():
-                steps.append(('declare_exchange', dict(
-                    exchange=exchange.name, exchange_type=exchange.type, passive=exchange.passive,
-                    durable=exchange.durable, auto_delete=exchange.auto_delete,
-                    arguments=exchange.arguments)))
+                steps.append(
+                    (
+                        'declare_exchange',
+                        dict(
+                            exchange=exchange.name,
+                            exchange_type=exchange.type,
+                            passive=exchange.passive,
+                            durable=exchange.durable,
+                            auto_delete=exchange.auto_delete,
+                            arguments=exchange.arguments,
+                        ),
+                    )
+                )
         steps.append(('declare_queue', self._queue_kwargs(passive=False)))
-        pairs = [(self.exchange, self.routing_key, self.binding_arguments)] \
-            if self.exchange is not None and self.exchange.name else []
+        pairs = (
+            [(self.exchange, self.routing_key, self.binding_arguments)]
+            if self.exchange is not None and self.exchange.name
+            else []
+        )
         pairs += [(b.exchange, b.routing_key, b.arguments) for b in self.bindings]
         for exchange, routing_key, arguments in pairs:
-            steps.append(('bind_queue', dict(queue=self.name, exchange=_name_of(exchange),
-                                             routing_key=routing_key, arguments=arguments)))
+            steps.append(
+                (
+                    'bind_queue',
+                    dict(
+                        queue=self.name,
+                        exchange=_name_of(exchange),
+                        routing_key=routing_key,
+                        arguments=arguments,
+                    ),
+                )
+            )
         return steps
 
     def _queue_kwargs(self, passive: bool) -> Dict[str, Any]:
         if passive:
             return dict(queue=self.name, passive=True)
-        return dict(queue=self.name, passive=False, durable=self.durable, exclusive=self.exclusive,
-                    auto_delete=self.auto_delete, arguments=self.declare_arguments())
+        return dict(
+            queue=self.name,
+            passive=False,
+            durable=self.durable,
+            exclusive=self.exclusive,
+            auto_delete=self.auto_delete,
+            arguments=self.declare_arguments(),
+        )
 
     def declare(self, nowait: bool = False, channel: Any = None) -> str:
         """Declare the exchange (if named), the queue and its binding(s); return the name.
@@ -165,10 +233,14 @@ class Queue(_Entity):
         steps = self.declarations()
         key = ('queue', self.name) if self.can_cache_declaration else None
         for i, (kind, kwargs) in enumerate(steps):
-            exchange_key = ('exchange', kwargs['exchange']) if kind == 'declare_exchange' \
-                and not kwargs['auto_delete'] else None
-            result = _control(ops, kind, cache_key=key if i == len(steps) - 1 else exchange_key,
-                              **kwargs)
+            exchange_key = (
+                ('exchange', kwargs['exchange'])
+                if kind == 'declare_exchange' and not kwargs['auto_delete']
+                else None
+            )
+            result = _control(
+                ops, kind, cache_key=key if i == len(steps) - 1 else exchange_key, **kwargs
+            )
             if kind == 'declare_queue':
                 self._declared(result)
         return self.name
@@ -182,8 +254,9 @@ class Queue(_Entity):
             self.on_declared(*ret)
         return ret
 
-    def queue_declare(self, nowait: bool = False, passive: bool = False,
-                      channel: Any = None) -> Tuple[str, Optional[int], Optional[int]]:
+    def queue_declare(
+        self, nowait: bool = False, passive: bool = False, channel: Any = None
+    ) -> Tuple[str, Optional[int], Optional[int]]:
         """Declare only the queue; ``passive`` only checks it exists. Blocks.
 
         Returns ``(name, message_count, consumer_count)`` (None: not reported).
@@ -197,31 +270,60 @@ class Queue(_Entity):
             self._check_durability()
             self._ensure_name()
         key = ('queue', self.name) if self.can_cache_declaration and not passive else None
-        result = _control(_ops(channel or self._channel, self), 'declare_queue', cache_key=key,
-                          **self._queue_kwargs(passive))
+        result = _control(
+            _ops(channel or self._channel, self),
+            'declare_queue',
+            cache_key=key,
+            **self._queue_kwargs(passive),
+        )
         return self._declared(result)
 
     def queue_bind(self, nowait: bool = False, channel: Any = None) -> None:
         """Bind the queue to its exchange with its routing key. Blocks."""
-        self.bind_to(self.exchange, self.routing_key, self.binding_arguments,
-                     channel=channel, nowait=nowait)
+        self.bind_to(
+            self.exchange, self.routing_key, self.binding_arguments, channel=channel, nowait=nowait
+        )
 
-    def bind_to(self, exchange: Any = '', routing_key: str = '', arguments: Optional[dict] = None,
-                nowait: bool = False, channel: Any = None) -> None:
+    def bind_to(
+        self,
+        exchange: Any = '',
+        routing_key: str = '',
+        arguments: Optional[dict] = None,
+        nowait: bool = False,
+        channel: Any = None,
+    ) -> None:
         """Bind the queue to ``exchange``. Blocks."""
-        _control(_ops(channel or self._channel, self), 'bind_queue', queue=self.name,
-                 exchange=_name_of(exchange), routing_key=routing_key, arguments=arguments)
+        _control(
+            _ops(channel or self._channel, self),
+            'bind_queue',
+            queue=self.name,
+            exchange=_name_of(exchange),
+            routing_key=routing_key,
+            arguments=arguments,
+        )
 
-    def queue_unbind(self, arguments: Optional[dict] = None, nowait: bool = False,
-                     channel: Any = None) -> None:
+    def queue_unbind(
+        self, arguments: Optional[dict] = None, nowait: bool = False, channel: Any = None
+    ) -> None:
         self.unbind_from(self.exchange, self.routing_key, arguments, nowait, channel)
 
-    def unbind_from(self, exchange: Any = '', routing_key: str = '',
-                    arguments: Optional[dict] = None, nowait: bool = False,
-                    channel: Any = None) -> None:
+    def unbind_from(
+        self,
+        exchange: Any = '',
+        routing_key: str = '',
+        arguments: Optional[dict] = None,
+        nowait: bool = False,
+        channel: Any = None,
+    ) -> None:
         """Remove the queue's binding to ``exchange``. Blocks."""
-        _control(_ops(channel or self._channel, self), 'unbind_queue', queue=self.name,
-                 exchange=_name_of(exchange), routing_key=routing_key, arguments=arguments)
+        _control(
+            _ops(channel or self._channel, self),
+            'unbind_queue',
+            queue=self.name,
+            exchange=_name_of(exchange),
+            routing_key=routing_key,
+            arguments=arguments,
+        )
 
     def purge(self, nowait: bool = False) -> int:
         """Delete the queue's ready messages; return how many. Blocks."""
@@ -235,8 +337,10 @@ class Queue(_Entity):
 
     def get(self, no_ack: Optional[bool] = None, accept: Any = None) -> Any:
         """Not offered: pika_rpc never polls with basic.get; use a ``Consumer``."""
-        raise NotImplementedError('Queue.get (basic.get polling) is not supported by pika_rpc: '
-                                  'consume from the queue with a Consumer instead')
+        raise NotImplementedError(
+            'Queue.get (basic.get polling) is not supported by pika_rpc: '
+            'consume from the queue with a Consumer instead'
+        )
 
     def as_dict(self, recurse: bool = False) -> Dict[str, Any]:
         out = super().as_dict(recurse)
@@ -250,17 +354,28 @@ class Queue(_Entity):
         ``auto_delete`` (``queue_``/``exchange_`` prefixed forms win), ``exclusive``,
         ``no_ack``, ``delivery_mode``, ``queue_arguments``, ``exchange_arguments``,
         ``binding_arguments``, ``consumer_arguments``, ``bindings``."""
+
         def pick(*keys: str) -> Any:
             return next((options[k] for k in keys if options.get(k) is not None), None)
-        exchange = Exchange(options.get('exchange') or '', type=options.get('exchange_type') or '',
-                            delivery_mode=options.get('delivery_mode'),
-                            durable=pick('exchange_durable', 'durable'),
-                            auto_delete=pick('exchange_auto_delete', 'auto_delete'),
-                            arguments=options.get('exchange_arguments'))
-        return cls(queue, exchange=exchange, routing_key=pick('binding_key', 'routing_key') or '',
-                   durable=pick('queue_durable', 'durable'), exclusive=options.get('exclusive'),
-                   auto_delete=pick('queue_auto_delete', 'auto_delete'),
-                   no_ack=options.get('no_ack'), queue_arguments=options.get('queue_arguments'),
-                   binding_arguments=options.get('binding_arguments'),
-                   consumer_arguments=options.get('consumer_arguments'),
-                   bindings=options.get('bindings'))
+
+        exchange = Exchange(
+            options.get('exchange') or '',
+            type=options.get('exchange_type') or '',
+            delivery_mode=options.get('delivery_mode'),
+            durable=pick('exchange_durable', 'durable'),
+            auto_delete=pick('exchange_auto_delete', 'auto_delete'),
+            arguments=options.get('exchange_arguments'),
+        )
+        return cls(
+            queue,
+            exchange=exchange,
+            routing_key=pick('binding_key', 'routing_key') or '',
+            durable=pick('queue_durable', 'durable'),
+            exclusive=options.get('exclusive'),
+            auto_delete=pick('queue_auto_delete', 'auto_delete'),
+            no_ack=options.get('no_ack'),
+            queue_arguments=options.get('queue_arguments'),
+            binding_arguments=options.get('binding_arguments'),
+            consumer_arguments=options.get('consumer_arguments'),
+            bindings=options.get('bindings'),
+        )

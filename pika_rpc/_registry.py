@@ -17,6 +17,7 @@ fork, and it would stay held in the child), no parent link. Module-level locks o
 below this one are made anew by their own ``os.register_at_fork`` hook (``serialization``,
 ``_threads``), which cannot import this module.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -27,8 +28,8 @@ import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
 from ._link import Link
-from .config import Settings, connection_options, connection_retry_policy
 from ._threads import SerialExecutor
+from .config import Settings, connection_options, connection_retry_policy
 
 LOGGER = logging.getLogger(__name__)
 
@@ -102,11 +103,17 @@ def acquire_link(options: List[dict], **link_kwargs: Any) -> Link:
 def acquire_link_for(settings: Settings) -> Link:
     """``acquire_link`` with the broker options, retry policy and bounds of ``settings``."""
     policy = connection_retry_policy(settings)
-    return acquire_link(connection_options(settings), handoff_max=settings.handoff_max,
-                        direct_writes=settings.direct_writes,
-                        max_connect_retries=policy['max_retries'],
-                        connect_interval=(policy['interval_start'], policy['interval_step'],
-                                          policy['interval_max']))
+    return acquire_link(
+        connection_options(settings),
+        handoff_max=settings.handoff_max,
+        direct_writes=settings.direct_writes,
+        max_connect_retries=policy['max_retries'],
+        connect_interval=(
+            policy['interval_start'],
+            policy['interval_step'],
+            policy['interval_max'],
+        ),
+    )
 
 
 def release_link(link: Link, timeout: Optional[float] = 5.0) -> None:

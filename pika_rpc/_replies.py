@@ -31,6 +31,7 @@ Choices where Celery leaves room:
 * A body over ``result_max_size``, or one that does not decode, fails the waiters of its
   task (when it names one) with its ``DecodeError``, and is acknowledged.
 """
+
 from __future__ import annotations
 
 import logging
@@ -80,20 +81,21 @@ class ResultConsumer:
         self._large_body = conf.large_body_threshold
         self._max_size = conf.result_max_size
         self._decoder = SerialExecutor('pika-rpc-decoder')
-        self._decoding = 0              # bodies handed to the decoder and not yet stored
+        self._decoding = 0  # bodies handed to the decoder and not yet stored
         self._decoding_lock = threading.Lock()
         # Guards _spec, _spec_link and _subscribing; notified when a subscribe attempt ends.
         self._subscribed = threading.Condition(threading.Lock())
         self._spec: Optional[ConsumerSpec] = None
-        self._spec_link: Optional[Link] = None     # the link _spec is subscribed on
-        self._subscribing = False                  # a thread is in link.consume() for us
+        self._spec_link: Optional[Link] = None  # the link _spec is subscribed on
+        self._subscribing = False  # a thread is in link.consume() for us
         self._arrived = threading.Condition(threading.Lock())
-        self._drain_waiters = 0          # threads in drain_events
+        self._drain_waiters = 0  # threads in drain_events
         self._stats = Counters('out_of_band_received', 'bad_messages', 'hook_errors')
 
     # ------------------------------------------------------------------ Celery's API
-    def start(self, initial_task_id: Optional[str] = None, no_ack: bool = True,
-              **kwargs: Any) -> None:
+    def start(
+        self, initial_task_id: Optional[str] = None, no_ack: bool = True, **kwargs: Any
+    ) -> None:
         """Subscribe to the reply queue (idempotent); expect ``initial_task_id``. Blocks up
         to ``publish_timeout`` for the subscription."""
         self.ensure_consuming()
@@ -144,11 +146,15 @@ class ResultConsumer:
             ConnectionLost, PikaRPCError: the broker could not be reached, or refused.
             ClosedError: the backend is closed.
         """
-        link = self._spec_link       # unlocked fast path: subscribed on a live link here
-        if link is not None and not link.closed and self._pid == os.getpid() \
-                and self._is_subscribed(link):
+        link = self._spec_link  # unlocked fast path: subscribed on a live link here
+        if (
+            link is not None
+            and not link.closed
+            and self._pid == os.getpid()
+            and self._is_subscribed(link)
+        ):
             return
-        link = self._get_link()     # a fork resets this consumer here (the backend's pid check)
+        link = self._get_link()  # a fork resets this consumer here (the backend's pid check)
         limit = self.backend.conf.publish_timeout if timeout is None else timeout
         dl = deadline(limit)
         with self._subscribed:
@@ -156,20 +162,36 @@ class ResultConsumer:
                 if self._is_subscribed(link):
                     return
                 if not self._subscribing:
-                    self._subscribing = True       # this thread subscribes; others wait
+                    self._subscribing = True  # this thread subscribes; others wait
                     break
                 if not self._subscribed.wait(remaining(dl)):
-                    raise TimeoutError(f'reply queue {self._oid} not consumed within {limit} s '
-                                       '(another thread is subscribing it)')
+                    raise TimeoutError(
+                        f'reply queue {self._oid} not consumed within {limit} s '
+                        '(another thread is subscribing it)'
+                    )
         subscribed = None
         try:
             spec = ConsumerSpec(
-                self._oid, self._on_reply, batch_ack=True,
-                declarations=(('declare_queue', dict(
-                    queue=self._oid, durable=True, auto_delete=False, exclusive=False,
-                    arguments=reply_queue_arguments(self.backend.conf))),),
-                check_exists=True, on_missing=self._on_queue_lost, on_cancel=self._on_queue_lost,
-                consumer_tag=f'pika-rpc-{self._oid}')
+                self._oid,
+                self._on_reply,
+                batch_ack=True,
+                declarations=(
+                    (
+                        'declare_queue',
+                        dict(
+                            queue=self._oid,
+                            durable=True,
+                            auto_delete=False,
+                            exclusive=False,
+                            arguments=reply_queue_arguments(self.backend.conf),
+                        ),
+                    ),
+                ),
+                check_exists=True,
+                on_missing=self._on_queue_lost,
+                on_cancel=self._on_queue_lost,
+                consumer_tag=f'pika-rpc-{self._oid}',
+            )
             link.consume(spec, timeout=remaining(dl))
             subscribed = spec
         finally:
@@ -177,7 +199,7 @@ class ResultConsumer:
                 if subscribed is not None:
                     self._spec, self._spec_link = subscribed, link
                 self._subscribing = False
-                self._subscribed.notify_all()      # done, or the next waiter tries
+                self._subscribed.notify_all()  # done, or the next waiter tries
 
     def _is_subscribed(self, link: Link) -> bool:
         spec = self._spec
@@ -199,13 +221,17 @@ class ResultConsumer:
             link.cancel(spec, timeout=timeout)
         return True
 
-    def _on_queue_lost(self) -> None:                             # I/O thread
+    def _on_queue_lost(self) -> None:  # I/O thread
         ids = self._pending.fail_pending(lambda ids: ReplyQueueLost(self._oid, ids))
-        LOGGER.error('reply queue %s was deleted or expired; %d pending task(s) lost: %s',
-                     self._oid, len(ids), ', '.join(ids[:20]))
+        LOGGER.error(
+            'reply queue %s was deleted or expired; %d pending task(s) lost: %s',
+            self._oid,
+            len(ids),
+            ', '.join(ids[:20]),
+        )
 
     # ------------------------------------------------------------------ receiving
-    def _on_reply(self, delivery: Delivery) -> None:             # I/O thread: hand off only
+    def _on_reply(self, delivery: Delivery) -> None:  # I/O thread: hand off only
         # Once a body is with the decoder, later ones follow it there: order is kept.
         if self._decoding or len(delivery.body) > self._large_body:
             with self._decoding_lock:
@@ -228,21 +254,34 @@ class ResultConsumer:
             max_size = self._max_size
             if max_size is not None and len(delivery.body) > max_size:
                 raise DecodeError(
-                    f'result body of {len(delivery.body)} bytes exceeds result_max_size={max_size}')
-            raw = serialization.loads(delivery.body, props.content_type, props.content_encoding,
-                                      accept=self.backend.accept)
+                    f'result body of {len(delivery.body)} bytes exceeds result_max_size={max_size}'
+                )
+            raw = serialization.loads(
+                delivery.body,
+                props.content_type,
+                props.content_encoding,
+                accept=self.backend.accept,
+            )
             task_id = protocol.task_id_of(raw, props.correlation_id)
             meta = protocol.meta_from_raw(raw)
         except PikaRPCError as exc:
             self._stats.add('bad_messages')
-            task_id = protocol.task_id_of(raw, props.correlation_id) if isinstance(raw, dict) \
+            task_id = (
+                protocol.task_id_of(raw, props.correlation_id)
+                if isinstance(raw, dict)
                 else props.correlation_id
+            )
             if self._pending.fail_one(task_id, exc):
-                LOGGER.warning('bad message for task %s on reply queue %s: %s (its waiters get '
-                               'this error)', task_id, self._oid, exc)
+                LOGGER.warning(
+                    'bad message for task %s on reply queue %s: %s (its waiters get this error)',
+                    task_id,
+                    self._oid,
+                    exc,
+                )
             else:
-                LOGGER.warning('dropped a bad message on reply queue %s (task %s): %s',
-                               self._oid, task_id, exc)
+                LOGGER.warning(
+                    'dropped a bad message on reply queue %s (task %s): %s', self._oid, task_id, exc
+                )
             return
         if task_id is None:
             self._stats.add('bad_messages')
@@ -251,11 +290,16 @@ class ResultConsumer:
         outcome = self._pending.deliver(task_id, raw, meta, len(delivery.body))
         if outcome == 'oob':
             self._stats.add('out_of_band_received')
-            self._run_hook(self.backend.on_out_of_band_result, 'on_out_of_band_result', task_id,
-                           task_id, delivery)
+            self._run_hook(
+                self.backend.on_out_of_band_result,
+                'on_out_of_band_result',
+                task_id,
+                task_id,
+                delivery,
+            )
         self._run_hook(self.on_state_change, 'on_state_change', task_id, meta, delivery)
-        if self._drain_waiters:          # read unlocked: a waiter that starts later waits
-            with self._arrived:          # for the next message anyway
+        if self._drain_waiters:  # read unlocked: a waiter that starts later waits
+            with self._arrived:  # for the next message anyway
                 self._arrived.notify_all()
 
     def _run_hook(self, hook: Callable[..., Any], name: str, task_id: str, *args: Any) -> None:
@@ -265,8 +309,13 @@ class ResultConsumer:
             hook(*args)
         except Exception:
             self._stats.add('hook_errors')
-            LOGGER.exception('%s raised for task %s on reply queue %s; its state was recorded '
-                             'and the message acknowledged', name, task_id, self._oid)
+            LOGGER.exception(
+                '%s raised for task %s on reply queue %s; its state was recorded '
+                'and the message acknowledged',
+                name,
+                task_id,
+                self._oid,
+            )
 
     def stats(self) -> Dict[str, int]:
         """Messages counted while consuming: out-of-band, bad, and raising hooks."""

@@ -24,6 +24,7 @@ This runs on whatever thread calls it; callers that must not run user code on th
 (the I/O thread, where user code never runs) pass an errback that hands off to the
 callback thread.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -31,8 +32,8 @@ import logging
 import threading
 from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Type, TypeVar, Union
 
-from .errors import AccessRefused, NotSupportedByRabbitMQ, PreconditionFailed, Unroutable
 from ._timeouts import remaining
+from .errors import AccessRefused, NotSupportedByRabbitMQ, PreconditionFailed, Unroutable
 
 __all__ = ['retry_over_time', 'intervals', 'never_retried', 'FATAL_REPLY_CODES']
 
@@ -57,10 +58,9 @@ def never_retried(exc: BaseException) -> bool:
     for err in (exc, exc.__cause__):
         if err is None:
             continue
-        if isinstance(err, (PreconditionFailed, AccessRefused, NotSupportedByRabbitMQ,
-                            Unroutable)):
+        if isinstance(err, (PreconditionFailed, AccessRefused, NotSupportedByRabbitMQ, Unroutable)):
             return True
-        if getattr(err, 'reply_code', None) in FATAL_REPLY_CODES:     # pika's own errors
+        if getattr(err, 'reply_code', None) in FATAL_REPLY_CODES:  # pika's own errors
             return True
     return False
 
@@ -85,7 +85,7 @@ def _interval_iter(start: float, step: float, cap: float) -> Iterator[float]:
     while True:
         if current <= stop:
             value, current = current, current + step
-        else:                                    # overshot: repeat the last value forever
+        else:  # overshot: repeat the last value forever
             value = current - step
         yield min(value, cap)
 
@@ -100,12 +100,19 @@ def _log_retry(exc: BaseException, interval: float) -> None:
     LOGGER.warning('%s: %s; retry in %s s', type(exc).__name__, exc, interval)
 
 
-def retry_over_time(fn: Callable[[], T], catch: Catch, stop: Optional[threading.Event],
-                    dl: Optional[float], *, max_retries: Optional[int],
-                    interval_start: float = 0, interval_step: float = 1,
-                    interval_max: float = 1,
-                    errback: Optional[Callable[[BaseException, float], Any]] = None,
-                    is_fatal: Optional[Callable[[BaseException], bool]] = None) -> T:
+def retry_over_time(
+    fn: Callable[[], T],
+    catch: Catch,
+    stop: Optional[threading.Event],
+    dl: Optional[float],
+    *,
+    max_retries: Optional[int],
+    interval_start: float = 0,
+    interval_step: float = 1,
+    interval_max: float = 1,
+    errback: Optional[Callable[[BaseException, float], Any]] = None,
+    is_fatal: Optional[Callable[[BaseException], bool]] = None,
+) -> T:
     """Call ``fn()`` until it returns, retrying errors of type ``catch``; return its value.
 
     Blocks, between attempts, in ``stop.wait(interval)`` only; runs on the calling thread.
@@ -130,11 +137,17 @@ def retry_over_time(fn: Callable[[], T], catch: Catch, stop: Optional[threading.
     Raises:
         ValueError: ``max_retries`` negative or not an int, or a negative interval.
     """
-    if max_retries is not None and (isinstance(max_retries, bool) or
-                                    not isinstance(max_retries, int) or max_retries < 0):
+    if max_retries is not None and (
+        isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
+    ):
         raise ValueError(f'max_retries must be None or an int >= 0, got {max_retries!r}')
-    waits = intervals({'interval_start': interval_start, 'interval_step': interval_step,
-                       'interval_max': interval_max})
+    waits = intervals(
+        {
+            'interval_start': interval_start,
+            'interval_step': interval_step,
+            'interval_max': interval_max,
+        }
+    )
     stop = stop if stop is not None else threading.Event()
     report = errback if errback is not None else _log_retry
     for retries in itertools.count():
@@ -153,9 +166,8 @@ def retry_over_time(fn: Callable[[], T], catch: Catch, stop: Optional[threading.
                 raise
             try:
                 report(exc, interval)
-            except Exception:                    # a hook must not end the retries
-                LOGGER.error('retry errback %r raised; retrying anyway', report,
-                             exc_info=True)
-            if stop.wait(interval):              # set by close(): give up now
+            except Exception:  # a hook must not end the retries
+                LOGGER.error('retry errback %r raised; retrying anyway', report, exc_info=True)
+            if stop.wait(interval):  # set by close(): give up now
                 raise
-    raise AssertionError('unreachable')          # pragma: no cover
+    raise AssertionError('unreachable')  # pragma: no cover

@@ -13,6 +13,7 @@ The mixin reads the backend's ``conf``, ``serializer``, ``delivery_mode``, ``ret
 and ``on_unroutable`` at each call (they may be changed after the backend is made), and uses
 its ``_check_open()``, ``_get_link()``, ``_link`` and ``_stats``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,15 +54,26 @@ class ResultStoring:
         """
         request = request if request is not None else current_request()
         if request is None:
-            raise PikaRPCError(f'RPC backend cannot store the result of task {task_id}: no '
-                               'request given and no task running in this thread')
+            raise PikaRPCError(
+                f'RPC backend cannot store the result of task {task_id}: no '
+                'request given and no task running in this thread'
+            )
         reply_to = request_field(request, 'reply_to')
         correlation_id = request_field(request, 'correlation_id') or task_id
         return reply_to, correlation_id
 
-    def store_result(self, task_id: str, result: Any, state: str, traceback: Optional[str] = None,
-                     request: Any = None, *, timeout: Optional[float] = None,
-                     wait: bool = True, **kwargs: Any) -> Any:
+    def store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Optional[str] = None,
+        request: Any = None,
+        *,
+        timeout: Optional[float] = None,
+        wait: bool = True,
+        **kwargs: Any,
+    ) -> Any:
         """Publish a state of ``task_id`` to the request's ``reply_to``; returns ``result``.
 
         Blocks until the broker confirmed it (up to ``timeout``, default ``publish_timeout``)
@@ -74,21 +86,40 @@ class ResultStoring:
         self._check_open()
         reply_to, correlation_id = self.destination_for(task_id, request)
         if not reply_to:
-            LOGGER.warning('result of task %s (%s) not sent: its request has no reply_to',
-                           task_id, state)
+            LOGGER.warning(
+                'result of task %s (%s) not sent: its request has no reply_to', task_id, state
+            )
             return result
         req = request if request is not None else current_request()
         body = protocol.result_body(
-            task_id, state, result, traceback, children=kwargs.get('children'),
-            group_id=request_field(req, 'group'), parent_id=request_field(req, 'parent_id'), request=req,
-            extended=self.conf.result_extended, tz=_timezone(self.conf))
+            task_id,
+            state,
+            result,
+            traceback,
+            children=kwargs.get('children'),
+            group_id=request_field(req, 'group'),
+            parent_id=request_field(req, 'parent_id'),
+            request=req,
+            extended=self.conf.result_extended,
+            tz=_timezone(self.conf),
+        )
         content_type, content_encoding, data = serialization.dumps(body, self.serializer)
-        pub = Publication('', reply_to, data, {
-            'content_type': content_type, 'content_encoding': content_encoding,
-            'correlation_id': correlation_id, 'delivery_mode': self.delivery_mode,
-            'priority': 0, 'headers': {}},
-            mandatory=True, policy=self.retry_policy,
-            timeout=self.conf.publish_timeout if timeout is None else timeout)
+        pub = Publication(
+            '',
+            reply_to,
+            data,
+            {
+                'content_type': content_type,
+                'content_encoding': content_encoding,
+                'correlation_id': correlation_id,
+                'delivery_mode': self.delivery_mode,
+                'priority': 0,
+                'headers': {},
+            },
+            mandatory=True,
+            policy=self.retry_policy,
+            timeout=self.conf.publish_timeout if timeout is None else timeout,
+        )
         link = self._get_link()
         self._stats.add('stored')
         if not wait:
@@ -101,9 +132,14 @@ class ResultStoring:
 
     def _report_unroutable(self, task_id: str, queue: str, returned: Unroutable) -> None:
         self._stats.add('unroutable')
-        LOGGER.warning('result of task %s unroutable: no queue %r (%s %s); the client is gone or '
-                       'its reply queue expired', task_id, queue, returned.reply_code,
-                       returned.reply_text)
+        LOGGER.warning(
+            'result of task %s unroutable: no queue %r (%s %s); the client is gone or '
+            'its reply queue expired',
+            task_id,
+            queue,
+            returned.reply_code,
+            returned.reply_text,
+        )
         hook = self.on_unroutable
         if hook is not None and self._link is not None:
             self._link.callbacks.submit(hook, task_id, queue)
@@ -111,28 +147,53 @@ class ResultStoring:
     def mark_as_started(self, task_id: str, request: Any = None, **meta: Any) -> Any:
         return self.store_result(task_id, meta, states.STARTED, request=request)
 
-    def mark_as_done(self, task_id: str, result: Any, request: Any = None,
-                     store_result: bool = True, state: str = states.SUCCESS) -> Any:
+    def mark_as_done(
+        self,
+        task_id: str,
+        result: Any,
+        request: Any = None,
+        store_result: bool = True,
+        state: str = states.SUCCESS,
+    ) -> Any:
         if store_result:
             self.store_result(task_id, result, state, request=request)
         return result
 
-    def mark_as_failure(self, task_id: str, exc: BaseException, traceback: Optional[str] = None,
-                        request: Any = None, store_result: bool = True, call_errbacks: bool = True,
-                        state: str = states.FAILURE) -> BaseException:
+    def mark_as_failure(
+        self,
+        task_id: str,
+        exc: BaseException,
+        traceback: Optional[str] = None,
+        request: Any = None,
+        store_result: bool = True,
+        call_errbacks: bool = True,
+        state: str = states.FAILURE,
+    ) -> BaseException:
         if store_result:
             self.store_result(task_id, exc, state, traceback=traceback, request=request)
         return exc
 
-    def mark_as_retry(self, task_id: str, exc: BaseException, traceback: Optional[str] = None,
-                      request: Any = None, store_result: bool = True,
-                      state: str = states.RETRY) -> BaseException:
+    def mark_as_retry(
+        self,
+        task_id: str,
+        exc: BaseException,
+        traceback: Optional[str] = None,
+        request: Any = None,
+        store_result: bool = True,
+        state: str = states.RETRY,
+    ) -> BaseException:
         if store_result:
             self.store_result(task_id, exc, state, traceback=traceback, request=request)
         return exc
 
-    def mark_as_revoked(self, task_id: str, reason: str = '', request: Any = None,
-                        store_result: bool = True, state: str = states.REVOKED) -> BaseException:
+    def mark_as_revoked(
+        self,
+        task_id: str,
+        reason: str = '',
+        request: Any = None,
+        store_result: bool = True,
+        state: str = states.REVOKED,
+    ) -> BaseException:
         exc = TaskRevokedError(reason or 'revoked')
         if store_result:
             self.store_result(task_id, exc, state, request=request)
@@ -148,6 +209,7 @@ def _timezone(conf: Settings) -> Any:
 def _zone(name: str) -> Any:
     try:
         from zoneinfo import ZoneInfo
+
         return ZoneInfo(name)
     except Exception:
         LOGGER.warning('unknown timezone %r; writing date_done in UTC', name)

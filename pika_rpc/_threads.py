@@ -11,6 +11,7 @@ After a fork every executor of the child starts empty with a fresh lock, and eve
 keeps its values with a fresh lock (``os.register_at_fork``): the parent's thread does not
 exist in the child, and it may have held the lock at the fork.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,7 +55,8 @@ class SerialExecutor:
             with self._lock:
                 if self._thread is None and not self._stopped:
                     self._thread = threading.Thread(
-                        target=self._run, name=f'{self._name}-{os.getpid()}', daemon=True)
+                        target=self._run, name=f'{self._name}-{os.getpid()}', daemon=True
+                    )
                     self._thread.start()
 
     @property
@@ -69,7 +71,7 @@ class SerialExecutor:
             fn, args = item
             try:
                 fn(*args)
-            except BaseException:     # SystemExit from a user hook too: the thread goes on
+            except BaseException:  # SystemExit from a user hook too: the thread goes on
                 LOGGER.exception('error in %s running %r', self._name, fn)
 
     def stop(self, timeout: Optional[float] = None) -> None:

@@ -1,4 +1,5 @@
 """One deadline per blocking call: validate once, compute once, pass what remains."""
+
 from __future__ import annotations
 
 import time

@@ -5,6 +5,7 @@ ordered by due time (ties by arrival). ``cancel`` only marks an entry, which is 
 it comes up: O(1), no heap surgery. Callbacks run on the timer thread and must be quick (hand
 real work to another thread); one that raises is logged and the timer goes on.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -44,7 +45,7 @@ class Timer:
     @staticmethod
     def cancel(entry: list) -> None:
         """Never call ``entry``'s function (a no-op once it ran). Any thread."""
-        entry[2] = None             # skipped when it comes up; the sequence number orders ties
+        entry[2] = None  # skipped when it comes up; the sequence number orders ties
 
     def _run(self) -> None:
         while True:

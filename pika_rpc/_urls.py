@@ -16,6 +16,7 @@ Choices:
   (``amqp://user:**@host:5672//``); text that does not parse is shown as redacted.
   :func:`redact` does the text part alone, for free text such as an exception message.
 """
+
 from __future__ import annotations
 
 import re
@@ -23,8 +24,16 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple, Union
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-__all__ = ['BrokerAddress', 'parse_url', 'mask_url', 'redact', 'host_port', 'split_urls',
-           'DEFAULT_PORTS', 'MASK']
+__all__ = [
+    'BrokerAddress',
+    'parse_url',
+    'mask_url',
+    'redact',
+    'host_port',
+    'split_urls',
+    'DEFAULT_PORTS',
+    'MASK',
+]
 
 #: The scheme's port when a URL names none.
 DEFAULT_PORTS = {'amqp': 5672, 'amqps': 5671}
@@ -38,7 +47,7 @@ MASK = '**'
 class BrokerAddress:
     """One broker of a (failover) broker URL. ``str``/``repr`` never show the password."""
 
-    scheme: str                  # 'amqp' or 'amqps'
+    scheme: str  # 'amqp' or 'amqps'
     host: str = 'localhost'
     port: int = 5672
     virtual_host: str = '/'
@@ -57,24 +66,31 @@ class BrokerAddress:
         password = quote(self.password, safe='') if include_password else MASK
         host = f'[{self.host}]' if ':' in self.host else self.host
         vhost = '/' if self.virtual_host == '/' else quote(self.virtual_host, safe='')
-        query = '&'.join(f'{quote(k, safe="")}={quote(v, safe="")}'
-                         for k, v in self.options.items())
-        return (f'{self.scheme}://{quote(self.userid, safe="")}:{password}@{host}:{self.port}'
-                f'/{vhost}' + (f'?{query}' if query else ''))
+        query = '&'.join(
+            f'{quote(k, safe="")}={quote(v, safe="")}' for k, v in self.options.items()
+        )
+        return (
+            f'{self.scheme}://{quote(self.userid, safe="")}:{password}@{host}:{self.port}'
+            f'/{vhost}' + (f'?{query}' if query else '')
+        )
 
     def __str__(self) -> str:
         return self.as_uri()
 
     def __repr__(self) -> str:
-        return (f'BrokerAddress(scheme={self.scheme!r}, host={self.host!r}, port={self.port!r}, '
-                f'virtual_host={self.virtual_host!r}, userid={self.userid!r}, '
-                f'password={MASK!r}, options={self.options!r})')
+        return (
+            f'BrokerAddress(scheme={self.scheme!r}, host={self.host!r}, port={self.port!r}, '
+            f'virtual_host={self.virtual_host!r}, userid={self.userid!r}, '
+            f'password={MASK!r}, options={self.options!r})'
+        )
 
 
 # user:password@, greedy up to the last '@' of the entry. With a scheme, the user info follows
 # '://'; without one, 'amqp:' followed by '//' is a scheme, not a user named 'amqp'.
-_USERINFO = re.compile(r'(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:@/;\s]*:|[^:@/;\s]*:(?!//))'
-                       r'[^;\s]*@')
+_USERINFO = re.compile(
+    r'(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:@/;\s]*:|[^:@/;\s]*:(?!//))'
+    r'[^;\s]*@'
+)
 
 
 def redact(text: str) -> str:
@@ -124,22 +140,30 @@ def _parse_one(url: str) -> BrokerAddress:
     if not re.fullmatch(r'[a-z][a-z0-9+.-]*', given):
         raise ValueError(f'not a broker URL (expected amqp://...): {redact(url)!r}')
     if given == 'rpc':
-        raise ValueError("'rpc://' names the result backend (result_backend='rpc://'), not a "
-                         "broker; give the broker as amqp://user:password@host:port/vhost")
+        raise ValueError(
+            "'rpc://' names the result backend (result_backend='rpc://'), not a "
+            'broker; give the broker as amqp://user:password@host:port/vhost'
+        )
     scheme = _SCHEMES.get(given)
     if scheme is None:
-        raise ValueError(f'unsupported broker scheme {given!r}: pika_rpc speaks AMQP 0-9-1 '
-                         f'only (amqp://, amqps://, pyamqp://)')
+        raise ValueError(
+            f'unsupported broker scheme {given!r}: pika_rpc speaks AMQP 0-9-1 '
+            f'only (amqp://, amqps://, pyamqp://)'
+        )
     # Parse the rest with generic URL rules, as kombu does.
     parts = urlsplit('http://' + url.split('://', 1)[1])
     if parts.fragment or url.endswith('#'):
-        raise ValueError(f"'#' in broker URL {redact(url)!r}: quote special characters in "
-                         f"the user or password ('#' is %23, '/' is %2F, '@' is %40)")
+        raise ValueError(
+            f"'#' in broker URL {redact(url)!r}: quote special characters in "
+            f"the user or password ('#' is %23, '/' is %2F, '@' is %40)"
+        )
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f'bad port in broker URL {redact(url)!r} (quote special characters '
-                         f'in the user or password: %2F for /, %23 for #)') from None
+        raise ValueError(
+            f'bad port in broker URL {redact(url)!r} (quote special characters '
+            f'in the user or password: %2F for /, %23 for #)'
+        ) from None
     path = parts.path[1:] if parts.path.startswith('/') else parts.path
     return BrokerAddress(
         scheme=scheme,

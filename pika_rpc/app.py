@@ -10,6 +10,7 @@ Choices where Celery leaves room: a task message the broker returns as unroutabl
 ``exchange``/``routing_key`` that routes nowhere) is logged as a WARNING naming the task,
 not dropped silently; ``send_task`` options that Celery does not know raise ``TypeError``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -19,8 +20,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
-from . import protocol, serialization
-from . import _registry
+from . import _registry, protocol, serialization
 from ._context import current_request, request_field
 from ._handoff import Publication
 from ._publish import publish_and_wait
@@ -44,8 +44,14 @@ _clock = itertools.count(1)
 class App:
     """Configuration, tasks and the process's result backend. Thread-safe."""
 
-    def __init__(self, broker_url: Optional[str] = None, *, main: Optional[str] = None,
-                 broker: Optional[str] = None, **conf: Any) -> None:
+    def __init__(
+        self,
+        broker_url: Optional[str] = None,
+        *,
+        main: Optional[str] = None,
+        broker: Optional[str] = None,
+        **conf: Any,
+    ) -> None:
         url = broker_url or broker
         if url is not None:
             conf['broker_url'] = url
@@ -53,12 +59,12 @@ class App:
         self.conf = Settings(**conf)
         self.tasks: Dict[str, Task] = {}
         self._backend: Optional[RPCBackend] = None
-        self._connection: Optional[Connection] = None   # for sending; shares the process link
+        self._connection: Optional[Connection] = None  # for sending; shares the process link
         self._lock = threading.Lock()
         _registry.register_live(self)
 
     def _forget_parent_state(self) -> None:
-        self._lock = threading.Lock()   # the parent's may be held by a thread gone here
+        self._lock = threading.Lock()  # the parent's may be held by a thread gone here
 
     def __repr__(self) -> str:
         return f'<App {self.main or "pika_rpc"} broker={self.conf.as_dict(censored=True).get("broker_url")}>'
@@ -89,8 +95,9 @@ class App:
     def ResultSet(self, results: Sequence[AsyncResult], **kwargs: Any) -> ResultSet:
         return ResultSet(results, app=self, **kwargs)
 
-    def GroupResult(self, group_id: Optional[str] = None, results: Sequence[AsyncResult] = (),
-                    **kwargs: Any) -> GroupResult:
+    def GroupResult(
+        self, group_id: Optional[str] = None, results: Sequence[AsyncResult] = (), **kwargs: Any
+    ) -> GroupResult:
         return GroupResult(group_id, results, app=self, **kwargs)
 
     def connection_for_write(self) -> Connection:
@@ -125,11 +132,13 @@ class App:
     # ------------------------------------------------------------------ tasks
     def task(self, *args: Any, **opts: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True)``."""
+
         def register(fun: Callable[..., Any]) -> Task:
             name = opts.pop('name', None) or f'{fun.__module__}.{fun.__name__}'
             task = Task(self, fun, name, **opts)
             self.tasks[name] = task
             return task
+
         if len(args) == 1 and callable(args[0]) and not opts:
             return register(args[0])
         if args:
@@ -143,20 +152,37 @@ class App:
             raise NotRegistered(name) from None
 
     # ------------------------------------------------------------------ sending
-    def send_task(self, name: str, args: Sequence[Any] = (), kwargs: Optional[Dict[str, Any]] = None,
-                  *, queue: Optional[str] = None, routing_key: Optional[str] = None,
-                  exchange: Optional[str] = None, task_id: Optional[str] = None,
-                  countdown: Optional[float] = None, eta: Optional[datetime] = None,
-                  expires: Union[None, float, datetime] = None, priority: Optional[int] = None,
-                  time_limit: Optional[float] = None, soft_time_limit: Optional[float] = None,
-                  headers: Optional[Dict[str, Any]] = None, ignore_result: Optional[bool] = None,
-                  reply_to: Optional[str] = None, correlation_id: Optional[str] = None,
-                  shadow: Optional[str] = None, root_id: Optional[str] = None,
-                  parent_id: Optional[str] = None, group_id: Optional[str] = None,
-                  group_index: Optional[int] = None, retries: int = 0,
-                  serializer: Optional[str] = None, retry: Optional[bool] = None,
-                  retry_policy: Optional[Dict[str, Any]] = None,
-                  timeout: Optional[float] = None) -> AsyncResult:
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: Optional[Dict[str, Any]] = None,
+        *,
+        queue: Optional[str] = None,
+        routing_key: Optional[str] = None,
+        exchange: Optional[str] = None,
+        task_id: Optional[str] = None,
+        countdown: Optional[float] = None,
+        eta: Optional[datetime] = None,
+        expires: Union[None, float, datetime] = None,
+        priority: Optional[int] = None,
+        time_limit: Optional[float] = None,
+        soft_time_limit: Optional[float] = None,
+        headers: Optional[Dict[str, Any]] = None,
+        ignore_result: Optional[bool] = None,
+        reply_to: Optional[str] = None,
+        correlation_id: Optional[str] = None,
+        shadow: Optional[str] = None,
+        root_id: Optional[str] = None,
+        parent_id: Optional[str] = None,
+        group_id: Optional[str] = None,
+        group_index: Optional[int] = None,
+        retries: int = 0,
+        serializer: Optional[str] = None,
+        retry: Optional[bool] = None,
+        retry_policy: Optional[Dict[str, Any]] = None,
+        timeout: Optional[float] = None,
+    ) -> AsyncResult:
         """Send a task message to a worker (pika_rpc's or Celery's); return its AsyncResult.
 
         Blocks until the broker confirmed the message (up to ``timeout``, default
@@ -181,9 +207,11 @@ class App:
         if not ignored:
             try:
                 backend.on_task_call(None, task_id, timeout=remaining(dl))
-            except TimeoutError as exc:   # its text says why (e.g. cannot connect, and what to do)
-                raise PublishError(f'task {name}[{task_id}] not sent: the reply queue could not '
-                                   f'be set up within the publish timeout: {exc}') from None
+            except TimeoutError as exc:  # its text says why (e.g. cannot connect, and what to do)
+                raise PublishError(
+                    f'task {name}[{task_id}] not sent: the reply queue could not '
+                    f'be set up within the publish timeout: {exc}'
+                ) from None
         queue = queue or conf.task_default_queue
         conn = self.connection_for_write()
         if exchange is None:
@@ -192,24 +220,42 @@ class App:
         else:
             routing_key = routing_key if routing_key is not None else queue
         msg_headers, props, body = protocol.task_message(
-            name, args, kwargs, task_id=task_id, reply_to=reply_to or backend.oid,
-            correlation_id=correlation_id, countdown=countdown, eta=eta, expires=expires,
-            priority=0 if priority is None else priority, time_limit=time_limit,
-            soft_time_limit=soft_time_limit, ignore_result=ignore_result, shadow=shadow,
-            root_id=root_id, parent_id=parent_id, group_id=group_id, group_index=group_index,
-            retries=retries)
+            name,
+            args,
+            kwargs,
+            task_id=task_id,
+            reply_to=reply_to or backend.oid,
+            correlation_id=correlation_id,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            priority=0 if priority is None else priority,
+            time_limit=time_limit,
+            soft_time_limit=soft_time_limit,
+            ignore_result=ignore_result,
+            shadow=shadow,
+            root_id=root_id,
+            parent_id=parent_id,
+            group_id=group_id,
+            group_index=group_index,
+            retries=retries,
+        )
         if headers:
             msg_headers.update(headers)
         content_type, content_encoding, data = serialization.dumps(
-            body, serializer or conf.task_serializer)
-        props.update(content_type=content_type, content_encoding=content_encoding,
-                     headers=msg_headers)
-        props = check_properties(props)        # a bad header fails here, named, not later
+            body, serializer or conf.task_serializer
+        )
+        props.update(
+            content_type=content_type, content_encoding=content_encoding, headers=msg_headers
+        )
+        props = check_properties(props)  # a bad header fails here, named, not later
         use_retry = conf.task_publish_retry if retry is None else retry
-        policy = merge_retry_policy(conf.task_publish_retry_policy, retry_policy) \
-            if use_retry else None
-        pub = Publication(exchange, routing_key, data, props, mandatory=True, policy=policy,
-                          timeout=remaining(dl))
+        policy = (
+            merge_retry_policy(conf.task_publish_retry_policy, retry_policy) if use_retry else None
+        )
+        pub = Publication(
+            exchange, routing_key, data, props, mandatory=True, policy=policy, timeout=remaining(dl)
+        )
         returned = publish_and_wait(conn.link, pub, f'task {name}[{task_id}]')
         if returned is not None:
             LOGGER.warning('%s; no worker will see it', returned)
@@ -217,8 +263,7 @@ class App:
         result.ignored = ignored
         return result
 
-    def _declare_task_queue(self, conn: Connection, queue: str,
-                            timeout: Optional[float]) -> None:
+    def _declare_task_queue(self, conn: Connection, queue: str, timeout: Optional[float]) -> None:
         """Declare a task queue as Celery does (``protocol.task_queue_declarations``), once
         per connection."""
         key = ('task_queue', queue)
@@ -227,11 +272,20 @@ class App:
         dl = deadline(timeout)
         steps = protocol.task_queue_declarations(queue)
         for i, (kind, kwargs) in enumerate(steps):
-            conn.control(kind, timeout=remaining(dl),
-                         cache_key=key if i == len(steps) - 1 else None, **kwargs)
+            conn.control(
+                kind,
+                timeout=remaining(dl),
+                cache_key=key if i == len(steps) - 1 else None,
+                **kwargs,
+            )
 
-    def control_revoke(self, task_ids: Union[str, Sequence[str]], terminate: bool = False,
-                       signal: Optional[str] = 'SIGTERM', timeout: Optional[float] = None) -> None:
+    def control_revoke(
+        self,
+        task_ids: Union[str, Sequence[str]],
+        terminate: bool = False,
+        signal: Optional[str] = 'SIGTERM',
+        timeout: Optional[float] = None,
+    ) -> None:
         """Broadcast Celery's ``revoke`` control message to every worker (ours and Celery's).
 
         A broker with no ``celery.pidbox`` exchange has no worker listening: then nothing
@@ -241,19 +295,32 @@ class App:
         dl = deadline(self.conf.publish_timeout if timeout is None else timeout)
         conn = self.connection_for_write()
         exchange, body, props = protocol.control_revoke(
-            task_ids if isinstance(task_ids, str) else ids, terminate=terminate, signal=signal,
-            clock=next(_clock))
+            task_ids if isinstance(task_ids, str) else ids,
+            terminate=terminate,
+            signal=signal,
+            clock=next(_clock),
+        )
         key = ('exchange', exchange)
         if not conn.is_declared(key):
             try:
-                conn.control('declare_exchange', exchange=exchange, passive=True,
-                             timeout=remaining(dl), cache_key=key)
+                conn.control(
+                    'declare_exchange',
+                    exchange=exchange,
+                    passive=True,
+                    timeout=remaining(dl),
+                    cache_key=key,
+                )
             except NotFound:
-                LOGGER.info('revoke of %s not sent: no worker listens (no %r exchange)',
-                            ', '.join(ids), exchange)
+                LOGGER.info(
+                    'revoke of %s not sent: no worker listens (no %r exchange)',
+                    ', '.join(ids),
+                    exchange,
+                )
                 return
         content_type, content_encoding, data = serialization.dumps(body, 'json')
         props = dict(props, content_type=content_type, content_encoding=content_encoding)
-        publish_and_wait(conn.link, Publication(exchange, '', data, props, mandatory=False,
-                                                timeout=remaining(dl)),
-                         f'revoke of {", ".join(ids)}')
+        publish_and_wait(
+            conn.link,
+            Publication(exchange, '', data, props, mandatory=False, timeout=remaining(dl)),
+            f'revoke of {", ".join(ids)}',
+        )

@@ -28,6 +28,7 @@ Choices where Celery leaves room:
 * No lock is held across a broker round trip: ``_lock`` guards only the link reference and
   the closed flag.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,8 +40,7 @@ import time
 import uuid
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from . import serialization, states
-from . import _registry
+from . import _registry, serialization, states
 from ._link import Link
 from ._pending import PendingTable
 from ._replies import ResultConsumer
@@ -77,10 +77,19 @@ class RPCBackend(ResultStoring):
     supports_native_join = True
     retry_policy = {'max_retries': 20, 'interval_start': 0, 'interval_step': 1, 'interval_max': 1}
 
-    def __init__(self, app: Any = None, connection: Any = None, exchange: Any = None,
-                 exchange_type: Optional[str] = None, persistent: Optional[bool] = None,
-                 serializer: Optional[str] = None, auto_delete: bool = True, *,
-                 url: Optional[str] = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: Any = None,
+        connection: Any = None,
+        exchange: Any = None,
+        exchange_type: Optional[str] = None,
+        persistent: Optional[bool] = None,
+        serializer: Optional[str] = None,
+        auto_delete: bool = True,
+        *,
+        url: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
         self.app = app
         if app is not None:
             settings = app.conf.copy()
@@ -92,15 +101,23 @@ class RPCBackend(ResultStoring):
             settings.broker_url = url
         self.conf = settings
         self.url = settings.broker_url
-        self._init_args = dict(exchange=exchange, exchange_type=exchange_type, persistent=persistent,
-                               serializer=serializer, auto_delete=auto_delete)
+        self._init_args = dict(
+            exchange=exchange,
+            exchange_type=exchange_type,
+            persistent=persistent,
+            serializer=serializer,
+            auto_delete=auto_delete,
+        )
         self.persistent = settings.result_persistent if persistent is None else persistent
         self.serializer = serializer or settings.result_serializer
         self.accept = serialization.prepare_accept_content(
-            settings.result_accept_content or settings.accept_content)
+            settings.result_accept_content or settings.accept_content
+        )
         self.expires = settings.result_expires
         self.delivery_mode = 2 if self.persistent else 1
-        self.retry_policy = dict(settings.get('result_backend_retry_policy') or type(self).retry_policy)
+        self.retry_policy = dict(
+            settings.get('result_backend_retry_policy') or type(self).retry_policy
+        )
         self.exchange = self.Exchange('', type='direct', durable=False, auto_delete=True)
         self.on_unroutable: Optional[Callable[[str, str], Any]] = None
         self.result_consumer = self.ResultConsumer(self)
@@ -111,15 +128,17 @@ class RPCBackend(ResultStoring):
         """Fresh per-process state: new oid, empty table, new locks, no link yet."""
         self._pid = os.getpid()
         self._oid = str(uuid.uuid4())
-        self._lock = threading.Lock()    # guards _link and _closed; never held across I/O
-        self._pending = PendingTable(cache_max=self.conf.result_cache_max,
-                                     cache_max_bytes=self.conf.result_cache_max_bytes,
-                                     history_max=self.conf.pending_history_max,
-                                     oob_max=self.conf.out_of_band_max,
-                                     pending_max=self.conf.pending_max)
+        self._lock = threading.Lock()  # guards _link and _closed; never held across I/O
+        self._pending = PendingTable(
+            cache_max=self.conf.result_cache_max,
+            cache_max_bytes=self.conf.result_cache_max_bytes,
+            history_max=self.conf.pending_history_max,
+            oob_max=self.conf.out_of_band_max,
+            pending_max=self.conf.pending_max,
+        )
         self._link: Optional[Link] = None
         self._closed = False
-        self._stats = Counters('unroutable', 'stored')      # any thread stores
+        self._stats = Counters('unroutable', 'stored')  # any thread stores
         self.result_consumer._attach(self._oid, self._pending, self._get_link)
 
     def _forget_parent_state(self) -> None:
@@ -136,8 +155,14 @@ class RPCBackend(ResultStoring):
     @property
     def binding(self) -> Queue:
         args = reply_queue_arguments(self.conf)
-        return self.Queue(self.oid, exchange=self.exchange, routing_key=self.oid, durable=True,
-                          auto_delete=False, queue_arguments=args)
+        return self.Queue(
+            self.oid,
+            exchange=self.exchange,
+            routing_key=self.oid,
+            durable=True,
+            auto_delete=False,
+            queue_arguments=args,
+        )
 
     @property
     def closed(self) -> bool:
@@ -162,7 +187,7 @@ class RPCBackend(ResultStoring):
     # ------------------------------------------------------------------ link & consumer
     def _check_pid(self) -> None:
         if self._pid != os.getpid():
-            _registry.current()        # runs the after-fork reset if the hook did not
+            _registry.current()  # runs the after-fork reset if the hook did not
             if self._pid != os.getpid():
                 self._reset()
 
@@ -184,7 +209,7 @@ class RPCBackend(ResultStoring):
                 link = self._link
         return link
 
-    def _on_link_event(self, event: str, info: Any) -> None:     # I/O thread
+    def _on_link_event(self, event: str, info: Any) -> None:  # I/O thread
         if event == 'gave_up':
             # Sticky: a wait that starts later hears it too, until a new cycle starts.
             self._pending.fail_pending(functools.partial(_lost, info), sticky=True)
@@ -255,8 +280,8 @@ class RPCBackend(ResultStoring):
         if down is None:
             self.result_consumer.ensure_consuming()
         else:
-            self._revive_link(for_wait=False)   # in the background: a later poll sees it
-        meta = self._pending.peek(task_id)      # the task's own error raises here
+            self._revive_link(for_wait=False)  # in the background: a later poll sees it
+        meta = self._pending.peek(task_id)  # the task's own error raises here
         if meta is None or meta.get('status') not in states.READY_STATES:
             if down is not None:
                 raise ConnectionLost(f'{down} (reconnecting in the background; poll again)')
@@ -267,11 +292,17 @@ class RPCBackend(ResultStoring):
 
     poll = get_task_meta
 
-    def wait_for_pending(self, result: Any, timeout: Optional[float] = None,
-                         interval: float = 0.5, no_ack: bool = True,
-                         on_message: Optional[Callable[[dict], Any]] = None,
-                         on_interval: Optional[Callable[[], Any]] = None,
-                         callback: Optional[Callable] = None, propagate: bool = True) -> Dict[str, Any]:
+    def wait_for_pending(
+        self,
+        result: Any,
+        timeout: Optional[float] = None,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        on_message: Optional[Callable[[dict], Any]] = None,
+        on_interval: Optional[Callable[[], Any]] = None,
+        callback: Optional[Callable] = None,
+        propagate: bool = True,
+    ) -> Dict[str, Any]:
         """Block until ``result`` is ready; return its meta. ``interval`` is unused (push).
 
         After the link gave up, starts a new connection cycle and waits for it (within
@@ -284,17 +315,19 @@ class RPCBackend(ResultStoring):
         """
         task_id = getattr(result, 'id', result)
         dl = deadline(timeout)
-        if on_message is None:          # else wait() replays the kept messages too
+        if on_message is None:  # else wait() replays the kept messages too
             cached = self._pending.cached(task_id)
             if cached is not None:
                 return cached
         self._revive_link(for_wait=True)
-        self._pending.peek(task_id)      # a result that can no longer arrive raises at once
+        self._pending.peek(task_id)  # a result that can no longer arrive raises at once
         try:
             self.result_consumer.ensure_consuming(timeout=remaining(dl))
         except TimeoutError:
-            raise TimeoutError(f'task {task_id} still PENDING after {timeout} s '
-                               '(the reply consumer was not running yet)') from None
+            raise TimeoutError(
+                f'task {task_id} still PENDING after {timeout} s '
+                '(the reply consumer was not running yet)'
+            ) from None
         meta = self._pending.wait(task_id, dl, on_message)
         if meta is None:
             latest = self._pending.peek(task_id)
@@ -302,11 +335,17 @@ class RPCBackend(ResultStoring):
             raise TimeoutError(f'task {task_id} still {state} after {timeout} s')
         return meta
 
-    def get_many(self, task_ids: Iterable[str], timeout: Optional[float] = None,
-                 on_message: Optional[Callable[[dict], Any]] = None,
-                 interval: float = 0.5, no_ack: bool = True,
-                 on_interval: Optional[Callable[[], Any]] = None,
-                 max_iterations: Optional[int] = None, **kwargs: Any) -> Iterator[Tuple[str, Dict]]:
+    def get_many(
+        self,
+        task_ids: Iterable[str],
+        timeout: Optional[float] = None,
+        on_message: Optional[Callable[[dict], Any]] = None,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        on_interval: Optional[Callable[[], Any]] = None,
+        max_iterations: Optional[int] = None,
+        **kwargs: Any,
+    ) -> Iterator[Tuple[str, Dict]]:
         """Yield ``(task_id, meta)`` for each task as it becomes ready (completion order).
 
         Blocks between items. ``on_message(raw)`` is called for the final state of each task
@@ -331,8 +370,9 @@ class RPCBackend(ResultStoring):
                     try:
                         task_id, meta, error = watcher.get(timeout=remaining(dl))
                     except queue.Empty:
-                        raise TimeoutError(f'{len(left)} of {len(ids)} task(s) not ready after '
-                                           f'{timeout} s') from None
+                        raise TimeoutError(
+                            f'{len(left)} of {len(ids)} task(s) not ready after {timeout} s'
+                        ) from None
                 if task_id not in left:
                     continue
                 if error is not None:
@@ -344,9 +384,15 @@ class RPCBackend(ResultStoring):
         finally:
             self._pending.unwatch(ids, watcher)
 
-    def iter_native(self, result: Any, timeout: Optional[float] = None, interval: float = 0.5,
-                    no_ack: bool = True, on_message: Optional[Callable] = None,
-                    on_interval: Optional[Callable] = None) -> Iterator[Tuple[str, Dict]]:
+    def iter_native(
+        self,
+        result: Any,
+        timeout: Optional[float] = None,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        on_message: Optional[Callable] = None,
+        on_interval: Optional[Callable] = None,
+    ) -> Iterator[Tuple[str, Dict]]:
         ids = [r.id for r in getattr(result, 'results', result)]
         return self.get_many(ids, timeout=timeout, on_message=on_message)
 
@@ -361,8 +407,10 @@ class RPCBackend(ResultStoring):
 
     # ------------------------------------------------------------------ unsupported (as Celery)
     def ensure_chords_allowed(self) -> None:
-        raise NotImplementedError('the rpc result backend does not support chords: use a '
-                                  'backend that stores group state (redis, a database)')
+        raise NotImplementedError(
+            'the rpc result backend does not support chords: use a '
+            'backend that stores group state (redis, a database)'
+        )
 
     def reload_task_result(self, task_id: str) -> None:
         raise NotImplementedError('reload_task_result is not supported by the rpc backend')
@@ -388,8 +436,9 @@ class RPCBackend(ResultStoring):
         link = self._link
         if link is not None:
             s = link.stats()
-            out.update(reconnects=s.get('reconnects', 0), link_state=s['state'],
-                       last_error=s['last_error'])
+            out.update(
+                reconnects=s.get('reconnects', 0), link_state=s['state'], last_error=s['last_error']
+            )
         return out
 
     def close(self, timeout: Optional[float] = 10.0) -> None:
@@ -400,8 +449,9 @@ class RPCBackend(ResultStoring):
                 return
             self._closed = True
         dl = deadline(timeout)
-        self._pending.fail_pending(lambda ids: ClosedError(
-            f'backend closed while waiting for {", ".join(ids[:10])}'))
+        self._pending.fail_pending(
+            lambda ids: ClosedError(f'backend closed while waiting for {", ".join(ids[:10])}')
+        )
         link, self._link = self._link, None
         if link is None or link.pid != os.getpid():
             return
@@ -409,8 +459,11 @@ class RPCBackend(ResultStoring):
             if self.result_consumer._cancel(remaining(dl)):
                 link.control('delete_queue', queue=self._oid, timeout=remaining(dl))
         except PikaRPCError as exc:
-            LOGGER.warning('could not delete reply queue %s at close: %s (it expires by itself)',
-                           self._oid, exc)
+            LOGGER.warning(
+                'could not delete reply queue %s at close: %s (it expires by itself)',
+                self._oid,
+                exc,
+            )
         finally:
             link.remove_listener(self._on_link_event)
             _registry.release_link(link, timeout=remaining(dl))
@@ -419,13 +472,14 @@ class RPCBackend(ResultStoring):
         self.close(timeout=2.0)
 
 
-
 def _lost(info: Any, ids: List[str]) -> ConnectionLost:
     """The error of waits whose results cannot arrive over the lost link."""
     if not ids:
         return ConnectionLost(f'{info}; no result can arrive until the link reconnects')
-    return ConnectionLost(f'{info}; results of {len(ids)} pending task(s) cannot arrive: '
-                          f'{", ".join(ids[:10])}{" ..." if len(ids) > 10 else ""}')
+    return ConnectionLost(
+        f'{info}; results of {len(ids)} pending task(s) cannot arrive: '
+        f'{", ".join(ids[:10])}{" ..." if len(ids) > 10 else ""}'
+    )
 
 
 def _rebuild_backend(conf: dict, init_args: dict) -> RPCBackend:

@@ -17,6 +17,7 @@ messages return to the queue and run again elsewhere). The signals are taken wit
 ``sigwait`` in the main thread (blocked in every other thread), so no handler runs at an
 arbitrary point of the program. Logs go to stderr in a readable format.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,10 @@ def load_app(spec: str) -> App:
     for part in (attr or 'app').split('.'):
         obj = getattr(obj, part, None)
         if obj is None:
-            raise SystemExit(f'error: {module_name!r} has no attribute {attr or "app"!r}: '
-                             f'name the App as -A {module_name}:<attribute>')
+            raise SystemExit(
+                f'error: {module_name!r} has no attribute {attr or "app"!r}: '
+                f'name the App as -A {module_name}:<attribute>'
+            )
     if not isinstance(obj, App):
         raise SystemExit(f'error: -A {spec} is a {type(obj).__name__}, not a pika_rpc App')
     return obj
@@ -76,18 +79,35 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest='command', required=True)
     worker = sub.add_parser('worker', help='run tasks from a queue in a thread pool')
     worker.add_argument('-A', '--app', required=True, help='module or module:attribute of the App')
-    worker.add_argument('-Q', '--queues', default=None,
-                        help='comma-separated queue names (default: task_default_queue)')
+    worker.add_argument(
+        '-Q',
+        '--queues',
+        default=None,
+        help='comma-separated queue names (default: task_default_queue)',
+    )
     worker.add_argument('-c', '--concurrency', type=int, default=1, help='pool threads (default 1)')
-    worker.add_argument('--prefetch-count', type=int, default=None,
-                        help='unacked messages per queue (default concurrency x '
-                             'worker_prefetch_multiplier; 0 = unlimited)')
-    worker.add_argument('-n', '--hostname', default=None,
-                        help='node name (default pika_rpc<pid>@host)')
-    worker.add_argument('-l', '--loglevel', default='INFO',
-                        help='DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)')
-    worker.add_argument('--stop-timeout', type=float, default=30.0,
-                        help='seconds a graceful stop waits for running tasks (default 30)')
+    worker.add_argument(
+        '--prefetch-count',
+        type=int,
+        default=None,
+        help='unacked messages per queue (default concurrency x '
+        'worker_prefetch_multiplier; 0 = unlimited)',
+    )
+    worker.add_argument(
+        '-n', '--hostname', default=None, help='node name (default pika_rpc<pid>@host)'
+    )
+    worker.add_argument(
+        '-l',
+        '--loglevel',
+        default='INFO',
+        help='DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)',
+    )
+    worker.add_argument(
+        '--stop-timeout',
+        type=float,
+        default=30.0,
+        help='seconds a graceful stop waits for running tasks (default 30)',
+    )
     return parser
 
 
@@ -98,33 +118,49 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not isinstance(level, int):
         raise SystemExit(f'error: unknown log level {args.loglevel!r}')
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
-    if level > logging.DEBUG:       # pika logs every channel open/close at INFO
+    if level > logging.DEBUG:  # pika logs every channel open/close at INFO
         logging.getLogger('pika').setLevel(max(level, logging.WARNING))
     # Before any thread exists, so every thread inherits the mask: only sigwait() sees them.
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     app = load_app(args.app)
-    worker = Worker(app, queues=args.queues, concurrency=args.concurrency,
-                    prefetch_count=args.prefetch_count, hostname=args.hostname,
-                    stop_timeout=args.stop_timeout)
+    worker = Worker(
+        app,
+        queues=args.queues,
+        concurrency=args.concurrency,
+        prefetch_count=args.prefetch_count,
+        hostname=args.hostname,
+        stop_timeout=args.stop_timeout,
+    )
     try:
         worker.start()
     except Exception as exc:
         LOGGER.critical('worker could not start: %s', exc, exc_info=True)
         return 1
-    print(f'pika_rpc worker {worker.hostname} ready: queues '
-          f'{",".join(q.name for q in worker.queues)}, concurrency {worker.concurrency}',
-          flush=True)
+    print(
+        f'pika_rpc worker {worker.hostname} ready: queues '
+        f'{",".join(q.name for q in worker.queues)}, concurrency {worker.concurrency}',
+        flush=True,
+    )
     signum = signal.sigwait(_SIGNALS)
-    LOGGER.info('%s received: warm shutdown (waiting up to %s s for running tasks; send it '
-                'again to exit at once)', signal.Signals(signum).name, args.stop_timeout)
+    LOGGER.info(
+        '%s received: warm shutdown (waiting up to %s s for running tasks; send it '
+        'again to exit at once)',
+        signal.Signals(signum).name,
+        args.stop_timeout,
+    )
     outcome: List[bool] = []
-    stopper = threading.Thread(target=lambda: outcome.append(worker.stop(args.stop_timeout)),
-                               name='pika-rpc-stop', daemon=True)
+    stopper = threading.Thread(
+        target=lambda: outcome.append(worker.stop(args.stop_timeout)),
+        name='pika-rpc-stop',
+        daemon=True,
+    )
     stopper.start()
     while stopper.is_alive():
         if signal.sigtimedwait(_SIGNALS, 0.2) is not None:
-            LOGGER.warning('second signal: cold shutdown; running tasks are abandoned and their '
-                           'messages return to the queue')
+            LOGGER.warning(
+                'second signal: cold shutdown; running tasks are abandoned and their '
+                'messages return to the queue'
+            )
             return 1
     try:
         app.close()

@@ -29,6 +29,7 @@ Choices made where Celery is silent:
   (``get_task_meta`` polls leave it in place until a ``get()`` reads it).
 * Serializer names are not checked here; ``serialization.py`` does that when used.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -44,9 +45,17 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 from ._urls import DEFAULT_PORTS, MASK, BrokerAddress, mask_url, parse_url, split_urls
 
 __all__ = [
-    'BrokerAddress', 'parse_url', 'mask_url', 'Settings', 'merge_retry_policy',
-    'connection_options', 'connection_retry_policy', 'reply_queue_arguments',
-    'DEFAULT_BROKER_URL', 'DEFAULT_RESULT_EXPIRES', 'RETRY_POLICY_KEYS',
+    'BrokerAddress',
+    'parse_url',
+    'mask_url',
+    'Settings',
+    'merge_retry_policy',
+    'connection_options',
+    'connection_retry_policy',
+    'reply_queue_arguments',
+    'DEFAULT_BROKER_URL',
+    'DEFAULT_RESULT_EXPIRES',
+    'RETRY_POLICY_KEYS',
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -55,32 +64,48 @@ DEFAULT_BROKER_URL = 'amqp://guest:guest@localhost:5672//'
 #: Celery's default result lifetime, also the reply queue's x-expires when none is set.
 DEFAULT_RESULT_EXPIRES = 86400.0
 
-RETRY_POLICY_KEYS = frozenset({'max_retries', 'interval_start', 'interval_step',
-                               'interval_max', 'errback'})
+RETRY_POLICY_KEYS = frozenset(
+    {'max_retries', 'interval_start', 'interval_step', 'interval_max', 'errback'}
+)
 # kombu Connection.ensure's defaults: what a partial retry_policy falls back to.
-_ENSURE_DEFAULTS = {'max_retries': None, 'interval_start': 1, 'interval_step': 1,
-                    'interval_max': 1}
+_ENSURE_DEFAULTS = {'max_retries': None, 'interval_start': 1, 'interval_step': 1, 'interval_max': 1}
 # Celery's task_publish_retry_policy default.
-_PUBLISH_RETRY_POLICY = {'max_retries': 3, 'interval_start': 0, 'interval_step': 0.2,
-                         'interval_max': 1}
+_PUBLISH_RETRY_POLICY = {
+    'max_retries': 3,
+    'interval_start': 0,
+    'interval_step': 0.2,
+    'interval_max': 1,
+}
 # celery.backends.rpc.RPCBackend.retry_policy.
-_RESULT_RETRY_POLICY = {'max_retries': 20, 'interval_start': 0, 'interval_step': 1,
-                        'interval_max': 1}
+_RESULT_RETRY_POLICY = {
+    'max_retries': 20,
+    'interval_start': 0,
+    'interval_step': 1,
+    'interval_max': 1,
+}
 # kombu Connection.ensure_connection's intervals (Celery reconnects with these).
 _CONNECTION_INTERVALS = {'interval_start': 2, 'interval_step': 2, 'interval_max': 30}
 
 
 # ----------------------------------------------------------------- validators
 
-def _number(key: str, value: Any, *, none: bool = True, positive: bool = False,
-            integer: bool = False, minimum: float = 0) -> Any:
+
+def _number(
+    key: str,
+    value: Any,
+    *,
+    none: bool = True,
+    positive: bool = False,
+    integer: bool = False,
+    minimum: float = 0,
+) -> Any:
     if value is None and none:
         return None
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         kind = 'an int' if integer else 'a number'
         raise TypeError(f'{key} must be {kind}{" or None" if none else ""}, got {value!r}')
-    if not (value > minimum if positive else value >= minimum):   # `not` also rejects NaN
+    if not (value > minimum if positive else value >= minimum):  # `not` also rejects NaN
         sign = '>' if positive else '>='
         raise ValueError(f'{key} must be {sign} {minimum}, got {value!r}')
     return value
@@ -96,8 +121,7 @@ def _text(key: str, value: Any, *, none: bool = False) -> Optional[str]:
     if value is None and none:
         return None
     if not isinstance(value, str) or not value:
-        raise TypeError(f'{key} must be a non-empty str{" or None" if none else ""}, '
-                        f'got {value!r}')
+        raise TypeError(f'{key} must be a non-empty str{" or None" if none else ""}, got {value!r}')
     return value
 
 
@@ -112,12 +136,12 @@ def _dict(key: str, value: Any) -> dict:
 def _content_list(key: str, value: Any) -> Optional[List[str]]:
     if value is None and key == 'result_accept_content':
         return None
-    if isinstance(value, str):                   # 'json,msgpack', as Celery reads env text
+    if isinstance(value, str):  # 'json,msgpack', as Celery reads env text
         value = [v.strip() for v in value.split(',') if v.strip()]
     if not isinstance(value, (list, tuple, set, frozenset)) or not all(
-            isinstance(v, str) and v for v in value):
-        raise TypeError(f'{key} must be a list of serializer names or content types, '
-                        f'got {value!r}')
+        isinstance(v, str) and v for v in value
+    ):
+        raise TypeError(f'{key} must be a list of serializer names or content types, got {value!r}')
     return list(value)
 
 
@@ -137,7 +161,7 @@ def _broker_url(key: str, value: Any) -> Optional[str]:
         if not isinstance(value, (list, tuple)):
             raise TypeError(f'{key} must be a str or a list of str, got {type(value).__name__}')
         value = ';'.join(split_urls(value))
-    parse_url(value)                             # fail now, not on first connect
+    parse_url(value)  # fail now, not on first connect
     return value
 
 
@@ -145,8 +169,10 @@ def _result_backend(key: str, value: Any) -> str:
     if value is None:
         return 'rpc://'
     if not isinstance(value, str) or value.split('://', 1)[0].lower() != 'rpc':
-        raise ValueError(f'{key} must be rpc:// (pika_rpc implements only the rpc:// result '
-                         f'backend), got {mask_url(value) if isinstance(value, str) else value!r}')
+        raise ValueError(
+            f'{key} must be rpc:// (pika_rpc implements only the rpc:// result '
+            f'backend), got {mask_url(value) if isinstance(value, str) else value!r}'
+        )
     return value
 
 
@@ -165,6 +191,7 @@ def _policy(default: Mapping) -> Callable[[str, Any], dict]:
         if not isinstance(value, Mapping):
             raise TypeError(f'{key} must be a mapping, got {type(value).__name__}')
         return merge_retry_policy(default, value)
+
     return check
 
 
@@ -231,11 +258,17 @@ def _suggest(name: str) -> str:
 
 
 def _copy(value: Any) -> Any:
-    return dict(value) if isinstance(value, dict) else list(value) if isinstance(
-        value, list) else value
+    return (
+        dict(value)
+        if isinstance(value, dict)
+        else list(value)
+        if isinstance(value, list)
+        else value
+    )
 
 
 # ------------------------------------------------------------------- Settings
+
 
 class Settings(Mapping):
     """pika_rpc's configuration: Celery setting names, validated on every write.
@@ -268,7 +301,7 @@ class Settings(Mapping):
         self._values.update(checked)
 
     def __getitem__(self, key: str) -> Any:
-        value = self._values[key]                # KeyError for an unknown key
+        value = self._values[key]  # KeyError for an unknown key
         if key == 'broker_url' and value is None:
             return os.environ.get('AMQP_URL') or DEFAULT_BROKER_URL
         if key == 'result_accept_content' and value is None:
@@ -311,17 +344,18 @@ class Settings(Mapping):
             out['broker_url'] = mask_url(out['broker_url'])
             for key, value in out.items():
                 if isinstance(value, dict):
-                    out[key] = {k: MASK if _SECRET.search(str(k)) else v
-                                for k, v in value.items()}
+                    out[key] = {k: MASK if _SECRET.search(str(k)) else v for k, v in value.items()}
         return out
 
     def __repr__(self) -> str:
-        changed = {k: v for k, v in self.as_dict(censored=True).items()
-                   if self._values[k] != _SPECS[k][0]}
+        changed = {
+            k: v for k, v in self.as_dict(censored=True).items() if self._values[k] != _SPECS[k][0]
+        }
         return f'Settings({", ".join(f"{k}={v!r}" for k, v in changed.items())})'
 
-    def from_object(self, obj: Any, namespace: Optional[str] = None, *,
-                    silent: bool = False) -> 'Settings':
+    def from_object(
+        self, obj: Any, namespace: Optional[str] = None, *, silent: bool = False
+    ) -> 'Settings':
         """Read the known settings from ``obj``; returns ``self``.
 
         ``obj`` is a mapping, any object with attributes (a module, Django's
@@ -358,7 +392,7 @@ class Settings(Mapping):
                     found[key] = value
             try:
                 names = dir(obj)
-            except Exception:                    # a lazy settings object may refuse
+            except Exception:  # a lazy settings object may refuse
                 names = []
         _warn_near_misses(names, prefix)
         self.update(found)
@@ -372,7 +406,7 @@ def _warn_near_misses(names: Sequence[Any], prefix: str) -> None:
         if prefix:
             if not name.startswith(prefix):
                 continue
-            key = name[len(prefix):].lower()
+            key = name[len(prefix) :].lower()
         elif name.islower():
             key = name
         else:
@@ -381,8 +415,11 @@ def _warn_near_misses(names: Sequence[Any], prefix: str) -> None:
             continue
         close = difflib.get_close_matches(key, list(_SPECS), n=1, cutoff=0.9)
         if close:
-            LOGGER.warning('ignored setting %r: not a pika_rpc setting; did you mean %r?',
-                           name, prefix + close[0].upper() if prefix else close[0])
+            LOGGER.warning(
+                'ignored setting %r: not a pika_rpc setting; did you mean %r?',
+                name,
+                prefix + close[0].upper() if prefix else close[0],
+            )
 
 
 def _import_object(path: str) -> Any:
@@ -393,7 +430,7 @@ def _import_object(path: str) -> Any:
         try:
             return importlib.import_module(path)
         except ModuleNotFoundError as exc:
-            if exc.name != path or '.' not in path:   # a missing import *inside* it
+            if exc.name != path or '.' not in path:  # a missing import *inside* it
                 raise
             module, _, attr = path.rpartition('.')
     obj = importlib.import_module(module)
@@ -407,8 +444,10 @@ def _import_object(path: str) -> Any:
 
 # ------------------------------------------------------ derived configuration
 
-def merge_retry_policy(base: Optional[Mapping[str, Any]],
-                       override: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+
+def merge_retry_policy(
+    base: Optional[Mapping[str, Any]], override: Optional[Mapping[str, Any]] = None
+) -> Dict[str, Any]:
     """``base`` updated by ``override``, validated, with kombu ``ensure``'s defaults filled in.
 
     Keys: ``max_retries`` (None = until the call's deadline, else int >= 0),
@@ -444,19 +483,24 @@ def connection_retry_policy(settings: Settings) -> Dict[str, Any]:
     kombu ``ensure_connection``'s (2 s, +2 s, at most 30 s) unless
     ``broker_transport_options`` gives ``interval_start``/``_step``/``_max``/``max_retries``.
     """
-    policy = dict(_CONNECTION_INTERVALS,
-                  max_retries=settings.broker_connection_max_retries or None)
-    policy.update({k: v for k, v in settings.broker_transport_options.items()
-                   if k in RETRY_POLICY_KEYS})
+    policy = dict(_CONNECTION_INTERVALS, max_retries=settings.broker_connection_max_retries or None)
+    policy.update(
+        {k: v for k, v in settings.broker_transport_options.items() if k in RETRY_POLICY_KEYS}
+    )
     if not settings.broker_connection_retry:
         policy['max_retries'] = 0
     return merge_retry_policy(policy)
 
 
 _TRUE, _FALSE = {'1', 'true', 'yes', 'on'}, {'0', 'false', 'no', 'off'}
-_CERT_REQS = {'cert_none': 'CERT_NONE', 'none': 'CERT_NONE', 'cert_optional': 'CERT_OPTIONAL',
-              'optional': 'CERT_OPTIONAL', 'cert_required': 'CERT_REQUIRED',
-              'required': 'CERT_REQUIRED'}
+_CERT_REQS = {
+    'cert_none': 'CERT_NONE',
+    'none': 'CERT_NONE',
+    'cert_optional': 'CERT_OPTIONAL',
+    'optional': 'CERT_OPTIONAL',
+    'cert_required': 'CERT_REQUIRED',
+    'required': 'CERT_REQUIRED',
+}
 
 
 def _query_number(addr: BrokerAddress, names: Sequence[str], default: Any) -> Any:
@@ -466,8 +510,9 @@ def _query_number(addr: BrokerAddress, names: Sequence[str], default: Any) -> An
             try:
                 value = float(text)
             except ValueError:
-                raise ValueError(f'{name}={text!r} in broker URL {addr.as_uri()!r} '
-                                 f'is not a number') from None
+                raise ValueError(
+                    f'{name}={text!r} in broker URL {addr.as_uri()!r} is not a number'
+                ) from None
             return _number(name, value)
     return default
 
@@ -480,11 +525,14 @@ def _ssl_options(addr: BrokerAddress, use_ssl: Union[bool, dict]) -> Optional[di
     opts = dict(use_ssl) if isinstance(use_ssl, dict) else {}
     opts.update({k[4:]: v for k, v in addr.options.items() if k.startswith('ssl_')})
     if isinstance(opts.get('cert_reqs'), str):
-        import ssl                               # stdlib; imported only when TLS is used
+        import ssl  # stdlib; imported only when TLS is used
+
         name = _CERT_REQS.get(opts['cert_reqs'].lower())
         if name is None:
-            raise ValueError(f'unknown cert_reqs {opts["cert_reqs"]!r} (use CERT_NONE, '
-                             f'CERT_OPTIONAL or CERT_REQUIRED)')
+            raise ValueError(
+                f'unknown cert_reqs {opts["cert_reqs"]!r} (use CERT_NONE, '
+                f'CERT_OPTIONAL or CERT_REQUIRED)'
+            )
         opts['cert_reqs'] = getattr(ssl, name)
     if isinstance(opts.get('check_hostname'), str):
         opts['check_hostname'] = opts['check_hostname'].lower() not in _FALSE
@@ -511,18 +559,26 @@ def connection_options(settings: Settings) -> List[Dict[str, Any]]:
         heartbeat = _query_number(addr, ('heartbeat',), settings.broker_heartbeat)
         ssl_opts = _ssl_options(addr, settings.broker_use_ssl)
         port = addr.port if addr.port_explicit else DEFAULT_PORTS['amqps' if ssl_opts else 'amqp']
-        out.append({
-            'host': addr.host, 'port': port, 'virtual_host': addr.virtual_host,
-            'userid': addr.userid, 'password': addr.password,
-            'heartbeat': None if heartbeat is None else int(math.ceil(heartbeat)),
-            'connection_timeout': _query_number(
-                addr, ('connect_timeout', 'connection_timeout'),
-                settings.broker_connection_timeout),
-            'blocked_connection_timeout': _query_number(
-                addr, ('blocked_connection_timeout',), settings.blocked_connection_timeout),
-            'ssl': ssl_opts,
-            'uri': addr.as_uri(),
-        })
+        out.append(
+            {
+                'host': addr.host,
+                'port': port,
+                'virtual_host': addr.virtual_host,
+                'userid': addr.userid,
+                'password': addr.password,
+                'heartbeat': None if heartbeat is None else int(math.ceil(heartbeat)),
+                'connection_timeout': _query_number(
+                    addr,
+                    ('connect_timeout', 'connection_timeout'),
+                    settings.broker_connection_timeout,
+                ),
+                'blocked_connection_timeout': _query_number(
+                    addr, ('blocked_connection_timeout',), settings.blocked_connection_timeout
+                ),
+                'ssl': ssl_opts,
+                'uri': addr.as_uri(),
+            }
+        )
     return out
 
 

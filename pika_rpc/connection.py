@@ -37,6 +37,7 @@ Choices where kombu leaves room:
   closes. ``immediate=True`` is refused locally with ``NotSupportedByRabbitMQ`` (RabbitMQ
   answers it with 540 NOT_IMPLEMENTED, closing the connection for every thread).
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,12 +46,12 @@ import threading
 from typing import Any, Callable, Dict, Optional
 
 from . import _registry
+from ._exchange import IMMEDIATE_REFUSED
 from ._handoff import Publication
 from ._link import Link
 from ._publish import publish_and_wait
 from ._timeouts import deadline, remaining
 from .config import Settings, mask_url
-from ._exchange import IMMEDIATE_REFUSED
 from .errors import ClosedError, NotFound, NotSupportedByRabbitMQ, PublishError, TimeoutError
 from .message import Message
 
@@ -89,7 +90,7 @@ class Connection:
         # Counts messages handled by this connection's consumers; drain_events waits on it.
         self._handled = threading.Condition(threading.Lock())
         self._handled_count = 0
-        self._drained = 0          # _handled_count when drain_events last returned
+        self._drained = 0  # _handled_count when drain_events last returned
         # The first callback exception not raised yet by drain_events, and the
         # _handled_count of its message.
         self._callback_error: Optional[BaseException] = None
@@ -151,16 +152,21 @@ class Connection:
         """Bound of a declaration or consume command: the ``publish_timeout`` setting."""
         return self.settings.publish_timeout
 
-    def control(self, kind: str, timeout: Any = _DEFAULT, cache_key: Any = None,
-                **kwargs: Any) -> Any:
+    def control(
+        self, kind: str, timeout: Any = _DEFAULT, cache_key: Any = None, **kwargs: Any
+    ) -> Any:
         """Run a declaration-like command on the link (see ``Link.control``). Blocks.
 
         Raises:
             TimeoutError: not done within ``timeout`` (default ``command_timeout``).
             PreconditionFailed, PikaRPCError: the broker refused; ConnectionLost.
         """
-        return self.link.control(kind, timeout=self.command_timeout if timeout is _DEFAULT
-                                 else timeout, cache_key=cache_key, **kwargs)
+        return self.link.control(
+            kind,
+            timeout=self.command_timeout if timeout is _DEFAULT else timeout,
+            cache_key=cache_key,
+            **kwargs,
+        )
 
     def is_declared(self, key: Any) -> bool:
         return self.link.is_declared(key)
@@ -168,9 +174,15 @@ class Connection:
     def forget_declared(self, key: Any) -> None:
         self.link.forget_declared(key)
 
-    def basic_publish(self, message: Message, exchange: str = '', routing_key: str = '',
-                      mandatory: bool = False, immediate: bool = False,
-                      timeout: Optional[float] = None) -> None:
+    def basic_publish(
+        self,
+        message: Message,
+        exchange: str = '',
+        routing_key: str = '',
+        mandatory: bool = False,
+        immediate: bool = False,
+        timeout: Optional[float] = None,
+    ) -> None:
         """Publish a prepared ``Message`` with confirms (``Exchange.publish``). Blocks.
 
         Raises:
@@ -182,8 +194,15 @@ class Connection:
         dl = deadline(self.command_timeout if timeout is None else timeout)
         if exchange:
             _check_exchange(_View(self, dl), exchange)
-        _send(self, Publication(exchange, routing_key, body, props, mandatory=mandatory,
-                                timeout=remaining(dl)), dl, message, None)
+        _send(
+            self,
+            Publication(
+                exchange, routing_key, body, props, mandatory=mandatory, timeout=remaining(dl)
+            ),
+            dl,
+            message,
+            None,
+        )
 
     def drain_events(self, timeout: Optional[float] = None) -> None:
         """Wait until a consumer of this connection handled a message since the last call.
@@ -200,8 +219,9 @@ class Connection:
         dl = deadline(timeout)
         with self._handled:
             if not self._handled.wait_for(
-                    lambda: self._callback_error is not None or self._handled_count > self._drained,
-                    remaining(dl)):
+                lambda: self._callback_error is not None or self._handled_count > self._drained,
+                remaining(dl),
+            ):
                 raise TimeoutError(f'no message handled within {timeout} s')
             error, self._callback_error = self._callback_error, None
             if error is None:
@@ -212,7 +232,7 @@ class Connection:
         try:
             raise error
         finally:
-            del error          # no frame -> traceback -> frame cycle from here
+            del error  # no frame -> traceback -> frame cycle from here
 
     def _note_handled(self, error: Optional[BaseException] = None) -> None:
         """A consumer of this connection handled a message; ``error``: its callback raised
@@ -262,8 +282,9 @@ class _View:
         self._conn, self._dl = conn, dl
 
     def control(self, kind: str, timeout: Any = None, cache_key: Any = None, **kwargs: Any) -> Any:
-        return self._conn.link.control(kind, timeout=remaining(self._dl), cache_key=cache_key,
-                                       **kwargs)
+        return self._conn.link.control(
+            kind, timeout=remaining(self._dl), cache_key=cache_key, **kwargs
+        )
 
     def is_declared(self, key: Any) -> bool:
         return self._conn.is_declared(key)
@@ -297,11 +318,17 @@ def _check_exchange(view: _View, name: str) -> None:
         raise PublishError(
             f'cannot publish to exchange {name!r}: it does not exist (404 NOT_FOUND). '
             f'Declare it first: Exchange({name!r}, type=...).declare(), or give the '
-            f'Producer that Exchange with auto_declare=True') from exc
+            f'Producer that Exchange with auto_declare=True'
+        ) from exc
 
 
-def _send(conn: Connection, pub: Publication, dl: Optional[float], message: Message,
-          on_return: Optional[Callable[..., Any]]) -> None:
+def _send(
+    conn: Connection,
+    pub: Publication,
+    dl: Optional[float],
+    message: Message,
+    on_return: Optional[Callable[..., Any]],
+) -> None:
     """Publish, wait for the confirm, report a return. Caller's thread; blocks until ``dl``."""
     link = conn.link
     returned = publish_and_wait(link, pub, 'message')

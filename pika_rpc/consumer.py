@@ -19,6 +19,7 @@ Choices where kombu leaves room:
 * What a callback raises is kept by its connection and raised by its next
   ``drain_events()``, as kombu does; its message stays unacknowledged.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -31,7 +32,14 @@ from ._consumers import ConsumerSpec, Delivery
 from ._link import Link
 from .connection import Connection, _as_connection
 from .entities import Queue
-from .errors import ClosedError, ConnectionLost, ContentDisallowed, NotSupportedByRabbitMQ, PikaRPCError, TimeoutError
+from .errors import (
+    ClosedError,
+    ConnectionLost,
+    ContentDisallowed,
+    NotSupportedByRabbitMQ,
+    PikaRPCError,
+    TimeoutError,
+)
 from .message import Message
 
 LOGGER = logging.getLogger(__name__)
@@ -39,13 +47,18 @@ LOGGER = logging.getLogger(__name__)
 __all__ = ['Consumer']
 
 
-_FLOW_REFUSED = ('Consumer.flow() is not supported by RabbitMQ: channel.flow from a client is '
-                 'answered with 540 NOT_IMPLEMENTED, closing the connection. Use '
-                 'qos(prefetch_count=...) to limit deliveries, or cancel()/consume()')
-_RECOVER_REFUSED = ('recover(requeue=False) is not supported by RabbitMQ (540 NOT_IMPLEMENTED '
-                    'closes the connection); use recover(requeue=True)')
-_PREFETCH_SIZE_REFUSED = ('qos(prefetch_size=...) is not supported by RabbitMQ (540 '
-                          'NOT_IMPLEMENTED); use prefetch_count')
+_FLOW_REFUSED = (
+    'Consumer.flow() is not supported by RabbitMQ: channel.flow from a client is '
+    'answered with 540 NOT_IMPLEMENTED, closing the connection. Use '
+    'qos(prefetch_count=...) to limit deliveries, or cancel()/consume()'
+)
+_RECOVER_REFUSED = (
+    'recover(requeue=False) is not supported by RabbitMQ (540 NOT_IMPLEMENTED '
+    'closes the connection); use recover(requeue=True)'
+)
+_PREFETCH_SIZE_REFUSED = (
+    'qos(prefetch_size=...) is not supported by RabbitMQ (540 NOT_IMPLEMENTED); use prefetch_count'
+)
 
 
 class Consumer:
@@ -71,12 +84,19 @@ class Consumer:
     prefetch_count: Optional[int] = None
     tag_prefix: Optional[str] = None
 
-    def __init__(self, channel: Any, queues: Any = None, no_ack: Optional[bool] = None,
-                 auto_declare: Optional[bool] = None,
-                 callbacks: Optional[Sequence[Callable[[Any, Message], Any]]] = None,
-                 on_decode_error: Optional[Callable[[Message, BaseException], Any]] = None,
-                 on_message: Optional[Callable[[Message], Any]] = None, accept: Any = None,
-                 prefetch_count: Optional[int] = None, tag_prefix: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        channel: Any,
+        queues: Any = None,
+        no_ack: Optional[bool] = None,
+        auto_declare: Optional[bool] = None,
+        callbacks: Optional[Sequence[Callable[[Any, Message], Any]]] = None,
+        on_decode_error: Optional[Callable[[Message, BaseException], Any]] = None,
+        on_message: Optional[Callable[[Message], Any]] = None,
+        accept: Any = None,
+        prefetch_count: Optional[int] = None,
+        tag_prefix: Optional[str] = None,
+    ) -> None:
         self._lock = threading.RLock()
         self._queues: Dict[str, Queue] = {}
         self._specs: Dict[str, ConsumerSpec] = {}
@@ -135,8 +155,10 @@ class Consumer:
                 old.release()
             self.channel = self._connection
             self.accept = serialization.prepare_accept_content(
-                self._connection.settings.accept_content if self._accept_arg is None
-                else self._accept_arg)
+                self._connection.settings.accept_content
+                if self._accept_arg is None
+                else self._accept_arg
+            )
             queues, self._pending_queues = self._pending_queues + self.queues, []
             self._queues = {}
             for queue in queues:
@@ -181,17 +203,27 @@ class Consumer:
             for name, queue in self._queues.items():
                 if name in self._specs:
                     continue
-                effective = no_ack if no_ack is not None else (
-                    self.no_ack if self.no_ack is not None else bool(queue.no_ack))
+                effective = (
+                    no_ack
+                    if no_ack is not None
+                    else (self.no_ack if self.no_ack is not None else bool(queue.no_ack))
+                )
                 spec = ConsumerSpec(
-                    name, self._on_delivery(link), no_ack=effective,
+                    name,
+                    self._on_delivery(link),
+                    no_ack=effective,
                     prefetch_count=self.prefetch_count or None,
-                    declarations=tuple(queue.declarations()) if self.auto_declare or
-                    queue.exclusive else (),
-                    consumer_tag=f'{self.tag_prefix}{next(self._tags)}' if self.tag_prefix else None,
+                    declarations=tuple(queue.declarations())
+                    if self.auto_declare or queue.exclusive
+                    else (),
+                    consumer_tag=f'{self.tag_prefix}{next(self._tags)}'
+                    if self.tag_prefix
+                    else None,
                     arguments=queue.consumer_arguments,
                     on_cancel=lambda name=name: LOGGER.warning(
-                        'broker cancelled the consumer of queue %r (deleted?); re-subscribing', name))
+                        'broker cancelled the consumer of queue %r (deleted?); re-subscribing', name
+                    ),
+                )
                 try:
                     link.consume(spec, timeout=conn.command_timeout)
                 except TimeoutError:
@@ -204,17 +236,22 @@ class Consumer:
                 self._specs[name] = spec
 
     def _on_delivery(self, link: Link) -> Callable[[Delivery], None]:
-        def on_delivery(delivery: Delivery) -> None:        # I/O thread: hand off only
+        def on_delivery(delivery: Delivery) -> None:  # I/O thread: hand off only
             link.callbacks.submit(self._dispatch, link, delivery)
+
         return on_delivery
 
-    def _dispatch(self, link: Link, delivery: Delivery) -> None:   # callback thread
+    def _dispatch(self, link: Link, delivery: Delivery) -> None:  # callback thread
         spec = delivery.spec
         if not spec.no_ack and spec.gen != delivery.gen:
-            return       # cancelled or re-subscribed since: the broker delivers it again
-        info = {'consumer_tag': spec.consumer_tag, 'delivery_tag': delivery.delivery_tag,
-                'redelivered': delivery.redelivered, 'exchange': delivery.exchange,
-                'routing_key': delivery.routing_key}
+            return  # cancelled or re-subscribed since: the broker delivers it again
+        info = {
+            'consumer_tag': spec.consumer_tag,
+            'delivery_tag': delivery.delivery_tag,
+            'redelivered': delivery.redelivered,
+            'exchange': delivery.exchange,
+            'routing_key': delivery.routing_key,
+        }
 
         def acker(tag: int, multiple: bool, reject: bool, requeue: bool) -> bool:
             # A plain ack on a live subscription needs no answer: fire and forget (if the
@@ -222,17 +259,35 @@ class Consumer:
             # a reject waits so the caller learns whether it took effect.
             if not reject and (spec.gen != delivery.gen or not spec.active):
                 return False
-            return link.ack(spec, delivery.gen, tag, multiple=multiple, reject=reject,
-                            requeue=requeue, wait=reject)
-        message = Message._received(delivery.body, delivery.property_dict(), info,
-                                    channel=self._connection, acker=acker, no_ack=spec.no_ack,
-                                    accept=self.accept)
+            return link.ack(
+                spec,
+                delivery.gen,
+                tag,
+                multiple=multiple,
+                reject=reject,
+                requeue=requeue,
+                wait=reject,
+            )
+
+        message = Message._received(
+            delivery.body,
+            delivery.property_dict(),
+            info,
+            channel=self._connection,
+            acker=acker,
+            no_ack=spec.no_ack,
+            accept=self.accept,
+        )
         try:
             self._receive_callback(message)
-        except BaseException as exc:      # SystemExit too: raised by drain_events, as kombu
-            LOGGER.error('Consumer callback failed on message %s from queue %r; it stays '
-                         'unacknowledged and the next drain_events() raises the error',
-                         delivery.delivery_tag, spec.queue, exc_info=exc)
+        except BaseException as exc:  # SystemExit too: raised by drain_events, as kombu
+            LOGGER.error(
+                'Consumer callback failed on message %s from queue %r; it stays '
+                'unacknowledged and the next drain_events() raises the error',
+                delivery.delivery_tag,
+                spec.queue,
+                exc_info=exc,
+            )
             self._note_handled(exc)
         else:
             self._note_handled(None)
@@ -260,9 +315,13 @@ class Consumer:
         if self.on_decode_error is not None:
             self.on_decode_error(message, exc)
             return
-        LOGGER.error("can't decode message body: %r (type:%r encoding:%r raw:%r); rejecting it",
-                     exc, message.content_type, message.content_encoding,
-                     message.body[:64] if isinstance(message.body, bytes) else message.body)
+        LOGGER.error(
+            "can't decode message body: %r (type:%r encoding:%r raw:%r); rejecting it",
+            exc,
+            message.content_type,
+            message.content_encoding,
+            message.body[:64] if isinstance(message.body, bytes) else message.body,
+        )
         if not message.acknowledged:
             message.reject(requeue=False)
 
@@ -297,7 +356,7 @@ class Consumer:
             try:
                 conn._link.cancel(spec, timeout=conn.command_timeout)
             except ConnectionLost:
-                spec.active = False        # nothing to cancel on a lost connection
+                spec.active = False  # nothing to cancel on a lost connection
 
     def cancel_by_queue(self, queue: Any) -> None:
         """Stop consuming from ``queue`` (a Queue or name) and forget it. Blocks."""
@@ -312,7 +371,9 @@ class Consumer:
         """Delete the ready messages of every queue; return how many. Blocks."""
         return sum(queue.purge() for queue in self.queues)
 
-    def qos(self, prefetch_size: int = 0, prefetch_count: int = 0, apply_global: bool = False) -> None:
+    def qos(
+        self, prefetch_size: int = 0, prefetch_count: int = 0, apply_global: bool = False
+    ) -> None:
         """Set how many unacked messages each queue's subscription may hold (0: no limit).
 
         Raises:

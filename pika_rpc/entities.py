@@ -35,6 +35,7 @@ kombu leaves room:
   :func:`maybe_declare` skips what is remembered, ``declare()`` always sends.
 * ``Queue.get`` (``basic.get`` polling) is not offered: consume with a ``Consumer``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -42,14 +43,34 @@ from typing import Any
 from ._exchange import Exchange, _ops, binding
 from ._queue import GENERATED_PREFIX, Queue
 from .errors import MessageStateError, NotBoundError
-# Message and its helpers live in .message; re-exported for code that imported them from here.
-from .message import (PERSISTENT_DELIVERY_MODE, TRANSIENT_DELIVERY_MODE, Message,
-                      check_properties, compress, decompress, maybe_delivery_mode)
 
-__all__ = ['Exchange', 'Queue', 'binding', 'Message', 'NotBoundError', 'MessageStateError',
-           'maybe_declare', 'maybe_delivery_mode', 'compress', 'decompress',
-           'check_properties', 'TRANSIENT_DELIVERY_MODE', 'PERSISTENT_DELIVERY_MODE',
-           'GENERATED_PREFIX']
+# Message and its helpers live in .message; re-exported for code that imported them from here.
+from .message import (
+    PERSISTENT_DELIVERY_MODE,
+    TRANSIENT_DELIVERY_MODE,
+    Message,
+    check_properties,
+    compress,
+    decompress,
+    maybe_delivery_mode,
+)
+
+__all__ = [
+    'Exchange',
+    'Queue',
+    'binding',
+    'Message',
+    'NotBoundError',
+    'MessageStateError',
+    'maybe_declare',
+    'maybe_delivery_mode',
+    'compress',
+    'decompress',
+    'check_properties',
+    'TRANSIENT_DELIVERY_MODE',
+    'PERSISTENT_DELIVERY_MODE',
+    'GENERATED_PREFIX',
+]
 
 
 def maybe_declare(entity: Any, channel: Any = None) -> bool:

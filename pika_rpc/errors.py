@@ -6,19 +6,39 @@ standard library keeps working. Errors keep ``args`` equal to their constructor 
 so they pickle and cross process boundaries (worker pools) unchanged. No message ever holds
 a password: URLs are masked before they reach an error.
 """
+
 from __future__ import annotations
 
 import builtins
 from typing import Iterable, Optional
 
 __all__ = [
-    'PikaRPCError', 'TimeoutError', 'ConnectionLost', 'PublishError',
-    'ContentDisallowed', 'DecodeError', 'EncodeError', 'SecurityError',
-    'BacklogLimitExceeded', 'ReplyQueueLost', 'NotRegistered', 'TaskRevokedError',
-    'TimeLimitExceeded', 'SoftTimeLimitExceeded', 'Retry', 'MaxRetriesExceededError',
+    'PikaRPCError',
+    'TimeoutError',
+    'ConnectionLost',
+    'PublishError',
+    'ContentDisallowed',
+    'DecodeError',
+    'EncodeError',
+    'SecurityError',
+    'BacklogLimitExceeded',
+    'ReplyQueueLost',
+    'NotRegistered',
+    'TaskRevokedError',
+    'TimeLimitExceeded',
+    'SoftTimeLimitExceeded',
+    'Retry',
+    'MaxRetriesExceededError',
     'WorkerLostError',
-    'NotSupportedByRabbitMQ', 'BrokerRefused', 'NotFound', 'AccessRefused',
-    'PreconditionFailed', 'Unroutable', 'ClosedError', 'NotBoundError', 'MessageStateError',
+    'NotSupportedByRabbitMQ',
+    'BrokerRefused',
+    'NotFound',
+    'AccessRefused',
+    'PreconditionFailed',
+    'Unroutable',
+    'ClosedError',
+    'NotBoundError',
+    'MessageStateError',
     'refusal',
 ]
 
@@ -60,15 +80,23 @@ class Unroutable(PublishError):
     """The broker returned a mandatory message: no queue is bound for its exchange and
     routing key (``reply_code`` 312 NO_ROUTE). Never retried: it would route nowhere again."""
 
-    def __init__(self, exchange: str, routing_key: str, reply_code: int = 312,
-                 reply_text: str = 'NO_ROUTE', what: str = 'message') -> None:
+    def __init__(
+        self,
+        exchange: str,
+        routing_key: str,
+        reply_code: int = 312,
+        reply_text: str = 'NO_ROUTE',
+        what: str = 'message',
+    ) -> None:
         super().__init__(exchange, routing_key, reply_code, reply_text, what)
         self.exchange, self.routing_key = exchange, routing_key
         self.reply_code, self.reply_text, self.what = reply_code, reply_text, what
 
     def __str__(self) -> str:
-        return (f'{self.what} unroutable: {self.reply_code} {self.reply_text}: no queue is bound '
-                f'to exchange {self.exchange!r} with routing key {self.routing_key!r}')
+        return (
+            f'{self.what} unroutable: {self.reply_code} {self.reply_text}: no queue is bound '
+            f'to exchange {self.exchange!r} with routing key {self.routing_key!r}'
+        )
 
 
 class ContentDisallowed(PikaRPCError):
@@ -127,15 +155,23 @@ class SoftTimeLimitExceeded(PikaRPCError):
 class Retry(PikaRPCError):
     """Raised by ``Task.retry()``: the task is re-sent and this run ends."""
 
-    def __init__(self, message: Optional[str] = None, exc: Optional[BaseException] = None,
-                 when: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        message: Optional[str] = None,
+        exc: Optional[BaseException] = None,
+        when: Optional[float] = None,
+    ) -> None:
         super().__init__(message, exc, when)
         self.message, self.exc, self.when = message, exc, when
 
     def __str__(self) -> str:
         if self.message:
             return self.message
-        return f'Retry in {self.when}s: {self.exc!r}' if self.when is not None else f'Retry: {self.exc!r}'
+        return (
+            f'Retry in {self.when}s: {self.exc!r}'
+            if self.when is not None
+            else f'Retry: {self.exc!r}'
+        )
 
 
 class MaxRetriesExceededError(PikaRPCError):
@@ -170,8 +206,9 @@ class BrokerRefused(PikaRPCError):
 
     default_code: Optional[int] = None
 
-    def __init__(self, message: str, reply_code: Optional[int] = None,
-                 reply_text: str = '') -> None:
+    def __init__(
+        self, message: str, reply_code: Optional[int] = None, reply_text: str = ''
+    ) -> None:
         if reply_code is None:
             reply_code = self.default_code
         super().__init__(message, reply_code, reply_text)
@@ -203,7 +240,8 @@ class PreconditionFailed(BrokerRefused):
 def refusal(reply_code: Optional[int], message: str, reply_text: str = '') -> BrokerRefused:
     """The typed error for a broker's channel refusal with ``reply_code``."""
     cls = {404: NotFound, 403: AccessRefused, 406: PreconditionFailed}.get(
-        reply_code if isinstance(reply_code, int) else -1, BrokerRefused)
+        reply_code if isinstance(reply_code, int) else -1, BrokerRefused
+    )
     return cls(message, reply_code, reply_text)
 
 

@@ -21,6 +21,7 @@ This module never imports pika (the docker SDK is imported only when step 3 runs
 through ``_urls.redact``. URLs are read as the client reads them (``_urls``), so the probe
 asks the host and port the client will connect to.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -55,7 +56,7 @@ CONTAINER_LABEL = 'pika_rpc.findbroker'
 
 AMQP_PROTOCOL_HEADER = b'AMQP\x00\x00\x09\x01'
 _FRAME_METHOD = 1
-_CONNECTION_START = (10, 10)   # class-id Connection, method-id Start
+_CONNECTION_START = (10, 10)  # class-id Connection, method-id Start
 
 _HOW_TO_GET_ONE = """\
 To get a broker, any of:
@@ -83,12 +84,12 @@ def probe_amqp(host: str, port: int, timeout: float = 3.0, *, use_tls: bool = Fa
         sock = raw
         if use_tls:
             context = ssl.create_default_context()
-            context.check_hostname = False          # a reachability probe, not a security decision
+            context.check_hostname = False  # a reachability probe, not a security decision
             context.verify_mode = ssl.CERT_NONE
             sock = context.wrap_socket(raw, server_hostname=host)
         try:
             sock.sendall(AMQP_PROTOCOL_HEADER)
-            head = _recv_exactly(sock, 11)           # type(1) channel(2) size(4) class(2) method(2)
+            head = _recv_exactly(sock, 11)  # type(1) channel(2) size(4) class(2) method(2)
         finally:
             if sock is not raw:
                 sock.close()
@@ -98,7 +99,8 @@ def probe_amqp(host: str, port: int, timeout: float = 3.0, *, use_tls: bool = Fa
     if frame_type != _FRAME_METHOD or channel != 0 or (class_id, method_id) != _CONNECTION_START:
         raise ConnectionError(
             f'peer did not answer with Connection.Start (frame type {frame_type}, '
-            f'channel {channel}, method {class_id}.{method_id})')
+            f'channel {channel}, method {class_id}.{method_id})'
+        )
 
 
 def _recv_exactly(sock: socket.socket, count: int) -> bytes:
@@ -128,11 +130,11 @@ class Broker:
         self.url = url
         self.source = source
         self._container = container
-        self._client = client   # the docker client that started the container
+        self._client = client  # the docker client that started the container
         self._close_lock = threading.Lock()
-        self._pid = os.getpid()       # only this process removes the container
+        self._pid = os.getpid()  # only this process removes the container
         if container is not None:
-            atexit.register(self.close)   # a test run that dies before close() leaks nothing
+            atexit.register(self.close)  # a test run that dies before close() leaks nothing
 
     @property
     def host(self) -> str:
@@ -192,8 +194,10 @@ def find_broker(*, use_docker: bool = True, timeout: float = 3.0) -> Broker:
     host, port = LOCAL_HOST, LOCAL_PORT
     try:
         probe_amqp(host, port, timeout)
-    except OSError as exc:   # ConnectionError is an OSError too
-        tried.append(f'localhost: nothing answered the AMQP handshake on {host}:{port} ({_why(exc)})')
+    except OSError as exc:  # ConnectionError is an OSError too
+        tried.append(
+            f'localhost: nothing answered the AMQP handshake on {host}:{port} ({_why(exc)})'
+        )
     else:
         LOGGER.info('using the broker on %s:%s', host, port)
         return Broker(f'amqp://guest:guest@{host}:{port}//', 'localhost')
@@ -225,28 +229,35 @@ def _from_env(env_url: str, timeout: float) -> Broker:
     raise BrokerNotFound(
         f'AMQP_URL={mask_url(env_url)} does not answer the AMQP handshake:\n{reasons}\n'
         'Nothing else was tried, since AMQP_URL names the broker to use: start that broker, '
-        'fix AMQP_URL, or unset it to let find_broker look on localhost and in Docker.')
+        'fix AMQP_URL, or unset it to let find_broker look on localhost and in Docker.'
+    )
 
 
 def _start_container(timeout: float) -> Tuple[Optional[Broker], str]:
     """Start a RabbitMQ container and wait for it; return ``(broker, '')`` or ``(None, why not)``."""
     try:
-        import docker   # optional: the pika_rpc[docker] extra
+        import docker  # optional: the pika_rpc[docker] extra
     except ImportError:
-        return None, ("the docker package is not installed, so no container could be started "
-                      "(pip install 'pika_rpc[docker]')")
+        return None, (
+            'the docker package is not installed, so no container could be started '
+            "(pip install 'pika_rpc[docker]')"
+        )
     try:
         # Asks the engine for its API version: fails fast without one. (docker 7.x then leaks
         # its socket, a ResourceWarning we cannot prevent from here.)
         client = docker.from_env()
-    except Exception as exc:   # docker.errors.DockerException and whatever the transport raises
+    except Exception as exc:  # docker.errors.DockerException and whatever the transport raises
         return None, f'no Docker engine answered ({_why(exc)})'
     name = f'pika-rpc-broker-{uuid.uuid4().hex[:12]}'
     try:
         LOGGER.info('starting a throwaway RabbitMQ container %s (%s)', name, DOCKER_IMAGE)
         container = client.containers.run(
-            DOCKER_IMAGE, detach=True, name=name, labels={CONTAINER_LABEL: '1'},
-            ports={'5672/tcp': ('127.0.0.1', None)})   # None: Docker picks a free host port
+            DOCKER_IMAGE,
+            detach=True,
+            name=name,
+            labels={CONTAINER_LABEL: '1'},
+            ports={'5672/tcp': ('127.0.0.1', None)},
+        )  # None: Docker picks a free host port
     except Exception as exc:
         _close_quietly(client)
         return None, f'could not start a {DOCKER_IMAGE} container ({_why(exc)})'
@@ -263,7 +274,7 @@ def _start_container(timeout: float) -> Tuple[Optional[Broker], str]:
 def _wait_until_answering(container: Any, timeout: float) -> int:
     """Return the host port once the container answers the handshake; raise past the deadline."""
     deadline = time.monotonic() + DOCKER_START_TIMEOUT
-    pause = threading.Event()   # never set: its wait() is an interruptible, bounded pause
+    pause = threading.Event()  # never set: its wait() is an interruptible, bounded pause
     last: Exception = TimeoutError('no published port yet')
     while True:
         container.reload()
@@ -277,8 +288,9 @@ def _wait_until_answering(container: Any, timeout: float) -> int:
             except OSError as exc:
                 last = exc
         if time.monotonic() >= deadline:
-            raise TimeoutError(f'no AMQP handshake within {DOCKER_START_TIMEOUT:g} s; '
-                               f'last error: {_why(last)}')
+            raise TimeoutError(
+                f'no AMQP handshake within {DOCKER_START_TIMEOUT:g} s; last error: {_why(last)}'
+            )
         pause.wait(DOCKER_PROBE_INTERVAL)
 
 
@@ -292,17 +304,18 @@ def _published_port(container: Any) -> Optional[int]:
 
 def _remove_container(container: Any) -> None:
     try:
-        container.remove(force=True)   # force: stop (SIGKILL) and remove in one call
+        container.remove(force=True)  # force: stop (SIGKILL) and remove in one call
         LOGGER.info('removed container %s', getattr(container, 'name', container))
-    except Exception as exc:   # already gone, engine gone: nothing left to clean
-        LOGGER.warning('could not remove container %s: %s',
-                       getattr(container, 'name', container), _why(exc))
+    except Exception as exc:  # already gone, engine gone: nothing left to clean
+        LOGGER.warning(
+            'could not remove container %s: %s', getattr(container, 'name', container), _why(exc)
+        )
 
 
 def _close_quietly(client: Any) -> None:
     try:
         client.close()
-    except Exception:   # a client of a vanished engine: nothing to release
+    except Exception:  # a client of a vanished engine: nothing to release
         pass
 
 

@@ -22,6 +22,7 @@ Choices where kombu leaves room:
   at most once (``MessageStateError`` after), and only by the process that received the
   message: a forked child's channel is not the parent's.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -40,9 +41,18 @@ from .errors import DecodeError, MessageStateError
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ['Message', 'MessageStateError', 'check_properties', 'compress', 'decompress',
-           'maybe_delivery_mode', 'PROPERTY_NAMES', 'TRANSIENT_DELIVERY_MODE',
-           'PERSISTENT_DELIVERY_MODE', 'DELIVERY_MODES']
+__all__ = [
+    'Message',
+    'MessageStateError',
+    'check_properties',
+    'compress',
+    'decompress',
+    'maybe_delivery_mode',
+    'PROPERTY_NAMES',
+    'TRANSIENT_DELIVERY_MODE',
+    'PERSISTENT_DELIVERY_MODE',
+    'DELIVERY_MODES',
+]
 
 TRANSIENT_DELIVERY_MODE = 1
 PERSISTENT_DELIVERY_MODE = 2
@@ -63,9 +73,10 @@ def maybe_delivery_mode(value: Any, default: int = PERSISTENT_DELIVERY_MODE) -> 
 
 _COMPRESSORS: Dict[str, Tuple[str, Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {}
 for _names, _ctype, _enc, _dec in (
-        (('zlib', 'gzip'), 'application/x-gzip', zlib.compress, zlib.decompress),
-        (('bzip2', 'bz2'), 'application/x-bz2', bz2.compress, bz2.decompress),
-        (('lzma', 'xz'), 'application/x-lzma', lzma.compress, lzma.decompress)):
+    (('zlib', 'gzip'), 'application/x-gzip', zlib.compress, zlib.decompress),
+    (('bzip2', 'bz2'), 'application/x-bz2', bz2.compress, bz2.decompress),
+    (('lzma', 'xz'), 'application/x-lzma', lzma.compress, lzma.decompress),
+):
     for _n in _names + (_ctype,):
         _COMPRESSORS[_n] = (_ctype, _enc, _dec)
 
@@ -79,8 +90,10 @@ def compress(body: bytes, method: str) -> Tuple[bytes, str]:
     try:
         ctype, encode, _ = _COMPRESSORS[method]
     except KeyError:
-        raise ValueError(f'unknown compression {method!r}; use one of '
-                         f'{sorted(n for n in _COMPRESSORS if "/" not in n)}') from None
+        raise ValueError(
+            f'unknown compression {method!r}; use one of '
+            f'{sorted(n for n in _COMPRESSORS if "/" not in n)}'
+        ) from None
     return encode(body), ctype
 
 
@@ -98,10 +111,21 @@ def decompress(body: bytes, header: str) -> bytes:
 
 # ------------------------------------------------------------------ properties
 
-_SHORTSTR = ('content_type', 'content_encoding', 'correlation_id', 'reply_to', 'expiration',
-             'message_id', 'type', 'user_id', 'app_id', 'cluster_id')
-PROPERTY_NAMES: FrozenSet[str] = frozenset(_SHORTSTR + ('headers', 'delivery_mode', 'priority',
-                                                        'timestamp'))
+_SHORTSTR = (
+    'content_type',
+    'content_encoding',
+    'correlation_id',
+    'reply_to',
+    'expiration',
+    'message_id',
+    'type',
+    'user_id',
+    'app_id',
+    'cluster_id',
+)
+PROPERTY_NAMES: FrozenSet[str] = frozenset(
+    _SHORTSTR + ('headers', 'delivery_mode', 'priority', 'timestamp')
+)
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
@@ -116,8 +140,10 @@ def _check_header(value: Any, path: str) -> Any:
         return {_key(k, path): _check_header(v, f'{path}.{k}') for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_check_header(v, f'{path}[{i}]') for i, v in enumerate(value)]
-    raise TypeError(f'header {path} is a {type(value).__name__}, which AMQP headers cannot carry '
-                    f'here: use str, int, bool, bytes, Decimal, datetime, None, list or dict')
+    raise TypeError(
+        f'header {path} is a {type(value).__name__}, which AMQP headers cannot carry '
+        f'here: use str, int, bool, bytes, Decimal, datetime, None, list or dict'
+    )
 
 
 def _key(key: Any, path: str) -> str:
@@ -148,19 +174,23 @@ def check_properties(props: Dict[str, Any]) -> Dict[str, Any]:
             if len(value.encode('utf-8')) > 255:
                 raise ValueError(f'property {name} is longer than 255 bytes')
     if 'expiration' in out and not out['expiration'].isdigit():
-        raise ValueError(f'property expiration must be a str of milliseconds, got '
-                         f'{out["expiration"]!r} (Producer.publish takes expiration in seconds)')
+        raise ValueError(
+            f'property expiration must be a str of milliseconds, got '
+            f'{out["expiration"]!r} (Producer.publish takes expiration in seconds)'
+        )
     if 'delivery_mode' in out:
         out['delivery_mode'] = maybe_delivery_mode(out['delivery_mode'])
     priority = out.get('priority')
-    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
-                                 or not 0 <= priority <= 255):
+    if priority is not None and (
+        isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 255
+    ):
         raise ValueError(f'priority must be an int from 0 to 255, got {priority!r}')
     stamp = out.get('timestamp')
     if isinstance(stamp, datetime.datetime):
         out['timestamp'] = int(stamp.timestamp())
-    elif stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, (int, float))
-                                or not 0 <= stamp < (1 << 64)):
+    elif stamp is not None and (
+        isinstance(stamp, bool) or not isinstance(stamp, (int, float)) or not 0 <= stamp < (1 << 64)
+    ):
         raise TypeError(f'timestamp must be seconds since the epoch or a datetime, got {stamp!r}')
     elif stamp is not None:
         out['timestamp'] = int(stamp)
@@ -191,12 +221,22 @@ class Message:
 
     MessageStateError = MessageStateError
 
-    def __init__(self, body: Any, delivery_mode: Any = None, properties: Optional[dict] = None,
-                 *, channel: Any = None, content_type: Optional[str] = None,
-                 content_encoding: Optional[str] = None, headers: Optional[dict] = None,
-                 priority: Optional[int] = None, delivery_tag: Optional[int] = None,
-                 delivery_info: Optional[dict] = None, accept: Any = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        body: Any,
+        delivery_mode: Any = None,
+        properties: Optional[dict] = None,
+        *,
+        channel: Any = None,
+        content_type: Optional[str] = None,
+        content_encoding: Optional[str] = None,
+        headers: Optional[dict] = None,
+        priority: Optional[int] = None,
+        delivery_tag: Optional[int] = None,
+        delivery_info: Optional[dict] = None,
+        accept: Any = None,
+        **kwargs: Any,
+    ) -> None:
         unknown = sorted(set(kwargs) - PROPERTY_NAMES)
         if unknown:
             raise TypeError(f'Message() got unknown argument(s) {unknown}')
@@ -204,11 +244,16 @@ class Message:
         self.content_type = content_type or props.get('content_type')
         self.content_encoding = content_encoding or props.get('content_encoding')
         self.headers = dict(headers if headers is not None else props.get('headers') or {})
-        self.delivery_mode = delivery_mode if delivery_mode is not None else props.get('delivery_mode')
-        for name, value in (('content_type', self.content_type),
-                            ('content_encoding', self.content_encoding),
-                            ('headers', self.headers), ('delivery_mode', self.delivery_mode),
-                            ('priority', priority)):
+        self.delivery_mode = (
+            delivery_mode if delivery_mode is not None else props.get('delivery_mode')
+        )
+        for name, value in (
+            ('content_type', self.content_type),
+            ('content_encoding', self.content_encoding),
+            ('headers', self.headers),
+            ('delivery_mode', self.delivery_mode),
+            ('priority', priority),
+        ):
             if value is not None:
                 props[name] = value
         self.properties = props
@@ -223,16 +268,29 @@ class Message:
         self._acker: Optional[Callable[[int, bool, bool, bool], bool]] = None
         self._no_ack = False
         self._ack_lock = threading.Lock()
-        self._pid = 0                    # of the process that received it
+        self._pid = 0  # of the process that received it
 
     @classmethod
-    def _received(cls, body: bytes, properties: dict, delivery_info: dict, *, channel: Any,
-                  acker: Callable[[int, bool, bool, bool], bool], no_ack: bool,
-                  accept: Any) -> 'Message':
+    def _received(
+        cls,
+        body: bytes,
+        properties: dict,
+        delivery_info: dict,
+        *,
+        channel: Any,
+        acker: Callable[[int, bool, bool, bool], bool],
+        no_ack: bool,
+        accept: Any,
+    ) -> 'Message':
         """A message built by a Consumer (callback thread); decompresses the body."""
-        msg = cls(body, properties=properties, channel=channel,
-                  delivery_tag=delivery_info.get('delivery_tag'), delivery_info=delivery_info,
-                  accept=accept)
+        msg = cls(
+            body,
+            properties=properties,
+            channel=channel,
+            delivery_tag=delivery_info.get('delivery_tag'),
+            delivery_info=delivery_info,
+            accept=accept,
+        )
         msg._acker, msg._no_ack = acker, no_ack
         msg._pid = os.getpid()
         compression = msg.headers.get('compression')
@@ -245,9 +303,11 @@ class Message:
 
     def __repr__(self) -> str:
         size = len(self.body) if isinstance(self.body, (bytes, bytearray, str)) else None
-        return (f'<Message {self._state} tag={self.delivery_tag} type={self.content_type!r} '
-                f'body_length={size} correlation_id={self.properties.get("correlation_id")!r} '
-                f'routing_key={self.delivery_info.get("routing_key")!r}>')
+        return (
+            f'<Message {self._state} tag={self.delivery_tag} type={self.content_type!r} '
+            f'body_length={size} correlation_id={self.properties.get("correlation_id")!r} '
+            f'routing_key={self.delivery_info.get("routing_key")!r}>'
+        )
 
     # -------------------------------------------------------------- decoding
     def decode(self) -> Any:
@@ -260,12 +320,15 @@ class Message:
         if self.errors:
             raise self.errors[0][1]
         if self._decoded is _UNSET:
-            if self.content_type in _RAW_TYPES and self.content_type in \
-                    serialization.prepare_accept_content(self.accept):
+            if (
+                self.content_type in _RAW_TYPES
+                and self.content_type in serialization.prepare_accept_content(self.accept)
+            ):
                 self._decoded = self._raw()
             else:
-                self._decoded = serialization.loads(self.body, self.content_type,
-                                                    self.content_encoding, accept=self.accept)
+                self._decoded = serialization.loads(
+                    self.body, self.content_type, self.content_encoding, accept=self.accept
+                )
         return self._decoded
 
     def _raw(self) -> Any:
@@ -275,15 +338,18 @@ class Message:
         try:
             return bytes(self.body).decode(self.content_encoding)
         except (LookupError, UnicodeDecodeError) as exc:
-            raise DecodeError(f'cannot decode a {self.content_type} body as '
-                              f'{self.content_encoding}: {exc}') from exc
+            raise DecodeError(
+                f'cannot decode a {self.content_type} body as {self.content_encoding}: {exc}'
+            ) from exc
 
     @property
     def payload(self) -> Any:
         """The decoded body (see :meth:`decode`)."""
         return self.decode()
 
-    def _reraise_error(self, callback: Optional[Callable[['Message', BaseException], Any]] = None) -> None:
+    def _reraise_error(
+        self, callback: Optional[Callable[['Message', BaseException], Any]] = None
+    ) -> None:
         try:
             raise self.errors[0][1]
         except Exception as exc:
@@ -302,9 +368,11 @@ class Message:
             raise MessageStateError('This message does not have a receiving channel')
         if self._pid != os.getpid():
             # A forked child: the channel, and any lock a parent thread held, are the parent's.
-            raise MessageStateError('This message was received by the parent process: only '
-                                    'it can acknowledge it (its channel is not this process\'s)')
-        if self._no_ack:         # the broker already counted it acknowledged
+            raise MessageStateError(
+                'This message was received by the parent process: only '
+                "it can acknowledge it (its channel is not this process's)"
+            )
+        if self._no_ack:  # the broker already counted it acknowledged
             return
         with self._ack_lock:
             if self.acknowledged:
@@ -313,11 +381,15 @@ class Message:
         try:
             done = self._acker(self.delivery_tag, multiple, reject, requeue)
         except BaseException:
-            self._state = previous           # not settled: the caller may try again
+            self._state = previous  # not settled: the caller may try again
             raise
         if not done:
-            LOGGER.warning('could not %s message %s: its consumer channel is gone; the broker '
-                           'will deliver it again', state.lower(), self.delivery_tag)
+            LOGGER.warning(
+                'could not %s message %s: its consumer channel is gone; the broker '
+                'will deliver it again',
+                state.lower(),
+                self.delivery_tag,
+            )
 
     def ack(self, multiple: bool = False) -> None:
         """Acknowledge the message (and, ``multiple``, every earlier one). Blocks.
@@ -363,8 +435,10 @@ class Message:
         elif isinstance(body, (bytearray, memoryview)):
             body = bytes(body)
         elif not isinstance(body, bytes):
-            raise TypeError(f'a Message body must be bytes or str, got {type(body).__name__}: '
-                            f'serialize it first or use Producer.publish')
+            raise TypeError(
+                f'a Message body must be bytes or str, got {type(body).__name__}: '
+                f'serialize it first or use Producer.publish'
+            )
         if 'delivery_mode' in props:
             props['delivery_mode'] = maybe_delivery_mode(props['delivery_mode'])
         return body, check_properties(props)

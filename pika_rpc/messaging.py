@@ -41,23 +41,27 @@ Choices where kombu leaves room:
   every thread: it is refused locally with ``NotSupportedByRabbitMQ``.
 * ``Consumer`` (in ``consumer``, re-exported here) lists its own choices.
 """
+
 from __future__ import annotations
 
 import logging
 from typing import Any, Callable, Optional, Sequence
 
 from . import serialization
+from ._exchange import IMMEDIATE_REFUSED
 from ._handoff import Publication
 from ._retry import retry_over_time
 from ._timeouts import deadline
 from .config import merge_retry_policy, parse_url
+
 # Connection lives in .connection (as kombu splits it); re-exported for code that imported
 # it from here.
 from .connection import Connection, _as_connection, _check_exchange, _send, _View
+
 # Consumer lives in .consumer; re-exported for code that imported it from here.
 from .consumer import Consumer
-from ._exchange import IMMEDIATE_REFUSED
-from .entities import Exchange, maybe_declare as _maybe_declare
+from .entities import Exchange
+from .entities import maybe_declare as _maybe_declare
 from .errors import ClosedError, ConnectionLost, NotSupportedByRabbitMQ, PublishError, TimeoutError
 from .message import Message, check_properties, compress, maybe_delivery_mode
 
@@ -69,15 +73,22 @@ __all__ = ['Connection', 'Producer', 'Consumer']
 def _retrying(fn: Callable[[], Any], policy: Optional[dict], dl: Optional[float]) -> Any:
     if policy is None:
         return fn()
-    return retry_over_time(fn, (ConnectionLost, TimeoutError), None, dl,
-                           max_retries=policy['max_retries'],
-                           interval_start=policy['interval_start'],
-                           interval_step=policy['interval_step'],
-                           interval_max=policy['interval_max'], errback=policy.get('errback'),
-                           is_fatal=lambda exc: isinstance(exc, ClosedError))
+    return retry_over_time(
+        fn,
+        (ConnectionLost, TimeoutError),
+        None,
+        dl,
+        max_retries=policy['max_retries'],
+        interval_start=policy['interval_start'],
+        interval_step=policy['interval_step'],
+        interval_max=policy['interval_max'],
+        errback=policy.get('errback'),
+        is_fatal=lambda exc: isinstance(exc, ClosedError),
+    )
 
 
 # ------------------------------------------------------------------ Producer
+
 
 class Producer:
     """Message producer (kombu's ``Producer``): serializes, declares, publishes with confirms.
@@ -93,10 +104,16 @@ class Producer:
     auto_declare = True
     on_return: Optional[Callable[..., Any]] = None
 
-    def __init__(self, channel: Any, exchange: Any = None, routing_key: Optional[str] = None,
-                 serializer: Optional[str] = None, auto_declare: Optional[bool] = None,
-                 compression: Optional[str] = None,
-                 on_return: Optional[Callable[..., Any]] = None) -> None:
+    def __init__(
+        self,
+        channel: Any,
+        exchange: Any = None,
+        routing_key: Optional[str] = None,
+        serializer: Optional[str] = None,
+        auto_declare: Optional[bool] = None,
+        compression: Optional[str] = None,
+        on_return: Optional[Callable[..., Any]] = None,
+    ) -> None:
         if isinstance(exchange, str):
             exchange = Exchange(exchange, no_declare=True)
         self.exchange = exchange if exchange is not None else Exchange('')
@@ -155,14 +172,28 @@ class Producer:
             return None
         return merge_retry_policy(self._require().settings.task_publish_retry_policy, retry_policy)
 
-    def publish(self, body: Any, routing_key: Optional[str] = None, delivery_mode: Any = None,
-                mandatory: bool = False, immediate: bool = False, priority: int = 0,
-                content_type: Optional[str] = None, content_encoding: Optional[str] = None,
-                serializer: Optional[str] = None, headers: Optional[dict] = None,
-                compression: Optional[str] = None, exchange: Any = None, retry: bool = False,
-                retry_policy: Optional[dict] = None, declare: Optional[Sequence[Any]] = None,
-                expiration: Optional[float] = None, timeout: Optional[float] = None,
-                confirm_timeout: Optional[float] = None, **properties: Any) -> None:
+    def publish(
+        self,
+        body: Any,
+        routing_key: Optional[str] = None,
+        delivery_mode: Any = None,
+        mandatory: bool = False,
+        immediate: bool = False,
+        priority: int = 0,
+        content_type: Optional[str] = None,
+        content_encoding: Optional[str] = None,
+        serializer: Optional[str] = None,
+        headers: Optional[dict] = None,
+        compression: Optional[str] = None,
+        exchange: Any = None,
+        retry: bool = False,
+        retry_policy: Optional[dict] = None,
+        declare: Optional[Sequence[Any]] = None,
+        expiration: Optional[float] = None,
+        timeout: Optional[float] = None,
+        confirm_timeout: Optional[float] = None,
+        **properties: Any,
+    ) -> None:
         """Publish ``body`` and wait for the broker's confirm (see the module docstring).
 
         ``expiration`` is in seconds; ``**properties`` are AMQP properties
@@ -185,31 +216,55 @@ class Producer:
         dl = deadline(timeout)
         policy = self._policy(retry, retry_policy)
         pub, message = self.prepare_publication(
-            body, routing_key, delivery_mode, mandatory, priority, content_type,
-            content_encoding, serializer, headers, compression, exchange, policy, expiration,
-            timeout, **properties)
+            body,
+            routing_key,
+            delivery_mode,
+            mandatory,
+            priority,
+            content_type,
+            content_encoding,
+            serializer,
+            headers,
+            compression,
+            exchange,
+            policy,
+            expiration,
+            timeout,
+            **properties,
+        )
         targets = list(declare or [])
         if self.auto_declare and self.exchange._can_declare() and self.exchange not in targets:
             targets.append(self.exchange)
         view = _View(conn, dl)
         try:
             for entity in targets:
-                _retrying(lambda: _maybe_declare(entity, view), policy, dl)
+                _retrying(lambda entity=entity: _maybe_declare(entity, view), policy, dl)
             if pub.exchange:
                 _retrying(lambda: _check_exchange(view, pub.exchange), policy, dl)
         except TimeoutError as exc:
-            raise PublishError(f'publish to {pub.exchange!r}: declarations not done within '
-                               f'{timeout} s ({exc})') from exc
+            raise PublishError(
+                f'publish to {pub.exchange!r}: declarations not done within {timeout} s ({exc})'
+            ) from exc
         _send(conn, pub, dl, message, self._call_on_return if self.on_return else None)
 
-    def prepare_publication(self, body: Any, routing_key: Optional[str] = None,
-                            delivery_mode: Any = None, mandatory: bool = False, priority: int = 0,
-                            content_type: Optional[str] = None,
-                            content_encoding: Optional[str] = None,
-                            serializer: Optional[str] = None, headers: Optional[dict] = None,
-                            compression: Optional[str] = None, exchange: Any = None,
-                            retry_policy: Optional[dict] = None, expiration: Optional[float] = None,
-                            timeout: Optional[float] = None, **properties: Any) -> tuple:
+    def prepare_publication(
+        self,
+        body: Any,
+        routing_key: Optional[str] = None,
+        delivery_mode: Any = None,
+        mandatory: bool = False,
+        priority: int = 0,
+        content_type: Optional[str] = None,
+        content_encoding: Optional[str] = None,
+        serializer: Optional[str] = None,
+        headers: Optional[dict] = None,
+        compression: Optional[str] = None,
+        exchange: Any = None,
+        retry_policy: Optional[dict] = None,
+        expiration: Optional[float] = None,
+        timeout: Optional[float] = None,
+        **properties: Any,
+    ) -> tuple:
         """Serialize and check everything for one publish, without I/O.
 
         Returns ``(Publication, Message)``; hand the first to ``link.publish`` and wait on
@@ -219,15 +274,25 @@ class Producer:
         compression = self.compression if compression is None else compression
         target = self.exchange if exchange is None else exchange
         exchange_name = target.name if isinstance(target, Exchange) else (target or '')
-        mode = delivery_mode or (target.delivery_mode if isinstance(target, Exchange) else None) \
+        mode = (
+            delivery_mode
+            or (target.delivery_mode if isinstance(target, Exchange) else None)
             or self.exchange.delivery_mode
+        )
         headers = dict(headers or {})
         body, content_type, content_encoding = self._encode(
-            body, serializer, content_type, content_encoding)
+            body, serializer, content_type, content_encoding
+        )
         if compression:
             body, headers['compression'] = compress(body, compression)
-        props = dict(properties, delivery_mode=maybe_delivery_mode(mode), priority=priority,
-                     content_type=content_type, content_encoding=content_encoding, headers=headers)
+        props = dict(
+            properties,
+            delivery_mode=maybe_delivery_mode(mode),
+            priority=priority,
+            content_type=content_type,
+            content_encoding=content_encoding,
+            headers=headers,
+        )
         if expiration is not None:
             if isinstance(expiration, bool) or not expiration >= 0:
                 raise ValueError(f'expiration must be seconds >= 0, got {expiration!r}')
@@ -235,19 +300,33 @@ class Producer:
         props = check_properties(props)
         self._check_user_id(props.get('user_id'))
         message = Message(body, properties=props, channel=self._connection)
-        pub = Publication(exchange_name, routing_key, body, props, mandatory=mandatory,
-                          policy=retry_policy, timeout=timeout)
+        pub = Publication(
+            exchange_name,
+            routing_key,
+            body,
+            props,
+            mandatory=mandatory,
+            policy=retry_policy,
+            timeout=timeout,
+        )
         return pub, message
 
-    def _encode(self, body: Any, serializer: Optional[str], content_type: Optional[str],
-                content_encoding: Optional[str]) -> tuple:
+    def _encode(
+        self,
+        body: Any,
+        serializer: Optional[str],
+        content_type: Optional[str],
+        content_encoding: Optional[str],
+    ) -> tuple:
         if content_type:
             if isinstance(body, str):
                 content_encoding = content_encoding or 'utf-8'
                 return body.encode(content_encoding), content_type, content_encoding
             if not isinstance(body, (bytes, bytearray, memoryview)):
-                raise TypeError(f'with content_type given the body must be bytes or str, got '
-                                f'{type(body).__name__}')
+                raise TypeError(
+                    f'with content_type given the body must be bytes or str, got '
+                    f'{type(body).__name__}'
+                )
             return bytes(body), content_type, content_encoding or 'binary'
         serializer = serializer or self.serializer
         if serializer is None and isinstance(body, (bytes, bytearray)):
@@ -264,11 +343,14 @@ class Producer:
             return
         users = {a.userid for a in parse_url(self._require().settings.broker_url)}
         if user_id not in users:
-            raise ValueError(f'user_id {user_id!r} is not the connection\'s user: RabbitMQ would '
-                             f'refuse the message (406) and close the channel')
+            raise ValueError(
+                f"user_id {user_id!r} is not the connection's user: RabbitMQ would "
+                f'refuse the message (406) and close the channel'
+            )
 
-    def _call_on_return(self, exc: BaseException, exchange: str, routing_key: str,
-                        message: Message) -> None:     # callback thread
+    def _call_on_return(
+        self, exc: BaseException, exchange: str, routing_key: str, message: Message
+    ) -> None:  # callback thread
         handler = self.on_return
         if handler is not None:
             handler(exc, exchange, routing_key, message)

@@ -16,6 +16,7 @@ Choices where Celery leaves room (``docs/wire-format.rst`` describes the message
 * :func:`task_message` returns properties without ``content_type``/``content_encoding``:
   those come from the serializer used to encode the body.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,22 +35,36 @@ from .serialization import exception_from_dict, exception_to_dict, json_object, 
 LOGGER = logging.getLogger(__name__)
 
 __all__ = [
-    'result_body', 'meta_from_raw', 'task_id_of', 'task_message', 'parse_task_message',
-    'TaskRequest', 'control_revoke', 'default_origin', 'REPR_MAXSIZE', 'PIDBOX_EXCHANGE',
-    'PIDBOX_EXCHANGE_TYPE', 'PIDBOX_QUEUE_EXPIRES', 'PIDBOX_QUEUE_TTL', 'pidbox_queue_name',
-    'REVOKES_MAX', 'REVOKE_EXPIRES', 'TASK_EXCHANGE_TYPE', 'task_queue_declarations',
+    'result_body',
+    'meta_from_raw',
+    'task_id_of',
+    'task_message',
+    'parse_task_message',
+    'TaskRequest',
+    'control_revoke',
+    'default_origin',
+    'REPR_MAXSIZE',
+    'PIDBOX_EXCHANGE',
+    'PIDBOX_EXCHANGE_TYPE',
+    'PIDBOX_QUEUE_EXPIRES',
+    'PIDBOX_QUEUE_TTL',
+    'pidbox_queue_name',
+    'REVOKES_MAX',
+    'REVOKE_EXPIRES',
+    'TASK_EXCHANGE_TYPE',
+    'task_queue_declarations',
     'retry_message',
 ]
 
-REPR_MAXSIZE = 1024                  # Celery's argsrepr_maxsize / kwargsrepr_maxsize
+REPR_MAXSIZE = 1024  # Celery's argsrepr_maxsize / kwargsrepr_maxsize
 
 # Celery's broadcast control mailbox (kombu Mailbox 'celery' of type fanout).
-PIDBOX_EXCHANGE = 'celery.pidbox'    # control_exchange 'celery' + '.pidbox'
+PIDBOX_EXCHANGE = 'celery.pidbox'  # control_exchange 'celery' + '.pidbox'
 PIDBOX_EXCHANGE_TYPE = 'fanout'
-PIDBOX_QUEUE_EXPIRES = 10.0          # control_queue_expires (s): a node's queue outlives it so long
-PIDBOX_QUEUE_TTL = 300.0             # control_queue_ttl (s) of a control message in that queue
-REVOKES_MAX = 50000                  # worker_state.REVOKES_MAX: revoked ids a worker remembers
-REVOKE_EXPIRES = 10800.0             # worker_state.REVOKE_EXPIRES (s): and for how long
+PIDBOX_QUEUE_EXPIRES = 10.0  # control_queue_expires (s): a node's queue outlives it so long
+PIDBOX_QUEUE_TTL = 300.0  # control_queue_ttl (s) of a control message in that queue
+REVOKES_MAX = 50000  # worker_state.REVOKES_MAX: revoked ids a worker remembers
+REVOKE_EXPIRES = 10800.0  # worker_state.REVOKE_EXPIRES (s): and for how long
 
 # How Celery declares a task queue named N: a durable direct exchange N, a durable queue N,
 # bound with routing key N (so neither side gets a 406 from the other's declaration).
@@ -69,6 +84,8 @@ def task_queue_declarations(name: str) -> List[Tuple[str, Dict[str, Any]]]:
         ('declare_queue', dict(queue=name, durable=True)),
         ('bind_queue', dict(queue=name, exchange=name, routing_key=name)),
     ]
+
+
 _EXTENDED_KEYS = ('name', 'args', 'kwargs', 'worker', 'retries', 'queue')
 
 
@@ -87,12 +104,21 @@ def _aware(dt: datetime, tz: Optional[tzinfo]) -> datetime:
 
 # --------------------------------------------------------------------------- results
 
-def result_body(task_id: str, state: str, result: Any, traceback: Optional[str] = None,
-                children: Optional[list] = None, *,
-                date_done: Union[None, str, datetime] = 'auto',
-                group_id: Optional[str] = None, parent_id: Optional[str] = None,
-                request: Any = None, extended: bool = False,
-                tz: Optional[tzinfo] = None) -> Dict[str, Any]:
+
+def result_body(
+    task_id: str,
+    state: str,
+    result: Any,
+    traceback: Optional[str] = None,
+    children: Optional[list] = None,
+    *,
+    date_done: Union[None, str, datetime] = 'auto',
+    group_id: Optional[str] = None,
+    parent_id: Optional[str] = None,
+    request: Any = None,
+    extended: bool = False,
+    tz: Optional[tzinfo] = None,
+) -> Dict[str, Any]:
     """Build the body a Celery 5.7 worker sends for a state change (``docs/wire-format.rst``,
     "Result messages").
 
@@ -123,8 +149,11 @@ def result_body(task_id: str, state: str, result: Any, traceback: Optional[str] 
         else:
             done = str(date_done)
     body: Dict[str, Any] = {
-        'status': state, 'result': result, 'traceback': traceback,
-        'children': [] if children is None else children, 'date_done': done,
+        'status': state,
+        'result': result,
+        'traceback': traceback,
+        'children': [] if children is None else children,
+        'date_done': done,
     }
     group_id = group_id or _field(request, 'group')
     parent_id = parent_id or _field(request, 'parent_id')
@@ -169,13 +198,18 @@ def meta_from_raw(raw: Any) -> Dict[str, Any]:
             exception.
         SecurityError: the exception names something that is not an exception class.
     """
-    status = required_text(json_object(raw, 'a result body'), 'status',
-                           'a result body needs a status string')
+    status = required_text(
+        json_object(raw, 'a result body'), 'status', 'a result body needs a status string'
+    )
     result = raw.get('result')
     if status in states.EXCEPTION_STATES:
         result = exception_from_dict(result)
-    meta = {'status': status, 'result': result, 'traceback': raw.get('traceback'),
-            'children': raw.get('children')}
+    meta = {
+        'status': status,
+        'result': result,
+        'traceback': raw.get('traceback'),
+        'children': raw.get('children'),
+    }
     for key in ('task_id', 'date_done', 'group_id', 'parent_id') + _EXTENDED_KEYS:
         if key in raw:
             meta[key] = raw[key]
@@ -193,12 +227,13 @@ def task_id_of(raw: Any, correlation_id: Optional[str]) -> Optional[str]:
 
 # --------------------------------------------------------------------------- task messages
 
+
 def _capped_repr(value: Any, maxsize: int = REPR_MAXSIZE) -> str:
     try:
         text = repr(value)
     except Exception as exc:
         text = f'<unrepresentable {type(value).__qualname__}: {exc!r}>'
-    return text if len(text) <= maxsize else text[:maxsize - 3] + '...'
+    return text if len(text) <= maxsize else text[: maxsize - 3] + '...'
 
 
 def _seconds(value: Any, what: str) -> float:
@@ -235,23 +270,41 @@ def default_origin() -> str:
     return f'gen{os.getpid()}@{socket.gethostname()}'
 
 
-def task_message(name: str, args: Sequence[Any] = (), kwargs: Optional[Mapping[str, Any]] = None,
-                 *, task_id: str, reply_to: Optional[str], correlation_id: Optional[str] = None,
-                 countdown: Optional[float] = None, eta: Union[None, str, datetime] = None,
-                 expires: Union[None, float, str, datetime] = None, priority: Optional[int] = 0,
-                 time_limit: Optional[float] = None, soft_time_limit: Optional[float] = None,
-                 group_id: Optional[str] = None, group_index: Optional[int] = None,
-                 retries: int = 0, root_id: Optional[str] = None, parent_id: Optional[str] = None,
-                 shadow: Optional[str] = None, origin: Optional[str] = None,
-                 ignore_result: Optional[bool] = None, argsrepr: Optional[str] = None,
-                 kwargsrepr: Optional[str] = None, replaced_task_nesting: int = 0,
-                 stamped_headers: Optional[List[str]] = None,
-                 stamps: Optional[Mapping[str, Any]] = None,
-                 callbacks: Optional[list] = None, errbacks: Optional[list] = None,
-                 chain: Optional[list] = None, chord: Optional[dict] = None,
-                 headers: Optional[Mapping[str, Any]] = None,
-                 now: Optional[datetime] = None, tz: Optional[tzinfo] = None,
-                 ) -> Tuple[Dict[str, Any], Dict[str, Any], list]:
+def task_message(
+    name: str,
+    args: Sequence[Any] = (),
+    kwargs: Optional[Mapping[str, Any]] = None,
+    *,
+    task_id: str,
+    reply_to: Optional[str],
+    correlation_id: Optional[str] = None,
+    countdown: Optional[float] = None,
+    eta: Union[None, str, datetime] = None,
+    expires: Union[None, float, str, datetime] = None,
+    priority: Optional[int] = 0,
+    time_limit: Optional[float] = None,
+    soft_time_limit: Optional[float] = None,
+    group_id: Optional[str] = None,
+    group_index: Optional[int] = None,
+    retries: int = 0,
+    root_id: Optional[str] = None,
+    parent_id: Optional[str] = None,
+    shadow: Optional[str] = None,
+    origin: Optional[str] = None,
+    ignore_result: Optional[bool] = None,
+    argsrepr: Optional[str] = None,
+    kwargsrepr: Optional[str] = None,
+    replaced_task_nesting: int = 0,
+    stamped_headers: Optional[List[str]] = None,
+    stamps: Optional[Mapping[str, Any]] = None,
+    callbacks: Optional[list] = None,
+    errbacks: Optional[list] = None,
+    chain: Optional[list] = None,
+    chord: Optional[dict] = None,
+    headers: Optional[Mapping[str, Any]] = None,
+    now: Optional[datetime] = None,
+    tz: Optional[tzinfo] = None,
+) -> Tuple[Dict[str, Any], Dict[str, Any], list]:
     """Build a Celery protocol-v2 task message (``docs/wire-format.rst``, "Task messages").
 
     ``countdown`` (seconds) becomes ``eta`` = ``now + countdown`` and wins over ``eta``, as in
@@ -280,7 +333,8 @@ def task_message(name: str, args: Sequence[Any] = (), kwargs: Optional[Mapping[s
     if isinstance(eta, datetime):
         eta = _aware(eta, tz).isoformat()
     properties: Dict[str, Any] = {
-        'correlation_id': correlation_id or task_id, 'reply_to': reply_to or '',
+        'correlation_id': correlation_id or task_id,
+        'reply_to': reply_to or '',
         'delivery_mode': 2,
     }
     if priority is not None:
@@ -289,21 +343,33 @@ def task_message(name: str, args: Sequence[Any] = (), kwargs: Optional[Mapping[s
     if expires is not None:
         expires_header, properties['expiration'] = _expires_header(expires, now, tz)
     message_headers = {
-        'lang': 'py', 'task': name, 'id': task_id, 'shadow': shadow, 'eta': eta,
-        'expires': expires_header, 'group': group_id, 'group_index': group_index,
-        'retries': retries, 'timelimit': [_header_seconds(time_limit),
-                                          _header_seconds(soft_time_limit)],
-        'root_id': root_id or task_id, 'parent_id': parent_id,
+        'lang': 'py',
+        'task': name,
+        'id': task_id,
+        'shadow': shadow,
+        'eta': eta,
+        'expires': expires_header,
+        'group': group_id,
+        'group_index': group_index,
+        'retries': retries,
+        'timelimit': [_header_seconds(time_limit), _header_seconds(soft_time_limit)],
+        'root_id': root_id or task_id,
+        'parent_id': parent_id,
         'argsrepr': _capped_repr(args) if argsrepr is None else argsrepr,
         'kwargsrepr': _capped_repr(kwargs) if kwargsrepr is None else kwargsrepr,
-        'origin': origin or default_origin(), 'ignore_result': ignore_result,
+        'origin': origin or default_origin(),
+        'ignore_result': ignore_result,
         'replaced_task_nesting': replaced_task_nesting,
-        'stamped_headers': stamped_headers, 'stamps': dict(stamps or {}),
+        'stamped_headers': stamped_headers,
+        'stamps': dict(stamps or {}),
     }
     if headers:
         message_headers.update(headers)
-    body = [list(args), dict(kwargs),
-            {'callbacks': callbacks, 'errbacks': errbacks, 'chain': chain, 'chord': chord}]
+    body = [
+        list(args),
+        dict(kwargs),
+        {'callbacks': callbacks, 'errbacks': errbacks, 'chain': chain, 'chord': chord},
+    ]
     return message_headers, properties, body
 
 
@@ -340,7 +406,7 @@ class TaskRequest:
     priority: Optional[int] = None
     delivery_info: dict = field(default_factory=dict)
     headers: dict = field(default_factory=dict)
-    hostname: Optional[str] = None          # set by the worker that runs it
+    hostname: Optional[str] = None  # set by the worker that runs it
 
     @property
     def task(self) -> str:
@@ -355,8 +421,9 @@ class TaskRequest:
         return self.timelimit[1]
 
 
-def _check(value: Any, types: Union[type, Tuple[type, ...]], what: str,
-           optional: bool = True) -> Any:
+def _check(
+    value: Any, types: Union[type, Tuple[type, ...]], what: str, optional: bool = True
+) -> Any:
     if value is None and optional:
         return None
     if isinstance(value, bytes):
@@ -400,8 +467,13 @@ def _timelimit(value: Any) -> Tuple[Optional[float], Optional[float]]:
     return (hard, soft)
 
 
-def parse_task_message(headers: Optional[Mapping[str, Any]], properties: Any, body: Any, *,
-                       delivery_info: Optional[Mapping[str, Any]] = None) -> TaskRequest:
+def parse_task_message(
+    headers: Optional[Mapping[str, Any]],
+    properties: Any,
+    body: Any,
+    *,
+    delivery_info: Optional[Mapping[str, Any]] = None,
+) -> TaskRequest:
     """Parse a decoded protocol-v2 task message; optional headers may be missing.
 
     Args:
@@ -415,8 +487,9 @@ def parse_task_message(headers: Optional[Mapping[str, Any]], properties: Any, bo
     """
     headers = dict(headers or {})
     if isinstance(body, dict):
-        raise DecodeError('task message uses Celery protocol v1 (a dict body); '
-                          'only protocol v2 is supported')
+        raise DecodeError(
+            'task message uses Celery protocol v1 (a dict body); only protocol v2 is supported'
+        )
     if not isinstance(body, (list, tuple)) or len(body) != 3:
         raise DecodeError(f'task message body must be [args, kwargs, embed], got {body!r:.200}')
     args, kwargs, embed = body
@@ -432,7 +505,10 @@ def parse_task_message(headers: Optional[Mapping[str, Any]], properties: Any, bo
     if not name or not task_id:
         raise DecodeError('task message needs non-empty "task" and "id" headers')
     return TaskRequest(
-        id=task_id, name=name, args=list(args), kwargs=kwargs,
+        id=task_id,
+        name=name,
+        args=list(args),
+        kwargs=kwargs,
         eta=_header_time(headers.get('eta'), 'eta'),
         expires=_header_time(headers.get('expires'), 'expires'),
         retries=_check(headers.get('retries'), int, 'retries') or 0,
@@ -448,22 +524,31 @@ def parse_task_message(headers: Optional[Mapping[str, Any]], properties: Any, bo
         shadow=_check(headers.get('shadow'), str, 'shadow'),
         argsrepr=_check(headers.get('argsrepr'), str, 'argsrepr'),
         kwargsrepr=_check(headers.get('kwargsrepr'), str, 'kwargsrepr'),
-        replaced_task_nesting=_check(headers.get('replaced_task_nesting'), int,
-                                     'replaced_task_nesting') or 0,
+        replaced_task_nesting=_check(
+            headers.get('replaced_task_nesting'), int, 'replaced_task_nesting'
+        )
+        or 0,
         stamped_headers=_check(headers.get('stamped_headers'), (list, tuple), 'stamped_headers'),
         stamps=_check(headers.get('stamps'), dict, 'stamps') or {},
-        callbacks=embed.get('callbacks'), errbacks=embed.get('errbacks'),
-        chain=embed.get('chain'), chord=embed.get('chord'),
+        callbacks=embed.get('callbacks'),
+        errbacks=embed.get('errbacks'),
+        chain=embed.get('chain'),
+        chord=embed.get('chord'),
         priority=_check(_field(properties, 'priority'), int, 'priority'),
-        delivery_info=dict(delivery_info or {}), headers=headers,
+        delivery_info=dict(delivery_info or {}),
+        headers=headers,
     )
 
 
-def retry_message(request: TaskRequest, args: Optional[Sequence[Any]] = None,
-                  kwargs: Optional[Mapping[str, Any]] = None, *,
-                  countdown: Optional[float] = None, eta: Union[None, str, datetime] = None,
-                  options: Optional[Mapping[str, Any]] = None,
-                  ) -> Tuple[Dict[str, Any], Dict[str, Any], list]:
+def retry_message(
+    request: TaskRequest,
+    args: Optional[Sequence[Any]] = None,
+    kwargs: Optional[Mapping[str, Any]] = None,
+    *,
+    countdown: Optional[float] = None,
+    eta: Union[None, str, datetime] = None,
+    options: Optional[Mapping[str, Any]] = None,
+) -> Tuple[Dict[str, Any], Dict[str, Any], list]:
     """The message Celery's ``Task.retry`` sends for ``request``: the same task and id again.
 
     ``retries + 1``; ``args``/``kwargs`` None keep the request's; ``countdown`` (seconds) or
@@ -478,16 +563,34 @@ def retry_message(request: TaskRequest, args: Optional[Sequence[Any]] = None,
     """
     req = request
     headers, props, body = task_message(
-        req.name, req.args if args is None else args, req.kwargs if kwargs is None else kwargs,
-        task_id=req.id, reply_to=req.reply_to, correlation_id=req.correlation_id,
-        countdown=countdown, eta=eta, expires=req.expires,
-        priority=(options or {}).get('priority', req.priority), time_limit=req.time_limit,
-        soft_time_limit=req.soft_time_limit, group_id=req.group, group_index=req.group_index,
-        retries=req.retries + 1, root_id=req.root_id, parent_id=req.parent_id or req.id,
-        shadow=req.shadow, origin=req.origin, ignore_result=req.ignore_result,
-        replaced_task_nesting=req.replaced_task_nesting, stamped_headers=req.stamped_headers,
-        stamps=req.stamps, callbacks=req.callbacks, errbacks=req.errbacks, chain=req.chain,
-        chord=req.chord)
+        req.name,
+        req.args if args is None else args,
+        req.kwargs if kwargs is None else kwargs,
+        task_id=req.id,
+        reply_to=req.reply_to,
+        correlation_id=req.correlation_id,
+        countdown=countdown,
+        eta=eta,
+        expires=req.expires,
+        priority=(options or {}).get('priority', req.priority),
+        time_limit=req.time_limit,
+        soft_time_limit=req.soft_time_limit,
+        group_id=req.group,
+        group_index=req.group_index,
+        retries=req.retries + 1,
+        root_id=req.root_id,
+        parent_id=req.parent_id or req.id,
+        shadow=req.shadow,
+        origin=req.origin,
+        ignore_result=req.ignore_result,
+        replaced_task_nesting=req.replaced_task_nesting,
+        stamped_headers=req.stamped_headers,
+        stamps=req.stamps,
+        callbacks=req.callbacks,
+        errbacks=req.errbacks,
+        chain=req.chain,
+        chord=req.chord,
+    )
     for key, value in req.headers.items():
         if not key.startswith('x-'):
             headers.setdefault(key, value)
@@ -496,11 +599,16 @@ def retry_message(request: TaskRequest, args: Optional[Sequence[Any]] = None,
 
 # --------------------------------------------------------------------------- control
 
-def control_revoke(task_ids: Union[str, Iterable[str]], terminate: bool = False,
-                   signal: Optional[str] = 'SIGTERM', *,
-                   destination: Optional[Sequence[str]] = None,
-                   control_exchange: str = 'celery', clock: int = 0,
-                   ) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
+
+def control_revoke(
+    task_ids: Union[str, Iterable[str]],
+    terminate: bool = False,
+    signal: Optional[str] = 'SIGTERM',
+    *,
+    destination: Optional[Sequence[str]] = None,
+    control_exchange: str = 'celery',
+    clock: int = 0,
+) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
     """Build Celery's ``revoke`` broadcast (``app.control.revoke``; kombu ``Mailbox._publish``).
 
     Publish the body (JSON) to the exchange returned, ``'<control_exchange>.pidbox'``, with
@@ -532,6 +640,5 @@ def control_revoke(task_ids: Union[str, Iterable[str]], terminate: bool = False,
         'pattern': None,
         'matcher': None,
     }
-    properties = {'delivery_mode': 2, 'priority': 0,
-                  'headers': {'clock': clock, 'expires': 0}}
+    properties = {'delivery_mode': 2, 'priority': 0, 'headers': {'clock': clock, 'expires': 0}}
     return f'{control_exchange}.pidbox', body, properties

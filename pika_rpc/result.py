@@ -6,6 +6,7 @@ table, so any thread may read or wait on any result and many threads may wait on
 delivers a final state. ``interval`` and ``no_ack`` are accepted for Celery compatibility
 and unused.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
@@ -18,7 +19,8 @@ __all__ = ['AsyncResult', 'ResultSet', 'GroupResult', 'result_from_tuple']
 
 _SYNC_SUBTASK_MESSAGE = (
     'AsyncResult.get() was called inside a running task: the task would wait on a worker '
-    'slot that may never free up. Pass disable_sync_subtasks=False if you really mean it.')
+    'slot that may never free up. Pass disable_sync_subtasks=False if you really mean it.'
+)
 
 
 def _assert_will_not_block(disable_sync_subtasks: bool) -> None:
@@ -29,8 +31,14 @@ def _assert_will_not_block(disable_sync_subtasks: bool) -> None:
 class AsyncResult:
     """A task's pending result. Thread-safe: it holds no state of its own but the id."""
 
-    def __init__(self, id: str, backend: Any = None, task_name: Optional[str] = None,
-                 app: Any = None, parent: Optional['AsyncResult'] = None) -> None:
+    def __init__(
+        self,
+        id: str,
+        backend: Any = None,
+        task_name: Optional[str] = None,
+        app: Any = None,
+        parent: Optional['AsyncResult'] = None,
+    ) -> None:
         if id is None:
             raise ValueError(f'AsyncResult requires a task id, got {id!r}')
         self.app = app
@@ -54,14 +62,20 @@ class AsyncResult:
         return self.id
 
     # ------------------------------------------------------------------ waiting
-    def get(self, timeout: Optional[float] = None, propagate: bool = True, interval: float = 0.5,
-            no_ack: bool = True, follow_parents: bool = True,
-            callback: Optional[Callable[[str, Any], Any]] = None,
-            on_message: Optional[Callable[[dict], Any]] = None,
-            on_interval: Optional[Callable[[], Any]] = None,
-            disable_sync_subtasks: bool = True,
-            EXCEPTION_STATES: frozenset = states.EXCEPTION_STATES,
-            PROPAGATE_STATES: frozenset = states.PROPAGATE_STATES) -> Any:
+    def get(
+        self,
+        timeout: Optional[float] = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        follow_parents: bool = True,
+        callback: Optional[Callable[[str, Any], Any]] = None,
+        on_message: Optional[Callable[[dict], Any]] = None,
+        on_interval: Optional[Callable[[], Any]] = None,
+        disable_sync_subtasks: bool = True,
+        EXCEPTION_STATES: frozenset = states.EXCEPTION_STATES,
+        PROPAGATE_STATES: frozenset = states.PROPAGATE_STATES,
+    ) -> Any:
         """Wait until the task is ready and return its value.
 
         Blocks up to ``timeout`` seconds (None: until ready; 0: answer at once). Runs
@@ -81,7 +95,7 @@ class AsyncResult:
         if self.ignored:
             return None
         _assert_will_not_block(disable_sync_subtasks)
-        deadline(timeout)                      # validates: negative or NaN raise ValueError
+        deadline(timeout)  # validates: negative or NaN raise ValueError
         if follow_parents and propagate and self.parent is not None:
             self.parent.maybe_throw(propagate=True)
         meta = self.backend.wait_for_pending(self, timeout=timeout, on_message=on_message)
@@ -89,8 +103,13 @@ class AsyncResult:
 
     wait = get
 
-    def _value(self, meta: Dict[str, Any], propagate: bool, callback: Optional[Callable],
-               propagate_states: frozenset = states.PROPAGATE_STATES) -> Any:
+    def _value(
+        self,
+        meta: Dict[str, Any],
+        propagate: bool,
+        callback: Optional[Callable],
+        propagate_states: frozenset = states.PROPAGATE_STATES,
+    ) -> Any:
         status, value = meta['status'], meta.get('result')
         if callback is not None:
             callback(self.id, value)
@@ -108,8 +127,14 @@ class AsyncResult:
         """Drop the kept result (no I/O: rpc results live only in this process)."""
         self.backend.forget(self.id)
 
-    def revoke(self, connection: Any = None, terminate: bool = False, signal: Optional[str] = None,
-               wait: bool = False, timeout: Optional[float] = None) -> None:
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: Optional[str] = None,
+        wait: bool = False,
+        timeout: Optional[float] = None,
+    ) -> None:
         """Broadcast Celery's ``revoke`` control message; workers then store REVOKED."""
         app = self.app
         if app is None:
@@ -236,18 +261,30 @@ class ResultSet:
         for r in self.results:
             r.revoke(terminate=terminate, signal=signal)
 
-    def iter_native(self, timeout: Optional[float] = None, interval: float = 0.5,
-                    no_ack: bool = True, on_message: Optional[Callable] = None,
-                    on_interval: Optional[Callable] = None) -> Iterator[Tuple[str, Dict]]:
+    def iter_native(
+        self,
+        timeout: Optional[float] = None,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        on_message: Optional[Callable] = None,
+        on_interval: Optional[Callable] = None,
+    ) -> Iterator[Tuple[str, Dict]]:
         """Yield ``(task_id, meta)`` as each task completes (completion order)."""
-        return self.backend.get_many([r.id for r in self.results], timeout=timeout,
-                                     on_message=on_message)
+        return self.backend.get_many(
+            [r.id for r in self.results], timeout=timeout, on_message=on_message
+        )
 
-    def join_native(self, timeout: Optional[float] = None, propagate: bool = True,
-                    interval: float = 0.5, callback: Optional[Callable] = None,
-                    no_ack: bool = True, on_message: Optional[Callable] = None,
-                    on_interval: Optional[Callable] = None,
-                    disable_sync_subtasks: bool = True) -> Optional[List[Any]]:
+    def join_native(
+        self,
+        timeout: Optional[float] = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        callback: Optional[Callable] = None,
+        no_ack: bool = True,
+        on_message: Optional[Callable] = None,
+        on_interval: Optional[Callable] = None,
+        disable_sync_subtasks: bool = True,
+    ) -> Optional[List[Any]]:
         """Wait for every result; return the values in the set's order.
 
         Raises the first failure met (completion order) when ``propagate``;
@@ -258,8 +295,11 @@ class ResultSet:
         values: List[Any] = [None] * len(self.results)
         for task_id, meta in self.iter_native(timeout=timeout, on_message=on_message):
             value = meta.get('result')
-            if propagate and meta['status'] in states.PROPAGATE_STATES and \
-                    isinstance(value, BaseException):
+            if (
+                propagate
+                and meta['status'] in states.PROPAGATE_STATES
+                and isinstance(value, BaseException)
+            ):
                 raise value
             if callback is not None:
                 callback(task_id, value)
@@ -279,15 +319,22 @@ class ResultSet:
 class GroupResult(ResultSet):
     """A ``ResultSet`` with a group id. The rpc backend stores no groups (save/restore raise)."""
 
-    def __init__(self, id: Optional[str] = None, results: Iterable[AsyncResult] = (),
-                 parent: Optional[AsyncResult] = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        id: Optional[str] = None,
+        results: Iterable[AsyncResult] = (),
+        parent: Optional[AsyncResult] = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(results, **kwargs)
         self.id = id
         self.parent = parent
 
     def as_tuple(self) -> tuple:
-        return ((self.id, self.parent and self.parent.as_tuple()),
-                [r.as_tuple() for r in self.results])
+        return (
+            (self.id, self.parent and self.parent.as_tuple()),
+            [r.as_tuple() for r in self.results],
+        )
 
     def save(self, backend: Any = None) -> None:
         (backend or self.backend).save_group(self.id, self)
@@ -317,6 +364,10 @@ def result_from_tuple(value: Any, app: Any = None, backend: Any = None) -> Any:
         task_id, parent = head, None
     parent_result = result_from_tuple(parent, app, backend) if parent else None
     if members is not None:
-        return GroupResult(task_id, [result_from_tuple(m, app, backend) for m in members],
-                           parent=parent_result, app=app)
+        return GroupResult(
+            task_id,
+            [result_from_tuple(m, app, backend) for m in members],
+            parent=parent_result,
+            app=app,
+        )
     return AsyncResult(task_id, backend=backend, app=app, parent=parent_result)

@@ -31,6 +31,7 @@ Threads and fork: every function is thread-safe. The module's locks are made ane
 forked child (``os.register_at_fork``), so a lock held by a parent thread at the fork cannot
 block the child's first encode or decode.
 """
+
 from __future__ import annotations
 
 import base64
@@ -54,17 +55,25 @@ from .errors import ContentDisallowed, DecodeError, EncodeError, PikaRPCError, S
 LOGGER = logging.getLogger(__name__)
 
 __all__ = [
-    'register', 'dumps', 'loads', 'prepare_accept_content', 'JSON_CONTENT_TYPE',
-    'exception_to_dict', 'exception_from_dict', 'register_exception', 'unregister_exception',
+    'register',
+    'dumps',
+    'loads',
+    'prepare_accept_content',
+    'JSON_CONTENT_TYPE',
+    'exception_to_dict',
+    'exception_from_dict',
+    'register_exception',
+    'unregister_exception',
 ]
 
 JSON_CONTENT_TYPE = 'application/json'
 DEFAULT_ACCEPT: FrozenSet[str] = frozenset({JSON_CONTENT_TYPE})
 _SYNTH_CACHE_MAX = 1024
-_BINARY_ENCODINGS = ('binary', 'ascii-8bit')     # never decoded to text (as kombu)
+_BINARY_ENCODINGS = ('binary', 'ascii-8bit')  # never decoded to text (as kombu)
 
 
 # --------------------------------------------------------------------------- envelopes
+
 
 def _as(marker: str, value: Any) -> Dict[str, Any]:
     return {'__type__': marker, '__value__': value}
@@ -75,7 +84,7 @@ def _envelope(o: Any, *, with_bytes: bool) -> Any:
     reducer = getattr(o, '__json__', None)
     if reducer is not None and callable(reducer):
         return reducer()
-    if isinstance(o, datetime):            # before date: a datetime is also a date
+    if isinstance(o, datetime):  # before date: a datetime is also a date
         return _as('datetime', o.isoformat())
     if isinstance(o, date):
         return _as('date', o.isoformat())
@@ -105,6 +114,7 @@ def _text_only(fn: Callable[[str], Any]) -> Callable[[Any], Any]:
         if not isinstance(v, str):
             raise TypeError(f'expected a string payload, got {type(v).__name__}')
         return fn(v)
+
     return decode
 
 
@@ -135,13 +145,13 @@ def _decode_envelope(obj: Dict[Any, Any]) -> Any:
 
 # --------------------------------------------------------------------------- codecs
 
+
 def _json_default(obj: Any) -> Any:
     return _envelope(obj, with_bytes=True)
 
 
 # Built once (json.dumps with any option builds a new encoder per call); stateless.
-_JSON_ENCODER = json.JSONEncoder(default=_json_default, separators=(', ', ': '),
-                                 ensure_ascii=True)
+_JSON_ENCODER = json.JSONEncoder(default=_json_default, separators=(', ', ': '), ensure_ascii=True)
 
 
 def _json_dumps(obj: Any) -> str:
@@ -149,14 +159,14 @@ def _json_dumps(obj: Any) -> str:
         return _JSON_ENCODER.encode(obj)
     except EncodeError:
         raise
-    except (TypeError, ValueError, RecursionError) as exc:   # non-str keys, cycles, depth
+    except (TypeError, ValueError, RecursionError) as exc:  # non-str keys, cycles, depth
         raise EncodeError(f'cannot encode as JSON: {exc}') from exc
 
 
 def _json_loads(data: Any) -> Any:
     if isinstance(data, bytes):
         data = data.decode('utf-8')
-    if '"__type__"' not in data:       # no envelope can be in it: the C decoder alone
+    if '"__type__"' not in data:  # no envelope can be in it: the C decoder alone
         return _PLAIN_JSON_DECODER.decode(data)
     return _JSON_DECODER.decode(data)
 
@@ -174,8 +184,13 @@ _by_name: Dict[str, _Codec] = {}
 _by_type: Dict[str, _Codec] = {}
 
 
-def register(name: str, content_type: str, content_encoding: str,
-             encoder: Callable[[Any], Any], decoder: Callable[[Any], Any]) -> None:
+def register(
+    name: str,
+    content_type: str,
+    content_encoding: str,
+    encoder: Callable[[Any], Any],
+    decoder: Callable[[Any], Any],
+) -> None:
     """Register (or replace) a serializer.
 
     Args:
@@ -209,7 +224,7 @@ def prepare_accept_content(names: Optional[Iterable[str]]) -> FrozenSet[str]:
     """
     if names is None:
         return DEFAULT_ACCEPT
-    if isinstance(names, frozenset) and names in _prepared:     # once per message: keep it cheap
+    if isinstance(names, frozenset) and names in _prepared:  # once per message: keep it cheap
         return _prepared[names]
     if isinstance(names, str):
         names = [names]
@@ -220,8 +235,10 @@ def prepare_accept_content(names: Optional[Iterable[str]]) -> FrozenSet[str]:
         elif n in _by_name:
             out.add(_by_name[n].content_type)
         else:
-            raise ValueError(f'no serializer registered under the name {n!r} '
-                             f'(registered: {", ".join(sorted(_by_name))})')
+            raise ValueError(
+                f'no serializer registered under the name {n!r} '
+                f'(registered: {", ".join(sorted(_by_name))})'
+            )
     prepared = frozenset(out)
     if isinstance(names, frozenset) and len(_prepared) < 64:
         _prepared[names] = prepared
@@ -250,8 +267,12 @@ def dumps(obj: Any, serializer: str = 'json') -> Tuple[str, str, bytes]:
     return codec.content_type, codec.content_encoding, bytes(payload)
 
 
-def loads(body: Any, content_type: Optional[str], content_encoding: Optional[str],
-          accept: Optional[Iterable[str]] = None) -> Any:
+def loads(
+    body: Any,
+    content_type: Optional[str],
+    content_encoding: Optional[str],
+    accept: Optional[Iterable[str]] = None,
+) -> Any:
     """Decode a message body after checking its content type against ``accept``.
 
     Args:
@@ -266,8 +287,9 @@ def loads(body: Any, content_type: Optional[str], content_encoding: Optional[str
     if not content_type:
         raise DecodeError('message has no content type; cannot decode its body')
     if content_type not in accepted:
-        raise ContentDisallowed(f'refusing to decode content type {content_type!r}: '
-                                f'accepted are {sorted(accepted)!r}')
+        raise ContentDisallowed(
+            f'refusing to decode content type {content_type!r}: accepted are {sorted(accepted)!r}'
+        )
     codec = _by_type.get(content_type)
     if codec is None:
         raise DecodeError(f'no decoder registered for content type {content_type!r}')
@@ -276,32 +298,44 @@ def loads(body: Any, content_type: Optional[str], content_encoding: Optional[str
     elif not isinstance(body, (bytes, str)):
         raise DecodeError(f'message body must be bytes, got {type(body).__qualname__}')
     try:
-        if (isinstance(body, bytes) and codec.content_encoding != 'binary'
-                and content_encoding and content_encoding not in _BINARY_ENCODINGS):
+        if (
+            isinstance(body, bytes)
+            and codec.content_encoding != 'binary'
+            and content_encoding
+            and content_encoding not in _BINARY_ENCODINGS
+        ):
             body = body.decode(content_encoding)
         return codec.decoder(body)
     except PikaRPCError:
         raise
-    except Exception as exc:    # UnicodeDecodeError, LookupError, JSONDecodeError, ...
-        raise DecodeError(f'cannot decode {content_type} body: '
-                          f'{type(exc).__name__}: {exc}') from exc
+    except Exception as exc:  # UnicodeDecodeError, LookupError, JSONDecodeError, ...
+        raise DecodeError(
+            f'cannot decode {content_type} body: {type(exc).__name__}: {exc}'
+        ) from exc
 
 
 # One decoder for every message: json.loads(object_hook=...) would build one per call.
 _JSON_DECODER = json.JSONDecoder(object_hook=_decode_envelope)
 _PLAIN_JSON_DECODER = json.JSONDecoder()
 register('json', JSON_CONTENT_TYPE, 'utf-8', _json_dumps, _json_loads)
-register('pickle', 'application/x-python-serialize', 'binary',
-         lambda o: pickle.dumps(o, protocol=pickle.DEFAULT_PROTOCOL), pickle.loads)
+register(
+    'pickle',
+    'application/x-python-serialize',
+    'binary',
+    lambda o: pickle.dumps(o, protocol=pickle.DEFAULT_PROTOCOL),
+    pickle.loads,
+)
 
 try:
     import msgpack as _msgpack
-except ImportError:   # optional extra
+except ImportError:  # optional extra
     _msgpack = None
 else:
+
     def _msgpack_dumps(obj: Any) -> bytes:
-        return _msgpack.packb(obj, use_bin_type=True, datetime=False,
-                              default=lambda o: _envelope(o, with_bytes=False))
+        return _msgpack.packb(
+            obj, use_bin_type=True, datetime=False, default=lambda o: _envelope(o, with_bytes=False)
+        )
 
     def _msgpack_loads(data: Any) -> Any:
         if isinstance(data, str):
@@ -312,9 +346,10 @@ else:
 
 try:
     import yaml as _yaml
-except ImportError:   # optional extra
+except ImportError:  # optional extra
     _yaml = None
 else:
+
     class _SafeDumper(_yaml.SafeDumper):
         """SafeDumper that writes tuples as lists (task args are tuples)."""
 
@@ -386,8 +421,11 @@ def exception_to_dict(exc: BaseException, serializer: str = 'json') -> Dict[str,
         exc_type, exc_module = name, _CELERY_MODULES.get(name, 'celery.exceptions')
     else:
         exc_type, exc_module = getattr(cls, '__qualname__', cls.__name__), cls.__module__
-    return {'exc_type': exc_type, 'exc_message': [_safe_arg(a, serializer) for a in exc.args],
-            'exc_module': exc_module}
+    return {
+        'exc_type': exc_type,
+        'exc_message': [_safe_arg(a, serializer) for a in exc.args],
+        'exc_module': exc_module,
+    }
 
 
 def _safe_arg(arg: Any, serializer: str) -> Any:
@@ -405,7 +443,7 @@ def _walk(root: Any, dotted: str) -> Any:
     """Attribute walk that never runs code: no module ``__getattr__``, no descriptors."""
     obj = root
     for part in dotted.split('.'):
-        obj = inspect.getattr_static(obj, part)   # AttributeError when missing
+        obj = inspect.getattr_static(obj, part)  # AttributeError when missing
     return obj
 
 
@@ -447,9 +485,12 @@ def _synthesize(exc_module: Optional[str], exc_type: str) -> type:
             _synthesized.move_to_end(key)
             return cls
         try:
-            cls = type(exc_type.rsplit('.', 1)[-1], (Exception,),
-                       {'__module__': exc_module or __name__, '__qualname__': exc_type})
-        except (TypeError, ValueError) as exc:       # e.g. a NUL in the name
+            cls = type(
+                exc_type.rsplit('.', 1)[-1],
+                (Exception,),
+                {'__module__': exc_module or __name__, '__qualname__': exc_type},
+            )
+        except (TypeError, ValueError) as exc:  # e.g. a NUL in the name
             raise DecodeError(f'cannot make an exception class named {exc_type!r}: {exc}') from exc
         _synthesized[key] = cls
         if len(_synthesized) > _SYNTH_CACHE_MAX:
@@ -499,8 +540,11 @@ def exception_from_dict(d: Any, *, allow_loaded_modules: bool = True) -> Optiona
         return None
     if isinstance(d, BaseException):
         return d
-    exc_type = required_text(json_object(d, 'an exception'), 'exc_type',
-                             'exception information must include the exception type')
+    exc_type = required_text(
+        json_object(d, 'an exception'),
+        'exc_type',
+        'exception information must include the exception type',
+    )
     exc_module = d.get('exc_module')
     if exc_module is not None and not isinstance(exc_module, str):
         raise DecodeError(f'exc_module must be a string or null, got {exc_module!r}')

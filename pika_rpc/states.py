@@ -1,4 +1,5 @@
 """Celery's task state names and the sets built from them."""
+
 from __future__ import annotations
 
 PENDING = 'PENDING'

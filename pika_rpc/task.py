@@ -5,6 +5,7 @@
 ``bind=True`` the function gets the task as ``self`` (``self.request``,
 ``self.update_state``, ``self.retry``). The task knows its app; it never imports it.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional
@@ -19,10 +20,19 @@ __all__ = ['Task']
 class Task:
     """A task registered with an app. Thread-safe: it holds configuration only."""
 
-    def __init__(self, app: Any, fun: Callable[..., Any], name: str, bind: bool = False,
-                 ignore_result: Optional[bool] = None, track_started: Optional[bool] = None,
-                 max_retries: Optional[int] = 3, default_retry_delay: float = 180,
-                 acks_late: bool = True, **options: Any) -> None:
+    def __init__(
+        self,
+        app: Any,
+        fun: Callable[..., Any],
+        name: str,
+        bind: bool = False,
+        ignore_result: Optional[bool] = None,
+        track_started: Optional[bool] = None,
+        max_retries: Optional[int] = 3,
+        default_retry_delay: float = 180,
+        acks_late: bool = True,
+        **options: Any,
+    ) -> None:
         self.app, self.run, self.name, self.bind = app, fun, name, bind
         self.ignore_result = ignore_result
         self.track_started = track_started
@@ -51,8 +61,13 @@ class Task:
         """Send the task with these arguments; returns an ``AsyncResult``."""
         return self.apply_async(args, kwargs)
 
-    def apply_async(self, args: Any = None, kwargs: Optional[Dict[str, Any]] = None,
-                    task_id: Optional[str] = None, **options: Any) -> Any:
+    def apply_async(
+        self,
+        args: Any = None,
+        kwargs: Optional[Dict[str, Any]] = None,
+        task_id: Optional[str] = None,
+        **options: Any,
+    ) -> Any:
         """Send the task (``app.send_task`` options); returns an ``AsyncResult``.
 
         ``ignore_result`` defaults to the task's option, else to True when the app's
@@ -70,21 +85,34 @@ class Task:
     def AsyncResult(self, task_id: str) -> Any:
         return self.app.AsyncResult(task_id, task_name=self.name)
 
-    def update_state(self, task_id: Optional[str] = None, state: Optional[str] = None,
-                     meta: Any = None, **kwargs: Any) -> None:
+    def update_state(
+        self,
+        task_id: Optional[str] = None,
+        state: Optional[str] = None,
+        meta: Any = None,
+        **kwargs: Any,
+    ) -> None:
         """Store a custom state (e.g. ``PROGRESS``) for this run (or ``task_id``)."""
         request = current_request()
         if task_id is None:
             if request is None:
                 raise RuntimeError('update_state() outside a task needs a task_id')
             task_id = request_field(request, 'id')
-        self.app.backend.store_result(task_id, meta, state or states.PENDING, request=request,
-                                      **kwargs)
+        self.app.backend.store_result(
+            task_id, meta, state or states.PENDING, request=request, **kwargs
+        )
 
-    def retry(self, args: Any = None, kwargs: Optional[Dict[str, Any]] = None,
-              exc: Optional[BaseException] = None, throw: bool = True,
-              eta: Any = None, countdown: Optional[float] = None,
-              max_retries: Optional[int] = None, **options: Any) -> Retry:
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Optional[Dict[str, Any]] = None,
+        exc: Optional[BaseException] = None,
+        throw: bool = True,
+        eta: Any = None,
+        countdown: Optional[float] = None,
+        max_retries: Optional[int] = None,
+        **options: Any,
+    ) -> Retry:
         """Ask the worker to run this task again later; raises ``Retry`` (ends this run).
 
         Raises the original ``exc`` (or ``MaxRetriesExceededError`` without one) when
@@ -101,15 +129,18 @@ class Task:
                 raise exc
             raise MaxRetriesExceededError(
                 f"Can't retry {self.name}[{request_field(request, 'id')}]: max retries "
-                f"({limit}) exceeded")
-        when = countdown if countdown is not None else (None if eta is not None else
-                                                         self.default_retry_delay)
+                f'({limit}) exceeded'
+            )
+        when = (
+            countdown
+            if countdown is not None
+            else (None if eta is not None else self.default_retry_delay)
+        )
         err = Retry(None, exc, when)
-        err.retry_args = args           # type: ignore[attr-defined]
-        err.retry_kwargs = kwargs       # type: ignore[attr-defined]
-        err.retry_eta = eta             # type: ignore[attr-defined]
-        err.retry_options = options     # type: ignore[attr-defined]
+        err.retry_args = args  # type: ignore[attr-defined]
+        err.retry_kwargs = kwargs  # type: ignore[attr-defined]
+        err.retry_eta = eta  # type: ignore[attr-defined]
+        err.retry_options = options  # type: ignore[attr-defined]
         if throw:
             raise err
         return err
-

@@ -59,6 +59,7 @@ Choices where Celery leaves room:
 * The worker's node name (``hostname``) defaults to ``pika_rpc<pid>@<host>`` (``-<n>`` added
   for a second worker in a process), unique so two workers never share a control queue.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -81,6 +82,7 @@ from .connection import Connection
 from .entities import Exchange, Queue
 from .errors import NotRegistered, PikaRPCError, TaskRevokedError
 from .messaging import Consumer
+
 # Celery's facts, owned by protocol; re-exported: they are in this module's __all__.
 from .protocol import PIDBOX_EXCHANGE, REVOKE_EXPIRES, REVOKES_MAX
 
@@ -97,9 +99,14 @@ def _task_queue(queue_or_name: Union[str, Queue]) -> Queue:
     if isinstance(queue_or_name, Queue):
         return queue_or_name
     (_, exchange), (_, queue), (_, bind) = protocol.task_queue_declarations(str(queue_or_name))
-    return Queue(queue['queue'], routing_key=bind['routing_key'], durable=queue['durable'],
-                 exchange=Exchange(exchange['exchange'], type=exchange['exchange_type'],
-                                   durable=exchange['durable']))
+    return Queue(
+        queue['queue'],
+        routing_key=bind['routing_key'],
+        durable=queue['durable'],
+        exchange=Exchange(
+            exchange['exchange'], type=exchange['exchange_type'], durable=exchange['durable']
+        ),
+    )
 
 
 def _names(queues: Any) -> List[Any]:
@@ -132,35 +139,46 @@ class Worker(Execution):
     ``start()``/``stop()``/``run()`` may be called from any thread. Thread-safe.
     """
 
-    def __init__(self, app: Any, queues: Any = None, concurrency: int = 1,
-                 prefetch_count: Optional[int] = None, *, hostname: Optional[str] = None,
-                 stop_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        app: Any,
+        queues: Any = None,
+        concurrency: int = 1,
+        prefetch_count: Optional[int] = None,
+        *,
+        hostname: Optional[str] = None,
+        stop_timeout: float = 30.0,
+    ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f'concurrency must be an int >= 1, got {concurrency!r}')
         if prefetch_count is None:
             prefetch_count = concurrency * app.conf.worker_prefetch_multiplier
-        if isinstance(prefetch_count, bool) or not isinstance(prefetch_count, int) \
-                or prefetch_count < 0:
+        if (
+            isinstance(prefetch_count, bool)
+            or not isinstance(prefetch_count, int)
+            or prefetch_count < 0
+        ):
             raise ValueError(f'prefetch_count must be an int >= 0, got {prefetch_count!r}')
         self.app = app
         self.queues = [_task_queue(q) for q in (_names(queues) or [app.conf.task_default_queue])]
         self.concurrency = concurrency
         self.prefetch_count = prefetch_count
         number = next(_worker_numbers)
-        self.hostname = hostname or (f'pika_rpc{os.getpid()}{"" if number == 1 else f"-{number}"}'
-                                     f'@{socket.gethostname()}')
+        self.hostname = hostname or (
+            f'pika_rpc{os.getpid()}{"" if number == 1 else f"-{number}"}@{socket.gethostname()}'
+        )
         self.stop_timeout = stop_timeout
         self.revoked = RevokedIds()
-        self.ready = threading.Event()         # set once consuming; cleared by stop()
+        self.ready = threading.Event()  # set once consuming; cleared by stop()
         self._stopped = threading.Event()
-        self._clean_stop = True                # what the stop() that did the work returned
+        self._clean_stop = True  # what the stop() that did the work returned
         self._stop_requested = threading.Event()
         # Guards _state, every job's state, _jobs, _running, _held and _threads.
         self._lock = threading.Lock()
         # Notified whenever a job leaves RUNNING: stop() waits on it for the pool to drain.
         self._idle = threading.Condition(self._lock)
         self._state = _NEW
-        self._jobs: Dict[str, List[Job]] = {}      # HELD/QUEUED/RUNNING jobs by task id
+        self._jobs: Dict[str, List[Job]] = {}  # HELD/QUEUED/RUNNING jobs by task id
         self._running: set = set()
         self._held = 0
         self._applied_prefetch = prefetch_count
@@ -171,18 +189,22 @@ class Worker(Execution):
         self._connection: Optional[Connection] = None
         self._consumer: Optional[Consumer] = None
         self._link: Any = None
-        self._stats = Counters('received', 'succeeded', 'failed', 'retried', 'revoked',
-                               'rejected', 'abandoned')
+        self._stats = Counters(
+            'received', 'succeeded', 'failed', 'retried', 'revoked', 'rejected', 'abandoned'
+        )
         self._control = ControlHandler(self.hostname, on_revoke=self.revoke)
-        self._outcomes = Outcomes(app, self.hostname, self._stats.add,
-                                  lambda: self._connection.link, self.queues[0].name)
-        self._start_lock = threading.Lock()     # stop() waits for a start() in progress
+        self._outcomes = Outcomes(
+            app, self.hostname, self._stats.add, lambda: self._connection.link, self.queues[0].name
+        )
+        self._start_lock = threading.Lock()  # stop() waits for a start() in progress
         self._thread_numbers = itertools.count(1)
         _registry.register_live(self)
 
     def __repr__(self) -> str:
-        return (f'<Worker {self.hostname} {self._state} queues={[q.name for q in self.queues]} '
-                f'concurrency={self.concurrency}>')
+        return (
+            f'<Worker {self.hostname} {self._state} queues={[q.name for q in self.queues]} '
+            f'concurrency={self.concurrency}>'
+        )
 
     def _forget_parent_state(self) -> None:
         # A forked child has none of the parent's threads or channels: this worker is dead here.
@@ -207,9 +229,14 @@ class Worker(Execution):
         counts = self._stats.snapshot()
         with self._lock:
             jobs = [j for js in self._jobs.values() for j in js]
-            out = dict(counts, held=self._held, running=len(self._running),
-                       queued=sum(1 for j in jobs if j.state == QUEUED),
-                       revoked_ids=len(self.revoked), state=self._state)
+            out = dict(
+                counts,
+                held=self._held,
+                running=len(self._running),
+                queued=sum(1 for j in jobs if j.state == QUEUED),
+                revoked_ids=len(self.revoked),
+                state=self._state,
+            )
         return out
 
     # ------------------------------------------------------------------ life cycle
@@ -236,8 +263,12 @@ class Worker(Execution):
             self._link = conn.link
             self._link.add_listener(self._on_link_event)
             self._control.start(conn)
-            self._consumer = Consumer(conn, list(self.queues), on_message=self._on_task_message,
-                                      prefetch_count=self.prefetch_count or None)
+            self._consumer = Consumer(
+                conn,
+                list(self.queues),
+                on_message=self._on_task_message,
+                prefetch_count=self.prefetch_count or None,
+            )
             with self._lock:
                 self._state = _RUNNING
             self._consumer.consume()
@@ -247,9 +278,13 @@ class Worker(Execution):
             self._shutdown(deadline(5.0))
             raise
         self.ready.set()
-        LOGGER.info('worker %s ready: queues %s, concurrency %d, prefetch %s', self.hostname,
-                    ', '.join(q.name for q in self.queues), self.concurrency,
-                    self.prefetch_count or 'unlimited')
+        LOGGER.info(
+            'worker %s ready: queues %s, concurrency %d, prefetch %s',
+            self.hostname,
+            ', '.join(q.name for q in self.queues),
+            self.concurrency,
+            self.prefetch_count or 'unlimited',
+        )
         return self
 
     def run(self) -> None:
@@ -283,7 +318,7 @@ class Worker(Execution):
             messages returned to the queue, as logged).
         """
         dl = deadline(timeout)
-        with self._start_lock:          # a start() in progress finishes first
+        with self._start_lock:  # a start() in progress finishes first
             pass
         with self._lock:
             state = self._state
@@ -298,37 +333,42 @@ class Worker(Execution):
         if not first:
             return self._stopped.wait(remaining(dl)) and self._clean_stop
         self.ready.clear()
-        LOGGER.info('worker %s: stopping (waiting up to %s s for running tasks)',
-                    self.hostname, timeout)
+        LOGGER.info(
+            'worker %s: stopping (waiting up to %s s for running tasks)', self.hostname, timeout
+        )
         return self._shutdown(dl)
 
     def _shutdown(self, dl: Optional[float]) -> bool:
         self._control.stop()
-        self._service.stop(remaining(dl))        # pending REVOKED stores and qos changes first
+        self._service.stop(remaining(dl))  # pending REVOKED stores and qos changes first
         with self._lock:
             released = self._release_waiting()
             busy = bool(self._running)
         if busy and self._consumer is not None:
-            try:   # the running tasks' unacked messages fill a window of 1: nothing new comes
+            try:  # the running tasks' unacked messages fill a window of 1: nothing new comes
                 self._consumer.qos(prefetch_count=1)
             except PikaRPCError as exc:
-                LOGGER.warning('worker %s: could not shrink the prefetch window: %s',
-                               self.hostname, exc)
+                LOGGER.warning(
+                    'worker %s: could not shrink the prefetch window: %s', self.hostname, exc
+                )
             for job in released:
                 self._outcomes.settle(job, requeue=True)
         with self._lock:
             self._idle.wait_for(lambda: not self._running, remaining(dl))
             left = list(self._running)
-            for job in left:      # their messages go back with the channel: no state, no ack
+            for job in left:  # their messages go back with the channel: no state, no ack
                 job.state = RELEASED
                 self._orphan(job)
                 self._forget(job)
             self._running.clear()
         if left:
-            LOGGER.warning('worker %s: %d task(s) still running at the stop deadline were '
-                           'abandoned; their messages return to the queue and will run again: %s',
-                           self.hostname, len(left),
-                           ', '.join(f'{j.request.name}[{j.request.id}]' for j in left))
+            LOGGER.warning(
+                'worker %s: %d task(s) still running at the stop deadline were '
+                'abandoned; their messages return to the queue and will run again: %s',
+                self.hostname,
+                len(left),
+                ', '.join(f'{j.request.name}[{j.request.id}]' for j in left),
+            )
         self._cancel(self._consumer, 'task')
         with self._lock:
             threads = list(self._threads)
@@ -355,8 +395,13 @@ class Worker(Execution):
         try:
             consumer.cancel()
         except PikaRPCError as exc:
-            LOGGER.warning('worker %s: cancel of the %s consumer failed: %s (its channel '
-                           'goes with the connection)', self.hostname, what, exc)
+            LOGGER.warning(
+                'worker %s: cancel of the %s consumer failed: %s (its channel '
+                'goes with the connection)',
+                self.hostname,
+                what,
+                exc,
+            )
 
     def _release_waiting(self) -> List[Job]:
         """Mark every HELD and QUEUED job RELEASED; return them. Under _lock."""
@@ -371,31 +416,41 @@ class Worker(Execution):
                     out.append(job)
         return out
 
-    def _on_link_event(self, event: str, info: Any) -> None:     # I/O thread: quick only
-        if event == 'connected' and info:     # a reconnect: the window is the consumer's last
+    def _on_link_event(self, event: str, info: Any) -> None:  # I/O thread: quick only
+        if event == 'connected' and info:  # a reconnect: the window is the consumer's last
             self._service.submit(self._apply_prefetch)
         if event != 'lost':
             return
         with self._lock:
             dropped = self._release_waiting()
         if dropped:
-            LOGGER.warning('worker %s: connection lost; %d waiting message(s) dropped here, the '
-                           'broker delivers them again', self.hostname, len(dropped))
+            LOGGER.warning(
+                'worker %s: connection lost; %d waiting message(s) dropped here, the '
+                'broker delivers them again',
+                self.hostname,
+                len(dropped),
+            )
 
     # ------------------------------------------------------------------ receiving (callback thread)
     def _on_task_message(self, message: Any) -> None:
         if self._state != _RUNNING:
-            return              # stopping: it stays unacked and returns when we cancel
+            return  # stopping: it stays unacked and returns when we cancel
         try:
             body = message.decode()
             info = dict(message.delivery_info, priority=message.properties.get('priority'))
-            req = protocol.parse_task_message(message.headers, message.properties, body,
-                                              delivery_info=info)
+            req = protocol.parse_task_message(
+                message.headers, message.properties, body, delivery_info=info
+            )
         except Exception as exc:
             self._stats.add('rejected')
-            LOGGER.error('worker %s: rejected a malformed task message (tag %s, %s, headers %s): '
-                         '%s', self.hostname, message.delivery_tag, message.content_type,
-                         short(message.headers), exc)
+            LOGGER.error(
+                'worker %s: rejected a malformed task message (tag %s, %s, headers %s): %s',
+                self.hostname,
+                message.delivery_tag,
+                message.content_type,
+                short(message.headers),
+                exc,
+            )
             self._service.submit(self._outcomes.reject, message)
             return
         req.hostname = self.hostname
@@ -405,10 +460,16 @@ class Worker(Execution):
         LOGGER.info('Task %s[%s] received', req.name, req.id)
         if task is None:
             self._stats.add('failed')
-            LOGGER.error('Received unregistered task of type %r (id %s); FAILURE NotRegistered '
-                         'stored and the message rejected', req.name, req.id)
+            LOGGER.error(
+                'Received unregistered task of type %r (id %s); FAILURE NotRegistered '
+                'stored and the message rejected',
+                req.name,
+                req.id,
+            )
             job.state = DONE
-            self._service.submit(self._outcomes.store_and_ack, job, states.FAILURE, NotRegistered(req.name))
+            self._service.submit(
+                self._outcomes.store_and_ack, job, states.FAILURE, NotRegistered(req.name)
+            )
             return
         reason = 'revoked' if req.id in self.revoked else 'expired' if expired(req) else None
         if reason is not None:
@@ -432,7 +493,7 @@ class Worker(Execution):
         else:
             self._work.put(job)
 
-    def _on_eta(self, job: Job) -> None:                     # timer thread
+    def _on_eta(self, job: Job) -> None:  # timer thread
         with self._lock:
             if job.state != HELD or self._state != _RUNNING:
                 return
@@ -441,9 +502,9 @@ class Worker(Execution):
         self._work.put(job)
         self._service.submit(self._apply_prefetch)
 
-    def _apply_prefetch(self) -> None:                        # service thread
+    def _apply_prefetch(self) -> None:  # service thread
         if not self.prefetch_count or self._consumer is None:
-            return              # no limit: held messages cannot starve the pool
+            return  # no limit: held messages cannot starve the pool
         with self._lock:
             if self._state != _RUNNING:
                 return
@@ -453,8 +514,9 @@ class Worker(Execution):
                 self._consumer.qos(prefetch_count=want)
                 self._applied_prefetch = want
             except PikaRPCError as exc:
-                LOGGER.warning('worker %s: could not set prefetch to %d: %s', self.hostname,
-                               want, exc)
+                LOGGER.warning(
+                    'worker %s: could not set prefetch to %d: %s', self.hostname, want, exc
+                )
 
     def revoke(self, task_ids: Union[str, Iterable[str]], terminate: bool = False) -> None:
         """Revoke tasks here (what a ``revoke`` broadcast does); see the module docstring.
@@ -480,9 +542,15 @@ class Worker(Execution):
             if terminate:
                 if self._abandon(job, states.REVOKED, TaskRevokedError('terminated')):
                     self._stats.add('revoked')
-                    LOGGER.warning('Task %s[%s] terminated: REVOKED stored; a thread cannot be '
-                                   'killed, so the function runs on and its outcome is dropped',
-                                   job.request.name, job.request.id)
+                    LOGGER.warning(
+                        'Task %s[%s] terminated: REVOKED stored; a thread cannot be '
+                        'killed, so the function runs on and its outcome is dropped',
+                        job.request.name,
+                        job.request.id,
+                    )
             else:
-                LOGGER.info('Task %s[%s] is running: a revoke without terminate lets it finish',
-                            job.request.name, job.request.id)
+                LOGGER.info(
+                    'Task %s[%s] is running: a revoke without terminate lets it finish',
+                    job.request.name,
+                    job.request.id,
+                )

@@ -15,6 +15,7 @@ Policy:
 
 Fixtures need the broker only when they say so: ``unique_name`` works without one.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -30,7 +31,7 @@ from tests.tlsproxy import TLSProxy
 UNIQUE_PREFIX = 'pika-rpc-test-'
 
 
-@pytest.hookimpl(tryfirst=True)   # before -m deselects, so "-m 'not broker'" sees our markers
+@pytest.hookimpl(tryfirst=True)  # before -m deselects, so "-m 'not broker'" sees our markers
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
     for item in items:
         fixtures = getattr(item, 'fixturenames', ())
@@ -42,7 +43,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
         if item.get_closest_marker('disturbs_broker') is not None:
             return 2
         return 1 if item.get_closest_marker('cluster') is not None else 0
-    items.sort(key=group)      # stable: each group keeps its collected order
+
+    items.sort(key=group)  # stable: each group keeps its collected order
 
 
 @pytest.fixture(scope='session')
@@ -58,7 +60,7 @@ def broker() -> Iterator[Broker]:
             pytest.fail(f'CI is set and a test needs RabbitMQ, but {exc}', pytrace=False)
         pytest.skip(f'needs RabbitMQ: {exc}')
     with found, pytest.MonkeyPatch.context() as patch:
-        if found.container_name:   # tests.helpers.rabbitmqctl then talks to the container
+        if found.container_name:  # tests.helpers.rabbitmqctl then talks to the container
             patch.setenv('RABBITMQCTL', f'docker exec {found.container_name} rabbitmqctl')
         yield found
         _delete_leftover_test_queues(found.url)
@@ -69,14 +71,18 @@ def _delete_leftover_test_queues(url: str) -> None:
     leave (a task queue has no x-expires, as Celery's): the broker is shared by later runs."""
     try:
         # Empty ones only: a concurrent run's queue in use usually holds its task messages.
-        names = [n for n, info in list_queues().items()
-                 if n.startswith(UNIQUE_PREFIX) and info.messages == 0]
-    except Exception:          # no rabbitmqctl for this broker: leave them
+        names = [
+            n
+            for n, info in list_queues().items()
+            if n.startswith(UNIQUE_PREFIX) and info.messages == 0
+        ]
+    except Exception:  # no rabbitmqctl for this broker: leave them
         return
     import pika
+
     with pika.BlockingConnection(pika_parameters(url)) as conn:
         for name in names:
-            channel = conn.channel()        # an error closes only this channel
+            channel = conn.channel()  # an error closes only this channel
             try:
                 channel.queue_delete(name)
                 channel.exchange_delete(name)
@@ -118,6 +124,7 @@ def raw_channel(amqp_url: str):
     For test set-up and for looking at what really reached the broker. Closed afterwards.
     """
     import pika
+
     connection = pika.BlockingConnection(pika_parameters(amqp_url))
     try:
         yield connection.channel()

@@ -18,6 +18,7 @@ closing the listening socket, so the port stays ours and every attempt is counte
 closes the whole forwarded connection once what it sent has been passed on (AMQP needs no
 half-close). ``cut()`` resets both sockets (``SO_LINGER`` 0), so both peers see an RST, not a FIN.
 """
+
 from __future__ import annotations
 
 import collections
@@ -38,13 +39,13 @@ LOGGER = logging.getLogger(__name__)
 
 AMQP_PROTOCOL_HEADER = b'AMQP\x00\x00\x09\x01'
 _FRAME_END = 0xCE
-_BASIC_PUBLISH = struct.pack('>HH', 60, 40)   # class-id Basic, method-id Publish
-_MAX_FRAME = 1 << 27        # larger than any frame_max RabbitMQ accepts: past it, not AMQP
-_MAX_PENDING = 1 << 20      # bytes buffered per direction before we stop reading the source
+_BASIC_PUBLISH = struct.pack('>HH', 60, 40)  # class-id Basic, method-id Publish
+_MAX_FRAME = 1 << 27  # larger than any frame_max RabbitMQ accepts: past it, not AMQP
+_MAX_PENDING = 1 << 20  # bytes buffered per direction before we stop reading the source
 _RECV_SIZE = 1 << 16
 #: Seconds a control call waits for the loop thread to run it.
 CONTROL_TIMEOUT = 10.0
-_LINGER_RST = struct.pack('ii', 1, 0)   # SO_LINGER on, 0 s: close() sends RST
+_LINGER_RST = struct.pack('ii', 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
 class _FrameScanner:
@@ -56,7 +57,7 @@ class _FrameScanner:
     def __init__(self) -> None:
         self._buf = bytearray()
         self._header_seen = False
-        self._opaque = False   # not AMQP after all: forward raw bytes from now on
+        self._opaque = False  # not AMQP after all: forward raw bytes from now on
 
     @property
     def pending(self) -> int:
@@ -69,7 +70,7 @@ class _FrameScanner:
         units: List[Tuple[bytes, bool]] = []
         if not self._header_seen:
             n = min(len(self._buf), len(AMQP_PROTOCOL_HEADER))
-            if bytes(self._buf[:min(n, 4)]) != AMQP_PROTOCOL_HEADER[:min(n, 4)]:
+            if bytes(self._buf[: min(n, 4)]) != AMQP_PROTOCOL_HEADER[: min(n, 4)]:
                 return self._give_up(units, 'no AMQP protocol header')
             if n < len(AMQP_PROTOCOL_HEADER):
                 return units
@@ -103,13 +104,13 @@ class _Link:
 
     def __init__(self, client: socket.socket, server: socket.socket, tls: bool) -> None:
         self.client, self.server = client, server
-        self.connected = False            # server side: non-blocking connect finished
-        self.handshaking = tls            # client side: TLS handshake not finished
+        self.connected = False  # server side: non-blocking connect finished
+        self.handshaking = tls  # client side: TLS handshake not finished
         self.handshake_wants = selectors.EVENT_READ
         self.to_server = bytearray()
         self.to_client = bytearray()
         self.scanner = _FrameScanner()
-        self.eof_from: Optional[str] = None   # 'client' or 'server': flush the other way, then close
+        self.eof_from: Optional[str] = None  # 'client' or 'server': flush the other way, then close
         self.closed = False
 
 
@@ -126,8 +127,14 @@ class FaultProxy:
             plaintext (see ``tlsproxy.TLSProxy``).
     """
 
-    def __init__(self, target_host: str, target_port: int, *, listen_host: str = '127.0.0.1',
-                 ssl_context: Optional[ssl.SSLContext] = None) -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        *,
+        listen_host: str = '127.0.0.1',
+        ssl_context: Optional[ssl.SSLContext] = None,
+    ) -> None:
         self.target_host, self.target_port = target_host, int(target_port)
         self.listen_host = listen_host
         self._ssl_context = ssl_context
@@ -142,7 +149,7 @@ class FaultProxy:
         # Loop-thread state (set up in start(), then only the loop thread uses it):
         self._links: Set[_Link] = set()
         self._paused = self._refusing = False
-        self._cut_next: Optional[bytes] = None   # class-id + method-id of the frame to cut at
+        self._cut_next: Optional[bytes] = None  # class-id + method-id of the frame to cut at
         self._interest: Dict[socket.socket, int] = {}
         self._selector: Optional[selectors.BaseSelector] = None
         self._listener: Optional[socket.socket] = None
@@ -160,7 +167,8 @@ class FaultProxy:
                 raise RuntimeError('a FaultProxy starts once')
             self._started = True
         family, _, _, _, addr = socket.getaddrinfo(
-            self.target_host, self.target_port, type=socket.SOCK_STREAM)[0]
+            self.target_host, self.target_port, type=socket.SOCK_STREAM
+        )[0]
         self._family, self._target_addr = family, addr
         self._listener = socket.create_server((self.listen_host, 0))
         self._listener.setblocking(False)
@@ -172,11 +180,13 @@ class FaultProxy:
         self._set_interest(self._listener, selectors.EVENT_READ, self._on_accept)
         self._set_interest(self._wake_r, selectors.EVENT_READ, self._on_wake)
         self._accepting_commands = True
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f'fault-proxy-{self.port}')
+        self._thread = threading.Thread(
+            target=self._run, daemon=True, name=f'fault-proxy-{self.port}'
+        )
         self._thread.start()
-        LOGGER.debug('fault proxy 127.0.0.1:%s -> %s:%s', self.port, self.target_host,
-                     self.target_port)
+        LOGGER.debug(
+            'fault proxy 127.0.0.1:%s -> %s:%s', self.port, self.target_host, self.target_port
+        )
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -227,6 +237,7 @@ class FaultProxy:
                 self._close_link(link, reset=True)
             self._count('_cut_count', len(links))
             cut.append(len(links))
+
         self._call(command)
         return cut[0] if cut else 0
 
@@ -244,8 +255,9 @@ class FaultProxy:
         """As :meth:`cut_at_next_publish`, for the next method frame ``class_id.method_id`` a
         client sends (e.g. ``20, 10``: ``channel.open``; ``85, 10``: ``confirm.select``).
         Replaces a cut armed before and not fired yet."""
-        self._call(functools.partial(setattr, self, '_cut_next',
-                                     struct.pack('>HH', class_id, method_id)))
+        self._call(
+            functools.partial(setattr, self, '_cut_next', struct.pack('>HH', class_id, method_id))
+        )
 
     # ----------------------------------------------------------------- counters
 
@@ -293,10 +305,11 @@ class FaultProxy:
         def command() -> None:
             try:
                 fn()
-            except BaseException as exc:   # handed to the caller below
+            except BaseException as exc:  # handed to the caller below
                 errors.append(exc)
             finally:
                 done.set()
+
         with self._lock:
             queued = self._accepting_commands
             if queued:
@@ -306,14 +319,16 @@ class FaultProxy:
         else:
             self._wake()
             if not done.wait(CONTROL_TIMEOUT):
-                raise TimeoutError(f'fault proxy thread did not run a control in {CONTROL_TIMEOUT} s')
+                raise TimeoutError(
+                    f'fault proxy thread did not run a control in {CONTROL_TIMEOUT} s'
+                )
         if errors:
             raise errors[0]
 
     def _wake(self) -> None:
         try:
             self._wake_w.send(b'x')
-        except (BlockingIOError, OSError):   # full: a wake-up is already pending; closed: stopped
+        except (BlockingIOError, OSError):  # full: a wake-up is already pending; closed: stopped
             pass
 
     def _count(self, name: str, by: int = 1) -> None:
@@ -338,7 +353,7 @@ class FaultProxy:
         finally:
             with self._lock:
                 self._accepting_commands = False
-            self._run_commands()   # nobody waits forever on a control queued before the end
+            self._run_commands()  # nobody waits forever on a control queued before the end
             for link in list(self._links):
                 self._close_link(link, reset=True)
             for sock in (self._listener, self._wake_r, self._wake_w):
@@ -380,11 +395,11 @@ class FaultProxy:
                 client, _ = sock.accept()
             except BlockingIOError:
                 return
-            except OSError as exc:   # e.g. EMFILE: try again on the next event
+            except OSError as exc:  # e.g. EMFILE: try again on the next event
                 LOGGER.warning('fault proxy: accept failed: %s', exc)
                 return
             if self._refusing:
-                self._count('_connection_attempts')   # before the RST, as above
+                self._count('_connection_attempts')  # before the RST, as above
                 _reset(client)
                 continue
             self._open_link(client)
@@ -394,15 +409,20 @@ class FaultProxy:
         client.setblocking(False)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._ssl_context is not None:
-            client = self._ssl_context.wrap_socket(client, server_side=True,
-                                                   do_handshake_on_connect=False)
+            client = self._ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
         server = socket.socket(self._family, socket.SOCK_STREAM)
         server.setblocking(False)
         server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = server.connect_ex(self._target_addr)
         if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
-            LOGGER.warning('fault proxy: cannot reach %s:%s: %s', self.target_host,
-                           self.target_port, errno.errorcode.get(err, err))
+            LOGGER.warning(
+                'fault proxy: cannot reach %s:%s: %s',
+                self.target_host,
+                self.target_port,
+                errno.errorcode.get(err, err),
+            )
             _reset(client)
             _reset(server)
             return
@@ -421,7 +441,7 @@ class FaultProxy:
             if link.to_client and not self._paused:
                 client |= selectors.EVENT_WRITE
         if not link.connected:
-            server = selectors.EVENT_WRITE      # the connect completes (or fails)
+            server = selectors.EVENT_WRITE  # the connect completes (or fails)
         else:
             if flowing and len(link.to_client) < _MAX_PENDING:
                 server |= selectors.EVENT_READ
@@ -432,14 +452,14 @@ class FaultProxy:
         self._set_interest(link.server, server, handler)
 
     def _on_link_event(self, link: _Link, sock: socket.socket, mask: int) -> None:
-        if link.closed:   # closed earlier in this same batch of events
+        if link.closed:  # closed earlier in this same batch of events
             return
         try:
             if sock is link.server:
                 self._on_server_event(link, mask)
             else:
                 self._on_client_event(link, mask)
-        except OSError as exc:   # reset by a peer, broken pipe, TLS error: drop the connection
+        except OSError as exc:  # reset by a peer, broken pipe, TLS error: drop the connection
             LOGGER.debug('fault proxy: connection dropped: %r', exc)
             self._close_link(link, reset=True)
             return
@@ -474,7 +494,7 @@ class FaultProxy:
                 link.handshake_wants = selectors.EVENT_WRITE
                 return
             link.handshaking = False
-            mask |= selectors.EVENT_READ   # data may already sit decrypted in the TLS buffer
+            mask |= selectors.EVENT_READ  # data may already sit decrypted in the TLS buffer
         # No pause check: READ interest is dropped while paused, except right after a TLS
         # handshake, when reading into the buffer (not forwarding) keeps decrypted data from
         # being stranded in the TLS object.
@@ -492,12 +512,12 @@ class FaultProxy:
         for unit, is_publish in link.scanner.feed(data):
             if self._cut_next is not None and unit[0] == 1 and unit[7:11] == self._cut_next:
                 self._cut_next = None
-                if link.connected:   # best effort: frames before that one reach the broker
+                if link.connected:  # best effort: frames before that one reach the broker
                     try:
                         _send(link.server, link.to_server)
                     except OSError:
                         pass
-                self._count('_cut_count')      # before the RST: a client that saw it sees the count
+                self._count('_cut_count')  # before the RST: a client that saw it sees the count
                 self._close_link(link, reset=True)
                 return False
             link.to_server += unit
@@ -563,5 +583,7 @@ def _retarget(base_url: str, host: str, port: int, scheme: Optional[str] = None)
     if not sep:
         raise ValueError('not a URL with a scheme')
     userinfo, at, hostpart = rest.rpartition('@')
-    cut = min((i for i in (hostpart.find('/'), hostpart.find('?')) if i >= 0), default=len(hostpart))
+    cut = min(
+        (i for i in (hostpart.find('/'), hostpart.find('?')) if i >= 0), default=len(hostpart)
+    )
     return f'{scheme or old_scheme}://{userinfo}{at}{host}:{port}{hostpart[cut:]}'

@@ -7,6 +7,7 @@
 ``docker exec NAME rabbitmqctl``; the ``broker`` fixture sets it for a broker it started in
 Docker), else ``rabbitmqctl``.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,15 @@ import time
 from typing import Any, Callable, Dict, List, NamedTuple, Tuple, Type, TypeVar
 from urllib.parse import quote
 
-__all__ = ['eventually', 'rabbitmqctl', 'list_queues', 'QueueInfo', 'pika_url', 'pika_parameters',
-           'under_ci']
+__all__ = [
+    'eventually',
+    'rabbitmqctl',
+    'list_queues',
+    'QueueInfo',
+    'pika_url',
+    'pika_parameters',
+    'under_ci',
+]
 
 T = TypeVar('T')
 
@@ -29,8 +37,13 @@ def under_ci() -> bool:
     return os.environ.get('CI', '').strip().lower() in ('true', '1', 'yes')
 
 
-def eventually(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, *,
-               retry_on: Tuple[Type[BaseException], ...] = (AssertionError,)) -> T:
+def eventually(
+    check: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    *,
+    retry_on: Tuple[Type[BaseException], ...] = (AssertionError,),
+) -> T:
     """Call ``check()`` until it returns a truthy value; return that value.
 
     A falsy return or an exception in ``retry_on`` means "not yet": ``check`` is called again
@@ -41,7 +54,7 @@ def eventually(check: Callable[[], T], timeout: float = 10.0, interval: float = 
         AssertionError: still not true after ``timeout``; chained to the last retried error.
     """
     deadline = time.monotonic() + timeout
-    pause = threading.Event()   # never set: wait() is a bounded pause between two checks
+    pause = threading.Event()  # never set: wait() is a bounded pause between two checks
     while True:
         last_error = None
         try:
@@ -68,19 +81,23 @@ def rabbitmqctl(*args: str, timeout: float = 60.0) -> str:
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError as exc:
-        raise RuntimeError(f'{command[0]} not found: install rabbitmq-server, or set RABBITMQCTL '
-                           f'to a command that runs it (e.g. "docker exec NAME rabbitmqctl")'
-                           ) from exc
+        raise RuntimeError(
+            f'{command[0]} not found: install rabbitmq-server, or set RABBITMQCTL '
+            f'to a command that runs it (e.g. "docker exec NAME rabbitmqctl")'
+        ) from exc
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f'{shlex.join(command)} still running after {timeout} s') from exc
     if proc.returncode:
-        raise RuntimeError(f'{shlex.join(command)} failed ({proc.returncode}): '
-                           f'{proc.stderr.strip() or proc.stdout.strip()}')
+        raise RuntimeError(
+            f'{shlex.join(command)} failed ({proc.returncode}): '
+            f'{proc.stderr.strip() or proc.stdout.strip()}'
+        )
     return proc.stdout
 
 
 class QueueInfo(NamedTuple):
     """A queue as ``rabbitmqctl list_queues`` shows it."""
+
     durable: bool
     auto_delete: bool
     exclusive: bool
@@ -90,13 +107,30 @@ class QueueInfo(NamedTuple):
 
 def list_queues(vhost: str = '/') -> Dict[str, QueueInfo]:
     """Return ``{name: QueueInfo}`` for every queue of ``vhost``, read with ``rabbitmqctl``."""
-    out = rabbitmqctl('list_queues', '-p', vhost, 'name', 'durable', 'auto_delete', 'exclusive',
-                      'arguments', 'messages', '--formatter', 'json')
+    out = rabbitmqctl(
+        'list_queues',
+        '-p',
+        vhost,
+        'name',
+        'durable',
+        'auto_delete',
+        'exclusive',
+        'arguments',
+        'messages',
+        '--formatter',
+        'json',
+    )
     rows = json.loads(out) if out.strip() else []
-    return {row['name']: QueueInfo(bool(row['durable']), bool(row['auto_delete']),
-                                   bool(row['exclusive']), _arguments(row.get('arguments')),
-                                   int(row.get('messages') or 0))
-            for row in rows}
+    return {
+        row['name']: QueueInfo(
+            bool(row['durable']),
+            bool(row['auto_delete']),
+            bool(row['exclusive']),
+            _arguments(row.get('arguments')),
+            int(row.get('messages') or 0),
+        )
+        for row in rows
+    }
 
 
 def _arguments(raw: Any) -> Dict[str, Any]:
@@ -127,6 +161,7 @@ def pika_url(url: str) -> str:
 def pika_parameters(url: str, **attributes: Any) -> Any:
     """``pika.URLParameters`` for a kombu-style ``url``, then ``setattr`` of each keyword."""
     import pika
+
     params = pika.URLParameters(pika_url(url))
     for name, value in attributes.items():
         setattr(params, name, value)
@@ -145,7 +180,7 @@ class LinkEvents:
         self._changed = threading.Condition()
         link.add_listener(self)
 
-    def __call__(self, event: str, info: Any) -> None:      # I/O thread: quick
+    def __call__(self, event: str, info: Any) -> None:  # I/O thread: quick
         with self._changed:
             self.events.append((event, info))
             self._changed.notify_all()

@@ -54,6 +54,7 @@ Thread-safe: a lock serialises the methods that change nodes; ``ctl``, ``running
 ``queue_node`` only read, and may run at the same time.
 Linux only (``/proc``); needs the ``rabbitmq-server`` package and Erlang's ``epmd``.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -75,8 +76,16 @@ import threading
 import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
-__all__ = ['LocalCluster', 'Node', 'ClusterError', 'ClusterBusy', 'missing_reason',
-           'BASE_DIR', 'RABBITMQ_SERVER', 'RABBITMQCTL']
+__all__ = [
+    'LocalCluster',
+    'Node',
+    'ClusterError',
+    'ClusterBusy',
+    'missing_reason',
+    'BASE_DIR',
+    'RABBITMQ_SERVER',
+    'RABBITMQCTL',
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -96,9 +105,9 @@ CTL_DIST_PORTS = (25700, 25799)
 HOST = 'localhost'
 SIZE = 3
 
-NodeRef = Union[int, str, 'Node']     # 1-based number, 'n2@localhost', or the Node
-_POLL = 0.1           # seconds between two checks of a booting node or a dying process
-_PAUSE = threading.Event()   # never set: wait() is a bounded pause between two checks
+NodeRef = Union[int, str, 'Node']  # 1-based number, 'n2@localhost', or the Node
+_POLL = 0.1  # seconds between two checks of a booting node or a dying process
+_PAUSE = threading.Event()  # never set: wait() is a bounded pause between two checks
 
 
 class ClusterError(RuntimeError):
@@ -113,8 +122,10 @@ def missing_reason() -> Optional[str]:
     """Why no local cluster can run here (package or epmd missing), or None if it can."""
     for path in (RABBITMQ_SERVER, RABBITMQCTL):
         if not os.access(path, os.X_OK):
-            return (f'no RabbitMQ package on this machine ({path} not found): the local cluster '
-                    f'runs the installed rabbitmq-server')
+            return (
+                f'no RabbitMQ package on this machine ({path} not found): the local cluster '
+                f'runs the installed rabbitmq-server'
+            )
     if _epmd_binary() is None:
         return 'no epmd (Erlang) on PATH: the local cluster runs a private epmd'
     if not os.path.isdir('/proc'):
@@ -137,7 +148,7 @@ class Node:
         #: 'running', 'stopped' (its app, by :meth:`LocalCluster.stop_app`), 'killed' (by
         #: :meth:`LocalCluster.kill`), or 'down' (before start, after close).
         self.state = 'down'
-        self.server: Optional[subprocess.Popen] = None   # the rabbitmq-server script we spawned
+        self.server: Optional[subprocess.Popen] = None  # the rabbitmq-server script we spawned
 
     def __repr__(self) -> str:
         return f'<Node {self.name} amqp={self.amqp_port} {self.state}>'
@@ -155,7 +166,7 @@ class LocalCluster:
         self.run_dir = os.path.join(base_dir, 'run')
         self.home = os.path.join(self.run_dir, 'home')
         self.nodes: List[Node] = [Node(i, self.run_dir) for i in range(1, size + 1)]
-        self.boot_seconds: Dict[str, float] = {}   # phase -> seconds, filled by start()
+        self.boot_seconds: Dict[str, float] = {}  # phase -> seconds, filled by start()
         self._lock = threading.RLock()
         self._lock_file: Optional[int] = None
         self._epmd: Optional[subprocess.Popen] = None
@@ -213,16 +224,25 @@ class LocalCluster:
                 self._timed('cleanup', self._clean_leftovers)
                 self._timed('prepare', self._prepare_files)
                 self._timed('epmd', self._start_epmd)
-                self._timed('boot', lambda: self._in_parallel(
-                    self.nodes, lambda node: self._boot(node, deadline)))
-                self._timed('join', lambda: self._in_parallel(
-                    self.nodes[1:], lambda node: self._join(node, deadline)))
+                self._timed(
+                    'boot',
+                    lambda: self._in_parallel(self.nodes, lambda node: self._boot(node, deadline)),
+                )
+                self._timed(
+                    'join',
+                    lambda: self._in_parallel(
+                        self.nodes[1:], lambda node: self._join(node, deadline)
+                    ),
+                )
                 self._timed('check', lambda: self._await_members(deadline))
             except BaseException:
                 self.close()
                 raise
-            LOGGER.info('local cluster up: %s (%s)', self.node_names,
-                        ', '.join(f'{k} {v:.1f} s' for k, v in self.boot_seconds.items()))
+            LOGGER.info(
+                'local cluster up: %s (%s)',
+                self.node_names,
+                ', '.join(f'{k} {v:.1f} s' for k, v in self.boot_seconds.items()),
+            )
         return self
 
     def close(self, timeout: float = 30.0) -> None:
@@ -243,7 +263,7 @@ class LocalCluster:
                 self._epmd = None
             if self._lock_file is not None:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
-                os.close(self._lock_file)       # releases the flock
+                os.close(self._lock_file)  # releases the flock
                 self._lock_file = None
 
     def __enter__(self) -> 'LocalCluster':
@@ -300,7 +320,7 @@ class LocalCluster:
             deadline = time.monotonic() + timeout
             for node in self.nodes:
                 if node.state == 'running' and self._beam_pid(node) is None:
-                    node.state = 'killed'          # its VM died without us
+                    node.state = 'killed'  # its VM died without us
             down = [node for node in self.nodes if node.state != 'running']
             if not down:
                 return []
@@ -318,20 +338,32 @@ class LocalCluster:
         node = self.node(ref)
         command = [RABBITMQCTL, '-q', '-n', node.name, *args]
         try:
-            proc = subprocess.run(command, env=self._env(), capture_output=True, text=True,
-                                  timeout=timeout, stdin=subprocess.DEVNULL)
+            proc = subprocess.run(
+                command,
+                env=self._env(),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+            )
         except subprocess.TimeoutExpired as exc:
-            raise ClusterError(f'rabbitmqctl {" ".join(args)} on {node.name} still running '
-                               f'after {timeout} s') from exc
+            raise ClusterError(
+                f'rabbitmqctl {" ".join(args)} on {node.name} still running after {timeout} s'
+            ) from exc
         if proc.returncode:
-            raise ClusterError(f'rabbitmqctl {" ".join(args)} on {node.name} failed '
-                               f'({proc.returncode}): {(proc.stderr or proc.stdout).strip()}')
+            raise ClusterError(
+                f'rabbitmqctl {" ".join(args)} on {node.name} failed '
+                f'({proc.returncode}): {(proc.stderr or proc.stdout).strip()}'
+            )
         return proc.stdout
 
     def running_nodes(self, ref: Optional[NodeRef] = None, timeout: float = 30.0) -> List[str]:
         """The cluster's running members as node ``ref`` (default: the first running) sees them."""
-        status = json.loads(self.ctl(ref or self._any_running(), 'cluster_status',
-                                     '--formatter', 'json', timeout=timeout))
+        status = json.loads(
+            self.ctl(
+                ref or self._any_running(), 'cluster_status', '--formatter', 'json', timeout=timeout
+            )
+        )
         return sorted(status['running_nodes'])
 
     def queue_node(self, queue: str, vhost: str = '/', timeout: float = 30.0) -> str:
@@ -343,8 +375,19 @@ class LocalCluster:
             KeyError: no queue of that name in ``vhost``.
         """
         # CSV, not JSON: the JSON formatter prints a pid without its node ('#PID<12768.1.0>').
-        out = self.ctl(self._any_running(), 'list_queues', '-p', vhost, 'name', 'type', 'pid',
-                       'leader', '--formatter', 'csv', timeout=timeout)
+        out = self.ctl(
+            self._any_running(),
+            'list_queues',
+            '-p',
+            vhost,
+            'name',
+            'type',
+            'pid',
+            'leader',
+            '--formatter',
+            'csv',
+            timeout=timeout,
+        )
         for row in csv.DictReader(io.StringIO(out)):
             if row['name'] == queue:
                 return _queue_node(row)
@@ -368,8 +411,10 @@ class LocalCluster:
                 if time.monotonic() >= deadline:
                     holder = os.pread(fd, 32, 0).decode(errors='replace').strip() or '?'
                     os.close(fd)
-                    raise ClusterBusy(f'another local cluster runs (pid {holder} holds '
-                                      f'{self.base_dir}/lock) after waiting {timeout} s') from None
+                    raise ClusterBusy(
+                        f'another local cluster runs (pid {holder} holds '
+                        f'{self.base_dir}/lock) after waiting {timeout} s'
+                    ) from None
                 _PAUSE.wait(_POLL)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -388,8 +433,10 @@ class LocalCluster:
         shutil.rmtree(self.run_dir, ignore_errors=True)
         busy = [port for port in self._ports() if _port_in_use(port)]
         if busy:
-            raise ClusterError(f'port(s) {busy} on 127.0.0.1 are in use by a process this '
-                               f'launcher did not start; the local cluster needs them free')
+            raise ClusterError(
+                f'port(s) {busy} on 127.0.0.1 are in use by a process this '
+                f'launcher did not start; the local cluster needs them free'
+            )
 
     def _ports(self) -> List[int]:
         return [EPMD_PORT] + [p for n in self.nodes for p in (n.amqp_port, n.dist_port)]
@@ -404,59 +451,81 @@ class LocalCluster:
             os.makedirs(node.dir)
             open(os.path.join(node.dir, 'enabled_plugins'), 'w').close()
             with open(os.path.join(node.dir, 'rabbitmq.conf'), 'w') as f:
-                f.write(f'listeners.tcp.1 = 127.0.0.1:{node.amqp_port}\n'
-                        f'distribution.listener.interface = 127.0.0.1\n')
+                f.write(
+                    f'listeners.tcp.1 = 127.0.0.1:{node.amqp_port}\n'
+                    f'distribution.listener.interface = 127.0.0.1\n'
+                )
 
     def _env(self, node: Optional[Node] = None) -> Dict[str, str]:
         """The environment of a node (``node`` given) or of a ``rabbitmqctl`` call."""
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(('RABBITMQ_', 'ERL_')) and k not in ('HOME', 'CONF_ENV_FILE')}
-        env.update({
-            MARKER_VARIABLE: self.run_dir,
-            'HOME': self.home,
-            'ERL_EPMD_PORT': str(EPMD_PORT),
-            'RABBITMQ_CONF_ENV_FILE': os.path.join(self.run_dir, 'rabbitmq-env.conf'),
-            'RABBITMQ_CTL_DIST_PORT_MIN': str(CTL_DIST_PORTS[0]),
-            'RABBITMQ_CTL_DIST_PORT_MAX': str(CTL_DIST_PORTS[1]),
-            'RABBITMQ_CTL_ERL_ARGS': '-kernel inet_dist_use_interface {127,0,0,1}',
-        })
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(('RABBITMQ_', 'ERL_')) and k not in ('HOME', 'CONF_ENV_FILE')
+        }
+        env.update(
+            {
+                MARKER_VARIABLE: self.run_dir,
+                'HOME': self.home,
+                'ERL_EPMD_PORT': str(EPMD_PORT),
+                'RABBITMQ_CONF_ENV_FILE': os.path.join(self.run_dir, 'rabbitmq-env.conf'),
+                'RABBITMQ_CTL_DIST_PORT_MIN': str(CTL_DIST_PORTS[0]),
+                'RABBITMQ_CTL_DIST_PORT_MAX': str(CTL_DIST_PORTS[1]),
+                'RABBITMQ_CTL_ERL_ARGS': '-kernel inet_dist_use_interface {127,0,0,1}',
+            }
+        )
         if node is not None:
-            env.update({
-                'RABBITMQ_NODENAME': node.name,
-                'RABBITMQ_NODE_IP_ADDRESS': '127.0.0.1',
-                'RABBITMQ_NODE_PORT': str(node.amqp_port),
-                'RABBITMQ_DIST_PORT': str(node.dist_port),
-                'RABBITMQ_CONFIG_FILE': os.path.join(node.dir, 'rabbitmq.conf'),
-                'RABBITMQ_ENABLED_PLUGINS_FILE': os.path.join(node.dir, 'enabled_plugins'),
-                'RABBITMQ_MNESIA_BASE': os.path.join(node.dir, 'mnesia'),
-                'RABBITMQ_LOG_BASE': os.path.join(node.dir, 'log'),
-                'RABBITMQ_PID_FILE': node.pid_file,
-                'ERL_CRASH_DUMP': os.path.join(node.dir, 'erl_crash.dump'),
-            })
+            env.update(
+                {
+                    'RABBITMQ_NODENAME': node.name,
+                    'RABBITMQ_NODE_IP_ADDRESS': '127.0.0.1',
+                    'RABBITMQ_NODE_PORT': str(node.amqp_port),
+                    'RABBITMQ_DIST_PORT': str(node.dist_port),
+                    'RABBITMQ_CONFIG_FILE': os.path.join(node.dir, 'rabbitmq.conf'),
+                    'RABBITMQ_ENABLED_PLUGINS_FILE': os.path.join(node.dir, 'enabled_plugins'),
+                    'RABBITMQ_MNESIA_BASE': os.path.join(node.dir, 'mnesia'),
+                    'RABBITMQ_LOG_BASE': os.path.join(node.dir, 'log'),
+                    'RABBITMQ_PID_FILE': node.pid_file,
+                    'ERL_CRASH_DUMP': os.path.join(node.dir, 'erl_crash.dump'),
+                }
+            )
         return env
 
     def _start_epmd(self) -> None:
         self._epmd = subprocess.Popen(
             [_epmd_binary() or 'epmd', '-port', str(EPMD_PORT), '-address', '127.0.0.1'],
-            env=self._env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True, cwd=self.run_dir)
+            env=self._env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.run_dir,
+        )
         deadline = time.monotonic() + 10.0
         while _epmd_names() is None:
             if self._epmd.poll() is not None or time.monotonic() >= deadline:
-                raise ClusterError(f'private epmd on port {EPMD_PORT} did not start '
-                                   f'(exit status {self._epmd.poll()})')
+                raise ClusterError(
+                    f'private epmd on port {EPMD_PORT} did not start '
+                    f'(exit status {self._epmd.poll()})'
+                )
             _PAUSE.wait(_POLL)
 
     def _spawn(self, node: Node) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.remove(node.pid_file)           # a stale pid would be read as the new VM's
+            os.remove(node.pid_file)  # a stale pid would be read as the new VM's
         out = open(os.path.join(node.dir, 'server.out'), 'ab')
         try:
             node.server = subprocess.Popen(
-                [RABBITMQ_SERVER], env=self._env(node), stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True, cwd=node.dir)
+                [RABBITMQ_SERVER],
+                env=self._env(node),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=node.dir,
+            )
         finally:
-            out.close()                        # the child has its own copy
+            out.close()  # the child has its own copy
 
     def _boot(self, node: Node, deadline: float) -> None:
         """Spawn a fresh node; n1 is awaited until booted, a node about to join only until its
@@ -473,15 +542,24 @@ class LocalCluster:
         """
         while not _port_in_use(node.amqp_port):
             if node.server is not None and node.server.poll() is not None:
-                raise ClusterError(f'{node.name} exited ({node.server.returncode}) while '
-                                   f'booting; last log lines:\n{self._log_tail(node)}')
+                raise ClusterError(
+                    f'{node.name} exited ({node.server.returncode}) while '
+                    f'booting; last log lines:\n{self._log_tail(node)}'
+                )
             if time.monotonic() >= deadline:
-                raise ClusterError(f'{node.name} did not open port {node.amqp_port} in time; '
-                                   f'last log lines:\n{self._log_tail(node)}')
+                raise ClusterError(
+                    f'{node.name} did not open port {node.amqp_port} in time; '
+                    f'last log lines:\n{self._log_tail(node)}'
+                )
             _PAUSE.wait(_POLL)
         if confirm:
-            self.ctl(node, 'await_startup', '--timeout', str(_remaining(deadline)),
-                     timeout=_remaining(deadline) + 5)
+            self.ctl(
+                node,
+                'await_startup',
+                '--timeout',
+                str(_remaining(deadline)),
+                timeout=_remaining(deadline) + 5,
+            )
 
     def _join(self, node: Node, deadline: float) -> None:
         first = self.nodes[0].name
@@ -503,7 +581,7 @@ class LocalCluster:
         if node.state == 'stopped' and self._beam_pid(node) is not None:
             self.ctl(node, 'start_app', timeout=_remaining(deadline))
         else:
-            self._kill_node_processes(node, deadline)   # e.g. the script of a killed VM
+            self._kill_node_processes(node, deadline)  # e.g. the script of a killed VM
             self._spawn(node)
             self._await_boot(node, deadline)
         node.state = 'running'
@@ -537,8 +615,11 @@ class LocalCluster:
         our marker, then reap the script."""
         if node.server is None:
             return
-        group = [pid for pid in _pids() if _process_group(pid) == node.server.pid
-                 and _environ_marker(pid) == self.run_dir]
+        group = [
+            pid
+            for pid in _pids()
+            if _process_group(pid) == node.server.pid and _environ_marker(pid) == self.run_dir
+        ]
         for pid in group:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -599,7 +680,7 @@ def _epmd_names(port: int = EPMD_PORT) -> Optional[Dict[str, int]]:
         return None
     names = {}
     for line in data[4:].decode(errors='replace').splitlines():
-        parts = line.split()                       # 'name n1 at port 25673'
+        parts = line.split()  # 'name n1 at port 25673'
         if len(parts) == 5 and parts[0] == 'name':
             names[parts[1]] = int(parts[4])
     return names
@@ -627,7 +708,7 @@ def _environ_marker(pid: int) -> Optional[str]:
     prefix = MARKER_VARIABLE.encode() + b'='
     for item in environ.split(b'\0'):
         if item.startswith(prefix):
-            return item[len(prefix):].decode(errors='replace')
+            return item[len(prefix) :].decode(errors='replace')
     return None
 
 

@@ -10,6 +10,7 @@ The certificates carry the extensions strict X.509 checking wants (CA basic cons
 usage, subject/authority key identifiers, subjectAltName), so they verify under Python 3.13's
 ``VERIFY_X509_STRICT`` default too.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,20 +61,66 @@ def make_certificates(workdir: str) -> dict:
 
     def path(name: str) -> str:
         return os.path.join(workdir, name)
+
     with open(path('ca.cnf'), 'w') as f:
         f.write(_CA_CONFIG)
     with open(path('server.ext'), 'w') as f:
         f.write(_SERVER_EXTENSIONS)
     ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
-    _openssl(['req', '-x509', *ec, '-days', '2', '-config', path('ca.cnf'),
-              '-keyout', path('ca.key'), '-out', path('ca.pem')])
-    _openssl(['req', '-new', *ec, '-subj', '/CN=localhost',
-              '-keyout', path('server.key'), '-out', path('server.csr')])
-    _openssl(['x509', '-req', '-in', path('server.csr'), '-days', '2', '-sha256',
-              '-CA', path('ca.pem'), '-CAkey', path('ca.key'), '-set_serial', '0x1',
-              '-extfile', path('server.ext'), '-out', path('server.pem')])
-    return {'ca_file': path('ca.pem'), 'cert_file': path('server.pem'),
-            'key_file': path('server.key')}
+    _openssl(
+        [
+            'req',
+            '-x509',
+            *ec,
+            '-days',
+            '2',
+            '-config',
+            path('ca.cnf'),
+            '-keyout',
+            path('ca.key'),
+            '-out',
+            path('ca.pem'),
+        ]
+    )
+    _openssl(
+        [
+            'req',
+            '-new',
+            *ec,
+            '-subj',
+            '/CN=localhost',
+            '-keyout',
+            path('server.key'),
+            '-out',
+            path('server.csr'),
+        ]
+    )
+    _openssl(
+        [
+            'x509',
+            '-req',
+            '-in',
+            path('server.csr'),
+            '-days',
+            '2',
+            '-sha256',
+            '-CA',
+            path('ca.pem'),
+            '-CAkey',
+            path('ca.key'),
+            '-set_serial',
+            '0x1',
+            '-extfile',
+            path('server.ext'),
+            '-out',
+            path('server.pem'),
+        ]
+    )
+    return {
+        'ca_file': path('ca.pem'),
+        'cert_file': path('server.pem'),
+        'key_file': path('server.key'),
+    }
 
 
 def _openssl(args: List[str]) -> None:

@@ -8,6 +8,7 @@ Policy: where the RabbitMQ package is not installed the cluster tests are skippe
 ``CI``; where it is installed but the cluster will not start (ports taken, another run holds it),
 they are skipped with the reason, or fail with it when ``CI`` is true.
 """
+
 from __future__ import annotations
 
 import logging

@@ -4,6 +4,7 @@ The system node is the one ``rabbitmqctl`` reaches without ``-n`` (``rabbit@loca
 5672, shared by everything on the machine): its VM's OS pid, its cluster's running members, and
 the files that would change if someone touched its cookie or configuration.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,15 +16,20 @@ from tests.helpers import rabbitmqctl
 __all__ = ['SystemNode', 'system_node', 'SYSTEM_FILES']
 
 #: Files of the system node that a cluster started beside it must leave alone.
-SYSTEM_FILES = ('/var/lib/rabbitmq/.erlang.cookie', '/etc/rabbitmq/rabbitmq.conf',
-                '/etc/rabbitmq/rabbitmq-env.conf', '/etc/rabbitmq/enabled_plugins')
+SYSTEM_FILES = (
+    '/var/lib/rabbitmq/.erlang.cookie',
+    '/etc/rabbitmq/rabbitmq.conf',
+    '/etc/rabbitmq/rabbitmq-env.conf',
+    '/etc/rabbitmq/enabled_plugins',
+)
 
 
 class SystemNode(NamedTuple):
     """The system node at one moment; two snapshots are equal if nothing touched it."""
+
     os_pid: str
     running_nodes: Tuple[str, ...]
-    files: Dict[str, str]        # path -> sha256 of the content ('' if absent or unreadable)
+    files: Dict[str, str]  # path -> sha256 of the content ('' if absent or unreadable)
 
 
 def system_node() -> Optional[SystemNode]:
@@ -33,8 +39,11 @@ def system_node() -> Optional[SystemNode]:
         members = json.loads(rabbitmqctl('cluster_status', '--formatter', 'json'))
     except (RuntimeError, ValueError):
         return None
-    return SystemNode(str(status['pid']), tuple(sorted(members['running_nodes'])),
-                      {path: _sha256(path) for path in SYSTEM_FILES})
+    return SystemNode(
+        str(status['pid']),
+        tuple(sorted(members['running_nodes'])),
+        {path: _sha256(path) for path in SYSTEM_FILES},
+    )
 
 
 def _sha256(path: str) -> str:

@@ -1,4 +1,5 @@
 """Fixtures of the fault tests: Apps through the fault proxy, and one straight to the broker."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, Iterator, List, Optional
@@ -7,7 +8,6 @@ import pika
 import pytest
 
 from pika_rpc import App
-
 from tests.faultproxy import FaultProxy
 from tests.helpers import FAST_RECONNECT, pika_parameters
 
@@ -23,6 +23,7 @@ def make_app(amqp_url: str, unique_name: str) -> Iterator[Callable[..., App]]:
         app = App(url or amqp_url, task_default_queue=unique_name, **conf)
         made.append(app)
         return app
+
     yield make
     for app in made:
         app.close()
@@ -33,14 +34,17 @@ def make_app(amqp_url: str, unique_name: str) -> Iterator[Callable[..., App]]:
 
 
 @pytest.fixture
-def make_client(fault_proxy: FaultProxy, amqp_url: str,
-                make_app: Callable[..., App]) -> Iterator[Callable[..., App]]:
+def make_client(
+    fault_proxy: FaultProxy, amqp_url: str, make_app: Callable[..., App]
+) -> Iterator[Callable[..., App]]:
     """``make_client(url=None, **conf)``: an App through the proxy with fast reconnects; the
     proxy forwards again before the Apps close."""
+
     def make(url: Optional[str] = None, **conf: Any) -> App:
         conf.setdefault('broker_transport_options', FAST_RECONNECT)
         conf.setdefault('broker_connection_max_retries', 1000)
         return make_app(url or fault_proxy.url(amqp_url), **conf)
+
     yield make
     fault_proxy.refuse(False)
     fault_proxy.resume()
@@ -65,5 +69,5 @@ def app(amqp_url: str, unique_name: str, raw_channel: Any) -> Iterator[App]:
     application = App(amqp_url, task_default_queue=unique_name, result_expires=120)
     yield application
     application.close()
-    raw_channel.queue_delete(unique_name)       # the task queue send_task declared
+    raw_channel.queue_delete(unique_name)  # the task queue send_task declared
     raw_channel.exchange_delete(unique_name)

@@ -24,6 +24,7 @@ time", not "not delivered" (publishing is at-least-once). pika's
 blocked that long; one test sets it to 1 s to check that the link then reconnects, the
 store still fails at its own deadline, and everything works once the alarm clears.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,7 +77,7 @@ class Waiters:
         self._barrier.wait(WAIT)
         try:
             value = result.get(timeout=timeout)
-        except BaseException as exc:      # recorded: the test asserts on it
+        except BaseException as exc:  # recorded: the test asserts on it
             with self._lock:
                 self.errors[result.id] = exc
         else:
@@ -106,7 +107,7 @@ class InThread:
     def _run(self, fn: Callable[[], Any]) -> None:
         try:
             self._value = fn()
-        except BaseException as exc:      # handed to join()
+        except BaseException as exc:  # handed to join()
             self._error = exc
 
     def join(self, timeout: float) -> Any:
@@ -125,8 +126,9 @@ def connection_state(link: Link) -> Optional[str]:
     """Our connection's state as the broker sees it ('running', 'blocking', 'blocked').
 
     Found by its ``connection_name`` client property (the link's name)."""
-    rows = json.loads(rabbitmqctl('list_connections', 'client_properties', 'state',
-                                  '--formatter', 'json') or '[]')
+    rows = json.loads(
+        rabbitmqctl('list_connections', 'client_properties', 'state', '--formatter', 'json') or '[]'
+    )
     for row in rows:
         properties = {item[0]: item[-1] for item in row.get('client_properties') or ()}
         if properties.get('connection_name') == link.name:
@@ -136,11 +138,14 @@ def connection_state(link: Link) -> Optional[str]:
 
 # ------------------------------------------------------------------ restart
 
+
 @pytest.mark.timeout(600)
 def test_waiters_keep_waiting_through_a_broker_restart_and_tasks_work_afterwards_by_themselves(
-        make_app: Callable[..., App]) -> None:
-    app = make_app(broker_transport_options=RESTART_RECONNECT,
-                   broker_connection_max_retries=RESTART_RETRIES)
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app(
+        broker_transport_options=RESTART_RECONNECT, broker_connection_max_retries=RESTART_RETRIES
+    )
     results = [app.send_task('tasks.add', (i, i)) for i in range(5)]
     backend = app.backend
     oid, link = backend.oid, backend._get_link()
@@ -174,11 +179,12 @@ def test_waiters_keep_waiting_through_a_broker_restart_and_tasks_work_afterwards
     assert after.get(timeout=WAIT) == 20
 
     assert app.backend is backend and backend.oid == oid
-    assert oid in list_queues()                    # the durable reply queue survived
+    assert oid in list_queues()  # the durable reply queue survived
     assert backend.stats()['reconnects'] >= 1 and link.state == 'OPEN'
 
 
 # ------------------------------------------------------------------ memory alarm
+
 
 class MemoryAlarm:
     """``with MemoryAlarm():`` the broker is in a memory alarm; afterwards it is not."""
@@ -186,8 +192,9 @@ class MemoryAlarm:
     def __enter__(self) -> 'MemoryAlarm':
         try:
             rabbitmqctl('set_vm_memory_high_watermark', '0')
-            eventually(lambda: any('memory' in json.dumps(a) for a in broker_alarms()),
-                       timeout=WAIT)
+            eventually(
+                lambda: any('memory' in json.dumps(a) for a in broker_alarms()), timeout=WAIT
+            )
         except BaseException:
             self.__exit__()
             raise
@@ -201,10 +208,13 @@ class MemoryAlarm:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize('blocked_timeout', [None, 1.0], ids=['default', 'one_second'])
 def test_store_result_during_a_memory_alarm_raises_publish_error_at_its_deadline_and_works_after(
-        blocked_timeout: Optional[float], make_app: Callable[..., App]) -> None:
+    blocked_timeout: Optional[float], make_app: Callable[..., App]
+) -> None:
     conf = {} if blocked_timeout is None else {'blocked_connection_timeout': blocked_timeout}
-    app = make_app(broker_transport_options={'interval_start': 0, 'interval_step': 0.1,
-                                             'interval_max': 0.5}, **conf)
+    app = make_app(
+        broker_transport_options={'interval_start': 0, 'interval_step': 0.1, 'interval_max': 0.5},
+        **conf,
+    )
     backend = app.backend
     blocked, later = app.send_task('tasks.add', (1, 1)), app.send_task('tasks.add', (2, 2))
     link = backend._get_link()
@@ -212,15 +222,20 @@ def test_store_result_during_a_memory_alarm_raises_publish_error_at_its_deadline
     with MemoryAlarm():
         started = time.monotonic()
         with pytest.raises(PublishError) as raised:
-            backend.store_result(blocked.id, 'stored in the alarm', 'SUCCESS',
-                                 request=reply(app, blocked.id), timeout=2)
+            backend.store_result(
+                blocked.id,
+                'stored in the alarm',
+                'SUCCESS',
+                request=reply(app, blocked.id),
+                timeout=2,
+            )
         failed_after = time.monotonic() - started
         if blocked_timeout is None:
-            assert connection_state(link) == 'blocked'     # by the broker, not torn down
+            assert connection_state(link) == 'blocked'  # by the broker, not torn down
             assert events.count('lost') == 0
         else:
-            assert events.wait('lost')                     # pika gave up on the blocked socket
-    assert 'not confirmed within 2 s' in str(raised.value)   # names its own deadline
+            assert events.wait('lost')  # pika gave up on the blocked socket
+    assert 'not confirmed within 2 s' in str(raised.value)  # names its own deadline
     backend.mark_as_done(later.id, 4, request=reply(app, later.id))
     assert later.get(timeout=WAIT) == 4
     assert link.state == 'OPEN' and events.count('gave_up') == 0
@@ -228,7 +243,9 @@ def test_store_result_during_a_memory_alarm_raises_publish_error_at_its_deadline
         # Its bytes were in the socket: read and routed once the alarm cleared, ahead of
         # 'later' on the same channel. PublishError said "not confirmed", not "not sent".
         assert backend.get_task_meta(blocked.id)['result'] == 'stored in the alarm'
-    print(f'\nblocked_connection_timeout={blocked_timeout}: PublishError after '
-          f'{failed_after:.2f} s ({raised.value}); reconnects {backend.stats()["reconnects"]}; '
-          f'result stored in the alarm delivered afterwards: '
-          f'{backend.get_task_meta(blocked.id)["status"]}')
+    print(
+        f'\nblocked_connection_timeout={blocked_timeout}: PublishError after '
+        f'{failed_after:.2f} s ({raised.value}); reconnects {backend.stats()["reconnects"]}; '
+        f'result stored in the alarm delivered afterwards: '
+        f'{backend.get_task_meta(blocked.id)["status"]}'
+    )

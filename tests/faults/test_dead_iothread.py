@@ -2,14 +2,13 @@
 
 The bug is injected by making one loop step raise inside the real I/O thread.
 """
+
 from __future__ import annotations
 
 import threading
 
-
 import pika_rpc
 import pika_rpc._handoff
-
 from tests.helpers import eventually
 
 
@@ -24,6 +23,7 @@ def test_waiters_wake_with_the_error_when_the_io_thread_dies_and_the_next_call_w
             result.get(timeout=60)
         except Exception as exc:
             errors.append(exc)
+
     threads = [threading.Thread(target=waiter, args=(r,)) for r in results]
     for t in threads:
         t.start()
@@ -35,7 +35,8 @@ def test_waiters_wake_with_the_error_when_the_io_thread_dies_and_the_next_call_w
 
     def boom():
         raise RuntimeError('injected bug')
-    link._consumers.flush_acks = boom     # the next loop turn raises inside the I/O thread
+
+    link._consumers.flush_acks = boom  # the next loop turn raises inside the I/O thread
     link.enqueue(pika_rpc._handoff.Command(lambda: None, (), 'nudge'), None)
     for t in threads:
         t.join(30)
@@ -43,11 +44,13 @@ def test_waiters_wake_with_the_error_when_the_io_thread_dies_and_the_next_call_w
     assert len(errors) == 5
     assert all(isinstance(e, pika_rpc.ConnectionLost) and 'injected bug' in str(e) for e in errors)
     assert link.closed
-    r = app.send_task('tasks.after', ())                      # a new I/O thread takes over
+    r = app.send_task('tasks.after', ())  # a new I/O thread takes over
     backend.mark_as_done(r.id, 'alive', request={'reply_to': backend.oid, 'correlation_id': r.id})
     assert r.get(timeout=20) == 'alive'
     assert backend._get_link() is not link
     # The reply queue outlived the dead thread: a result stored now still reaches a new waiter.
     late = results[0]
-    backend.mark_as_done(late.id, 'late', request={'reply_to': backend.oid, 'correlation_id': late.id})
+    backend.mark_as_done(
+        late.id, 'late', request={'reply_to': backend.oid, 'correlation_id': late.id}
+    )
     assert late.get(timeout=20) == 'late'

@@ -3,15 +3,14 @@
 The child never writes to the parent's socket, gets a new oid and reply queue, and starts
 its own I/O thread on first use; the parent keeps working with its waiters intact.
 """
+
 from __future__ import annotations
 
 import multiprocessing
 import os
 import threading
 
-
 from pika_rpc import App
-
 from tests.helpers import eventually, list_queues
 
 
@@ -48,6 +47,7 @@ def test_fifty_forks_while_the_parent_has_waiters_each_child_gets_its_own_result
             got.append(result.get(timeout=120))
         except Exception as exc:
             errors.append(exc)
+
     threads = [threading.Thread(target=waiter, args=(r,)) for r in pending]
     for t in threads:
         t.start()
@@ -71,7 +71,7 @@ def test_fifty_forks_while_the_parent_has_waiters_each_child_gets_its_own_result
         oids.add(line[1])
     assert len(oids) == 50 and parent_oid not in oids
 
-    for r in pending:                                  # the parent still works
+    for r in pending:  # the parent still works
         parent.mark_as_done(r.id, r.id, request=request_for(parent, r.id))
     for t in threads:
         t.join(60)
@@ -79,7 +79,7 @@ def test_fifty_forks_while_the_parent_has_waiters_each_child_gets_its_own_result
     assert errors == [] and sorted(got) == sorted(r.id for r in pending)
     assert parent.oid == parent_oid
     assert parent.stats()['reconnects'] == reconnects_before
-    assert eventually(lambda: not (oids & set(list_queues())))   # children deleted theirs
+    assert eventually(lambda: not (oids & set(list_queues())))  # children deleted theirs
 
 
 def _pool_task(args):
@@ -113,7 +113,7 @@ def test_a_backend_created_before_fork_works_in_multiprocessing_children(app):
     oids = {oid for _value, oid in results}
     assert all(isinstance(value, int) for value, _ in results)
     assert parent_oid not in oids and 1 <= len(oids) <= 4
-    r = app.send_task('tasks.after', ())                  # the parent is untouched
+    r = app.send_task('tasks.after', ())  # the parent is untouched
     app.backend.mark_as_done(r.id, 1, request=request_for(app.backend, r.id))
     assert r.get(timeout=20) == 1
 

@@ -6,6 +6,7 @@ worker's side is a second ``App`` straight to the broker, so results land in the
 durable reply queue while the client is cut off. Nothing is published by the client after
 giving up: only its waits and polls may bring the link back.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict
@@ -43,52 +44,57 @@ def store_while_cut_off(client: App, worker: App, task_id: str, value: Any) -> N
 
 
 def test_get_on_a_given_up_link_connects_again_and_returns_the_result(
-        make_client: Callable[..., App], worker: App, fault_proxy: FaultProxy) -> None:
+    make_client: Callable[..., App], worker: App, fault_proxy: FaultProxy
+) -> None:
     client = make_client(broker_connection_max_retries=2)
     client.backend.on_task_call(None, 'waited')
     events = give_up(client, fault_proxy)
     store_while_cut_off(client, worker, 'waited', 7)
     attempts = fault_proxy.connection_attempts
     result = client.AsyncResult('waited')
-    with pytest.raises(ConnectionLost):                 # a new cycle, refused: gives up too
+    with pytest.raises(ConnectionLost):  # a new cycle, refused: gives up too
         result.get(timeout=WAIT)
     assert fault_proxy.connection_attempts > attempts and events.count('gave_up') == 2
     fault_proxy.refuse(False)
-    assert result.get(timeout=WAIT) == 7                # the next wait connects again
+    assert result.get(timeout=WAIT) == 7  # the next wait connects again
     assert events.wait('connected')
     assert client.backend._get_link().wait_for_state('OPEN', timeout=WAIT)
 
 
 def test_get_on_a_given_up_link_connects_again_and_raises_timeout_error_when_no_result_comes(
-        make_client: Callable[..., App], fault_proxy: FaultProxy) -> None:
+    make_client: Callable[..., App], fault_proxy: FaultProxy
+) -> None:
     client = make_client(broker_connection_max_retries=2)
     client.backend.on_task_call(None, 'never-stored')
     events = give_up(client, fault_proxy)
     fault_proxy.refuse(False)
-    with pytest.raises(TimeoutError):                   # connected; the result never comes
+    with pytest.raises(TimeoutError):  # connected; the result never comes
         client.AsyncResult('never-stored').get(timeout=2.0)
     assert events.wait('connected')
 
 
 def test_get_task_meta_on_a_given_up_link_raises_at_once_and_a_later_poll_sees_the_result(
-        make_client: Callable[..., App], worker: App, fault_proxy: FaultProxy) -> None:
+    make_client: Callable[..., App], worker: App, fault_proxy: FaultProxy
+) -> None:
     client = make_client(broker_connection_max_retries=2)
     client.backend.on_task_call(None, 'polled')
     give_up(client, fault_proxy)
     store_while_cut_off(client, worker, 'polled', 'done')
     fault_proxy.refuse(False)
     backend = client.backend
-    with pytest.raises(ConnectionLost):                 # known down: no blocking connect
+    with pytest.raises(ConnectionLost):  # known down: no blocking connect
         backend.get_task_meta('polled')
 
     def polled_success() -> bool:
         return backend.get_task_meta('polled')['status'] == 'SUCCESS'
+
     eventually(polled_success, timeout=WAIT, retry_on=(AssertionError, ConnectionLost))
     assert client.AsyncResult('polled').get(timeout=0) == 'done'
 
 
 def test_get_many_on_a_given_up_link_connects_again_and_returns_every_result(
-        make_client: Callable[..., App], worker: App, fault_proxy: FaultProxy) -> None:
+    make_client: Callable[..., App], worker: App, fault_proxy: FaultProxy
+) -> None:
     client = make_client(broker_connection_max_retries=2)
     for task_id in ('many-1', 'many-2'):
         client.backend.on_task_call(None, task_id)
@@ -96,6 +102,7 @@ def test_get_many_on_a_given_up_link_connects_again_and_returns_every_result(
     for i, task_id in enumerate(('many-1', 'many-2')):
         worker.backend.mark_as_done(task_id, i, request=reply(client, task_id))
     fault_proxy.refuse(False)
-    got = dict((t, m['result']) for t, m in client.backend.get_many(['many-1', 'many-2'],
-                                                                    timeout=WAIT))
+    got = dict(
+        (t, m['result']) for t, m in client.backend.get_many(['many-1', 'many-2'], timeout=WAIT)
+    )
     assert got == {'many-1': 0, 'many-2': 1}

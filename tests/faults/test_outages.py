@@ -10,6 +10,7 @@ proxy's counters and ``eventually`` on broker-side facts; nothing sleeps.
 Where timing is easy to observe (waking waiters after an outage or at ``close()``) the test
 prints it; run with ``-s`` to see it. It is never asserted: timings are measured in scripts/, never asserted in tests.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -28,8 +29,13 @@ import pytest
 
 from pika_rpc import App
 from pika_rpc._link import Link
-from pika_rpc.errors import (ClosedError, ConnectionLost, ContentDisallowed, DecodeError,
-                             PikaRPCError)
+from pika_rpc.errors import (
+    ClosedError,
+    ConnectionLost,
+    ContentDisallowed,
+    DecodeError,
+    PikaRPCError,
+)
 from tests.faultproxy import FaultProxy
 from tests.helpers import LinkEvents, eventually, list_queues
 
@@ -49,8 +55,9 @@ def value_for(task_id: str) -> Dict[str, str]:
 
 def store(worker: App, client: App, results: List[Any]) -> None:
     for result in results:
-        worker.backend.mark_as_done(result.id, value_for(result.id),
-                                    request=reply(client, result.id))
+        worker.backend.mark_as_done(
+            result.id, value_for(result.id), request=reply(client, result.id)
+        )
 
 
 def queue_messages(name: str) -> int:
@@ -75,15 +82,17 @@ class Waiters:
         self.values: Dict[str, Any] = {}
         self.errors: Dict[str, BaseException] = {}
         self.seen: Dict[str, List[dict]] = {r.id: [] for r in results}
-        self.returns: List[str] = []           # one entry per get() that came back
+        self.returns: List[str] = []  # one entry per get() that came back
         self.woke_at: Dict[str, float] = {}
         self._done = threading.Condition()
         self._barrier = threading.Barrier(len(results) + 1)
-        self._threads = [threading.Thread(target=self._wait, args=(r,), name=f'waiter-{i}')
-                         for i, r in enumerate(results)]
+        self._threads = [
+            threading.Thread(target=self._wait, args=(r,), name=f'waiter-{i}')
+            for i, r in enumerate(results)
+        ]
         for t in self._threads:
             t.start()
-        self._barrier.wait(WAIT)          # every waiter is about to call get()
+        self._barrier.wait(WAIT)  # every waiter is about to call get()
 
     def _wait(self, result: Any) -> None:
         self._barrier.wait(WAIT)
@@ -91,7 +100,7 @@ class Waiters:
         error: Optional[BaseException] = None
         try:
             value = result.get(timeout=self.timeout, on_message=self.seen[result.id].append)
-        except BaseException as exc:      # recorded: the test asserts on it
+        except BaseException as exc:  # recorded: the test asserts on it
             error = exc
         with self._done:
             self.woke_at[result.id] = time.monotonic()
@@ -119,11 +128,13 @@ class Waiters:
 
 # ------------------------------------------------------------------ outages with 50 waiters
 
+
 def test_fifty_waiters_get_each_result_once_when_results_are_stored_before_during_and_after_an_outage(
-        client: App, worker: App, fault_proxy: FaultProxy) -> None:
+    client: App, worker: App, fault_proxy: FaultProxy
+) -> None:
     results = [client.send_task('tasks.add', (i, i)) for i in range(WAITERS)]
-    before, unnoticed = results[:5], results[5:15]        # before any fault; before the cut is seen
-    during, after = results[15:40], results[40:]          # while refused; after the reconnect
+    before, unnoticed = results[:5], results[5:15]  # before any fault; before the cut is seen
+    during, after = results[15:40], results[40:]  # while refused; after the reconnect
     oid, link = client.backend.oid, client.backend._get_link()
     events = LinkEvents(link)
     waiters = Waiters(results)
@@ -131,7 +142,7 @@ def test_fifty_waiters_get_each_result_once_when_results_are_stored_before_durin
 
     store(worker, client, before)
     assert waiters.wait_done(len(before))
-    eventually(lambda: queue_messages(oid) == 0, timeout=WAIT)   # delivered and acked
+    eventually(lambda: queue_messages(oid) == 0, timeout=WAIT)  # delivered and acked
 
     # Stored while the client's connection still looks fine to it: the broker hands them to
     # a connection that is about to die, and must give them back when it does.
@@ -145,11 +156,12 @@ def test_fifty_waiters_get_each_result_once_when_results_are_stored_before_durin
     assert fault_proxy.wait_for(lambda: fault_proxy.connection_attempts >= attempts + 2)
 
     store(worker, client, during)
-    store(worker, client, before)            # a worker re-publishing final states: duplicates
-    eventually(lambda: queue_messages(oid) == len(unnoticed) + len(during) + len(before),
-               timeout=WAIT)                 # nothing lost: all kept by the durable queue
+    store(worker, client, before)  # a worker re-publishing final states: duplicates
+    eventually(
+        lambda: queue_messages(oid) == len(unnoticed) + len(during) + len(before), timeout=WAIT
+    )  # nothing lost: all kept by the durable queue
     assert events.count('connected') == 0 and link.state != 'OPEN'
-    assert waiters.done == len(before)       # nobody was woken by the outage
+    assert waiters.done == len(before)  # nobody was woken by the outage
 
     outage_ended = time.monotonic()
     fault_proxy.refuse(False)
@@ -160,23 +172,29 @@ def test_fifty_waiters_get_each_result_once_when_results_are_stored_before_durin
     waiters.join()
 
     assert waiters.errors == {}
-    assert waiters.values == {r.id: value_for(r.id) for r in results}     # 50 of 50, right task
-    assert sorted(waiters.returns) == sorted(r.id for r in results)       # each get() once
-    for r in results:                      # each waiter saw one final state: its own
+    assert waiters.values == {r.id: value_for(r.id) for r in results}  # 50 of 50, right task
+    assert sorted(waiters.returns) == sorted(r.id for r in results)  # each get() once
+    for r in results:  # each waiter saw one final state: its own
         finals = [raw for raw in waiters.seen[r.id] if raw.get('status') == 'SUCCESS']
         assert [raw.get('task_id') for raw in finals] == [r.id], (r.id, waiters.seen[r.id])
     stats = client.backend.stats()
     assert stats['duplicates'] == len(before) and stats['out_of_band'] == 0
     assert stats['bad_messages'] == 0 and stats['reconnects'] == 1
-    eventually(lambda: queue_messages(oid) == 0, timeout=WAIT)   # every delivery acked
-    print(f'\n{WAITERS} waiters: results lost 0, duplicates dropped {stats["duplicates"]}; '
-          f'{len(unnoticed) + len(during)} held-back results reached their waiters '
-          f'{caught_up * 1000:.0f} ms after the proxy accepted connections again')
+    eventually(lambda: queue_messages(oid) == 0, timeout=WAIT)  # every delivery acked
+    print(
+        f'\n{WAITERS} waiters: results lost 0, duplicates dropped {stats["duplicates"]}; '
+        f'{len(unnoticed) + len(during)} held-back results reached their waiters '
+        f'{caught_up * 1000:.0f} ms after the proxy accepted connections again'
+    )
 
 
 def test_losing_the_current_host_of_a_failover_list_reconnects_to_the_next_and_waiters_get_results(
-        make_client: Callable[..., App], worker: App, fault_proxy: FaultProxy, broker: Any,
-        amqp_url: str) -> None:
+    make_client: Callable[..., App],
+    worker: App,
+    fault_proxy: FaultProxy,
+    broker: Any,
+    amqp_url: str,
+) -> None:
     with FaultProxy(broker.host, broker.port) as second:
         client = make_client(f'{fault_proxy.url(amqp_url)};{second.url(amqp_url)}')
         results = [client.send_task('tasks.add', (i, i)) for i in range(10)]
@@ -202,13 +220,15 @@ def test_losing_the_current_host_of_a_failover_list_reconnects_to_the_next_and_w
         assert waiters.errors == {}
         assert waiters.values == {r.id: value_for(r.id) for r in results}
         assert link.stats()['reconnects'] == 1
-        client.close()                   # while the second proxy still forwards
+        client.close()  # while the second proxy still forwards
 
 
 # ------------------------------------------------------------------ close() with waiters
 
+
 def test_close_wakes_fifty_waiters_with_a_clear_error_deletes_the_reply_queue_and_twice_is_a_no_op(
-        client: App) -> None:
+    client: App,
+) -> None:
     results = [client.send_task('tasks.never', ()) for _ in range(WAITERS)]
     backend = client.backend
     oid = backend.oid
@@ -225,7 +245,7 @@ def test_close_wakes_fifty_waiters_with_a_clear_error_deletes_the_reply_queue_an
     for error in waiters.errors.values():
         assert isinstance(error, ClosedError) and isinstance(error, ConnectionLost)
         assert 'closed' in str(error)
-    backend.close()                                     # a second close is a no-op
+    backend.close()  # a second close is a no-op
     with pytest.raises(ClosedError):
         backend.get_task_meta(results[0].id)
     eventually(lambda: oid not in list_queues(), timeout=WAIT)
@@ -233,7 +253,8 @@ def test_close_wakes_fifty_waiters_with_a_clear_error_deletes_the_reply_queue_an
 
 
 def test_close_during_an_outage_wakes_every_waiter_and_returns_within_its_timeout(
-        client: App, fault_proxy: FaultProxy, raw_channel: Any) -> None:
+    client: App, fault_proxy: FaultProxy, raw_channel: Any
+) -> None:
     results = [client.send_task('tasks.never', ()) for _ in range(WAITERS)]
     backend, link = client.backend, client.backend._get_link()
     oid = backend.oid
@@ -251,7 +272,7 @@ def test_close_during_an_outage_wakes_every_waiter_and_returns_within_its_timeou
     assert not closer.is_alive(), 'close() hangs while the broker is unreachable'
     assert waiters.values == {} and set(waiters.errors) == {r.id for r in results}
     assert all(isinstance(e, ClosedError) for e in waiters.errors.values()), waiters.errors
-    assert link.wait_for_state('CLOSED', timeout=WAIT)   # the I/O thread stopped retrying
+    assert link.wait_for_state('CLOSED', timeout=WAIT)  # the I/O thread stopped retrying
     backend.close()
     # The queue could not be deleted: it is left to its x-expires (result_expires).
     assert list_queues()[oid].arguments.get('x-expires') == 120000
@@ -260,25 +281,29 @@ def test_close_during_an_outage_wakes_every_waiter_and_returns_within_its_timeou
 
 # ------------------------------------------------------------------ poison in the reply queue
 
+
 def touch_on_unpickle(path: pathlib.Path) -> bytes:
     """A pickle that creates ``path`` when loaded: proof that nobody unpickled it."""
+
     class Touch:
         def __reduce__(self) -> tuple:
             return (pathlib.Path.touch, (path,))
+
     return pickle.dumps(Touch())
 
 
 class Poison(NamedTuple):
     body: bytes
     content_type: str
-    error: Type[PikaRPCError]     # what a waiter of the task it names gets
+    error: Type[PikaRPCError]  # what a waiter of the task it names gets
 
 
 def poisons(marker: pathlib.Path) -> Dict[str, Poison]:
     return {
         'garbage bytes': Poison(b'\x00\x81garbage{', 'application/json', DecodeError),
-        'a pickle': Poison(touch_on_unpickle(marker), 'application/x-python-serialize',
-                           ContentDisallowed),
+        'a pickle': Poison(
+            touch_on_unpickle(marker), 'application/x-python-serialize', ContentDisallowed
+        ),
         'a JSON array': Poison(b'[1, 2]', 'application/json', DecodeError),
         'a 10 MB undecodable body': Poison(b'\xff' * (10 << 20), 'application/json', DecodeError),
     }
@@ -287,10 +312,17 @@ def poisons(marker: pathlib.Path) -> Dict[str, Poison]:
 POISONS = ['garbage bytes', 'a pickle', 'a JSON array', 'a 10 MB undecodable body']
 
 
-def publish_raw(channel: Any, queue: str, body: bytes, content_type: str,
-                correlation_id: Optional[str] = None) -> None:
-    channel.basic_publish('', queue, body, pika.BasicProperties(
-        content_type=content_type, content_encoding='utf-8', correlation_id=correlation_id))
+def publish_raw(
+    channel: Any, queue: str, body: bytes, content_type: str, correlation_id: Optional[str] = None
+) -> None:
+    channel.basic_publish(
+        '',
+        queue,
+        body,
+        pika.BasicProperties(
+            content_type=content_type, content_encoding='utf-8', correlation_id=correlation_id
+        ),
+    )
 
 
 @pytest.fixture
@@ -307,8 +339,8 @@ def assert_link_unharmed(client: App, link: Link) -> None:
 
 @pytest.mark.parametrize('kind', POISONS)
 def test_poison_naming_a_pending_task_fails_its_waiter_with_a_typed_error_and_later_results_arrive(
-        kind: str, client: App, worker: App, pending: Any, raw_channel: Any,
-        tmp_path: pathlib.Path) -> None:
+    kind: str, client: App, worker: App, pending: Any, raw_channel: Any, tmp_path: pathlib.Path
+) -> None:
     marker = tmp_path / 'unpickled'
     poison = poisons(marker)[kind]
     link, oid = client.backend._get_link(), client.backend.oid
@@ -324,24 +356,33 @@ def test_poison_naming_a_pending_task_fails_its_waiter_with_a_typed_error_and_la
     assert client.backend.stats()['bad_messages'] == 1
     assert_link_unharmed(client, link)
     assert not marker.exists()
-    eventually(lambda: queue_messages(oid) == 0, timeout=WAIT)   # acked, not redelivered
+    eventually(lambda: queue_messages(oid) == 0, timeout=WAIT)  # acked, not redelivered
 
 
 @pytest.mark.parametrize('kind', POISONS + ['a JSON object with no task id'])
 def test_poison_naming_no_task_is_logged_and_dropped_and_the_pending_waiter_gets_its_real_result(
-        kind: str, client: App, worker: App, pending: Any, raw_channel: Any,
-        tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    kind: str,
+    client: App,
+    worker: App,
+    pending: Any,
+    raw_channel: Any,
+    tmp_path: pathlib.Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.WARNING, logger='pika_rpc.backend')
     marker = tmp_path / 'unpickled'
     if kind == 'a JSON object with no task id':
-        poison = Poison(json.dumps({'status': 'SUCCESS', 'result': 'whose?'}).encode(),
-                        'application/json', PikaRPCError)
+        poison = Poison(
+            json.dumps({'status': 'SUCCESS', 'result': 'whose?'}).encode(),
+            'application/json',
+            PikaRPCError,
+        )
     else:
         poison = poisons(marker)[kind]
     link, oid = client.backend._get_link(), client.backend.oid
     waiters = Waiters([pending])
     assert eventually(lambda: all_waiting(client, [pending]), timeout=WAIT)
-    publish_raw(raw_channel, oid, poison.body, poison.content_type)     # no correlation_id
+    publish_raw(raw_channel, oid, poison.body, poison.content_type)  # no correlation_id
     # The reply queue is read in order: had the poison reached the waiter, it would have
     # woken with it (or with 'whose?') before this real result.
     store(worker, client, [pending])
@@ -355,25 +396,35 @@ def test_poison_naming_no_task_is_logged_and_dropped_and_the_pending_waiter_gets
 
 
 def test_a_failure_naming_an_unloaded_module_imports_nothing_and_later_results_arrive(
-        client: App, worker: App, pending: Any, raw_channel: Any, tmp_path: pathlib.Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    client: App,
+    worker: App,
+    pending: Any,
+    raw_channel: Any,
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     module = f'pika_rpc_poison_{uuid.uuid4().hex}'
     marker = tmp_path / 'imported'
     (tmp_path / f'{module}.py').write_text(
-        f'open({str(marker)!r}, "w").close()\n'
-        'class Boom(Exception):\n    pass\n')
+        f'open({str(marker)!r}, "w").close()\nclass Boom(Exception):\n    pass\n'
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert importlib.util.find_spec(module) is not None     # importable, were anyone to try
+    assert importlib.util.find_spec(module) is not None  # importable, were anyone to try
     link, oid = client.backend._get_link(), client.backend.oid
     unrelated = f'unrelated-{uuid.uuid4().hex}'
     waiters = Waiters([pending])
-    body = {'status': 'FAILURE', 'task_id': unrelated, 'traceback': None, 'children': [],
-            'result': {'exc_type': 'Boom', 'exc_module': module, 'exc_message': ['boom']}}
+    body = {
+        'status': 'FAILURE',
+        'task_id': unrelated,
+        'traceback': None,
+        'children': [],
+        'result': {'exc_type': 'Boom', 'exc_module': module, 'exc_message': ['boom']},
+    }
     publish_raw(raw_channel, oid, json.dumps(body).encode(), 'application/json')
     store(worker, client, [pending])
     waiters.join()
     assert waiters.errors == {} and waiters.values == {pending.id: value_for(pending.id)}
-    assert client.backend.stats()['out_of_band'] == 1     # kept for its id, not a crash
+    assert client.backend.stats()['out_of_band'] == 1  # kept for its id, not a crash
     # Reading it rebuilds the exception without importing the module either.
     exc = client.AsyncResult(unrelated).get(timeout=WAIT, propagate=False)
     assert isinstance(exc, Exception) and type(exc).__name__ == 'Boom'

@@ -5,6 +5,7 @@ stalls; meanwhile other threads that need the subscription wait for it, each wit
 deadline, and never subscribe a second time. ``link.consume`` is wrapped (not replaced) to
 see when the round trip starts and how often it is asked for.
 """
+
 from __future__ import annotations
 
 import threading
@@ -24,24 +25,25 @@ class _Call(threading.Thread):
 
     def __init__(self, fn: Callable[[], Any]) -> None:
         super().__init__(daemon=True)
-        self.fn, self.error = fn, None      # type: Callable[[], Any], Optional[BaseException]
+        self.fn, self.error = fn, None  # type: Callable[[], Any], Optional[BaseException]
         self.start()
 
     def run(self) -> None:
         try:
             self.fn()
-        except BaseException as exc:       # recorded: the test asserts on it
+        except BaseException as exc:  # recorded: the test asserts on it
             self.error = exc
 
 
 @pytest.fixture
-def stalled_subscribe(make_client: Callable[..., App], fault_proxy: FaultProxy,
-                      monkeypatch: Any) -> Any:
+def stalled_subscribe(
+    make_client: Callable[..., App], fault_proxy: FaultProxy, monkeypatch: Any
+) -> Any:
     """``(client, consumes, subscriber)``: a thread in the reply queue's subscribe round trip,
     stalled by the paused proxy until the test resumes it."""
     client = make_client(publish_timeout=60)
     link = client.backend._get_link()
-    link.call(lambda: None, timeout=WAIT)           # connected before the pause
+    link.call(lambda: None, timeout=WAIT)  # connected before the pause
     consumes: List[Any] = []
     in_consume = threading.Event()
     consume = link.consume
@@ -50,6 +52,7 @@ def stalled_subscribe(make_client: Callable[..., App], fault_proxy: FaultProxy,
         consumes.append(spec)
         in_consume.set()
         return consume(spec, timeout=timeout)
+
     monkeypatch.setattr(link, 'consume', counting_consume)
     fault_proxy.pause()
     subscriber = _Call(client.backend.result_consumer.start)
@@ -58,13 +61,14 @@ def stalled_subscribe(make_client: Callable[..., App], fault_proxy: FaultProxy,
 
 
 def test_a_get_times_out_at_its_own_deadline_while_another_thread_subscribes(
-        stalled_subscribe: Any, fault_proxy: FaultProxy) -> None:
+    stalled_subscribe: Any, fault_proxy: FaultProxy
+) -> None:
     client, consumes, subscriber = stalled_subscribe
     waiter = _Call(lambda: client.AsyncResult('waited').get(timeout=1.0))
     waiter.join(WAIT / 2)
-    assert not waiter.is_alive(), 'get() waited for the other thread\'s round trip'
+    assert not waiter.is_alive(), "get() waited for the other thread's round trip"
     assert isinstance(waiter.error, TimeoutError) and 'waited' in str(waiter.error)
-    assert subscriber.is_alive()                     # its round trip is still stalled
+    assert subscriber.is_alive()  # its round trip is still stalled
     fault_proxy.resume()
     subscriber.join(WAIT)
     assert not subscriber.is_alive() and subscriber.error is None
@@ -72,7 +76,8 @@ def test_a_get_times_out_at_its_own_deadline_while_another_thread_subscribes(
 
 
 def test_threads_that_need_the_reply_queue_wait_for_one_subscription_and_share_it(
-        stalled_subscribe: Any, fault_proxy: FaultProxy) -> None:
+    stalled_subscribe: Any, fault_proxy: FaultProxy
+) -> None:
     client, consumes, subscriber = stalled_subscribe
     others = [_Call(client.backend.result_consumer.start) for _ in range(3)]
     fault_proxy.resume()

@@ -1,4 +1,5 @@
 """Fixtures shared by the integration tests of the messaging layer."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, Iterator, List
@@ -34,15 +35,14 @@ def names(unique_name: str, raw_channel: Any) -> Iterator[Callable[[str], str]]:
     def make(suffix: str) -> str:
         made.append(f'{unique_name}-{suffix}')
         return made[-1]
+
     yield make
     for name in made:
         for delete in ('queue_delete', 'exchange_delete'):
-            channel = raw_channel.connection.channel()   # an error closes only this channel
+            channel = raw_channel.connection.channel()  # an error closes only this channel
             try:
                 getattr(channel, delete)(name)
             except pika.exceptions.ChannelClosedByBroker:
-                pass                                      # e.g. an exclusive queue of our link
+                pass  # e.g. an exclusive queue of our link
             else:
                 channel.close()
-
-

@@ -3,6 +3,7 @@
 The worker's side is played by ``store_result`` with an explicit request (the client's
 ``reply_to``), or by raw pika publishing hand-crafted Celery messages.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,14 @@ import pytest
 
 import pika_rpc
 from pika_rpc import App, states
-from pika_rpc.errors import (ClosedError, ContentDisallowed, DecodeError, PikaRPCError,
-                             SecurityError, TaskRevokedError)
-
+from pika_rpc.errors import (
+    ClosedError,
+    ContentDisallowed,
+    DecodeError,
+    PikaRPCError,
+    SecurityError,
+    TaskRevokedError,
+)
 from tests.helpers import eventually, list_queues, pika_parameters
 
 
@@ -42,8 +48,14 @@ def publish_raw(amqp_url, queue, body, *, correlation_id=None, content_type='app
     with pika.BlockingConnection(pika_parameters(amqp_url)) as conn:
         ch = conn.channel()
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        ch.basic_publish('', queue, data, pika.BasicProperties(
-            content_type=content_type, content_encoding='utf-8', correlation_id=correlation_id))
+        ch.basic_publish(
+            '',
+            queue,
+            data,
+            pika.BasicProperties(
+                content_type=content_type, content_encoding='utf-8', correlation_id=correlation_id
+            ),
+        )
 
 
 def test_send_task_then_result_round_trip(app):
@@ -55,8 +67,16 @@ def test_send_task_then_result_round_trip(app):
 
 
 def test_task_message_on_the_wire_is_celery_protocol_v2(app, amqp_url, unique_name):
-    result = app.send_task('tasks.add', (2, 3), {'z': 1}, expires=600, priority=5,
-                           time_limit=60, soft_time_limit=50, countdown=30)
+    result = app.send_task(
+        'tasks.add',
+        (2, 3),
+        {'z': 1},
+        expires=600,
+        priority=5,
+        time_limit=60,
+        soft_time_limit=50,
+        countdown=30,
+    )
     with pika.BlockingConnection(pika_parameters(amqp_url)) as conn:
         method, props, body = conn.channel().basic_get(unique_name, auto_ack=True)
     assert method is not None
@@ -67,8 +87,11 @@ def test_task_message_on_the_wire_is_celery_protocol_v2(app, amqp_url, unique_na
     assert h['task'] == 'tasks.add' and h['id'] == result.id and h['lang'] == 'py'
     assert h['timelimit'] == [60, 50] and h['root_id'] == result.id and h['retries'] == 0
     assert h['eta'] and h['expires'] and h['ignore_result'] is None
-    assert json.loads(body) == [[2, 3], {'z': 1},
-                                {'callbacks': None, 'errbacks': None, 'chain': None, 'chord': None}]
+    assert json.loads(body) == [
+        [2, 3],
+        {'z': 1},
+        {'callbacks': None, 'errbacks': None, 'chain': None, 'chord': None},
+    ]
 
 
 def test_send_task_rejects_unknown_options(app):
@@ -80,25 +103,47 @@ def test_stored_result_bytes_match_celery_5_7(app, amqp_url, unique_name):
     with pika.BlockingConnection(pika_parameters(amqp_url)) as conn:
         ch = conn.channel()
         ch.queue_declare(unique_name + '-capture', durable=True, arguments={'x-expires': 60000})
-        app.backend.store_result('t-1', {'answer': 42}, states.SUCCESS,
-                                 request={'reply_to': unique_name + '-capture', 'correlation_id': 'c-1'})
+        app.backend.store_result(
+            't-1',
+            {'answer': 42},
+            states.SUCCESS,
+            request={'reply_to': unique_name + '-capture', 'correlation_id': 'c-1'},
+        )
         method, props, body = ch.basic_get(unique_name + '-capture', auto_ack=True)
         ch.queue_delete(unique_name + '-capture')
     assert props.content_type == 'application/json' and props.content_encoding == 'utf-8'
     assert props.delivery_mode == 1 and props.priority == 0 and props.headers == {}
     assert props.correlation_id == 'c-1' and props.reply_to is None
     text = body.decode()
-    assert text.startswith('{"status": "SUCCESS", "result": {"answer": 42}, "traceback": null, '
-                           '"children": [], "date_done": "')
+    assert text.startswith(
+        '{"status": "SUCCESS", "result": {"answer": 42}, "traceback": null, '
+        '"children": [], "date_done": "'
+    )
     assert text.endswith('+00:00", "task_id": "t-1"}')
 
 
-@pytest.mark.parametrize('body', [
-    {'task_id': 'ID', 'status': 'SUCCESS', 'result': 5, 'traceback': None, 'children': []},   # 5.5
-    {'status': 'SUCCESS', 'result': 5, 'traceback': None, 'children': [],
-     'date_done': '2026-11-24T12:39:32.380869+00:00', 'task_id': 'ID'},                        # 5.7
-    {'result': 5, 'task_id': 'ID', 'status': 'SUCCESS', 'future_key': 1},                      # reordered
-], ids=['celery-5.5', 'celery-5.7', 'reordered'])
+@pytest.mark.parametrize(
+    'body',
+    [
+        {
+            'task_id': 'ID',
+            'status': 'SUCCESS',
+            'result': 5,
+            'traceback': None,
+            'children': [],
+        },  # 5.5
+        {
+            'status': 'SUCCESS',
+            'result': 5,
+            'traceback': None,
+            'children': [],
+            'date_done': '2026-11-24T12:39:32.380869+00:00',
+            'task_id': 'ID',
+        },  # 5.7
+        {'result': 5, 'task_id': 'ID', 'status': 'SUCCESS', 'future_key': 1},  # reordered
+    ],
+    ids=['celery-5.5', 'celery-5.7', 'reordered'],
+)
 def test_hand_crafted_celery_messages_are_read(app, amqp_url, body):
     task_id = str(uuid.uuid4())
     result = app.send_task('tasks.add', (2, 3))
@@ -109,19 +154,34 @@ def test_hand_crafted_celery_messages_are_read(app, amqp_url, body):
 
 def test_kombu_envelopes_are_unwrapped(app, amqp_url):
     result = app.send_task('tasks.now', ())
-    publish_raw(amqp_url, app.backend.oid, {
-        'status': 'SUCCESS', 'task_id': result.id, 'traceback': None, 'children': [],
-        'result': {'d': {'__type__': 'decimal', '__value__': '1.10'},
-                   'u': {'__type__': 'uuid', '__value__': {'hex': '0' * 31 + '1'}}}})
+    publish_raw(
+        amqp_url,
+        app.backend.oid,
+        {
+            'status': 'SUCCESS',
+            'task_id': result.id,
+            'traceback': None,
+            'children': [],
+            'result': {
+                'd': {'__type__': 'decimal', '__value__': '1.10'},
+                'u': {'__type__': 'uuid', '__value__': {'hex': '0' * 31 + '1'}},
+            },
+        },
+    )
     value = result.get(timeout=10)
     from decimal import Decimal
+
     assert value == {'d': Decimal('1.10'), 'u': uuid.UUID(int=1)}
 
 
 def test_failure_reraises_the_task_exception_with_its_traceback(app):
     result = app.send_task('tasks.boom', ('x',))
-    app.backend.mark_as_failure(result.id, ValueError('bad'), 'Traceback ...\nValueError: bad\n',
-                                request=request_for(app, result.id))
+    app.backend.mark_as_failure(
+        result.id,
+        ValueError('bad'),
+        'Traceback ...\nValueError: bad\n',
+        request=request_for(app, result.id),
+    )
     with pytest.raises(ValueError, match='bad'):
         result.get(timeout=10)
     assert isinstance(result.get(timeout=10, propagate=False), ValueError)
@@ -164,7 +224,7 @@ def test_a_result_arriving_before_any_wait_is_delivered(app):
     result = app.send_task('tasks.add', (1, 1))
     app.backend.mark_as_done(result.id, 2, request=request_for(app, result.id))
     assert eventually(lambda: app.backend.get_task_meta(result.id)['status'] == 'SUCCESS')
-    assert result.get(timeout=0) == 2   # cached: no waiting at all
+    assert result.get(timeout=0) == 2  # cached: no waiting at all
 
 
 def test_foreign_id_is_pending_at_once(app):
@@ -174,7 +234,9 @@ def test_foreign_id_is_pending_at_once(app):
 
 def test_get_task_meta_has_celerys_decoded_shape(app):
     result = app.send_task('tasks.add', (1, 1))
-    app.backend.mark_as_done(result.id, 2, request=request_for(app, result.id, group='g', parent_id='p'))
+    app.backend.mark_as_done(
+        result.id, 2, request=request_for(app, result.id, group='g', parent_id='p')
+    )
     result.get(timeout=10)
     meta = app.backend.get_task_meta(result.id)
     assert meta['status'] == 'SUCCESS' and meta['result'] == 2 and meta['task_id'] == result.id
@@ -196,6 +258,7 @@ def test_task_sent_in_one_thread_is_awaited_in_two_others(app):
             got.append(app.AsyncResult(holder[0].id).get(timeout=10))
         except Exception as exc:
             errors.append(exc)
+
     threads = [threading.Thread(target=waiter) for _ in range(2)]
     for t in threads:
         t.start()
@@ -224,6 +287,7 @@ def test_200_threads_times_5_tasks_without_cross_talk(app):
                     wrong.append((r.id, value, expected))
         except Exception as exc:
             errors.append(exc)
+
     threads = [threading.Thread(target=client, args=(n,)) for n in range(200)]
     for t in threads:
         t.start()
@@ -238,7 +302,9 @@ def test_get_many_yields_in_completion_order(app):
     results = [app.send_task('tasks.add', (i, i)) for i in range(3)]
     for r in reversed(results):
         app.backend.mark_as_done(r.id, 'x', request=request_for(app, r.id))
-    order = [task_id for task_id, _meta in app.backend.get_many([r.id for r in results], timeout=10)]
+    order = [
+        task_id for task_id, _meta in app.backend.get_many([r.id for r in results], timeout=10)
+    ]
     assert order == [r.id for r in reversed(results)]
 
 
@@ -258,24 +324,35 @@ def test_poison_message_for_a_pending_task_fails_its_waiters(app, amqp_url):
 
 def test_disallowed_content_type_fails_the_pending_task(app, amqp_url):
     result = app.send_task('tasks.add', (1, 1))
-    publish_raw(amqp_url, app.backend.oid, b'\x80\x04K\x01.', correlation_id=result.id,
-                content_type='application/x-python-serialize')
+    publish_raw(
+        amqp_url,
+        app.backend.oid,
+        b'\x80\x04K\x01.',
+        correlation_id=result.id,
+        content_type='application/x-python-serialize',
+    )
     with pytest.raises(ContentDisallowed):
         result.get(timeout=10)
 
 
 def test_security_error_for_a_result_naming_a_non_exception(app, amqp_url):
     result = app.send_task('tasks.add', (1, 1))
-    publish_raw(amqp_url, app.backend.oid, {
-        'status': 'FAILURE', 'task_id': result.id,
-        'result': {'exc_type': 'system', 'exc_module': 'os', 'exc_message': ['echo hi']}})
+    publish_raw(
+        amqp_url,
+        app.backend.oid,
+        {
+            'status': 'FAILURE',
+            'task_id': result.id,
+            'result': {'exc_type': 'system', 'exc_module': 'os', 'exc_message': ['echo hi']},
+        },
+    )
     with pytest.raises(SecurityError):
         result.get(timeout=10)
 
 
 def test_poison_message_for_no_task_is_dropped_and_later_results_arrive(app, amqp_url, caplog):
     caplog.set_level(logging.WARNING, logger='pika_rpc.backend')
-    app.backend.get_task_meta('warm-up')        # the consumer runs
+    app.backend.get_task_meta('warm-up')  # the consumer runs
     publish_raw(amqp_url, app.backend.oid, b'garbage', correlation_id='nobody')
     result = app.send_task('tasks.add', (1, 1))
     app.backend.mark_as_done(result.id, 2, request=request_for(app, result.id))
@@ -290,8 +367,9 @@ def test_store_result_to_a_vanished_queue_warns_and_calls_on_unroutable(app, cap
     called = threading.Event()
     seen = []
     app.backend.on_unroutable = lambda task_id, queue: (seen.append((task_id, queue)), called.set())
-    app.backend.store_result('t-gone', 1, states.SUCCESS,
-                             request={'reply_to': 'no-such-queue-' + uuid.uuid4().hex})
+    app.backend.store_result(
+        't-gone', 1, states.SUCCESS, request={'reply_to': 'no-such-queue-' + uuid.uuid4().hex}
+    )
     assert called.wait(10)
     assert seen[0][0] == 't-gone'
     assert 't-gone' in caplog.text and 'unroutable' in caplog.text
@@ -329,6 +407,7 @@ def test_close_wakes_waiters_and_app_backend_is_renewed(app):
             result.get(timeout=30)
         except Exception as exc:
             errors.append(exc)
+
     t = threading.Thread(target=waiter)
     t.start()
     assert started.wait(5)
@@ -338,7 +417,7 @@ def test_close_wakes_waiters_and_app_backend_is_renewed(app):
     t.join(10)
     assert not t.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], pika_rpc.ConnectionLost)
-    backend.close()                                    # a second close is a no-op
+    backend.close()  # a second close is a no-op
     with pytest.raises(ClosedError):
         backend.store_result('x', 1, states.SUCCESS, request={'reply_to': 'q'})
     assert eventually(lambda: old_oid not in list_queues())
@@ -375,7 +454,7 @@ def test_backend_api_surface(app):
         backend.save_group('g', None)
     with pytest.raises(NotImplementedError):
         backend.restore_group('g')
-    backend.revive(None)                       # a no-op: the I/O thread revives
+    backend.revive(None)  # a no-op: the I/O thread revives
 
 
 def test_pickled_backend_rebuilds_from_its_configuration(app):
@@ -396,6 +475,7 @@ def test_result_consumer_seed_methods(app):
     def drain():
         started.set()
         drained.append(rc.drain_events(timeout=30))
+
     t = threading.Thread(target=drain)
     t.start()
     assert started.wait(5)
@@ -420,7 +500,7 @@ def test_forked_child_gets_a_new_oid_and_never_closes_the_parent_connection(app)
     parent_oid = app.backend.oid
     read_fd, write_fd = os.pipe()
     pid = os.fork()
-    if pid == 0:   # child
+    if pid == 0:  # child
         code = 1
         try:
             child = App(app.conf.broker_url, result_expires=60)
@@ -439,5 +519,5 @@ def test_forked_child_gets_a_new_oid_and_never_closes_the_parent_connection(app)
     os.close(read_fd)
     assert status == 0 and ok == '1' and child_oid != parent_oid
     app.backend.mark_as_done(result.id, 2, request=request_for(app, result.id))
-    assert result.get(timeout=10) == 2            # the parent's connection still works
+    assert result.get(timeout=10) == 2  # the parent's connection still works
     assert app.backend.oid == parent_oid and app.backend.stats()['reconnects'] == 0

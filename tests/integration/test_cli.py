@@ -3,6 +3,7 @@
 The worker's app lives in a module written to ``tmp_path``; the test waits for the
 worker's ``ready`` line on stdout (never a sleep) and talks to it with its own App.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,12 +19,11 @@ from typing import Iterator, List
 import pytest
 
 from pika_rpc import App, states
-
 from tests.integration.worker_support import delete_queue, queue_depth
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-TASKS_MODULE = textwrap.dedent('''
+TASKS_MODULE = textwrap.dedent("""
     import os
     import threading
 
@@ -43,7 +43,7 @@ TASKS_MODULE = textwrap.dedent('''
         while not os.path.exists(path):     # the test creates it once it saw STARTED
             pause.wait(0.05)
         return 'finished after the signal'
-''')
+""")
 
 
 class WorkerProcess:
@@ -52,9 +52,14 @@ class WorkerProcess:
     def __init__(self, args: List[str], cwd: pathlib.Path, env: dict) -> None:
         self.stderr_path = cwd / 'worker.err'
         self._stderr = open(self.stderr_path, 'w')
-        self.proc = subprocess.Popen([sys.executable, '-m', 'pika_rpc', *args], cwd=str(cwd),
-                                     env=env, stdout=subprocess.PIPE, stderr=self._stderr,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, '-m', 'pika_rpc', *args],
+            cwd=str(cwd),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
         self.lines: 'queue.Queue[str]' = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -62,18 +67,20 @@ class WorkerProcess:
     def _read(self) -> None:
         for line in self.proc.stdout:
             self.lines.put(line)
-        self.lines.put('')                        # EOF
+        self.lines.put('')  # EOF
 
     def wait_for_line(self, text: str, timeout: float = 30) -> str:
         while True:
             try:
                 line = self.lines.get(timeout=timeout)
             except queue.Empty:
-                raise AssertionError(f'no {text!r} line within {timeout} s; stderr:\n'
-                                     f'{self.stderr()}') from None
+                raise AssertionError(
+                    f'no {text!r} line within {timeout} s; stderr:\n{self.stderr()}'
+                ) from None
             if not line:
-                raise AssertionError(f'worker exited ({self.proc.poll()}) before {text!r}; '
-                                     f'stderr:\n{self.stderr()}')
+                raise AssertionError(
+                    f'worker exited ({self.proc.poll()}) before {text!r}; stderr:\n{self.stderr()}'
+                )
             if text in line:
                 return line
 
@@ -91,8 +98,12 @@ class WorkerProcess:
 @pytest.fixture
 def cli(amqp_url: str, unique_name: str, tmp_path: pathlib.Path) -> Iterator:
     (tmp_path / 'cli_tasks.py').write_text(TASKS_MODULE)
-    env = dict(os.environ, AMQP_URL=amqp_url, TEST_QUEUE=unique_name,
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+    env = dict(
+        os.environ,
+        AMQP_URL=amqp_url,
+        TEST_QUEUE=unique_name,
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]),
+    )
     started: List[WorkerProcess] = []
 
     def start(*args: str) -> WorkerProcess:
@@ -122,12 +133,13 @@ def test_the_worker_prints_a_ready_line_and_runs_tasks(cli, client, unique_name)
     assert worker.proc.wait(30) == 0
     log = worker.stderr()
     assert 'Task cli.add[' in log and 'succeeded' in log
-    assert '[' in log.splitlines()[0] and 'INFO/' in log    # the readable format
+    assert '[' in log.splitlines()[0] and 'INFO/' in log  # the readable format
 
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
-def test_a_signal_with_a_task_running_lets_it_finish_and_exits_0(cli, client, unique_name,
-                                                                 tmp_path, signum):
+def test_a_signal_with_a_task_running_lets_it_finish_and_exits_0(
+    cli, client, unique_name, tmp_path, signum
+):
     worker = cli('-A', 'cli_tasks:app', '-Q', unique_name, '-c', '1')
     worker.wait_for_line('ready')
     release = tmp_path / 'release'
@@ -137,10 +149,14 @@ def test_a_signal_with_a_task_running_lets_it_finish_and_exits_0(cli, client, un
 
     def wait() -> None:
         try:
-            outcome.append(result.get(timeout=60, on_message=lambda m: m['status'] ==
-                                      states.STARTED and started.set()))
-        except Exception as exc:   # asserted below
+            outcome.append(
+                result.get(
+                    timeout=60, on_message=lambda m: m['status'] == states.STARTED and started.set()
+                )
+            )
+        except Exception as exc:  # asserted below
             outcome.append(exc)
+
     waiter = threading.Thread(target=wait)
     waiter.start()
     assert started.wait(30), worker.stderr()
@@ -154,13 +170,14 @@ def test_a_signal_with_a_task_running_lets_it_finish_and_exits_0(cli, client, un
     assert 'warm shutdown' in worker.stderr()
 
 
-def test_a_waiting_message_goes_back_to_the_queue_at_sigterm(cli, client, unique_name,
-                                                             amqp_url, tmp_path):
+def test_a_waiting_message_goes_back_to_the_queue_at_sigterm(
+    cli, client, unique_name, amqp_url, tmp_path
+):
     worker = cli('-A', 'cli_tasks', '-Q', unique_name, '-c', '1')
     worker.wait_for_line('ready')
     held = client.send_task('cli.add', (1, 1), countdown=60)
     sent = client.send_task('cli.add', (2, 2))
-    assert sent.get(timeout=10) == 4       # the held one came before it: it is with the worker
+    assert sent.get(timeout=10) == 4  # the held one came before it: it is with the worker
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.proc.wait(30) == 0
     assert queue_depth(amqp_url, unique_name) == 1
@@ -181,7 +198,13 @@ def test_an_attribute_that_is_not_an_app_exits_with_a_message(cli):
 
 def test_version_flag_prints_the_package_version_without_a_broker():
     from pika_rpc import __version__
-    done = subprocess.run([sys.executable, '-m', 'pika_rpc', '--version'], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+
+    done = subprocess.run(
+        [sys.executable, '-m', 'pika_rpc', '--version'],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f'python -m pika_rpc {__version__}'

@@ -6,6 +6,7 @@ the connection and the subscription stay up, and later messages are still handle
 against the real broker: a raw channel sees the unacked message back in the queue after the
 consumer is cancelled.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,7 +59,8 @@ def ready_count(raw_channel: Any, queue: str) -> int:
 
 
 def test_drain_events_raises_the_callbacks_exception_and_its_message_stays_unacked(
-        conn: Connection, names: Any, raw_channel: Any) -> None:
+    conn: Connection, names: Any, raw_channel: Any
+) -> None:
     queue = Queue(names('q'), expires=60)
     callback = Recorder()
     reconnects = conn.link.stats()['reconnects']
@@ -69,16 +71,17 @@ def test_drain_events_raises_the_callbacks_exception_and_its_message_stays_unack
     with pytest.raises(Boom) as info:
         conn.drain_events(timeout=WAIT)
     assert info.value is callback.raised[0] and info.value.args == ('bad',)
-    producer.publish('good')                  # the subscription goes on: no raise now
+    producer.publish('good')  # the subscription goes on: no raise now
     conn.drain_events(timeout=WAIT)
     assert callback.seen == ['bad', 'good']
     assert consumer.consuming_from(queue) and conn.link.stats()['reconnects'] == reconnects
     consumer.cancel()
-    assert ready_count(raw_channel, queue.name) == 1      # 'bad' was never acked: back
+    assert ready_count(raw_channel, queue.name) == 1  # 'bad' was never acked: back
 
 
 def test_only_the_first_exception_not_raised_yet_is_kept_and_later_messages_count(
-        conn: Connection, names: Any, caplog: Any) -> None:
+    conn: Connection, names: Any, caplog: Any
+) -> None:
     queue = Queue(names('q'), expires=60)
     callback = Recorder()
     with caplog.at_level(logging.ERROR, logger='pika_rpc.messaging'):
@@ -86,21 +89,22 @@ def test_only_the_first_exception_not_raised_yet_is_kept_and_later_messages_coun
             producer = Producer(conn, routing_key=queue.name, serializer='json')
             for body in ('bad-1', 'bad-2', 'good', 'hold'):
                 producer.publish(body)
-            assert callback.wait(4)          # the first three are handled, 'hold' is not
+            assert callback.wait(4)  # the first three are handled, 'hold' is not
             with pytest.raises(Boom) as info:
                 conn.drain_events(timeout=WAIT)
             assert info.value is callback.raised[0]
-            conn.drain_events(timeout=WAIT)   # 'bad-2' and 'good' were handled after it
+            conn.drain_events(timeout=WAIT)  # 'bad-2' and 'good' were handled after it
             with pytest.raises(TimeoutError):
                 conn.drain_events(timeout=0.05)
             callback.release.set()
-            conn.drain_events(timeout=WAIT)   # 'hold'
+            conn.drain_events(timeout=WAIT)  # 'hold'
     logged = [r.exc_info[1] for r in caplog.records if r.exc_info]
-    assert logged == callback.raised and len(logged) == 2      # the second one is logged only
+    assert logged == callback.raised and len(logged) == 2  # the second one is logged only
 
 
 def test_a_system_exit_in_a_callback_is_raised_and_the_callback_thread_lives_on(
-        conn: Connection, names: Any) -> None:
+    conn: Connection, names: Any
+) -> None:
     queue = Queue(names('q'), expires=60)
     callback = Recorder(make_error=lambda body: SystemExit(3))
     with Consumer(conn, [queue], callbacks=[callback]):
@@ -114,16 +118,16 @@ def test_a_system_exit_in_a_callback_is_raised_and_the_callback_thread_lives_on(
     assert callback.seen == ['bad', 'good']
 
 
-def test_a_raising_on_decode_error_is_raised_by_drain_events(
-        conn: Connection, names: Any) -> None:
+def test_a_raising_on_decode_error_is_raised_by_drain_events(conn: Connection, names: Any) -> None:
     queue = Queue(names('q'), expires=60)
 
     def on_decode_error(message: Message, exc: BaseException) -> None:
         raise Boom('decode', type(exc).__name__)
-    with Consumer(conn, [queue], callbacks=[lambda b, m: m.ack()],
-                  on_decode_error=on_decode_error):
-        Producer(conn, routing_key=queue.name).publish(b'\x80', content_type='application/json',
-                                                       content_encoding='binary')
+
+    with Consumer(conn, [queue], callbacks=[lambda b, m: m.ack()], on_decode_error=on_decode_error):
+        Producer(conn, routing_key=queue.name).publish(
+            b'\x80', content_type='application/json', content_encoding='binary'
+        )
         with pytest.raises(Boom) as info:
             conn.drain_events(timeout=WAIT)
     assert info.value.args == ('decode', 'DecodeError')

@@ -5,6 +5,7 @@ is still finishing the subscription; an ack from the callback must count for the
 other. Checked against the real broker: after the consumer is cancelled, a raw channel sees
 the queue empty, and no message was ever delivered twice (``redelivered``).
 """
+
 from __future__ import annotations
 
 import threading
@@ -33,7 +34,7 @@ class AckingInbox:
     def __call__(self, body: Any, message: Message) -> None:
         try:
             message.ack()
-        except Exception as exc:        # a helper thread's error must fail the test
+        except Exception as exc:  # a helper thread's error must fail the test
             self.errors.append(exc)
         with self._changed:
             self.bodies.append(body)
@@ -48,8 +49,14 @@ class AckingInbox:
 
 def publish_raw(raw_channel: Any, queue: str, bodies: List[str]) -> None:
     for body in bodies:
-        raw_channel.basic_publish('', queue, f'"{body}"'.encode(), pika.BasicProperties(
-            content_type='application/json', content_encoding='utf-8', delivery_mode=2))
+        raw_channel.basic_publish(
+            '',
+            queue,
+            f'"{body}"'.encode(),
+            pika.BasicProperties(
+                content_type='application/json', content_encoding='utf-8', delivery_mode=2
+            ),
+        )
 
 
 def queue_counts(raw_channel: Any, queue: str) -> Dict[str, int]:
@@ -58,7 +65,8 @@ def queue_counts(raw_channel: Any, queue: str) -> Dict[str, int]:
 
 
 def test_messages_queued_before_a_consumer_starts_are_acked_at_every_start(
-        conn: Connection, names: Any, raw_channel: Any) -> None:
+    conn: Connection, names: Any, raw_channel: Any
+) -> None:
     queue = Queue(names('q'), expires=60)
     queue.declare(channel=conn)
     inbox = AckingInbox()
@@ -72,13 +80,19 @@ def test_messages_queued_before_a_consumer_starts_are_acked_at_every_start(
         # cancel() returns once the channel is closed: unacked messages are back by then.
         assert queue_counts(raw_channel, queue.name) == {'ready': 0, 'consumers': 0}, start
     assert inbox.redelivered == [] and inbox.errors == []
-    assert sorted(inbox.bodies) == sorted(f'{s}-{i}' for s in range(STARTS) for i in range(MESSAGES))
+    assert sorted(inbox.bodies) == sorted(
+        f'{s}-{i}' for s in range(STARTS) for i in range(MESSAGES)
+    )
 
 
 def test_messages_queued_while_disconnected_are_acked_after_the_resubscribe(
-        fault_proxy: Any, amqp_url: str, names: Any, raw_channel: Any) -> None:
-    conn = Connection(fault_proxy.url(amqp_url), broker_transport_options=FAST_RECONNECT,
-                      broker_connection_max_retries=1000)
+    fault_proxy: Any, amqp_url: str, names: Any, raw_channel: Any
+) -> None:
+    conn = Connection(
+        fault_proxy.url(amqp_url),
+        broker_transport_options=FAST_RECONNECT,
+        broker_connection_max_retries=1000,
+    )
     try:
         queue = Queue(names('q'), expires=60)
         queue.declare(channel=conn)
@@ -91,8 +105,9 @@ def test_messages_queued_while_disconnected_are_acked_after_the_resubscribe(
             fault_proxy.cut()
             assert events.wait('lost', start + 1)
             # Until the broker sees the cut, it delivers to the old consumer (then requeues).
-            assert eventually(lambda: queue_counts(raw_channel, queue.name)['consumers'] == 0,
-                              timeout=WAIT)
+            assert eventually(
+                lambda: queue_counts(raw_channel, queue.name)['consumers'] == 0, timeout=WAIT
+            )
             publish_raw(raw_channel, queue.name, [f'{start}-{i}' for i in range(MESSAGES)])
             fault_proxy.refuse(False)
             assert events.wait('connected', start + 1)

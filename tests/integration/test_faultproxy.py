@@ -3,6 +3,7 @@
 What reached the broker is checked through ``raw_channel``, a direct connection that bypasses
 the proxy. The frame scanner's handling of split reads is checked without a broker.
 """
+
 from __future__ import annotations
 
 import struct
@@ -15,7 +16,7 @@ import pytest
 from tests.faultproxy import _FrameScanner
 from tests.helpers import eventually, list_queues, pika_parameters
 
-QUEUE_ARGUMENTS = {'x-expires': 60_000}   # a leaked queue goes away by itself
+QUEUE_ARGUMENTS = {'x-expires': 60_000}  # a leaked queue goes away by itself
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def _message_count(raw_channel, queue: str) -> int:
 
 def test_forwards_a_declare_a_publish_and_a_get(fault_proxy, proxied, unique_name):
     channel = proxied.channel()
-    channel.queue_declare(unique_name, exclusive=True)   # gone with the connection
+    channel.queue_declare(unique_name, exclusive=True)  # gone with the connection
     channel.basic_publish('', unique_name, b'round trip')
 
     body = eventually(lambda: channel.basic_get(unique_name, auto_ack=True)[2])
@@ -59,7 +60,8 @@ def test_counts_each_basic_publish_passing_to_the_broker(fault_proxy, proxied, q
         channel.basic_publish('', queue, b'message %d' % n)
 
     assert fault_proxy.wait_for(lambda: fault_proxy.publish_count == 3, timeout=10)
-    def three_messages_listed():   # the broker-side fact, as rabbitmqctl sees it
+
+    def three_messages_listed():  # the broker-side fact, as rabbitmqctl sees it
         info = list_queues()[queue]
         assert info.messages == 3, info
         return info
@@ -106,10 +108,11 @@ def test_refuse_makes_connect_fail_and_counts_every_attempt(fault_proxy, amqp_ur
 
 
 def test_cut_at_next_publish_drops_the_connection_before_the_broker_gets_the_message(
-        fault_proxy, proxied, queue, raw_channel):
+    fault_proxy, proxied, queue, raw_channel
+):
     channel = proxied.channel()
-    channel.confirm_delivery()     # so basic_publish waits for the broker's answer
-    channel.queue_declare(queue, passive=True)   # the handshake and set-up went through
+    channel.confirm_delivery()  # so basic_publish waits for the broker's answer
+    channel.queue_declare(queue, passive=True)  # the handshake and set-up went through
     fault_proxy.cut_at_next_publish()
 
     with pytest.raises(pika.exceptions.AMQPConnectionError):
@@ -126,11 +129,12 @@ def test_cut_at_next_publish_drops_the_connection_before_the_broker_gets_the_mes
 
 
 def test_cut_at_next_method_drops_the_connection_at_the_named_method_and_no_earlier(
-        fault_proxy, proxied, queue, raw_channel):
+    fault_proxy, proxied, queue, raw_channel
+):
     channel = proxied.channel()
-    fault_proxy.cut_at_next_method(85, 10)          # confirm.select
-    channel.basic_publish('', queue, b'before the cut')   # other methods pass
-    channel.queue_declare(queue, passive=True)      # a round trip: the publish went first
+    fault_proxy.cut_at_next_method(85, 10)  # confirm.select
+    channel.basic_publish('', queue, b'before the cut')  # other methods pass
+    channel.queue_declare(queue, passive=True)  # a round trip: the publish went first
     assert fault_proxy.cut_count == 0
 
     with pytest.raises(pika.exceptions.AMQPConnectionError):
@@ -151,7 +155,7 @@ def test_pause_stalls_a_confirmed_publish_until_resume(fault_proxy, proxied, que
         try:
             channel.basic_publish('', queue, b'held back')
             confirmed.set()
-        except BaseException as exc:   # reported by the main thread
+        except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
     fault_proxy.pause()
@@ -184,10 +188,15 @@ def test_frame_scanner_finds_a_publish_split_across_reads_byte_by_byte():
 
     units = []
     for i in range(len(stream)):
-        units.extend(scanner.feed(stream[i:i + 1]))
+        units.extend(scanner.feed(stream[i : i + 1]))
 
-    assert units == [(header, False), (declare, False), (publish, True),
-                     (content_header, False), (body, False)]
+    assert units == [
+        (header, False),
+        (declare, False),
+        (publish, True),
+        (content_header, False),
+        (body, False),
+    ]
     assert scanner.pending == 0
 
 

@@ -6,6 +6,7 @@ again — and count the bytes as received as they come, or pika's heartbeat chec
 ``broker_heartbeat=1`` it looks every 6 s) drops a connection that is busy receiving.
 The results are published by a raw pika connection, as a Celery worker would.
 """
+
 from __future__ import annotations
 
 import socket
@@ -25,8 +26,10 @@ WAIT = 60.0
 
 def result_message(task_id: str, size: int) -> bytes:
     """A Celery SUCCESS body whose result is a string of ``size`` characters."""
-    return (b'{"status": "SUCCESS", "result": "' + b'x' * size + b'", "traceback": null, '
-            b'"children": [], "date_done": null, "task_id": "' + task_id.encode() + b'"}')
+    return (
+        b'{"status": "SUCCESS", "result": "' + b'x' * size + b'", "traceback": null, '
+        b'"children": [], "date_done": null, "task_id": "' + task_id.encode() + b'"}'
+    )
 
 
 def publish_result(amqp_url: str, queue: str, task_id: str, size: int) -> None:
@@ -34,14 +37,20 @@ def publish_result(amqp_url: str, queue: str, task_id: str, size: int) -> None:
     with pika.BlockingConnection(pika_parameters(amqp_url)) as conn:
         channel = conn.channel()
         channel.confirm_delivery()
-        channel.basic_publish('', queue, result_message(task_id, size), pika.BasicProperties(
-            content_type='application/json', content_encoding='utf-8',
-            correlation_id=task_id), mandatory=True)
+        channel.basic_publish(
+            '',
+            queue,
+            result_message(task_id, size),
+            pika.BasicProperties(
+                content_type='application/json', content_encoding='utf-8', correlation_id=task_id
+            ),
+            mandatory=True,
+        )
 
 
 def started_app(url: str, **conf: Any) -> App:
     app = App(url, result_expires=120, **conf)
-    app.backend.on_task_call(None, str(uuid.uuid4()))      # the reply consumer runs
+    app.backend.on_task_call(None, str(uuid.uuid4()))  # the reply consumer runs
     return app
 
 
@@ -61,15 +70,18 @@ class ReadWatch:
             on_data(data)
             self.reads += 1
             self.kept.append(len(self.reader._buf))
+
         impl._on_data_available = watched
 
 
 def test_a_16_mb_result_is_taken_read_by_read_and_parsed_once(
-        amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     parses: List[int] = []
     real_parse = _deliveries._parse_delivery
-    monkeypatch.setattr(_deliveries, '_parse_delivery',
-                        lambda *args: parses.append(1) or real_parse(*args))
+    monkeypatch.setattr(
+        _deliveries, '_parse_delivery', lambda *args: parses.append(1) or real_parse(*args)
+    )
     app = started_app(amqp_url)
     try:
         watch = ReadWatch(app)
@@ -78,17 +90,19 @@ def test_a_16_mb_result_is_taken_read_by_read_and_parsed_once(
         parses.clear()
         publish_result(amqp_url, app.backend.oid, task_id, 16 << 20)
         assert len(app.AsyncResult(task_id).get(timeout=WAIT)) == 16 << 20
-        assert watch.reads > 100                     # it did span hundreds of reads
-        assert app.backend._get_link().wire.impl._transport._MAX_RECV_BYTES == \
-            _pika.READ_SIZE                    # 64 KB per read, not pika's 4 KB
-        assert max(watch.kept) < 1024                # never the partial delivery (16 MB)
-        assert len(parses) == 1                      # once, not once per read
+        assert watch.reads > 100  # it did span hundreds of reads
+        assert (
+            app.backend._get_link().wire.impl._transport._MAX_RECV_BYTES == _pika.READ_SIZE
+        )  # 64 KB per read, not pika's 4 KB
+        assert max(watch.kept) < 1024  # never the partial delivery (16 MB)
+        assert len(parses) == 1  # once, not once per read
     finally:
         app.close()
 
 
 def test_a_32_mb_result_with_a_one_second_heartbeat_arrives_on_the_same_connection(
-        fault_proxy: Any, amqp_url: str) -> None:
+    fault_proxy: Any, amqp_url: str
+) -> None:
     app = started_app(fault_proxy.url(amqp_url), broker_heartbeat=1)
     try:
         link = app.backend._get_link()
@@ -121,7 +135,7 @@ class SlowRelay:
         try:
             client, _ = self._listener.accept()
         except OSError:
-            return                                   # closed before anyone came
+            return  # closed before anyone came
         server = socket.create_connection(self._target)
         self._sockets += [client, server]
         for args in ((client, server, 0), (server, client, self._rate)):
@@ -138,7 +152,7 @@ class SlowRelay:
                     break
                 sink.sendall(data)
                 if rate:
-                    self._stop.wait(len(data) / rate)     # pacing, not a synchronisation
+                    self._stop.wait(len(data) / rate)  # pacing, not a synchronisation
         except OSError:
             pass
         finally:
@@ -170,10 +184,12 @@ def slow_relay(broker: Any) -> Iterator[SlowRelay]:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_result_arriving_for_longer_than_two_heartbeat_checks_keeps_the_connection(
-        slow_relay: SlowRelay, amqp_url: str) -> None:
+    slow_relay: SlowRelay, amqp_url: str
+) -> None:
     # 2 MB at 160 kB/s: 13 s, more than two of pika's 6 s checks (broker_heartbeat=1) with
     # nothing but the result arriving. Bytes must count as received as they are read.
     from tests.faultproxy import _retarget
+
     app = started_app(_retarget(amqp_url, '127.0.0.1', slow_relay.port), broker_heartbeat=1)
     try:
         link = app.backend._get_link()
@@ -188,7 +204,8 @@ def test_a_result_arriving_for_longer_than_two_heartbeat_checks_keeps_the_connec
 
 
 def test_a_pika_whose_frame_reader_differs_fails_loudly_at_connect(
-        amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A frame reader that does not count what it reads in bytes_received: pika's heartbeat
     # checker would see a busy connection as idle. The link must refuse it, not run on.
     real = pika.connection.Connection._on_data_available
@@ -197,6 +214,7 @@ def test_a_pika_whose_frame_reader_differs_fails_loudly_at_connect(
         before = self.bytes_received
         real(self, data_in)
         self.bytes_received = before
+
     monkeypatch.setattr(pika.connection.Connection, '_on_data_available', uncounted)
     app = App(amqp_url, result_expires=120)
     try:

@@ -3,6 +3,7 @@
 Every queue has a unique name, expires on the broker after a minute, and is deleted at the
 end of its test. Waits are on Events with generous timeouts; nothing sleeps.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,7 +24,9 @@ WAIT = 30.0
 class Inbox:
     """A Consumer callback collecting ``(body, message)``; ``wait(n)`` blocks until n arrived."""
 
-    def __init__(self, ack: bool = True, on_each: Optional[Callable[[Any, Message], None]] = None) -> None:
+    def __init__(
+        self, ack: bool = True, on_each: Optional[Callable[[Any, Message], None]] = None
+    ) -> None:
         self.ack, self.on_each = ack, on_each
         self.items: List[tuple] = []
         self.errors: List[BaseException] = []
@@ -35,7 +38,7 @@ class Inbox:
                 self.on_each(body, message)
             if self.ack:
                 message.ack()
-        except Exception as exc:   # collected: a helper thread's error must fail the test
+        except Exception as exc:  # collected: a helper thread's error must fail the test
             self.errors.append(exc)
         with self._changed:
             self.items.append((body, message))
@@ -56,22 +59,35 @@ def ready_count(raw_channel: Any, queue: str) -> int:
 
 # ------------------------------------------------------------------ round trips
 
-def test_round_trip_producer_to_consumer_keeps_body_and_properties(conn: Connection, names: Any) -> None:
+
+def test_round_trip_producer_to_consumer_keeps_body_and_properties(
+    conn: Connection, names: Any
+) -> None:
     name = names('q')
     exchange = Exchange(names('ex'), 'direct')
     queue = Queue(name, exchange, routing_key='rk', expires=60)
     inbox = Inbox()
     with Consumer(conn, [queue], callbacks=[inbox]):
         Producer(conn, exchange=exchange, routing_key='rk').publish(
-            {'n': 1, 'text': 'héllo'}, correlation_id='c-1', reply_to='r', headers={'h': [1, 'x']},
-            priority=3, message_id='m-1')
+            {'n': 1, 'text': 'héllo'},
+            correlation_id='c-1',
+            reply_to='r',
+            headers={'h': [1, 'x']},
+            priority=3,
+            message_id='m-1',
+        )
         assert inbox.wait(1)
     body, message = inbox.items[0]
     assert body == {'n': 1, 'text': 'héllo'} and inbox.errors == []
     assert message.content_type == 'application/json' and message.content_encoding == 'utf-8'
     props = message.properties
-    assert (props['correlation_id'], props['reply_to'], props['priority'], props['message_id'],
-            props['delivery_mode']) == ('c-1', 'r', 3, 'm-1', 2)
+    assert (
+        props['correlation_id'],
+        props['reply_to'],
+        props['priority'],
+        props['message_id'],
+        props['delivery_mode'],
+    ) == ('c-1', 'r', 3, 'm-1', 2)
     assert message.headers == {'h': [1, 'x']}
     assert message.delivery_info['routing_key'] == 'rk'
     assert message.delivery_info['exchange'] == exchange.name and message.acknowledged
@@ -101,7 +117,11 @@ def test_64_threads_publishing_lose_and_duplicate_nothing(conn: Connection, name
         for t in threads:
             t.join(WAIT)
         assert not any(t.is_alive() for t in threads) and failures == []
-        assert inbox.wait(threads_n * per_thread, timeout=60), (len(inbox.items), inbox.errors[:3], conn.link.stats())
+        assert inbox.wait(threads_n * per_thread, timeout=60), (
+            len(inbox.items),
+            inbox.errors[:3],
+            conn.link.stats(),
+        )
     ids = [b['id'] for b in inbox.bodies]
     assert len(ids) == len(set(ids)) == threads_n * per_thread
     assert set(ids) == {f'{i}-{j}' for i in range(threads_n) for j in range(per_thread)}
@@ -109,7 +129,8 @@ def test_64_threads_publishing_lose_and_duplicate_nothing(conn: Connection, name
 
 
 def test_concurrent_publishers_share_pipelined_confirms_and_few_wake_ups(
-        private_link: Link, names: Any) -> None:
+    private_link: Link, names: Any
+) -> None:
     conn = Connection.from_link(private_link)
     queue = Queue(names('q'), expires=60)
     queue.declare(channel=conn)
@@ -133,25 +154,28 @@ def test_concurrent_publishers_share_pipelined_confirms_and_few_wake_ups(
         t.join(WAIT)
     assert failures == [] and not any(t.is_alive() for t in threads)
     after = private_link.stats()
-    delta = {k: after[k] - before.get(k, 0) for k in ('publishes', 'direct_publishes',
-                                                      'commands', 'wake_ups', 'confirms')}
+    delta = {
+        k: after[k] - before.get(k, 0)
+        for k in ('publishes', 'direct_publishes', 'commands', 'wake_ups', 'confirms')
+    }
     assert delta['confirms'] == delta['publishes'] == 64 * 20, delta
     # Written by the publishing threads themselves, or queued for the I/O thread while the
     # socket was busy; the queued ones share wake-ups.
     assert delta['direct_publishes'] + delta['commands'] == 64 * 20, delta
     assert delta['wake_ups'] * 4 < max(4, delta['commands']) or delta['wake_ups'] <= 1, delta
-    assert after['peak_in_flight'] > 1            # many publishes awaited their confirm at once
+    assert after['peak_in_flight'] > 1  # many publishes awaited their confirm at once
 
 
 def test_no_ack_consumer_gets_messages_the_broker_already_forgot(
-        conn: Connection, names: Any, raw_channel: Any) -> None:
+    conn: Connection, names: Any, raw_channel: Any
+) -> None:
     queue = Queue(names('q'), expires=60)
-    inbox = Inbox(ack=True)                       # ack() on a no_ack delivery does nothing
+    inbox = Inbox(ack=True)  # ack() on a no_ack delivery does nothing
     consumer = Consumer(conn, [queue], callbacks=[inbox], no_ack=True, accept=['text/plain'])
     consumer.consume()
-    Producer(conn, routing_key=queue.name).publish('one')      # a str: text/plain, as kombu
+    Producer(conn, routing_key=queue.name).publish('one')  # a str: text/plain, as kombu
     assert inbox.wait(1)
-    consumer.cancel()          # a manual-ack consumer's unacked message would return to the queue
+    consumer.cancel()  # a manual-ack consumer's unacked message would return to the queue
     assert ready_count(raw_channel, queue.name) == 0
     assert inbox.bodies == ['one'] and inbox.errors == []
     assert inbox.items[0][1].properties['content_type'] == 'text/plain'
@@ -166,6 +190,7 @@ def test_on_message_gets_the_undecoded_message(conn: Connection, names: Any) -> 
         got.append((message.body, message.payload))
         message.ack()
         arrived.set()
+
     with Consumer(conn, [queue], on_message=on_message):
         Producer(conn, routing_key=queue.name).publish([1, 2])
         assert arrived.wait(WAIT)
@@ -174,14 +199,17 @@ def test_on_message_gets_the_undecoded_message(conn: Connection, names: Any) -> 
 
 # ------------------------------------------------------------------ mandatory and returns
 
+
 def test_mandatory_publish_to_no_queue_calls_on_return_and_warns(
-        conn: Connection, names: Any, caplog: Any) -> None:
+    conn: Connection, names: Any, caplog: Any
+) -> None:
     returned = []
     called = threading.Event()
 
     def on_return(exc: BaseException, exchange: str, routing_key: str, message: Message) -> None:
         returned.append((exc, exchange, routing_key, message, threading.current_thread().name))
         called.set()
+
     missing = names('nowhere')
     with caplog.at_level(logging.WARNING, logger='pika_rpc.connection'):
         Producer(conn, on_return=on_return).publish({'x': 1}, routing_key=missing, mandatory=True)
@@ -193,8 +221,9 @@ def test_mandatory_publish_to_no_queue_calls_on_return_and_warns(
     assert any(r.levelno == logging.WARNING and missing in r.getMessage() for r in caplog.records)
 
 
-def test_publish_without_mandatory_to_no_queue_is_not_returned(conn: Connection, names: Any,
-                                                              caplog: Any) -> None:
+def test_publish_without_mandatory_to_no_queue_is_not_returned(
+    conn: Connection, names: Any, caplog: Any
+) -> None:
     with caplog.at_level(logging.WARNING, logger='pika_rpc.messaging'):
         Producer(conn).publish({'x': 1}, routing_key=names('nowhere'))
     assert not [r for r in caplog.records if 'unroutable' in r.getMessage()]
@@ -202,17 +231,25 @@ def test_publish_without_mandatory_to_no_queue_is_not_returned(conn: Connection,
 
 # ------------------------------------------------------------------ declarations
 
+
 def test_queue_options_reach_the_broker_as_x_arguments(conn: Connection, names: Any) -> None:
     name = names('q')
-    Queue(name, expires=60, message_ttl=1.5, max_length=10, max_length_bytes=10000,
-          max_priority=5).declare(channel=conn)
+    Queue(
+        name, expires=60, message_ttl=1.5, max_length=10, max_length_bytes=10000, max_priority=5
+    ).declare(channel=conn)
 
     def listed() -> bool:
         info = list_queues()[name]
-        assert info.arguments == {'x-expires': 60000, 'x-message-ttl': 1500, 'x-max-length': 10,
-                                  'x-max-length-bytes': 10000, 'x-max-priority': 5}
+        assert info.arguments == {
+            'x-expires': 60000,
+            'x-message-ttl': 1500,
+            'x-max-length': 10,
+            'x-max-length-bytes': 10000,
+            'x-max-priority': 5,
+        }
         assert info.durable and not info.auto_delete and not info.exclusive
         return True
+
     eventually(listed, timeout=WAIT)
 
 
@@ -232,20 +269,23 @@ def test_publishing_to_a_named_exchange_checks_it_only_once(private_link: Link, 
     exchange = Exchange(names('ex'), 'fanout')
     exchange.declare(channel=conn)
     private_link.forget_declared(('exchange', exchange.name))
-    producer = Producer(conn, exchange=exchange.name)      # a str: checked, never declared
-    def operations() -> int:       # commands for the I/O thread + publishes written directly
+    producer = Producer(conn, exchange=exchange.name)  # a str: checked, never declared
+
+    def operations() -> int:  # commands for the I/O thread + publishes written directly
         stats = private_link.stats()
         return stats['commands'] + stats['direct_publishes']
+
     start = operations()
     producer.publish('a')
     first = operations() - start
     producer.publish('b')
     second = operations() - start - first
-    assert (first, second) == (2, 1)                      # passive check + publish, then publish
+    assert (first, second) == (2, 1)  # passive check + publish, then publish
 
 
 def test_auto_declare_declares_the_producer_exchange_on_first_publish(
-        conn: Connection, names: Any, raw_channel: Any) -> None:
+    conn: Connection, names: Any, raw_channel: Any
+) -> None:
     exchange = Exchange(names('ex'), 'topic', durable=False)
     Producer(conn, exchange=exchange).publish('x', routing_key='a.b')
     raw_channel.exchange_declare(exchange.name, exchange_type='topic', passive=True)
@@ -281,8 +321,10 @@ def test_exchange_publish_sends_a_prepared_message(conn: Connection, names: Any)
     queue = Queue(names('q'), exchange, routing_key='k', expires=60)
     inbox = Inbox()
     with Consumer(conn, [queue], callbacks=[inbox]):
-        exchange.publish(exchange.Message(b'{"raw": true}', content_type='application/json',
-                                          correlation_id='c'), routing_key='k')
+        exchange.publish(
+            exchange.Message(b'{"raw": true}', content_type='application/json', correlation_id='c'),
+            routing_key='k',
+        )
         assert inbox.wait(1)
     body, message = inbox.items[0]
     assert body == {'raw': True} and message.properties['delivery_mode'] == 1
@@ -303,7 +345,10 @@ def test_purge_and_delete(conn: Connection, names: Any, raw_channel: Any) -> Non
 
 # ------------------------------------------------------------------ consumer controls
 
-def test_consumer_block_consumes_then_cancels(conn: Connection, names: Any, raw_channel: Any) -> None:
+
+def test_consumer_block_consumes_then_cancels(
+    conn: Connection, names: Any, raw_channel: Any
+) -> None:
     queue = Queue(names('q'), expires=60)
     inbox = Inbox()
     with Consumer(conn, [queue], callbacks=[inbox]) as consumer:
@@ -338,8 +383,9 @@ def test_add_queue_then_consume_starts_it(conn: Connection, names: Any) -> None:
         consumer.close()
 
 
-def test_prefetch_count_limits_unacked_deliveries(conn: Connection, names: Any,
-                                                   raw_channel: Any) -> None:
+def test_prefetch_count_limits_unacked_deliveries(
+    conn: Connection, names: Any, raw_channel: Any
+) -> None:
     queue = Queue(names('q'), expires=60)
     inbox = Inbox(ack=False)
     with Consumer(conn, [queue], callbacks=[inbox], prefetch_count=1):
@@ -353,8 +399,9 @@ def test_prefetch_count_limits_unacked_deliveries(conn: Connection, names: Any,
         assert inbox.wait(2)
 
 
-def test_qos_changes_prefetch_of_a_running_consumer(conn: Connection, names: Any,
-                                                    raw_channel: Any) -> None:
+def test_qos_changes_prefetch_of_a_running_consumer(
+    conn: Connection, names: Any, raw_channel: Any
+) -> None:
     queue = Queue(names('q'), expires=60)
     inbox = Inbox(ack=False)
     with Consumer(conn, [queue], callbacks=[inbox]) as consumer:
@@ -380,8 +427,10 @@ def test_recover_with_requeue_redelivers_unacked_messages(conn: Connection, name
 
 def test_requeued_message_comes_back(conn: Connection, names: Any) -> None:
     queue = Queue(names('q'), expires=60)
-    inbox = Inbox(ack=False, on_each=lambda b, m: m.requeue() if not m.delivery_info['redelivered']
-                  else m.ack())
+    inbox = Inbox(
+        ack=False,
+        on_each=lambda b, m: m.requeue() if not m.delivery_info['redelivered'] else m.ack(),
+    )
     with Consumer(conn, [queue], callbacks=[inbox]):
         Producer(conn, routing_key=queue.name).publish('twice', serializer='json')
         assert inbox.wait(2)
@@ -395,7 +444,8 @@ def test_drain_events_returns_once_a_message_was_handled(conn: Connection, names
         with pytest.raises(TimeoutError):
             conn.drain_events(timeout=0.05)
         publisher = threading.Thread(
-            target=lambda: Producer(conn, routing_key=queue.name).publish('tick', serializer='json'))
+            target=lambda: Producer(conn, routing_key=queue.name).publish('tick', serializer='json')
+        )
         publisher.start()
         conn.drain_events(timeout=WAIT)
         publisher.join(WAIT)
@@ -403,6 +453,7 @@ def test_drain_events_returns_once_a_message_was_handled(conn: Connection, names
 
 
 # ------------------------------------------------------------------ publish options
+
 
 def test_expiration_in_seconds_becomes_milliseconds(conn: Connection, names: Any) -> None:
     queue = Queue(names('q'), expires=60)
@@ -422,22 +473,30 @@ def test_compressed_publish_is_decompressed_by_the_consumer(conn: Connection, na
     body, message = inbox.items[0]
     assert body == {'big': 'x' * 1000}
     assert message.headers['compression'] == 'application/x-gzip'
-    assert message.body == b'{"big": "' + b'x' * 1000 + b'"}'     # decompressed on receipt
+    assert message.body == b'{"big": "' + b'x' * 1000 + b'"}'  # decompressed on receipt
 
 
-def test_publish_with_retry_policy_succeeds_and_calls_no_errback(conn: Connection, names: Any) -> None:
+def test_publish_with_retry_policy_succeeds_and_calls_no_errback(
+    conn: Connection, names: Any
+) -> None:
     queue = Queue(names('q'), expires=60)
     errbacks = []
     inbox = Inbox()
     with Consumer(conn, [queue], callbacks=[inbox]):
         Producer(conn, routing_key=queue.name).publish(
-            'retry', serializer='json', retry=True, declare=[queue],
-            retry_policy={'max_retries': 2, 'errback': lambda *a: errbacks.append(a)})
+            'retry',
+            serializer='json',
+            retry=True,
+            declare=[queue],
+            retry_policy={'max_retries': 2, 'errback': lambda *a: errbacks.append(a)},
+        )
         assert inbox.wait(1)
     assert errbacks == []
 
 
-def test_publish_to_a_missing_exchange_is_a_clear_publish_error(conn: Connection, names: Any) -> None:
+def test_publish_to_a_missing_exchange_is_a_clear_publish_error(
+    conn: Connection, names: Any
+) -> None:
     reconnects = conn.link.stats().get('reconnects', 0)
     missing = names('ex')
     with pytest.raises(PublishError, match='does not exist'):
@@ -447,8 +506,10 @@ def test_publish_to_a_missing_exchange_is_a_clear_publish_error(conn: Connection
 
 # ------------------------------------------------------------------ connections
 
-def test_default_channel_none_uses_the_process_link(amqp_url: str, conn: Connection,
-                                                    monkeypatch: Any, names: Any) -> None:
+
+def test_default_channel_none_uses_the_process_link(
+    amqp_url: str, conn: Connection, monkeypatch: Any, names: Any
+) -> None:
     monkeypatch.setenv('AMQP_URL', amqp_url)
     producer = Producer(None)
     try:
@@ -456,12 +517,12 @@ def test_default_channel_none_uses_the_process_link(amqp_url: str, conn: Connect
         producer.publish('hello', routing_key=names('nowhere'))
     finally:
         producer.close()
-    assert conn.link.state == 'OPEN'          # the shared link outlives one user's release
+    assert conn.link.state == 'OPEN'  # the shared link outlives one user's release
 
 
 def test_connection_hides_its_password_and_is_reusable_after_release(amqp_url: str) -> None:
     c = Connection(amqp_url, broker_heartbeat=33)
-    c.release()                                 # releasing an unused handle is a no-op
+    c.release()  # releasing an unused handle is a no-op
     assert c.link.state in ('IDLE', 'CONNECTING', 'OPEN')
     assert 'guest:guest' not in repr(c) and 'guest:guest' not in c.as_uri()
     c.release()
@@ -472,15 +533,19 @@ def test_connection_hides_its_password_and_is_reusable_after_release(amqp_url: s
 
 
 def test_every_queue_declared_here_is_durable_or_exclusive(conn: Connection, names: Any) -> None:
-    durable, exclusive = Queue(names('d'), expires=60), Queue(names('x'), exclusive=True,
-                                                              durable=False)
+    durable, exclusive = (
+        Queue(names('d'), expires=60),
+        Queue(names('x'), exclusive=True, durable=False),
+    )
     durable.declare(channel=conn)
     exclusive.declare(channel=conn)
     try:
+
         def listed() -> bool:
             queues = list_queues()
             assert queues[durable.name].durable and queues[exclusive.name].exclusive
             return True
+
         eventually(listed, timeout=WAIT)
     finally:
         exclusive.bind(conn).delete()

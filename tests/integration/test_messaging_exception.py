@@ -3,6 +3,7 @@
 Each refusal is checked for its type and message, and for what must survive it: the link
 stays OPEN with no reconnect, and later messages still arrive (the I/O thread is alive).
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,9 +14,15 @@ import pytest
 
 from pika_rpc._link import Link
 from pika_rpc.entities import Exchange, Message, MessageStateError, NotBoundError, Queue
-from pika_rpc.errors import (BrokerRefused, ContentDisallowed, DecodeError, NotFound,
-                             NotSupportedByRabbitMQ, PikaRPCError,
-                             PreconditionFailed)
+from pika_rpc.errors import (
+    BrokerRefused,
+    ContentDisallowed,
+    DecodeError,
+    NotFound,
+    NotSupportedByRabbitMQ,
+    PikaRPCError,
+    PreconditionFailed,
+)
 from pika_rpc.messaging import Connection, Consumer, Producer
 
 WAIT = 30.0
@@ -51,8 +58,10 @@ def ready_count(raw_channel: Any, queue: str) -> int:
 
 # ------------------------------------------------------------------ broker refusals
 
+
 def test_406_precondition_failed_names_the_fix_and_the_link_keeps_working(
-        conn: Connection, names: Any) -> None:
+    conn: Connection, names: Any
+) -> None:
     name = names('q')
     Queue(name, expires=60).declare(channel=conn)
     reconnects = conn.link.stats().get('reconnects', 0)
@@ -67,7 +76,9 @@ def test_406_precondition_failed_names_the_fix_and_the_link_keeps_working(
     assert got.calls == [({'after': 406},)]
 
 
-def test_consuming_a_missing_queue_without_declaring_it_is_a_404(conn: Connection, names: Any) -> None:
+def test_consuming_a_missing_queue_without_declaring_it_is_a_404(
+    conn: Connection, names: Any
+) -> None:
     reconnects = conn.link.stats().get('reconnects', 0)
     consumer = Consumer(conn, [Queue(names('q'), expires=60)], auto_declare=False, callbacks=[])
     with pytest.raises(NotFound) as info:
@@ -78,7 +89,8 @@ def test_consuming_a_missing_queue_without_declaring_it_is_a_404(conn: Connectio
 
 
 def test_publish_to_a_missing_exchange_names_the_fix_without_a_reconnect(
-        conn: Connection, names: Any) -> None:
+    conn: Connection, names: Any
+) -> None:
     reconnects = conn.link.stats().get('reconnects', 0)
     missing = Exchange(names('ex'), channel=conn)
     with pytest.raises(PikaRPCError, match='declare'):
@@ -96,33 +108,49 @@ def test_passive_declare_of_a_missing_queue_is_a_404(conn: Connection, names: An
 
 # ------------------------------------------------------------------ refused locally
 
-@pytest.mark.parametrize('call', [
-    pytest.param(lambda c, q: c.flow(False), id='flow'),
-    pytest.param(lambda c, q: c.recover(requeue=False), id='recover-no-requeue'),
-    pytest.param(lambda c, q: c.qos(prefetch_size=1024), id='qos-prefetch-size'),
-    pytest.param(lambda c, q: Producer(c.connection).publish({'a': 1}, routing_key=q.name,
-                                                            immediate=True), id='immediate'),
-    pytest.param(lambda c, q: Exchange('amq.direct', channel=c.connection).publish(
-        b'x', routing_key=q.name, immediate=True), id='exchange-immediate'),
-    pytest.param(lambda c, q: c.connection.basic_publish(Message(b'x'), immediate=True),
-                 id='basic-publish-immediate'),
-])
+
+@pytest.mark.parametrize(
+    'call',
+    [
+        pytest.param(lambda c, q: c.flow(False), id='flow'),
+        pytest.param(lambda c, q: c.recover(requeue=False), id='recover-no-requeue'),
+        pytest.param(lambda c, q: c.qos(prefetch_size=1024), id='qos-prefetch-size'),
+        pytest.param(
+            lambda c, q: Producer(c.connection).publish(
+                {'a': 1}, routing_key=q.name, immediate=True
+            ),
+            id='immediate',
+        ),
+        pytest.param(
+            lambda c, q: Exchange('amq.direct', channel=c.connection).publish(
+                b'x', routing_key=q.name, immediate=True
+            ),
+            id='exchange-immediate',
+        ),
+        pytest.param(
+            lambda c, q: c.connection.basic_publish(Message(b'x'), immediate=True),
+            id='basic-publish-immediate',
+        ),
+    ],
+)
 def test_what_rabbitmq_answers_with_540_is_refused_locally(
-        conn: Connection, names: Any, call: Callable[[Consumer, Queue], Any]) -> None:
+    conn: Connection, names: Any, call: Callable[[Consumer, Queue], Any]
+) -> None:
     queue = Queue(names('q'), expires=60)
     with Consumer(conn, [queue], callbacks=[lambda b, m: m.ack()]) as consumer:
         reconnects = conn.link.stats().get('reconnects', 0)
         commands = conn.link.stats()['commands']
         with pytest.raises(NotSupportedByRabbitMQ, match='RabbitMQ'):
             call(consumer, queue)
-        assert conn.link.stats()['commands'] == commands          # nothing reached the broker
+        assert conn.link.stats()['commands'] == commands  # nothing reached the broker
         assert consumer.consuming_from(queue)
         assert_link_healthy(conn, reconnects)
     assert isinstance(NotSupportedByRabbitMQ('x'), NotImplementedError)
 
 
 def test_non_durable_non_exclusive_queue_is_refused_before_any_command(
-        conn: Connection, names: Any) -> None:
+    conn: Connection, names: Any
+) -> None:
     commands = conn.link.stats().get('commands', 0)
     with pytest.raises(ValueError, match='neither durable nor exclusive'):
         Queue(names('q'), durable=False).declare(channel=conn)
@@ -131,17 +159,21 @@ def test_non_durable_non_exclusive_queue_is_refused_before_any_command(
     assert conn.link.stats().get('commands', 0) == commands
 
 
-@pytest.mark.parametrize('kwargs, error', [
-    ({'headers': {'ratio': 0.5}}, TypeError),           # pika cannot encode a float header
-    ({'headers': {'o': object()}}, TypeError),
-    ({'correlation_id': 42}, TypeError),
-    ({'priority': 256}, ValueError),
-    ({'user_id': 'someone-else'}, ValueError),          # the broker would close the channel
-    ({'colour': 'red'}, TypeError),
-    ({'expiration': -1}, ValueError),
-])
+@pytest.mark.parametrize(
+    'kwargs, error',
+    [
+        ({'headers': {'ratio': 0.5}}, TypeError),  # pika cannot encode a float header
+        ({'headers': {'o': object()}}, TypeError),
+        ({'correlation_id': 42}, TypeError),
+        ({'priority': 256}, ValueError),
+        ({'user_id': 'someone-else'}, ValueError),  # the broker would close the channel
+        ({'colour': 'red'}, TypeError),
+        ({'expiration': -1}, ValueError),
+    ],
+)
 def test_properties_the_broker_or_pika_would_choke_on_are_refused_before_publishing(
-        conn: Connection, names: Any, kwargs: dict, error: type) -> None:
+    conn: Connection, names: Any, kwargs: dict, error: type
+) -> None:
     producer = Producer(conn, routing_key=names('q'))
     producer.publish({'warm': 'up'})
     stats = conn.link.stats()
@@ -173,16 +205,23 @@ def test_unknown_serializer_and_compression_are_refused(conn: Connection) -> Non
 
 # ------------------------------------------------------------------ bad messages
 
+
 def test_undecodable_json_goes_to_on_decode_error_and_later_messages_arrive(
-        conn: Connection, names: Any) -> None:
+    conn: Connection, names: Any
+) -> None:
     queue = Queue(names('q'), expires=60)
     errors, good = Events(), Events()
 
     def on_decode_error(message: Message, exc: BaseException) -> None:
         errors.add(message.body, exc, threading.current_thread().name)
         message.ack()
-    with Consumer(conn, [queue], callbacks=[lambda b, m: (m.ack(), good.add(b))],
-                  on_decode_error=on_decode_error):
+
+    with Consumer(
+        conn,
+        [queue],
+        callbacks=[lambda b, m: (m.ack(), good.add(b))],
+        on_decode_error=on_decode_error,
+    ):
         producer = Producer(conn, routing_key=queue.name)
         producer.publish(b'{"not": json', content_type='application/json', content_encoding='utf-8')
         producer.publish({'fine': True})
@@ -195,20 +234,26 @@ def test_undecodable_json_goes_to_on_decode_error_and_later_messages_arrive(
 
 
 def test_disallowed_content_type_gives_content_disallowed_to_on_decode_error(
-        conn: Connection, names: Any) -> None:
+    conn: Connection, names: Any
+) -> None:
     queue = Queue(names('q'), expires=60)
     errors = Events()
-    with Consumer(conn, [queue], callbacks=[], on_decode_error=lambda m, e: (m.ack(), errors.add(e))):
+    with Consumer(
+        conn, [queue], callbacks=[], on_decode_error=lambda m, e: (m.ack(), errors.add(e))
+    ):
         Producer(conn, routing_key=queue.name).publish(
-            b'\x80\x04\x95\x00.', content_type='application/x-python-serialize',
-            content_encoding='binary')
+            b'\x80\x04\x95\x00.',
+            content_type='application/x-python-serialize',
+            content_encoding='binary',
+        )
         assert errors.wait(1)
     assert isinstance(errors.calls[0][0], ContentDisallowed)
     assert 'application/x-python-serialize' in str(errors.calls[0][0])
 
 
 def test_without_on_decode_error_a_bad_message_is_logged_and_rejected(
-        conn: Connection, names: Any, raw_channel: Any, caplog: Any) -> None:
+    conn: Connection, names: Any, raw_channel: Any, caplog: Any
+) -> None:
     queue = Queue(names('q'), expires=60)
     good = Events()
     consumer = Consumer(conn, [queue], callbacks=[lambda b, m: (m.ack(), good.add(b))])
@@ -217,14 +262,15 @@ def test_without_on_decode_error_a_bad_message_is_logged_and_rejected(
             producer = Producer(conn, routing_key=queue.name)
             producer.publish(b'garbage', content_type='application/json')
             producer.publish({'next': 1})
-            assert good.wait(1)        # one callback thread: the bad one was handled first
+            assert good.wait(1)  # one callback thread: the bad one was handled first
     # Cancelling returns unacked messages to the queue: the rejected one is gone for good.
     assert ready_count(raw_channel, queue.name) == 0
     assert any("can't decode" in r.getMessage() for r in caplog.records)
 
 
-def test_a_raising_callback_does_not_stop_later_deliveries(conn: Connection, names: Any,
-                                                           caplog: Any) -> None:
+def test_a_raising_callback_does_not_stop_later_deliveries(
+    conn: Connection, names: Any, caplog: Any
+) -> None:
     queue = Queue(names('q'), expires=60)
     seen = Events()
 
@@ -233,6 +279,7 @@ def test_a_raising_callback_does_not_stop_later_deliveries(conn: Connection, nam
         message.ack()
         if body == 1:
             raise RuntimeError('user bug')
+
     with caplog.at_level(logging.ERROR):
         with Consumer(conn, [queue], callbacks=[callback]):
             producer = Producer(conn, routing_key=queue.name)
@@ -243,13 +290,14 @@ def test_a_raising_callback_does_not_stop_later_deliveries(conn: Connection, nam
     assert any('user bug' in (r.exc_text or '') or r.exc_info for r in caplog.records)
 
 
-def test_a_consumer_without_callbacks_logs_not_implemented(conn: Connection, names: Any,
-                                                           caplog: Any) -> None:
+def test_a_consumer_without_callbacks_logs_not_implemented(
+    conn: Connection, names: Any, caplog: Any
+) -> None:
     queue = Queue(names('q'), expires=60)
     with caplog.at_level(logging.ERROR, logger='pika_rpc.messaging'):
         with Consumer(conn, [queue]):
             Producer(conn, routing_key=queue.name).publish({'lonely': 1})
-            with pytest.raises(NotImplementedError):      # as kombu, out of drain_events
+            with pytest.raises(NotImplementedError):  # as kombu, out of drain_events
                 conn.drain_events(timeout=WAIT)
     assert any(r.exc_info and r.exc_info[0] is NotImplementedError for r in caplog.records)
 
@@ -264,6 +312,7 @@ def test_acking_twice_raises_message_state_error(conn: Connection, names: Any) -
             message.ack()
         except MessageStateError as exc:
             outcome.add(exc)
+
     with Consumer(conn, [queue], callbacks=[callback]):
         Producer(conn, routing_key=queue.name).publish({'once': True})
         assert outcome.wait(1)
@@ -271,7 +320,8 @@ def test_acking_twice_raises_message_state_error(conn: Connection, names: Any) -
 
 
 def test_acking_after_cancel_is_reported_and_the_message_comes_back(
-        conn: Connection, names: Any, raw_channel: Any, caplog: Any) -> None:
+    conn: Connection, names: Any, raw_channel: Any, caplog: Any
+) -> None:
     queue = Queue(names('q'), expires=60)
     held = Events()
     consumer = Consumer(conn, [queue], callbacks=[lambda b, m: held.add(m)])
@@ -280,7 +330,7 @@ def test_acking_after_cancel_is_reported_and_the_message_comes_back(
         assert held.wait(1)
     message = held.calls[0][0]
     with caplog.at_level(logging.WARNING, logger='pika_rpc.message'):
-        message.ack()                  # its channel is gone: nothing acked, a warning instead
+        message.ack()  # its channel is gone: nothing acked, a warning instead
     assert any('deliver it again' in r.getMessage() for r in caplog.records)
     assert ready_count(raw_channel, queue.name) == 1
 

@@ -5,6 +5,7 @@ No broker at the address, a wrong password, a vhost that does not exist, a 406 b
 queue of that name exists with other arguments, and a broker that is not there while
 ``send_task`` has a short timeout. The password never appears in a message.
 """
+
 from __future__ import annotations
 
 import threading
@@ -15,18 +16,19 @@ import pytest
 
 from pika_rpc import App, ConnectionLost, PikaRPCError, PreconditionFailed
 from pika_rpc.config import parse_url
-
 from tests.integration.web_support import free_port
 
 
-
-def _url(amqp_url: str, *, password: Optional[str] = None, vhost: str = '/',
-         port: Optional[int] = None) -> str:
+def _url(
+    amqp_url: str, *, password: Optional[str] = None, vhost: str = '/', port: Optional[int] = None
+) -> str:
     """The run's broker URL with one thing changed."""
     a = parse_url(amqp_url)[0]
     path = '/' if vhost == '/' else quote(vhost, safe='')
-    return (f'amqp://{quote(a.userid, safe="")}:{quote(password or a.password, safe="")}@'
-            f'{a.host}:{port or a.port}/{path}')
+    return (
+        f'amqp://{quote(a.userid, safe="")}:{quote(password or a.password, safe="")}@'
+        f'{a.host}:{port or a.port}/{path}'
+    )
 
 
 def _send_error(url: str, **conf: Any) -> PikaRPCError:
@@ -63,8 +65,9 @@ def test_a_vhost_that_does_not_exist_says_how_to_create_it(amqp_url: str, unique
 
 
 def test_a_queue_that_exists_with_other_arguments_names_the_clash_and_the_fix(
-        amqp_url: str, unique_name: str, raw_channel: Any) -> None:
-    raw_channel.queue_declare(unique_name, durable=False)     # not as Celery declares it
+    amqp_url: str, unique_name: str, raw_channel: Any
+) -> None:
+    raw_channel.queue_declare(unique_name, durable=False)  # not as Celery declares it
     try:
         err = _send_error(amqp_url, task_default_queue=unique_name)
     finally:
@@ -85,8 +88,9 @@ def test_a_short_send_timeout_is_kept_and_says_the_broker_cannot_be_reached(amqp
     def send() -> None:
         try:
             app.send_task('newcomer.add', (1, 2), timeout=1)
-        except BaseException as exc:   # collected and asserted below
+        except BaseException as exc:  # collected and asserted below
             errors.append(exc)
+
     sender = threading.Thread(target=send)
     try:
         sender.start()

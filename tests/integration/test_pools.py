@@ -9,6 +9,7 @@ a connection of its own. Half the tasks are sent by the parent, half by pool pro
 (``reply_to`` = the parent's queue; the parent reads those as out-of-band results).
 Every result reaches the parent once, correct, and the parent's link never reconnected.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -19,10 +20,9 @@ from typing import Any, List, Optional, Tuple
 import pytest
 
 from pika_rpc import App, states
-
 from tests.integration.worker_support import app  # noqa: F401
 
-TASKS = 100         # per origin: the parent sends TASKS, the pool processes send TASKS
+TASKS = 100  # per origin: the parent sends TASKS, the pool processes send TASKS
 PROCESSES = 4
 
 #: The test's App, set before the pool forks; each pool process inherits it.
@@ -34,16 +34,16 @@ def _send(job: Tuple[int, str, str]) -> str:
     i, reply_to, queue = job
     # ignore_result: this process does not wait for it (no reply queue of its own); the
     # parent does.
-    return _APP.send_task('pool.job', (i,), queue=queue, reply_to=reply_to,
-                          ignore_result=True).id
+    return _APP.send_task('pool.job', (i,), queue=queue, reply_to=reply_to, ignore_result=True).id
 
 
 def _store(job: Tuple[str, int, str]) -> Tuple[int, str, str]:
     """In a pool process: store a task's result on this process's own connection."""
     task_id, value, reply_to = job
     backend = _APP.backend
-    backend.store_result(task_id, value, states.SUCCESS,
-                         request={'reply_to': reply_to, 'correlation_id': task_id})
+    backend.store_result(
+        task_id, value, states.SUCCESS, request={'reply_to': reply_to, 'correlation_id': task_id}
+    )
     return os.getpid(), backend.oid, backend._get_link().name
 
 
@@ -60,13 +60,14 @@ def _run(kind: str, fn: Any, jobs: List[Any]) -> List[Any]:
 
 
 @pytest.mark.parametrize('kind', ['Pool', 'ProcessPoolExecutor'])
-def test_forked_pool_processes_store_results_that_reach_the_parent_once(app: App,
-                                                                         kind: str) -> None:
+def test_forked_pool_processes_store_results_that_reach_the_parent_once(
+    app: App, kind: str
+) -> None:
     global _APP
     _APP = app
-    queue = app.conf.task_default_queue        # nobody consumes it; deleted after the test
+    queue = app.conf.task_default_queue  # nobody consumes it; deleted after the test
     parent_oid, parent_link = app.backend.oid, app.backend._get_link()
-    sent_here = [app.send_task('pool.job', (i,)) for i in range(TASKS)]   # the link runs now
+    sent_here = [app.send_task('pool.job', (i,)) for i in range(TASKS)]  # the link runs now
     try:
         sent_there = _run(kind, _send, [(TASKS + i, parent_oid, queue) for i in range(TASKS)])
         ids = [r.id for r in sent_here] + sent_there

@@ -4,6 +4,7 @@ band, megabyte results read once, timed-out waits by the thousand, a table full 
 The worker's side is played by ``store_result`` (``mark_as_done``) with the client's request.
 Bounds are asserted as structure sizes (``backend.stats()``), never as RSS.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,7 +17,6 @@ import pytest
 from pika_rpc import App
 from pika_rpc._consumers import ConsumerSpec, Delivery
 from pika_rpc.errors import TimeoutError
-
 from tests.helpers import eventually, list_queues
 
 WAIT = 30.0
@@ -31,6 +31,7 @@ def make_app(amqp_url: str) -> Iterator:
         app = App(amqp_url, result_expires=120, **conf)
         made.append(app)
         return app
+
     yield make
     for app in made:
         app.close()
@@ -62,7 +63,7 @@ class Getter(threading.Thread):
     def run(self) -> None:
         try:
             self.value = self.result.get(timeout=WAIT)
-        except BaseException as exc:     # recorded: the test asserts on it
+        except BaseException as exc:  # recorded: the test asserts on it
             self.error = exc
 
     def outcome(self) -> Any:
@@ -75,9 +76,11 @@ class Getter(threading.Thread):
 
 # ------------------------------------------------------------------ raising hooks (item 5)
 
+
 @pytest.mark.parametrize('size', [16, 256 * 1024], ids=['small-body', 'large-body'])
 def test_a_raising_on_state_change_is_logged_with_the_task_id_and_the_link_stays_up(
-        make_app, caplog, size):
+    make_app, caplog, size
+):
     app = make_app()
     backend = app.backend
     calls: List[str] = []
@@ -85,27 +88,32 @@ def test_a_raising_on_state_change_is_logged_with_the_task_id_and_the_link_stays
     def on_state_change(meta: dict, message: Any) -> None:
         calls.append(meta['task_id'])
         raise RuntimeError('bug in a user hook')
+
     backend.result_consumer.on_state_change = on_state_change
     task_id = f'hooked-{size}'
     backend.on_task_call(None, task_id)
     link = backend._get_link()
     drained: List[bool] = []
-    drainer = threading.Thread(target=lambda: drained.append(
-        backend.result_consumer.drain_events(timeout=WAIT)), daemon=True)
+    drainer = threading.Thread(
+        target=lambda: drained.append(backend.result_consumer.drain_events(timeout=WAIT)),
+        daemon=True,
+    )
     drainer.start()
     eventually(lambda: backend.result_consumer._drain_waiters == 1)
     caplog.set_level(logging.ERROR, logger='pika_rpc')
 
     store(app, task_id, 'x' * size)
-    assert app.AsyncResult(task_id).get(timeout=WAIT) == 'x' * size   # state recorded
+    assert app.AsyncResult(task_id).get(timeout=WAIT) == 'x' * size  # state recorded
     drainer.join(WAIT)
-    assert drained == [True]                                       # its waiters woke
-    eventually(lambda: reply_queue_is_empty(app))                  # acked: no redelivery
+    assert drained == [True]  # its waiters woke
+    eventually(lambda: reply_queue_is_empty(app))  # acked: no redelivery
     assert calls == [task_id]
     assert link.stats()['reconnects'] == 0 and link.state == 'OPEN'
-    assert any(task_id in r.getMessage() and 'on_state_change' in r.getMessage() and r.exc_info
-               for r in caplog.records), [r.getMessage() for r in caplog.records]
-    store(app, 'after', 1)                                          # the link still works
+    assert any(
+        task_id in r.getMessage() and 'on_state_change' in r.getMessage() and r.exc_info
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
+    store(app, 'after', 1)  # the link still works
     assert app.AsyncResult('after').get(timeout=WAIT) == 1
 
 
@@ -117,6 +125,7 @@ def test_a_raising_on_out_of_band_result_keeps_the_link_and_the_result(make_app,
     def on_out_of_band_result(task_id: str, message: Any) -> None:
         calls.append(task_id)
         raise ValueError('bug in a user hook')
+
     backend.on_out_of_band_result = on_out_of_band_result
     backend.result_consumer.start()
     link = backend._get_link()
@@ -140,25 +149,28 @@ def poison_queue(raw_channel: Any) -> Iterator[str]:
 
 
 def test_a_consumer_whose_on_delivery_raises_has_the_message_rejected_and_keeps_consuming(
-        private_link, poison_queue, raw_channel):
+    private_link, poison_queue, raw_channel
+):
     queue = poison_queue
     seen: List[bytes] = []
 
-    def on_delivery(delivery: Delivery) -> None:                   # manual acks
+    def on_delivery(delivery: Delivery) -> None:  # manual acks
         seen.append(delivery.body)
         if delivery.body == b'poison':
             raise RuntimeError('bug in a consumer callback')
         private_link.ack(delivery.spec, delivery.gen, delivery.delivery_tag, wait=False)
+
     private_link.consume(ConsumerSpec(queue, on_delivery), timeout=WAIT)
     raw_channel.basic_publish('', queue, b'poison')
     eventually(lambda: seen and list_queues()[queue].messages == 0)  # rejected, not requeued
     raw_channel.basic_publish('', queue, b'fine')
     eventually(lambda: b'fine' in seen and list_queues()[queue].messages == 0)
-    assert seen == [b'poison', b'fine']                              # never redelivered
+    assert seen == [b'poison', b'fine']  # never redelivered
     assert private_link.stats()['reconnects'] == 0
 
 
 # ------------------------------------------------------------------ out of band (item 7)
+
 
 @pytest.mark.parametrize('how', ['cancel_for', 'forget', 'pending_max'])
 def test_get_many_and_join_native_return_a_result_already_buffered_out_of_band(make_app, how):
@@ -170,18 +182,20 @@ def test_get_many_and_join_native_return_a_result_already_buffered_out_of_band(m
     elif how == 'forget':
         backend.forget('early')
     else:
-        backend.on_task_call(None, 'evicts-early')              # the table holds one
+        backend.on_task_call(None, 'evicts-early')  # the table holds one
     store(app, 'early', 'here')
     eventually(lambda: backend.stats()['out_of_band'] == 1)
     assert [(t, m['result']) for t, m in backend.get_many(['early'], timeout=WAIT)] == [
-        ('early', 'here')]
-    backend.forget('early')                                     # out of band once more
+        ('early', 'here')
+    ]
+    backend.forget('early')  # out of band once more
     store(app, 'early', 'again')
     eventually(lambda: backend.stats()['out_of_band'] == 1)
     assert app.ResultSet([app.AsyncResult('early')]).join_native(timeout=WAIT) == ['again']
 
 
 # ------------------------------------------------------------------ bytes (item 9)
+
 
 def test_megabyte_results_read_once_keep_at_most_64_mib_by_default(make_app):
     app = make_app()
@@ -195,8 +209,8 @@ def test_megabyte_results_read_once_keep_at_most_64_mib_by_default(make_app):
     stats = backend.stats()
     assert stats['cached'] < 64 and stats['cached_bytes'] <= 64 * MB
     assert stats['unread'] == 0 and stats['pending'] == 0
-    assert app.AsyncResult('mb-79').state == 'SUCCESS'          # the newest is still kept
-    assert app.AsyncResult('mb-0').state == 'PENDING'           # the oldest went
+    assert app.AsyncResult('mb-79').state == 'SUCCESS'  # the newest is still kept
+    assert app.AsyncResult('mb-0').state == 'PENDING'  # the oldest went
 
 
 def test_result_cache_max_bytes_bounds_the_results_kept(make_app):
@@ -216,14 +230,18 @@ def test_a_result_larger_than_result_cache_max_bytes_is_returned_by_get_and_not_
     app.backend.on_task_call(None, result.id)
     store(app, result.id, 'b' * (256 * 1024))
     eventually(lambda: app.backend.stats()['unread'] == 1)
-    assert result.state == 'SUCCESS' and result.ready()          # polls leave it for get()
+    assert result.state == 'SUCCESS' and result.ready()  # polls leave it for get()
     seen: List[dict] = []
     assert result.get(timeout=WAIT, on_message=seen.append) == 'b' * (256 * 1024)
     assert [m['status'] for m in seen] == ['SUCCESS']
     stats = app.backend.stats()
     assert (stats['cached'], stats['cached_bytes'], stats['unread'], stats['unread_bytes']) == (
-        0, 0, 0, 0)
-    assert result.state == 'PENDING'                              # read once, not kept
+        0,
+        0,
+        0,
+        0,
+    )
+    assert result.state == 'PENDING'  # read once, not kept
 
 
 def test_unread_results_are_kept_past_the_byte_bound_until_read(make_app):
@@ -240,6 +258,7 @@ def test_unread_results_are_kept_past_the_byte_bound_until_read(make_app):
 
 
 # ------------------------------------------------------------------ slots of waits (item 10)
+
 
 def test_timed_out_waits_on_distinct_ids_leave_no_slot_behind(make_app):
     app = make_app()
@@ -261,7 +280,7 @@ def test_a_timed_out_wait_keeps_expecting_a_task_sent_from_here(make_app):
     with pytest.raises(TimeoutError):
         result.get(timeout=0)
     store(app, result.id, 'late')
-    eventually(lambda: app.backend.stats()['unread'] == 1)       # not out of band
+    eventually(lambda: app.backend.stats()['unread'] == 1)  # not out of band
     assert app.backend.stats()['out_of_band'] == 0
     assert result.get(timeout=WAIT) == 'late'
 
@@ -272,7 +291,7 @@ def test_a_waiter_on_a_new_id_gets_its_result_when_the_table_is_full_of_waited_s
     backend.result_consumer.start()
     first, second = Getter(app.AsyncResult('a')), Getter(app.AsyncResult('b'))
     eventually(lambda: backend.stats()['waited'] == 2)
-    third = Getter(app.AsyncResult('c'))                  # a new slot in a full table
+    third = Getter(app.AsyncResult('c'))  # a new slot in a full table
     eventually(lambda: backend.stats()['waited'] == 3)
     store(app, 'c', 3)
     assert third.outcome() == 3

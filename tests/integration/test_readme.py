@@ -10,6 +10,7 @@
 
 The test command is proved by CI itself; Docker lines are not run.
 """
+
 from __future__ import annotations
 
 import ast
@@ -30,7 +31,7 @@ _DIRECTIVE = re.compile(r'^(?P<indent>\s*)\.\. code-block:: python\s*$')
 _EXCERPT = re.compile(r'^# (?P<path>examples/\S+)$')
 
 # Runs before the README blocks: an App made without a queue uses this test's queue.
-PRELUDE = '''
+PRELUDE = """
 import pika_rpc
 _App = pika_rpc.App
 class App(_App):
@@ -38,7 +39,7 @@ class App(_App):
         kwargs.setdefault('task_default_queue', {queue!r})
         super().__init__(*args, **kwargs)
 pika_rpc.App = App
-'''
+"""
 
 
 def python_blocks(text: str) -> List[Tuple[int, str]]:
@@ -53,8 +54,9 @@ def python_blocks(text: str) -> List[Tuple[int, str]]:
             continue
         indent = len(match.group('indent'))
         start, body = i, []
-        while i < len(lines) and (not lines[i].strip() or
-                                  len(lines[i]) - len(lines[i].lstrip()) > indent):
+        while i < len(lines) and (
+            not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > indent
+        ):
             body.append(lines[i])
             i += 1
         blocks.append((start + 1, textwrap.dedent('\n'.join(body)).strip('\n') + '\n'))
@@ -78,36 +80,52 @@ def test_the_readme_has_python_blocks_and_each_is_valid_python():
         ast.parse(code, filename=f'README.rst:{line}')
 
 
-@pytest.mark.parametrize('line,code', [
-    pytest.param(line, code, id=f'README.rst:{line}')
-    for line, code in python_blocks(README.read_text()) if _EXCERPT.match(code.splitlines()[0])])
+@pytest.mark.parametrize(
+    'line,code',
+    [
+        pytest.param(line, code, id=f'README.rst:{line}')
+        for line, code in python_blocks(README.read_text())
+        if _EXCERPT.match(code.splitlines()[0])
+    ],
+)
 def test_a_readme_excerpt_is_in_its_file_verbatim(line: int, code: str) -> None:
     first, _, rest = code.partition('\n')
     path = REPO / _EXCERPT.match(first).group('path')
     assert path.is_file(), f'README.rst:{line} names {path}, which does not exist'
-    assert rest.strip('\n') in path.read_text(), \
+    assert rest.strip('\n') in path.read_text(), (
         f'README.rst:{line}: this excerpt is not in {path} verbatim (update one or the other)'
+    )
 
 
 def test_the_readme_python_blocks_run_in_order_and_print_what_they_say(
-        amqp_url: str, unique_name: str, tmp_path) -> None:
-    runnable = [(line, code) for line, code in python_blocks(README.read_text())
-                if not _EXCERPT.match(code.splitlines()[0])]
+    amqp_url: str, unique_name: str, tmp_path
+) -> None:
+    runnable = [
+        (line, code)
+        for line, code in python_blocks(README.read_text())
+        if not _EXCERPT.match(code.splitlines()[0])
+    ]
     assert runnable
     script = [PRELUDE.format(queue=unique_name)]
     expected: List[str] = []
     for line, code in runnable:
-        assert README_URL in code or 'App(' not in code, \
+        assert README_URL in code or 'App(' not in code, (
             f'README.rst:{line}: an App with another broker URL than {README_URL}'
-        code = code.replace(repr(README_URL), repr(amqp_url)).replace("'celery'",
-                                                                      repr(unique_name))
+        )
+        code = code.replace(repr(README_URL), repr(amqp_url)).replace("'celery'", repr(unique_name))
         script.append(f'# ---- README.rst:{line}\n{code}')
         expected.extend(expected_prints(code))
     path = tmp_path / 'readme_blocks.py'
     path.write_text('\n'.join(script))
     try:
-        proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
-                              timeout=90, cwd=str(tmp_path), env=subprocess_env())
+        proc = subprocess.run(
+            [sys.executable, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            cwd=str(tmp_path),
+            env=subprocess_env(),
+        )
     finally:
         delete_queue(amqp_url, unique_name)
     report = f'script {path}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}'
@@ -117,8 +135,14 @@ def test_the_readme_python_blocks_run_in_order_and_print_what_they_say(
 
 
 def test_the_demo_command_runs_and_prints_its_table(amqp_url: str) -> None:
-    proc = subprocess.run([sys.executable, 'scripts/demo.py'], capture_output=True, text=True,
-                          timeout=120, cwd=str(REPO), env=subprocess_env(AMQP_URL=amqp_url))
+    proc = subprocess.run(
+        [sys.executable, 'scripts/demo.py'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(REPO),
+        env=subprocess_env(AMQP_URL=amqp_url),
+    )
     report = f'stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}'
     assert proc.returncode == 0, report
     assert re.search(r'^task\s+result\s+detail$', proc.stdout, re.M), report

@@ -1,4 +1,5 @@
 """tests.tlsproxy.TLSProxy: pika over TLS, trusting the throwaway CA, to the real broker."""
+
 from __future__ import annotations
 
 import ssl
@@ -11,14 +12,16 @@ from tests.helpers import eventually, pika_parameters
 
 def _tls_parameters(tls_proxy, amqp_url, context: ssl.SSLContext):
     params = pika_parameters(tls_proxy.url(amqp_url), connection_attempts=1)
-    params.ssl_options = pika.SSLOptions(context)   # server_hostname: the URL's host, 127.0.0.1
+    params.ssl_options = pika.SSLOptions(context)  # server_hostname: the URL's host, 127.0.0.1
     return params
 
 
-def test_pika_does_a_round_trip_over_tls_trusting_the_generated_ca(tls_proxy, amqp_url, unique_name):
+def test_pika_does_a_round_trip_over_tls_trusting_the_generated_ca(
+    tls_proxy, amqp_url, unique_name
+):
     url = tls_proxy.url(amqp_url)
     assert url.startswith('amqps://') and f'127.0.0.1:{tls_proxy.port}' in url
-    context = ssl.create_default_context(cafile=tls_proxy.ca_file)   # hostname checks on
+    context = ssl.create_default_context(cafile=tls_proxy.ca_file)  # hostname checks on
 
     connection = pika.BlockingConnection(_tls_parameters(tls_proxy, amqp_url, context))
     try:
@@ -30,13 +33,13 @@ def test_pika_does_a_round_trip_over_tls_trusting_the_generated_ca(tls_proxy, am
         connection.close()
 
     assert body == b'over TLS'
-    assert tls_proxy.publish_count == 1   # the proxy parsed the decrypted stream
+    assert tls_proxy.publish_count == 1  # the proxy parsed the decrypted stream
 
 
 def test_a_client_that_does_not_trust_the_ca_is_refused(tls_proxy, amqp_url):
-    context = ssl.create_default_context()   # system CAs only: the throwaway CA is unknown
+    context = ssl.create_default_context()  # system CAs only: the throwaway CA is unknown
 
-    with pytest.raises(ssl.SSLCertVerificationError):   # pika 1.4 lets it through unwrapped
+    with pytest.raises(ssl.SSLCertVerificationError):  # pika 1.4 lets it through unwrapped
         pika.BlockingConnection(_tls_parameters(tls_proxy, amqp_url, context))
     assert tls_proxy.wait_for(lambda: tls_proxy.active_connections == 0, timeout=10)
     assert tls_proxy.connection_attempts == 1

@@ -4,6 +4,7 @@ groups, many waiting threads and a graceful stop.
 The worker runs in this process on the test's App, so the client and the worker share the
 process's one connection, as a web process running a worker in-process would.
 """
+
 from __future__ import annotations
 
 import threading
@@ -13,9 +14,17 @@ from datetime import datetime, timedelta, timezone
 import pika
 import pytest
 
-from pika_rpc import Exchange, GroupResult, Queue, ResultSet, Worker, protocol, serialization, states
+from pika_rpc import (
+    Exchange,
+    GroupResult,
+    Queue,
+    ResultSet,
+    Worker,
+    protocol,
+    serialization,
+    states,
+)
 from pika_rpc.errors import TaskRevokedError, TimeLimitExceeded
-
 from tests.helpers import eventually, list_queues, pika_parameters
 from tests.integration.worker_support import app, gate, queue_depth, start_worker  # noqa: F401
 
@@ -24,6 +33,7 @@ def add_task(app):
     @app.task(name='t.add')
     def add(x, y):
         return x + y
+
     return add
 
 
@@ -32,6 +42,7 @@ def statuses(messages):
 
 
 # ------------------------------------------------------------------ running tasks
+
 
 def test_worker_runs_a_task_and_stores_its_value(app, start_worker):
     add = add_task(app)
@@ -59,6 +70,7 @@ def test_started_is_not_stored_unless_tracked(app, start_worker):
     @app.task(name='t.tracked', track_started=True)
     def tracked():
         return 'ok'
+
     start_worker()
     untracked_seen, tracked_seen = [], []
     add.delay(1, 1).get(timeout=10, on_message=untracked_seen.append)
@@ -73,6 +85,7 @@ def test_update_state_progress_is_seen_live_by_on_message(app, start_worker):
         for i in range(n):
             self.update_state(state='PROGRESS', meta={'done': i + 1, 'total': n})
         return n
+
     start_worker()
     seen = []
     assert progress.delay(3).get(timeout=10, on_message=seen.append) == 3
@@ -84,22 +97,39 @@ def test_a_bound_task_sees_its_request(app, start_worker, unique_name):
     @app.task(name='t.whoami', bind=True)
     def whoami(self, x, y=0):
         r = self.request
-        return {'id': r.id, 'args': r.args, 'kwargs': r.kwargs, 'retries': r.retries,
-                'reply_to': r.reply_to, 'correlation_id': r.correlation_id,
-                'root_id': r.root_id, 'parent_id': r.parent_id, 'group': r.group,
-                'hostname': r.hostname, 'routing_key': r.delivery_info['routing_key']}
+        return {
+            'id': r.id,
+            'args': r.args,
+            'kwargs': r.kwargs,
+            'retries': r.retries,
+            'reply_to': r.reply_to,
+            'correlation_id': r.correlation_id,
+            'root_id': r.root_id,
+            'parent_id': r.parent_id,
+            'group': r.group,
+            'hostname': r.hostname,
+            'routing_key': r.delivery_info['routing_key'],
+        }
+
     worker = start_worker()
     group_id = str(uuid.uuid4())
     result = whoami.apply_async((1,), {'y': 2}, group_id=group_id)
     assert result.get(timeout=10) == {
-        'id': result.id, 'args': [1], 'kwargs': {'y': 2}, 'retries': 0,
-        'reply_to': app.backend.oid, 'correlation_id': result.id, 'root_id': result.id,
-        'parent_id': None, 'group': group_id, 'hostname': worker.hostname,
-        'routing_key': unique_name}
+        'id': result.id,
+        'args': [1],
+        'kwargs': {'y': 2},
+        'retries': 0,
+        'reply_to': app.backend.oid,
+        'correlation_id': result.id,
+        'root_id': result.id,
+        'parent_id': None,
+        'group': group_id,
+        'hostname': worker.hostname,
+        'routing_key': unique_name,
+    }
 
 
-def test_a_queue_object_is_declared_and_consumed_as_given(app, start_worker, amqp_url,
-                                                         unique_name):
+def test_a_queue_object_is_declared_and_consumed_as_given(app, start_worker, amqp_url, unique_name):
     add = add_task(app)
     topic = Exchange(f'{unique_name}-topic', type='topic', durable=False, auto_delete=True)
     start_worker(queues=[Queue(unique_name, exchange=topic, routing_key='jobs.#', expires=60)])
@@ -108,8 +138,9 @@ def test_a_queue_object_is_declared_and_consumed_as_given(app, start_worker, amq
     assert list_queues()[unique_name].arguments.get('x-expires') == 60000
 
 
-def test_a_queue_declared_as_celery_declares_it_is_consumed_without_a_406(app, start_worker,
-                                                                         amqp_url, unique_name):
+def test_a_queue_declared_as_celery_declares_it_is_consumed_without_a_406(
+    app, start_worker, amqp_url, unique_name
+):
     # What Celery 5.7 declares for a task queue and for its control exchange (kombu pidbox).
     with pika.BlockingConnection(pika_parameters(amqp_url)) as conn:
         ch = conn.channel()
@@ -135,6 +166,7 @@ def test_get_inside_a_task_refuses_unless_sync_subtasks_are_allowed(app, start_w
     @app.task(name='t.nested')
     def nested(allow):
         return add.delay(1, 1).get(timeout=10, disable_sync_subtasks=not allow)
+
     start_worker(concurrency=2)
     with pytest.raises(RuntimeError, match='inside a running task'):
         nested.delay(False).get(timeout=10)
@@ -149,12 +181,14 @@ def test_a_child_sent_from_a_task_names_its_parent_and_root(app, start_worker):
     @app.task(name='t.parent', bind=True)
     def parent(self):
         return child.delay().get(timeout=10, disable_sync_subtasks=False) + [self.request.id]
+
     start_worker(concurrency=2)
     parent_of_child, root_of_child, parent_id = parent.delay().get(timeout=10)
     assert parent_of_child == parent_id and root_of_child == parent_id
 
 
 # ------------------------------------------------------------------ retry
+
 
 def test_a_task_that_retries_twice_then_succeeds(app, start_worker):
     seen_retries = []
@@ -165,14 +199,18 @@ def test_a_task_that_retries_twice_then_succeeds(app, start_worker):
         if self.request.retries < 2:
             raise self.retry(exc=KeyError('missing'), countdown=0.1)
         return 'finally'
+
     start_worker()
     seen = []
     result = flaky.delay()
     assert result.get(timeout=10, on_message=seen.append) == 'finally'
     assert seen_retries == [0, 1, 2]
     assert statuses(seen) == ['RETRY', 'RETRY', 'SUCCESS']
-    assert seen[0]['result'] == {'exc_type': 'KeyError', 'exc_message': ['missing'],
-                                 'exc_module': 'builtins'}
+    assert seen[0]['result'] == {
+        'exc_type': 'KeyError',
+        'exc_message': ['missing'],
+        'exc_module': 'builtins',
+    }
     assert 'Retry in 0.1s' in seen[0]['traceback']
     assert seen[0]['children'] == [[[result.id, None], None]]
 
@@ -186,14 +224,18 @@ def test_a_retry_keeps_the_id_and_reply_to_and_uses_new_arguments(app, start_wor
         if n == 0:
             raise self.retry(args=(1,), countdown=0)
         return n
+
     start_worker()
     result = again.delay(0)
     assert result.get(timeout=10) == 1
-    assert requests == [(result.id, app.backend.oid, None, 0),
-                        (result.id, app.backend.oid, result.id, 1)]
+    assert requests == [
+        (result.id, app.backend.oid, None, 0),
+        (result.id, app.backend.oid, result.id, 1),
+    ]
 
 
 # ------------------------------------------------------------------ eta, expires
+
 
 def test_countdown_runs_the_task_no_earlier_than_its_eta(app, start_worker):
     add = add_task(app)
@@ -209,9 +251,9 @@ def test_a_held_eta_task_does_not_block_the_prefetch_window(app, start_worker):
     worker = start_worker(concurrency=1, prefetch_count=1)
     later = add.apply_async((1, 1), countdown=60)
     eventually(lambda: worker.stats()['held'] == 1, timeout=10)
-    assert add.delay(2, 2).get(timeout=10) == 4        # the window was raised to 2
+    assert add.delay(2, 2).get(timeout=10) == 4  # the window was raised to 2
     assert later.state == states.PENDING
-    later.revoke()                                      # REVOKED at once, not at the eta
+    later.revoke()  # REVOKED at once, not at the eta
     with pytest.raises(TaskRevokedError, match='revoked'):
         later.get(timeout=10)
     eventually(lambda: worker.stats()['held'] == 0, timeout=10)
@@ -223,6 +265,7 @@ def test_a_task_past_its_expires_time_is_revoked_as_expired(app, start_worker):
     @app.task(name='t.mark')
     def mark():
         ran.append(1)
+
     start_worker()
     past = (datetime.now(timezone.utc) - timedelta(seconds=5)).isoformat()
     result = mark.apply_async(headers={'expires': past})
@@ -242,6 +285,7 @@ def test_a_task_that_expires_while_held_for_its_eta_is_revoked_as_expired(app, s
 
 # ------------------------------------------------------------------ revoke
 
+
 def test_revoke_of_a_queued_task_stores_revoked_at_once(app, start_worker, gate):
     ran = []
 
@@ -254,6 +298,7 @@ def test_revoke_of_a_queued_task_stores_revoked_at_once(app, start_worker, gate)
     @app.task(name='t.victim')
     def victim():
         ran.append(1)
+
     worker = start_worker(concurrency=1)
     blocker = block.delay()
     assert gate.started.wait(10)
@@ -261,7 +306,7 @@ def test_revoke_of_a_queued_task_stores_revoked_at_once(app, start_worker, gate)
     eventually(lambda: worker.stats()['queued'] == 1, timeout=10)
     queued.revoke()
     with pytest.raises(TaskRevokedError, match='revoked'):
-        queued.get(timeout=10)          # while the only pool thread is still busy
+        queued.get(timeout=10)  # while the only pool thread is still busy
     gate.release.set()
     assert blocker.get(timeout=10) == 'unblocked'
     assert ran == []
@@ -284,8 +329,12 @@ def test_revoke_aimed_at_another_worker_is_ignored(app, start_worker):
     exchange, body, props = protocol.control_revoke(['aimed'], destination=[other.hostname])
     with pika.BlockingConnection(pika_parameters(app.conf.broker_url)) as conn:
         _, _, data = serialization.dumps(body, 'json')
-        conn.channel().basic_publish(exchange, '', data, pika.BasicProperties(
-            content_type='application/json', content_encoding='utf-8'))
+        conn.channel().basic_publish(
+            exchange,
+            '',
+            data,
+            pika.BasicProperties(content_type='application/json', content_encoding='utf-8'),
+        )
     eventually(lambda: 'aimed' in other.revoked, timeout=10)
     assert 'aimed' not in worker.revoked
 
@@ -300,14 +349,15 @@ def test_revoke_with_terminate_of_a_running_task_stores_revoked_terminated(app, 
         gate.release.wait(30)
         finished.set()
         return 'too late'
+
     worker = start_worker(concurrency=1)
     running = long_task.delay()
     assert gate.started.wait(10)
     running.revoke(terminate=True)
     with pytest.raises(TaskRevokedError, match='terminated'):
         running.get(timeout=10)
-    assert not finished.is_set()            # the thread was not killed: it still waits
-    assert add.delay(3, 3).get(timeout=10) == 6     # a new pool thread took its place
+    assert not finished.is_set()  # the thread was not killed: it still waits
+    assert add.delay(3, 3).get(timeout=10) == 6  # a new pool thread took its place
     gate.release.set()
     assert finished.wait(10)
     assert running.state == states.REVOKED
@@ -320,6 +370,7 @@ def test_revoke_without_terminate_lets_a_running_task_finish(app, start_worker, 
         gate.started.set()
         gate.release.wait(30)
         return 'finished'
+
     worker = start_worker(concurrency=1)
     running = long_task.delay()
     assert gate.started.wait(10)
@@ -331,6 +382,7 @@ def test_revoke_without_terminate_lets_a_running_task_finish(app, start_worker, 
 
 # ------------------------------------------------------------------ ignore_result, time limits
 
+
 def test_ignore_result_stores_no_states_but_update_state(app, start_worker):
     app.conf.task_track_started = True
     add = add_task(app)
@@ -339,6 +391,7 @@ def test_ignore_result_stores_no_states_but_update_state(app, start_worker):
     def quiet(self):
         self.update_state(state='PROGRESS', meta={'step': 1})
         return 'not stored'
+
     start_worker(concurrency=1)
     # ignore_result=True would also stop this client from listening: put it in the header only.
     ignored = quiet.apply_async(ignore_result=False, headers={'ignore_result': True})
@@ -357,6 +410,7 @@ def test_a_task_ignoring_results_by_its_own_option_stores_nothing_final(app, sta
     def fire():
         ran.set()
         return 'dropped'
+
     start_worker(concurrency=1)
     fired = fire.delay()
     assert ran.wait(10)
@@ -369,6 +423,7 @@ def test_the_soft_time_limit_is_logged_and_the_task_goes_on(app, start_worker, g
     def slow():
         gate.release.wait(30)
         return 'done'
+
     start_worker()
     caplog.set_level('WARNING', logger='pika_rpc.worker')
     result = slow.apply_async(soft_time_limit=1)
@@ -378,30 +433,36 @@ def test_the_soft_time_limit_is_logged_and_the_task_goes_on(app, start_worker, g
 
 
 def test_the_hard_time_limit_stores_time_limit_exceeded_while_the_thread_runs_on(
-        app, start_worker, gate):
+    app, start_worker, gate
+):
     add = add_task(app)
 
     @app.task(name='t.stuck')
     def stuck():
         gate.started.set()
         gate.release.wait(30)
+
     start_worker(concurrency=1)
     result = stuck.apply_async(time_limit=1)
     assert gate.started.wait(10)
     with pytest.raises(TimeLimitExceeded) as info:
         result.get(timeout=10)
     assert info.value.args == (1,)
-    assert add.delay(1, 2).get(timeout=10) == 3         # a new thread serves the pool
+    assert add.delay(1, 2).get(timeout=10) == 3  # a new thread serves the pool
 
 
 # ------------------------------------------------------------------ groups, many threads
+
 
 def test_a_group_is_joined_natively_in_its_own_order(app, start_worker):
     add = add_task(app)
     start_worker(concurrency=4)
     group_id = str(uuid.uuid4())
-    group = GroupResult(group_id, [add.apply_async((i, i), group_id=group_id, group_index=i)
-                                   for i in range(10)], app=app)
+    group = GroupResult(
+        group_id,
+        [add.apply_async((i, i), group_id=group_id, group_index=i) for i in range(10)],
+        app=app,
+    )
     assert group.join_native(timeout=10) == [2 * i for i in range(10)]
     assert group.ready() and group.successful() and group.completed_count() == 10
     assert group.get(timeout=1) == [2 * i for i in range(10)]
@@ -421,6 +482,7 @@ def test_a_result_set_with_a_failure_propagates_it_and_counts_the_rest(app, star
     @app.task(name='t.fail')
     def fail():
         raise ValueError('one bad')
+
     start_worker(concurrency=2)
     results = ResultSet([add.delay(1, 1), fail.delay(), add.delay(2, 2)], app=app)
     with pytest.raises(ValueError, match='one bad'):
@@ -440,8 +502,9 @@ def test_64_threads_calling_delay_get_against_a_worker_of_concurrency_4(app, sta
         try:
             barrier.wait(10)
             values[i] = add.delay(i, i).get(timeout=30)
-        except Exception as exc:   # collected and asserted below
+        except Exception as exc:  # collected and asserted below
             errors.append(exc)
+
     threads = [threading.Thread(target=call, args=(i,)) for i in range(64)]
     for t in threads:
         t.start()
@@ -454,8 +517,10 @@ def test_64_threads_calling_delay_get_against_a_worker_of_concurrency_4(app, sta
 
 # ------------------------------------------------------------------ stop
 
+
 def test_stop_hands_prefetched_messages_to_another_worker_and_waits_for_the_running_one(
-        app, start_worker, gate):
+    app, start_worker, gate
+):
     @app.task(name='t.block')
     def block():
         gate.started.set()
@@ -465,6 +530,7 @@ def test_stop_hands_prefetched_messages_to_another_worker_and_waits_for_the_runn
     @app.task(name='t.who', bind=True)
     def who(self):
         return self.request.hostname
+
     first = start_worker(concurrency=1, prefetch_count=10, hostname=f'a-{uuid.uuid4().hex[:6]}@t')
     blocked = block.delay()
     assert gate.started.wait(10)
@@ -475,7 +541,7 @@ def test_stop_hands_prefetched_messages_to_another_worker_and_waits_for_the_runn
     stopper = threading.Thread(target=lambda: stopped.append(first.stop(30)))
     stopper.start()
     assert [r.get(timeout=10) for r in waiting] == [second.hostname] * 3
-    assert stopper.is_alive()               # still waiting for the running task
+    assert stopper.is_alive()  # still waiting for the running task
     gate.release.set()
     stopper.join(30)
     assert stopped == [True]

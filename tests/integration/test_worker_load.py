@@ -7,6 +7,7 @@ it runs. Every task ends with exactly one final state, the right one, and the ta
 stopped worker abandoned runs again on the other worker; its first run's late outcome is
 dropped, never stored as a second result.
 """
+
 from __future__ import annotations
 
 import threading
@@ -15,7 +16,6 @@ from typing import Any, List
 
 from pika_rpc import App, ResultSet
 from pika_rpc.errors import TimeLimitExceeded
-
 from tests.helpers import eventually
 from tests.integration.worker_support import app, gate, start_worker  # noqa: F401
 
@@ -23,11 +23,12 @@ LOAD = 200
 
 
 def test_nothing_is_lost_when_tasks_raise_time_out_and_a_worker_stops_mid_run(
-        app: App, start_worker: Any, gate: Any) -> None:
+    app: App, start_worker: Any, gate: Any
+) -> None:
     lock = threading.Lock()
     hold_runs: List[threading.Thread] = []
 
-    work = threading.Event()   # never set: a task's 20 ms of "work" is a bounded wait on it
+    work = threading.Event()  # never set: a task's 20 ms of "work" is a bounded wait on it
 
     @app.task(name='load.add')
     def add(x, y):
@@ -48,7 +49,7 @@ def test_nothing_is_lost_when_tasks_raise_time_out_and_a_worker_stops_mid_run(
         with lock:
             hold_runs.append(threading.current_thread())
             first = len(hold_runs) == 1
-        if first:              # the first run outlives its worker's stop timeout
+        if first:  # the first run outlives its worker's stop timeout
             gate.started.set()
             gate.release.wait(30)
             return 'first run'
@@ -72,12 +73,13 @@ def test_nothing_is_lost_when_tasks_raise_time_out_and_a_worker_stops_mid_run(
             results.append(add.delay(i, i))
             expected.append(2 * i)
 
-    def mid_run() -> bool:       # it has run tasks, runs load.hold, and has messages waiting
+    def mid_run() -> bool:  # it has run tasks, runs load.hold, and has messages waiting
         stats = first.stats()
         return stats['succeeded'] >= 20 and stats['running'] >= 2 and stats['queued'] >= 2
+
     eventually(mid_run, timeout=10, interval=0.01)
-    assert first.stop(timeout=1.5) is False          # load.hold was still running: abandoned
-    assert held.get(timeout=10) == 'second run'      # ... and ran again on the other worker
+    assert first.stop(timeout=1.5) is False  # load.hold was still running: abandoned
+    assert held.get(timeout=10) == 'second run'  # ... and ran again on the other worker
 
     values = ResultSet(results, app=app).join_native(timeout=30, propagate=False)
     for value, want in zip(values, expected):
@@ -88,13 +90,13 @@ def test_nothing_is_lost_when_tasks_raise_time_out_and_a_worker_stops_mid_run(
         else:
             assert value == want
 
-    gate.release.set()                               # the first run of load.hold returns now
+    gate.release.set()  # the first run of load.hold returns now
     hold_runs[0].join(10)
     assert not hold_runs[0].is_alive()
-    assert add.delay(1, 1).get(timeout=10) == 2      # anything it stored would be in by now
+    assert add.delay(1, 1).get(timeout=10) == 2  # anything it stored would be in by now
     assert app.AsyncResult(held.id).get(timeout=1) == 'second run'
     assert app.backend.stats()['duplicates'] == 0
     counts = [w.stats() for w in (first, second)]
-    assert sum(c['succeeded'] for c in counts) == LOAD - 4 - 20 + 1 + 1   # adds, hold, add(1, 1)
+    assert sum(c['succeeded'] for c in counts) == LOAD - 4 - 20 + 1 + 1  # adds, hold, add(1, 1)
     assert sum(c['failed'] for c in counts) >= 4 + 20
     assert second.stats()['state'] == 'RUNNING'

@@ -10,6 +10,7 @@
   ``connection_name`` (``pika-rpc-io-<pid>-<n>``, see ``pika_rpc/_link.py``).
 * ``children_of(pid)``: the pids of a process's children (Linux ``/proc``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,14 +52,28 @@ def subprocess_env(**extra: str) -> Dict[str, str]:
 class Proc:
     """A subprocess whose output goes to ``log_path``; ``stop()`` ends it (bounded)."""
 
-    def __init__(self, name: str, args: Sequence[str], log_path: pathlib.Path, *,
-                 cwd: pathlib.Path, env: Dict[str, str], new_session: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        log_path: pathlib.Path,
+        *,
+        cwd: pathlib.Path,
+        env: Dict[str, str],
+        new_session: bool = False,
+    ) -> None:
         self.name = name
         self.log_path = log_path
         self._log = open(log_path, 'wb')
-        self.popen = subprocess.Popen(list(args), cwd=str(cwd), env=env, stdout=self._log,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      start_new_session=new_session)
+        self.popen = subprocess.Popen(
+            list(args),
+            cwd=str(cwd),
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=new_session,
+        )
         self.pid = self.popen.pid
         self._group = new_session
 
@@ -86,7 +101,7 @@ class Proc:
                 self.popen.wait(10)
         else:
             status = self.popen.returncode
-        if self._group:   # a child left behind (the autoreloader's) goes too
+        if self._group:  # a child left behind (the autoreloader's) goes too
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
         self._log.close()
@@ -108,8 +123,10 @@ def show_logs_on_failure(*procs: Proc) -> Iterator[None]:
     except BaseException:
         for proc in procs:
             state = 'running' if proc.alive() else f'exited {proc.popen.returncode}'
-            print(f'----- {proc.name} (pid {proc.pid}, {state}) log -----\n{proc.log()}',
-                  file=sys.stdout)
+            print(
+                f'----- {proc.name} (pid {proc.pid}, {state}) log -----\n{proc.log()}',
+                file=sys.stdout,
+            )
         raise
 
 
@@ -128,30 +145,42 @@ def get_json(url: str, timeout: float = 30.0) -> Tuple[int, Dict[str, Any]]:
 
 def wait_http(url: str, proc: Proc, timeout: float = 30.0) -> Dict[str, Any]:
     """Poll ``url`` until it answers 200; fail at once if ``proc`` exited."""
+
     def answers() -> Dict[str, Any]:
         if not proc.alive():
-            raise RuntimeError(f'{proc.name} exited with {proc.popen.returncode} before '
-                               f'answering {url}')
+            raise RuntimeError(
+                f'{proc.name} exited with {proc.popen.returncode} before answering {url}'
+            )
         status, body = get_json(url, timeout=5)
         assert status == 200, (status, body)
         return body
-    return eventually(answers, timeout=timeout, interval=0.1,
-                      retry_on=(AssertionError, OSError, urllib.error.URLError))
+
+    return eventually(
+        answers,
+        timeout=timeout,
+        interval=0.1,
+        retry_on=(AssertionError, OSError, urllib.error.URLError),
+    )
 
 
 def pika_connections() -> Dict[int, List[Dict[str, Any]]]:
     """``{pid: [{'connection_name', 'name' (peer addresses), 'channels'}, ...]}`` from
     ``rabbitmqctl list_connections``, for every pika_rpc connection of the broker."""
-    out = rabbitmqctl('list_connections', 'name', 'channels', 'client_properties',
-                      '--formatter', 'json')
+    out = rabbitmqctl(
+        'list_connections', 'name', 'channels', 'client_properties', '--formatter', 'json'
+    )
     found: Dict[int, List[Dict[str, Any]]] = {}
     for row in json.loads(out) if out.strip() else []:
         props = {item[0]: item[-1] for item in row.get('client_properties') or ()}
         match = _CONNECTION_NAME.match(str(props.get('connection_name', '')))
         if match:
             found.setdefault(int(match.group(1)), []).append(
-                {'connection_name': props['connection_name'], 'name': row['name'],
-                 'channels': row['channels']})
+                {
+                    'connection_name': props['connection_name'],
+                    'name': row['name'],
+                    'channels': row['channels'],
+                }
+            )
     return found
 
 
@@ -173,7 +202,7 @@ def children_of(pid: int) -> List[int]:
         except OSError:
             continue
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        fields = stat[stat.rfind(')') + 2:].split()
+        fields = stat[stat.rfind(')') + 2 :].split()
         if len(fields) > 1 and int(fields[1]) == pid:
             kids.append(int(entry))
     return sorted(kids)

@@ -7,6 +7,7 @@
 * ``gate``: Events for tasks that must block until the test lets them go (``release``),
   set at teardown *before* the workers stop, so no test leaves a pool thread stuck.
 """
+
 from __future__ import annotations
 
 import threading
@@ -16,7 +17,6 @@ import pika
 import pytest
 
 from pika_rpc import App, Worker
-
 from tests.helpers import pika_parameters
 
 

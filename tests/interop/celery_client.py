@@ -13,6 +13,7 @@ Values (results, state metadata) are printed in kombu's JSON, envelopes included
 their type names; exceptions as class name, class module, ``args`` and ``str``. The process
 deletes its own reply queue before it exits.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -52,7 +53,7 @@ def _value(value):
     """A value as kombu's JSON text, envelopes included, plus its type names."""
     try:
         text = kombu_dumps(value)
-    except Exception as exc:   # noqa: BLE001 - reported, not raised
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
         text = json.dumps(repr(value)) if not isinstance(value, BaseException) else 'null'
         return {'json': text, 'types': _types(value), 'encode_error': repr(exc)}
     return {'json': text, 'types': _types(value)}
@@ -60,9 +61,13 @@ def _value(value):
 
 def _error(exc):
     cls = type(exc)
-    return {'class': cls.__name__, 'module': cls.__module__,
-            'args': [repr(a) for a in exc.args], 'str': str(exc),
-            'celery_task_revoked_error': isinstance(exc, TaskRevokedError)}
+    return {
+        'class': cls.__name__,
+        'module': cls.__module__,
+        'args': [repr(a) for a in exc.args],
+        'str': str(exc),
+        'celery_task_revoked_error': isinstance(exc, TaskRevokedError),
+    }
 
 
 def _meta(meta):
@@ -79,20 +84,21 @@ def _send(spec):
     args = spec.get('args') or []
     if spec.get('typed_args'):
         args = [typed_values()]
-    return app.send_task(spec['task'], args, spec.get('kwargs') or {},
-                         **(spec.get('options') or {}))
+    return app.send_task(
+        spec['task'], args, spec.get('kwargs') or {}, **(spec.get('options') or {})
+    )
 
 
 def scenario_call(spec):
     result = _send(spec)
     out = {'task_id': result.id, 'reply_to': app.backend.oid}
     if spec.get('revoke'):
-        result.revoke()     # while the task waits for its countdown at the worker
+        result.revoke()  # while the task waits for its countdown at the worker
     messages = []
     try:
         value = result.get(timeout=spec.get('timeout', 20), on_message=messages.append)
         out.update(ok=True, value=_value(value))
-    except Exception as exc:   # noqa: BLE001 - what the test checks
+    except Exception as exc:  # noqa: BLE001 - what the test checks
         out.update(ok=False, error=_error(exc))
     out['messages'] = [_meta(m) for m in messages]
     out['state'] = result.state
@@ -128,15 +134,19 @@ def scenario_send(spec):
     return {'task_id': _send(spec).id}
 
 
-SCENARIOS = {'call': scenario_call, 'poll': scenario_poll, 'many': scenario_many,
-             'send': scenario_send}
+SCENARIOS = {
+    'call': scenario_call,
+    'poll': scenario_poll,
+    'many': scenario_many,
+    'send': scenario_send,
+}
 
 
 def _delete_reply_queue():
     try:
         with app.connection_for_write() as conn:
             conn.default_channel.queue_delete(app.backend.oid)
-    except Exception:   # noqa: BLE001 - cleanup only; the queue expires anyway
+    except Exception:  # noqa: BLE001 - cleanup only; the queue expires anyway
         pass
 
 
@@ -144,7 +154,7 @@ def main(argv):
     spec = json.loads(argv[1])
     try:
         out = SCENARIOS[spec['scenario']](spec)
-    except Exception:   # noqa: BLE001 - reported to the test as data
+    except Exception:  # noqa: BLE001 - reported to the test as data
         out = {'crashed': traceback.format_exc()}
     out['celery_version'] = __import__('celery').__version__
     _delete_reply_queue()

@@ -9,6 +9,7 @@ The settings are the ones a Celery user of the ``rpc://`` backend would have: JS
 tasks and results, ``task_track_started`` on; ``result_extended`` on so result bodies carry
 the extra keys a pika_rpc reader must ignore or keep.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -21,9 +22,11 @@ from celery import Celery
 
 QUEUE = os.environ.get('PIKA_RPC_INTEROP_QUEUE', 'pika-rpc-interop')
 
-app = Celery('tests.interop.celery_tasks',
-             broker=os.environ.get('AMQP_URL') or 'amqp://guest:guest@127.0.0.1:5672//',
-             backend='rpc://')
+app = Celery(
+    'tests.interop.celery_tasks',
+    broker=os.environ.get('AMQP_URL') or 'amqp://guest:guest@127.0.0.1:5672//',
+    backend='rpc://',
+)
 app.conf.update(
     task_default_queue=QUEUE,
     task_serializer='json',
@@ -31,8 +34,8 @@ app.conf.update(
     accept_content=['json'],
     result_accept_content=['json'],
     task_track_started=True,
-    result_extended=True,       # 5.7 adds name/args/kwargs/worker/... keys: readers must cope
-    result_expires=120,         # also x-expires of Celery's reply queues: leftovers go soon
+    result_extended=True,  # 5.7 adds name/args/kwargs/worker/... keys: readers must cope
+    result_expires=120,  # also x-expires of Celery's reply queues: leftovers go soon
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=True,
     worker_prefetch_multiplier=4,
@@ -112,9 +115,17 @@ def sleep_then(seconds, value=None):
 def whoami(self):
     """The request as the worker saw it (what a pika_rpc client sent)."""
     request = self.request
-    return {'id': request.id, 'reply_to': request.reply_to,
-            'correlation_id': request.correlation_id,
-            'retries': request.retries, 'root_id': request.root_id, 'parent_id': request.parent_id,
-            'origin': request.origin, 'ignore_result': request.ignore_result,
-            'delivery_info': {'exchange': request.delivery_info.get('exchange'),
-                              'routing_key': request.delivery_info.get('routing_key')}}
+    return {
+        'id': request.id,
+        'reply_to': request.reply_to,
+        'correlation_id': request.correlation_id,
+        'retries': request.retries,
+        'root_id': request.root_id,
+        'parent_id': request.parent_id,
+        'origin': request.origin,
+        'ignore_result': request.ignore_result,
+        'delivery_info': {
+            'exchange': request.delivery_info.get('exchange'),
+            'routing_key': request.delivery_info.get('routing_key'),
+        },
+    }

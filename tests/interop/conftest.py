@@ -11,6 +11,7 @@
 
 The test process never imports Celery: Celery runs only in subprocesses.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,8 +23,8 @@ import pytest
 
 from pika_rpc import App
 from tests.helpers import pika_parameters
-from tests.interop.harness import CeleryWorker, WorkerFailed
 from tests.interop import pika_tasks
+from tests.interop.harness import CeleryWorker, WorkerFailed
 
 POOLS = ('solo', 'threads')
 
@@ -49,8 +50,9 @@ def interop_prefix() -> str:
 
 
 @pytest.fixture(scope='session')
-def celery_workers(amqp_url: str, interop_prefix: str, tmp_path_factory: pytest.TempPathFactory
-                   ) -> Iterator[Callable[[str], CeleryWorker]]:
+def celery_workers(
+    amqp_url: str, interop_prefix: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[str], CeleryWorker]]:
     need_celery()
     workers: Dict[str, CeleryWorker] = {}
     failures: Dict[str, str] = {}
@@ -61,8 +63,9 @@ def celery_workers(amqp_url: str, interop_prefix: str, tmp_path_factory: pytest.
             pytest.fail(failures[pool], pytrace=False)
         worker = workers.get(pool)
         if worker is None:
-            worker = CeleryWorker(pool, f'{interop_prefix}-{pool}', amqp_url,
-                                  str(log_dir / f'{pool}.log'))
+            worker = CeleryWorker(
+                pool, f'{interop_prefix}-{pool}', amqp_url, str(log_dir / f'{pool}.log')
+            )
             workers[pool] = worker
             try:
                 worker.start()
@@ -70,8 +73,9 @@ def celery_workers(amqp_url: str, interop_prefix: str, tmp_path_factory: pytest.
                 failures[pool] = str(exc)
                 pytest.fail(failures[pool], pytrace=False)
         elif worker.proc.poll() is not None:
-            failures[pool] = (f'celery worker ({pool}) died with {worker.proc.returncode}; '
-                              f'log:\n{worker.log()}')
+            failures[pool] = (
+                f'celery worker ({pool}) died with {worker.proc.returncode}; log:\n{worker.log()}'
+            )
             pytest.fail(failures[pool], pytrace=False)
         return worker
 
@@ -83,8 +87,9 @@ def celery_workers(amqp_url: str, interop_prefix: str, tmp_path_factory: pytest.
 
 
 @pytest.fixture(params=POOLS)
-def celery_worker(request: pytest.FixtureRequest,
-                  celery_workers: Callable[[str], CeleryWorker]) -> Iterator[CeleryWorker]:
+def celery_worker(
+    request: pytest.FixtureRequest, celery_workers: Callable[[str], CeleryWorker]
+) -> Iterator[CeleryWorker]:
     """The shared worker of one pool; after the test, its log must hold no 406."""
     worker = celery_workers(request.param)
     yield worker
@@ -103,8 +108,10 @@ def pika_worker(amqp_url: str, interop_prefix: str) -> Iterator[PikaWorker]:
     try:
         from pika_rpc.worker import Worker
     except ImportError as exc:
-        pytest.skip(f'pika_rpc.worker is not importable yet ({exc}); these tests run a real '
-                    'Celery client against our Worker once it exists')
+        pytest.skip(
+            f'pika_rpc.worker is not importable yet ({exc}); these tests run a real '
+            'Celery client against our Worker once it exists'
+        )
     queue = f'{interop_prefix}-ours-{uuid.uuid4().hex[:6]}'
     app = App(amqp_url, task_default_queue=queue, task_track_started=True, result_expires=600)
     pika_tasks.register(app)

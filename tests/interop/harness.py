@@ -8,6 +8,7 @@ after a timeout. A worker that exits or stays silent fails with its log.
 :func:`run_celery_client` runs :mod:`tests.interop.celery_client` with a JSON spec and returns
 the JSON object it prints; a crash or a timeout fails the test with its output.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,7 @@ PRECONDITION = re.compile(r'PRECONDITION_FAILED|PreconditionFailed|inequivalent 
 
 def child_env(amqp_url: str, queue: str) -> Dict[str, str]:
     """Environment for a Celery process: broker, queue, and this checkout on the path."""
-    env = dict(os.environ, AMQP_URL=amqp_url, PIKA_RPC_INTEROP_QUEUE=queue,
-               PYTHONUNBUFFERED='1')
+    env = dict(os.environ, AMQP_URL=amqp_url, PIKA_RPC_INTEROP_QUEUE=queue, PYTHONUNBUFFERED='1')
     path = env.get('PYTHONPATH')
     env['PYTHONPATH'] = ROOT + (os.pathsep + path if path else '')
     return env
@@ -43,8 +43,9 @@ class WorkerFailed(Exception):
 class CeleryWorker:
     """One ``celery worker`` subprocess consuming ``queue`` with the given pool."""
 
-    def __init__(self, pool: str, queue: str, amqp_url: str, log_path: str,
-                 concurrency: int = 4) -> None:
+    def __init__(
+        self, pool: str, queue: str, amqp_url: str, log_path: str, concurrency: int = 4
+    ) -> None:
         self.pool, self.queue, self.log_path = pool, queue, log_path
         self.node = f'{queue}@%h'
         self._env = child_env(amqp_url, queue)
@@ -52,17 +53,38 @@ class CeleryWorker:
         self.proc: Optional[subprocess.Popen] = None
 
     def command(self) -> List[str]:
-        cmd = [sys.executable, '-m', 'celery', '-A', 'tests.interop.celery_tasks', 'worker',
-               f'--pool={self.pool}', '-Q', self.queue, '-n', self.node, '-l', 'info',
-               '--without-gossip', '--without-mingle', '--without-heartbeat']
+        cmd = [
+            sys.executable,
+            '-m',
+            'celery',
+            '-A',
+            'tests.interop.celery_tasks',
+            'worker',
+            f'--pool={self.pool}',
+            '-Q',
+            self.queue,
+            '-n',
+            self.node,
+            '-l',
+            'info',
+            '--without-gossip',
+            '--without-mingle',
+            '--without-heartbeat',
+        ]
         if self.pool != 'solo':
             cmd += ['-c', str(self._concurrency)]
         return cmd
 
     def start(self, timeout: float = 60.0) -> 'CeleryWorker':
         with open(self.log_path, 'wb') as log:
-            self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self._env, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                self.command(),
+                cwd=ROOT,
+                env=self._env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         try:
             self.wait_for_log(r'\bready\.', timeout)
         except WorkerFailed:
@@ -87,12 +109,16 @@ class CeleryWorker:
                 return found
             if self.proc is None or self.proc.poll() is not None:
                 code = None if self.proc is None else self.proc.returncode
-                raise WorkerFailed(f'celery worker ({self.pool}) exited with {code} before its log '
-                                   f'matched {pattern!r}; log:\n{self.log()}')
+                raise WorkerFailed(
+                    f'celery worker ({self.pool}) exited with {code} before its log '
+                    f'matched {pattern!r}; log:\n{self.log()}'
+                )
             if time.monotonic() >= deadline:
-                raise WorkerFailed(f'celery worker ({self.pool}) log did not match {pattern!r} '
-                                   f'within {timeout} s; log:\n{self.log()}')
-            try:   # a bounded wait that also notices the process exiting
+                raise WorkerFailed(
+                    f'celery worker ({self.pool}) log did not match {pattern!r} '
+                    f'within {timeout} s; log:\n{self.log()}'
+                )
+            try:  # a bounded wait that also notices the process exiting
                 self.proc.wait(timeout=0.05)
             except subprocess.TimeoutExpired:
                 pass
@@ -113,8 +139,13 @@ class CeleryWorker:
         return [line for line in self.log().splitlines() if PRECONDITION.search(line)]
 
 
-def run_celery_client(amqp_url: str, queue: str, spec: Dict[str, Any],
-                      timeout: float = 60.0, allow_crash: bool = False) -> Dict[str, Any]:
+def run_celery_client(
+    amqp_url: str,
+    queue: str,
+    spec: Dict[str, Any],
+    timeout: float = 60.0,
+    allow_crash: bool = False,
+) -> Dict[str, Any]:
     """Run the Celery client script with ``spec``; return its JSON (plus its ``stderr``).
 
     A scenario that raised fails the test, unless ``allow_crash`` (then ``crashed`` holds
@@ -122,18 +153,32 @@ def run_celery_client(amqp_url: str, queue: str, spec: Dict[str, Any],
     """
     cmd = [sys.executable, '-m', 'tests.interop.celery_client', json.dumps(spec)]
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=child_env(amqp_url, queue), capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            cmd,
+            cwd=ROOT,
+            env=child_env(amqp_url, queue),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f'Celery client still running after {timeout} s; spec {spec}; output:\n'
-                    f'{exc.stdout}\n{exc.stderr}', pytrace=False)
+        pytest.fail(
+            f'Celery client still running after {timeout} s; spec {spec}; output:\n'
+            f'{exc.stdout}\n{exc.stderr}',
+            pytrace=False,
+        )
     lines = [line for line in proc.stdout.splitlines() if line.startswith('{')]
     if proc.returncode or not lines:
-        pytest.fail(f'Celery client failed ({proc.returncode}); spec {spec}; output:\n'
-                    f'{proc.stdout}\n{proc.stderr}', pytrace=False)
+        pytest.fail(
+            f'Celery client failed ({proc.returncode}); spec {spec}; output:\n'
+            f'{proc.stdout}\n{proc.stderr}',
+            pytrace=False,
+        )
     out = json.loads(lines[-1])
     if 'crashed' in out and not allow_crash:
-        pytest.fail(f'Celery client crashed; spec {spec}:\n{out["crashed"]}\n{proc.stderr}',
-                    pytrace=False)
+        pytest.fail(
+            f'Celery client crashed; spec {spec}:\n{out["crashed"]}\n{proc.stderr}', pytrace=False
+        )
     out['stderr'] = proc.stderr
     return out

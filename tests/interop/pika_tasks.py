@@ -3,6 +3,7 @@
 :func:`register` adds them to a given :class:`pika_rpc.App`; the tests then send them from a
 real Celery client (:mod:`tests.interop.celery_client`) by name.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -18,7 +19,7 @@ class PaymentDeclined(Exception):
 
 def register(app: Any) -> Dict[str, Any]:
     """Register the ``interop.*`` tasks on ``app``; return them by short name."""
-    pause = threading.Event()   # never set: a bounded wait inside a task
+    pause = threading.Event()  # never set: a bounded wait inside a task
 
     @app.task(name='interop.add')
     def add(x, y):
@@ -37,8 +38,9 @@ def register(app: Any) -> Dict[str, Any]:
     @app.task(name='interop.typed_values')
     def typed_values():
         return {
-            'datetime': datetime.datetime(2026, 1, 2, 3, 4, 5, 678901,
-                                          tzinfo=datetime.timezone.utc),
+            'datetime': datetime.datetime(
+                2026, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.timezone.utc
+            ),
             'naive': datetime.datetime(2026, 1, 2, 3, 4, 5),
             'decimal': decimal.Decimal('1.10'),
             'uuid': uuid.UUID(int=1),
@@ -74,5 +76,7 @@ def register(app: Any) -> Dict[str, Any]:
         pause.wait(seconds)
         return value
 
-    return {t.name.split('.', 1)[1]: t for t in (add, echo, describe, typed_values, boom, decline,
-                                                 progress, flaky, sleep_then)}
+    return {
+        t.name.split('.', 1)[1]: t
+        for t in (add, echo, describe, typed_values, boom, decline, progress, flaky, sleep_then)
+    }

@@ -5,6 +5,7 @@ subprocess that sends an ``interop.*`` task to our Worker and prints what Celery
 states our Worker stored: values, exceptions (Celery's own classes), ``on_message`` states and
 ``backend.get_task_meta`` polls. Skipped while ``pika_rpc.worker`` does not exist.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -14,7 +15,6 @@ import uuid
 import pytest
 
 from pika_rpc import serialization
-
 from tests.interop.harness import run_celery_client
 
 pytestmark = [pytest.mark.interop]
@@ -39,8 +39,9 @@ def test_celery_get_returns_our_workers_value(amqp_url, pika_worker):
 
 
 def test_celery_get_task_meta_polls_our_stored_result(amqp_url, pika_worker):
-    out = run_celery_client(amqp_url, pika_worker.queue,
-                            {'scenario': 'poll', 'task': 'interop.add', 'args': [20, 22]})
+    out = run_celery_client(
+        amqp_url, pika_worker.queue, {'scenario': 'poll', 'task': 'interop.add', 'args': [20, 22]}
+    )
     assert 'ContentDisallowed' not in out['stderr'], out['stderr']
     assert out['statuses'][-1] == 'SUCCESS'
     assert out['meta']['status'] == 'SUCCESS' and out['meta']['result']['json'] == '42'
@@ -50,8 +51,15 @@ def test_celery_get_task_meta_polls_our_stored_result(amqp_url, pika_worker):
 def test_celery_decodes_the_envelopes_our_worker_writes(amqp_url, pika_worker):
     out = call(amqp_url, pika_worker, 'interop.typed_values')
     assert out['value']['types'] == {
-        'datetime': 'datetime', 'naive': 'datetime', 'decimal': 'Decimal', 'uuid': 'UUID',
-        'bytes': 'bytes', 'binary': 'bytes', 'tuple': 'list', 'text': 'str'}
+        'datetime': 'datetime',
+        'naive': 'datetime',
+        'decimal': 'Decimal',
+        'uuid': 'UUID',
+        'bytes': 'bytes',
+        'binary': 'bytes',
+        'tuple': 'list',
+        'text': 'str',
+    }
     assert value_of(out) == {
         'datetime': datetime.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.timezone.utc),
         'naive': datetime.datetime(2026, 1, 2, 3, 4, 5),
@@ -66,8 +74,15 @@ def test_celery_decodes_the_envelopes_our_worker_writes(amqp_url, pika_worker):
 
 def test_our_worker_decodes_the_envelopes_celery_writes(amqp_url, pika_worker):
     out = call(amqp_url, pika_worker, 'interop.describe', typed_args=True)
-    assert value_of(out) == {'datetime': 'datetime', 'date': 'date', 'time': 'time',
-                             'decimal': 'Decimal', 'uuid': 'UUID', 'bytes': 'bytes', 'text': 'str'}
+    assert value_of(out) == {
+        'datetime': 'datetime',
+        'date': 'date',
+        'time': 'time',
+        'decimal': 'Decimal',
+        'uuid': 'UUID',
+        'bytes': 'bytes',
+        'text': 'str',
+    }
 
 
 def test_celery_reraises_our_failure_as_the_builtin_class(amqp_url, pika_worker):
@@ -97,11 +112,14 @@ def test_celery_on_message_sees_our_started_and_progress_states(amqp_url, pika_w
     assert value_of(out) == 3
     statuses = [m['status'] for m in out['messages']]
     assert statuses == ['STARTED', 'PROGRESS', 'PROGRESS', 'PROGRESS', 'SUCCESS']
-    started = serialization.loads(out['messages'][0]['result']['json'].encode(),
-                                  'application/json', 'utf-8')
+    started = serialization.loads(
+        out['messages'][0]['result']['json'].encode(), 'application/json', 'utf-8'
+    )
     assert set(started) >= {'pid', 'hostname'}
-    progress = [serialization.loads(m['result']['json'].encode(), 'application/json', 'utf-8')
-                for m in out['messages'][1:4]]
+    progress = [
+        serialization.loads(m['result']['json'].encode(), 'application/json', 'utf-8')
+        for m in out['messages'][1:4]
+    ]
     assert progress == [{'done': i, 'total': 3} for i in (1, 2, 3)]
 
 
@@ -110,15 +128,15 @@ def test_celery_follows_our_retry_to_success(amqp_url, pika_worker):
     assert value_of(out) == {'retries': 1}
     statuses = [m['status'] for m in out['messages']]
     assert statuses == ['STARTED', 'RETRY', 'STARTED', 'SUCCESS']
-    retry = serialization.loads(out['messages'][1]['result']['json'].encode(),
-                                'application/json', 'utf-8')   # on_message: the raw dict
+    retry = serialization.loads(
+        out['messages'][1]['result']['json'].encode(), 'application/json', 'utf-8'
+    )  # on_message: the raw dict
     assert retry == {'exc_type': 'KeyError', 'exc_message': ['missing'], 'exc_module': 'builtins'}
 
 
 @pytest.mark.slow
 def test_celerys_revoke_is_honoured_by_our_worker(amqp_url, pika_worker):
-    out = call(amqp_url, pika_worker, 'interop.add', (1, 1), options={'countdown': 3},
-               revoke=True)
+    out = call(amqp_url, pika_worker, 'interop.add', (1, 1), options={'countdown': 3}, revoke=True)
     assert not out['ok'] and out['state'] == 'REVOKED'
     assert out['error']['class'] == 'TaskRevokedError'
     assert out['error']['module'] == 'celery.exceptions'
@@ -129,8 +147,7 @@ def test_celerys_revoke_is_honoured_by_our_worker(amqp_url, pika_worker):
 
 @pytest.mark.slow
 def test_celery_sees_our_worker_revoke_an_expired_task(amqp_url, pika_worker):
-    out = call(amqp_url, pika_worker, 'interop.add', (1, 1),
-               options={'countdown': 2, 'expires': 1})
+    out = call(amqp_url, pika_worker, 'interop.add', (1, 1), options={'countdown': 2, 'expires': 1})
     assert not out['ok'] and out['state'] == 'REVOKED'
     assert out['error']['celery_task_revoked_error'] is True
     assert out['error']['args'] == ["'expired'"]

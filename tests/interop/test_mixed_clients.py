@@ -4,6 +4,7 @@ Neither client sees the other's results, and no declaration (task queue, exchang
 queues, the ``celery.pidbox`` exchange) ever fails with 406 PRECONDITION_FAILED: checked in
 the Celery worker's log, the Celery client's output and pika_rpc's log records.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,7 +15,6 @@ import pika
 import pytest
 
 from pika_rpc import App, PreconditionFailed
-
 from tests.helpers import eventually, list_queues, pika_parameters
 from tests.interop.conftest import delete_queues
 from tests.interop.harness import PRECONDITION, run_celery_client
@@ -26,7 +26,9 @@ COUNT = 25
 
 
 def no_precondition_failures(caplog, *texts):
-    lines = [r.getMessage() for r in caplog.records] + [l for t in texts for l in t.splitlines()]
+    lines = [r.getMessage() for r in caplog.records] + [
+        line for t in texts for line in t.splitlines()
+    ]
     assert [line for line in lines if PRECONDITION.search(line)] == []
 
 
@@ -37,10 +39,16 @@ def run_both(amqp_url, queue, task, caplog):
 
     def celery_side():
         try:
-            celery_out.update(run_celery_client(amqp_url, queue, {
-                'scenario': 'many', 'task': task, 'count': COUNT, 'offset': 1000}))
-        except BaseException as exc:   # pytest.fail raises BaseException; reported below
+            celery_out.update(
+                run_celery_client(
+                    amqp_url,
+                    queue,
+                    {'scenario': 'many', 'task': task, 'count': COUNT, 'offset': 1000},
+                )
+            )
+        except BaseException as exc:  # pytest.fail raises BaseException; reported below
             failures.append(exc)
+
     thread = threading.Thread(target=celery_side)
     thread.start()
     app = App(amqp_url, task_default_queue=queue, result_expires=600)
@@ -68,20 +76,25 @@ def test_celery_and_pika_rpc_clients_share_our_worker_queue(amqp_url, pika_worke
 
 
 def test_task_queue_declared_by_either_client_first_is_accepted_by_the_other(
-        amqp_url, unique_name, caplog):
+    amqp_url, unique_name, caplog
+):
     caplog.set_level(logging.WARNING)
     try:
         with App(amqp_url, task_default_queue=unique_name, result_expires=60) as app:
-            app.send_task(T + 'add', (1, 1))               # pika_rpc declares first
-        out = run_celery_client(amqp_url, unique_name,      # then Celery declares the same
-                                {'scenario': 'send', 'task': T + 'add', 'args': [2, 2]})
+            app.send_task(T + 'add', (1, 1))  # pika_rpc declares first
+        out = run_celery_client(
+            amqp_url,
+            unique_name,  # then Celery declares the same
+            {'scenario': 'send', 'task': T + 'add', 'args': [2, 2]},
+        )
         with App(amqp_url, task_default_queue=unique_name, result_expires=60) as app:
-            app.send_task(T + 'add', (3, 3))               # and pika_rpc again, afresh
+            app.send_task(T + 'add', (3, 3))  # and pika_rpc again, afresh
 
         def three_waiting():
             info = list_queues()[unique_name]
             assert info.messages == 3
             return info
+
         info = eventually(three_waiting)
         assert info.durable and not info.auto_delete and not info.exclusive
         assert info.arguments == {}
@@ -91,7 +104,8 @@ def test_task_queue_declared_by_either_client_first_is_accepted_by_the_other(
 
 
 def test_our_revoke_broadcast_reaches_a_celery_worker_next_to_our_worker(
-        amqp_url, celery_workers, pika_worker, caplog):
+    amqp_url, celery_workers, pika_worker, caplog
+):
     caplog.set_level(logging.WARNING)
     worker = celery_workers('solo')
     task_id = str(uuid.uuid4())
@@ -107,9 +121,12 @@ def test_the_406_check_recognises_a_real_clash_in_both_clients(amqp_url, unique_
     with pika.BlockingConnection(pika_parameters(amqp_url)) as conn:
         conn.channel().queue_declare(unique_name, durable=False, auto_delete=True)
     try:
-        out = run_celery_client(amqp_url, unique_name,
-                                {'scenario': 'send', 'task': T + 'add', 'args': [1, 1]},
-                                allow_crash=True)
+        out = run_celery_client(
+            amqp_url,
+            unique_name,
+            {'scenario': 'send', 'task': T + 'add', 'args': [1, 1]},
+            allow_crash=True,
+        )
         assert PRECONDITION.search(out.get('crashed', '')), out
         with App(amqp_url, task_default_queue=unique_name, result_expires=60) as app:
             with pytest.raises(PreconditionFailed) as info:

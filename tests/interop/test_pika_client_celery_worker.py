@@ -3,6 +3,7 @@
 Each test sends with ``App.send_task`` (or ``Task.delay``) to a ``celery worker`` subprocess
 (:mod:`tests.interop.celery_tasks`) and reads the states that worker publishes.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -13,7 +14,6 @@ import uuid
 import pytest
 
 from pika_rpc import App, TaskRevokedError, states
-
 from tests.helpers import eventually
 
 pytestmark = [pytest.mark.interop]
@@ -68,8 +68,15 @@ SENT = {
 
 def test_values_we_wrap_in_envelopes_reach_the_celery_task_typed(client):
     types = client.send_task(T + 'describe', (SENT,)).get(timeout=20)
-    assert types == {'datetime': 'datetime', 'date': 'date', 'time': 'time', 'decimal': 'Decimal',
-                     'uuid': 'UUID', 'utf8': 'bytes', 'binary': 'bytes'}
+    assert types == {
+        'datetime': 'datetime',
+        'date': 'date',
+        'time': 'time',
+        'decimal': 'Decimal',
+        'uuid': 'UUID',
+        'utf8': 'bytes',
+        'binary': 'bytes',
+    }
 
 
 def test_values_round_trip_through_the_celery_worker_unchanged(client):
@@ -111,7 +118,7 @@ def test_retry_is_followed_through_retry_state_to_success(client):
     value = client.send_task(T + 'flaky', (1,)).get(timeout=20, on_message=seen.append)
     assert value == {'retries': 1}
     assert [m['status'] for m in seen] == ['STARTED', 'RETRY', 'STARTED', 'SUCCESS']
-    retry = seen[1]['result']   # on_message gets the raw dict: the exception is not rebuilt
+    retry = seen[1]['result']  # on_message gets the raw dict: the exception is not rebuilt
     assert retry == {'exc_type': 'KeyError', 'exc_message': ['missing'], 'exc_module': 'builtins'}
 
 
@@ -120,12 +127,13 @@ def test_state_and_get_task_meta_show_the_result_without_a_waiter(client, celery
 
     def succeeded():
         return result.state == states.SUCCESS
+
     eventually(succeeded, timeout=20)
     meta = client.backend.get_task_meta(result.id)
     assert meta['status'] == states.SUCCESS and meta['result'] == 3
     assert meta['task_id'] == result.id
-    assert meta.get('date_done', 'absent before Celery 5.7')   # a string when present
-    if 'name' in meta:   # result_extended keys (Celery 5.7) are kept as sent
+    assert meta.get('date_done', 'absent before Celery 5.7')  # a string when present
+    if 'name' in meta:  # result_extended keys (Celery 5.7) are kept as sent
         assert meta['name'] == T + 'add' and meta['args'] == [1, 2]
         assert meta['queue'] == celery_worker.queue
     assert result.get(timeout=0) == 3
@@ -155,8 +163,9 @@ def test_many_threads_each_get_their_own_results(client):
             barrier.wait(10)
             results = [client.send_task(T + 'add', (i, n * 100)) for i in range(5)]
             values[n] = [r.get(timeout=30) for r in results]
-        except Exception as exc:   # collected, asserted below
+        except Exception as exc:  # collected, asserted below
             errors.append(exc)
+
     threads = [threading.Thread(target=run, args=(n,)) for n in range(6)]
     for t in threads:
         t.start()

@@ -3,6 +3,7 @@
 The exceptions are built as pika 1.3/1.4 builds them (class and text), so no broker is needed;
 ``tests/integration/test_newcomer_errors.py`` checks the same through the public API.
 """
+
 from __future__ import annotations
 
 import socket
@@ -10,50 +11,93 @@ import ssl
 
 import pika.exceptions
 import pytest
-from pika.adapters.utils.connection_workflow import (AMQPConnectorSocketConnectError,
-                                                     AMQPConnectorStackTimeout)
+from pika.adapters.utils.connection_workflow import (
+    AMQPConnectorSocketConnectError,
+    AMQPConnectorStackTimeout,
+)
 
 from pika_rpc._advice import connect_advice, describe, precondition_advice
 
-PARAMS = [{'host': 'rabbit.example', 'port': 5672, 'virtual_host': '/', 'userid': 'app',
-           'password': 's3cret-pw'}]
+PARAMS = [
+    {
+        'host': 'rabbit.example',
+        'port': 5672,
+        'virtual_host': '/',
+        'userid': 'app',
+        'password': 's3cret-pw',
+    }
+]
 REFUSED = pika.exceptions.AMQPConnectionError(
-    AMQPConnectorSocketConnectError(ConnectionRefusedError(111, 'Connection refused')))
+    AMQPConnectorSocketConnectError(ConnectionRefusedError(111, 'Connection refused'))
+)
 BAD_LOGIN = pika.exceptions.ProbableAuthenticationError(
     "ConnectionClosedByBroker: (403) 'ACCESS_REFUSED - Login was refused using authentication "
-    "mechanism PLAIN. For details see the broker logfile.'")
+    "mechanism PLAIN. For details see the broker logfile.'"
+)
 NO_VHOST = pika.exceptions.ProbableAccessDeniedError(
-    "ConnectionClosedByBroker: (530) 'NOT_ALLOWED - vhost Shop not found'")
+    "ConnectionClosedByBroker: (530) 'NOT_ALLOWED - vhost Shop not found'"
+)
 NO_PERMISSION = pika.exceptions.ProbableAccessDeniedError(
     "ConnectionClosedByBroker: (530) \"NOT_ALLOWED - access to vhost 'shop' refused for user "
-    "'app'\"")
+    "'app'\""
+)
 
 
 def test_describe_shows_what_an_empty_amqp_connection_error_holds():
     assert str(REFUSED) == ''
-    assert describe(REFUSED) == ("AMQPConnectionError: AMQPConnectorSocketConnectError: "
-                                 "ConnectionRefusedError(111, 'Connection refused')")
+    assert describe(REFUSED) == (
+        'AMQPConnectionError: AMQPConnectorSocketConnectError: '
+        "ConnectionRefusedError(111, 'Connection refused')"
+    )
     assert describe(ValueError('x')) == 'ValueError: x' and describe(KeyError()) == 'KeyError'
 
 
-@pytest.mark.parametrize('exc,needles', [
-    (REFUSED, ['Nothing accepts connections at rabbit.example:5672', 'start RabbitMQ',
-               'broker_url']),
-    (BAD_LOGIN, ['ACCESS_REFUSED', "user 'app'", 'check the user and password in broker_url']),
-    (NO_VHOST, ["vhost 'Shop' does not exist", 'rabbitmqctl add_vhost Shop',
-                "set_permissions -p Shop app", 'or fix the vhost in broker_url']),
-    (NO_PERMISSION, ["User 'app' has no permissions on vhost 'shop'",
-                     "rabbitmqctl set_permissions -p shop app '.*' '.*' '.*'"]),
-    (socket.gaierror(-2, 'Name or service not known'),
-     ['does not resolve (rabbit.example:5672)', 'fix the host']),
-    (pika.exceptions.AMQPConnectionError(AMQPConnectorStackTimeout('Timeout during AMQP '
-                                                                   'handshake')),
-     ['No answer from rabbit.example:5672 within broker_connection_timeout']),
-    (pika.exceptions.IncompatibleProtocolError('StreamLostError'),
-     ['not an AMQP 0-9-1 broker', '15672']),
-    (ssl.SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify '
-                                     'failed'), ['TLS handshake failed', 'broker_use_ssl']),
-])
+@pytest.mark.parametrize(
+    'exc,needles',
+    [
+        (
+            REFUSED,
+            ['Nothing accepts connections at rabbit.example:5672', 'start RabbitMQ', 'broker_url'],
+        ),
+        (BAD_LOGIN, ['ACCESS_REFUSED', "user 'app'", 'check the user and password in broker_url']),
+        (
+            NO_VHOST,
+            [
+                "vhost 'Shop' does not exist",
+                'rabbitmqctl add_vhost Shop',
+                'set_permissions -p Shop app',
+                'or fix the vhost in broker_url',
+            ],
+        ),
+        (
+            NO_PERMISSION,
+            [
+                "User 'app' has no permissions on vhost 'shop'",
+                "rabbitmqctl set_permissions -p shop app '.*' '.*' '.*'",
+            ],
+        ),
+        (
+            socket.gaierror(-2, 'Name or service not known'),
+            ['does not resolve (rabbit.example:5672)', 'fix the host'],
+        ),
+        (
+            pika.exceptions.AMQPConnectionError(
+                AMQPConnectorStackTimeout('Timeout during AMQP handshake')
+            ),
+            ['No answer from rabbit.example:5672 within broker_connection_timeout'],
+        ),
+        (
+            pika.exceptions.IncompatibleProtocolError('StreamLostError'),
+            ['not an AMQP 0-9-1 broker', '15672'],
+        ),
+        (
+            ssl.SSLCertVerificationError(
+                1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed'
+            ),
+            ['TLS handshake failed', 'broker_use_ssl'],
+        ),
+    ],
+)
 def test_each_connect_error_gets_advice_naming_the_problem_and_the_fix(exc, needles):
     advice = connect_advice(exc, PARAMS)
     for needle in needles:
@@ -68,8 +112,9 @@ def test_the_guest_user_is_told_it_works_only_from_localhost():
 
 
 def test_pika_connection_parameters_are_read_too_and_unknown_errors_get_no_advice():
-    params = pika.ConnectionParameters('mq.internal', 5673, 'v1',
-                                       pika.PlainCredentials('bob', 'pw'))
+    params = pika.ConnectionParameters(
+        'mq.internal', 5673, 'v1', pika.PlainCredentials('bob', 'pw')
+    )
     assert "user 'bob'" in connect_advice(BAD_LOGIN, [params])
     assert 'mq.internal:5673' in connect_advice(REFUSED, [params])
     assert connect_advice(RuntimeError('something else'), [params]) == ''
@@ -86,18 +131,30 @@ def test_a_cause_chain_is_looked_at():
         assert 'start RabbitMQ' in connect_advice(exc, PARAMS)
 
 
-@pytest.mark.parametrize('text,needles', [
-    ("PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'tasks' in vhost '/': "
-     "received 'true' but current is 'false'",
-     ["Queue 'tasks' already exists with durable=false", 'asks durable=true',
-      'rabbitmqctl -p / delete_queue tasks']),
-    ("PRECONDITION_FAILED - inequivalent arg 'x-expires' for queue 'r1' in vhost 'v': received "
-     "the value '300000' of type 'signedint' but current is none",
-     ['x-expires=(none)', 'asks x-expires=300000', 'rabbitmqctl -p v delete_queue r1']),
-    ("PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'ex' in vhost '/': received "
-     "'direct' but current is 'fanout'",
-     ["Exchange 'ex' already exists with type=fanout", 'rabbitmqadmin -V / delete exchange']),
-])
+@pytest.mark.parametrize(
+    'text,needles',
+    [
+        (
+            "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'tasks' in vhost '/': "
+            "received 'true' but current is 'false'",
+            [
+                "Queue 'tasks' already exists with durable=false",
+                'asks durable=true',
+                'rabbitmqctl -p / delete_queue tasks',
+            ],
+        ),
+        (
+            "PRECONDITION_FAILED - inequivalent arg 'x-expires' for queue 'r1' in vhost 'v': received "
+            "the value '300000' of type 'signedint' but current is none",
+            ['x-expires=(none)', 'asks x-expires=300000', 'rabbitmqctl -p v delete_queue r1'],
+        ),
+        (
+            "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'ex' in vhost '/': received "
+            "'direct' but current is 'fanout'",
+            ["Exchange 'ex' already exists with type=fanout", 'rabbitmqadmin -V / delete exchange'],
+        ),
+    ],
+)
 def test_a_406_says_which_argument_clashed_and_how_to_fix_it(text, needles):
     advice = precondition_advice(text)
     for needle in needles:

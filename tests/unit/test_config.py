@@ -1,4 +1,5 @@
 """pika_rpc.config: URLs, settings, derived connection options (happy paths)."""
+
 from __future__ import annotations
 
 import ast
@@ -16,8 +17,14 @@ import pytest
 
 from pika_rpc import config
 from pika_rpc.config import (
-    BrokerAddress, Settings, connection_options, connection_retry_policy, mask_url,
-    merge_retry_policy, parse_url, reply_queue_arguments,
+    BrokerAddress,
+    Settings,
+    connection_options,
+    connection_retry_policy,
+    mask_url,
+    merge_retry_policy,
+    parse_url,
+    reply_queue_arguments,
 )
 
 SECRET = 's3cr3t-p4ss'
@@ -25,26 +32,33 @@ SECRET = 's3cr3t-p4ss'
 
 # ----------------------------------------------------------------------- URLs
 
-@pytest.mark.parametrize('url, vhost', [
-    ('amqp://h//', '/'),
-    ('amqp://h/', '/'),
-    ('amqp://h', '/'),
-    ('amqp://h/%2F', '/'),
-    ('amqp://h/foo', 'foo'),
-    ('amqp://h/a%2Fb', 'a/b'),
-    ('amqp://h//foo', '/foo'),
-    ('amqp://h:5673/foo/bar', 'foo/bar'),
-])
+
+@pytest.mark.parametrize(
+    'url, vhost',
+    [
+        ('amqp://h//', '/'),
+        ('amqp://h/', '/'),
+        ('amqp://h', '/'),
+        ('amqp://h/%2F', '/'),
+        ('amqp://h/foo', 'foo'),
+        ('amqp://h/a%2Fb', 'a/b'),
+        ('amqp://h//foo', '/foo'),
+        ('amqp://h:5673/foo/bar', 'foo/bar'),
+    ],
+)
 def test_vhost_is_the_unquoted_path_after_the_first_slash(url, vhost):
     assert parse_url(url)[0].virtual_host == vhost
 
 
-@pytest.mark.parametrize('url, port, explicit', [
-    ('amqp://h//', 5672, False),
-    ('amqps://h//', 5671, False),
-    ('amqp://h:1234//', 1234, True),
-    ('amqps://h:5999//', 5999, True),
-])
+@pytest.mark.parametrize(
+    'url, port, explicit',
+    [
+        ('amqp://h//', 5672, False),
+        ('amqps://h//', 5671, False),
+        ('amqp://h:1234//', 1234, True),
+        ('amqps://h:5999//', 5999, True),
+    ],
+)
 def test_port_defaults_to_the_schemes_port(url, port, explicit):
     addr = parse_url(url)[0]
     assert (addr.port, addr.port_explicit) == (port, explicit)
@@ -85,7 +99,7 @@ def test_failover_list_of_three_urls_parses_each_on_its_own():
     addrs = parse_url('amqp://u1:p1@a:1111/v1; amqp://b//;amqps://u3:p3@c/v3')
     assert [(a.host, a.port, a.virtual_host, a.userid, a.scheme) for a in addrs] == [
         ('a', 1111, 'v1', 'u1', 'amqp'),
-        ('b', 5672, '/', 'guest', 'amqp'),      # nothing inherited from the first entry
+        ('b', 5672, '/', 'guest', 'amqp'),  # nothing inherited from the first entry
         ('c', 5671, 'v3', 'u3', 'amqps'),
     ]
 
@@ -114,8 +128,13 @@ def test_as_uri_writes_the_root_vhost_kombu_style():
 
 def test_password_is_masked_in_repr_str_and_as_uri():
     addr = parse_url(f'amqp://user:{SECRET}@h//')[0]
-    for text in (repr(addr), str(addr), addr.as_uri(), addr.as_uri(include_password=False),
-                 repr([addr])):
+    for text in (
+        repr(addr),
+        str(addr),
+        addr.as_uri(),
+        addr.as_uri(include_password=False),
+        repr([addr]),
+    ):
         assert SECRET not in text
         assert '**' in text
     assert SECRET in addr.as_uri(include_password=True)
@@ -148,18 +167,23 @@ def test_mask_url_leaves_a_url_without_a_password_readable():
 
 def test_config_and_findbroker_mask_urls_with_one_implementation():
     from pika_rpc import _urls, findbroker
+
     assert config.mask_url is findbroker.mask_url is _urls.mask_url
     assert config.parse_url is _urls.parse_url and config.BrokerAddress is _urls.BrokerAddress
 
 
-@pytest.mark.parametrize('url, expected', [
-    ('amqp://u:p@h1:5673/v;amqp://h2//', ('h1', 5673)),
-    ('amqps://h', ('h', 5671)),
-    ('pyamqp://h', ('h', 5672)),
-    ('amqp://[::1]:99//', ('::1', 99)),
-])
+@pytest.mark.parametrize(
+    'url, expected',
+    [
+        ('amqp://u:p@h1:5673/v;amqp://h2//', ('h1', 5673)),
+        ('amqps://h', ('h', 5671)),
+        ('pyamqp://h', ('h', 5672)),
+        ('amqp://[::1]:99//', ('::1', 99)),
+    ],
+)
 def test_host_port_is_the_first_broker_as_the_client_reads_it(url, expected):
     from pika_rpc._urls import host_port
+
     assert host_port(url) == expected
 
 
@@ -177,6 +201,7 @@ def test_broker_address_pickles():
 
 # ------------------------------------------------------------------ Settings
 
+
 def test_defaults_are_celerys_and_the_designs():
     s = Settings()
     assert s.result_expires == 86400
@@ -185,14 +210,29 @@ def test_defaults_are_celerys_and_the_designs():
     assert (s.broker_heartbeat, s.broker_connection_timeout) == (120, 4)
     assert (s.broker_connection_max_retries, s.broker_connection_retry) == (100, True)
     assert s.task_default_queue == 'celery'
-    assert s.task_publish_retry_policy == {'max_retries': 3, 'interval_start': 0,
-                                           'interval_step': 0.2, 'interval_max': 1}
-    assert s.result_backend_retry_policy == {'max_retries': 20, 'interval_start': 0,
-                                             'interval_step': 1, 'interval_max': 1}
+    assert s.task_publish_retry_policy == {
+        'max_retries': 3,
+        'interval_start': 0,
+        'interval_step': 0.2,
+        'interval_max': 1,
+    }
+    assert s.result_backend_retry_policy == {
+        'max_retries': 20,
+        'interval_start': 0,
+        'interval_step': 1,
+        'interval_max': 1,
+    }
     assert (s.result_cache_max, s.publish_timeout, s.blocked_connection_timeout) == (
-        10000, 10.0, 30.0)
-    assert (s.large_body_threshold, s.pending_history_max, s.out_of_band_max,
-            s.handoff_max) == (65536, 100, 1000, 10000)
+        10000,
+        10.0,
+        30.0,
+    )
+    assert (s.large_body_threshold, s.pending_history_max, s.out_of_band_max, s.handoff_max) == (
+        65536,
+        100,
+        1000,
+        10000,
+    )
     assert s.result_max_size is None and s.broker_use_ssl is False
 
 
@@ -243,7 +283,11 @@ def test_update_setitem_and_setattr_write_validated_values():
     s['result_cache_max'] = 5
     s.publish_timeout = 2.5
     assert (s.result_expires, s.task_track_started, s.result_cache_max, s.publish_timeout) == (
-        10.0, True, 5, 2.5)
+        10.0,
+        True,
+        5,
+        2.5,
+    )
 
 
 def test_copy_is_independent_of_the_original():
@@ -263,13 +307,18 @@ def test_settings_is_a_mapping_of_every_setting():
 
 def test_partial_retry_policy_merges_over_the_default():
     s = Settings(task_publish_retry_policy={'max_retries': 7})
-    assert s.task_publish_retry_policy == {'max_retries': 7, 'interval_start': 0,
-                                           'interval_step': 0.2, 'interval_max': 1}
+    assert s.task_publish_retry_policy == {
+        'max_retries': 7,
+        'interval_start': 0,
+        'interval_step': 0.2,
+        'interval_max': 1,
+    }
 
 
 def test_settings_rebuild_from_as_dict():
-    s = Settings(broker_url=f'amqp://u:{SECRET}@h//', result_expires=5,
-                 accept_content=['json', 'msgpack'])
+    s = Settings(
+        broker_url=f'amqp://u:{SECRET}@h//', result_expires=5, accept_content=['json', 'msgpack']
+    )
     assert Settings(**s.as_dict()) == s
 
 
@@ -279,16 +328,20 @@ def test_settings_pickle_round_trip():
 
 
 def test_settings_repr_masks_the_password_and_shows_changes():
-    s = Settings(broker_url=f'amqp://u:{SECRET}@h//', result_expires=5,
-                 broker_use_ssl={'certfile': 'c.pem', 'key_password': SECRET})
+    s = Settings(
+        broker_url=f'amqp://u:{SECRET}@h//',
+        result_expires=5,
+        broker_use_ssl={'certfile': 'c.pem', 'key_password': SECRET},
+    )
     text = repr(s)
     assert SECRET not in text
-    assert 'result_expires=5.0' in text and "amqp://u:**@h:5672//" in text
+    assert 'result_expires=5.0' in text and 'amqp://u:**@h:5672//' in text
 
 
 def test_as_dict_censored_masks_url_and_secret_options():
-    s = Settings(broker_url=f'amqp://u:{SECRET}@h//',
-                 broker_transport_options={'password': SECRET, 'x': 1})
+    s = Settings(
+        broker_url=f'amqp://u:{SECRET}@h//', broker_transport_options={'password': SECRET, 'x': 1}
+    )
     d = s.as_dict(censored=True)
     assert SECRET not in repr(d)
     assert d['broker_transport_options'] == {'password': '**', 'x': 1}
@@ -305,21 +358,27 @@ def test_result_backend_rpc_is_accepted():
 
 # --------------------------------------------------------------- from_object
 
+
 def test_from_object_reads_a_dict():
     s = Settings().from_object({'result_expires': 5, 'unrelated': 1})
     assert s.result_expires == 5
 
 
 def test_from_object_reads_an_object_and_ignores_other_attributes():
-    obj = types.SimpleNamespace(result_expires=7, task_track_started=True, DEBUG=True,
-                                helper=lambda: None)
+    obj = types.SimpleNamespace(
+        result_expires=7, task_track_started=True, DEBUG=True, helper=lambda: None
+    )
     s = Settings().from_object(obj)
     assert (s.result_expires, s.task_track_started) == (7, True)
 
 
 def test_from_object_with_celery_namespace_reads_prefixed_upper_case_names():
-    conf = {'CELERY_RESULT_EXPIRES': 9, 'CELERY_BROKER_URL': 'amqp://ns//',
-            'result_expires': 1, 'BROKER_URL': 'amqp://no//'}
+    conf = {
+        'CELERY_RESULT_EXPIRES': 9,
+        'CELERY_BROKER_URL': 'amqp://ns//',
+        'result_expires': 1,
+        'BROKER_URL': 'amqp://no//',
+    }
     s = Settings().from_object(conf, namespace='CELERY')
     assert (s.result_expires, s.broker_url) == (9, 'amqp://ns//')
 
@@ -327,10 +386,12 @@ def test_from_object_with_celery_namespace_reads_prefixed_upper_case_names():
 def test_from_object_namespace_works_on_a_lazy_settings_like_object():
     class Lazy:
         """Like Django's LazySettings: attributes come from __getattr__."""
+
         def __getattr__(self, name):
             if name == 'CELERY_TASK_DEFAULT_QUEUE':
                 return 'jobs'
             raise AttributeError(name)
+
     assert Settings().from_object(Lazy(), namespace='CELERY_').task_default_queue == 'jobs'
 
 
@@ -343,7 +404,8 @@ def conf_module(tmp_path, monkeypatch):
         'broker_url = "amqp://modhost//"\n'
         'class settings:\n'
         '    CELERY_RESULT_EXPIRES = 22\n'
-        '    CELERY_TASK_TRACK_STARTED = True\n')
+        '    CELERY_TASK_TRACK_STARTED = True\n'
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield name
     sys.modules.pop(name, None)
@@ -376,8 +438,13 @@ def test_from_object_warns_about_a_likely_typo(caplog):
 
 
 def test_from_object_stays_quiet_about_other_celery_settings(caplog):
-    conf = {'task_default_queue_type': 'quorum', 'broker_connection_retry_on_startup': True,
-            'broker_heartbeat_checkrate': 2, 'broker_read_url': 'x', 'worker_concurrency': 4}
+    conf = {
+        'task_default_queue_type': 'quorum',
+        'broker_connection_retry_on_startup': True,
+        'broker_heartbeat_checkrate': 2,
+        'broker_read_url': 'x',
+        'worker_concurrency': 4,
+    }
     with caplog.at_level(logging.WARNING, logger='pika_rpc.config'):
         Settings().from_object(conf)
     assert caplog.text == ''
@@ -385,34 +452,58 @@ def test_from_object_stays_quiet_about_other_celery_settings(caplog):
 
 # ------------------------------------------------------------ derived options
 
+
 def test_reply_queue_arguments_default_to_one_day():
     assert reply_queue_arguments(Settings()) == {'x-expires': 86400000}
 
 
-@pytest.mark.parametrize('expires, ms', [
-    (60, 60000), (1.5, 1500), (datetime.timedelta(minutes=2), 120000),
-    (None, 86400000), (0, 86400000), (0.0001, 1),
-])
+@pytest.mark.parametrize(
+    'expires, ms',
+    [
+        (60, 60000),
+        (1.5, 1500),
+        (datetime.timedelta(minutes=2), 120000),
+        (None, 86400000),
+        (0, 86400000),
+        (0.0001, 1),
+    ],
+)
 def test_reply_queue_arguments_follow_result_expires(expires, ms):
     assert reply_queue_arguments(Settings(result_expires=expires)) == {'x-expires': ms}
 
 
 def test_connection_options_take_everything_from_url_and_settings():
-    s = Settings(broker_url=f'amqp://u:{SECRET}@h:1234/v', broker_heartbeat=60,
-                 broker_connection_timeout=3, blocked_connection_timeout=9)
+    s = Settings(
+        broker_url=f'amqp://u:{SECRET}@h:1234/v',
+        broker_heartbeat=60,
+        broker_connection_timeout=3,
+        blocked_connection_timeout=9,
+    )
     (opts,) = connection_options(s)
-    assert opts == {'host': 'h', 'port': 1234, 'virtual_host': 'v', 'userid': 'u',
-                    'password': SECRET, 'heartbeat': 60, 'connection_timeout': 3,
-                    'blocked_connection_timeout': 9, 'ssl': None,
-                    'uri': 'amqp://u:**@h:1234/v'}
+    assert opts == {
+        'host': 'h',
+        'port': 1234,
+        'virtual_host': 'v',
+        'userid': 'u',
+        'password': SECRET,
+        'heartbeat': 60,
+        'connection_timeout': 3,
+        'blocked_connection_timeout': 9,
+        'ssl': None,
+        'uri': 'amqp://u:**@h:1234/v',
+    }
 
 
 def test_connection_options_url_query_overrides_heartbeat_and_timeouts():
-    s = Settings(broker_url='amqp://h//?heartbeat=15&connect_timeout=2&'
-                            'blocked_connection_timeout=5')
+    s = Settings(
+        broker_url='amqp://h//?heartbeat=15&connect_timeout=2&blocked_connection_timeout=5'
+    )
     (opts,) = connection_options(s)
-    assert (opts['heartbeat'], opts['connection_timeout'],
-            opts['blocked_connection_timeout']) == (15, 2.0, 5.0)
+    assert (opts['heartbeat'], opts['connection_timeout'], opts['blocked_connection_timeout']) == (
+        15,
+        2.0,
+        5.0,
+    )
 
 
 def test_connection_options_accepts_connection_timeout_in_the_query():
@@ -429,7 +520,10 @@ def test_connection_options_one_dict_per_failover_broker():
     s = Settings(broker_url='amqp://a//;amqp://b//?heartbeat=5;amqps://c//')
     opts = connection_options(s)
     assert [(o['host'], o['port'], o['heartbeat']) for o in opts] == [
-        ('a', 5672, 120), ('b', 5672, 5), ('c', 5671, 120)]
+        ('a', 5672, 120),
+        ('b', 5672, 5),
+        ('c', 5671, 120),
+    ]
 
 
 def test_connection_options_amqps_gets_ssl_with_server_hostname():
@@ -439,12 +533,21 @@ def test_connection_options_amqps_gets_ssl_with_server_hostname():
 
 
 def test_connection_options_broker_use_ssl_dict_on_amqp_url_uses_port_5671():
-    s = Settings(broker_url='amqp://h//', broker_use_ssl={
-        'ca_certs': 'ca.pem', 'cert_reqs': ssl.CERT_REQUIRED, 'server_hostname': 'sni'})
+    s = Settings(
+        broker_url='amqp://h//',
+        broker_use_ssl={
+            'ca_certs': 'ca.pem',
+            'cert_reqs': ssl.CERT_REQUIRED,
+            'server_hostname': 'sni',
+        },
+    )
     (opts,) = connection_options(s)
     assert opts['port'] == 5671
-    assert opts['ssl'] == {'ca_certs': 'ca.pem', 'cert_reqs': ssl.CERT_REQUIRED,
-                           'server_hostname': 'sni'}
+    assert opts['ssl'] == {
+        'ca_certs': 'ca.pem',
+        'cert_reqs': ssl.CERT_REQUIRED,
+        'server_hostname': 'sni',
+    }
 
 
 def test_connection_options_explicit_port_is_kept_with_tls():
@@ -453,57 +556,72 @@ def test_connection_options_explicit_port_is_kept_with_tls():
 
 
 def test_connection_options_ssl_query_options_override_settings():
-    s = Settings(broker_url='amqp://h//?ssl=true&ssl_cert_reqs=required&ssl_certfile=c.pem',
-                 broker_use_ssl={'certfile': 'other.pem'})
+    s = Settings(
+        broker_url='amqp://h//?ssl=true&ssl_cert_reqs=required&ssl_certfile=c.pem',
+        broker_use_ssl={'certfile': 'other.pem'},
+    )
     (opts,) = connection_options(s)
     assert opts['ssl']['certfile'] == 'c.pem'
     assert opts['ssl']['cert_reqs'] == ssl.CERT_REQUIRED
 
 
 def test_connection_options_ssl_false_in_query_turns_settings_tls_off():
-    (opts,) = connection_options(Settings(broker_url='amqp://h//?ssl=false',
-                                          broker_use_ssl=True))
+    (opts,) = connection_options(Settings(broker_url='amqp://h//?ssl=false', broker_use_ssl=True))
     assert opts['ssl'] is None and opts['port'] == 5672
 
 
 def test_connection_retry_policy_follows_celery_settings_and_kombu_intervals():
     assert connection_retry_policy(Settings()) == {
-        'max_retries': 100, 'interval_start': 2, 'interval_step': 2, 'interval_max': 30}
+        'max_retries': 100,
+        'interval_start': 2,
+        'interval_step': 2,
+        'interval_max': 30,
+    }
 
 
-@pytest.mark.parametrize('conf, max_retries', [
-    ({'broker_connection_max_retries': 0}, None),
-    ({'broker_connection_max_retries': None}, None),
-    ({'broker_connection_retry': False}, 0),
-    ({'broker_connection_max_retries': 5}, 5),
-])
+@pytest.mark.parametrize(
+    'conf, max_retries',
+    [
+        ({'broker_connection_max_retries': 0}, None),
+        ({'broker_connection_max_retries': None}, None),
+        ({'broker_connection_retry': False}, 0),
+        ({'broker_connection_max_retries': 5}, 5),
+    ],
+)
 def test_connection_retry_policy_max_retries(conf, max_retries):
     assert connection_retry_policy(Settings(**conf))['max_retries'] == max_retries
 
 
 def test_connection_retry_policy_takes_transport_option_intervals():
-    s = Settings(broker_transport_options={'interval_start': 0, 'interval_max': 3,
-                                           'visibility_timeout': 1})
+    s = Settings(
+        broker_transport_options={'interval_start': 0, 'interval_max': 3, 'visibility_timeout': 1}
+    )
     policy = connection_retry_policy(s)
-    assert (policy['interval_start'], policy['interval_step'], policy['interval_max']) == (
-        0, 2, 3)
+    assert (policy['interval_start'], policy['interval_step'], policy['interval_max']) == (0, 2, 3)
 
 
 def test_merge_retry_policy_fills_kombu_ensure_defaults():
     assert merge_retry_policy(None, {'max_retries': 2}) == {
-        'max_retries': 2, 'interval_start': 1, 'interval_step': 1, 'interval_max': 1}
+        'max_retries': 2,
+        'interval_start': 1,
+        'interval_step': 1,
+        'interval_max': 1,
+    }
 
 
 def test_merge_retry_policy_override_wins_and_keeps_errback():
     def errback(exc, interval):
         pass
-    merged = merge_retry_policy({'max_retries': 3, 'interval_max': 5},
-                                {'interval_max': 2, 'errback': errback})
+
+    merged = merge_retry_policy(
+        {'max_retries': 3, 'interval_max': 5}, {'interval_max': 2, 'errback': errback}
+    )
     assert merged['max_retries'] == 3 and merged['interval_max'] == 2
     assert merged['errback'] is errback
 
 
 # ------------------------------------------------------------------- layering
+
 
 def _imports(module):
     tree = ast.parse(Path(module.__file__).read_text())

@@ -1,4 +1,5 @@
 """pika_rpc.config: error paths. No message may ever contain a password."""
+
 from __future__ import annotations
 
 import math
@@ -8,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pika_rpc.config import (
-    Settings, connection_options, mask_url, merge_retry_policy, parse_url,
-)
+from pika_rpc.config import Settings, connection_options, mask_url, merge_retry_policy, parse_url
 
 SECRET = 's3cr3t-p4ss'
 
@@ -23,15 +22,18 @@ def _raises(exc_type, fn, *args, **kwargs):
     return str(info.value)
 
 
-@pytest.mark.parametrize('url', [
-    f'redis://u:{SECRET}@h/0',
-    f'rpc://u:{SECRET}@h//',
-    f'u:{SECRET}@h',
-    f'amqp://u:{SECRET}@h:notaport//',
-    f'amqp://u:{SECRET}/x@h//',          # an unquoted '/' in the password
-    f'amqp://u:{SECRET}#1@h//',          # an unquoted '#' in the password
-    f'x:{SECRET}@h://',
-])
+@pytest.mark.parametrize(
+    'url',
+    [
+        f'redis://u:{SECRET}@h/0',
+        f'rpc://u:{SECRET}@h//',
+        f'u:{SECRET}@h',
+        f'amqp://u:{SECRET}@h:notaport//',
+        f'amqp://u:{SECRET}/x@h//',  # an unquoted '/' in the password
+        f'amqp://u:{SECRET}#1@h//',  # an unquoted '#' in the password
+        f'x:{SECRET}@h://',
+    ],
+)
 def test_bad_urls_raise_value_error_without_the_password(url):
     _raises(ValueError, parse_url, url)
 
@@ -62,8 +64,12 @@ def test_non_str_url_entry_is_a_type_error():
 
 
 def test_mask_url_never_raises_and_never_leaks():
-    for text in (f'amqp://u:{SECRET}@h:bad//', f'amqp://u:{SECRET}/x@h//', f'u:{SECRET}@h',
-                 f'amqp://a//;redis://u:{SECRET}@h'):
+    for text in (
+        f'amqp://u:{SECRET}@h:bad//',
+        f'amqp://u:{SECRET}/x@h//',
+        f'u:{SECRET}@h',
+        f'amqp://a//;redis://u:{SECRET}@h',
+    ):
         assert SECRET not in mask_url(text)
 
 
@@ -72,8 +78,7 @@ def test_settings_with_a_bad_broker_url_fails_at_construction_without_the_passwo
 
 
 def test_settings_refuses_a_non_rpc_result_backend_without_the_password():
-    assert 'rpc://' in _raises(ValueError, Settings,
-                               result_backend=f'redis://u:{SECRET}@h/0')
+    assert 'rpc://' in _raises(ValueError, Settings, result_backend=f'redis://u:{SECRET}@h/0')
 
 
 def test_unknown_setting_is_a_type_error_suggesting_close_matches():
@@ -98,39 +103,45 @@ def test_unknown_item_read_is_a_key_error():
         Settings()['nope']
 
 
-@pytest.mark.parametrize('conf', [
-    {'result_expires': -1},
-    {'result_expires': math.nan},
-    {'result_expires': math.inf},
-    {'result_cache_max': 0},
-    {'result_cache_max': -1},
-    {'pending_history_max': 0},
-    {'handoff_max': 0},
-    {'broker_heartbeat': -5},
-    {'broker_connection_timeout': 0},
-    {'broker_connection_max_retries': -1},
-    {'publish_timeout': -1},
-    {'result_max_size': 0},
-])
+@pytest.mark.parametrize(
+    'conf',
+    [
+        {'result_expires': -1},
+        {'result_expires': math.nan},
+        {'result_expires': math.inf},
+        {'result_cache_max': 0},
+        {'result_cache_max': -1},
+        {'pending_history_max': 0},
+        {'handoff_max': 0},
+        {'broker_heartbeat': -5},
+        {'broker_connection_timeout': 0},
+        {'broker_connection_max_retries': -1},
+        {'publish_timeout': -1},
+        {'result_max_size': 0},
+    ],
+)
 def test_out_of_range_values_raise_value_error(conf):
     message = _raises(ValueError, Settings, **conf)
     assert next(iter(conf)) in message
 
 
-@pytest.mark.parametrize('conf', [
-    {'result_expires': '60'},
-    {'result_expires': True},
-    {'broker_heartbeat': 'x'},
-    {'result_cache_max': 1.5},
-    {'task_track_started': 'yes'},
-    {'accept_content': [1]},
-    {'accept_content': None},
-    {'task_default_queue': ''},
-    {'broker_transport_options': [('a', 1)]},
-    {'broker_use_ssl': 'yes'},
-    {'broker_url': 42},
-    {'task_publish_retry_policy': 3},
-])
+@pytest.mark.parametrize(
+    'conf',
+    [
+        {'result_expires': '60'},
+        {'result_expires': True},
+        {'broker_heartbeat': 'x'},
+        {'result_cache_max': 1.5},
+        {'task_track_started': 'yes'},
+        {'accept_content': [1]},
+        {'accept_content': None},
+        {'task_default_queue': ''},
+        {'broker_transport_options': [('a', 1)]},
+        {'broker_use_ssl': 'yes'},
+        {'broker_url': 42},
+        {'task_publish_retry_policy': 3},
+    ],
+)
 def test_wrongly_typed_values_raise_type_error(conf):
     message = _raises(TypeError, Settings, **conf)
     assert next(iter(conf)) in message
@@ -147,14 +158,17 @@ def test_retry_policy_with_an_unknown_key_is_a_type_error():
     assert "'max_retries'" in _raises(TypeError, merge_retry_policy, None, {'max_retry': 1})
 
 
-@pytest.mark.parametrize('override, exc_type', [
-    ({'interval_start': -1}, ValueError),
-    ({'interval_max': math.inf}, ValueError),
-    ({'max_retries': -1}, ValueError),
-    ({'max_retries': 1.5}, TypeError),
-    ({'interval_step': 'x'}, TypeError),
-    ({'errback': 'not callable'}, TypeError),
-])
+@pytest.mark.parametrize(
+    'override, exc_type',
+    [
+        ({'interval_start': -1}, ValueError),
+        ({'interval_max': math.inf}, ValueError),
+        ({'max_retries': -1}, ValueError),
+        ({'max_retries': 1.5}, TypeError),
+        ({'interval_step': 'x'}, TypeError),
+        ({'errback': 'not callable'}, TypeError),
+    ],
+)
 def test_retry_policy_values_are_validated(override, exc_type):
     _raises(exc_type, merge_retry_policy, None, override)
 
@@ -205,5 +219,4 @@ def test_from_object_does_not_hide_an_import_error_inside_the_module(tmp_path, m
 
 
 def test_from_object_bad_value_is_validated():
-    _raises(ValueError, Settings().from_object, {'CELERY_RESULT_EXPIRES': -1},
-            namespace='CELERY')
+    _raises(ValueError, Settings().from_object, {'CELERY_RESULT_EXPIRES': -1}, namespace='CELERY')

@@ -9,6 +9,7 @@ end of a real ``socket.socketpair()``; the test reads the frames from the other 
 The same behaviour against the real broker: tests/integration/test_publish_returns.py,
 tests/faults/test_publish_races.py, tests/faults/test_publish_path.py.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,14 @@ import pika.frame
 import pika.spec
 import pytest
 
-from pika_rpc._confirms import (DIRECT_MAX_BODY, DIRECT_MAX_IN_FLIGHT, SETTLED_ACK,
-                                SETTLED_NACK, Pipeline, WriteBusy)
+from pika_rpc._confirms import (
+    DIRECT_MAX_BODY,
+    DIRECT_MAX_IN_FLIGHT,
+    SETTLED_ACK,
+    SETTLED_NACK,
+    Pipeline,
+    WriteBusy,
+)
 from pika_rpc._handoff import Publication
 from pika_rpc._pika import DirectSocket
 from pika_rpc.errors import PublishError
@@ -40,7 +47,7 @@ class FakeChannel:
     def __init__(self) -> None:
         self.is_open = True
         self.published: List[Tuple[str, str, bytes, Any, bool]] = []
-        self.refuse: Optional[BaseException] = None     # what basic_publish raises
+        self.refuse: Optional[BaseException] = None  # what basic_publish raises
         self.on_return: Callable[..., None] = _unset
         self.on_close: Callable[..., None] = _unset
         self.on_ack_nack: Callable[..., None] = _unset
@@ -52,12 +59,19 @@ class FakeChannel:
     def add_on_close_callback(self, callback: Callable[..., None]) -> None:
         self.on_close = callback
 
-    def confirm_delivery(self, ack_nack_callback: Callable[..., None],
-                         callback: Optional[Callable[..., None]] = None) -> None:
+    def confirm_delivery(
+        self, ack_nack_callback: Callable[..., None], callback: Optional[Callable[..., None]] = None
+    ) -> None:
         self.on_ack_nack, self.on_select_ok = ack_nack_callback, callback or _unset
 
-    def basic_publish(self, exchange: str, routing_key: str, body: bytes,
-                      properties: Any = None, mandatory: bool = False) -> None:
+    def basic_publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Any = None,
+        mandatory: bool = False,
+    ) -> None:
         if self.refuse is not None:
             raise self.refuse
         self.published.append((exchange, routing_key, body, properties, mandatory))
@@ -95,9 +109,11 @@ class Ledger:
     ``handler(pub, outcome, returned)``, when given, runs after the settlement is recorded
     (it may raise); by default each settled publication is finished as the outbox does."""
 
-    def __init__(self, wire: Optional[FakeWire] = None,
-                 handler: Optional[Callable[[Publication, str, Optional[tuple]], None]] = None
-                 ) -> None:
+    def __init__(
+        self,
+        wire: Optional[FakeWire] = None,
+        handler: Optional[Callable[[Publication, str, Optional[tuple]], None]] = None,
+    ) -> None:
         self.channel = FakeChannel()
         self.settled: List[Tuple[Publication, str, Optional[tuple]]] = []
         self._handler = handler
@@ -116,8 +132,9 @@ class Ledger:
             pub._finish(None if outcome == SETTLED_ACK else PublishError('nacked'))
 
     def publish(self, pub: Publication) -> int:
-        return self.pipeline.publish(pub, pub.exchange, pub.routing_key, pub.body,
-                                     properties_of(pub), pub.mandatory)
+        return self.pipeline.publish(
+            pub, pub.exchange, pub.routing_key, pub.body, properties_of(pub), pub.mandatory
+        )
 
     def ack(self, tag: int, multiple: bool = False) -> None:
         self.channel.on_ack_nack(pika.frame.Method(1, pika.spec.Basic.Ack(tag, multiple)))
@@ -135,10 +152,14 @@ class Ledger:
         return [(pub.correlation_id, outcome, returned) for pub, outcome, returned in self.settled]
 
 
-def publication(correlation_id: str, body: bytes = b'body', routing_key: str = 'rk',
-                exchange: str = 'ex', **properties: Any) -> Publication:
-    return Publication(exchange, routing_key, body,
-                       dict(properties, correlation_id=correlation_id))
+def publication(
+    correlation_id: str,
+    body: bytes = b'body',
+    routing_key: str = 'rk',
+    exchange: str = 'ex',
+    **properties: Any,
+) -> Publication:
+    return Publication(exchange, routing_key, body, dict(properties, correlation_id=correlation_id))
 
 
 def properties_of(pub: Publication) -> pika.spec.BasicProperties:
@@ -153,6 +174,7 @@ def decoded(properties: Dict[str, Any]) -> pika.spec.BasicProperties:
 
 
 # ------------------------------------------------------------------ tags
+
 
 def test_publications_take_consecutive_tags_from_one_in_publish_order():
     ledger = Ledger()
@@ -172,14 +194,14 @@ def test_a_publish_pika_refuses_takes_no_tag_and_stays_off_the_ledger():
     assert not ledger.pipeline.holds(refused) and ledger.pipeline.in_flight == 0
     ledger.channel.refuse = None
     accepted = publication('accepted')
-    assert ledger.publish(accepted) == 1          # the broker numbers it 1 too
+    assert ledger.publish(accepted) == 1  # the broker numbers it 1 too
     ledger.ack(1)
     assert ledger.outcomes() == [('accepted', SETTLED_ACK, None)]
 
 
 def test_holds_is_true_exactly_while_the_ledger_owns_the_publication():
     ledger = Ledger()
-    pub, other = publication('c'), publication('c')     # equal in every field
+    pub, other = publication('c'), publication('c')  # equal in every field
     assert not ledger.pipeline.holds(pub)
     ledger.publish(pub)
     assert ledger.pipeline.holds(pub) and not ledger.pipeline.holds(other)
@@ -188,6 +210,7 @@ def test_holds_is_true_exactly_while_the_ledger_owns_the_publication():
 
 
 # ------------------------------------------------------------------ acks and nacks
+
 
 def test_a_single_ack_settles_its_own_tag_only():
     ledger = Ledger()
@@ -220,8 +243,8 @@ def test_an_ack_of_a_tag_not_on_the_ledger_settles_nothing_and_none_is_settled_t
     for i in range(1, 4):
         ledger.publish(publication(f'c{i}'))
     ledger.ack(2)
-    ledger.ack(2)                               # again
-    ledger.ack(99)                              # never given
+    ledger.ack(2)  # again
+    ledger.ack(99)  # never given
     assert ledger.outcomes() == [('c2', SETTLED_ACK, None)]
     ledger.ack(3, multiple=True)
     assert [c for c, _, _ in ledger.outcomes()] == ['c2', 'c1', 'c3']
@@ -234,27 +257,36 @@ def test_a_nack_settles_its_tag_as_nacked_and_a_multiple_nack_every_tag_up_to_it
     ledger.nack(2)
     ledger.nack(3, multiple=True)
     ledger.ack(4)
-    assert ledger.outcomes() == [('c2', SETTLED_NACK, None), ('c1', SETTLED_NACK, None),
-                                 ('c3', SETTLED_NACK, None), ('c4', SETTLED_ACK, None)]
+    assert ledger.outcomes() == [
+        ('c2', SETTLED_NACK, None),
+        ('c1', SETTLED_NACK, None),
+        ('c3', SETTLED_NACK, None),
+        ('c4', SETTLED_ACK, None),
+    ]
 
 
 def test_on_confirm_settles_as_the_frames_do():
-    ledger = Ledger()                   # the delivery reader calls on_confirm itself
+    ledger = Ledger()  # the delivery reader calls on_confirm itself
     for i in range(1, 4):
         ledger.publish(publication(f'c{i}'))
     ledger.pipeline.on_confirm(2, True, False)
     ledger.pipeline.on_confirm(3, False, True)
-    assert ledger.outcomes() == [('c1', SETTLED_ACK, None), ('c2', SETTLED_ACK, None),
-                                 ('c3', SETTLED_NACK, None)]
+    assert ledger.outcomes() == [
+        ('c1', SETTLED_ACK, None),
+        ('c2', SETTLED_ACK, None),
+        ('c3', SETTLED_NACK, None),
+    ]
 
 
 # ------------------------------------------------------------------ a faulty settle handler
+
 
 def test_a_settle_handler_that_raises_fails_that_publication_only_and_the_rest_settle(caplog):
     def handler(pub: Publication, outcome: str, returned: Optional[tuple]) -> None:
         if pub.correlation_id == 'c2':
             raise RuntimeError('handler bug')
         pub._finish(None)
+
     ledger = Ledger(handler=handler)
     pubs = [publication(f'c{i}', routing_key=f'rk{i}') for i in range(1, 4)]
     for pub in pubs:
@@ -274,6 +306,7 @@ def test_a_publication_settled_before_its_handler_raised_keeps_its_outcome():
     def handler(pub: Publication, outcome: str, returned: Optional[tuple]) -> None:
         pub._finish(None)
         raise RuntimeError('after the fact')
+
     ledger = Ledger(handler=handler)
     pub = publication('c1')
     ledger.publish(pub)
@@ -283,6 +316,7 @@ def test_a_publication_settled_before_its_handler_raised_keeps_its_outcome():
 
 # ------------------------------------------------------------------ returns
 
+
 def test_a_return_flags_the_publication_of_its_exchange_routing_key_and_correlation_id():
     ledger = Ledger()
     ledger.publish(publication('c1', routing_key='a'))
@@ -291,10 +325,15 @@ def test_a_return_flags_the_publication_of_its_exchange_routing_key_and_correlat
     ledger.publish(publication('c1', routing_key='a', exchange='other'))
     ledger.give_back('ex', 'a', b'body', correlation_id='c2')
     ledger.ack(4, multiple=True)
-    assert [(pub.exchange, pub.routing_key, pub.correlation_id, returned)
-            for pub, _, returned in ledger.settled] == [
-        ('ex', 'a', 'c1', None), ('ex', 'a', 'c2', NO_ROUTE), ('ex', 'b', 'c1', None),
-        ('other', 'a', 'c1', None)]
+    assert [
+        (pub.exchange, pub.routing_key, pub.correlation_id, returned)
+        for pub, _, returned in ledger.settled
+    ] == [
+        ('ex', 'a', 'c1', None),
+        ('ex', 'a', 'c2', NO_ROUTE),
+        ('ex', 'b', 'c1', None),
+        ('other', 'a', 'c1', None),
+    ]
     assert ledger.settled[1][0].returned == NO_ROUTE
 
 
@@ -306,7 +345,10 @@ def test_a_return_among_publications_of_the_same_key_is_matched_by_body():
     ledger.give_back('ex', 'rk', b'two', correlation_id='c')
     ledger.ack(3, multiple=True)
     assert [(pub.body, returned) for pub, _, returned in ledger.settled] == [
-        (b'one', None), (b'two', NO_ROUTE), (b'three', None)]
+        (b'one', None),
+        (b'two', NO_ROUTE),
+        (b'three', None),
+    ]
 
 
 def test_a_return_among_identical_bodies_of_the_same_key_is_matched_by_properties():
@@ -331,8 +373,8 @@ def test_identical_publications_are_flagged_oldest_first_one_per_return():
 
 def test_a_text_body_is_matched_as_its_utf8_bytes():
     ledger = Ledger()
-    ledger.publish(publication('c', body='caf\u00e9'))          # type: ignore[arg-type]
-    ledger.publish(publication('c', body='cafe'))               # type: ignore[arg-type]
+    ledger.publish(publication('c', body='caf\u00e9'))  # type: ignore[arg-type]
+    ledger.publish(publication('c', body='cafe'))  # type: ignore[arg-type]
     ledger.give_back('ex', 'rk', 'cafe'.encode(), correlation_id='c')
     ledger.ack(2, multiple=True)
     assert [returned for _, _, returned in ledger.settled] == [None, NO_ROUTE]
@@ -341,7 +383,7 @@ def test_a_text_body_is_matched_as_its_utf8_bytes():
 def test_a_return_that_matches_no_unconfirmed_publication_flags_nothing():
     ledger = Ledger()
     ledger.publish(publication('c1'))
-    ledger.ack(1)                                    # settled: no longer a candidate
+    ledger.ack(1)  # settled: no longer a candidate
     ledger.give_back('ex', 'rk', b'body', correlation_id='c1')
     ledger.give_back('ex', 'rk', b'body', correlation_id='never-sent')
     ledger.give_back('ex', 'elsewhere', b'body', correlation_id='c1')
@@ -360,6 +402,7 @@ def test_a_nacked_return_reports_both():
 
 # ------------------------------------------------------------------ retiring the ledger
 
+
 def test_take_unsettled_hands_over_every_unsettled_publication_oldest_first_and_keeps_none():
     ledger = Ledger()
     pubs = [publication(f'c{i}') for i in range(1, 5)]
@@ -371,10 +414,10 @@ def test_take_unsettled_hands_over_every_unsettled_publication_oldest_first_and_
     assert taken == [pubs[0], pubs[2], pubs[3]]
     assert ledger.pipeline.in_flight == 0
     assert not any(ledger.pipeline.holds(pub) for pub in pubs)
-    ledger.ack(4, multiple=True)                     # late confirms of the lost channel
+    ledger.ack(4, multiple=True)  # late confirms of the lost channel
     ledger.give_back('ex', 'rk', b'body', correlation_id='c4')
     assert ledger.outcomes() == [('c2', SETTLED_ACK, None)]
-    assert not any(pub.done.is_set() for pub in taken)    # the taker's to hand on
+    assert not any(pub.done.is_set() for pub in taken)  # the taker's to hand on
     assert ledger.pipeline.take_unsettled() == []
 
 
@@ -393,11 +436,12 @@ def test_a_closed_channel_is_recorded_and_stops_direct_writes():
 
 # ------------------------------------------------------------------ direct writes
 
+
 @contextlib.contextmanager
 def direct_ledger(**kwargs: Any) -> Iterator[Tuple[Ledger, socket.socket, FakeWire]]:
     """A ledger whose direct writes go to a socketpair; yields it, the peer end and the wire."""
     writer, peer = socket.socketpair()
-    writer.setblocking(False)                         # as pika's socket is
+    writer.setblocking(False)  # as pika's socket is
     with writer, peer:
         wire = FakeWire(writer)
         yield Ledger(wire, **kwargs), peer, wire
@@ -438,7 +482,7 @@ class WireReader:
 
 def test_a_direct_write_puts_the_message_on_the_wire_and_continues_the_io_threads_tags():
     with direct_ledger() as (ledger, peer, _wire):
-        ledger.publish(publication('queued'))         # tag 1, through pika
+        ledger.publish(publication('queued'))  # tag 1, through pika
         pub = publication('direct', body=b'direct body')
         assert ledger.pipeline.publish_direct(pub, properties_of(pub), lambda: False) is True
         assert ledger.pipeline.holds(pub) and ledger.pipeline.direct_writes == 1
@@ -451,8 +495,15 @@ def test_a_direct_write_puts_the_message_on_the_wire_and_continues_the_io_thread
         assert ledger.outcomes() == [('direct', SETTLED_ACK, None)]
 
 
-@pytest.mark.parametrize('why', ['publications wait in the queue', 'pika has bytes to write',
-                                 'the body is too big', 'too many are unconfirmed'])
+@pytest.mark.parametrize(
+    'why',
+    [
+        'publications wait in the queue',
+        'pika has bytes to write',
+        'the body is too big',
+        'too many are unconfirmed',
+    ],
+)
 def test_a_direct_write_is_refused_and_nothing_registered_when(why: str):
     with direct_ledger() as (ledger, peer, wire):
         queued, body = False, b'body'
@@ -476,10 +527,11 @@ def test_the_io_threads_publish_raises_write_busy_while_a_caller_holds_the_write
     with direct_ledger() as (ledger, _peer, wire):
         held, release = threading.Event(), threading.Event()
 
-        def writer() -> None:                          # a caller in the middle of a frame
+        def writer() -> None:  # a caller in the middle of a frame
             with wire.lock:
                 held.set()
                 release.wait(WAIT)
+
         thread = threading.Thread(target=writer, daemon=True)
         thread.start()
         try:
@@ -498,17 +550,21 @@ def test_a_direct_writer_past_its_checks_when_the_ledger_is_retired_registers_an
         in_checks, retired = threading.Event(), threading.Event()
         sent: List[bool] = []
 
-        def queued() -> bool:            # the writer's last check before it registers
+        def queued() -> bool:  # the writer's last check before it registers
             in_checks.set()
             assert retired.wait(WAIT)
             return False
+
         pub = publication('late writer')
         writer = threading.Thread(
-            target=lambda: sent.append(ledger.pipeline.publish_direct(pub, properties_of(pub),
-                                                                     queued)), daemon=True)
+            target=lambda: sent.append(
+                ledger.pipeline.publish_direct(pub, properties_of(pub), queued)
+            ),
+            daemon=True,
+        )
         writer.start()
         assert in_checks.wait(WAIT)
-        taken = ledger.pipeline.take_unsettled()       # the I/O thread, after a loss
+        taken = ledger.pipeline.take_unsettled()  # the I/O thread, after a loss
         retired.set()
         writer.join(WAIT)
         assert not writer.is_alive()
@@ -528,7 +584,7 @@ def test_tags_follow_the_wire_order_when_many_threads_write_directly_while_confi
         reader = WireReader(peer)
         start = threading.Barrier(threads_n + 1, timeout=WAIT)
 
-        def io_thread() -> None:         # reads the wire and acks each message, in order
+        def io_thread() -> None:  # reads the wire and acks each message, in order
             try:
                 acked = 0
                 while acked < total:
@@ -546,15 +602,17 @@ def test_tags_follow_the_wire_order_when_many_threads_write_directly_while_confi
                 for k in range(per_thread):
                     pub = publication(f'{n}-{k}')
                     while not pipeline.publish_direct(pub, properties_of(pub), lambda: False):
-                        with progress:           # too many unconfirmed: wait for an ack
+                        with progress:  # too many unconfirmed: wait for an ack
                             assert progress.wait_for(
-                                lambda: pipeline.in_flight < DIRECT_MAX_IN_FLIGHT, WAIT)
+                                lambda: pipeline.in_flight < DIRECT_MAX_IN_FLIGHT, WAIT
+                            )
             except BaseException as exc:
                 errors.append(exc)
 
         workers = [threading.Thread(target=io_thread, daemon=True)]
-        workers += [threading.Thread(target=caller, args=(n,), daemon=True)
-                    for n in range(threads_n)]
+        workers += [
+            threading.Thread(target=caller, args=(n,), daemon=True) for n in range(threads_n)
+        ]
         for thread in workers:
             thread.start()
         start.wait()
@@ -562,9 +620,9 @@ def test_tags_follow_the_wire_order_when_many_threads_write_directly_while_confi
             thread.join(WAIT)
         assert not any(thread.is_alive() for thread in workers) and errors == []
     wire = reader.correlation_ids
-    assert [pub.correlation_id for pub, _, _ in ledger.settled] == wire   # tag n = n-th sent
+    assert [pub.correlation_id for pub, _, _ in ledger.settled] == wire  # tag n = n-th sent
     assert sorted(wire) == sorted(f'{n}-{k}' for n in range(threads_n) for k in range(per_thread))
-    for n in range(threads_n):                                # each caller's order kept
+    for n in range(threads_n):  # each caller's order kept
         mine = [int(c.split('-')[1]) for c in wire if c.startswith(f'{n}-')]
         assert mine == list(range(per_thread))
     assert pipeline.in_flight == 0 and pipeline.direct_writes == total

@@ -4,6 +4,7 @@ Pure logic, so the connection and its ``BlockingChannel`` are fakes recording wh
 asked; a refusal is what pika does then: the command raises ``ChannelClosedByBroker`` and
 the channel is closed. The same against the real broker: tests/integration/test_link.py.
 """
+
 from __future__ import annotations
 
 import threading
@@ -18,10 +19,14 @@ from pika_rpc._declarations import KINDS, Declarations
 WAIT = 10.0
 
 METHODS = {
-    'declare_queue': 'queue_declare', 'declare_exchange': 'exchange_declare',
-    'bind_queue': 'queue_bind', 'unbind_queue': 'queue_unbind',
-    'bind_exchange': 'exchange_bind', 'unbind_exchange': 'exchange_unbind',
-    'delete_queue': 'queue_delete', 'delete_exchange': 'exchange_delete',
+    'declare_queue': 'queue_declare',
+    'declare_exchange': 'exchange_declare',
+    'bind_queue': 'queue_bind',
+    'unbind_queue': 'queue_unbind',
+    'bind_exchange': 'exchange_bind',
+    'unbind_exchange': 'exchange_unbind',
+    'delete_queue': 'queue_delete',
+    'delete_exchange': 'exchange_delete',
     'purge_queue': 'queue_purge',
 }
 
@@ -48,6 +53,7 @@ class FakeBlockingChannel:
                 self.is_open = False
                 raise pika.exceptions.ChannelClosedByBroker(*self.refuse)
             return self.result
+
         return method
 
 
@@ -73,12 +79,14 @@ def counted(message_count: int) -> Any:
 
 # ------------------------------------------------------------------ commands
 
+
 @pytest.mark.parametrize('kind', sorted(KINDS))
 def test_each_kind_runs_its_blocking_channel_method_with_the_given_arguments(kind: str):
     declarations, connection = opened()
     declarations.run(connection, kind, {'queue': 'q', 'arguments': {'x-max-length': 1}})
-    assert connection.channels[0].calls == [(METHODS[kind], {'queue': 'q',
-                                                             'arguments': {'x-max-length': 1}})]
+    assert connection.channels[0].calls == [
+        (METHODS[kind], {'queue': 'q', 'arguments': {'x-max-length': 1}})
+    ]
     assert set(KINDS) == set(METHODS)
 
 
@@ -89,8 +97,9 @@ def test_a_command_remembers_its_key_on_success_only():
     with pytest.raises(pika.exceptions.ChannelClosedByBroker):
         declarations.command(connection, 'declare_queue', {'queue': 'q'}, ('queue', 'q'))
     assert not declarations.is_declared(('queue', 'q'))
-    declarations.command(connection, 'declare_queue', {'queue': 'q', 'durable': True},
-                         ('queue', 'q'))
+    declarations.command(
+        connection, 'declare_queue', {'queue': 'q', 'durable': True}, ('queue', 'q')
+    )
     assert declarations.is_declared(('queue', 'q'))
 
 
@@ -125,7 +134,7 @@ def test_a_queue_declare_returns_its_message_count_or_none_and_a_purge_its_count
 def test_a_new_connection_forgets_every_declaration_and_gets_its_own_control_channel():
     declarations, first = opened()
     declarations.command(first, 'declare_queue', {'queue': 'q'}, ('queue', 'q'))
-    declarations.drop()                              # the connection is gone
+    declarations.drop()  # the connection is gone
     second = FakeConnection()
     declarations.open(second)
     assert not declarations.is_declared(('queue', 'q'))
@@ -142,6 +151,7 @@ def test_a_dropped_control_channel_is_opened_again_by_the_next_command():
 
 
 # ------------------------------------------------------------------ the cache, any thread
+
 
 def test_forget_forgets_one_key_and_forget_all_every_key():
     declarations, connection = opened()
@@ -161,19 +171,20 @@ def test_the_cache_answers_many_threads_while_the_io_thread_declares():
     start = threading.Barrier(callers + 1, timeout=WAIT)
     errors: List[BaseException] = []
 
-    def io_thread() -> None:                         # declares every caller's keys, in turn
+    def io_thread() -> None:  # declares every caller's keys, in turn
         try:
             start.wait()
             for k in range(per_caller):
                 for n in range(callers):
-                    declarations.command(connection, 'declare_queue', {'queue': f'{n}-{k}'},
-                                         ('queue', f'{n}-{k}'))
+                    declarations.command(
+                        connection, 'declare_queue', {'queue': f'{n}-{k}'}, ('queue', f'{n}-{k}')
+                    )
             for event in declared:
                 event.set()
         except BaseException as exc:
             errors.append(exc)
 
-    def caller(n: int) -> None:                      # forgets its odd keys once declared
+    def caller(n: int) -> None:  # forgets its odd keys once declared
         try:
             start.wait()
             assert declared[n].wait(WAIT)
@@ -182,6 +193,7 @@ def test_the_cache_answers_many_threads_while_the_io_thread_declares():
                 declarations.forget(('queue', f'{n}-{k}'))
         except BaseException as exc:
             errors.append(exc)
+
     threads = [threading.Thread(target=io_thread, daemon=True)]
     threads += [threading.Thread(target=caller, args=(n,), daemon=True) for n in range(callers)]
     for thread in threads:
@@ -189,8 +201,12 @@ def test_the_cache_answers_many_threads_while_the_io_thread_declares():
     for thread in threads:
         thread.join(WAIT)
     assert not any(thread.is_alive() for thread in threads) and errors == []
-    kept = {(n, k) for n in range(callers) for k in range(per_caller)
-            if declarations.is_declared(('queue', f'{n}-{k}'))}
+    kept = {
+        (n, k)
+        for n in range(callers)
+        for k in range(per_caller)
+        if declarations.is_declared(('queue', f'{n}-{k}'))
+    }
     assert kept == {(n, k) for n in range(callers) for k in range(0, per_caller, 2)}
 
 

@@ -5,6 +5,7 @@ The connection is a fake recording what pika would have been handed (frames buil
 pika's own marshalling); the real broker path is covered by every integration test that
 receives a result.
 """
+
 from __future__ import annotations
 
 import random
@@ -15,8 +16,7 @@ import pika.frame
 import pika.spec
 import pytest
 
-from pika_rpc import _deliveries
-from pika_rpc import _pika
+from pika_rpc import _deliveries, _pika
 from pika_rpc._deliveries import DeliveryReader
 
 
@@ -30,13 +30,13 @@ class FakeConnection:
         self.log: List[Tuple[str, Any]] = []
         self._pending = b''
 
-    def _on_data_available(self, data: bytes) -> None:       # pika's frame reader
+    def _on_data_available(self, data: bytes) -> None:  # pika's frame reader
         self._pending += data
         while self._pending:
             consumed, frame = pika.frame.decode_frame(self._pending)
             assert frame is not None, 'pika was handed part of a frame'
             self._pending = self._pending[consumed:]
-            self.bytes_received += consumed                     # as pika counts them
+            self.bytes_received += consumed  # as pika counts them
             self.log.append(('pika', _describe(frame)))
 
 
@@ -52,13 +52,16 @@ def _describe(frame: Any) -> Any:
     return (frame.channel_number, type(frame).__name__)
 
 
-def deliver(channel: int, tag: int, body: bytes, frame_max: int = 131072,
-            **props: Any) -> bytes:
-    out = [pika.frame.Method(channel, pika.spec.Basic.Deliver(
-               f'ctag-{channel}', tag, tag % 2 == 0, 'ex', f'rk-{tag}')).marshal(),
-           pika.frame.Header(channel, len(body), pika.spec.BasicProperties(**props)).marshal()]
+def deliver(channel: int, tag: int, body: bytes, frame_max: int = 131072, **props: Any) -> bytes:
+    out = [
+        pika.frame.Method(
+            channel,
+            pika.spec.Basic.Deliver(f'ctag-{channel}', tag, tag % 2 == 0, 'ex', f'rk-{tag}'),
+        ).marshal(),
+        pika.frame.Header(channel, len(body), pika.spec.BasicProperties(**props)).marshal(),
+    ]
     for start in range(0, len(body), frame_max):
-        out.append(pika.frame.Body(channel, body[start:start + frame_max]).marshal())
+        out.append(pika.frame.Body(channel, body[start : start + frame_max]).marshal())
     return b''.join(out)
 
 
@@ -70,9 +73,9 @@ STREAM = [
     pika.frame.Heartbeat().marshal(),
     deliver(2, 1, b'{"a": 1}', content_type='application/json', correlation_id='c1'),
     method(2, pika.spec.Basic.QosOk()),
-    deliver(3, 7, b'for pika'),                                     # not registered
+    deliver(3, 7, b'for pika'),  # not registered
     deliver(2, 2, b'x' * 1000, frame_max=300, headers={'k': [1, 'two']}),  # 4 body frames
-    deliver(2, 3, b'', content_type='text/plain'),                  # no body frame at all
+    deliver(2, 3, b'', content_type='text/plain'),  # no body frame at all
     method(1, pika.spec.Basic.Ack(5, multiple=True)),
     deliver(2, 4, b'last'),
 ]
@@ -81,7 +84,9 @@ EXPECTED = [
     ('pika', (0, 'Heartbeat')),
     ('deliver', (1, b'{"a": 1}', 'c1')),
     ('pika', (2, 'Basic.QosOk')),
-    ('pika', (3, 'Basic.Deliver')), ('pika', (3, 'Header')), ('pika', (3, 'Body')),
+    ('pika', (3, 'Basic.Deliver')),
+    ('pika', (3, 'Header')),
+    ('pika', (3, 'Body')),
     ('deliver', (2, b'x' * 1000, None)),
     ('deliver', (3, b'', None)),
     ('pika', (1, 'Basic.Ack')),
@@ -99,6 +104,7 @@ def reader_on(conn: FakeConnection, channel: FakeChannel) -> DeliveryReader:
         if method.delivery_tag == 2:
             assert properties.headers == {'k': [1, 'two']}
         conn.log.append(('deliver', (method.delivery_tag, body, properties.correlation_id)))
+
     reader.register(channel, handler)
     return reader
 
@@ -106,7 +112,7 @@ def reader_on(conn: FakeConnection, channel: FakeChannel) -> DeliveryReader:
 def feed(reader: DeliveryReader, data: bytes, sizes: List[int]) -> None:
     pos = 0
     for size in sizes:
-        reader._on_data(data[pos:pos + size])
+        reader._on_data(data[pos : pos + size])
         pos += size
     assert pos >= len(data)
 
@@ -118,7 +124,7 @@ def test_all_at_once_deliveries_are_read_here_and_the_rest_reaches_pika_in_order
     reader._on_data(data)
     assert conn.log == EXPECTED
     assert reader.fast == 4
-    assert conn.bytes_received == len(data)        # the heartbeat checker sees the traffic
+    assert conn.bytes_received == len(data)  # the heartbeat checker sees the traffic
 
 
 @pytest.mark.parametrize('seed', range(20))
@@ -151,25 +157,31 @@ def test_a_partial_frame_pika_already_held_is_taken_over() -> None:
 
 def test_a_delivery_whose_content_frames_do_not_follow_it_at_once_is_assembled() -> None:
     # Another channel's frames between a delivery's method and header frames: AMQP allows it.
-    interleaved = (method(2, pika.spec.Basic.Deliver('ctag-2', 9, False, 'ex', 'rk-9'))
-                   + pika.frame.Header(5, 1, pika.spec.BasicProperties()).marshal()
-                   + pika.frame.Body(5, b'z').marshal()
-                   + pika.frame.Header(2, 1, pika.spec.BasicProperties()).marshal()
-                   + pika.frame.Body(2, b'y').marshal())
+    interleaved = (
+        method(2, pika.spec.Basic.Deliver('ctag-2', 9, False, 'ex', 'rk-9'))
+        + pika.frame.Header(5, 1, pika.spec.BasicProperties()).marshal()
+        + pika.frame.Body(5, b'z').marshal()
+        + pika.frame.Header(2, 1, pika.spec.BasicProperties()).marshal()
+        + pika.frame.Body(2, b'y').marshal()
+    )
     conn = FakeConnection()
     reader_on(conn, FakeChannel(2))._on_data(interleaved + STREAM[7])
-    assert conn.log == [('pika', (5, 'Header')), ('pika', (5, 'Body')),
-                        ('deliver', (9, b'y', None)), ('deliver', (4, b'last', None))]
+    assert conn.log == [
+        ('pika', (5, 'Header')),
+        ('pika', (5, 'Body')),
+        ('deliver', (9, b'y', None)),
+        ('deliver', (4, b'last', None)),
+    ]
 
 
 def test_after_unregister_or_close_deliveries_are_not_handled_here() -> None:
     conn = FakeConnection()
     channel = FakeChannel(2)
     reader = reader_on(conn, channel)
-    channel.is_open = False                       # closing: its deliveries are dropped
+    channel.is_open = False  # closing: its deliveries are dropped
     reader._on_data(STREAM[1])
     assert conn.log == []
-    reader.unregister(channel)                    # gone: pika reads its frames again
+    reader.unregister(channel)  # gone: pika reads its frames again
     reader._on_data(STREAM[7])
     assert [e[1][1] for e in conn.log] == ['Basic.Deliver', 'Header', 'Body']
 
@@ -178,7 +190,8 @@ def test_frames_after_pika_closed_the_connection_are_not_handed_on() -> None:
     class ClosingConnection(FakeConnection):
         def _on_data_available(self, data: bytes) -> None:
             super()._on_data_available(data)
-            self.is_closed = True                 # e.g. a Connection.Close was in there
+            self.is_closed = True  # e.g. a Connection.Close was in there
+
     conn = ClosingConnection()
     reader_on(conn, FakeChannel(2))._on_data(STREAM[2] + STREAM[1] + STREAM[6])
     assert conn.log == [('pika', (2, 'Basic.QosOk'))]
@@ -187,21 +200,32 @@ def test_frames_after_pika_closed_the_connection_are_not_handed_on() -> None:
 def test_confirms_of_a_registered_publish_channel_are_read_here_in_order() -> None:
     conn = FakeConnection()
     reader = DeliveryReader(_pika.Wire.of(conn))
-    reader.register_confirms(FakeChannel(1), lambda tag, multiple, nack: conn.log.append(
-        ('confirm', (tag, multiple, nack))))
-    returned = (method(1, pika.spec.Basic.Return(312, 'NO_ROUTE', '', 'q'))
-                + pika.frame.Header(1, 1, pika.spec.BasicProperties()).marshal()
-                + pika.frame.Body(1, b'r').marshal())
-    data = (method(1, pika.spec.Basic.Ack(1, multiple=False)) + returned
-            + method(1, pika.spec.Basic.Ack(3, multiple=True))
-            + method(1, pika.spec.Basic.Nack(4, multiple=False, requeue=False))
-            + method(2, pika.spec.Basic.Ack(9, multiple=False)))        # not registered
+    reader.register_confirms(
+        FakeChannel(1),
+        lambda tag, multiple, nack: conn.log.append(('confirm', (tag, multiple, nack))),
+    )
+    returned = (
+        method(1, pika.spec.Basic.Return(312, 'NO_ROUTE', '', 'q'))
+        + pika.frame.Header(1, 1, pika.spec.BasicProperties()).marshal()
+        + pika.frame.Body(1, b'r').marshal()
+    )
+    data = (
+        method(1, pika.spec.Basic.Ack(1, multiple=False))
+        + returned
+        + method(1, pika.spec.Basic.Ack(3, multiple=True))
+        + method(1, pika.spec.Basic.Nack(4, multiple=False, requeue=False))
+        + method(2, pika.spec.Basic.Ack(9, multiple=False))
+    )  # not registered
     feed(reader, data, [5] * (len(data) // 5 + 1))
-    assert conn.log == [('confirm', (1, False, False)),
-                        ('pika', (1, 'Basic.Return')), ('pika', (1, 'Header')),
-                        ('pika', (1, 'Body')),                  # before the ack after it
-                        ('confirm', (3, True, False)), ('confirm', (4, False, True)),
-                        ('pika', (2, 'Basic.Ack'))]
+    assert conn.log == [
+        ('confirm', (1, False, False)),
+        ('pika', (1, 'Basic.Return')),
+        ('pika', (1, 'Header')),
+        ('pika', (1, 'Body')),  # before the ack after it
+        ('confirm', (3, True, False)),
+        ('confirm', (4, False, True)),
+        ('pika', (2, 'Basic.Ack')),
+    ]
 
 
 # ---------------------------------------------------------------- deliveries spanning reads
@@ -210,8 +234,8 @@ def frames_of(channel: int, tag: int, body: bytes, frame_max: int, **props: Any)
     data = deliver(channel, tag, body, frame_max, **props)
     out, pos = [], 0
     while pos < len(data):
-        size = 8 + int.from_bytes(data[pos + 3:pos + 7], 'big')
-        out.append(data[pos:pos + size])
+        size = 8 + int.from_bytes(data[pos + 3 : pos + 7], 'big')
+        out.append(data[pos : pos + size])
         pos += size
     return out
 
@@ -219,35 +243,44 @@ def frames_of(channel: int, tag: int, body: bytes, frame_max: int, **props: Any)
 def logging_reader(conn: FakeConnection, *channels: FakeChannel) -> DeliveryReader:
     reader = DeliveryReader(_pika.Wire.of(conn))
     for channel in channels:
-        reader.register(channel, lambda ch, m, p, body: conn.log.append(
-            ('deliver', (ch.channel_number, m.delivery_tag, body, p.correlation_id))))
+        reader.register(
+            channel,
+            lambda ch, m, p, body: conn.log.append(
+                ('deliver', (ch.channel_number, m.delivery_tag, body, p.correlation_id))
+            ),
+        )
     return reader
 
 
-BIG = bytes(range(256)) * 4096                     # 1 MiB holding every byte value
+BIG = bytes(range(256)) * 4096  # 1 MiB holding every byte value
 HEARTBEAT = pika.frame.Heartbeat().marshal()
 
 
 def test_a_large_delivery_read_4_kb_at_a_time_is_parsed_once_and_never_buffered_again(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     parses: List[int] = []
     real_parse = _deliveries._parse_delivery
-    monkeypatch.setattr(_deliveries, '_parse_delivery',
-                        lambda *args: parses.append(1) or real_parse(*args))
+    monkeypatch.setattr(
+        _deliveries, '_parse_delivery', lambda *args: parses.append(1) or real_parse(*args)
+    )
     data = HEARTBEAT + deliver(2, 11, BIG, 131064, correlation_id='big') + deliver(2, 12, b's')
     conn = FakeConnection()
     reader = logging_reader(conn, FakeChannel(2))
     kept = []
     for pos in range(0, len(data), 4096):
-        reader._on_data(data[pos:pos + 4096])
+        reader._on_data(data[pos : pos + 4096])
         kept.append(len(reader._buf))
         # every byte read counts as received as soon as it is consumed
         assert conn.bytes_received + len(reader._buf) == min(pos + 4096, len(data))
-    assert conn.log == [('pika', (0, 'Heartbeat')), ('deliver', (2, 11, BIG, 'big')),
-                        ('deliver', (2, 12, b's', None))]
+    assert conn.log == [
+        ('pika', (0, 'Heartbeat')),
+        ('deliver', (2, 11, BIG, 'big')),
+        ('deliver', (2, 12, b's', None)),
+    ]
     assert type(conn.log[1][1][2]) is bytes
-    assert len(parses) == 2                        # once per delivery, not once per read
-    assert max(kept) < 64                          # at most a frame header or a header frame
+    assert len(parses) == 2  # once per delivery, not once per read
+    assert max(kept) < 64  # at most a frame header or a header frame
 
 
 # Frames of a delivery on channel 2 with others between them: pika's (heartbeat, channel 3),
@@ -255,20 +288,40 @@ def test_a_large_delivery_read_4_kb_at_a_time_is_parsed_once_and_never_buffered_
 # (itself interleaved) and a whole one of the registered channel 5.
 D2 = frames_of(2, 21, b'a' * 300 + b'b' * 300 + b'c' * 7, 300, correlation_id='two')
 D4 = frames_of(4, 41, b'four' * 100, 150)
-INTERLEAVED = [D2[0], HEARTBEAT, D2[1], D2[2], deliver(3, 31, b'pika'), D4[0], D4[1],
-               D2[3], method(1, pika.spec.Basic.Ack(5, multiple=False)), D4[2],
-               deliver(5, 51, b'whole'), D4[3], D2[4], D4[4]]
-INTERLEAVED_EVENTS = [('pika', (0, 'Heartbeat')), ('pika', (3, 'Basic.Deliver')),
-                      ('pika', (3, 'Header')), ('pika', (3, 'Body')),
-                      ('confirm', (5, False, False)), ('deliver', (5, 51, b'whole', None)),
-                      ('deliver', (2, 21, b'a' * 300 + b'b' * 300 + b'c' * 7, 'two')),
-                      ('deliver', (4, 41, b'four' * 100, None))]
+INTERLEAVED = [
+    D2[0],
+    HEARTBEAT,
+    D2[1],
+    D2[2],
+    deliver(3, 31, b'pika'),
+    D4[0],
+    D4[1],
+    D2[3],
+    method(1, pika.spec.Basic.Ack(5, multiple=False)),
+    D4[2],
+    deliver(5, 51, b'whole'),
+    D4[3],
+    D2[4],
+    D4[4],
+]
+INTERLEAVED_EVENTS = [
+    ('pika', (0, 'Heartbeat')),
+    ('pika', (3, 'Basic.Deliver')),
+    ('pika', (3, 'Header')),
+    ('pika', (3, 'Body')),
+    ('confirm', (5, False, False)),
+    ('deliver', (5, 51, b'whole', None)),
+    ('deliver', (2, 21, b'a' * 300 + b'b' * 300 + b'c' * 7, 'two')),
+    ('deliver', (4, 41, b'four' * 100, None)),
+]
 
 
 def interleaved_reader(conn: FakeConnection) -> DeliveryReader:
     reader = logging_reader(conn, FakeChannel(2), FakeChannel(4), FakeChannel(5))
-    reader.register_confirms(FakeChannel(1), lambda tag, multiple, nack: conn.log.append(
-        ('confirm', (tag, multiple, nack))))
+    reader.register_confirms(
+        FakeChannel(1),
+        lambda tag, multiple, nack: conn.log.append(('confirm', (tag, multiple, nack))),
+    )
     return reader
 
 
@@ -283,7 +336,7 @@ def test_frames_of_other_channels_between_content_frames_are_handled_in_order(se
     reader = interleaved_reader(conn)
     fed = 0
     for size in sizes:
-        reader._on_data(data[fed:fed + size])
+        reader._on_data(data[fed : fed + size])
         fed = min(fed + size, len(data))
         assert conn.bytes_received + len(reader._buf) == fed
     assert conn.log == INTERLEAVED_EVENTS
@@ -311,13 +364,15 @@ def test_frames_behind_a_partial_delivery_reach_pika_before_the_delivery_complet
 
 @pytest.mark.parametrize('cut', [None, 20, 40])
 def test_a_body_longer_than_its_header_says_raises_pikas_error(cut: Optional[int]) -> None:
-    data = (method(2, pika.spec.Basic.Deliver('ctag-2', 9, False, 'ex', 'rk'))
-            + pika.frame.Header(2, 3, pika.spec.BasicProperties()).marshal()
-            + pika.frame.Body(2, b'12345').marshal())
+    data = (
+        method(2, pika.spec.Basic.Deliver('ctag-2', 9, False, 'ex', 'rk'))
+        + pika.frame.Header(2, 3, pika.spec.BasicProperties()).marshal()
+        + pika.frame.Body(2, b'12345').marshal()
+    )
     conn = FakeConnection()
     reader = logging_reader(conn, FakeChannel(2))
     with pytest.raises(pika.exceptions.BodyTooLongError):
-        for part in ([data] if cut is None else [data[:cut], data[cut:]]):
+        for part in [data] if cut is None else [data[:cut], data[cut:]]:
             reader._on_data(part)
     assert conn.log == []
 
@@ -339,7 +394,7 @@ def test_a_method_frame_before_a_delivery_is_complete_raises_pikas_error() -> No
     reader._on_data(big[0] + big[1] + big[2])
     with pytest.raises(pika.exceptions.UnexpectedFrameError):
         reader._on_data(HEARTBEAT + method(2, pika.spec.Basic.QosOk()))
-    assert conn.log == [('pika', (0, 'Heartbeat'))]      # what came before it went on
+    assert conn.log == [('pika', (0, 'Heartbeat'))]  # what came before it went on
 
 
 def test_a_delivery_being_assembled_when_its_channel_goes_is_read_to_its_end_and_dropped() -> None:
@@ -349,9 +404,12 @@ def test_a_delivery_being_assembled_when_its_channel_goes_is_read_to_its_end_and
     reader = logging_reader(conn, channel)
     reader._on_data(big[0] + big[1] + big[2][:100])
     reader.unregister(channel)
-    reader._on_data(b''.join(big)[len(big[0] + big[1]) + 100:] + STREAM[7])
-    assert conn.log == [('pika', (2, 'Basic.Deliver')), ('pika', (2, 'Header')),
-                        ('pika', (2, 'Body'))]           # the later one: pika's again
+    reader._on_data(b''.join(big)[len(big[0] + big[1]) + 100 :] + STREAM[7])
+    assert conn.log == [
+        ('pika', (2, 'Basic.Deliver')),
+        ('pika', (2, 'Header')),
+        ('pika', (2, 'Body')),
+    ]  # the later one: pika's again
 
 
 @pytest.mark.parametrize('big', [False, True])
@@ -366,9 +424,10 @@ def test_a_delivery_whose_handler_raised_is_not_handed_on_again(big: bool) -> No
         calls.append(m.delivery_tag)
         if m.delivery_tag == 1:
             raise RuntimeError('a bug in a handler')
+
     reader.register(FakeChannel(2), handler)
     with pytest.raises(RuntimeError):
         for pos in range(0, len(first), 4096):
-            reader._on_data(first[pos:pos + 4096])
+            reader._on_data(first[pos : pos + 4096])
     reader._on_data(deliver(2, 2, b'next'))
     assert calls == [1, 2]

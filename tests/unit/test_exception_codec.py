@@ -1,5 +1,6 @@
 """Exceptions in results (``docs/wire-format.rst``, Exceptions): encoding, and rebuilding
 without any import."""
+
 from __future__ import annotations
 
 import sys
@@ -23,7 +24,10 @@ class LocalError(Exception):
 
 def test_a_builtin_exception_is_encoded_as_celery_does():
     assert exception_to_dict(ValueError('bad')) == {
-        'exc_type': 'ValueError', 'exc_message': ['bad'], 'exc_module': 'builtins'}
+        'exc_type': 'ValueError',
+        'exc_message': ['bad'],
+        'exc_module': 'builtins',
+    }
 
 
 def test_a_nested_class_is_encoded_with_its_dotted_qualname():
@@ -38,14 +42,18 @@ def test_an_argument_that_does_not_serialize_becomes_its_repr():
 
 def test_pika_rpc_copies_of_celery_exceptions_are_written_as_celery_classes():
     assert exception_to_dict(errors.TaskRevokedError('revoked')) == {
-        'exc_type': 'TaskRevokedError', 'exc_message': ['revoked'],
-        'exc_module': 'celery.exceptions'}
+        'exc_type': 'TaskRevokedError',
+        'exc_message': ['revoked'],
+        'exc_module': 'celery.exceptions',
+    }
 
 
 def test_backlog_limit_exceeded_is_written_in_celerys_rpc_backend_module():
     encoded = exception_to_dict(errors.BacklogLimitExceeded('t1'))
     assert (encoded['exc_type'], encoded['exc_module']) == (
-        'BacklogLimitExceeded', 'celery.backends.rpc')
+        'BacklogLimitExceeded',
+        'celery.backends.rpc',
+    )
 
 
 def test_a_null_exception_means_no_exception():
@@ -53,21 +61,24 @@ def test_a_null_exception_means_no_exception():
 
 
 def test_a_builtin_exception_is_rebuilt_with_its_args():
-    exc = exception_from_dict({'exc_type': 'KeyError', 'exc_message': ['missing'],
-                               'exc_module': 'builtins'})
+    exc = exception_from_dict(
+        {'exc_type': 'KeyError', 'exc_message': ['missing'], 'exc_module': 'builtins'}
+    )
     assert type(exc) is KeyError and exc.args == ('missing',)
 
 
 def test_an_unknown_exception_is_synthesized_with_the_same_name_and_args():
-    exc = exception_from_dict({'exc_type': 'PaymentDeclined', 'exc_module': 'shop.errors',
-                               'exc_message': ['card', 42]})
+    exc = exception_from_dict(
+        {'exc_type': 'PaymentDeclined', 'exc_module': 'shop.errors', 'exc_message': ['card', 42]}
+    )
     assert type(exc).__name__ == 'PaymentDeclined'
     assert isinstance(exc, Exception) and exc.args == ('card', 42)
 
 
 def test_a_synthesized_class_carries_the_module_named_in_the_message():
-    exc = exception_from_dict({'exc_type': 'PaymentDeclined', 'exc_module': 'shop.errors',
-                               'exc_message': []})
+    exc = exception_from_dict(
+        {'exc_type': 'PaymentDeclined', 'exc_module': 'shop.errors', 'exc_message': []}
+    )
     assert type(exc).__module__ == 'shop.errors'
 
 
@@ -86,23 +97,27 @@ def test_a_null_exc_module_synthesizes_in_the_serialization_module():
     assert type(exc).__module__ == 'pika_rpc.serialization'
 
 
-@pytest.mark.parametrize('name,module', [
-    ('TaskRevokedError', 'celery.exceptions'),
-    ('TimeLimitExceeded', 'celery.exceptions'),
-    ('SoftTimeLimitExceeded', 'celery.exceptions'),
-    ('WorkerLostError', 'celery.exceptions'),
-    ('BacklogLimitExceeded', 'celery.backends.rpc'),
-    ('TimeLimitExceeded', 'billiard.exceptions'),
-    ('WorkerLostError', 'billiard.exceptions'),
-])
+@pytest.mark.parametrize(
+    'name,module',
+    [
+        ('TaskRevokedError', 'celery.exceptions'),
+        ('TimeLimitExceeded', 'celery.exceptions'),
+        ('SoftTimeLimitExceeded', 'celery.exceptions'),
+        ('WorkerLostError', 'celery.exceptions'),
+        ('BacklogLimitExceeded', 'celery.backends.rpc'),
+        ('TimeLimitExceeded', 'billiard.exceptions'),
+        ('WorkerLostError', 'billiard.exceptions'),
+    ],
+)
 def test_celery_exception_names_map_to_pika_rpc_errors(name, module):
     exc = exception_from_dict({'exc_type': name, 'exc_module': module, 'exc_message': ['x']})
     assert type(exc) is errors.CELERY_EXCEPTIONS[name]
 
 
 def test_pika_rpc_error_classes_are_found_by_name():
-    exc = exception_from_dict({'exc_type': 'PublishError', 'exc_module': 'pika_rpc.errors',
-                               'exc_message': ['nacked']})
+    exc = exception_from_dict(
+        {'exc_type': 'PublishError', 'exc_module': 'pika_rpc.errors', 'exc_message': ['nacked']}
+    )
     assert type(exc) is errors.PublishError
 
 
@@ -110,8 +125,10 @@ def test_a_registered_class_is_found_even_when_its_module_is_not_loaded():
     cls = type('Custom', (Exception,), {'__module__': 'not.loaded.anywhere'})
     serialization.register_exception(cls)
     try:
-        exc = exception_from_dict({'exc_type': 'Custom', 'exc_module': 'not.loaded.anywhere',
-                                   'exc_message': [1]}, allow_loaded_modules=False)
+        exc = exception_from_dict(
+            {'exc_type': 'Custom', 'exc_module': 'not.loaded.anywhere', 'exc_message': [1]},
+            allow_loaded_modules=False,
+        )
     finally:
         serialization.unregister_exception(cls)
     assert type(exc) is cls
@@ -123,25 +140,29 @@ def test_register_exception_refuses_a_class_that_is_not_an_exception():
 
 
 def test_a_class_in_an_already_loaded_module_is_found_by_walking_its_dotted_name():
-    exc = exception_from_dict({'exc_type': 'Outer.InnerError', 'exc_module': __name__,
-                               'exc_message': ['x']})
+    exc = exception_from_dict(
+        {'exc_type': 'Outer.InnerError', 'exc_module': __name__, 'exc_message': ['x']}
+    )
     assert type(exc) is Outer.InnerError
 
 
 def test_loaded_modules_are_not_searched_when_disallowed():
-    exc = exception_from_dict({'exc_type': 'LocalError', 'exc_module': __name__,
-                               'exc_message': []}, allow_loaded_modules=False)
+    exc = exception_from_dict(
+        {'exc_type': 'LocalError', 'exc_module': __name__, 'exc_message': []},
+        allow_loaded_modules=False,
+    )
     assert type(exc) is not LocalError and type(exc).__name__ == 'LocalError'
 
 
 def test_a_module_named_in_a_message_is_never_imported(tmp_path, monkeypatch):
     marker = tmp_path / 'imported.marker'
     (tmp_path / 'pikarpc_trap_module.py').write_text(
-        f'open({str(marker)!r}, "w").close()\n'
-        'class TrapError(Exception):\n    pass\n')
+        f'open({str(marker)!r}, "w").close()\nclass TrapError(Exception):\n    pass\n'
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    exc = exception_from_dict({'exc_type': 'TrapError', 'exc_module': 'pikarpc_trap_module',
-                               'exc_message': ['x']})
+    exc = exception_from_dict(
+        {'exc_type': 'TrapError', 'exc_module': 'pikarpc_trap_module', 'exc_message': ['x']}
+    )
     assert type(exc).__name__ == 'TrapError'
     assert not marker.exists()
     assert 'pikarpc_trap_module' not in sys.modules
@@ -152,27 +173,27 @@ def test_a_loaded_modules_getattr_hook_is_never_run(monkeypatch):
     module = types.ModuleType('pikarpc_lazy_module')
     module.__getattr__ = lambda name: calls.append(name) or ValueError
     monkeypatch.setitem(sys.modules, 'pikarpc_lazy_module', module)
-    exc = exception_from_dict({'exc_type': 'Lazy', 'exc_module': 'pikarpc_lazy_module',
-                               'exc_message': []})
+    exc = exception_from_dict(
+        {'exc_type': 'Lazy', 'exc_module': 'pikarpc_lazy_module', 'exc_message': []}
+    )
     assert calls == [] and type(exc).__name__ == 'Lazy'
 
 
 def test_os_system_is_a_security_error():
     with pytest.raises(SecurityError, match='Expected an exception class, got os.system'):
-        exception_from_dict({'exc_type': 'system', 'exc_module': 'os',
-                             'exc_message': 'rsync /data attacker:~/data'})
+        exception_from_dict(
+            {'exc_type': 'system', 'exc_module': 'os', 'exc_message': 'rsync /data attacker:~/data'}
+        )
 
 
 def test_builtins_object_is_a_security_error():
     with pytest.raises(SecurityError, match='got builtins.object with payload'):
-        exception_from_dict({'exc_type': 'object', 'exc_module': 'builtins',
-                             'exc_message': []})
+        exception_from_dict({'exc_type': 'object', 'exc_module': 'builtins', 'exc_message': []})
 
 
 def test_builtins_eval_is_a_security_error():
     with pytest.raises(SecurityError):
-        exception_from_dict({'exc_type': 'eval', 'exc_module': 'builtins',
-                             'exc_message': ['1']})
+        exception_from_dict({'exc_type': 'eval', 'exc_module': 'builtins', 'exc_message': ['1']})
 
 
 def test_a_non_dict_exception_is_a_decode_error():
@@ -196,14 +217,16 @@ def test_a_name_no_class_can_have_is_a_decode_error():
 
 
 def test_a_non_list_exc_message_is_passed_as_one_argument():
-    exc = exception_from_dict({'exc_type': 'ValueError', 'exc_module': 'builtins',
-                               'exc_message': 'just text'})
+    exc = exception_from_dict(
+        {'exc_type': 'ValueError', 'exc_module': 'builtins', 'exc_message': 'just text'}
+    )
     assert exc.args == ('just text',)
 
 
 def test_a_constructor_that_fails_gives_a_plain_exception_naming_the_class():
-    exc = exception_from_dict({'exc_type': 'UnicodeDecodeError', 'exc_module': 'builtins',
-                               'exc_message': ['only one']})
+    exc = exception_from_dict(
+        {'exc_type': 'UnicodeDecodeError', 'exc_module': 'builtins', 'exc_message': ['only one']}
+    )
     assert type(exc) is Exception and 'UnicodeDecodeError' in str(exc)
 
 

@@ -4,6 +4,7 @@ No broker is needed: where a step must find one, a tiny fake AMQP listener in th
 the handshake (it sends a Connection.Start frame), and the Docker step is exercised both against
 the real docker SDK (this machine has no engine) and against a fake SDK.
 """
+
 from __future__ import annotations
 
 import ast
@@ -23,9 +24,16 @@ from pika_rpc.findbroker import Broker, BrokerNotFound, find_broker, mask_url, p
 
 def _connection_start_frame() -> bytes:
     """A Connection.Start method frame as RabbitMQ sends it (empty properties)."""
+
     def longstr(b: bytes) -> bytes:
         return struct.pack('>I', len(b)) + b
-    payload = struct.pack('>HHBB', 10, 10, 0, 9) + struct.pack('>I', 0) + longstr(b'PLAIN') + longstr(b'en_US')
+
+    payload = (
+        struct.pack('>HHBB', 10, 10, 0, 9)
+        + struct.pack('>I', 0)
+        + longstr(b'PLAIN')
+        + longstr(b'en_US')
+    )
     return struct.pack('>BHI', 1, 0, len(payload)) + payload + b'\xce'
 
 
@@ -47,7 +55,7 @@ class FakeAMQPListener:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._sock.shutdown(socket.SHUT_RDWR)   # wakes accept()
+        self._sock.shutdown(socket.SHUT_RDWR)  # wakes accept()
         self._sock.close()
         self._thread.join(5)
         assert not self._thread.is_alive()
@@ -87,6 +95,7 @@ def no_env_no_localhost(monkeypatch, closed_port):
 
 
 # ----------------------------------------------------------------- fake docker SDK
+
 
 class FakeContainer:
     """Stands in for ``docker.models.containers.Container``; reports ``port`` after ``hide_port_for`` reloads."""
@@ -141,6 +150,7 @@ class FakeDocker:
         def from_env(**kwargs):
             self.from_env_calls += 1
             return self._client
+
         module.from_env = from_env
         return module
 
@@ -152,14 +162,21 @@ def fast_docker_wait(monkeypatch):
 
 # ----------------------------------------------------------------- (a) nothing anywhere
 
-@pytest.mark.filterwarnings('ignore::ResourceWarning')   # docker 7.x leaks a socket when no engine answers
-def test_without_any_broker_raises_broker_not_found_naming_every_step_and_remedy(no_env_no_localhost):
+
+@pytest.mark.filterwarnings(
+    'ignore::ResourceWarning'
+)  # docker 7.x leaks a socket when no engine answers
+def test_without_any_broker_raises_broker_not_found_naming_every_step_and_remedy(
+    no_env_no_localhost,
+):
     """For real: the REAL docker SDK talks to this machine's absent Docker engine (no fake).
 
     Skipped where a Docker engine answers, since then a container would rightly be started.
     """
     docker = pytest.importorskip('docker')
-    assert hasattr(docker, 'DockerClient') and hasattr(docker.errors, 'DockerException')   # the real SDK
+    assert hasattr(docker, 'DockerClient') and hasattr(
+        docker.errors, 'DockerException'
+    )  # the real SDK
     try:
         docker.from_env().ping()
     except docker.errors.DockerException:
@@ -179,12 +196,14 @@ def test_without_any_broker_raises_broker_not_found_naming_every_step_and_remedy
     assert 'rabbitmq-server -detached' in message and 'apt-get install rabbitmq-server' in message
     assert 'docker run -d -p 5672:5672 rabbitmq:3' in message
     assert "pip install 'pika_rpc[docker]'" in message
-    gc.collect()   # the SDK's leaked sockets go now, under this test's warning filter
+    gc.collect()  # the SDK's leaked sockets go now, under this test's warning filter
 
 
-def test_without_the_docker_package_the_message_says_it_is_not_installed(no_env_no_localhost, monkeypatch):
-    monkeypatch.setitem(sys.modules, 'docker', None)   # makes "import docker" raise ImportError
-    with pytest.raises(BrokerNotFound, match=r"3\. Docker: the docker package is not installed"):
+def test_without_the_docker_package_the_message_says_it_is_not_installed(
+    no_env_no_localhost, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, 'docker', None)  # makes "import docker" raise ImportError
+    with pytest.raises(BrokerNotFound, match=r'3\. Docker: the docker package is not installed'):
         find_broker(timeout=1.0)
 
 
@@ -199,14 +218,18 @@ def test_use_docker_false_does_not_touch_docker(no_env_no_localhost, monkeypatch
 
 # ----------------------------------------------------------------- localhost
 
+
 def test_a_broker_on_localhost_is_used_with_guest_credentials(monkeypatch):
     monkeypatch.delenv('AMQP_URL', raising=False)
     with FakeAMQPListener() as listener:
         monkeypatch.setattr(findbroker, 'LOCAL_PORT', listener.port)
         broker = find_broker(use_docker=False)
-    assert (broker.source, broker.url) == ('localhost', f'amqp://guest:guest@127.0.0.1:{listener.port}//')
+    assert (broker.source, broker.url) == (
+        'localhost',
+        f'amqp://guest:guest@127.0.0.1:{listener.port}//',
+    )
     assert listener.headers == [b'AMQP\x00\x00\x09\x01']
-    broker.close()   # a no-op for a broker we did not start
+    broker.close()  # a no-op for a broker we did not start
 
 
 def test_probe_rejects_a_peer_that_does_not_speak_amqp():
@@ -217,8 +240,10 @@ def test_probe_rejects_a_peer_that_does_not_speak_amqp():
 
 # ----------------------------------------------------------------- (b) the container branch, faked
 
+
 def test_container_branch_publishes_a_port_waits_for_the_handshake_and_close_removes_it(
-        no_env_no_localhost, monkeypatch, fast_docker_wait):
+    no_env_no_localhost, monkeypatch, fast_docker_wait
+):
     """FAKE docker SDK (a module object injected into sys.modules['docker'] with monkeypatch):
     its container reports, after one reload, a host port where a fake AMQP listener drops the
     first two connections and then answers, so the finder must keep probing until it does."""
@@ -227,37 +252,44 @@ def test_container_branch_publishes_a_port_waits_for_the_handshake_and_close_rem
         monkeypatch.setitem(sys.modules, 'docker', fake.as_module())
         broker = find_broker(timeout=2.0)
 
-        (image, kwargs), = fake.run_calls
-        container, = fake.containers_started
+        ((image, kwargs),) = fake.run_calls
+        (container,) = fake.containers_started
         assert image == findbroker.DOCKER_IMAGE
         assert kwargs['detach'] is True
-        assert kwargs['ports'] == {'5672/tcp': ('127.0.0.1', None)}   # random loopback host port
-        assert listener.connections == 3 and container.reloads >= 2   # waited for the handshake
-        assert (broker.source, broker.url) == ('docker', f'amqp://guest:guest@127.0.0.1:{listener.port}//')
+        assert kwargs['ports'] == {'5672/tcp': ('127.0.0.1', None)}  # random loopback host port
+        assert listener.connections == 3 and container.reloads >= 2  # waited for the handshake
+        assert (broker.source, broker.url) == (
+            'docker',
+            f'amqp://guest:guest@127.0.0.1:{listener.port}//',
+        )
         assert broker.container_name == kwargs['name']
         assert container.removed_with == []
 
         with broker:
             pass
         assert container.removed_with == [{'force': True}] and fake._client.closed
-        broker.close()   # idempotent
+        broker.close()  # idempotent
         assert container.removed_with == [{'force': True}]
         assert broker.container_name is None
 
 
-def test_a_container_that_never_answers_is_removed_and_reported(no_env_no_localhost, monkeypatch,
-                                                                fast_docker_wait, closed_port):
+def test_a_container_that_never_answers_is_removed_and_reported(
+    no_env_no_localhost, monkeypatch, fast_docker_wait, closed_port
+):
     """FAKE docker SDK (injected into sys.modules): its container's port refuses connections."""
     monkeypatch.setattr(findbroker, 'DOCKER_START_TIMEOUT', 0.2)
     fake = FakeDocker(port=closed_port)
     monkeypatch.setitem(sys.modules, 'docker', fake.as_module())
-    with pytest.raises(BrokerNotFound, match=r'did not become a broker \(TimeoutError: no AMQP handshake'):
+    with pytest.raises(
+        BrokerNotFound, match=r'did not become a broker \(TimeoutError: no AMQP handshake'
+    ):
         find_broker(timeout=1.0)
-    container, = fake.containers_started
+    (container,) = fake.containers_started
     assert container.removed_with == [{'force': True}]
 
 
 # ----------------------------------------------------------------- (c) AMQP_URL
+
 
 def test_amqp_url_is_used_as_given_when_it_answers(monkeypatch):
     with FakeAMQPListener() as listener:
@@ -267,7 +299,9 @@ def test_amqp_url_is_used_as_given_when_it_answers(monkeypatch):
     assert (broker.source, broker.url) == ('AMQP_URL', url)
 
 
-def test_an_unreachable_amqp_url_raises_without_trying_localhost_or_docker(monkeypatch, closed_port):
+def test_an_unreachable_amqp_url_raises_without_trying_localhost_or_docker(
+    monkeypatch, closed_port
+):
     """FAKE docker SDK (injected into sys.modules) only to prove it is never called; localhost is
     pointed at a fake listener that would answer, to prove it is never probed."""
     fake = FakeDocker(port=1)
@@ -287,14 +321,18 @@ def test_an_unreachable_amqp_url_raises_without_trying_localhost_or_docker(monke
 
 # ----------------------------------------------------------------- (d) masking
 
-@pytest.mark.parametrize('url, masked', [
-    ('amqp://guest:guest@localhost:5672//', 'amqp://guest:**@localhost:5672//'),
-    ('amqps://u:p%40ss@h:5671/vh?heartbeat=10', 'amqps://u:**@h:5671/vh?heartbeat=10'),
-    ('amqp://u:p@ss/wd@h//', 'amqp://u:**@h:5672//'),             # unescaped @ and / in it
-    ('amqp://a:x@h1//;amqp://b:y@h2//', 'amqp://a:**@h1:5672//;amqp://b:**@h2:5672//'),
-    ('amqp://user@h//', 'amqp://user:**@h:5672//'),                  # no password: the default's
-    ('amqp://h:5672//', 'amqp://guest:**@h:5672//'),
-])
+
+@pytest.mark.parametrize(
+    'url, masked',
+    [
+        ('amqp://guest:guest@localhost:5672//', 'amqp://guest:**@localhost:5672//'),
+        ('amqps://u:p%40ss@h:5671/vh?heartbeat=10', 'amqps://u:**@h:5671/vh?heartbeat=10'),
+        ('amqp://u:p@ss/wd@h//', 'amqp://u:**@h:5672//'),  # unescaped @ and / in it
+        ('amqp://a:x@h1//;amqp://b:y@h2//', 'amqp://a:**@h1:5672//;amqp://b:**@h2:5672//'),
+        ('amqp://user@h//', 'amqp://user:**@h:5672//'),  # no password: the default's
+        ('amqp://h:5672//', 'amqp://guest:**@h:5672//'),
+    ],
+)
 def test_mask_url_hides_every_password(url, masked):
     assert mask_url(url) == masked
 
@@ -310,7 +348,7 @@ def test_findbroker_imports_neither_pika_nor_docker_at_module_level():
     with open(findbroker.__file__, encoding='utf-8') as source:
         tree = ast.parse(source.read())
     top_level = set()
-    for node in tree.body:   # module level only: the lazy "import docker" sits inside a function
+    for node in tree.body:  # module level only: the lazy "import docker" sits inside a function
         if isinstance(node, ast.Import):
             top_level.update(alias.name.split('.')[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:

@@ -5,6 +5,7 @@ frame is the blocking function (``blocked_in``), never by sleeping. The link tha
 the hand-off against the real broker: tests/integration/test_link.py,
 tests/faults/test_publish_path.py.
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,7 +17,6 @@ import pytest
 
 from pika_rpc._handoff import Command, HandOff, Latch, Publication
 from pika_rpc.errors import ClosedError
-
 from tests.helpers import eventually
 
 WAIT = 10.0
@@ -25,7 +25,7 @@ WAIT = 10.0
 def blocked_in(thread: threading.Thread, function: Callable[..., Any]) -> bool:
     """True while ``thread``'s innermost Python frame is ``function`` (it is blocked in a
     lock or a condition there: nothing else in these functions takes time)."""
-    frame = sys._current_frames().get(thread.ident)       # type: ignore[arg-type]
+    frame = sys._current_frames().get(thread.ident)  # type: ignore[arg-type]
     return frame is not None and frame.f_code is function.__code__
 
 
@@ -43,7 +43,7 @@ class Outcome(threading.Thread):
     def run(self) -> None:
         try:
             self.value = self._fn()
-        except BaseException as exc:       # recorded: the test asserts on it
+        except BaseException as exc:  # recorded: the test asserts on it
             self.error = exc
 
     def result(self) -> Any:
@@ -56,18 +56,19 @@ class Outcome(threading.Thread):
 
 # ------------------------------------------------------------------ Latch
 
+
 def test_a_latch_starts_unset_and_a_wait_with_a_timeout_returns_false():
     latch = Latch()
     assert not latch.is_set()
     assert latch.wait(0.01) is False
     assert latch.wait(0) is False
-    assert latch.wait(-1) is False                  # a deadline already passed
+    assert latch.wait(-1) is False  # a deadline already passed
     assert not latch.is_set()
 
 
 def test_setting_a_latch_wakes_every_thread_waiting_on_it():
     latch = Latch()
-    waiters = [Outcome(lambda: latch.wait(None)) for _ in range(8)]   # no timeout to end it
+    waiters = [Outcome(lambda: latch.wait(None)) for _ in range(8)]  # no timeout to end it
     eventually(lambda: all(blocked_in(w, Latch.wait) for w in waiters))
     latch.set()
     assert [w.result() for w in waiters] == [True] * 8
@@ -87,12 +88,13 @@ def test_two_threads_setting_a_latch_at_once_both_return_and_later_waits_see_it_
         latch = Latch()
         start = threading.Barrier(2, timeout=WAIT)
 
-        def setter() -> None:
+        def setter(start: threading.Barrier = start, latch: Latch = latch) -> None:
             start.wait()
             latch.set()
+
         setters = [Outcome(setter) for _ in range(2)]
         for thread in setters:
-            thread.result()                        # neither raised
+            thread.result()  # neither raised
         assert latch.is_set() and latch.wait(0) is True
 
 
@@ -105,17 +107,17 @@ class _SteppedLatch(Latch):
     pause_thread: Optional[threading.Thread] = None
     on_read: Callable[[], None] = staticmethod(lambda: None)
 
-    @property                                      # type: ignore[override]
+    @property  # type: ignore[override]
     def _set(self) -> bool:
-        value = Latch._set.__get__(self, Latch)    # type: ignore[attr-defined]
+        value = Latch._set.__get__(self, Latch)  # type: ignore[attr-defined]
         if threading.current_thread() is self.pause_thread:
-            self.pause_thread = None               # the first read only
+            self.pause_thread = None  # the first read only
             self.on_read()
         return value
 
     @_set.setter
     def _set(self, value: bool) -> None:
-        Latch._set.__set__(self, value)            # type: ignore[attr-defined]
+        Latch._set.__set__(self, value)  # type: ignore[attr-defined]
 
 
 class _SteppedLock:
@@ -143,10 +145,14 @@ def stuck_in(thread: threading.Thread, function: Callable[..., Any]) -> Callable
     seen: List[Any] = []
 
     def check() -> bool:
-        frame = sys._current_frames().get(thread.ident)   # type: ignore[arg-type]
+        frame = sys._current_frames().get(thread.ident)  # type: ignore[arg-type]
         seen.append((frame.f_code, frame.f_lasti) if frame is not None else None)
-        return seen[-1] is not None and seen[-1][0] is function.__code__ \
+        return (
+            seen[-1] is not None
+            and seen[-1][0] is function.__code__
             and seen[-3:] == [seen[-1]] * 3
+        )
+
     return check
 
 
@@ -157,13 +163,14 @@ def test_a_waiter_woken_while_two_threads_set_the_latch_at_once_returns_true():
     # wait for B instead (stuck_in): then the steps run in the only order left.
     latch = _SteppedLatch()
     lock = _SteppedLock(latch._lock)
-    latch._lock = lock                               # type: ignore[assignment]
+    latch._lock = lock  # type: ignore[assignment]
     b_checked, b_go = threading.Event(), threading.Event()
 
     def pause_b() -> None:
         b_checked.set()
         assert b_go.wait(WAIT)
-    latch.on_read = pause_b                          # type: ignore[assignment]
+
+    latch.on_read = pause_b  # type: ignore[assignment]
 
     waiter = lock.waiter = Outcome(lambda: latch.wait(WAIT))
     eventually(lambda: blocked_in(waiter, _SteppedLock.acquire))
@@ -176,7 +183,7 @@ def test_a_waiter_woken_while_two_threads_set_the_latch_at_once_returns_true():
         a_stuck = stuck_in(setter_a, Latch.set)
         eventually(lambda: lock.acquired.is_set() or a_stuck())
         b_go.set()
-        setter_b.result()                            # B's release, then the waiter's
+        setter_b.result()  # B's release, then the waiter's
     finally:
         b_go.set()
         lock.go.set()
@@ -186,26 +193,44 @@ def test_a_waiter_woken_while_two_threads_set_the_latch_at_once_returns_true():
 
 # ------------------------------------------------------------------ Publication
 
+
 def test_a_publication_without_a_policy_is_tried_once_and_has_no_deadline():
     pub = Publication('ex', 'rk', b'body', {'correlation_id': 'c1', 'priority': 3})
     assert (pub.exchange, pub.routing_key, pub.body) == ('ex', 'rk', b'body')
     assert pub.correlation_id == 'c1' and pub.mandatory is True
     assert (pub.max_retries, pub.errback, pub.deadline, pub.timeout) == (0, None, None, None)
     assert (pub.interval, pub.interval_step, pub.interval_max) == (0, 1, 1)
-    assert (pub.attempts, pub.cancelled, pub.gen, pub.error, pub.returned) == \
-        (0, False, -1, None, None)
+    assert (pub.attempts, pub.cancelled, pub.gen, pub.error, pub.returned) == (
+        0,
+        False,
+        -1,
+        None,
+        None,
+    )
     assert not pub.done.is_set() and pub.wait(0) is False
 
 
 def test_a_publication_takes_its_retry_policy_with_the_longest_interval_counted_from_the_first():
     def errback(exc: BaseException, interval: float) -> None:
         pass
-    pub = Publication('', 'rk', b'', {}, mandatory=False,
-                      policy={'max_retries': None, 'interval_start': 2, 'interval_step': 0.5,
-                              'interval_max': 3, 'errback': errback})
+
+    pub = Publication(
+        '',
+        'rk',
+        b'',
+        {},
+        mandatory=False,
+        policy={
+            'max_retries': None,
+            'interval_start': 2,
+            'interval_step': 0.5,
+            'interval_max': 3,
+            'errback': errback,
+        },
+    )
     assert pub.correlation_id is None and pub.mandatory is False
-    assert (pub.max_retries, pub.errback) == (None, errback)     # None: retry for ever
-    assert (pub.interval, pub.interval_step, pub.interval_max) == (2, 0.5, 5)   # as kombu
+    assert (pub.max_retries, pub.errback) == (None, errback)  # None: retry for ever
+    assert (pub.interval, pub.interval_step, pub.interval_max) == (2, 0.5, 5)  # as kombu
 
 
 def test_a_publication_deadline_is_its_timeout_from_now():
@@ -228,6 +253,7 @@ def test_finishing_a_publication_records_its_error_and_wakes_its_waiter():
 
 # ------------------------------------------------------------------ HandOff: putting
 
+
 def never() -> bool:
     return False
 
@@ -246,8 +272,11 @@ def command(tag: Any = None) -> Command:
 
 def test_the_first_put_of_a_batch_asks_for_the_wake_up_and_the_others_do_not():
     handoff = HandOff(10)
-    assert [handoff.put(pub(i), None, never, nothing)[:2] for i in range(3)] == \
-        [(True, True), (True, False), (True, False)]
+    assert [handoff.put(pub(i), None, never, nothing)[:2] for i in range(3)] == [
+        (True, True),
+        (True, False),
+        (True, False),
+    ]
     handoff.take_all()
     assert handoff.put(pub(3), None, never, nothing)[:2] == (True, True)
 
@@ -259,10 +288,11 @@ def test_put_runs_locked_under_the_mutex_once_queued_and_returns_what_it_returne
     def locked() -> str:
         seen.append((handoff.mutex.locked(), len(handoff)))
         return 'connection'
+
     assert handoff.put(command(), None, never, locked) == (True, True, 'connection')
     assert seen == [(True, 1)]
     assert handoff.put(command(), time.monotonic(), never, locked) == (False, False, None)
-    assert seen == [(True, 1)]                       # not queued: not run
+    assert seen == [(True, 1)]  # not queued: not run
 
 
 def test_only_publications_count_as_queued_publications():
@@ -277,8 +307,11 @@ def test_a_put_on_a_full_queue_whose_deadline_passed_returns_false_and_queues_no
     for i in range(2):
         handoff.put(pub(i), None, never, nothing)
     assert handoff.put(pub('late'), time.monotonic(), never, nothing) == (False, False, None)
-    assert handoff.put(pub('later'), time.monotonic() + 0.05, never, nothing) == \
-        (False, False, None)
+    assert handoff.put(pub('later'), time.monotonic() + 0.05, never, nothing) == (
+        False,
+        False,
+        None,
+    )
     assert len(handoff) == 2 and handoff.queued_pubs == 2
 
 
@@ -302,7 +335,7 @@ def test_a_put_blocked_on_a_full_queue_raises_closed_error_when_the_link_stops()
     stopped = threading.Event()
     producer = Outcome(lambda: handoff.put(pub('blocked'), None, stopped.is_set, nothing))
     eventually(lambda: blocked_in(producer, threading.Condition.wait))
-    with handoff.mutex:                              # as Link.close does
+    with handoff.mutex:  # as Link.close does
         stopped.set()
         handoff.not_full.notify_all()
     with pytest.raises(ClosedError):
@@ -324,6 +357,7 @@ def test_a_put_wakes_the_io_thread_waiting_for_work():
         with handoff.mutex:
             assert handoff.work.wait_for(lambda: len(handoff) > 0, WAIT)
             return len(handoff)
+
     waiting = Outcome(io_thread)
     eventually(lambda: blocked_in(waiting, threading.Condition.wait))
     handoff.put(command(), None, never, nothing)
@@ -331,6 +365,7 @@ def test_a_put_wakes_the_io_thread_waiting_for_work():
 
 
 # ------------------------------------------------------------------ HandOff: the I/O thread's side
+
 
 def test_take_all_empties_the_queue_oldest_first_and_keeps_publications_counted_until_handed():
     handoff = HandOff(10)
@@ -344,7 +379,7 @@ def test_take_all_empties_the_queue_oldest_first_and_keeps_publications_counted_
     assert handoff.queued_pubs == 1
     handoff.handed(0)
     assert handoff.queued_pubs == 1
-    handoff.handed(5)                                # never below zero
+    handoff.handed(5)  # never below zero
     assert handoff.queued_pubs == 0
 
 
@@ -356,7 +391,7 @@ def test_put_back_returns_unrun_items_to_the_front_in_order_still_counted():
     taken = handoff.take_all()
     newer = pub(4)
     handoff.put(newer, None, never, nothing)
-    handoff.put_back(taken[1:])                      # the first ran
+    handoff.put_back(taken[1:])  # the first ran
     handoff.handed(1)
     assert handoff.take_all() == [batch[1], batch[2], newer]
     assert handoff.queued_pubs == 2
@@ -383,15 +418,16 @@ def test_clear_returns_everything_zeroes_the_count_and_lets_a_blocked_producer_i
     producer = Outcome(lambda: handoff.put(late, None, never, nothing))
     eventually(lambda: blocked_in(producer, threading.Condition.wait))
     assert handoff.clear() == items
-    assert producer.result()[:2] == (True, True)     # the cleared queue's flag was reset
+    assert producer.result()[:2] == (True, True)  # the cleared queue's flag was reset
     assert handoff.queued_pubs == 1 and handoff.take_all() == [late]
 
 
 # ------------------------------------------------------------------ HandOff under load
 
+
 def test_many_producers_and_one_consumer_lose_nothing_and_keep_each_producers_order():
     producers, per_producer = 8, 150
-    handoff = HandOff(4)                             # small: producers block often
+    handoff = HandOff(4)  # small: producers block often
     start = threading.Barrier(producers + 2, timeout=WAIT)
     wakes: List[bool] = []
     got: List[Publication] = []
@@ -413,6 +449,7 @@ def test_many_producers_and_one_consumer_lose_nothing_and_keep_each_producers_or
             takes[0] += 1
             got.extend(batch)
             handoff.handed(len(batch))
+
     threads = [Outcome(lambda n=n: produce(n)) for n in range(producers)]
     consumer = Outcome(consume)
     start.wait()
@@ -425,4 +462,4 @@ def test_many_producers_and_one_consumer_lose_nothing_and_keep_each_producers_or
         mine = [item for item in order if item.startswith(f'({n},')]
         assert mine == [str((n, k)) for k in range(per_producer)]
     assert len(handoff) == 0 and handoff.queued_pubs == 0
-    assert 1 <= wakes.count(True) <= takes[0] + 1          # one wake-up per batch at most
+    assert 1 <= wakes.count(True) <= takes[0] + 1  # one wake-up per batch at most

@@ -9,6 +9,7 @@
   ``_frame_buffer``) is touched in ``_pika`` only;
 * no module is over ``MAX_LINES`` lines: a later feature splits a module rather than grow it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -25,27 +26,72 @@ MAX_LINES = 650
 
 LEVELS = {
     # pure foundations
-    'errors': 0, 'states': 0, '_version': 0, '_timeouts': 0, '_context': 0, '_urls': 0,
-    'config': 1, '_advice': 1, 'serialization': 1, '_retry': 1, '_pending': 1, '_threads': 1,
-    '_timer': 1, 'findbroker': 1, '_handoff': 1, '_declarations': 1,
+    'errors': 0,
+    'states': 0,
+    '_version': 0,
+    '_timeouts': 0,
+    '_context': 0,
+    '_urls': 0,
+    'config': 1,
+    '_advice': 1,
+    'serialization': 1,
+    '_retry': 1,
+    '_pending': 1,
+    '_threads': 1,
+    '_timer': 1,
+    'findbroker': 1,
+    '_handoff': 1,
+    '_declarations': 1,
     # Celery's messages, AMQP messages, the pika boundary
-    'message': 2, 'protocol': 2, 'result': 2, 'task': 2, '_pika': 2,
+    'message': 2,
+    'protocol': 2,
+    'result': 2,
+    'task': 2,
+    '_pika': 2,
     # the I/O thread's parts, the one publish-and-wait path
-    '_exchange': 3, '_queue': 4, 'entities': 5, '_confirms': 3, '_deliveries': 3, '_consumers': 3, '_publish': 3,
-    '_outbox': 4, '_connector': 3, '_link': 5,
+    '_exchange': 3,
+    '_queue': 4,
+    'entities': 5,
+    '_confirms': 3,
+    '_deliveries': 3,
+    '_consumers': 3,
+    '_publish': 3,
+    '_outbox': 4,
+    '_connector': 3,
+    '_link': 5,
     # the process's links, and kombu's surface on them (connection below messaging)
-    '_registry': 6, '_jobs': 7, 'connection': 7, 'consumer': 8, 'messaging': 9,
+    '_registry': 6,
+    '_jobs': 7,
+    'connection': 7,
+    'consumer': 8,
+    'messaging': 9,
     # Celery's surface
-    '_replies': 10, '_control': 10, '_storing': 4, '_execution': 8, 'backend': 11, 'worker': 11, 'app': 12, 'cli': 13,
+    '_replies': 10,
+    '_control': 10,
+    '_storing': 4,
+    '_execution': 8,
+    'backend': 11,
+    'worker': 11,
+    'app': 12,
+    'cli': 13,
     '__main__': 14,
 }
-PIKA_ALLOWED = {'_pika', '_link', '_outbox', '_connector', '_consumers', '_confirms',
-                '_deliveries'}
+PIKA_ALLOWED = {'_pika', '_link', '_outbox', '_connector', '_consumers', '_confirms', '_deliveries'}
 #: The pika internals pika_rpc relies on (see pika_rpc/_pika.py); no other module may even
 #: define attributes of these names, so a use of one elsewhere is always pika's.
-KNOWN_INTERNALS = {'_impl', '_transport', '_sock', '_produce', '_frame_buffer',
-                   '_on_data_available', '_set_cookie', '_body_max_length', '_MAX_RECV_BYTES',
-                   '_processing_frame_buffer', '_heartbeat_checker'}
+KNOWN_INTERNALS = {
+    '_impl',
+    '_transport',
+    '_sock',
+    '_produce',
+    '_frame_buffer',
+    '_on_data_available',
+    '_set_cookie',
+    '_body_max_length',
+    '_MAX_RECV_BYTES',
+    '_processing_frame_buffer',
+    '_heartbeat_checker',
+}
 
 
 def imports_of(path: pathlib.Path) -> Iterator[str]:
@@ -80,8 +126,9 @@ def test_module_imports_only_lower_levels(module: str) -> None:
         elif top == 'pika_rpc' or name in LEVELS:
             target = name.split('.')[-1] if top == 'pika_rpc' else name
             assert target != '__init__' and target in LEVELS, f'{module} imports {name}'
-            assert LEVELS[target] < level, f'{module} (level {level}) imports {target} ' \
-                                           f'(level {LEVELS[target]})'
+            assert LEVELS[target] < level, (
+                f'{module} (level {level}) imports {target} (level {LEVELS[target]})'
+            )
 
 
 @pytest.mark.parametrize('module', MODULES)
@@ -97,10 +144,14 @@ def _private_names(tree: ast.AST) -> Set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
             names.add(node.attr)
-        elif isinstance(node, ast.Call) and len(node.args) >= 2 \
-                and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str) \
-                and getattr(node.func, 'attr', getattr(node.func, 'id', '')) in (
-                    'setattr', '__setattr__'):
+        elif (
+            isinstance(node, ast.Call)
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and getattr(node.func, 'attr', getattr(node.func, 'id', ''))
+            in ('setattr', '__setattr__')
+        ):
             names.add(node.args[1].value)
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
@@ -122,7 +173,7 @@ def _pika_private_names() -> FrozenSet[str]:
 
 
 def test_the_known_internals_are_pikas_and_no_other_module_defines_them() -> None:
-    newer = {'_processing_frame_buffer'}       # pika's main branch only
+    newer = {'_processing_frame_buffer'}  # pika's main branch only
     assert KNOWN_INTERNALS - newer <= _pika_private_names()
     for module in MODULES:
         if module == '_pika':
@@ -146,33 +197,46 @@ def _pikas_only() -> FrozenSet[str]:
 def test_private_pika_attributes_are_touched_only_in_the_pika_module(module: str) -> None:
     pikas = _pikas_only()
     tree = ast.parse((PACKAGE / f'{module}.py').read_text())
-    used = {node.attr for node in ast.walk(tree)
-            if isinstance(node, ast.Attribute) and node.attr in pikas}
-    strings = {node.value for node in ast.walk(tree)     # getattr(obj, '_impl')
-               if isinstance(node, ast.Constant) and node.value in KNOWN_INTERNALS}
-    assert not used | strings, f'{module} touches pika internals {sorted(used | strings)}: ' \
-                               'only pika_rpc/_pika.py may'
+    used = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr in pikas
+    }
+    strings = {
+        node.value
+        for node in ast.walk(tree)  # getattr(obj, '_impl')
+        if isinstance(node, ast.Constant) and node.value in KNOWN_INTERNALS
+    }
+    assert not used | strings, (
+        f'{module} touches pika internals {sorted(used | strings)}: only pika_rpc/_pika.py may'
+    )
 
 
 # Names moved to another module by the split keep their old import path (users import them).
 MOVED = [
-    ('config', 'parse_url', '_urls'), ('config', 'mask_url', '_urls'),
+    ('config', 'parse_url', '_urls'),
+    ('config', 'mask_url', '_urls'),
     ('config', 'BrokerAddress', '_urls'),
-    ('entities', 'Message', 'message'), ('entities', 'check_properties', 'message'),
-    ('entities', 'compress', 'message'), ('entities', 'decompress', 'message'),
+    ('entities', 'Message', 'message'),
+    ('entities', 'check_properties', 'message'),
+    ('entities', 'compress', 'message'),
+    ('entities', 'decompress', 'message'),
     ('entities', 'maybe_delivery_mode', 'message'),
     ('entities', 'TRANSIENT_DELIVERY_MODE', 'message'),
     ('entities', 'PERSISTENT_DELIVERY_MODE', 'message'),
     ('messaging', 'Connection', 'connection'),
-    ('worker', 'PIDBOX_EXCHANGE', 'protocol'), ('worker', 'REVOKES_MAX', 'protocol'),
+    ('worker', 'PIDBOX_EXCHANGE', 'protocol'),
+    ('worker', 'REVOKES_MAX', 'protocol'),
     ('worker', 'REVOKE_EXPIRES', 'protocol'),
-    ('backend', 'ResultConsumer', '_replies'), ('messaging', 'Consumer', 'consumer'),
+    ('backend', 'ResultConsumer', '_replies'),
+    ('messaging', 'Consumer', 'consumer'),
 ]
 
 
 @pytest.mark.parametrize('old, name, new', MOVED)
-def test_a_moved_name_is_still_importable_from_its_old_module(old: str, name: str,
-                                                              new: str) -> None:
+def test_a_moved_name_is_still_importable_from_its_old_module(
+    old: str, name: str, new: str
+) -> None:
     old_module = importlib.import_module(f'pika_rpc.{old}')
     new_module = importlib.import_module(f'pika_rpc.{new}')
     assert getattr(old_module, name) is getattr(new_module, name)

@@ -3,6 +3,7 @@
 Each behaviour here also has a real-broker test (tests/integration/test_production_shapes.py,
 tests/faults/test_given_up_link.py).
 """
+
 from __future__ import annotations
 
 import queue
@@ -15,7 +16,6 @@ import pytest
 from pika_rpc._pending import PendingTable
 from pika_rpc.config import Settings
 from pika_rpc.errors import ConnectionLost
-
 from tests.helpers import eventually
 
 WAIT = 10.0
@@ -49,7 +49,7 @@ class Waiter(threading.Thread):
     def run(self) -> None:
         try:
             self.meta = self.table.wait(self.task_id, time.monotonic() + self.timeout)
-        except BaseException as exc:      # recorded: the test asserts on it
+        except BaseException as exc:  # recorded: the test asserts on it
             self.error = exc
 
     def result(self) -> Optional[Dict]:
@@ -89,7 +89,7 @@ class Outcome(threading.Thread):
     def run(self) -> None:
         try:
             self.value = self._fn()
-        except BaseException as exc:      # recorded: the test asserts on it
+        except BaseException as exc:  # recorded: the test asserts on it
             self.error = exc
 
     def result(self) -> Any:
@@ -102,9 +102,10 @@ class Outcome(threading.Thread):
 
 # ------------------------------------------------------------------ a watch misses nothing
 
+
 def test_watch_reports_a_final_result_it_adopts_from_the_out_of_band_buffer():
     table = PendingTable()
-    assert table.deliver('late', *success('late', 7)) == 'oob'   # its slot was dropped
+    assert table.deliver('late', *success('late', 7)) == 'oob'  # its slot was dropped
     q, done = table.watch(['late'])
     reported = [(t, m and m['result'], e) for t, m, e in done + drain(q)]
     assert reported == [('late', 7, None)]
@@ -126,6 +127,7 @@ def test_watch_reports_a_result_read_already_and_one_that_arrives_later():
 
 # ------------------------------------------------------------------ slots of waits
 
+
 def test_timed_out_waits_on_ids_nothing_arrived_for_leave_no_slot():
     table = PendingTable()
     for i in range(1000):
@@ -138,7 +140,7 @@ def test_a_timed_out_wait_keeps_the_slot_of_a_task_sent_from_here():
     table.register('sent')
     assert table.wait('sent', time.monotonic()) is None
     assert table.sizes()['pending'] == 1
-    assert table.deliver('sent', *success('sent', 3)) == 'final'     # still expected
+    assert table.deliver('sent', *success('sent', 3)) == 'final'  # still expected
     assert table.wait('sent', time.monotonic())['result'] == 3
 
 
@@ -146,12 +148,15 @@ def test_a_wait_that_ends_keeps_a_slot_that_received_a_state():
     class Seen(Exception):
         pass
 
-    def stop(raw: Dict) -> None:              # ends the wait once a state was shown
+    def stop(raw: Dict) -> None:  # ends the wait once a state was shown
         raise Seen(raw['status'])
+
     table = PendingTable()
     done = queue.SimpleQueue()
-    thread = threading.Thread(target=lambda: done.put(pytest.raises(Seen, table.wait, 'progress',
-                                                                    None, stop)), daemon=True)
+    thread = threading.Thread(
+        target=lambda: done.put(pytest.raises(Seen, table.wait, 'progress', None, stop)),
+        daemon=True,
+    )
     thread.start()
     eventually(lambda: waited(table, 'progress'))
     table.deliver('progress', *started('progress'))
@@ -176,7 +181,7 @@ def test_a_new_slot_is_never_evicted_while_it_is_waited_on():
     table = PendingTable(pending_max=2)
     first, second = Waiter(table, 'a'), Waiter(table, 'b')
     eventually(lambda: waited(table, 'a') and waited(table, 'b'))
-    third = Waiter(table, 'c')                         # the table is full of waited slots
+    third = Waiter(table, 'c')  # the table is full of waited slots
     eventually(lambda: waited(table, 'c'))
     assert table.deliver('c', *success('c', 'c')) == 'final'
     assert third.result()['result'] == 'c'
@@ -192,13 +197,14 @@ def test_a_full_table_evicts_an_idle_expected_slot_not_the_waited_ones():
     eventually(lambda: waited(table, 'waited'))
     table.register('new')
     assert table.sizes()['pending'] == 2
-    assert table.deliver('idle', *success('idle', 0)) == 'oob'       # evicted
+    assert table.deliver('idle', *success('idle', 0)) == 'oob'  # evicted
     assert table.deliver('new', *success('new', 2)) == 'final'
     table.deliver('waited', *success('waited', 1))
     assert waiter.result()['result'] == 1
 
 
 # ------------------------------------------------------------------ bytes
+
 
 def test_results_read_once_are_bounded_by_bytes_as_well_as_by_count():
     table = PendingTable(cache_max=1000, cache_max_bytes=1000)
@@ -229,8 +235,8 @@ def test_a_poll_leaves_an_unread_result_larger_than_the_bound_for_the_next_get()
     table.register('big')
     table.deliver('big', *success('big', 'big'), size=5000)
     assert table.sizes()['unread_bytes'] == 5000
-    assert table.peek('big')['status'] == 'SUCCESS'               # AsyncResult.state
-    assert table.cached('big', poll=True)['result'] == 'big'      # get_task_meta
+    assert table.peek('big')['status'] == 'SUCCESS'  # AsyncResult.state
+    assert table.cached('big', poll=True)['result'] == 'big'  # get_task_meta
     assert table.wait('big', time.monotonic())['result'] == 'big'  # get(): read, not kept
     assert table.peek('big') is None
     assert table.sizes()['unread_bytes'] == 0 and table.sizes()['cached_bytes'] == 0
@@ -247,7 +253,7 @@ def test_unread_results_are_never_dropped_for_bytes_but_push_read_ones_out():
         table.deliver(f'unread-{i}', *success(f'unread-{i}', i), size=300)
     sizes = table.sizes()
     assert sizes['unread'] == 5 and sizes['unread_bytes'] == 1500
-    assert sizes['cached'] == 1 and table.cached('read-2')['result'] == 2   # the last read
+    assert sizes['cached'] == 1 and table.cached('read-2')['result'] == 2  # the last read
     read = [table.wait(f'unread-{i}', time.monotonic())['result'] for i in range(5)]
     assert read == list(range(5))
     assert table.sizes()['cached_bytes'] <= 1000
@@ -274,6 +280,7 @@ def test_result_cache_max_bytes_defaults_to_64_mib_and_must_be_a_positive_intege
 
 # ------------------------------------------------------------------ a given-up link
 
+
 def lost(ids: List[str]) -> ConnectionLost:
     return ConnectionLost(f'gave up; {len(ids)} task(s)')
 
@@ -290,17 +297,18 @@ def test_clearing_the_errors_of_a_given_up_link_lets_waits_wait_and_a_new_give_u
     table = PendingTable()
     table.register('sent')
     table.fail_pending(lost, sticky=True)
-    table.clear_errors(ConnectionLost)                  # a new connection cycle starts
+    table.clear_errors(ConnectionLost)  # a new connection cycle starts
     assert table.down is None
     waiters = [Waiter(table, 'sent'), Waiter(table, 'never-sent')]
     eventually(lambda: waited(table, 'sent') and waited(table, 'never-sent'))
-    table.fail_pending(lost, sticky=True)               # ... and gives up too
+    table.fail_pending(lost, sticky=True)  # ... and gives up too
     for waiter in waiters:
         with pytest.raises(ConnectionLost):
             waiter.result()
 
 
 # ------------------------------------------------------------------ watchers
+
 
 def test_a_watcher_is_told_of_one_failed_task_and_of_every_task_of_a_failed_table():
     table = PendingTable()
@@ -311,7 +319,7 @@ def test_a_watcher_is_told_of_one_failed_task_and_of_every_task_of_a_failed_tabl
     refused = RuntimeError('cannot decode a')
     assert table.fail_one('a', refused) is True
     ids = table.fail_pending(lost)
-    assert sorted(ids) == ['b', 'c']                   # 'a' has its error already
+    assert sorted(ids) == ['b', 'c']  # 'a' has its error already
     reported = drain(q)
     assert reported[0] == ('a', None, refused)
     assert sorted(t for t, _, _ in reported[1:]) == ['b', 'c']
@@ -353,6 +361,7 @@ def test_a_watcher_hears_each_of_many_results_once_as_another_thread_delivers_th
         for t in reversed(ids):
             table.deliver(t, *started(t))
             table.deliver(t, *success(t, t))
+
     threading.Thread(target=deliver, daemon=True).start()
     heard = [q.get(timeout=WAIT) for _ in ids]
     assert sorted(t for t, _, _ in heard) == sorted(ids)
@@ -363,6 +372,7 @@ def test_a_watcher_hears_each_of_many_results_once_as_another_thread_delivers_th
 
 
 # ------------------------------------------------------------------ history, shown to on_message
+
 
 class Shown:
     """An ``on_message`` recording the status (and result) of every raw state it is shown."""
@@ -385,8 +395,12 @@ def test_a_waiter_is_shown_the_kept_history_first_then_each_new_state_once():
     table.deliver('t', *progress('t', 2))
     table.deliver('t', *success('t', 'done'))
     assert waiter.result()['result'] == 'done'
-    assert shown.states == [('STARTED', None), ('PROGRESS', 1), ('PROGRESS', 2),
-                            ('SUCCESS', 'done')]
+    assert shown.states == [
+        ('STARTED', None),
+        ('PROGRESS', 1),
+        ('PROGRESS', 2),
+        ('SUCCESS', 'done'),
+    ]
 
 
 def test_only_the_last_history_max_states_are_kept_for_a_later_waiter():
@@ -461,6 +475,7 @@ def test_registering_adopts_the_out_of_band_result_as_unread_with_its_bytes():
 
 # ------------------------------------------------------------------ failing and clearing
 
+
 def test_fail_pending_for_waited_tasks_only_leaves_the_others_to_their_results():
     table = PendingTable()
     table.register('waited')
@@ -472,11 +487,12 @@ def test_fail_pending_for_waited_tasks_only_leaves_the_others_to_their_results()
     def make_error(ids: List[str]) -> ConnectionLost:
         asked.append(ids)
         return lost(ids)
+
     assert table.fail_pending(make_error, only_waited=True) == ['waited']
     assert asked == [['waited']]
     with pytest.raises(ConnectionLost):
         waiter.result()
-    assert table.peek('idle') is None                  # no error on it
+    assert table.peek('idle') is None  # no error on it
     table.deliver('idle', *success('idle', 2))
     assert table.wait('idle', time.monotonic())['result'] == 2
 
@@ -488,6 +504,7 @@ def test_fail_pending_with_nothing_pending_makes_no_error_unless_sticky():
     def make_error(ids: List[str]) -> ConnectionLost:
         asked.append(ids)
         return lost(ids)
+
     assert table.fail_pending(make_error) == [] and asked == [] and table.down is None
     assert table.fail_pending(make_error, sticky=True) == [] and asked == [[]]
     assert isinstance(table.down, ConnectionLost)
@@ -511,7 +528,7 @@ def test_a_failed_task_fails_later_waits_at_once_until_errors_of_its_type_are_cl
     assert table.fail_pending(lost) == ['t']
     with pytest.raises(ConnectionLost):
         table.wait('t', time.monotonic() + WAIT)
-    table.clear_errors(RuntimeError)                  # another type: kept
+    table.clear_errors(RuntimeError)  # another type: kept
     with pytest.raises(ConnectionLost):
         table.wait('t', time.monotonic() + WAIT)
     table.clear_errors(ConnectionLost)
@@ -543,6 +560,7 @@ def test_a_final_result_beats_the_error_left_on_its_slot():
 
 # ------------------------------------------------------------------ forget and discard
 
+
 def test_forget_drops_results_and_an_idle_slot_but_not_a_slot_someone_waits_on():
     table = PendingTable()
     table.register('read')
@@ -558,8 +576,8 @@ def test_forget_drops_results_and_an_idle_slot_but_not_a_slot_someone_waits_on()
         table.forget(t)
     sizes = table.sizes()
     assert (sizes['cached'], sizes['unread'], sizes['replay'], sizes['pending']) == (0, 0, 0, 1)
-    assert table.deliver('idle', *started('idle')) == 'oob'          # no longer expected
-    assert table.deliver('read', *success('read', 1)) == 'oob'      # no longer a duplicate
+    assert table.deliver('idle', *started('idle')) == 'oob'  # no longer expected
+    assert table.deliver('read', *success('read', 1)) == 'oob'  # no longer a duplicate
     table.deliver('waited', *success('waited', 3))
     assert waiter.result()['result'] == 3
 
@@ -573,7 +591,7 @@ def test_discard_stops_expecting_an_idle_task_so_its_late_result_is_out_of_band(
     table.discard('idle')
     table.discard('waited')
     table.discard('never')
-    assert table.sizes()['pending'] == 1                          # the waited one stays
+    assert table.sizes()['pending'] == 1  # the waited one stays
     assert table.deliver('idle', *success('idle')) == 'oob'
     assert table.deliver('waited', *success('waited', 4)) == 'final'
     assert waiter.result()['result'] == 4
@@ -589,6 +607,7 @@ def test_discard_leaves_a_final_result_in_place():
 
 # ------------------------------------------------------------------ bounds
 
+
 def test_the_result_cache_drops_the_least_recently_read_result_first():
     table = PendingTable(cache_max=2)
     for t in ('a', 'b', 'c'):
@@ -596,8 +615,8 @@ def test_the_result_cache_drops_the_least_recently_read_result_first():
         table.deliver(t, *success(t, t))
     assert table.cached('a')['result'] == 'a'
     assert table.cached('b')['result'] == 'b'
-    assert table.cached('a')['result'] == 'a'          # read again: the most recent
-    assert table.cached('c')['result'] == 'c'          # 'b' goes
+    assert table.cached('a')['result'] == 'a'  # read again: the most recent
+    assert table.cached('c')['result'] == 'c'  # 'b' goes
     assert table.cached('b') is None
     assert table.cached('a')['result'] == 'a' and table.sizes()['cached'] == 2
 
@@ -631,7 +650,7 @@ def test_the_out_of_band_buffer_keeps_the_newest_oob_max_ids_and_history_max_sta
     for step in (1, 2):
         table.deliver('c', *progress('c', step), size=10)
     sizes = table.sizes()
-    assert (sizes['out_of_band'], sizes['out_of_band_bytes']) == (2, 30)   # b: 1, c: 2 kept
+    assert (sizes['out_of_band'], sizes['out_of_band_bytes']) == (2, 30)  # b: 1, c: 2 kept
     assert table.peek('a') is None and table.peek('c')['result'] == 2
     shown = Shown()
     assert table.wait('c', time.monotonic(), shown) is None

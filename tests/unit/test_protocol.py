@@ -1,5 +1,6 @@
 """Celery message shapes (``docs/wire-format.rst``: Result messages, Task messages) and the
 revoke broadcast, built and parsed."""
+
 from __future__ import annotations
 
 import datetime
@@ -27,74 +28,98 @@ def _raw(text):
 
 # --------------------------------------------------------------------------- result bodies
 
+
 def test_success_body_is_byte_identical_to_celery_5_7():
-    body = protocol.result_body('8f416e17-0001', states.SUCCESS,
-                                {'answer': 42, 'list': [1, 2]}, date_done=DONE)
+    body = protocol.result_body(
+        '8f416e17-0001', states.SUCCESS, {'answer': 42, 'list': [1, 2]}, date_done=DONE
+    )
     assert _wire(body) == (
         '{"status": "SUCCESS", "result": {"answer": 42, "list": [1, 2]}, "traceback": null, '
         '"children": [], "date_done": "2026-11-24T12:39:32.380869+00:00", '
-        '"task_id": "8f416e17-0001"}')
+        '"task_id": "8f416e17-0001"}'
+    )
 
 
 def test_failure_body_is_byte_identical_to_celery_5_7():
-    tb = ('Traceback (most recent call last):\n  File "/srv/wftasks.py", line 15, in boom\n'
-          '    raise ValueError(msg)\nValueError: bad\n')
+    tb = (
+        'Traceback (most recent call last):\n  File "/srv/wftasks.py", line 15, in boom\n'
+        '    raise ValueError(msg)\nValueError: bad\n'
+    )
     done = datetime.datetime(2026, 11, 26, 5, 44, 8, 168463, tzinfo=UTC)
-    body = protocol.result_body('33c2e1fe-0001', states.FAILURE, ValueError('bad'), tb,
-                                date_done=done)
+    body = protocol.result_body(
+        '33c2e1fe-0001', states.FAILURE, ValueError('bad'), tb, date_done=done
+    )
     assert _wire(body) == (
         '{"status": "FAILURE", "result": {"exc_type": "ValueError", "exc_message": ["bad"], '
         '"exc_module": "builtins"}, "traceback": "Traceback (most recent call last):\\n  File '
         '\\"/srv/wftasks.py\\", line 15, in boom\\n    raise ValueError(msg)\\n'
         'ValueError: bad\\n", '
         '"children": [], "date_done": "2026-11-26T05:44:08.168463+00:00", '
-        '"task_id": "33c2e1fe-0001"}')
+        '"task_id": "33c2e1fe-0001"}'
+    )
 
 
 def test_started_body_is_byte_identical_to_celery_5_7():
-    body = protocol.result_body('23c11372-0001', states.STARTED,
-                                {'pid': 8372, 'hostname': 'wfdoc@vm'}, date_done=DONE)
+    body = protocol.result_body(
+        '23c11372-0001', states.STARTED, {'pid': 8372, 'hostname': 'wfdoc@vm'}, date_done=DONE
+    )
     assert _wire(body) == (
         '{"status": "STARTED", "result": {"pid": 8372, "hostname": "wfdoc@vm"}, '
-        '"traceback": null, "children": [], "date_done": null, "task_id": "23c11372-0001"}')
+        '"traceback": null, "children": [], "date_done": null, "task_id": "23c11372-0001"}'
+    )
 
 
 def test_custom_state_body_is_byte_identical_to_celery_5_7():
     body = protocol.result_body('23c11372-0001', 'PROGRESS', {'done': 1, 'total': 1})
     assert _wire(body) == (
         '{"status": "PROGRESS", "result": {"done": 1, "total": 1}, "traceback": null, '
-        '"children": [], "date_done": null, "task_id": "23c11372-0001"}')
+        '"children": [], "date_done": null, "task_id": "23c11372-0001"}'
+    )
 
 
 def test_retry_body_is_byte_identical_to_celery_5_7():
     tb = "Traceback ...\ncelery.exceptions.Retry: Retry in 0.5s: KeyError('missing')\n"
-    body = protocol.result_body('d176fb09-0001', states.RETRY, KeyError('missing'), tb,
-                                children=[[['d176fb09-0001', None], None]])
+    body = protocol.result_body(
+        'd176fb09-0001',
+        states.RETRY,
+        KeyError('missing'),
+        tb,
+        children=[[['d176fb09-0001', None], None]],
+    )
     assert _wire(body) == (
         '{"status": "RETRY", "result": {"exc_type": "KeyError", "exc_message": ["missing"], '
         '"exc_module": "builtins"}, "traceback": "Traceback ...\\ncelery.exceptions.Retry: '
         'Retry in 0.5s: KeyError(\'missing\')\\n", "children": [[["d176fb09-0001", null], null]], '
-        '"date_done": null, "task_id": "d176fb09-0001"}')
+        '"date_done": null, "task_id": "d176fb09-0001"}'
+    )
 
 
 def test_revoked_body_is_byte_identical_to_celery_5_7():
     done = datetime.datetime(2026, 11, 26, 5, 44, 9, 676099, tzinfo=UTC)
-    body = protocol.result_body('27faf7ec-0001', states.REVOKED,
-                                errors.TaskRevokedError('revoked'), date_done=done)
+    body = protocol.result_body(
+        '27faf7ec-0001', states.REVOKED, errors.TaskRevokedError('revoked'), date_done=done
+    )
     assert _wire(body) == (
         '{"status": "REVOKED", "result": {"exc_type": "TaskRevokedError", "exc_message": '
         '["revoked"], "exc_module": "celery.exceptions"}, "traceback": null, "children": [], '
-        '"date_done": "2026-11-26T05:44:09.676099+00:00", "task_id": "27faf7ec-0001"}')
+        '"date_done": "2026-11-26T05:44:09.676099+00:00", "task_id": "27faf7ec-0001"}'
+    )
 
 
 def test_group_and_parent_ids_come_before_the_task_id_as_in_celery_5_7():
     done = datetime.datetime(2026, 11, 26, 5, 44, 8, 377656, tzinfo=UTC)
-    body = protocol.result_body('2c95ab58-0001', states.SUCCESS, 2, date_done=done,
-                                request={'group': 'g-123', 'parent_id': 'p-456'})
+    body = protocol.result_body(
+        '2c95ab58-0001',
+        states.SUCCESS,
+        2,
+        date_done=done,
+        request={'group': 'g-123', 'parent_id': 'p-456'},
+    )
     assert _wire(body) == (
         '{"status": "SUCCESS", "result": 2, "traceback": null, "children": [], '
         '"date_done": "2026-11-26T05:44:08.377656+00:00", "group_id": "g-123", '
-        '"parent_id": "p-456", "task_id": "2c95ab58-0001"}')
+        '"parent_id": "p-456", "task_id": "2c95ab58-0001"}'
+    )
 
 
 def test_date_done_defaults_to_now_in_utc_for_ready_states():
@@ -120,11 +145,18 @@ def test_an_exception_in_a_success_result_is_left_for_the_serializer():
 
 
 def test_extended_results_add_request_details_before_the_task_id():
-    request = protocol.TaskRequest(id='t', name='wftasks.add', args=[2, 3], kwargs={},
-                                   retries=1, hostname='w1@vm',
-                                   delivery_info={'routing_key': 'celery'})
-    body = protocol.result_body('t', states.SUCCESS, 5, date_done=DONE, request=request,
-                                extended=True)
+    request = protocol.TaskRequest(
+        id='t',
+        name='wftasks.add',
+        args=[2, 3],
+        kwargs={},
+        retries=1,
+        hostname='w1@vm',
+        delivery_info={'routing_key': 'celery'},
+    )
+    body = protocol.result_body(
+        't', states.SUCCESS, 5, date_done=DONE, request=request, extended=True
+    )
     assert list(body)[-7:] == ['name', 'args', 'kwargs', 'worker', 'retries', 'queue', 'task_id']
     assert (body['name'], body['worker'], body['queue']) == ('wftasks.add', 'w1@vm', 'celery')
 
@@ -136,23 +168,37 @@ def test_extended_keys_are_left_out_without_the_setting():
 
 # --------------------------------------------------------------------------- reading results
 
+
 def test_a_celery_5_5_body_with_the_task_id_first_and_no_date_done_is_read():
-    meta = protocol.meta_from_raw(_raw(
-        '{"task_id": "8f416e17-0001", "status": "SUCCESS", "result": 5, "traceback": null, '
-        '"children": []}'))
-    assert meta == {'status': 'SUCCESS', 'result': 5, 'traceback': None, 'children': [],
-                    'task_id': '8f416e17-0001'}
+    meta = protocol.meta_from_raw(
+        _raw(
+            '{"task_id": "8f416e17-0001", "status": "SUCCESS", "result": 5, "traceback": null, '
+            '"children": []}'
+        )
+    )
+    assert meta == {
+        'status': 'SUCCESS',
+        'result': 5,
+        'traceback': None,
+        'children': [],
+        'task_id': '8f416e17-0001',
+    }
 
 
 def test_reordered_keys_without_date_done_are_read():
-    meta = protocol.meta_from_raw(_raw(
-        '{"result": {"done": 1}, "children": null, "status": "PROGRESS", "task_id": "t1"}'))
+    meta = protocol.meta_from_raw(
+        _raw('{"result": {"done": 1}, "children": null, "status": "PROGRESS", "task_id": "t1"}')
+    )
     assert (meta['status'], meta['result'], meta['task_id']) == ('PROGRESS', {'done': 1}, 't1')
 
 
 def test_a_body_with_only_a_status_is_read_with_defaults():
     assert protocol.meta_from_raw({'status': 'SUCCESS'}) == {
-        'status': 'SUCCESS', 'result': None, 'traceback': None, 'children': None}
+        'status': 'SUCCESS',
+        'result': None,
+        'traceback': None,
+        'children': None,
+    }
 
 
 def test_date_done_is_kept_as_a_string():
@@ -171,15 +217,26 @@ def test_unknown_keys_are_ignored():
 
 
 def test_a_failure_result_is_rebuilt_into_the_exception():
-    meta = protocol.meta_from_raw({'status': 'FAILURE', 'result': {
-        'exc_type': 'ValueError', 'exc_message': ['bad'], 'exc_module': 'builtins'}})
+    meta = protocol.meta_from_raw(
+        {
+            'status': 'FAILURE',
+            'result': {'exc_type': 'ValueError', 'exc_message': ['bad'], 'exc_module': 'builtins'},
+        }
+    )
     assert type(meta['result']) is ValueError and meta['result'].args == ('bad',)
 
 
 def test_a_revoked_result_from_celery_becomes_task_revoked_error():
-    meta = protocol.meta_from_raw({'status': 'REVOKED', 'result': {
-        'exc_type': 'TaskRevokedError', 'exc_message': ['expired'],
-        'exc_module': 'celery.exceptions'}})
+    meta = protocol.meta_from_raw(
+        {
+            'status': 'REVOKED',
+            'result': {
+                'exc_type': 'TaskRevokedError',
+                'exc_message': ['expired'],
+                'exc_module': 'celery.exceptions',
+            },
+        }
+    )
     assert type(meta['result']) is errors.TaskRevokedError
 
 
@@ -204,8 +261,12 @@ def test_a_body_without_a_status_is_a_decode_error():
 
 def test_a_security_error_in_the_result_propagates():
     with pytest.raises(SecurityError):
-        protocol.meta_from_raw({'status': 'FAILURE', 'result': {
-            'exc_type': 'system', 'exc_module': 'os', 'exc_message': ['x']}})
+        protocol.meta_from_raw(
+            {
+                'status': 'FAILURE',
+                'result': {'exc_type': 'system', 'exc_module': 'os', 'exc_message': ['x']},
+            }
+        )
 
 
 def test_the_body_task_id_wins_over_the_correlation_id():
@@ -218,7 +279,7 @@ def test_the_correlation_id_is_used_when_the_body_has_no_task_id():
 
 # --------------------------------------------------------------------------- task messages
 
-CAPTURED = json.loads('''{
+CAPTURED = json.loads("""{
  "properties": {"content_type": "application/json", "content_encoding": "utf-8", "delivery_mode": 2,
    "priority": 5, "correlation_id": "d9f0af88-0001",
    "reply_to": "1f8ae643-f2f2-33eb-a531-d91e8500aba7",
@@ -229,15 +290,24 @@ CAPTURED = json.loads('''{
    "root_id": "d9f0af88-0001",
    "parent_id": null, "argsrepr": "(2, 3)", "kwargsrepr": "{}", "origin": "gen8494@vm",
    "ignore_result": null, "replaced_task_nesting": 0, "stamped_headers": null, "stamps": {}},
- "body": [[2, 3], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]}''')
+ "body": [[2, 3], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]}""")
 NOW = datetime.datetime(2026, 11, 26, 5, 44, 27, 999944, tzinfo=UTC)
 
 
 def _captured_message():
     return protocol.task_message(
-        'wftasks.add', (2, 3), task_id='d9f0af88-0001',
-        reply_to='1f8ae643-f2f2-33eb-a531-d91e8500aba7', countdown=30, expires=600,
-        time_limit=60, soft_time_limit=50, priority=5, origin='gen8494@vm', now=NOW)
+        'wftasks.add',
+        (2, 3),
+        task_id='d9f0af88-0001',
+        reply_to='1f8ae643-f2f2-33eb-a531-d91e8500aba7',
+        countdown=30,
+        expires=600,
+        time_limit=60,
+        soft_time_limit=50,
+        priority=5,
+        origin='gen8494@vm',
+        now=NOW,
+    )
 
 
 def test_task_message_headers_match_the_captured_celery_message():
@@ -269,27 +339,31 @@ def test_priority_defaults_to_zero_and_no_expiration_is_set():
 
 def test_countdown_wins_over_an_explicit_eta():
     eta = datetime.datetime(2030, 1, 1, tzinfo=UTC)
-    headers, _, _ = protocol.task_message('t', task_id='i', reply_to='r', countdown=10,
-                                          eta=eta, now=NOW)
+    headers, _, _ = protocol.task_message(
+        't', task_id='i', reply_to='r', countdown=10, eta=eta, now=NOW
+    )
     assert headers['eta'] == '2026-11-26T05:44:37.999944+00:00'
 
 
 def test_an_expires_datetime_sets_the_header_and_the_expiration_in_ms():
     headers, properties, _ = protocol.task_message(
-        't', task_id='i', reply_to='r', expires=NOW + datetime.timedelta(seconds=90), now=NOW)
+        't', task_id='i', reply_to='r', expires=NOW + datetime.timedelta(seconds=90), now=NOW
+    )
     assert headers['expires'] == '2026-11-26T05:45:57.999944+00:00'
     assert properties['expiration'] == '90000'
 
 
 def test_an_expires_in_the_past_gives_a_zero_expiration():
     _, properties, _ = protocol.task_message(
-        't', task_id='i', reply_to='r', expires=NOW - datetime.timedelta(seconds=5), now=NOW)
+        't', task_id='i', reply_to='r', expires=NOW - datetime.timedelta(seconds=5), now=NOW
+    )
     assert properties['expiration'] == '0'
 
 
 def test_a_naive_eta_is_written_as_utc():
-    headers, _, _ = protocol.task_message('t', task_id='i', reply_to='r',
-                                          eta=datetime.datetime(2030, 1, 1))
+    headers, _, _ = protocol.task_message(
+        't', task_id='i', reply_to='r', eta=datetime.datetime(2030, 1, 1)
+    )
     assert headers['eta'] == '2030-01-01T00:00:00+00:00'
 
 
@@ -299,8 +373,9 @@ def test_root_id_defaults_to_the_task_id():
 
 
 def test_an_explicit_correlation_id_is_kept_in_the_properties():
-    headers, properties, _ = protocol.task_message('t', task_id='i', reply_to='r',
-                                                   correlation_id='c1')
+    headers, properties, _ = protocol.task_message(
+        't', task_id='i', reply_to='r', correlation_id='c1'
+    )
     assert (properties['correlation_id'], headers['id']) == ('c1', 'i')
 
 
@@ -321,8 +396,9 @@ def test_the_default_origin_names_this_process_and_host():
 
 
 def test_extra_headers_are_merged_into_the_message():
-    headers, _, _ = protocol.task_message('t', task_id='i', reply_to='r',
-                                          headers={'x-tenant': 'acme'})
+    headers, _, _ = protocol.task_message(
+        't', task_id='i', reply_to='r', headers={'x-tenant': 'acme'}
+    )
     assert headers['x-tenant'] == 'acme'
 
 
@@ -338,17 +414,26 @@ def test_a_countdown_that_is_not_a_number_is_a_value_error():
 
 # --------------------------------------------------------------------------- parsing tasks
 
+
 def test_a_built_message_parses_back_to_the_same_request():
     headers, properties, body = _captured_message()
-    request = protocol.parse_task_message(headers, properties, _raw(_wire(body)),
-                                          delivery_info={'routing_key': 'celery'})
+    request = protocol.parse_task_message(
+        headers, properties, _raw(_wire(body)), delivery_info={'routing_key': 'celery'}
+    )
     assert (request.id, request.name, request.args, request.kwargs) == (
-        'd9f0af88-0001', 'wftasks.add', [2, 3], {})
+        'd9f0af88-0001',
+        'wftasks.add',
+        [2, 3],
+        {},
+    )
     assert request.eta == NOW + datetime.timedelta(seconds=30)
     assert request.expires == NOW + datetime.timedelta(seconds=600)
     assert (request.time_limit, request.soft_time_limit, request.priority) == (60, 50, 5)
     assert (request.reply_to, request.correlation_id, request.root_id) == (
-        '1f8ae643-f2f2-33eb-a531-d91e8500aba7', 'd9f0af88-0001', 'd9f0af88-0001')
+        '1f8ae643-f2f2-33eb-a531-d91e8500aba7',
+        'd9f0af88-0001',
+        'd9f0af88-0001',
+    )
     assert request.delivery_info == {'routing_key': 'celery'}
 
 
@@ -356,21 +441,27 @@ def test_a_retry_message_is_the_same_task_again_with_one_more_retry():
     headers, properties, body = _captured_message()
     headers = dict(headers, custom='kept', **{'x-death': [{'count': 1}]})
     request = protocol.parse_task_message(headers, properties, _raw(_wire(body)))
-    again, props, again_body = protocol.retry_message(request, countdown=5,
-                                                      options={'priority': 9})
+    again, props, again_body = protocol.retry_message(request, countdown=5, options={'priority': 9})
     assert (again['id'], again['task'], again['retries']) == (
-        request.id, request.name, request.retries + 1)
+        request.id,
+        request.name,
+        request.retries + 1,
+    )
     assert again['parent_id'] == request.id and again['root_id'] == request.root_id
     assert again['custom'] == 'kept' and 'x-death' not in again
     assert (props['reply_to'], props['correlation_id'], props['priority']) == (
-        request.reply_to, request.correlation_id, 9)
+        request.reply_to,
+        request.correlation_id,
+        9,
+    )
     assert again_body[:2] == [request.args, request.kwargs]
     assert protocol.parse_task_message(again, props, again_body).eta is not None
 
 
 def test_a_retry_message_takes_new_arguments_and_keeps_the_priority_without_options():
-    request = protocol.parse_task_message({'task': 'x.y', 'id': 'i', 'parent_id': 'p'},
-                                          {'priority': 3}, [[1], {'a': 1}, None])
+    request = protocol.parse_task_message(
+        {'task': 'x.y', 'id': 'i', 'parent_id': 'p'}, {'priority': 3}, [[1], {'a': 1}, None]
+    )
     headers, props, body = protocol.retry_message(request, [2], {'b': 2})
     assert body[:2] == [[2], {'b': 2}] and props['priority'] == 3
     assert headers['parent_id'] == 'p' and headers['eta'] is None
@@ -379,7 +470,11 @@ def test_a_retry_message_takes_new_arguments_and_keeps_the_priority_without_opti
 def test_a_message_with_only_task_and_id_headers_is_accepted():
     request = protocol.parse_task_message({'task': 'x.y', 'id': 'i'}, {}, [[], {}, None])
     assert (request.retries, request.timelimit, request.eta, request.stamps) == (
-        0, (None, None), None, {})
+        0,
+        (None, None),
+        None,
+        {},
+    )
 
 
 def test_pika_style_properties_objects_are_read_by_attribute():
@@ -389,8 +484,9 @@ def test_pika_style_properties_objects_are_read_by_attribute():
 
 
 def test_a_naive_eta_header_is_read_as_utc():
-    request = protocol.parse_task_message({'task': 'x', 'id': 'i', 'eta': '2030-01-01T00:00:00'},
-                                          {}, [[], {}, {}])
+    request = protocol.parse_task_message(
+        {'task': 'x', 'id': 'i', 'eta': '2030-01-01T00:00:00'}, {}, [[], {}, {}]
+    )
     assert request.eta == datetime.datetime(2030, 1, 1, tzinfo=UTC)
 
 
@@ -446,6 +542,7 @@ def test_a_boolean_retries_header_is_a_decode_error():
 
 # --------------------------------------------------------------------------- revoke
 
+
 def test_revoke_broadcast_goes_to_the_celery_pidbox_exchange():
     exchange, _, _ = protocol.control_revoke('t1')
     assert exchange == 'celery.pidbox'
@@ -455,20 +552,21 @@ def test_revoke_broadcast_body_matches_celerys_mailbox_message():
     _, body, _ = protocol.control_revoke('t1')
     assert _wire(body) == (
         '{"method": "revoke", "arguments": {"task_id": "t1", "terminate": false, '
-        '"signal": "SIGTERM"}, "destination": null, "pattern": null, "matcher": null}')
+        '"signal": "SIGTERM"}, "destination": null, "pattern": null, "matcher": null}'
+    )
 
 
 def test_revoke_broadcast_accepts_many_ids_and_destinations():
-    _, body, _ = protocol.control_revoke(iter(['a', 'b']), True, 'SIGKILL',
-                                         destination=['celery@w1'])
+    _, body, _ = protocol.control_revoke(
+        iter(['a', 'b']), True, 'SIGKILL', destination=['celery@w1']
+    )
     assert body['arguments'] == {'task_id': ['a', 'b'], 'terminate': True, 'signal': 'SIGKILL'}
     assert body['destination'] == ['celery@w1']
 
 
 def test_revoke_broadcast_carries_kombus_clock_and_expires_headers():
     _, _, properties = protocol.control_revoke('t1', clock=7)
-    assert properties == {'delivery_mode': 2, 'priority': 0,
-                          'headers': {'clock': 7, 'expires': 0}}
+    assert properties == {'delivery_mode': 2, 'priority': 0, 'headers': {'clock': 7, 'expires': 0}}
 
 
 def test_revoke_destination_that_is_not_a_list_is_a_value_error():
@@ -477,7 +575,8 @@ def test_revoke_destination_that_is_not_a_list_is_a_value_error():
 
 
 def test_fractional_time_limits_are_rounded_up_to_whole_seconds_for_amqp_headers():
-    headers, _props, _body = protocol.task_message('t.x', (), {}, task_id='t', reply_to='r',
-                                                   time_limit=2.5, soft_time_limit=1.0)
+    headers, _props, _body = protocol.task_message(
+        't.x', (), {}, task_id='t', reply_to='r', time_limit=2.5, soft_time_limit=1.0
+    )
     assert headers['timelimit'] == [3, 1]
     assert all(isinstance(v, int) for v in headers['timelimit'])

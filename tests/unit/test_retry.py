@@ -1,4 +1,5 @@
 """pika_rpc._retry: kombu's retry policy with a deadline and a stop Event. Never sleeps."""
+
 from __future__ import annotations
 
 import ast
@@ -58,6 +59,7 @@ def _policy(**kw):
 
 # ------------------------------------------------------------------ intervals
 
+
 def _first(n, **policy):
     return list(itertools.islice(intervals(policy), n))
 
@@ -68,7 +70,15 @@ def test_intervals_for_the_rpc_backend_policy():
 
 def test_intervals_for_celerys_publish_policy_keep_kombus_float_sums():
     assert _first(8, interval_start=0, interval_step=0.2, interval_max=1) == [
-        0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0, 1.0, 1.0]
+        0.0,
+        0.2,
+        0.4,
+        0.6000000000000001,
+        0.8,
+        1.0,
+        1.0,
+        1.0,
+    ]
 
 
 def test_intervals_are_capped_at_interval_max_as_kombu_5_7():
@@ -87,7 +97,12 @@ def test_intervals_with_step_zero_repeat_the_start():
 def test_intervals_repeat_kombus_last_value_when_float_sums_overshoot():
     # 0.1 + 0.1 + 0.1 > 0.3 in floats, so kombu never reaches the max here.
     assert _first(5, interval_start=0, interval_step=0.1, interval_max=0.3) == [
-        0.0, 0.1, 0.2, 0.20000000000000004, 0.20000000000000004]
+        0.0,
+        0.1,
+        0.2,
+        0.20000000000000004,
+        0.20000000000000004,
+    ]
 
 
 def test_intervals_default_to_the_rpc_backend_policy():
@@ -101,6 +116,7 @@ def test_intervals_refuse_a_negative_value():
 
 # ------------------------------------------------------------ retry_over_time
 
+
 def test_returns_the_value_of_the_first_successful_call():
     fn = Flaky(2)
     assert retry_over_time(fn, Boom, FakeStop(), None, **_policy(max_retries=5)) == 'ok'
@@ -110,8 +126,13 @@ def test_returns_the_value_of_the_first_successful_call():
 def test_max_retries_zero_calls_once_and_reraises():
     fn, errback_calls = Flaky(10), []
     with pytest.raises(Boom):
-        retry_over_time(fn, Boom, FakeStop(), None,
-                        **_policy(max_retries=0, errback=lambda e, i: errback_calls.append(i)))
+        retry_over_time(
+            fn,
+            Boom,
+            FakeStop(),
+            None,
+            **_policy(max_retries=0, errback=lambda e, i: errback_calls.append(i)),
+        )
     assert fn.calls == 1 and errback_calls == []
 
 
@@ -127,6 +148,7 @@ def test_the_last_error_is_reraised():
 
     def fn():
         raise next(errors)
+
     with pytest.raises(Boom, match='last'):
         retry_over_time(fn, Boom, FakeStop(), None, **_policy(max_retries=2))
 
@@ -134,12 +156,20 @@ def test_the_last_error_is_reraised():
 def test_errback_gets_exc_and_each_interval_of_kombus_sequence():
     fn, seen, stop = Flaky(10), [], FakeStop()
     with pytest.raises(Boom):
-        retry_over_time(fn, Boom, stop, None, max_retries=6, interval_start=0,
-                        interval_step=0.2, interval_max=1,
-                        errback=lambda exc, interval: seen.append((type(exc), interval)))
+        retry_over_time(
+            fn,
+            Boom,
+            stop,
+            None,
+            max_retries=6,
+            interval_start=0,
+            interval_step=0.2,
+            interval_max=1,
+            errback=lambda exc, interval: seen.append((type(exc), interval)),
+        )
     expected = [0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]
     assert seen == [(Boom, i) for i in expected]
-    assert stop.waits == expected                # each wait is the errback's interval
+    assert stop.waits == expected  # each wait is the errback's interval
 
 
 def test_max_retries_none_retries_until_success_without_deadline():
@@ -157,15 +187,15 @@ def test_errors_not_caught_propagate_at_once():
 
 def test_catch_may_be_a_tuple():
     fn = Flaky(1, error=KeyError)
-    assert retry_over_time(fn, (Boom, KeyError), FakeStop(), None,
-                           **_policy(max_retries=1)) == 'ok'
+    assert retry_over_time(fn, (Boom, KeyError), FakeStop(), None, **_policy(max_retries=1)) == 'ok'
 
 
 def test_stop_set_from_the_errback_stops_after_that_wait():
     stop, fn = FakeStop(), Flaky(10)
     with pytest.raises(Boom):
-        retry_over_time(fn, Boom, stop, None,
-                        **_policy(max_retries=10, errback=lambda e, i: stop.set()))
+        retry_over_time(
+            fn, Boom, stop, None, **_policy(max_retries=10, errback=lambda e, i: stop.set())
+        )
     assert fn.calls == 1 and len(stop.waits) == 1
 
 
@@ -173,8 +203,9 @@ def test_stop_already_set_gives_up_without_errback_or_wait():
     stop, fn, seen = FakeStop(), Flaky(10), []
     stop.set()
     with pytest.raises(Boom):
-        retry_over_time(fn, Boom, stop, None,
-                        **_policy(max_retries=10, errback=lambda e, i: seen.append(i)))
+        retry_over_time(
+            fn, Boom, stop, None, **_policy(max_retries=10, errback=lambda e, i: seen.append(i))
+        )
     assert fn.calls == 1 and seen == [] and stop.waits == []
 
 
@@ -184,11 +215,20 @@ def test_real_event_set_from_another_thread_cuts_a_long_wait_short():
 
     def run():
         try:
-            retry_over_time(Flaky(10), Boom, stop, None, max_retries=None,
-                            interval_start=3600, interval_step=0, interval_max=3600,
-                            errback=lambda e, i: entered.set())
+            retry_over_time(
+                Flaky(10),
+                Boom,
+                stop,
+                None,
+                max_retries=None,
+                interval_start=3600,
+                interval_step=0,
+                interval_max=3600,
+                errback=lambda e, i: entered.set(),
+            )
         except Boom as exc:
             outcome.append(exc)
+
     t = threading.Thread(target=run, daemon=True)
     t.start()
     assert entered.wait(10)
@@ -200,16 +240,33 @@ def test_real_event_set_from_another_thread_cuts_a_long_wait_short():
 def test_deadline_shorter_than_the_next_interval_gives_up():
     fn, stop, seen = Flaky(10), FakeStop(), []
     with pytest.raises(Boom):
-        retry_over_time(fn, Boom, stop, deadline(30), max_retries=None, interval_start=60,
-                        interval_step=0, interval_max=60, errback=lambda e, i: seen.append(i))
+        retry_over_time(
+            fn,
+            Boom,
+            stop,
+            deadline(30),
+            max_retries=None,
+            interval_start=60,
+            interval_step=0,
+            interval_max=60,
+            errback=lambda e, i: seen.append(i),
+        )
     assert fn.calls == 1 and seen == [] and stop.waits == []
 
 
 def test_deadline_stops_retries_after_the_intervals_run_past_it():
     fn, stop = Flaky(100), FakeStop()
-    with pytest.raises(Boom):                    # waits 0, 10, 20 fit; 30 would not
-        retry_over_time(fn, Boom, stop, deadline(25), max_retries=None, interval_start=0,
-                        interval_step=10, interval_max=30)
+    with pytest.raises(Boom):  # waits 0, 10, 20 fit; 30 would not
+        retry_over_time(
+            fn,
+            Boom,
+            stop,
+            deadline(25),
+            max_retries=None,
+            interval_start=0,
+            interval_step=10,
+            interval_max=30,
+        )
     assert stop.waits == [0, 10, 20] and fn.calls == 4
 
 
@@ -223,15 +280,22 @@ def test_expired_deadline_gives_up_even_with_zero_intervals():
 def test_is_fatal_error_is_not_retried():
     fn = Flaky(10)
     with pytest.raises(Boom):
-        retry_over_time(fn, Boom, FakeStop(), None,
-                        **_policy(max_retries=10), is_fatal=lambda exc: True)
+        retry_over_time(
+            fn, Boom, FakeStop(), None, **_policy(max_retries=10), is_fatal=lambda exc: True
+        )
     assert fn.calls == 1
 
 
-@pytest.mark.parametrize('error', [
-    PreconditionFailed('x'), NotSupportedByRabbitMQ('x'),
-    ClosedByBroker(403), ClosedByBroker(406), ClosedByBroker(540),
-])
+@pytest.mark.parametrize(
+    'error',
+    [
+        PreconditionFailed('x'),
+        NotSupportedByRabbitMQ('x'),
+        ClosedByBroker(403),
+        ClosedByBroker(406),
+        ClosedByBroker(540),
+    ],
+)
 def test_never_retried_errors_are_raised_at_once(error):
     fn = Flaky(10, error=error)
     with pytest.raises(type(error)):
@@ -257,8 +321,9 @@ def test_other_reply_codes_are_retried(code):
 def test_is_fatal_adds_to_the_built_in_rules():
     fn = Flaky(10, error=ClosedByBroker(406))
     with pytest.raises(ClosedByBroker):
-        retry_over_time(fn, Exception, FakeStop(), None, **_policy(max_retries=10),
-                        is_fatal=lambda exc: False)
+        retry_over_time(
+            fn, Exception, FakeStop(), None, **_policy(max_retries=10), is_fatal=lambda exc: False
+        )
     assert fn.calls == 1
 
 
@@ -267,9 +332,12 @@ def test_a_raising_errback_is_logged_and_retrying_goes_on(caplog):
 
     def errback(exc, interval):
         raise RuntimeError('errback broke')
+
     with caplog.at_level(logging.ERROR, logger='pika_rpc._retry'):
-        assert retry_over_time(fn, Boom, FakeStop(), None,
-                               **_policy(max_retries=5, errback=errback)) == 'ok'
+        assert (
+            retry_over_time(fn, Boom, FakeStop(), None, **_policy(max_retries=5, errback=errback))
+            == 'ok'
+        )
     assert fn.calls == 4
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 3 and 'errback broke' in caplog.text
@@ -277,8 +345,16 @@ def test_a_raising_errback_is_logged_and_retrying_goes_on(caplog):
 
 def test_default_errback_logs_a_warning_with_the_interval(caplog):
     with caplog.at_level(logging.WARNING, logger='pika_rpc._retry'):
-        retry_over_time(Flaky(1, error=Boom('nope')), Boom, FakeStop(), None,
-                        max_retries=1, interval_start=0.5, interval_step=0, interval_max=1)
+        retry_over_time(
+            Flaky(1, error=Boom('nope')),
+            Boom,
+            FakeStop(),
+            None,
+            max_retries=1,
+            interval_start=0.5,
+            interval_step=0,
+            interval_max=1,
+        )
     assert 'retry in 0.5 s' in caplog.text and 'nope' in caplog.text
     assert caplog.records[0].levelno == logging.WARNING
 

@@ -1,5 +1,6 @@
 """Serializer registry and kombu-compatible JSON envelopes (``docs/wire-format.rst``, JSON
 envelopes): happy paths."""
+
 from __future__ import annotations
 
 import datetime
@@ -67,7 +68,8 @@ def test_decimal_round_trips_with_its_precision():
 
 def test_uuid_value_is_an_object_with_hex_not_a_string():
     assert _json(uuid.UUID(int=1)) == (
-        '{"__type__": "uuid", "__value__": {"hex": "00000000000000000000000000000001"}}')
+        '{"__type__": "uuid", "__value__": {"hex": "00000000000000000000000000000001"}}'
+    )
 
 
 def test_uuid_round_trips():
@@ -91,10 +93,14 @@ def test_envelopes_are_decoded_at_any_depth():
 
 
 def test_the_captured_wire_example_decodes_to_python_values():
-    text = ('{"dt": {"__type__": "datetime", "__value__": "2026-01-02T03:04:05+00:00"}, '
-            '"u": {"__type__": "uuid", "__value__": {"hex": "00000000000000000000000000000001"}}}')
-    assert _load(text) == {'dt': datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
-                           'u': uuid.UUID(int=1)}
+    text = (
+        '{"dt": {"__type__": "datetime", "__value__": "2026-01-02T03:04:05+00:00"}, '
+        '"u": {"__type__": "uuid", "__value__": {"hex": "00000000000000000000000000000001"}}}'
+    )
+    assert _load(text) == {
+        'dt': datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        'u': uuid.UUID(int=1),
+    }
 
 
 def test_an_object_with_extra_keys_beside_the_envelope_keys_stays_a_dict():
@@ -114,17 +120,20 @@ def test_an_object_with_dunder_json_is_written_as_its_return_value():
     class Money:
         def __json__(self):
             return {'amount': 5, 'currency': 'EUR'}
+
     assert _json({'price': Money()}) == '{"price": {"amount": 5, "currency": "EUR"}}'
 
 
 def test_prepare_accept_content_maps_names_to_content_types():
     assert serialization.prepare_accept_content(['json', 'pickle']) == frozenset(
-        {'application/json', 'application/x-python-serialize'})
+        {'application/json', 'application/x-python-serialize'}
+    )
 
 
 def test_prepare_accept_content_keeps_content_types_as_given():
     assert serialization.prepare_accept_content(['application/json']) == frozenset(
-        {'application/json'})
+        {'application/json'}
+    )
 
 
 def test_prepare_accept_content_of_none_is_json_only():
@@ -143,8 +152,13 @@ def test_pickle_round_trips_when_the_accept_list_names_it():
 
 def test_msgpack_round_trips_envelope_types():
     pytest.importorskip('msgpack')
-    value = {'dt': datetime.datetime(2026, 1, 2, tzinfo=UTC), 'd': decimal.Decimal('1.10'),
-             'u': uuid.UUID(int=7), 'b': b'\xff', 't': (1, 2)}
+    value = {
+        'dt': datetime.datetime(2026, 1, 2, tzinfo=UTC),
+        'd': decimal.Decimal('1.10'),
+        'u': uuid.UUID(int=7),
+        'b': b'\xff',
+        't': (1, 2),
+    }
     content_type, encoding, body = serialization.dumps(value, 'msgpack')
     assert (content_type, encoding) == ('application/x-msgpack', 'binary')
     decoded = serialization.loads(body, content_type, encoding, accept=['msgpack'])
@@ -165,8 +179,13 @@ def test_yaml_round_trips_and_writes_tuples_as_lists():
 
 
 def test_a_registered_serializer_is_used_by_dumps_and_loads():
-    serialization.register('upper-test', 'text/x-upper-test', 'utf-8',
-                           lambda obj: str(obj).upper(), lambda text: text.lower())
+    serialization.register(
+        'upper-test',
+        'text/x-upper-test',
+        'utf-8',
+        lambda obj: str(obj).upper(),
+        lambda text: text.lower(),
+    )
     content_type, encoding, body = serialization.dumps('hello', 'upper-test')
     assert body == b'HELLO'
     assert serialization.loads(body, content_type, encoding, accept=['upper-test']) == 'hello'

@@ -1,4 +1,5 @@
 """Serializer error paths: every bad input gives a typed pika_rpc error, never a bare one."""
+
 from __future__ import annotations
 
 import pickle
@@ -90,6 +91,7 @@ def test_an_accepted_content_type_without_a_decoder_is_a_decode_error():
 def test_a_decoder_raising_anything_becomes_a_decode_error():
     def broken(_text):
         raise KeyError('boom')
+
     serialization.register('broken-test', 'text/x-broken-test', 'utf-8', str, broken)
     with pytest.raises(DecodeError, match='KeyError'):
         _load(b'x', 'text/x-broken-test', accept=['broken-test'])
@@ -126,6 +128,7 @@ def test_a_set_is_an_encode_error_naming_the_type():
 def test_an_arbitrary_object_is_an_encode_error_naming_its_class():
     class Widget:
         pass
+
     with pytest.raises(EncodeError, match='Widget'):
         serialization.dumps([Widget()])
 
@@ -156,6 +159,7 @@ def test_msgpack_refuses_a_set_with_an_encode_error():
 def test_yaml_refuses_a_decimal_with_an_encode_error():
     pytest.importorskip('yaml')
     import decimal
+
     with pytest.raises(EncodeError):
         serialization.dumps(decimal.Decimal('1'), 'yaml')
 

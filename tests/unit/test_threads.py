@@ -5,6 +5,7 @@ Pure logic with real threads, and a real ``os.fork()`` whose child reports throu
 and ``os._exit``s. The executors pika_rpc runs against the real broker (user hooks, the
 decoder) are exercised by tests/integration/test_backend.py and tests/faults/test_fork.py.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,11 +18,10 @@ from typing import Any, Callable, List, Tuple
 import pytest
 
 from pika_rpc._threads import Counters, SerialExecutor
-
 from tests.helpers import eventually
 
 WAIT = 10.0
-CHILD_WAIT = 5.0          # the child's own waits: it reports a timeout rather than hang
+CHILD_WAIT = 5.0  # the child's own waits: it reports a timeout rather than hang
 
 
 @pytest.fixture
@@ -51,6 +51,7 @@ def test_calls_run_one_at_a_time_in_submission_order_on_one_thread(executor):
 def test_a_raising_call_is_logged_and_the_next_call_runs(executor, caplog):
     def faulty() -> None:
         raise ValueError('a faulty hook')
+
     done = threading.Event()
     with caplog.at_level(logging.ERROR, logger='pika_rpc._threads'):
         executor.submit(faulty)
@@ -64,6 +65,7 @@ def test_a_raising_call_is_logged_and_the_next_call_runs(executor, caplog):
 def test_a_call_raising_system_exit_does_not_stop_the_calls_after_it(executor):
     def exits() -> None:
         raise SystemExit(3)
+
     gate, done = threading.Event(), threading.Event()
     threads: List[threading.Thread] = []
     executor.submit(lambda: (threads.append(threading.current_thread()), gate.wait(WAIT)))
@@ -96,7 +98,7 @@ def test_stop_returns_after_its_timeout_while_a_call_still_runs(executor):
     executor.submit(lambda: (started.set(), gate.wait(WAIT)))
     assert started.wait(WAIT)
     executor.submit(ran.append, 'queued')
-    executor.stop(timeout=0.01)                 # returns: the call still runs
+    executor.stop(timeout=0.01)  # returns: the call still runs
     [thread] = executor_threads(executor)
     assert thread.is_alive() and ran == []
     gate.set()
@@ -118,7 +120,7 @@ def test_stopping_an_executor_that_never_ran_returns_at_once_and_later_calls_sta
     executor = SerialExecutor('unit-executor')
     executor.stop(WAIT)
     ran: List[str] = []
-    executor.submit(ran.append, 'after the stop')     # never raises
+    executor.submit(ran.append, 'after the stop')  # never raises
     assert executor_threads(executor) == [] and ran == []
 
 
@@ -138,8 +140,8 @@ def test_calls_submitted_from_many_threads_all_run_in_each_submitters_order(exec
         start.wait()
         for k in range(per_submitter):
             executor.submit(call, n, k)
-    threads = [threading.Thread(target=submit, args=(n,), daemon=True)
-               for n in range(submitters)]
+
+    threads = [threading.Thread(target=submit, args=(n,), daemon=True) for n in range(submitters)]
     for thread in threads:
         thread.start()
     for _ in range(submitters * per_submitter):
@@ -157,7 +159,7 @@ def in_forked_child(child: Callable[[], str]) -> str:
     ``os._exit``s. Returns the report ('no report' when none came in time: child killed)."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
-    if pid == 0:                                     # the child
+    if pid == 0:  # the child
         code = 1
         try:
             os.close(read_fd)
@@ -189,7 +191,7 @@ def in_forked_child(child: Callable[[], str]) -> str:
 def test_a_forked_childs_executor_starts_empty_and_runs_its_own_calls(executor):
     started, gate = threading.Event(), threading.Event()
     ran: List[str] = []
-    executor.submit(lambda: (started.set(), gate.wait(WAIT)))   # the parent's thread, busy
+    executor.submit(lambda: (started.set(), gate.wait(WAIT)))  # the parent's thread, busy
     assert started.wait(WAIT)
     executor.submit(ran.append, 'parent-1')
     executor.submit(ran.append, 'parent-2')
@@ -202,17 +204,19 @@ def test_a_forked_childs_executor_starts_empty_and_runs_its_own_calls(executor):
         finished = done.wait(CHILD_WAIT)
         executor.stop(CHILD_WAIT)
         return f'pending={pending} finished={finished} ran={ran}'
+
     try:
         report = in_forked_child(child)
     finally:
         gate.set()
     assert report == "pending=0 finished=True ran=['child']"
     done = threading.Event()
-    executor.submit(done.set)                       # the parent's queue is its own
+    executor.submit(done.set)  # the parent's queue is its own
     assert done.wait(WAIT) and ran == ['parent-1', 'parent-2']
 
 
 # ------------------------------------------------------------------ Counters
+
 
 def test_counts_added_from_many_threads_are_all_kept():
     counters = Counters('a', 'b')
@@ -223,6 +227,7 @@ def test_counts_added_from_many_threads_are_all_kept():
         for _ in range(20000):
             counters.add('a')
         counters.add('b', 3)
+
     threads = [threading.Thread(target=add) for _ in range(8)]
     for thread in threads:
         thread.start()

@@ -10,6 +10,7 @@ the App connects on first use, so the watching parent never opens a connection. 
 *forked* from one that already used the App (gunicorn ``--preload``, ``multiprocessing``)
 gets a new reply queue and its own connection on first use, by itself: nothing to do.
 """
+
 import logging
 import os
 import threading

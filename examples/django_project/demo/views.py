@@ -8,6 +8,7 @@
 * ``/submit`` + ``/status/<id>``: the fix for "ask later": the sending process waits in the
   background and writes the outcome to a store every process reads (here Django's cache).
 """
+
 import os
 import threading
 
@@ -19,9 +20,9 @@ from pika_rpc import TimeoutError as ResultTimeout
 
 from .pika_app import get_app
 
-WAIT = 10.0              # how long /add waits for a result
+WAIT = 10.0  # how long /add waits for a result
 BACKGROUND_WAIT = 300.0  # how long the sender of /submit waits before giving up
-STORE_FOR = 3600         # seconds a stored outcome stays in the cache
+STORE_FOR = 3600  # seconds a stored outcome stays in the cache
 
 
 def _numbers(request):
@@ -29,8 +30,9 @@ def _numbers(request):
 
 
 def _error(exc, status):
-    return JsonResponse({'error': f'{type(exc).__name__}: {exc}', 'pid': os.getpid()},
-                        status=status)
+    return JsonResponse(
+        {'error': f'{type(exc).__name__}: {exc}', 'pid': os.getpid()}, status=status
+    )
 
 
 def info(request):
@@ -41,17 +43,20 @@ def add(request):
     app = get_app()
     try:
         result = app.send_task('demo.add', _numbers(request))
-    except PikaRPCError as exc:                    # no broker, publish not confirmed, ...
+    except PikaRPCError as exc:  # no broker, publish not confirmed, ...
         return _error(exc, 503)
     try:
         value = result.get(timeout=WAIT)
     except ResultTimeout:
-        return JsonResponse({'task_id': result.id, 'state': result.state,
-                             'error': f'no result within {WAIT} s'}, status=504)
-    except Exception as exc:                       # the task failed: its exception re-raised
+        return JsonResponse(
+            {'task_id': result.id, 'state': result.state, 'error': f'no result within {WAIT} s'},
+            status=504,
+        )
+    except Exception as exc:  # the task failed: its exception re-raised
         return _error(exc, 502)
-    return JsonResponse({'task_id': result.id, 'result': value, 'pid': os.getpid(),
-                         'oid': app.backend.oid})
+    return JsonResponse(
+        {'task_id': result.id, 'result': value, 'pid': os.getpid(), 'oid': app.backend.oid}
+    )
 
 
 def send(request):
@@ -67,8 +72,9 @@ def state(request, task_id):
     value = meta.get('result')
     if meta['status'] in states.EXCEPTION_STATES:
         value = repr(value)
-    return JsonResponse({'task_id': task_id, 'status': meta['status'], 'result': value,
-                         'pid': os.getpid()})
+    return JsonResponse(
+        {'task_id': task_id, 'status': meta['status'], 'result': value, 'pid': os.getpid()}
+    )
 
 
 def _store_when_ready(result, sender):
@@ -87,17 +93,20 @@ def submit(request):
     except PikaRPCError as exc:
         return _error(exc, 503)
     sender = os.getpid()
-    cache.set(f'pika-rpc-result:{result.id}', {'status': states.PENDING, 'sender': sender},
-              STORE_FOR)
+    cache.set(
+        f'pika-rpc-result:{result.id}', {'status': states.PENDING, 'sender': sender}, STORE_FOR
+    )
     # Daemon: a server shutting down does not wait for it (the outcome is then never stored).
-    threading.Thread(target=_store_when_ready, args=(result, sender), daemon=True,
-                     name=f'wait-{result.id}').start()
+    threading.Thread(
+        target=_store_when_ready, args=(result, sender), daemon=True, name=f'wait-{result.id}'
+    ).start()
     return JsonResponse({'task_id': result.id, 'pid': sender}, status=202)
 
 
 def status(request, task_id):
     stored = cache.get(f'pika-rpc-result:{task_id}')
     if stored is None:
-        return JsonResponse({'task_id': task_id, 'status': 'UNKNOWN', 'pid': os.getpid()},
-                            status=404)
+        return JsonResponse(
+            {'task_id': task_id, 'status': 'UNKNOWN', 'pid': os.getpid()}, status=404
+        )
     return JsonResponse(dict(stored, task_id=task_id, pid=os.getpid()))

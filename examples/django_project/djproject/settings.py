@@ -4,6 +4,7 @@ pika_rpc reads the ``CELERY_``-prefixed names, as Celery does in a Django projec
 (``app.config_from_object('django.conf:settings', namespace='CELERY')`` in
 ``demo/pika_app.py``).
 """
+
 import os
 import tempfile
 
@@ -34,9 +35,10 @@ PIKA_RPC_CONNECT_AT_START = os.environ.get('PIKA_RPC_CONNECT_AT_START', '') == '
 CACHES = {
     'default': {
         'BACKEND': 'django.core.cache.backends.filebased.FileBasedCache',
-        'LOCATION': os.environ.get('DJANGO_CACHE_DIR',
-                                   os.path.join(tempfile.gettempdir(), 'pika-rpc-django-example')),
-    },
+        'LOCATION': os.environ.get(
+            'DJANGO_CACHE_DIR', os.path.join(tempfile.gettempdir(), 'pika-rpc-django-example')
+        ),
+    }
 }
 
 LOGGING = {

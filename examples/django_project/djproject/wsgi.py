@@ -1,4 +1,5 @@
 """WSGI entry point: ``gunicorn djproject.wsgi`` (from ``examples/django_project``)."""
+
 import os
 
 from django.core.wsgi import get_wsgi_application
