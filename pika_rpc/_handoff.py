@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any, Callable, Deque, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Deque, Iterable, Iterator, List, Mapping, Optional
 
 from ._timeouts import deadline, remaining
 from .errors import ClosedError
@@ -104,9 +104,8 @@ class Publication:
         'returned',
         'attempts',
         'cancelled',
-        'interval',
-        'interval_step',
-        'interval_max',
+        'policy',
+        'waits',
         'gen',
         'timeout',
     )
@@ -131,9 +130,10 @@ class Publication:
         self.max_retries, self.deadline = policy.get('max_retries', 0), deadline(timeout)
         self.timeout = timeout
         self.errback = policy.get('errback')
-        self.interval = policy.get('interval_start', 0)
-        self.interval_step = policy.get('interval_step', 1)
-        self.interval_max = self.interval + policy.get('interval_max', 1)
+        self.policy = policy
+        #: The waits before each re-publish (``_retry.intervals`` of ``policy``), made at the
+        #: first one: most publications are never re-published.
+        self.waits: Optional[Iterator[float]] = None
         self.done = Latch()
         self.error: Optional[BaseException] = None
         self.returned: Optional[tuple] = None

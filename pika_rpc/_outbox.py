@@ -13,7 +13,8 @@ confirmed, re-published under its retry budget, or failed with a typed error.
 
 Re-publishing follows the publication's own retry policy (``_handoff.Publication``): each
 publish that reaches the broker is an attempt, a nack or a lost connection costs one, the
-intervals grow by ``interval_step`` up to ``interval_max``, and its deadline ends it. A
+waits between attempts are the policy's (``_retry.intervals``, the same backoff as
+connecting), and its deadline ends it. A
 publication the broker refused by name (a publish to a missing exchange closes the publish
 channel) fails at once: retrying cannot help.
 
@@ -31,6 +32,7 @@ import pika.exceptions
 
 from . import _confirms, _pika
 from ._handoff import Publication
+from ._retry import intervals
 from .errors import PikaRPCError, PublishError
 
 LOGGER = logging.getLogger(__name__)
@@ -204,14 +206,15 @@ class Outbox:
         if pub.cancelled:
             pub._finish(exc)
             return
-        out_of_time = pub.deadline is not None and time.monotonic() + pub.interval >= pub.deadline
+        if pub.waits is None:
+            pub.waits = intervals(pub.policy)
+        interval = next(pub.waits)
+        out_of_time = pub.deadline is not None and time.monotonic() + interval >= pub.deadline
         if (pub.max_retries is not None and pub.attempts > pub.max_retries) or out_of_time:
             why = 'its deadline passed' if out_of_time else f'{pub.attempts} attempt(s)'
             pub._finish(PublishError(f'{exc} (gave up after {why})'))
             return
         link = self._link
-        interval = pub.interval
-        pub.interval = min(pub.interval + pub.interval_step, pub.interval_max)
         link.io_stats['republishes'] += 1
         if link.connection is None or not link.connection.is_open:
             self.retry_later.append(pub)  # re-published after the reconnect

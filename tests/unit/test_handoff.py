@@ -199,7 +199,7 @@ def test_a_publication_without_a_policy_is_tried_once_and_has_no_deadline():
     assert (pub.exchange, pub.routing_key, pub.body) == ('ex', 'rk', b'body')
     assert pub.correlation_id == 'c1' and pub.mandatory is True
     assert (pub.max_retries, pub.errback, pub.deadline, pub.timeout) == (0, None, None, None)
-    assert (pub.interval, pub.interval_step, pub.interval_max) == (0, 1, 1)
+    assert pub.policy == {'max_retries': 0} and pub.waits is None
     assert (pub.attempts, pub.cancelled, pub.gen, pub.error, pub.returned) == (
         0,
         False,
@@ -210,7 +210,7 @@ def test_a_publication_without_a_policy_is_tried_once_and_has_no_deadline():
     assert not pub.done.is_set() and pub.wait(0) is False
 
 
-def test_a_publication_takes_its_retry_policy_with_the_longest_interval_counted_from_the_first():
+def test_a_publication_takes_its_retry_policy():
     def errback(exc: BaseException, interval: float) -> None:
         pass
 
@@ -230,7 +230,7 @@ def test_a_publication_takes_its_retry_policy_with_the_longest_interval_counted_
     )
     assert pub.correlation_id is None and pub.mandatory is False
     assert (pub.max_retries, pub.errback) == (None, errback)  # None: retry for ever
-    assert (pub.interval, pub.interval_step, pub.interval_max) == (2, 0.5, 5)  # as kombu
+    assert pub.policy['interval_start'] == 2 and pub.waits is None  # made at the first retry
 
 
 def test_a_publication_deadline_is_its_timeout_from_now():
