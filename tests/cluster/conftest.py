@@ -12,6 +12,7 @@ they are skipped with the reason, or fail with it when ``CI`` is true.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Iterator, List, Optional
 
@@ -42,7 +43,9 @@ def rabbit_cluster(system_node_before_cluster: Optional[SystemNode]) -> Iterator
     cluster = LocalCluster()
     began = time.monotonic()
     try:
-        cluster.start()
+        # Another run on this machine holds the cluster: wait for it this long (developers
+        # running cluster tests side by side set PIKA_RPC_CLUSTER_LOCK_WAIT higher).
+        cluster.start(lock_timeout=float(os.environ.get('PIKA_RPC_CLUSTER_LOCK_WAIT', 30)))
     except ClusterError as exc:
         message = f'the local RabbitMQ cluster did not start: {exc}'
         if under_ci():
