@@ -13,7 +13,9 @@
   in bulk), ``latency`` (round trips, polling), ``footprint`` (connections, idle CPU,
   memory), ``large`` (results of megabytes).
 
-A package beside ``bench.py`` (not ``scripts/bench/``: that name would shadow the script's
-own module name) with a leading underscore: nothing in it is a command. ``bench.py`` puts
-``scripts/`` first on ``sys.path`` by being run from there, so no install step is needed.
+A package beside ``bench.py`` (not ``scripts/bench/``: ``import bench`` would then find the
+package, not the script) with a leading underscore: nothing in it is a command. Python puts
+a script's directory first on ``sys.path``, so ``python scripts/bench.py`` imports it from
+any working directory with no install step; the processes it starts run ``bench.py`` too
+(``--worker KIND``, ``--publisher``).
 """
