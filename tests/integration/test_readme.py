@@ -7,6 +7,8 @@
     broker for ``amqp://guest:guest@localhost:5672//`` and a queue of this test for
     ``celery``. A ``print(...)`` whose line ends with ``# text`` must print ``text``.
 * ``python scripts/demo.py`` exits 0 and prints its table.
+* ``python scripts/bench.py --help`` describes the benchmark and every scenario, and
+  ``--list`` names what a run would do (neither needs a broker).
 
 The test command is proved by CI itself; Docker lines are not run.
 """
@@ -148,3 +150,27 @@ def test_the_demo_command_runs_and_prints_its_table(amqp_url: str) -> None:
     assert re.search(r'^task\s+result\s+detail$', proc.stdout, re.M), report
     for row in ('add(2, 3)', 'boom(...)', 'group of 10 x add', 'stopped cleanly: True'):
         assert row in proc.stdout, report
+
+
+def test_the_bench_command_describes_every_scenario_in_its_help() -> None:
+    proc = subprocess.run([sys.executable, 'scripts/bench.py', '--help'], capture_output=True,
+                          text=True, timeout=60, cwd=str(REPO), env=subprocess_env())
+    report = f'stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}'
+    assert proc.returncode == 0, report
+    assert proc.stdout.startswith('usage: python scripts/bench.py'), report
+    for flag in ('--quick', '--scenarios', '--repeats', '--threads', '--large-sizes'):
+        assert flag in proc.stdout, report
+    for name in ('store', 'get_seq', 'rtt', 'threads', 'threads_rtt', 'poll', 'resources',
+                 'memory', 'large', 'publish', 'consume'):
+        assert re.search(rf'^  {name} +\S', proc.stdout, re.M), f'{name} missing\n{report}'
+
+
+def test_the_bench_command_lists_the_runs_of_the_quick_subset() -> None:
+    proc = subprocess.run([sys.executable, 'scripts/bench.py', '--quick', '--list'],
+                          capture_output=True, text=True, timeout=60, cwd=str(REPO),
+                          env=subprocess_env())
+    report = f'stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}'
+    assert proc.returncode == 0, report
+    kinds = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert 'rtt.pr' in kinds and 'threads8.celery' in kinds, report
+    assert 'threads64.pr' not in kinds and 'publish64.pr' not in kinds, report
