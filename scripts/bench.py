@@ -22,6 +22,7 @@ Progress on stderr; the tables and JSON lines on stdout. Every queue a run creat
 deleted after it (Celery's per-thread reply queues too). Needs no install step: the
 repository's ``pika_rpc`` is imported (``pip install -e '.[bench]'`` for Celery).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,13 @@ OPTIONS = (
     ('--idle', float, 10.0, 3.0, 'resources: idle seconds'),
     ('--tasks', int, 100000, 10000, 'memory: tasks'),
     ('--run-timeout', float, 60.0, 30.0, 'rtt, threads, threads_rtt: per-run timeout in s'),
-    ('--large-sizes', _floats, '1,4,16,24,64', '1,4,16,24,64',
-     'large: result sizes in MB (24 is the baseline of large_load)'),
+    (
+        '--large-sizes',
+        _floats,
+        '1,4,16,24,64',
+        '1,4,16,24,64',
+        'large: result sizes in MB (24 is the baseline of large_load)',
+    ),
     ('--large-iters', int, 3, 3, 'large: results per run and size'),
     ('--k64', int, 60, 30, 'publish: results per thread with 64 threads'),
     ('--n-big', int, 30000, 8000, 'publish: messages of the large pipelined publish'),
@@ -79,25 +85,46 @@ def _scenario_list() -> str:
 def parse_options(argv: Sequence[str]) -> argparse.Namespace:
     """The command line, every size resolved (``--quick`` picks the quick defaults)."""
     ap = argparse.ArgumentParser(
-        prog='python scripts/bench.py', description=__doc__.split('\n')[0],
-        epilog=_scenario_list(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--quick', action='store_true',
-                    help='< 2 minutes: 1 round, the quick scenarios, smaller sizes')
+        prog='python scripts/bench.py',
+        description=__doc__.split('\n')[0],
+        epilog=_scenario_list(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        '--quick',
+        action='store_true',
+        help='< 2 minutes: 1 round, the quick scenarios, smaller sizes',
+    )
     ap.add_argument('--repeats', type=int, help='rounds (default 3, quick 1)')
     ap.add_argument('--scenarios', help='comma-separated names (below), or "all"')
-    ap.add_argument('--only', help='comma-separated kind names or patterns (threads8.*): '
-                                   'run only those of the scenarios chosen')
+    ap.add_argument(
+        '--only',
+        help='comma-separated kind names or patterns (threads8.*): '
+        'run only those of the scenarios chosen',
+    )
     ap.add_argument('--list', action='store_true', help='print the kinds that would run, exit')
-    ap.add_argument('--memory-repeats', action='store_true', dest='memory_repeats',
-                    help='repeat the memory runs too (default: once each)')
-    ap.add_argument('--no-shared', action='store_false', dest='shared',
-                    help='skip the Celery-shared-backend and Celery-poll-after-get runs '
-                         '(--quick skips them too)')
+    ap.add_argument(
+        '--memory-repeats',
+        action='store_true',
+        dest='memory_repeats',
+        help='repeat the memory runs too (default: once each)',
+    )
+    ap.add_argument(
+        '--no-shared',
+        action='store_false',
+        dest='shared',
+        help='skip the Celery-shared-backend and Celery-poll-after-get runs '
+        '(--quick skips them too)',
+    )
     sizes = ap.add_argument_group('sizes (default / with --quick)')
     for flag, kind, default, quick, text in OPTIONS:
         shown = lambda v: v if isinstance(v, str) else f'{v:g}'
-        sizes.add_argument(flag, type=kind, metavar='LIST' if kind in (_ints, _floats) else 'N',
-                           help=f'{text} ({shown(default)} / {shown(quick)})')
+        sizes.add_argument(
+            flag,
+            type=kind,
+            metavar='LIST' if kind in (_ints, _floats) else 'N',
+            help=f'{text} ({shown(default)} / {shown(quick)})',
+        )
     o = ap.parse_args(argv)
     for flag, kind, default, quick, _ in OPTIONS:
         dest = flag[2:].replace('-', '_')
@@ -118,14 +145,17 @@ def plan(o: argparse.Namespace) -> List[List[harness.Kind]]:
     groups = [g for s in o.chosen for g in s.groups(o)]
     if o.only:
         patterns = o.only.split(',')
-        groups = [[k for k in g if any(fnmatch.fnmatchcase(k.name, p) for p in patterns)]
-                  for g in groups]
+        groups = [
+            [k for k in g if any(fnmatch.fnmatchcase(k.name, p) for p in patterns)] for g in groups
+        ]
     return [g for g in groups if g]
 
 
 def run(o: argparse.Namespace, log: Callable[[str], None]) -> None:
     from _bench.rawpika import broker_url, delete_queues
+
     from pika_rpc.findbroker import mask_url
+
     groups = plan(o)
     repeated = [g for g in ([k for k in g if not k.once] for g in groups) if g]
     once = [g for g in ([k for k in g if k.once] for g in groups) if g]
@@ -134,9 +164,11 @@ def run(o: argparse.Namespace, log: Callable[[str], None]) -> None:
             print(f'{kind.name:<28} {"once " if kind.once else ""}{json.dumps(kind.spec())}')
         return
     url = broker_url()
-    log(f'bench: broker {mask_url(url)}, {o.repeats} round(s), scenarios '
+    log(
+        f'bench: broker {mask_url(url)}, {o.repeats} round(s), scenarios '
         f'{",".join(s.name for s in o.chosen)}, T={o.threads}; '
-        f'{sum(map(len, repeated))} kinds x {o.repeats} + {sum(map(len, once))} once')
+        f'{sum(map(len, repeated))} kinds x {o.repeats} + {sum(map(len, once))} once'
+    )
     load0 = harness.loadavg()
     t0 = time.monotonic()
     runs = harness.interleave(repeated, o.repeats, url, log)
@@ -148,11 +180,14 @@ def run(o: argparse.Namespace, log: Callable[[str], None]) -> None:
         delete_queues(url, left)
     import celery
     import pika
-    print(f'## bench ({"quick" if o.quick else "default"}; {o.repeats} round(s), fresh process '
-          f'per run, implementations interleaved; {took:.0f} s; cpus={os.cpu_count()}; '
-          f'loadavg before {load0}, after {harness.loadavg()}; pika {pika.__version__}, celery '
-          f'{celery.__version__}; {len(set(harness.DELETED_QUEUES))} queues created and '
-          f'deleted, {"?" if left is None else len(left)} left over)\n')
+
+    print(
+        f'## bench ({"quick" if o.quick else "default"}; {o.repeats} round(s), fresh process '
+        f'per run, implementations interleaved; {took:.0f} s; cpus={os.cpu_count()}; '
+        f'loadavg before {load0}, after {harness.loadavg()}; pika {pika.__version__}, celery '
+        f'{celery.__version__}; {len(set(harness.DELETED_QUEUES))} queues created and '
+        f'deleted, {"?" if left is None else len(left)} left over)\n'
+    )
     report = Report(runs, o.repeats)
     for scenario in o.chosen:
         scenario.add_to(report, o)
@@ -164,7 +199,7 @@ def run(o: argparse.Namespace, log: Callable[[str], None]) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (['--worker'], ['--publisher']):      # a process the driver started
+    if argv[:1] in (['--worker'], ['--publisher']):  # a process the driver started
         role = argparse.ArgumentParser(prog='bench.py (internal)', add_help=False)
         role.add_argument('--worker')
         role.add_argument('--publisher', action='store_true')
@@ -173,6 +208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         a = role.parse_args(argv)
         if a.publisher:
             from _bench.publishers import publisher_main
+
             publisher_main(a.url)
         else:
             harness.worker_main(a.worker, a.params, a.url)

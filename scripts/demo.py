@@ -8,6 +8,7 @@ timeout, a group joined natively and many threads waiting at once. Removes its q
 
     python scripts/demo.py            # a few seconds
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 import pika_rpc  # noqa: E402
 from pika_rpc.findbroker import BrokerNotFound, find_broker  # noqa: E402
 
-RELEASE = threading.Event()     # lets the "slow" task return when the demo is done with it
+RELEASE = threading.Event()  # lets the "slow" task return when the demo is done with it
 
 
 def define_tasks(app: pika_rpc.App) -> dict:
@@ -34,7 +35,7 @@ def define_tasks(app: pika_rpc.App) -> dict:
     def progress(self, steps):
         for i in range(steps):
             self.update_state(state='PROGRESS', meta={'done': i + 1, 'total': steps})
-            RELEASE.wait(0.05)              # pace it so the states are visibly live
+            RELEASE.wait(0.05)  # pace it so the states are visibly live
         return steps
 
     @app.task(name='demo.boom')
@@ -68,6 +69,7 @@ def run(app: pika_rpc.App, tasks: dict) -> list:
         info = meta['result'] if meta['status'] == 'PROGRESS' else ''
         print(f'    {ms(t0):>7}  {meta["status"]:<8} {info}')
         seen.append(meta['status'])
+
     value = progress.delay(4).get(timeout=10, on_message=on_message)
     rows.append(('progress(4)', value, ' -> '.join(seen)))
 
@@ -82,19 +84,27 @@ def run(app: pika_rpc.App, tasks: dict) -> list:
     try:
         waiting.get(timeout=0.3)
     except pika_rpc.TimeoutError:
-        rows.append(('slow() with get(timeout=0.3)', 'raised TimeoutError',
-                     f'task still {waiting.state} at the deadline'))
+        rows.append(
+            (
+                'slow() with get(timeout=0.3)',
+                'raised TimeoutError',
+                f'task still {waiting.state} at the deadline',
+            )
+        )
     RELEASE.set()
     rows.append(('slow() afterwards', waiting.get(timeout=10), waiting.state))
 
     t0 = time.perf_counter()
     group_id = str(uuid.uuid4())
-    group = pika_rpc.GroupResult(group_id, [add.apply_async((i, i), group_id=group_id,
-                                                            group_index=i) for i in range(10)],
-                                 app=app)
+    group = pika_rpc.GroupResult(
+        group_id,
+        [add.apply_async((i, i), group_id=group_id, group_index=i) for i in range(10)],
+        app=app,
+    )
     values = group.join_native(timeout=10)
-    rows.append(('group of 10 x add, join_native', values, f'{group.completed_count()}/10 done, '
-                                                           f'{ms(t0)}'))
+    rows.append(
+        ('group of 10 x add, join_native', values, f'{group.completed_count()}/10 done, {ms(t0)}')
+    )
 
     t0 = time.perf_counter()
     results = [add.delay(i, i) for i in range(200)]
@@ -104,16 +114,22 @@ def run(app: pika_rpc.App, tasks: dict) -> list:
         for res in chunk:
             try:
                 got[res.id] = res.get(timeout=20)
-            except Exception as exc:   # shown in the table
+            except Exception as exc:  # shown in the table
                 errors.append(exc)
+
     threads = [threading.Thread(target=waiter, args=(results[i::40],)) for i in range(40)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
     ok = sum(1 for i, res in enumerate(results) if got.get(res.id) == 2 * i)
-    rows.append(('200 x add, 40 waiting threads', f'{ok}/200 correct, {len(errors)} errors',
-                 f'{ms(t0)} from first send to last result, one connection'))
+    rows.append(
+        (
+            '200 x add, 40 waiting threads',
+            f'{ok}/200 correct, {len(errors)} errors',
+            f'{ms(t0)} from first send to last result, one connection',
+        )
+    )
     return rows
 
 
@@ -137,13 +153,18 @@ def main() -> int:
         return 2
     print(f'broker: {broker!r} (found via {broker.source})')
     queue = f'pika-rpc-demo-{uuid.uuid4().hex[:8]}'
-    with broker, pika_rpc.App(broker.url, task_default_queue=queue, result_expires=300,
-                              task_track_started=True) as app:
+    with (
+        broker,
+        pika_rpc.App(
+            broker.url, task_default_queue=queue, result_expires=300, task_track_started=True
+        ) as app,
+    ):
         tasks = define_tasks(app)
         worker = pika_rpc.Worker(app, queues=[queue], concurrency=4)
         worker.start()
-        print(f'worker {worker.hostname}: queue {queue}, 4 threads; '
-              f'reply queue {app.backend.oid}\n')
+        print(
+            f'worker {worker.hostname}: queue {queue}, 4 threads; reply queue {app.backend.oid}\n'
+        )
         try:
             rows = run(app, tasks)
         finally:
@@ -155,8 +176,10 @@ def main() -> int:
             conn.release()
         show(rows)
         stats = worker.stats()
-        print(f"\nworker: {stats['succeeded']} succeeded, {stats['failed']} failed, "
-              f"stopped cleanly: {clean}")
+        print(
+            f'\nworker: {stats["succeeded"]} succeeded, {stats["failed"]} failed, '
+            f'stopped cleanly: {clean}'
+        )
     ok = rows[-1][1].startswith('200/200') and clean
     return 0 if ok else 1
 

@@ -17,6 +17,7 @@ Usage::
 
 Exit status: 0 when every version passed (skips allowed), 1 otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,30 +53,70 @@ def build_venv(base: str, version: str, log) -> Tuple[Optional[str], str]:
         return None, 'venv failed'
     python = os.path.join(venv, 'bin', 'python')
     spec = f'celery>={version},<{_next_minor(version)}'
-    if _run([python, '-m', 'pip', 'install', '-q', '--disable-pip-version-check', ROOT,
-             'pytest', 'pytest-timeout', spec], log):
+    if _run(
+        [
+            python,
+            '-m',
+            'pip',
+            'install',
+            '-q',
+            '--disable-pip-version-check',
+            ROOT,
+            'pytest',
+            'pytest-timeout',
+            spec,
+        ],
+        log,
+    ):
         return None, f'pip install {spec} failed'
-    out = subprocess.run([python, '-c', 'import celery, kombu, pika_rpc; print(celery.__version__, '
-                          'kombu.__version__, pika_rpc.__file__)'], capture_output=True, text=True,
-                         cwd=base)   # not the checkout: '' on sys.path would find it there
+    out = subprocess.run(
+        [
+            python,
+            '-c',
+            'import celery, kombu, pika_rpc; print(celery.__version__, '
+            'kombu.__version__, pika_rpc.__file__)',
+        ],
+        capture_output=True,
+        text=True,
+        cwd=base,
+    )  # not the checkout: '' on sys.path would find it there
     celery_v, kombu_v, where = (out.stdout.split() + ['?', '?', '?'])[:3]
     if where.startswith(ROOT):
         return None, f'pika_rpc imported from the checkout ({where}), not the venv'
     return python, f'celery {celery_v}, kombu {kombu_v}'
 
 
-def run_tests(base: str, version: str, python: str, pytest_args: List[str], log
-              ) -> Tuple[Dict[str, str], int, float]:
+def run_tests(
+    base: str, version: str, python: str, pytest_args: List[str], log
+) -> Tuple[Dict[str, str], int, float]:
     """Copy the tests next to the venv, run them; return ({test: outcome}, exit code, seconds)."""
     work = os.path.join(base, f'run-{version}')
-    shutil.copytree(os.path.join(ROOT, 'tests'), os.path.join(work, 'tests'),
-                    ignore=shutil.ignore_patterns('__pycache__'))
-    shutil.copy(os.path.join(ROOT, 'setup.cfg'), work)   # pytest's markers and timeout
+    shutil.copytree(
+        os.path.join(ROOT, 'tests'),
+        os.path.join(work, 'tests'),
+        ignore=shutil.ignore_patterns('__pycache__'),
+    )
+    shutil.copy(os.path.join(ROOT, 'setup.cfg'), work)  # pytest's markers and timeout
     junit = os.path.join(work, 'junit.xml')
     env = dict(os.environ, PYTHONPATH=work)
     started = time.monotonic()
-    code = _run([python, '-m', 'pytest', 'tests/interop', '-q', '-p', 'no:cacheprovider',
-                 f'--junitxml={junit}', '-rs', *pytest_args], log, cwd=work, env=env)
+    code = _run(
+        [
+            python,
+            '-m',
+            'pytest',
+            'tests/interop',
+            '-q',
+            '-p',
+            'no:cacheprovider',
+            f'--junitxml={junit}',
+            '-rs',
+            *pytest_args,
+        ],
+        log,
+        cwd=work,
+        env=env,
+    )
     return parse_junit(junit), code, time.monotonic() - started
 
 
@@ -90,16 +131,17 @@ def parse_junit(path: str) -> Dict[str, str]:
         for child in case:
             if child.tag in ('failure', 'error', 'skipped'):
                 outcome = {'failure': 'failed', 'error': 'error', 'skipped': 'skipped'}[child.tag]
-        if outcomes.get(name) not in ('failed', 'error'):   # setup + call may both report
+        if outcomes.get(name) not in ('failed', 'error'):  # setup + call may both report
             outcomes[name] = outcome
     return outcomes
 
 
-def table(versions: List[str], results: Dict[str, Dict[str, str]],
-          details: Dict[str, str]) -> str:
+def table(versions: List[str], results: Dict[str, Dict[str, str]], details: Dict[str, str]) -> str:
     names = sorted({name for outcome in results.values() for name in outcome})
-    lines = ['| test | ' + ' | '.join(f'Celery {v}' for v in versions) + ' |',
-             '|---|' + '---|' * len(versions)]
+    lines = [
+        '| test | ' + ' | '.join(f'Celery {v}' for v in versions) + ' |',
+        '|---|' + '---|' * len(versions),
+    ]
     for name in names:
         cells = [SYMBOL.get(results[v].get(name, ''), '-') for v in versions]
         lines.append(f'| `{name}` | ' + ' | '.join(cells) + ' |')
@@ -116,8 +158,12 @@ def table(versions: List[str], results: Dict[str, Dict[str, str]],
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--versions', nargs='+', default=list(DEFAULT_VERSIONS),
-                        help='Celery minor versions (default: %(default)s)')
+    parser.add_argument(
+        '--versions',
+        nargs='+',
+        default=list(DEFAULT_VERSIONS),
+        help='Celery minor versions (default: %(default)s)',
+    )
     parser.add_argument('--keep', action='store_true', help='keep the temporary directory')
     parser.add_argument('pytest_args', nargs='*', help='extra pytest arguments (after --)')
     args = parser.parse_args(argv)
@@ -136,8 +182,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     print(f'  {installed}; see {log_path}', file=sys.stderr)
                     continue
                 print(f'  {installed}; running tests/interop ...', file=sys.stderr, flush=True)
-                results[version], code, seconds = run_tests(base, version, python,
-                                                            args.pytest_args, log)
+                results[version], code, seconds = run_tests(
+                    base, version, python, args.pytest_args, log
+                )
             details[version] = f'{installed} ({seconds:.0f} s, exit {code})'
             ok = ok and code == 0
             print(f'  exit {code} in {seconds:.0f} s', file=sys.stderr, flush=True)

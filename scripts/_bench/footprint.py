@@ -12,6 +12,7 @@ yet. ``memory_detail``: pika_rpc with the results stored by a thread of the same
 (``store_result(wait=False)`` through the same link), and the sizes of the library's
 tables at the end of both pika_rpc runs (read-only peeks at pika_rpc's own structures).
 """
+
 from __future__ import annotations
 
 import gc
@@ -58,8 +59,13 @@ def broker_resources(pid: Optional[int] = None) -> Dict[str, Any]:
             names[c['pid']] = name
     chan_pids = {ch['pid'] for ch in chans if ch.get('connection') in names}
     queues = sorted({c['queue_name'] for c in consumers if c.get('channel_pid') in chan_pids})
-    return {'connections': len(names), 'channels': len(chan_pids), 'queues': len(queues),
-            'connection_names': sorted(names.values())[:5], 'queue_names': queues[:5]}
+    return {
+        'connections': len(names),
+        'channels': len(chan_pids),
+        'queues': len(queues),
+        'connection_names': sorted(names.values())[:5],
+        'queue_names': queues[:5],
+    }
 
 
 def w_resources(p: Dict[str, Any], url: str) -> Dict[str, Any]:
@@ -75,7 +81,7 @@ def w_resources(p: Dict[str, Any], url: str) -> Dict[str, Any]:
 
     def setup(i: int) -> str:
         queue = impl.thread_setup()
-        tid = str(uuid.uuid4())           # one ping-pong: every per-thread resource exists
+        tid = str(uuid.uuid4())  # one ping-pong: every per-thread resource exists
         impl.register(tid)
         impl.store(tid, i, queue)
         if impl.get(tid, 30) != i:
@@ -99,7 +105,7 @@ def w_resources(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     group.go()
     for _ in range(threads):
         waiting.acquire(timeout=30)
-    time.sleep(1.0)                        # every thread is inside get() by now
+    time.sleep(1.0)  # every thread is inside get() by now
     res = broker_resources()
     rss = rss_kb()
     c0, w0 = time.process_time(), time.perf_counter()
@@ -114,11 +120,20 @@ def w_resources(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     if waker is not impl:
         waker.close()
     hung = group.join(time.monotonic() + timeout)
-    out = {'threads': threads, 'idle_s': wall, 'idle_cpu_s': cpu,
-           'idle_cpu_pct': cpu / wall * 100, 'rss_kb': rss,
-           'threads_alive': threading.active_count(),
-           'woken': stats['woken'], 'wrong': stats['wrong'], 'timeouts': stats['timeouts'],
-           'errors': len(group.errors), 'hangs': hung, 'error_samples': group.errors[:3]}
+    out = {
+        'threads': threads,
+        'idle_s': wall,
+        'idle_cpu_s': cpu,
+        'idle_cpu_pct': cpu / wall * 100,
+        'rss_kb': rss,
+        'threads_alive': threading.active_count(),
+        'woken': stats['woken'],
+        'wrong': stats['wrong'],
+        'timeouts': stats['timeouts'],
+        'errors': len(group.errors),
+        'hangs': hung,
+        'error_samples': group.errors[:3],
+    }
     out.update({f'broker_{k}': v for k, v in res.items()})
     if not hung:
         impl.close()
@@ -126,8 +141,12 @@ def w_resources(p: Dict[str, Any], url: str) -> Dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- memory
-def windowed_gets(tasks: int, ids_of: Callable[[int], List[str]],
-                  release: Callable[[int], None], get: Callable[[str], Any]) -> Dict[str, Any]:
+def windowed_gets(
+    tasks: int,
+    ids_of: Callable[[int], List[str]],
+    release: Callable[[int], None],
+    get: Callable[[str], Any],
+) -> Dict[str, Any]:
     """``tasks`` results in windows of ``WINDOW`` ids, two windows in flight ahead.
 
     ``release(k)`` makes window k's results come (register the ids, tell a publisher); each
@@ -152,8 +171,11 @@ def windowed_gets(tasks: int, ids_of: Callable[[int], List[str]],
             rss_warm = rss_kb()
         if (k + 1) % max(1, windows // 10) == 0:
             checkpoints.append([(k + 1) * WINDOW, rss_kb()])
-    return {'seconds': time.perf_counter() - t0, 'checkpoints': checkpoints,
-            'rss_after_warmup_kb': rss_warm}
+    return {
+        'seconds': time.perf_counter() - t0,
+        'checkpoints': checkpoints,
+        'rss_after_warmup_kb': rss_warm,
+    }
 
 
 def w_memory(p: Dict[str, Any], url: str) -> Dict[str, Any]:
@@ -176,8 +198,14 @@ def w_memory(p: Dict[str, Any], url: str) -> Dict[str, Any]:
             store = impl.backend.store_result
             for k in iter(todo.get, None):
                 for i, tid in enumerate(ids_of(k), k * WINDOW):
-                    store(tid, i, 'SUCCESS', request={'reply_to': queue, 'correlation_id': tid},
-                          wait=False)
+                    store(
+                        tid,
+                        i,
+                        'SUCCESS',
+                        request={'reply_to': queue, 'correlation_id': tid},
+                        wait=False,
+                    )
+
         thread = threading.Thread(target=storer, daemon=True)
         thread.start()
         send, stop = todo.put, lambda: (todo.put(None), thread.join(30))
@@ -193,15 +221,22 @@ def w_memory(p: Dict[str, Any], url: str) -> Dict[str, Any]:
 
     run = windowed_gets(tasks, ids_of, release, lambda tid: impl.get(tid, 60))
     stop()
-    time.sleep(0.3)      # let the last batched ack go out
+    time.sleep(0.3)  # let the last batched ack go out
     gc.collect()
     rss_end = rss_kb()
     rss_warm = run['rss_after_warmup_kb']
-    out = {'tasks': tasks, 'seconds': run['seconds'], 'rate': tasks / run['seconds'],
-           'rss_start_kb': rss_start, 'rss_connected_kb': rss_connected,
-           'rss_after_warmup_kb': rss_warm, 'rss_end_kb': rss_end,
-           'rss_growth_kb': rss_end - (rss_warm or rss_connected),
-           'rss_growth_from_start_kb': rss_end - rss_start, 'checkpoints': run['checkpoints']}
+    out = {
+        'tasks': tasks,
+        'seconds': run['seconds'],
+        'rate': tasks / run['seconds'],
+        'rss_start_kb': rss_start,
+        'rss_connected_kb': rss_connected,
+        'rss_after_warmup_kb': rss_warm,
+        'rss_end_kb': rss_end,
+        'rss_growth_kb': rss_end - (rss_warm or rss_connected),
+        'rss_growth_from_start_kb': rss_end - rss_start,
+        'checkpoints': run['checkpoints'],
+    }
     if isinstance(impl, PR):
         out['sizes'] = pr_sizes(impl)
     impl.close()
@@ -215,21 +250,40 @@ def pr_sizes(pr: PR) -> Dict[str, Any]:
     out = {k: v for k, v in backend.stats().items() if isinstance(v, (int, float))}
     link = backend._link
     ls = link.stats()
-    out.update({f'link_{k}': ls.get(k) for k in ('in_flight', 'peak_in_flight', 'queued_commands',
-                                                 'commands', 'wake_ups', 'deliveries', 'ack_frames',
-                                                 'publishes', 'confirms')})
+    out.update(
+        {
+            f'link_{k}': ls.get(k)
+            for k in (
+                'in_flight',
+                'peak_in_flight',
+                'queued_commands',
+                'commands',
+                'wake_ups',
+                'deliveries',
+                'ack_frames',
+                'publishes',
+                'confirms',
+            )
+        }
+    )
     pipe = link._outbox.pipeline
     table = backend._pending
-    out.update(pipeline_unconfirmed=len(pipe._unconfirmed) if pipe else None,
-               pipeline_by_key=len(pipe._by_key) if pipe else None,
-               pipeline_returned=len(pipe._returned) if pipe else None,
-               link_acks=len(link._consumers._acks), link_consumers=len(link._consumers),
-               link_retry_later=len(link._outbox.retry_later),
-               link_declared=len(link._declarations._done),
-               table_slots=len(table._slots), table_final=len(table._final),
-               table_oob=len(table._oob), table_replay=len(table._replay),
-               table_watchers=len(table._watchers),
-               threads=threading.active_count(), gc_objects=len(gc.get_objects()))
+    out.update(
+        pipeline_unconfirmed=len(pipe._unconfirmed) if pipe else None,
+        pipeline_by_key=len(pipe._by_key) if pipe else None,
+        pipeline_returned=len(pipe._returned) if pipe else None,
+        link_acks=len(link._consumers._acks),
+        link_consumers=len(link._consumers),
+        link_retry_later=len(link._outbox.retry_later),
+        link_declared=len(link._declarations._done),
+        table_slots=len(table._slots),
+        table_final=len(table._final),
+        table_oob=len(table._oob),
+        table_replay=len(table._replay),
+        table_watchers=len(table._watchers),
+        threads=threading.active_count(),
+        gc_objects=len(gc.get_objects()),
+    )
     return out
 
 
@@ -243,11 +297,16 @@ def _resources_rows(r: Report, o: Any, t: int, cols: Tuple[str, ...]) -> None:
     c = r.row(f'resources T={t}: broker connections of the process', 'broker_connections', cols)
     q = r.row(f'resources T={t}: queues consumed by the process', 'broker_queues', cols)
     r.row(f'resources T={t}: channels', 'broker_channels', cols)
-    cpu = r.row(f'idle CPU, {t} threads in get() for {o.idle:g} s', 'idle_cpu_pct', cols,
-                '% of a core')
+    cpu = r.row(
+        f'idle CPU, {t} threads in get() for {o.idle:g} s', 'idle_cpu_pct', cols, '% of a core'
+    )
     r.row(f'  RSS with {t} threads waiting', 'rss_kb', cols, ' kB')
-    r.totals(f'  woken after the idle period / hung ({o.repeats} run(s))', ('woken', 'hangs'),
-             cols, f'{t} threads per run')
+    r.totals(
+        f'  woken after the idle period / hung ({o.repeats} run(s))',
+        ('woken', 'hangs'),
+        cols,
+        f'{t} threads per run',
+    )
     r.target(f'one connection per process at T={t}', c[0], '==', 1)
     r.target(f'one reply queue per process at T={t}', q[0], '==', 1)
     r.target('idle CPU < 1 % of a core', cpu[0], '<', 1, '< 1 %')
@@ -257,22 +316,31 @@ def memory_report(r: Report, o: Any) -> None:
     if not r.has('memory.pr'):
         return
     cols = ('memory.pr', 'memory.raw', 'memory.celery')
-    vp = r.row(f'RSS growth over {o.tasks:,} tasks (after 2,000 warm-up)', 'rss_growth_kb',
-               cols, ' kB', 'pika_rpc: result_cache_max=3000 (3 windows of 1,000 in flight)')[0]
+    vp = r.row(
+        f'RSS growth over {o.tasks:,} tasks (after 2,000 warm-up)',
+        'rss_growth_kb',
+        cols,
+        ' kB',
+        'pika_rpc: result_cache_max=3000 (3 windows of 1,000 in flight)',
+    )[0]
     r.row('  get() rate in the memory run', 'rate', cols, '/s')
     r.target(f'RSS growth over {o.tasks:,} tasks < 20 MB', vp, '<', 20 * 1024, '< 20,480 kB')
 
 
 def memory_detail_report(r: Report, o: Any) -> None:
-    for kind, what in (('memory.pr', 'another process'),
-                       ('memory_detail.pr_inproc', 'a thread of this process')):
+    for kind, what in (
+        ('memory.pr', 'another process'),
+        ('memory_detail.pr_inproc', 'a thread of this process'),
+    ):
         for x in r.ok_runs(kind):
             s = x.get('sizes') or {}
-            r.line(f'  memory, results stored by {what}: RSS start / after warm-up / end',
-                   f"{x['rss_start_kb']:,} / {x['rss_after_warmup_kb']:,} / "
-                   f"{x['rss_end_kb']:,} kB ({x['rss_growth_kb']:+,})",
-                   note=f"{fmt(x['rate'], '/s')}; at the end: pending={s.get('pending')} "
-                   f"cached={s.get('cached')} oob={s.get('out_of_band')} "
-                   f"replay={s.get('replay')} watched={s.get('watched')} "
-                   f"pipeline_by_key={s.get('pipeline_by_key')} "
-                   f"link_acks={s.get('link_acks')} threads={s.get('threads')}")
+            r.line(
+                f'  memory, results stored by {what}: RSS start / after warm-up / end',
+                f'{x["rss_start_kb"]:,} / {x["rss_after_warmup_kb"]:,} / '
+                f'{x["rss_end_kb"]:,} kB ({x["rss_growth_kb"]:+,})',
+                note=f'{fmt(x["rate"], "/s")}; at the end: pending={s.get("pending")} '
+                f'cached={s.get("cached")} oob={s.get("out_of_band")} '
+                f'replay={s.get("replay")} watched={s.get("watched")} '
+                f'pipeline_by_key={s.get("pipeline_by_key")} '
+                f'link_acks={s.get("link_acks")} threads={s.get("threads")}',
+            )

@@ -18,6 +18,7 @@ thread included), ``Threads`` (T threads set up, then started together; which on
 Only the standard library is imported here: a worker pays for pika, pika_rpc or Celery
 when its scenario imports them (the memory scenario reads RSS from the start).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,6 +47,7 @@ class Kind:
     ``name`` is ``SCENARIO[VARIANT].IMPL`` (``store8.raw_confirm``): the report finds a
     column's runs by it. ``once``: run in a single round (after the repeated ones).
     """
+
     name: str
     worker: Worker
     params: Dict[str, Any]
@@ -62,8 +64,12 @@ class Kind:
     def timeout(self) -> float:
         """Bound of one run: its own timeout and idle time plus set-up and tear-down."""
         p = self.params
-        return float(p.get('timeout') or 0) + float(p.get('idle') or 0) + 120.0 + \
-            (p.get('tasks') or 0) / 500.0
+        return (
+            float(p.get('timeout') or 0)
+            + float(p.get('idle') or 0)
+            + 120.0
+            + (p.get('tasks') or 0) / 500.0
+        )
 
 
 def child_env() -> Dict[str, str]:
@@ -81,8 +87,13 @@ def loadavg() -> str:
 
 def rabbitmqctl_json(*args: str) -> List[Dict[str, Any]]:
     """``rabbitmqctl -q ARGS --formatter json``; ``RuntimeError`` when it fails."""
-    out = subprocess.run(['rabbitmqctl', '-q', *args, '--formatter', 'json'],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    out = subprocess.run(
+        ['rabbitmqctl', '-q', *args, '--formatter', 'json'],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
     if out.returncode != 0:
         raise RuntimeError(f'rabbitmqctl {" ".join(args)}: {out.stderr.strip()[-300:]}')
     return json.loads(out.stdout or '[]')
@@ -102,6 +113,7 @@ def announce_queue(name: str, url: str) -> None:
     sys.stdout.flush()
     if not _announced:
         import atexit
+
         atexit.register(_delete_announced)
     if not _announced_url:
         _announced_url.append(url)
@@ -110,6 +122,7 @@ def announce_queue(name: str, url: str) -> None:
 
 def _delete_announced() -> None:
     from .rawpika import delete_queues
+
     try:
         delete_queues(_announced_url[0], _announced)
     except Exception as exc:  # report, never hide
@@ -124,7 +137,7 @@ def worker_main(kind: str, params: Dict[str, Any], url: str) -> None:
     sys.stdout.flush()
     if 'celery' in kind or result.get('hangs'):
         sys.stderr.flush()
-        os._exit(0)      # a hung thread (or Celery's connections) must not block the exit
+        os._exit(0)  # a hung thread (or Celery's connections) must not block the exit
 
 
 class Stopwatch:
@@ -145,17 +158,24 @@ class Threads:
     ``errors`` (its text), never raised; ``join(deadline)`` tells how many still run.
     """
 
-    def __init__(self, threads: int, setup: Callable[[int], Any], body: Callable[[int], None],
-                 setup_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        threads: int,
+        setup: Callable[[int], Any],
+        body: Callable[[int], None],
+        setup_timeout: float = 120.0,
+    ) -> None:
         self.setup_out: List[Any] = [None] * threads
         self.errors: List[str] = []
         self._all_set_up = threading.Barrier(threads + 1, timeout=setup_timeout)
         self._go = threading.Event()
-        self.pool = [threading.Thread(target=self._run, args=(i, setup, body), daemon=True)
-                     for i in range(threads)]
+        self.pool = [
+            threading.Thread(target=self._run, args=(i, setup, body), daemon=True)
+            for i in range(threads)
+        ]
         for t in self.pool:
             t.start()
-        self._all_set_up.wait()                        # every thread set up
+        self._all_set_up.wait()  # every thread set up
 
     def _run(self, i: int, setup: Callable[[int], Any], body: Callable[[int], None]) -> None:
         ok = True
@@ -207,8 +227,13 @@ def percentiles(lat: Sequence[float]) -> Dict[str, float]:
     if not lat:
         return {}
     pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e6
-    return {'p50_us': pick(0.50), 'p90_us': pick(0.90), 'p99_us': pick(0.99),
-            'max_us': lat[-1] * 1e6, 'mean_us': statistics.fmean(lat) * 1e6}
+    return {
+        'p50_us': pick(0.50),
+        'p90_us': pick(0.90),
+        'p99_us': pick(0.99),
+        'max_us': lat[-1] * 1e6,
+        'mean_us': statistics.fmean(lat) * 1e6,
+    }
 
 
 def rss_kb() -> int:
@@ -221,7 +246,7 @@ def rss_kb() -> int:
 
 
 # ---------------------------------------------------------------------- driver side
-DELETED_QUEUES: List[str] = []     # every queue a worker announced (and the driver deleted)
+DELETED_QUEUES: List[str] = []  # every queue a worker announced (and the driver deleted)
 
 
 def run_worker(kind: Kind, url: str) -> Dict[str, Any]:
@@ -230,12 +255,27 @@ def run_worker(kind: Kind, url: str) -> Dict[str, Any]:
     ``RuntimeError`` (with the end of its stderr) when it fails or outlives its timeout.
     """
     from .rawpika import delete_queues
-    cmd = [sys.executable, ENTRY, '--worker', kind.name, '--params', json.dumps(kind.spec()),
-           '--url', url]
+
+    cmd = [
+        sys.executable,
+        ENTRY,
+        '--worker',
+        kind.name,
+        '--params',
+        json.dumps(kind.spec()),
+        '--url',
+        url,
+    ]
     timeout = kind.timeout()
     try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              timeout=timeout, env=child_env())
+        proc = subprocess.run(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+            env=child_env(),
+        )
         out, err, rc = proc.stdout, proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or '')
@@ -261,8 +301,13 @@ def run_worker(kind: Kind, url: str) -> Dict[str, Any]:
     return result
 
 
-def interleave(groups: Sequence[Sequence[Kind]], repeats: int, url: str,
-               log: Callable[[str], None], retries: int = 1) -> Dict[str, List[Dict]]:
+def interleave(
+    groups: Sequence[Sequence[Kind]],
+    repeats: int,
+    url: str,
+    log: Callable[[str], None],
+    retries: int = 1,
+) -> Dict[str, List[Dict]]:
     """Run every kind ``repeats`` times; returns kind name -> its runs' results.
 
     Each round runs the groups in turn, a group's kinds in an order rotated by the round.
@@ -280,32 +325,37 @@ def interleave(groups: Sequence[Sequence[Kind]], repeats: int, url: str,
                 runs[kind.name].append(res)
                 done += 1
                 spent = time.monotonic() - t_start
-                log(f'  [{done}/{total}, {spent:4.0f} s, eta {spent / done * (total - done):4.0f}'
+                log(
+                    f'  [{done}/{total}, {spent:4.0f} s, eta {spent / done * (total - done):4.0f}'
                     f' s] round {r + 1}/{repeats} {kind.name:<28} {time.monotonic() - t0:5.1f} s'
-                    f'  {_short(res)}')
+                    f'  {_short(res)}'
+                )
     return runs
 
 
-def _run_with_retries(kind: Kind, url: str, retries: int, log: Callable[[str], None],
-                      where: str) -> Dict[str, Any]:
+def _run_with_retries(
+    kind: Kind, url: str, retries: int, log: Callable[[str], None], where: str
+) -> Dict[str, Any]:
     last = ''
     for attempt in range(retries + 1):
         try:
             return run_worker(kind, url)
         except RuntimeError as exc:
             last = str(exc)
-            log(f'  {where} {kind.name}: attempt {attempt + 1} failed: '
-                f'{last.strip().splitlines()[-1] if last.strip() else last}')
+            log(
+                f'  {where} {kind.name}: attempt {attempt + 1} failed: '
+                f'{last.strip().splitlines()[-1] if last.strip() else last}'
+            )
     return {'error': last[-2000:]}
 
 
 def _short(res: Dict[str, Any]) -> str:
     if 'error' in res:
         return 'FAILED'
-    keys = [k for k in ('rate', 'p50_us', 'p99_us', 'rss_growth_kb', 'errors', 'hangs')
-            if k in res]
-    return ' '.join(f'{k}={res[k]:.1f}' if isinstance(res[k], float) else f'{k}={res[k]}'
-                    for k in keys)
+    keys = [k for k in ('rate', 'p50_us', 'p99_us', 'rss_growth_kb', 'errors', 'hangs') if k in res]
+    return ' '.join(
+        f'{k}={res[k]:.1f}' if isinstance(res[k], float) else f'{k}={res[k]}' for k in keys
+    )
 
 
 def median_of(runs: Iterable[Dict], key: str) -> Optional[float]:

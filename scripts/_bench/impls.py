@@ -20,6 +20,7 @@ The interface: ``thread_setup()`` (in the thread that will use it; returns its r
 queue), ``register(id)`` (what ``send_task`` does before publishing), ``store(id, value,
 queue)``, ``get(id, timeout)``, ``poll(id)`` (the meta when ready, else None), ``close()``.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,6 +39,7 @@ from .harness import announce_queue
 def pr_app(url: str, **conf: Any) -> Any:
     """A pika_rpc App as every benchmark builds it (reply queues expire after 600 s)."""
     import pika_rpc
+
     return pika_rpc.App(url, result_expires=600, **conf)
 
 
@@ -47,6 +49,7 @@ def timeouts_of(impl: str) -> Tuple[type, ...]:
     out: List[type] = [TimeoutError, socket.timeout]
     if impl.startswith('celery'):
         from celery.exceptions import TimeoutError as CeleryTimeout
+
         out.append(CeleryTimeout)
     return tuple(out)
 
@@ -62,18 +65,19 @@ class PR:
         self.backend = self.app.backend
         self.oid = self.backend.oid
         announce_queue(self.oid, url)
-        self.backend.result_consumer.start()     # reply queue declared and consumed
+        self.backend.result_consumer.start()  # reply queue declared and consumed
 
     def thread_setup(self) -> str:
         return self.oid
 
-    def register(self, tid: str) -> None:        # what send_task does before publishing
+    def register(self, tid: str) -> None:  # what send_task does before publishing
         if self.registers:
             self.backend.on_task_call(None, tid)
 
     def store(self, tid: str, value: Any, queue: str) -> None:
-        self.backend.store_result(tid, value, 'SUCCESS',
-                                  request={'reply_to': queue, 'correlation_id': tid})
+        self.backend.store_result(
+            tid, value, 'SUCCESS', request={'reply_to': queue, 'correlation_id': tid}
+        )
 
     def get(self, tid: str, timeout: float) -> Any:
         return self.app.AsyncResult(tid).get(timeout=timeout)
@@ -102,8 +106,13 @@ class RawClient:
         self.consumer.start()
 
     def store(self, tid: str, value: Any, queue: str) -> None:
-        self.pub.basic_publish('', queue, rawpika.result_body(tid, value),
-                               rawpika.result_properties(tid), mandatory=True)
+        self.pub.basic_publish(
+            '',
+            queue,
+            rawpika.result_body(tid, value),
+            rawpika.result_properties(tid),
+            mandatory=True,
+        )
 
     def get(self, tid: str, timeout: float) -> Any:
         dl = time.monotonic() + timeout
@@ -195,9 +204,15 @@ def celery_app(url: str, **conf: Any) -> Any:
     (``broker_transport_options`` -> py-amqp ``client_properties``) so the broker's
     listing can be matched to this process."""
     from celery import Celery
+
     app = Celery('bench', broker=url, backend='rpc://', set_as_current=False)
-    app.conf.update(result_expires=600, broker_transport_options={
-        'client_properties': {'connection_name': f'bench-celery-{os.getpid()}'}}, **conf)
+    app.conf.update(
+        result_expires=600,
+        broker_transport_options={
+            'client_properties': {'connection_name': f'bench-celery-{os.getpid()}'}
+        },
+        **conf,
+    )
     return app
 
 
@@ -223,14 +238,16 @@ class CeleryImpl:
         return backend.oid
 
     def register(self, tid: str) -> None:
-        pass     # Celery's on_task_call only declares the queue (done in thread_setup)
+        pass  # Celery's on_task_call only declares the queue (done in thread_setup)
 
     def store(self, tid: str, value: Any, queue: str) -> None:
-        self.backend.store_result(tid, value, 'SUCCESS', request=types.SimpleNamespace(
-            reply_to=queue, correlation_id=tid))
+        self.backend.store_result(
+            tid, value, 'SUCCESS', request=types.SimpleNamespace(reply_to=queue, correlation_id=tid)
+        )
 
     def get(self, tid: str, timeout: float) -> Any:
         from celery.result import AsyncResult
+
         return AsyncResult(tid, app=self.app, backend=self.shared).get(timeout=timeout)
 
     def poll(self, tid: str) -> Optional[Any]:
@@ -238,7 +255,7 @@ class CeleryImpl:
         return meta if meta['status'] == 'SUCCESS' else None
 
     def close(self) -> None:
-        pass     # the process ends with os._exit (a hung Celery thread must not block it)
+        pass  # the process ends with os._exit (a hung Celery thread must not block it)
 
 
 def make_impl(impl: str, url: str, **conf: Any) -> Any:

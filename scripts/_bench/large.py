@@ -13,6 +13,7 @@ one's confirm); ops outside those windows are shown as the baseline, and
 (same broker and CPU load, nothing big read here). The clock is ``time.monotonic()``, one
 clock for every process of the machine.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,10 +56,16 @@ def w_large_recv(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     publisher.close()
     receive.close()
     med = lambda xs: statistics.median(xs) * 1e3 if xs else None
-    out = {'mb': p['mb'], 'iters': iters, 'recv_ms': med(recv), 'recv_max_ms': max(recv) * 1e3,
-           'from_publish_ms': med(from_go), 'decode_ms': med(decode),
-           'runs_ms': [round(x * 1e3, 2) for x in recv]}
-    if p['impl'] == 'raw':        # raw pika once its callback has the value decoded too
+    out = {
+        'mb': p['mb'],
+        'iters': iters,
+        'recv_ms': med(recv),
+        'recv_max_ms': max(recv) * 1e3,
+        'from_publish_ms': med(from_go),
+        'decode_ms': med(decode),
+        'runs_ms': [round(x * 1e3, 2) for x in recv],
+    }
+    if p['impl'] == 'raw':  # raw pika once its callback has the value decoded too
         out['recv_decoded_ms'] = med([r + d for r, d in zip(recv, decode)])
     return out
 
@@ -81,6 +88,7 @@ class _LargePR(PR):
 
     def decode_seconds(self, tid: str, size: int) -> float:
         from pika_rpc import serialization
+
         body = rawpika.result_body(tid, 'x' * size)
         t0 = time.perf_counter()
         serialization.loads(body, 'application/json', 'utf-8')
@@ -101,8 +109,8 @@ class _LargeRaw:
         ch.basic_consume(self.queue, self._on_message)
 
     def _on_message(self, chan: Any, method: Any, props: Any, body: bytes) -> None:
-        t = time.monotonic()                  # the body is here
-        value = json.loads(body)['result']    # what a caller could use: decoded
+        t = time.monotonic()  # the body is here
+        value = json.loads(body)['result']  # what a caller could use: decoded
         self.seen[props.correlation_id] = (t, time.monotonic(), len(value))
         chan.basic_ack(method.delivery_tag)
 
@@ -138,7 +146,7 @@ def w_large_load(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     elsewhere = p.get('elsewhere', False)
     pr = PR(url)
     oid = pr.oid
-    sink = rawpika.unique('largesink')             # the other threads' stores go there
+    sink = rawpika.unique('largesink')  # the other threads' stores go there
     announce_queue(sink, url)
     conn = rawpika.raw_connection(url)
     rawpika.declare_reply_queue(conn.channel(), sink)
@@ -155,7 +163,7 @@ def w_large_load(p: Dict[str, Any], url: str) -> Dict[str, Any]:
             t0 = time.monotonic()
             try:
                 op(tid, i)
-            except Exception as exc:              # counted, the run goes on
+            except Exception as exc:  # counted, the run goes on
                 errors.append(f'{what}: {exc!r}'[:200])
                 continue
             ops.append((t0, time.monotonic()))
@@ -169,10 +177,14 @@ def w_large_load(p: Dict[str, Any], url: str) -> Dict[str, Any]:
         if pr.get(tid, 30) != i:
             raise RuntimeError('wrong result')
 
-    pool = [threading.Thread(target=timed, args=(stores[i], 'store', store, i), daemon=True)
-            for i in range(p['store_threads'])]
-    pool += [threading.Thread(target=timed, args=(trips[i], 'round trip', round_trip, i),
-                              daemon=True) for i in range(p['rtt_threads'])]
+    pool = [
+        threading.Thread(target=timed, args=(stores[i], 'store', store, i), daemon=True)
+        for i in range(p['store_threads'])
+    ]
+    pool += [
+        threading.Thread(target=timed, args=(trips[i], 'round trip', round_trip, i), daemon=True)
+        for i in range(p['rtt_threads'])
+    ]
     for t in pool:
         t.start()
     windows: List[Tuple[float, float]] = []
@@ -185,18 +197,18 @@ def w_large_load(p: Dict[str, Any], url: str) -> Dict[str, Any]:
             pr.register(t)
         arrived: Dict[str, float] = {}
 
-        def wait_small(t: str) -> None:
+        def wait_small(t: str, arrived: Dict[str, float] = arrived) -> None:
             try:
                 pr.get(t, 120)
                 arrived[t] = time.monotonic()
             except Exception as exc:
                 errors.append(f'small result: {exc!r}'[:200])
+
         waiters = [threading.Thread(target=wait_small, args=(t,), daemon=True) for t in small]
         for w in waiters:
             w.start()
-        publisher.prepare_large('@self' if elsewhere else oid, tid, size,
-                                [(oid, t) for t in small])
-        stop.wait(0.3)          # background ops only, before the window (pacing, not a sync)
+        publisher.prepare_large('@self' if elsewhere else oid, tid, size, [(oid, t) for t in small])
+        stop.wait(0.3)  # background ops only, before the window (pacing, not a sync)
         publisher.go()
         if not elsewhere:
             value = pr.get(tid, 120)
@@ -220,8 +232,12 @@ def w_large_load(p: Dict[str, Any], url: str) -> Dict[str, Any]:
         t.join(60)
     publisher.close()
     pr.close()
-    out: Dict[str, Any] = {'mb': p['mb'], 'iters': iters, 'errors': len(errors),
-                           'error_samples': errors[:3]}
+    out: Dict[str, Any] = {
+        'mb': p['mb'],
+        'iters': iters,
+        'errors': len(errors),
+        'error_samples': errors[:3],
+    }
     for name, ops in (('store', stores), ('rtt', trips)):
         inside, outside = _split(ops, windows)
         for where, lat in (('during', inside), ('outside', outside)):
@@ -235,8 +251,9 @@ def w_large_load(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     return out
 
 
-def _split(ops_by_thread: List[List[Tuple[float, float]]],
-           windows: List[Tuple[float, float]]) -> Tuple[List[float], List[float]]:
+def _split(
+    ops_by_thread: List[List[Tuple[float, float]]], windows: List[Tuple[float, float]]
+) -> Tuple[List[float], List[float]]:
     """Durations of the ops that overlap a window, and of the others."""
     inside, outside = [], []
     for ops in ops_by_thread:
@@ -248,29 +265,69 @@ def _split(ops_by_thread: List[List[Tuple[float, float]]],
 
 # ---------------------------------------------------------------------- plans and reports
 def large_plan(o: Any) -> List[List[Kind]]:
-    groups = [[Kind(f'large{mb:g}.{i}', w_large_recv, dict(impl=i, mb=mb, iters=o.large_iters,
-                                                          timeout=120))
-               for i in ('pr', 'raw')] for mb in o.large_sizes]
-    groups.append([Kind(f'large_load.{i}', w_large_load, dict(
-        impl='pr', mb=24, iters=max(5, o.large_iters), small=8, store_threads=2, rtt_threads=2,
-        elsewhere=elsewhere, timeout=180)) for i, elsewhere in (('pr', False),
-                                                                ('pr_elsewhere', True))])
+    groups = [
+        [
+            Kind(
+                f'large{mb:g}.{i}',
+                w_large_recv,
+                dict(impl=i, mb=mb, iters=o.large_iters, timeout=120),
+            )
+            for i in ('pr', 'raw')
+        ]
+        for mb in o.large_sizes
+    ]
+    groups.append(
+        [
+            Kind(
+                f'large_load.{i}',
+                w_large_load,
+                dict(
+                    impl='pr',
+                    mb=24,
+                    iters=max(5, o.large_iters),
+                    small=8,
+                    store_threads=2,
+                    rtt_threads=2,
+                    elsewhere=elsewhere,
+                    timeout=180,
+                ),
+            )
+            for i, elsewhere in (('pr', False), ('pr_elsewhere', True))
+        ]
+    )
     return groups
 
 
 def large_report(r: Report, o: Any) -> None:
     for mb, cols in r.ran('large{:g}', o.large_sizes, ('pr', 'raw')):
-        vp, vr, _ = r.row(f'large {mb:g} MB: confirm -> received ({o.large_iters} per run)',
-                          'recv_ms', cols, ' ms',
-                          'pika_rpc: get() returned (decoded); raw: body in the callback')
-        r.row(f'  {mb:g} MB: JSON decode alone', 'decode_ms', cols, ' ms',
-              'pika_rpc: the same body decoded afterwards; raw: json.loads in the callback')
+        vp, vr, _ = r.row(
+            f'large {mb:g} MB: confirm -> received ({o.large_iters} per run)',
+            'recv_ms',
+            cols,
+            ' ms',
+            'pika_rpc: get() returned (decoded); raw: body in the callback',
+        )
+        r.row(
+            f'  {mb:g} MB: JSON decode alone',
+            'decode_ms',
+            cols,
+            ' ms',
+            'pika_rpc: the same body decoded afterwards; raw: json.loads in the callback',
+        )
         dr = r.med(cols[1], 'recv_decoded_ms')
-        r.line(f'  {mb:g} MB: raw pika, confirm -> json.loads done in its callback',
-               fmt(vp, ' ms'), fmt(dr, ' ms'), '-', fmt(ratio(vp, dr)), 'n/a', 'both decoded')
+        r.line(
+            f'  {mb:g} MB: raw pika, confirm -> json.loads done in its callback',
+            fmt(vp, ' ms'),
+            fmt(dr, ' ms'),
+            '-',
+            fmt(ratio(vp, dr)),
+            'n/a',
+            'both decoded',
+        )
         r.target_ratio(f'large {mb:g} MB receive <= 1.5x raw pika', vp, vr, '<=', 1.5)
-        r.target_ratio('  same, raw pika with json.loads in its callback (both decoded)', vp, dr,
-                       '<=', 1.5)
+        r.target_ratio(
+            '  same, raw pika with json.loads in its callback (both decoded)', vp, dr, '<=', 1.5
+        )
     if r.has('large_load.pr'):
         _large_load_report(r)
 
@@ -279,21 +336,41 @@ def _large_load_report(r: Report) -> None:
     k, ke = 'large_load.pr', 'large_load.pr_elsewhere'
     raw24 = r.med('large24.raw', 'recv_ms')
     r.row('large_load: 24 MB result arriving, confirm -> get()', 'big_recv_ms', (k,), ' ms')
-    for name, what in (('store', "other threads' store_result, wait for the confirm"),
-                       ('rtt', "other threads' small round trips")):
+    for name, what in (
+        ('store', "other threads' store_result, wait for the confirm"),
+        ('rtt', "other threads' small round trips"),
+    ):
         for q in ('p50', 'p99', 'max'):
             vp, ve = r.med(k, f'{name}_during_{q}_ms'), r.med(ke, f'{name}_during_{q}_ms')
-            r.line(f'  {what}: {q} while it arrives', fmt(vp, ' ms'), fmt(ve, ' ms'), '-',
-                   fmt(ratio(vp, ve)), 'n/a', 'raw pika column: the same while the 24 MB go '
-                   'to another process' if q == 'p50' else '')
+            r.line(
+                f'  {what}: {q} while it arrives',
+                fmt(vp, ' ms'),
+                fmt(ve, ' ms'),
+                '-',
+                fmt(ratio(vp, ve)),
+                'n/a',
+                'raw pika column: the same while the 24 MB go to another process'
+                if q == 'p50'
+                else '',
+            )
         r.row(f'  {what}: p99 otherwise (baseline)', f'{name}_outside_p99_ms', (k,), ' ms')
         r.row(f'  {what}: ops while it arrives', f'{name}_during_n', (k,))
-    small = r.row('  8 small results queued behind it: the last one, confirm -> get()',
-                  'small_arrival_ms', (k,), ' ms',
-                  f'target: raw pika 24 MB receive ({fmt(raw24, " ms")}) + 10 ms')[0]
+    small = r.row(
+        '  8 small results queued behind it: the last one, confirm -> get()',
+        'small_arrival_ms',
+        (k,),
+        ' ms',
+        f'target: raw pika 24 MB receive ({fmt(raw24, " ms")}) + 10 ms',
+    )[0]
     r.totals('  errors (all runs)', ('errors',), (k,))
     p99 = r.med(k, 'store_during_p99_ms')
-    r.target("other threads' confirms wait <= 50 ms (p99) while 24 MB arrive", p99, '<=', 50,
-             '<= 50 ms')
-    r.target('small results behind 24 MB arrive <= raw 24 MB receive + 10 ms', small, '<=',
-             None if raw24 is None else raw24 + 10, f'<= {fmt(raw24)} + 10 ms')
+    r.target(
+        "other threads' confirms wait <= 50 ms (p99) while 24 MB arrive", p99, '<=', 50, '<= 50 ms'
+    )
+    r.target(
+        'small results behind 24 MB arrive <= raw 24 MB receive + 10 ms',
+        small,
+        '<=',
+        None if raw24 is None else raw24 + 10,
+        f'<= {fmt(raw24)} + 10 ms',
+    )

@@ -13,6 +13,7 @@ baseline), and with a push consumer: ``process_data_events(0)`` + lookup.
 ``celery_after_get`` (default run only): the same after one ``get()`` started Celery's push
 consumer in that thread.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -39,8 +40,7 @@ def w_pingpong(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     lock = threading.Lock()
     warm = max(3, min(50, 400 // threads))
 
-    def one(queue: str, value: int, out: Optional[List[Tuple[float, float]]],
-            dl: float) -> None:
+    def one(queue: str, value: int, out: Optional[List[Tuple[float, float]]], dl: float) -> None:
         tid = str(uuid.uuid4())
         t0 = time.perf_counter()
         impl.register(tid)
@@ -82,12 +82,21 @@ def w_pingpong(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     elapsed, cpu = clock.read()
     split = [x for xs in lat for x in xs]
     out = percentiles([store + get for store, get in split])
-    out.update(threads=threads, iters=iters, round_trips=len(split), seconds=elapsed,
-               rate=len(split) / elapsed, cpu_us_per_iter=cpu / max(1, len(split)) * 1e6,
-               store_p50_us=statistics.median(s for s, _ in split) * 1e6 if split else None,
-               get_p50_us=statistics.median(g for _, g in split) * 1e6 if split else None,
-               errors=stats['errors'] + len(group.errors), wrong=stats['wrong'],
-               timeouts=stats['timeouts'], hangs=hung, error_samples=group.errors[:3])
+    out.update(
+        threads=threads,
+        iters=iters,
+        round_trips=len(split),
+        seconds=elapsed,
+        rate=len(split) / elapsed,
+        cpu_us_per_iter=cpu / max(1, len(split)) * 1e6,
+        store_p50_us=statistics.median(s for s, _ in split) * 1e6 if split else None,
+        get_p50_us=statistics.median(g for _, g in split) * 1e6 if split else None,
+        errors=stats['errors'] + len(group.errors),
+        wrong=stats['wrong'],
+        timeouts=stats['timeouts'],
+        hangs=hung,
+        error_samples=group.errors[:3],
+    )
     if p['impl'].startswith('pr'):
         out['out_of_band'] = impl.backend.stats()['out_of_band']
     if not hung:
@@ -103,7 +112,7 @@ def w_poll(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     queue = impl.thread_setup()
     publisher = Publisher(url)
     prefix = rawpika.id_prefix()
-    if after_get:            # a get() first: Celery starts its push consumer on this queue
+    if after_get:  # a get() first: Celery starts its push consumer on this queue
         tid = str(uuid.uuid4())
         impl.store(tid, 0, queue)
         impl.get(tid, 10)
@@ -137,9 +146,14 @@ def w_poll(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     publisher.close()
     out = percentiles(lat)
     polls.sort()
-    out.update(iters=iters, ready=len(lat), timeouts=timeouts, hangs=timeouts,
-               polls_p50=polls[len(polls) // 2] if polls else None,
-               cpu_us_per_result=cpu / max(1, len(lat)) * 1e6)
+    out.update(
+        iters=iters,
+        ready=len(lat),
+        timeouts=timeouts,
+        hangs=timeouts,
+        polls_p50=polls[len(polls) // 2] if polls else None,
+        cpu_us_per_result=cpu / max(1, len(lat)) * 1e6,
+    )
     if not timeouts:
         impl.close()
     return out
@@ -149,19 +163,27 @@ def w_poll(p: Dict[str, Any], url: str) -> Dict[str, Any]:
 def rtt_detail_report(r: Report, o: Any) -> None:
     if not r.has('rtt.pr'):
         return
-    split = lambda kind: (f'{fmt(r.med(kind, "store_p50_us"))} / '
-                          f'{fmt(r.med(kind, "get_p50_us"))} us')
-    r.line('  rtt split p50: store / get() [raw: sync confirms]', split('rtt.pr'),
-           split('rtt.raw_confirm'), split('rtt.celery'),
-           note='store: until the confirm (raw: sync confirm); get: until woken with it')
+    split = lambda kind: f'{fmt(r.med(kind, "store_p50_us"))} / {fmt(r.med(kind, "get_p50_us"))} us'
+    r.line(
+        '  rtt split p50: store / get() [raw: sync confirms]',
+        split('rtt.pr'),
+        split('rtt.raw_confirm'),
+        split('rtt.celery'),
+        note='store: until the confirm (raw: sync confirm); get: until woken with it',
+    )
     if r.has('rtt_detail.pr_unregistered'):
         cols = ('rtt_detail.pr_unregistered', 'rtt.raw_confirm')
-        r.row('  rtt p50, ids not registered first [raw: sync confirms]', 'p50_us', cols,
-              ' us', 'pika_rpc: the result waits out of band until get() adopts it')
-        r.row('  rtt p99, ids not registered first [raw: sync confirms]', 'p99_us', cols,
-              ' us')
-        r.line('  rtt split p50, not registered: store / get()',
-               split('rtt_detail.pr_unregistered'))
+        r.row(
+            '  rtt p50, ids not registered first [raw: sync confirms]',
+            'p50_us',
+            cols,
+            ' us',
+            'pika_rpc: the result waits out of band until get() adopts it',
+        )
+        r.row('  rtt p99, ids not registered first [raw: sync confirms]', 'p99_us', cols, ' us')
+        r.line(
+            '  rtt split p50, not registered: store / get()', split('rtt_detail.pr_unregistered')
+        )
 
 
 def threads_rtt_report(r: Report, o: Any) -> None:
@@ -171,19 +193,29 @@ def threads_rtt_report(r: Report, o: Any) -> None:
         vp, vr, vc = r.row(f'threads_rtt T={t} p99', 'p99_us', cols, ' us')
         if t != 1:
             r.row(f'  T={t} round trips/s', 'rate', cols, '/s')
-            r.totals(f'  T={t} errors / wrong / timeouts / hung threads ({o.repeats} run(s))',
-                     ('errors', 'wrong', 'timeouts', 'hangs'), cols)
+            r.totals(
+                f'  T={t} errors / wrong / timeouts / hung threads ({o.repeats} run(s))',
+                ('errors', 'wrong', 'timeouts', 'hangs'),
+                cols,
+            )
         if t == 64:
             r.target_ratio('threads_rtt T=64 p99 <= 0.5x Celery', vp, vc, '<=', 0.5)
 
 
 def poll_plan(o: Any) -> List[List[Kind]]:
     impls = ('pr', 'raw_get', 'raw', 'celery')
-    groups = [[Kind(f'poll.{i}', w_poll, dict(impl=i, iters=o.polls, timeout=10))
-               for i in impls]]
+    groups = [[Kind(f'poll.{i}', w_poll, dict(impl=i, iters=o.polls, timeout=10)) for i in impls]]
     if o.shared:
-        groups.append([Kind('poll.celery_after_get', w_poll, dict(
-            impl='celery', iters=3, timeout=3, after_get=True), once=True)])
+        groups.append(
+            [
+                Kind(
+                    'poll.celery_after_get',
+                    w_poll,
+                    dict(impl='celery', iters=3, timeout=3, after_get=True),
+                    once=True,
+                )
+            ]
+        )
     return groups
 
 
@@ -191,23 +223,35 @@ def poll_report(r: Report, o: Any) -> None:
     if not r.has('poll.pr'):
         return
     cols = ('poll.pr', 'poll.raw_get', 'poll.celery')
-    vp, vr, _vc = r.row(f'poll p50 (get_task_meta() loop, {o.polls} results) [raw: basic_get]',
-                        'p50_us', cols, ' us',
-                        "raw: publish, then basic_get until ready (the issue's baseline)")
+    vp, vr, _vc = r.row(
+        f'poll p50 (get_task_meta() loop, {o.polls} results) [raw: basic_get]',
+        'p50_us',
+        cols,
+        ' us',
+        "raw: publish, then basic_get until ready (the issue's baseline)",
+    )
     r.row('poll p99 [raw: basic_get]', 'p99_us', cols, ' us')
-    r.row('  poll p50 [raw: push consumer]', 'p50_us', ('poll.pr', 'poll.raw'), ' us',
-          'raw: basic_consume, process_data_events(0) + lookup per poll')
+    r.row(
+        '  poll p50 [raw: push consumer]',
+        'p50_us',
+        ('poll.pr', 'poll.raw'),
+        ' us',
+        'raw: basic_consume, process_data_events(0) + lookup per poll',
+    )
     r.row('  poll p99 [raw: push consumer]', 'p99_us', ('poll.pr', 'poll.raw'), ' us')
     r.row('  polls per result (p50)', 'polls_p50', cols)
     r.row('  CPU per result', 'cpu_us_per_result', cols, ' us')
-    r.totals(f'  results never ready ({o.repeats} run(s))', ('timeouts',), cols,
-             '10 s per result')
-    r.target_ratio('poll p50 <= 1.5x raw pika (publish, then basic_get until ready)', vp, vr,
-                   '<=', 1.5)
+    r.totals(f'  results never ready ({o.repeats} run(s))', ('timeouts',), cols, '10 s per result')
+    r.target_ratio(
+        'poll p50 <= 1.5x raw pika (publish, then basic_get until ready)', vp, vr, '<=', 1.5
+    )
     if r.has('poll.celery_after_get'):
         x = r.runs['poll.celery_after_get'][0]
-        r.line('  Celery poll after a get() in the same thread',
-               celery=f"{x.get('ready', '?')}/{x.get('iters', '?')} ready, "
-               f"{x.get('timeouts', '?')} never ready in 3 s" if 'error' not in x
-               else 'run failed', note='its push consumer holds the message; basic_get '
-               'never sees it')
+        r.line(
+            '  Celery poll after a get() in the same thread',
+            celery=f'{x.get("ready", "?")}/{x.get("iters", "?")} ready, '
+            f'{x.get("timeouts", "?")} never ready in 3 s'
+            if 'error' not in x
+            else 'run failed',
+            note='its push consumer holds the message; basic_get never sees it',
+        )

@@ -11,6 +11,7 @@ of pre-built publications from one thread, waited on at the end (the I/O thread'
 ceiling; ``_confirms.Pipeline.on_confirm`` timed by wrapping it, the library unchanged);
 and the link's wake-ups per publish and peak in flight (``link.stats()``).
 """
+
 from __future__ import annotations
 
 import time
@@ -67,8 +68,13 @@ def _store_raw(threads: int, n: int, url: str, impl: str) -> Dict[str, Any]:
     for ch in chans:
         for _ in range(WARMUP // threads + 1):
             tid = str(uuid.uuid4())
-            ch.basic_publish('', queue, rawpika.result_body(tid, 0),
-                             rawpika.result_properties(tid), mandatory=True)
+            ch.basic_publish(
+                '',
+                queue,
+                rawpika.result_body(tid, 0),
+                rawpika.result_properties(tid),
+                mandatory=True,
+            )
         ch.queue_declare(queue, passive=True)
 
     def work(i: int) -> None:
@@ -76,7 +82,7 @@ def _store_raw(threads: int, n: int, url: str, impl: str) -> Dict[str, Any]:
         publish, body, props = ch.basic_publish, rawpika.result_body, rawpika.result_properties
         for j, tid in enumerate(ids[i]):
             publish('', queue, body(tid, j), props(tid), mandatory=True)
-        ch.queue_declare(queue, passive=True)   # one round trip: everything reached the broker
+        ch.queue_declare(queue, passive=True)  # one round trip: everything reached the broker
 
     elapsed, cpu = run_threads(threads, work)
     for conn in conns:
@@ -120,18 +126,26 @@ def _store_celery(threads: int, n: int, url: str, impl: str) -> Dict[str, Any]:
 
 
 def _rate(total: int, elapsed: float, cpu: float) -> Dict[str, Any]:
-    return {'messages': total, 'seconds': elapsed, 'rate': total / elapsed,
-            'cpu_us_per_msg': cpu / total * 1e6}
+    return {
+        'messages': total,
+        'seconds': elapsed,
+        'rate': total / elapsed,
+        'cpu_us_per_msg': cpu / total * 1e6,
+    }
 
 
 def _with_link_stats(out: Dict[str, Any], s0: dict, s1: dict) -> Dict[str, Any]:
     """``out`` plus the link's counters over the measured interval (``link.stats()``)."""
     delta = lambda key: s1.get(key, 0) - s0.get(key, 0)
     commands, wake_ups = delta('commands'), delta('wake_ups')
-    out.update(commands=commands, wake_ups=wake_ups,
-               wake_ups_per_publish=wake_ups / commands if commands else None,
-               peak_in_flight=s1.get('peak_in_flight'), publishes=delta('publishes'),
-               confirms=delta('confirms'))
+    out.update(
+        commands=commands,
+        wake_ups=wake_ups,
+        wake_ups_per_publish=wake_ups / commands if commands else None,
+        peak_in_flight=s1.get('peak_in_flight'),
+        publishes=delta('publishes'),
+        confirms=delta('confirms'),
+    )
     return out
 
 
@@ -139,6 +153,7 @@ def _time_ack_handler() -> List[float]:
     """Instrument (not change) ``_confirms.Pipeline.on_confirm``: [seconds in it, calls].
     Must run before the link connects (the handler is registered when the channel opens)."""
     from pika_rpc import _confirms
+
     spent = [0.0, 0]
     orig = _confirms.Pipeline.on_confirm
 
@@ -149,6 +164,7 @@ def _time_ack_handler() -> List[float]:
         finally:
             spent[0] += time.perf_counter() - t
             spent[1] += 1
+
     _confirms.Pipeline.on_confirm = timed
     return spent
 
@@ -157,6 +173,7 @@ def w_pipelined(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     """One thread: ``Link.publish`` n publications without waiting, then wait for all."""
     from pika_rpc import protocol, serialization
     from pika_rpc._handoff import Publication
+
     n = p['n']
     spent = _time_ack_handler()
     queue = rawpika.scratch_queue(url, 'pipe')
@@ -165,10 +182,21 @@ def w_pipelined(p: Dict[str, Any], url: str) -> Dict[str, Any]:
 
     def make(tid: str, value: int) -> Any:
         ctype, cenc, data = serialization.dumps(protocol.result_body(tid, 'SUCCESS', value), 'json')
-        return Publication('', queue, data, {'content_type': ctype, 'content_encoding': cenc,
-                                             'correlation_id': tid, 'delivery_mode': 1,
-                                             'priority': 0, 'headers': {}},
-                           mandatory=True, timeout=120)
+        return Publication(
+            '',
+            queue,
+            data,
+            {
+                'content_type': ctype,
+                'content_encoding': cenc,
+                'correlation_id': tid,
+                'delivery_mode': 1,
+                'priority': 0,
+                'headers': {},
+            },
+            mandatory=True,
+            timeout=120,
+        )
 
     warm = [link.publish(make(str(uuid.uuid4()), 0)) for _ in range(WARMUP)]
     for pub in warm:
@@ -191,18 +219,29 @@ def w_pipelined(p: Dict[str, Any], url: str) -> Dict[str, Any]:
 
 # ---------------------------------------------------------------------- plans and reports
 def store_report(r: Report, o: Any) -> None:
-    for t, (pr, confirm, noconfirm, celery) in r.ran('store{}', (1, 8), (
-            'pr', 'raw_confirm', 'raw_noconfirm', 'celery')):
+    for t, (pr, confirm, noconfirm, celery) in r.ran(
+        'store{}', (1, 8), ('pr', 'raw_confirm', 'raw_noconfirm', 'celery')
+    ):
         what = f'store, {t} thread{"s" if t > 1 else ""} ({t * o.n:,} results)'
-        vp, vr, vc = r.row(f'{what} [raw: sync confirms]', 'rate', (pr, confirm, celery), '/s',
-                           'pika_rpc confirmed; Celery no confirms' + (
-                               '; raw: a connection per thread' if t > 1 else ''))
+        vp, vr, vc = r.row(
+            f'{what} [raw: sync confirms]',
+            'rate',
+            (pr, confirm, celery),
+            '/s',
+            'pika_rpc confirmed; Celery no confirms'
+            + ('; raw: a connection per thread' if t > 1 else ''),
+        )
         r.row('  same [raw: no confirms]', 'rate', (pr, noconfirm), '/s')
-        r.row('  CPU per result stored [raw: sync confirms]', 'cpu_us_per_msg',
-              (pr, confirm, celery), ' us')
+        r.row(
+            '  CPU per result stored [raw: sync confirms]',
+            'cpu_us_per_msg',
+            (pr, confirm, celery),
+            ' us',
+        )
         if t == 1:
-            r.target_ratio('store 1 thread with confirms >= 0.8x raw pika (sync confirms)',
-                           vp, vr, '>=', 0.8)
+            r.target_ratio(
+                'store 1 thread with confirms >= 0.8x raw pika (sync confirms)', vp, vr, '>=', 0.8
+            )
 
 
 def publish_report(r: Report, o: Any) -> None:
@@ -210,21 +249,36 @@ def publish_report(r: Report, o: Any) -> None:
     without confirms (the ceiling of the pipelined publish)."""
     if r.has('publish64.pr'):
         cols = ('publish64.pr', 'store8.raw_confirm')
-        r.row(f'store_result, 64 threads ({64 * o.k64:,} results) [raw: 8 threads, sync '
-              f'confirms]', 'rate', cols, '/s', 'raw: a connection per thread')
+        r.row(
+            f'store_result, 64 threads ({64 * o.k64:,} results) [raw: 8 threads, sync confirms]',
+            'rate',
+            cols,
+            '/s',
+            'raw: a connection per thread',
+        )
         r.row('  CPU per result stored', 'cpu_us_per_msg', cols, ' us')
     for k, n in (('publish_pipelined', o.n), ('publish_pipelined_big', o.n_big)):
         if not r.has(f'{k}.pr'):
             continue
         cols = (f'{k}.pr', 'store1.raw_noconfirm')
         share = fmt(100 * (r.med(f'{k}.pr', 'ack_handler_share') or 0), '%')
-        r.row(f'Link.publish pipelined, 1 thread, wait at end ({n:,} msgs) [raw: no '
-              f'confirms]', 'rate', cols, '/s', f'I/O-thread ceiling; ack handler {share} of '
-              f'wall; peak in flight {fmt(r.med(f"{k}.pr", "peak_in_flight"))}')
+        r.row(
+            f'Link.publish pipelined, 1 thread, wait at end ({n:,} msgs) [raw: no confirms]',
+            'rate',
+            cols,
+            '/s',
+            f'I/O-thread ceiling; ack handler {share} of '
+            f'wall; peak in flight {fmt(r.med(f"{k}.pr", "peak_in_flight"))}',
+        )
         r.row('  CPU per message', 'cpu_us_per_msg', cols, ' us')
     for kind, t in (('store1.pr', 1), ('store8.pr', 8), ('publish64.pr', 64)):
         if r.has(kind) and r.has('publish64.pr'):
-            r.row(f'  store_result, {t} thread(s): wake-ups / commands', 'wake_ups_per_publish',
-                  (kind,), '', f'commands {fmt(r.med(kind, "commands"))} of '
-                  f'{fmt(r.med(kind, "publishes"))} publishes (the others written by their '
-                  f'caller); peak in flight {fmt(r.med(kind, "peak_in_flight"))}')
+            r.row(
+                f'  store_result, {t} thread(s): wake-ups / commands',
+                'wake_ups_per_publish',
+                (kind,),
+                '',
+                f'commands {fmt(r.med(kind, "commands"))} of '
+                f'{fmt(r.med(kind, "publishes"))} publishes (the others written by their '
+                f'caller); peak in flight {fmt(r.med(kind, "peak_in_flight"))}',
+            )

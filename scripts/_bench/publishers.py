@@ -29,6 +29,7 @@ Commands:
   ``own`` queue, and ``received`` is when it came back.
 * ``END`` (or end of input) closes the connection and exits.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,19 +44,23 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .harness import ENTRY, child_env
 from .rawpika import raw_parameters, result_body, result_properties, task_ids
 
-LARGE_TIMEOUT = 120.0       # a large batch not confirmed by then is reported with None
+LARGE_TIMEOUT = 120.0  # a large batch not confirmed by then is reported with None
 
 
 class Publisher:
     """The publisher process, started and ready on return (``RuntimeError`` otherwise)."""
 
     def __init__(self, url: str, timeout: float = 30.0) -> None:
-        self.proc = subprocess.Popen([sys.executable, ENTRY, '--publisher', '--url', url],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     env=child_env())
+        self.proc = subprocess.Popen(
+            [sys.executable, ENTRY, '--publisher', '--url', url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
         self._lines: 'Any' = _queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        self.read(timeout)                 # {"ready": pid}
+        self.read(timeout)  # {"ready": pid}
 
     def _read(self) -> None:
         for line in self.proc.stdout:
@@ -78,22 +83,58 @@ class Publisher:
 
     def publish(self, queues: Sequence[str], prefix: str, start: int, count: int) -> None:
         """Publish results now (no answer)."""
-        self._send(json.dumps({'op': 'results', 'queues': list(queues), 'prefix': prefix,
-                               'start': start, 'count': count}))
+        self._send(
+            json.dumps(
+                {
+                    'op': 'results',
+                    'queues': list(queues),
+                    'prefix': prefix,
+                    'start': start,
+                    'count': count,
+                }
+            )
+        )
 
-    def prepare(self, queues: Sequence[str], prefix: str, start: int, count: int,
-                timeout: float = 60.0) -> None:
+    def prepare(
+        self, queues: Sequence[str], prefix: str, start: int, count: int, timeout: float = 60.0
+    ) -> None:
         """Have it encode results now; ``go()`` publishes them, then ``read()`` the timing."""
-        self._send(json.dumps({'op': 'results', 'queues': list(queues), 'prefix': prefix,
-                               'start': start, 'count': count, 'ack': True, 'prepare': True}))
-        self.read(timeout)                 # {"prepared": count}
+        self._send(
+            json.dumps(
+                {
+                    'op': 'results',
+                    'queues': list(queues),
+                    'prefix': prefix,
+                    'start': start,
+                    'count': count,
+                    'ack': True,
+                    'prepare': True,
+                }
+            )
+        )
+        self.read(timeout)  # {"prepared": count}
 
-    def prepare_large(self, queue: str, task_id: str, size: int,
-                      small: Sequence[Tuple[str, str]] = (), timeout: float = 60.0) -> None:
+    def prepare_large(
+        self,
+        queue: str,
+        task_id: str,
+        size: int,
+        small: Sequence[Tuple[str, str]] = (),
+        timeout: float = 60.0,
+    ) -> None:
         """Have it encode a large result (and small ones) now; ``go()`` publishes them."""
-        self._send(json.dumps({'op': 'large', 'queue': queue, 'task_id': task_id,
-                               'size': size, 'small': [list(s) for s in small]}))
-        self.read(timeout)                 # {"prepared": size}
+        self._send(
+            json.dumps(
+                {
+                    'op': 'large',
+                    'queue': queue,
+                    'task_id': task_id,
+                    'size': size,
+                    'small': [list(s) for s in small],
+                }
+            )
+        )
+        self.read(timeout)  # {"prepared": size}
 
     def go(self) -> None:
         self._send('GO')
@@ -121,9 +162,13 @@ class _Process:
 
     def __init__(self, url: str) -> None:
         import pika
-        self.conn = pika.SelectConnection(raw_parameters(url), on_open_callback=self._connected,
-                                          on_open_error_callback=self._failed,
-                                          on_close_callback=lambda conn, exc: conn.ioloop.stop())
+
+        self.conn = pika.SelectConnection(
+            raw_parameters(url),
+            on_open_callback=self._connected,
+            on_open_error_callback=self._failed,
+            on_close_callback=lambda conn, exc: conn.ioloop.stop(),
+        )
         self.plain: Any = None
         self.confirmed: Any = None
         self.own_queue: Optional[str] = None
@@ -142,10 +187,16 @@ class _Process:
 
     def _connected(self, conn: Any) -> None:
         conn.channel(on_open_callback=self._plain_open)
-        conn.channel(on_open_callback=lambda ch: ch.confirm_delivery(
-            self._on_confirm, callback=lambda frame: self._confirmed_open(ch)))
-        conn.channel(on_open_callback=lambda ch: ch.queue_declare(
-            '', exclusive=True, auto_delete=True, callback=lambda frame: self._own(ch, frame)))
+        conn.channel(
+            on_open_callback=lambda ch: ch.confirm_delivery(
+                self._on_confirm, callback=lambda frame: self._confirmed_open(ch)
+            )
+        )
+        conn.channel(
+            on_open_callback=lambda ch: ch.queue_declare(
+                '', exclusive=True, auto_delete=True, callback=lambda frame: self._own(ch, frame)
+            )
+        )
 
     def _plain_open(self, ch: Any) -> None:
         self.plain = ch
@@ -157,8 +208,12 @@ class _Process:
 
     def _own(self, ch: Any, frame: Any) -> None:
         self.own_queue = frame.method.queue
-        ch.basic_consume(self.own_queue, self._on_own, auto_ack=True,
-                         callback=lambda frame: self._channel_ready())
+        ch.basic_consume(
+            self.own_queue,
+            self._on_own,
+            auto_ack=True,
+            callback=lambda frame: self._channel_ready(),
+        )
 
     def _channel_ready(self) -> None:
         """Once the three are: read commands, say ready."""
@@ -212,9 +267,15 @@ class _Process:
             t0 = time.perf_counter()
             for queue, body, props in batch:
                 self.plain.basic_publish('', queue, body, props)
-            if cmd.get('ack'):      # one round trip behind the publishes: all reached it
-                self.plain.queue_declare(queues[0], passive=True, callback=lambda frame: _say(
-                    {'done': count, 'seconds': time.perf_counter() - t0}))
+            if cmd.get('ack'):  # one round trip behind the publishes: all reached it
+                self.plain.queue_declare(
+                    queues[0],
+                    passive=True,
+                    callback=lambda frame: _say(
+                        {'done': count, 'seconds': time.perf_counter() - t0}
+                    ),
+                )
+
         if cmd.get('prepare'):
             self.after_go = publish
             _say({'prepared': count})
@@ -225,19 +286,28 @@ class _Process:
         big_queue = self.own_queue if cmd['queue'] == '@self' else cmd['queue']
         tid = cmd['task_id']
         batch = [(big_queue, result_body(tid, 'x' * cmd['size']), result_properties(tid))]
-        batch += [(q, result_body(t, i), result_properties(t))
-                  for i, (q, t) in enumerate(cmd.get('small') or ())]
+        batch += [
+            (q, result_body(t, i), result_properties(t))
+            for i, (q, t) in enumerate(cmd.get('small') or ())
+        ]
 
         def publish() -> None:
             del self.acks[:]
             first, last = self.tag + 1, self.tag + len(batch)
-            self.large = {'first': first, 'last': last, 'task_id': tid,
-                          'own': big_queue == self.own_queue, 'go': time.monotonic()}
+            self.large = {
+                'first': first,
+                'last': last,
+                'task_id': tid,
+                'own': big_queue == self.own_queue,
+                'go': time.monotonic(),
+            }
             for queue, body, props in batch:
                 self.confirmed.basic_publish('', queue, body, props)
             self.tag = last
             self.large['timer'] = self.conn.ioloop.call_later(
-                LARGE_TIMEOUT, lambda: self._large_done(force=True))
+                LARGE_TIMEOUT, lambda: self._large_done(force=True)
+            )
+
         self.after_go = publish
         _say({'prepared': cmd['size']})
 
@@ -250,22 +320,30 @@ class _Process:
         self._large_done()
 
     def _confirmed(self, tag: int) -> Optional[float]:
-        return next((at for at, n, multiple in self.acks
-                     if n == tag or (multiple and n >= tag)), None)
+        return next(
+            (at for at, n, multiple in self.acks if n == tag or (multiple and n >= tag)), None
+        )
 
     def _large_done(self, force: bool = False) -> None:
         big = self.large
         if big is None:
             return
-        if not force and (self._confirmed(big['last']) is None
-                          or (big['own'] and big['task_id'] not in self.received)):
+        if not force and (
+            self._confirmed(big['last']) is None
+            or (big['own'] and big['task_id'] not in self.received)
+        ):
             return
         self.large = None
         if not force:
             self.conn.ioloop.remove_timeout(big['timer'])
-        _say({'go': big['go'], 'confirmed': self._confirmed(big['first']),
-              'all_confirmed': self._confirmed(big['last']),
-              'received': self.received.pop(big['task_id'], None)})
+        _say(
+            {
+                'go': big['go'],
+                'confirmed': self._confirmed(big['first']),
+                'all_confirmed': self._confirmed(big['last']),
+                'received': self.received.pop(big['task_id'], None),
+            }
+        )
 
 
 def publisher_main(url: str) -> None:

@@ -4,6 +4,7 @@ Connections to the broker pika_rpc finds, the result body and properties a Celer
 (and pika_rpc's ``store_result``) sends, queues declared as pika_rpc declares them, queues
 filled before a clock starts, task ids two processes derive alike.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ from .harness import announce_queue
 def broker_url() -> str:
     """The broker URL from ``pika_rpc.findbroker.find_broker()`` ($AMQP_URL, localhost, docker)."""
     from pika_rpc.findbroker import find_broker
+
     return find_broker().url
 
 
@@ -25,16 +27,22 @@ def raw_parameters(url: str) -> Any:
     """``pika.ConnectionParameters`` for the first address of a pika_rpc/kombu-style URL,
     named ``bench-raw-PID`` (the broker's listing then tells whose connection it is)."""
     import pika
+
     from pika_rpc.config import Settings, connection_options
+
     opts = connection_options(Settings(broker_url=url))[0]
     return pika.ConnectionParameters(
-        host=opts['host'], port=opts['port'], virtual_host=opts['virtual_host'],
+        host=opts['host'],
+        port=opts['port'],
+        virtual_host=opts['virtual_host'],
         credentials=pika.PlainCredentials(opts['userid'], opts['password']),
-        client_properties={'connection_name': f'bench-raw-{os.getpid()}'})
+        client_properties={'connection_name': f'bench-raw-{os.getpid()}'},
+    )
 
 
 def raw_connection(url: str) -> Any:
     import pika
+
     return pika.BlockingConnection(raw_parameters(url))
 
 
@@ -69,36 +77,57 @@ def id_prefix() -> str:
 def result_body(task_id: str, value: Any) -> bytes:
     """A Celery-5-shaped SUCCESS body, JSON-encoded the plain way (for the raw-pika side)."""
     from datetime import datetime, timezone
-    return json.dumps({'status': 'SUCCESS', 'result': value, 'traceback': None, 'children': [],
-                       'date_done': datetime.now(timezone.utc).isoformat(),
-                       'task_id': task_id}).encode()
+
+    return json.dumps(
+        {
+            'status': 'SUCCESS',
+            'result': value,
+            'traceback': None,
+            'children': [],
+            'date_done': datetime.now(timezone.utc).isoformat(),
+            'task_id': task_id,
+        }
+    ).encode()
 
 
 def result_properties(task_id: str) -> Any:
     """The AMQP properties pika_rpc's ``store_result`` sets, for the raw-pika side."""
     import pika
-    return pika.BasicProperties(content_type='application/json', content_encoding='utf-8',
-                                correlation_id=task_id, delivery_mode=1, priority=0, headers={})
+
+    return pika.BasicProperties(
+        content_type='application/json',
+        content_encoding='utf-8',
+        correlation_id=task_id,
+        delivery_mode=1,
+        priority=0,
+        headers={},
+    )
 
 
 def declare_reply_queue(ch: Any, name: str, expires: int = 600) -> None:
     """Declare ``name`` as pika_rpc declares its reply queue (durable, x-expires)."""
     from pika_rpc.config import Settings, reply_queue_arguments
-    ch.queue_declare(name, durable=True, auto_delete=False, exclusive=False,
-                     arguments=reply_queue_arguments(Settings(result_expires=expires)))
+
+    ch.queue_declare(
+        name,
+        durable=True,
+        auto_delete=False,
+        exclusive=False,
+        arguments=reply_queue_arguments(Settings(result_expires=expires)),
+    )
 
 
 def scratch_queue(url: str, prefix: str, ids: Sequence[str] = ()) -> str:
     """A fresh non-durable queue nobody consumes (announced), holding one result per id."""
     name = unique(prefix)
     announce_queue(name, url)
-    fill_queue(url, name, ids, lambda ch: ch.queue_declare(name, durable=False,
-                                                           auto_delete=False))
+    fill_queue(url, name, ids, lambda ch: ch.queue_declare(name, durable=False, auto_delete=False))
     return name
 
 
-def fill_queue(url: str, queue: str, ids: Sequence[str], declare: Callable[[Any], None],
-               check: bool = True) -> None:
+def fill_queue(
+    url: str, queue: str, ids: Sequence[str], declare: Callable[[Any], None], check: bool = True
+) -> None:
     """Declare ``queue`` and publish one result per id to it (value = index), untimed.
 
     With ``check``, return once the queue holds them all (nobody may consume it);

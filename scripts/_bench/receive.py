@@ -16,6 +16,7 @@ id), by a ``pika_rpc.Consumer`` (``no_ack=True``, and ``message.ack()`` per mess
 raw ``basic_consume`` with JSON decode + correlation lookup and a batched ack, an ack per
 message, or ``auto_ack``.
 """
+
 from __future__ import annotations
 
 import threading
@@ -29,15 +30,18 @@ from .impls import CeleryImpl, make_impl, pr_app, timeouts_of
 from .publishers import Publisher
 from .report import Report
 
-
 #: How each raw pika kind acks (``rawpika.RawConsumer``): ``raw`` as pika_rpc's consumer does.
 RAW_ACKS = {'raw': 'batch', 'raw_batchack': 'batch', 'raw_ackeach': 'each', 'raw_noack': 'auto'}
 
 
 def _rate(n: int, clock: Stopwatch) -> Dict[str, Any]:
     elapsed, cpu = clock.read()
-    return {'results': n, 'seconds': elapsed, 'rate': n / elapsed,
-            'cpu_us_per_result': cpu / n * 1e6}
+    return {
+        'results': n,
+        'seconds': elapsed,
+        'rate': n / elapsed,
+        'cpu_us_per_result': cpu / n * 1e6,
+    }
 
 
 def _get_each(ids: List[str], get: Callable[[str], Any]) -> None:
@@ -49,8 +53,9 @@ def _get_each(ids: List[str], get: Callable[[str], Any]) -> None:
 def w_get_seq(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     """``impl``: pr, pr_arrived (every result in the table before the clock starts), raw,
     raw_ackeach or celery."""
-    get_seq = {'pr': _get_seq_pr, 'pr_arrived': _get_seq_pr,
-               'celery': _get_seq_celery}.get(p['impl'], _get_seq_raw)
+    get_seq = {'pr': _get_seq_pr, 'pr_arrived': _get_seq_pr, 'celery': _get_seq_celery}.get(
+        p['impl'], _get_seq_raw
+    )
     return get_seq(p['n'], url, p['impl'])
 
 
@@ -62,6 +67,7 @@ def _arrived(backend: Any) -> int:
 
 def _get_seq_pr(n: int, url: str, impl: str) -> Dict[str, Any]:
     from pika_rpc.config import reply_queue_arguments
+
     arrived = impl == 'pr_arrived'
     app = pr_app(url)
     backend = app.backend
@@ -72,9 +78,15 @@ def _get_seq_pr(n: int, url: str, impl: str) -> Dict[str, Any]:
         backend.on_task_call(None, tid)
     if not arrived:
         backend.result_consumer.stop()
-    rawpika.fill_queue(url, oid, ids, lambda ch: ch.queue_declare(
-        oid, durable=True, auto_delete=False, arguments=reply_queue_arguments(app.conf)),
-        check=not arrived)
+    rawpika.fill_queue(
+        url,
+        oid,
+        ids,
+        lambda ch: ch.queue_declare(
+            oid, durable=True, auto_delete=False, arguments=reply_queue_arguments(app.conf)
+        ),
+        check=not arrived,
+    )
     if arrived:
         dl = time.monotonic() + 60
         while _arrived(backend) < n and time.monotonic() < dl:
@@ -116,7 +128,7 @@ def _get_seq_celery(n: int, url: str, impl: str) -> Dict[str, Any]:
     ids = [str(uuid.uuid4()) for _ in range(n)]
     rawpika.fill_queue(url, oid, ids, lambda ch: ch.queue_declare(oid, passive=True))
     clock = Stopwatch()
-    _get_each(ids, lambda tid: celery.get(tid, 60))    # the first get() subscribes
+    _get_each(ids, lambda tid: celery.get(tid, 60))  # the first get() subscribes
     return _rate(n, clock)
 
 
@@ -132,7 +144,7 @@ def w_threads(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     lock = threading.Lock()
     stats = {'received': 0, 'errors': 0, 'wrong': 0, 'timed_out_results': 0, 'timeouts': 0}
     for tid in ids:
-        impl.register(tid)            # pika_rpc: as send_task does (untimed)
+        impl.register(tid)  # pika_rpc: as send_task does (untimed)
 
     def body(i: int) -> None:
         got = wrong = errors = 0
@@ -160,7 +172,7 @@ def w_threads(p: Dict[str, Any], url: str) -> Dict[str, Any]:
             stats['errors'] += errors
 
     group = Threads(threads, lambda i: impl.thread_setup(), body)
-    publisher.prepare(group.setup_out, prefix, 0, total)      # encoded before the clock
+    publisher.prepare(group.setup_out, prefix, 0, total)  # encoded before the clock
     deadline = time.monotonic() + timeout
     clock = Stopwatch()
     publisher.go()
@@ -173,15 +185,23 @@ def w_threads(p: Dict[str, Any], url: str) -> Dict[str, Any]:
         pub = {}
     publisher.close()
     ok = stats['received'] - stats['wrong']
-    out = {'threads': threads, 'total': total, 'seconds': elapsed, 'rate': ok / elapsed,
-           'received': stats['received'], 'errors': stats['errors'] + len(group.errors),
-           'wrong': stats['wrong'], 'timeouts': stats['timeouts'],
-           'timed_out_results': stats['timed_out_results'], 'hangs': hung,
-           'hung_or_timed_out': hung + stats['timeouts'],
-           'cpu_us_per_result': cpu / max(1, ok) * 1e6,
-           'publisher_seconds': pub.get('seconds'),
-           'publisher_rate': total / pub['seconds'] if pub.get('seconds') else None,
-           'error_samples': group.errors[:3]}
+    out = {
+        'threads': threads,
+        'total': total,
+        'seconds': elapsed,
+        'rate': ok / elapsed,
+        'received': stats['received'],
+        'errors': stats['errors'] + len(group.errors),
+        'wrong': stats['wrong'],
+        'timeouts': stats['timeouts'],
+        'timed_out_results': stats['timed_out_results'],
+        'hangs': hung,
+        'hung_or_timed_out': hung + stats['timeouts'],
+        'cpu_us_per_result': cpu / max(1, ok) * 1e6,
+        'publisher_seconds': pub.get('seconds'),
+        'publisher_rate': total / pub['seconds'] if pub.get('seconds') else None,
+        'error_samples': group.errors[:3],
+    }
     if not hung:
         impl.close()
     return out
@@ -191,24 +211,34 @@ def w_threads(p: Dict[str, Any], url: str) -> Dict[str, Any]:
 def w_consume(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     """``impl``: pr_backend, pr_consumer, pr_consumer_ack (``m_ack`` messages, the others
     ``m``), raw_batchack, raw_ackeach or raw_noack."""
-    consume = {'pr_backend': _consume_backend, 'pr_consumer': _consume_consumer,
-               'pr_consumer_ack': _consume_consumer}.get(p['impl'], _consume_raw)
+    consume = {
+        'pr_backend': _consume_backend,
+        'pr_consumer': _consume_consumer,
+        'pr_consumer_ack': _consume_consumer,
+    }.get(p['impl'], _consume_raw)
     return consume(p['m_ack'] if p['impl'] == 'pr_consumer_ack' else p['m'], url, p['impl'])
 
 
 def _consume_backend(m: int, url: str, impl: str) -> Dict[str, Any]:
     """The backend's reply consumer: from subscribe to the last of m results in the table."""
     from pika_rpc.config import reply_queue_arguments
+
     app = pr_app(url, result_cache_max=max(10000, m))
     backend = app.backend
     announce_queue(backend.oid, url)
     ids = [str(uuid.uuid4()) for _ in range(m)]
-    for tid in ids:                      # what send_task does before publishing a task
+    for tid in ids:  # what send_task does before publishing a task
         backend.on_task_call(None, tid)
-    backend.result_consumer.stop()       # queue stays; fill it while nobody consumes
+    backend.result_consumer.stop()  # queue stays; fill it while nobody consumes
     oid = backend.oid
-    rawpika.fill_queue(url, oid, ids, lambda ch: ch.queue_declare(
-        oid, durable=True, auto_delete=False, arguments=reply_queue_arguments(app.conf)))
+    rawpika.fill_queue(
+        url,
+        oid,
+        ids,
+        lambda ch: ch.queue_declare(
+            oid, durable=True, auto_delete=False, arguments=reply_queue_arguments(app.conf)
+        ),
+    )
     link = backend._get_link()
     s0 = link.stats()
     clock = Stopwatch()
@@ -227,6 +257,7 @@ def _consume_backend(m: int, url: str, impl: str) -> Dict[str, Any]:
 def _consume_consumer(m: int, url: str, impl: str) -> Dict[str, Any]:
     """A ``pika_rpc.Consumer`` on a pre-filled queue; ``pr_consumer_ack``: ack() each."""
     import pika_rpc
+
     ack = impl == 'pr_consumer_ack'
     queue = rawpika.scratch_queue(url, 'cons', [str(uuid.uuid4()) for _ in range(m)])
     conn = pika_rpc.Connection(url)
@@ -240,10 +271,15 @@ def _consume_consumer(m: int, url: str, impl: str) -> Dict[str, Any]:
         if count[0] == m:
             done.set()
 
-    consumer = pika_rpc.Consumer(conn, [pika_rpc.Queue(queue, durable=False, auto_delete=False)],
-                                 auto_declare=False, callbacks=[on_message], no_ack=not ack)
+    consumer = pika_rpc.Consumer(
+        conn,
+        [pika_rpc.Queue(queue, durable=False, auto_delete=False)],
+        auto_declare=False,
+        callbacks=[on_message],
+        no_ack=not ack,
+    )
     link = conn.link
-    link.call(lambda: None, timeout=30)          # connected before the clock starts
+    link.call(lambda: None, timeout=30)  # connected before the clock starts
     s0 = link.stats()
     clock = Stopwatch()
     consumer.consume()
@@ -253,8 +289,10 @@ def _consume_consumer(m: int, url: str, impl: str) -> Dict[str, Any]:
     s1 = link.stats()
     consumer.close()
     conn.release()
-    out.update(commands=s1.get('commands', 0) - s0.get('commands', 0),
-               wake_ups=s1.get('wake_ups', 0) - s0.get('wake_ups', 0))
+    out.update(
+        commands=s1.get('commands', 0) - s0.get('commands', 0),
+        wake_ups=s1.get('wake_ups', 0) - s0.get('wake_ups', 0),
+    )
     return out
 
 
@@ -277,46 +315,86 @@ def threads_plan(o: Any) -> List[List[Kind]]:
     groups = []
     for t in o.threads:
         impls = ['pr', 'raw', 'celery'] + (['celery_shared'] if o.shared and t == 8 else [])
-        groups.append([Kind(f'threads{t}.{i}', w_threads, dict(
-            impl=i, threads=t, total=o.total,
-            timeout=o.run_timeout if i != 'celery_shared' else min(20, o.run_timeout)))
-            for i in impls])
+        groups.append(
+            [
+                Kind(
+                    f'threads{t}.{i}',
+                    w_threads,
+                    dict(
+                        impl=i,
+                        threads=t,
+                        total=o.total,
+                        timeout=o.run_timeout if i != 'celery_shared' else min(20, o.run_timeout),
+                    ),
+                )
+                for i in impls
+            ]
+        )
     return groups
 
 
 def threads_report(r: Report, o: Any) -> None:
     for t, cols in r.ran('threads{}', o.threads, ('pr', 'raw', 'celery')):
-        vp, vr, vc = r.row(f'threads T={t}: {o.total:,} results from another process', 'rate',
-                           cols, ' results/s',
-                           'raw: a connection + queue per thread; Celery: a backend per thread')
+        vp, vr, vc = r.row(
+            f'threads T={t}: {o.total:,} results from another process',
+            'rate',
+            cols,
+            ' results/s',
+            'raw: a connection + queue per thread; Celery: a backend per thread',
+        )
         r.row(f'  T={t} client CPU per result', 'cpu_us_per_result', cols, ' us')
-        r.row(f'  T={t} publisher rate (other process)', 'publisher_rate', cols, '/s',
-              'the publisher alone; when close to results/s it is the bound')
-        r.totals(f'  T={t} errors / wrong results / threads hung or timed out '
-                 f'({o.repeats} run(s))', ('errors', 'wrong', 'hung_or_timed_out'), cols,
-                 f'per-run timeout {o.run_timeout:g} s')
+        r.row(
+            f'  T={t} publisher rate (other process)',
+            'publisher_rate',
+            cols,
+            '/s',
+            'the publisher alone; when close to results/s it is the bound',
+        )
+        r.totals(
+            f'  T={t} errors / wrong results / threads hung or timed out ({o.repeats} run(s))',
+            ('errors', 'wrong', 'hung_or_timed_out'),
+            cols,
+            f'per-run timeout {o.run_timeout:g} s',
+        )
         r.target_ratio(f'threads T={t} >= 0.8x raw pika', vp, vr, '>=', 0.8)
         r.target_ratio(f'threads T={t} >= 4x Celery', vp, vc, '>=', 4)
         if r.has(f'threads{t}.celery_shared'):
             rs = r.ok_runs(f'threads{t}.celery_shared')
             got = sum(x.get('received', 0) for x in rs)
-            r.line(f'  T={t} Celery, ONE backend shared by all threads ({len(rs)} run(s))',
-                   celery=f"{got:,} of {len(rs) * o.total:,} results received; threads timed "
-                   f"out: {sum(x.get('timeouts', 0) for x in rs)}, hung past the deadline: "
-                   f"{sum(x.get('hangs', 0) for x in rs)} (of {len(rs) * t})",
-                   note="not Celery's default (app.backend is per thread)")
+            r.line(
+                f'  T={t} Celery, ONE backend shared by all threads ({len(rs)} run(s))',
+                celery=f'{got:,} of {len(rs) * o.total:,} results received; threads timed '
+                f'out: {sum(x.get("timeouts", 0) for x in rs)}, hung past the deadline: '
+                f'{sum(x.get("hangs", 0) for x in rs)} (of {len(rs) * t})',
+                note="not Celery's default (app.backend is per thread)",
+            )
 
 
 def get_seq_detail_report(r: Report, o: Any) -> None:
     if r.has('get_seq.pr') and r.has('get_seq_detail.raw_ackeach'):
-        r.row('  get_seq [raw: ack per message]', 'rate', ('get_seq.pr',
-                                                           'get_seq_detail.raw_ackeach'),
-              ' results/s')
-        r.row('    CPU per result [raw: ack per message]', 'cpu_us_per_result',
-              ('get_seq.pr', 'get_seq_detail.raw_ackeach'), ' us')
+        r.row(
+            '  get_seq [raw: ack per message]',
+            'rate',
+            ('get_seq.pr', 'get_seq_detail.raw_ackeach'),
+            ' results/s',
+        )
+        r.row(
+            '    CPU per result [raw: ack per message]',
+            'cpu_us_per_result',
+            ('get_seq.pr', 'get_seq_detail.raw_ackeach'),
+            ' us',
+        )
     if r.has('get_seq_detail.pr_arrived'):
-        r.row(f'  get_seq, all {o.seq:,} already arrived (table hits only)', 'rate',
-              ('get_seq_detail.pr_arrived', 'get_seq.raw'), ' results/s',
-              'raw: as in get_seq (subscribe + get each)')
-        r.row('    CPU per result', 'cpu_us_per_result', ('get_seq_detail.pr_arrived',
-                                                          'get_seq.raw'), ' us')
+        r.row(
+            f'  get_seq, all {o.seq:,} already arrived (table hits only)',
+            'rate',
+            ('get_seq_detail.pr_arrived', 'get_seq.raw'),
+            ' results/s',
+            'raw: as in get_seq (subscribe + get each)',
+        )
+        r.row(
+            '    CPU per result',
+            'cpu_us_per_result',
+            ('get_seq_detail.pr_arrived', 'get_seq.raw'),
+            ' us',
+        )

@@ -17,6 +17,7 @@ Adding a scenario: write ``w_NAME(params, url) -> dict`` in the module of what i
 add ``Scenario('NAME', 'one line for --help', worker=..., rows=..., targets=...)`` below
 (and an option in ``scripts/bench.py`` if it needs a size of its own).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +27,7 @@ from . import footprint, large, latency, publish, receive
 from .harness import Kind, Worker
 from .report import Report
 
-Options = Any            # the parsed command line (argparse.Namespace), sizes resolved
+Options = Any  # the parsed command line (argparse.Namespace), sizes resolved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Row:
     """A table row: the median of ``key`` for the implementations in ``cols`` (pika_rpc,
     raw pika, Celery; None: no cell). ``label`` and ``note`` are formatted with the
     options and the variant (``{seq:,}``, ``{threads}``)."""
+
     label: str
     key: str
     unit: str = ''
@@ -45,6 +47,7 @@ class Row:
 class Target:
     """pika_rpc's median of ``key`` (the first of the scenario's ``impls``), divided by
     implementation ``versus``'s when given, ``op bound``."""
+
     name: str
     key: str
     op: str
@@ -84,9 +87,17 @@ class Scenario:
         groups = []
         for variant in self.variants(o):
             params = dict(self.params(o), **{k: v for k, v in variant.items() if k != 'v'})
-            groups.append([Kind(f'{self.name}{variant.get("v", "")}.{impl}', self.worker,
-                                dict(params, impl=impl), once=self.once(o))
-                           for impl in self.impls])
+            groups.append(
+                [
+                    Kind(
+                        f'{self.name}{variant.get("v", "")}.{impl}',
+                        self.worker,
+                        dict(params, impl=impl),
+                        once=self.once(o),
+                    )
+                    for impl in self.impls
+                ]
+            )
         return groups
 
     def add_to(self, r: Report, o: Options) -> None:
@@ -96,15 +107,24 @@ class Scenario:
             if not any(kind.startswith(prefix + '.') for kind in r.runs):
                 continue
             fields = dict(vars(o), **variant)
-            kind = lambda impl: f'{prefix}.{impl}' if impl else None
+
+            def kind(impl: Optional[str], prefix: str = prefix) -> Optional[str]:
+                return f'{prefix}.{impl}' if impl else None
+
             for row in self.rows:
-                r.row(row.label.format(**fields), row.key, [kind(c) for c in row.cols],
-                      row.unit, row.note.format(**fields))
+                r.row(
+                    row.label.format(**fields),
+                    row.key,
+                    [kind(c) for c in row.cols],
+                    row.unit,
+                    row.note.format(**fields),
+                )
             for t in self.targets:
                 value = r.med(kind(self.impls[0]), t.key)
                 if t.versus:
-                    r.target_ratio(t.name.format(**fields), value, r.med(kind(t.versus), t.key),
-                                   t.op, t.bound)
+                    r.target_ratio(
+                        t.name.format(**fields), value, r.med(kind(t.versus), t.key), t.op, t.bound
+                    )
                 else:
                     r.target(t.name.format(**fields), value, t.op, t.bound)
         if self.report is not None:
@@ -115,102 +135,194 @@ RAW_CONFIRM, RAW_NOCONFIRM = ('pr', 'raw_confirm', 'celery'), ('pr', 'raw_noconf
 
 SCENARIOS: Tuple[Scenario, ...] = (
     Scenario(
-        'store', 'results stored per second by 1 and 8 threads, to a queue nobody consumes',
-        worker=publish.w_store, impls=('pr', 'raw_confirm', 'raw_noconfirm', 'celery'),
+        'store',
+        'results stored per second by 1 and 8 threads, to a queue nobody consumes',
+        worker=publish.w_store,
+        impls=('pr', 'raw_confirm', 'raw_noconfirm', 'celery'),
         params=lambda o: {'n': o.n},
         variants=lambda o: [{'v': t, 'threads': t} for t in (1, 8)],
-        report=publish.store_report),
+        report=publish.store_report,
+    ),
     Scenario(
-        'get_seq', 'results pre-published, then subscribe and get() each in order',
-        worker=receive.w_get_seq, params=lambda o: {'n': o.seq},
-        rows=(Row('get_seq ({seq:,} pre-published, get() each in order)', 'rate', ' results/s'),
-              Row('  CPU per result', 'cpu_us_per_result', ' us')),
-        targets=(Target('get_seq >= 0.8x raw pika', 'rate', '>=', 0.8, 'raw'),
-                 Target('get_seq >= 4x Celery', 'rate', '>=', 4, 'celery'))),
+        'get_seq',
+        'results pre-published, then subscribe and get() each in order',
+        worker=receive.w_get_seq,
+        params=lambda o: {'n': o.seq},
+        rows=(
+            Row('get_seq ({seq:,} pre-published, get() each in order)', 'rate', ' results/s'),
+            Row('  CPU per result', 'cpu_us_per_result', ' us'),
+        ),
+        targets=(
+            Target('get_seq >= 0.8x raw pika', 'rate', '>=', 0.8, 'raw'),
+            Target('get_seq >= 4x Celery', 'rate', '>=', 4, 'celery'),
+        ),
+    ),
     Scenario(
-        'rtt', 'one thread: store a result, get() woken with it (ping-pong), p50 and p99',
-        worker=latency.w_pingpong, impls=('pr', 'raw_confirm', 'raw_noconfirm', 'celery'),
+        'rtt',
+        'one thread: store a result, get() woken with it (ping-pong), p50 and p99',
+        worker=latency.w_pingpong,
+        impls=('pr', 'raw_confirm', 'raw_noconfirm', 'celery'),
         params=lambda o: {'threads': 1, 'iters': o.iters, 'timeout': o.run_timeout},
-        rows=(Row('rtt p50 (1 thread, {iters:,} round trips) [raw: sync confirms]', 'p50_us',
-                  ' us', RAW_CONFIRM),
-              Row('rtt p99 [raw: sync confirms]', 'p99_us', ' us', RAW_CONFIRM),
-              Row('  rtt p50 [raw: no confirms]', 'p50_us', ' us', RAW_NOCONFIRM),
-              Row('  rtt p99 [raw: no confirms]', 'p99_us', ' us', RAW_NOCONFIRM),
-              Row('  CPU per round trip [raw: sync confirms]', 'cpu_us_per_iter', ' us',
-                  RAW_CONFIRM)),
-        targets=(Target('rtt p50 <= 1.3x raw pika (sync confirms)', 'p50_us', '<=', 1.3,
-                        'raw_confirm'),
-                 Target('rtt p99 <= 1.5x raw pika (sync confirms)', 'p99_us', '<=', 1.5,
-                        'raw_confirm'))),
+        rows=(
+            Row(
+                'rtt p50 (1 thread, {iters:,} round trips) [raw: sync confirms]',
+                'p50_us',
+                ' us',
+                RAW_CONFIRM,
+            ),
+            Row('rtt p99 [raw: sync confirms]', 'p99_us', ' us', RAW_CONFIRM),
+            Row('  rtt p50 [raw: no confirms]', 'p50_us', ' us', RAW_NOCONFIRM),
+            Row('  rtt p99 [raw: no confirms]', 'p99_us', ' us', RAW_NOCONFIRM),
+            Row('  CPU per round trip [raw: sync confirms]', 'cpu_us_per_iter', ' us', RAW_CONFIRM),
+        ),
+        targets=(
+            Target('rtt p50 <= 1.3x raw pika (sync confirms)', 'p50_us', '<=', 1.3, 'raw_confirm'),
+            Target('rtt p99 <= 1.5x raw pika (sync confirms)', 'p99_us', '<=', 1.5, 'raw_confirm'),
+        ),
+    ),
     Scenario(
-        'threads', 'T threads each await their share of results another process publishes',
-        plan=receive.threads_plan, report=receive.threads_report),
+        'threads',
+        'T threads each await their share of results another process publishes',
+        plan=receive.threads_plan,
+        report=receive.threads_report,
+    ),
     Scenario(
-        'threads_rtt', 'T threads doing ping-pongs at once (T=1: rtt), p50 and p99',
+        'threads_rtt',
+        'T threads doing ping-pongs at once (T=1: rtt), p50 and p99',
         worker=latency.w_pingpong,
         params=lambda o: {'timeout': o.run_timeout},
-        variants=lambda o: [{'v': t, 'threads': t, 'iters': max(20, o.iters_total // t)}
-                            for t in o.threads if t != 1],
-        report=latency.threads_rtt_report),
+        variants=lambda o: [
+            {'v': t, 'threads': t, 'iters': max(20, o.iters_total // t)}
+            for t in o.threads
+            if t != 1
+        ],
+        report=latency.threads_rtt_report,
+    ),
     Scenario(
-        'poll', 'get_task_meta() in a loop until another process\'s result is there',
-        plan=latency.poll_plan, report=latency.poll_report),
+        'poll',
+        "get_task_meta() in a loop until another process's result is there",
+        plan=latency.poll_plan,
+        report=latency.poll_report,
+    ),
     Scenario(
-        'resources', 'T threads waiting in get(): broker connections, queues, idle CPU, RSS',
+        'resources',
+        'T threads waiting in get(): broker connections, queues, idle CPU, RSS',
         worker=footprint.w_resources,
         params=lambda o: {'idle': o.idle, 'timeout': 60},
         variants=lambda o: [{'v': o.res_threads, 'threads': o.res_threads}],
-        report=footprint.resources_report),
+        report=footprint.resources_report,
+    ),
     Scenario(
-        'memory', 'RSS growth over TASKS results from another process (once per run)',
-        worker=footprint.w_memory, params=lambda o: {'tasks': o.tasks},
-        once=lambda o: not o.memory_repeats, report=footprint.memory_report),
+        'memory',
+        'RSS growth over TASKS results from another process (once per run)',
+        worker=footprint.w_memory,
+        params=lambda o: {'tasks': o.tasks},
+        once=lambda o: not o.memory_repeats,
+        report=footprint.memory_report,
+    ),
     Scenario(
-        'large', 'results of 1 to 64 MB from another process; 24 MB arriving under load',
-        plan=large.large_plan, report=large.large_report),
+        'large',
+        'results of 1 to 64 MB from another process; 24 MB arriving under load',
+        plan=large.large_plan,
+        report=large.large_report,
+    ),
     # ------------------------------------------------------------ detail (not by default)
     Scenario(
-        'publish', 'store_result from 64 threads, Link.publish pipelined, wake-ups per publish',
-        plan=lambda o: [[
-            Kind('publish64.pr', publish.w_store, {'impl': 'pr', 'threads': 64, 'n': o.k64}),
-            Kind('publish_pipelined.pr', publish.w_pipelined, {'n': o.n}),
-            Kind('publish_pipelined_big.pr', publish.w_pipelined, {'n': o.n_big})]],
-        report=publish.publish_report, default=False, quick=False, needs=('store',)),
+        'publish',
+        'store_result from 64 threads, Link.publish pipelined, wake-ups per publish',
+        plan=lambda o: [
+            [
+                Kind('publish64.pr', publish.w_store, {'impl': 'pr', 'threads': 64, 'n': o.k64}),
+                Kind('publish_pipelined.pr', publish.w_pipelined, {'n': o.n}),
+                Kind('publish_pipelined_big.pr', publish.w_pipelined, {'n': o.n_big}),
+            ]
+        ],
+        report=publish.publish_report,
+        default=False,
+        quick=False,
+        needs=('store',),
+    ),
     Scenario(
-        'consume', 'M messages pre-published: subscribe until all received (reply consumer, '
+        'consume',
+        'M messages pre-published: subscribe until all received (reply consumer, '
         'Consumer, raw basic_consume)',
-        worker=receive.w_consume, params=lambda o: {'m': o.m, 'm_ack': o.m_ack},
-        impls=('pr_backend', 'pr_consumer', 'pr_consumer_ack', 'raw_batchack', 'raw_ackeach',
-               'raw_noack'),
-        rows=(Row('consume: backend reply consumer -> get() ({m:,} msgs) [raw: batched ack]',
-                  'rate', '/s', ('pr_backend', 'raw_batchack'),
-                  'raw: decode + lookup + multiple ack per turn'),
-              Row('  same [raw: ack each]', 'rate', '/s', ('pr_backend', 'raw_ackeach')),
-              Row('  CPU per message [raw: batched ack]', 'cpu_us_per_result', ' us',
-                  ('pr_backend', 'raw_batchack')),
-              Row('consume: pika_rpc.Consumer no_ack ({m:,} msgs) [raw: auto_ack]', 'rate', '/s',
-                  ('pr_consumer', 'raw_noack')),
-              Row('  CPU per message', 'cpu_us_per_result', ' us', ('pr_consumer', 'raw_noack')),
-              Row('consume: pika_rpc.Consumer, message.ack() each ({m_ack:,} msgs) [raw: ack '
-                  'each]', 'rate', '/s', ('pr_consumer_ack', 'raw_ackeach'),
-                  'each ack() is a blocking command')),
-        default=False, quick=False),
+        worker=receive.w_consume,
+        params=lambda o: {'m': o.m, 'm_ack': o.m_ack},
+        impls=(
+            'pr_backend',
+            'pr_consumer',
+            'pr_consumer_ack',
+            'raw_batchack',
+            'raw_ackeach',
+            'raw_noack',
+        ),
+        rows=(
+            Row(
+                'consume: backend reply consumer -> get() ({m:,} msgs) [raw: batched ack]',
+                'rate',
+                '/s',
+                ('pr_backend', 'raw_batchack'),
+                'raw: decode + lookup + multiple ack per turn',
+            ),
+            Row('  same [raw: ack each]', 'rate', '/s', ('pr_backend', 'raw_ackeach')),
+            Row(
+                '  CPU per message [raw: batched ack]',
+                'cpu_us_per_result',
+                ' us',
+                ('pr_backend', 'raw_batchack'),
+            ),
+            Row(
+                'consume: pika_rpc.Consumer no_ack ({m:,} msgs) [raw: auto_ack]',
+                'rate',
+                '/s',
+                ('pr_consumer', 'raw_noack'),
+            ),
+            Row('  CPU per message', 'cpu_us_per_result', ' us', ('pr_consumer', 'raw_noack')),
+            Row(
+                'consume: pika_rpc.Consumer, message.ack() each ({m_ack:,} msgs) [raw: ack each]',
+                'rate',
+                '/s',
+                ('pr_consumer_ack', 'raw_ackeach'),
+                'each ack() is a blocking command',
+            ),
+        ),
+        default=False,
+        quick=False,
+    ),
     Scenario(
-        'rtt_detail', 'rtt split into store and get(); ids not registered first',
-        worker=latency.w_pingpong, impls=('pr_unregistered',),
+        'rtt_detail',
+        'rtt split into store and get(); ids not registered first',
+        worker=latency.w_pingpong,
+        impls=('pr_unregistered',),
         params=lambda o: {'threads': 1, 'iters': o.iters, 'timeout': o.run_timeout},
-        report=latency.rtt_detail_report, default=False, quick=False, needs=('rtt',)),
+        report=latency.rtt_detail_report,
+        default=False,
+        quick=False,
+        needs=('rtt',),
+    ),
     Scenario(
-        'get_seq_detail', 'get_seq with every result already arrived; raw acking each',
-        worker=receive.w_get_seq, impls=('pr_arrived', 'raw_ackeach'),
+        'get_seq_detail',
+        'get_seq with every result already arrived; raw acking each',
+        worker=receive.w_get_seq,
+        impls=('pr_arrived', 'raw_ackeach'),
         params=lambda o: {'n': o.seq},
-        report=receive.get_seq_detail_report, default=False, quick=False, needs=('get_seq',)),
+        report=receive.get_seq_detail_report,
+        default=False,
+        quick=False,
+        needs=('get_seq',),
+    ),
     Scenario(
-        'memory_detail', 'memory with results stored by a thread of the process; table sizes',
-        worker=footprint.w_memory, impls=('pr_inproc',), params=lambda o: {'tasks': o.tasks},
-        once=lambda o: not o.memory_repeats, report=footprint.memory_detail_report,
-        default=False, quick=False,
-        needs=('memory',)),
+        'memory_detail',
+        'memory with results stored by a thread of the process; table sizes',
+        worker=footprint.w_memory,
+        impls=('pr_inproc',),
+        params=lambda o: {'tasks': o.tasks},
+        once=lambda o: not o.memory_repeats,
+        report=footprint.memory_detail_report,
+        default=False,
+        quick=False,
+        needs=('memory',),
+    ),
 )
 
 BY_NAME: Dict[str, Scenario] = {s.name: s for s in SCENARIOS}

@@ -1,7 +1,7 @@
 """Every internal structure of the backend stays within its bound under 100,000 tasks.
 
 Bounds are checked as structure sizes (``backend.stats()``), never as RSS: the RSS figure
-is measured by ``scripts/bench_backend.py``.
+is measured by ``python scripts/bench.py --scenarios memory_detail``.
 """
 
 from __future__ import annotations

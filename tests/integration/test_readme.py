@@ -153,22 +153,44 @@ def test_the_demo_command_runs_and_prints_its_table(amqp_url: str) -> None:
 
 
 def test_the_bench_command_describes_every_scenario_in_its_help() -> None:
-    proc = subprocess.run([sys.executable, 'scripts/bench.py', '--help'], capture_output=True,
-                          text=True, timeout=60, cwd=str(REPO), env=subprocess_env())
+    proc = subprocess.run(
+        [sys.executable, 'scripts/bench.py', '--help'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(REPO),
+        env=subprocess_env(),
+    )
     report = f'stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}'
     assert proc.returncode == 0, report
     assert proc.stdout.startswith('usage: python scripts/bench.py'), report
     for flag in ('--quick', '--scenarios', '--repeats', '--threads', '--large-sizes'):
         assert flag in proc.stdout, report
-    for name in ('store', 'get_seq', 'rtt', 'threads', 'threads_rtt', 'poll', 'resources',
-                 'memory', 'large', 'publish', 'consume'):
+    for name in (
+        'store',
+        'get_seq',
+        'rtt',
+        'threads',
+        'threads_rtt',
+        'poll',
+        'resources',
+        'memory',
+        'large',
+        'publish',
+        'consume',
+    ):
         assert re.search(rf'^  {name} +\S', proc.stdout, re.M), f'{name} missing\n{report}'
 
 
 def test_the_bench_command_lists_the_runs_of_the_quick_subset() -> None:
-    proc = subprocess.run([sys.executable, 'scripts/bench.py', '--quick', '--list'],
-                          capture_output=True, text=True, timeout=60, cwd=str(REPO),
-                          env=subprocess_env())
+    proc = subprocess.run(
+        [sys.executable, 'scripts/bench.py', '--quick', '--list'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(REPO),
+        env=subprocess_env(),
+    )
     report = f'stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}'
     assert proc.returncode == 0, report
     kinds = [line.split()[0] for line in proc.stdout.splitlines()]
