@@ -136,18 +136,7 @@ class ControlHandler:
 
     def stop(self) -> None:
         """Cancel the control consumer (if started); a failure is logged. Blocks."""
-        consumer = self._consumer
-        if consumer is None:
-            return
-        try:
-            consumer.cancel()
-        except PikaRPCError as exc:
-            LOGGER.warning(
-                'worker %s: cancel of the control consumer failed: %s (its channel '
-                'goes with the connection)',
-                self.hostname,
-                exc,
-            )
+        cancel_quietly(self._consumer, self.hostname, 'control')
 
     def for_me(self, body: Dict[str, Any]) -> bool:
         """True when the command ``body`` is meant for this node (see the module docstring)."""
@@ -183,3 +172,20 @@ class ControlHandler:
         ids = arguments.get('task_id')
         ids = [ids] if isinstance(ids, str) else [i for i in ids or () if isinstance(i, str)]
         self._on_revoke(ids, bool(arguments.get('terminate')))
+
+
+def cancel_quietly(consumer: Optional[Consumer], hostname: str, what: str) -> None:
+    """Cancel one of worker ``hostname``'s consumers (if any); a failure is only logged, as
+    its channel goes with the connection anyway. Blocks."""
+    if consumer is None:
+        return
+    try:
+        consumer.cancel()
+    except PikaRPCError as exc:
+        LOGGER.warning(
+            'worker %s: cancel of the %s consumer failed: %s (its channel goes with the '
+            'connection)',
+            hostname,
+            what,
+            exc,
+        )

@@ -72,7 +72,7 @@ from datetime import datetime, timezone
 from typing import Any, Dict, Iterable, List, Optional, Union
 
 from . import _registry, protocol, states
-from ._control import ControlHandler, RevokedIds
+from ._control import ControlHandler, RevokedIds, cancel_quietly
 from ._execution import _NEW, _RUNNING, _STARTING, _STOPPED, _STOPPING, Execution
 from ._jobs import DONE, HELD, QUEUED, RELEASED, RUNNING, Job, Outcomes, expired, short
 from ._threads import Counters, SerialExecutor
@@ -369,7 +369,7 @@ class Worker(Execution):
                 len(left),
                 ', '.join(f'{j.request.name}[{j.request.id}]' for j in left),
             )
-        self._cancel(self._consumer, 'task')
+        cancel_quietly(self._consumer, self.hostname, 'task')
         with self._lock:
             threads = list(self._threads)
         for _ in threads:
@@ -388,20 +388,6 @@ class Worker(Execution):
         self._stopped.set()
         LOGGER.info('worker %s: stopped', self.hostname)
         return not left
-
-    def _cancel(self, consumer: Optional[Consumer], what: str) -> None:
-        if consumer is None:
-            return
-        try:
-            consumer.cancel()
-        except PikaRPCError as exc:
-            LOGGER.warning(
-                'worker %s: cancel of the %s consumer failed: %s (its channel '
-                'goes with the connection)',
-                self.hostname,
-                what,
-                exc,
-            )
 
     def _release_waiting(self) -> List[Job]:
         """Mark every HELD and QUEUED job RELEASED; return them. Under _lock."""
