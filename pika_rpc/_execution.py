@@ -11,8 +11,9 @@ returns, its outcome dropped (logged). Past the *soft* limit a WARNING is logged
 goes on.
 
 The mixin uses the worker's ``_lock`` (guarding every job's state and the sets below),
-``_jobs``, ``_running``, ``_held``, ``_threads``, ``_work``, ``_idle``, ``_state``,
-``_timer``, ``_service``, ``_outcomes``, ``_stats``, ``revoked`` and ``hostname``.
+``_jobs``, ``_running``, ``_totals``, ``_held``, ``_threads``, ``_work``, ``_idle``,
+``_state``, ``_timer``, ``_service``, ``_outcomes``, ``_stats``, ``revoked`` and
+``hostname``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Execution:
     _state: str
     _jobs: Dict[str, List[Job]]
     _running: set
+    _totals: Dict[str, int]  # tasks begun, by name (registered names only: bounded)
     _held: int
     _threads: List[threading.Thread]
     _thread_numbers: Any
@@ -121,7 +123,9 @@ class Execution:
                 self._claim(job, QUEUED)
             else:
                 job.state, job.thread = RUNNING, threading.current_thread()
+                job.time_start = time.time()
                 self._running.add(job)
+                self._totals[req.name] = self._totals.get(req.name, 0) + 1
         if revoked or too_late:
             return self._outcomes.revoked(job, 'revoked' if revoked else 'expired')
         self._arm_time_limits(job)

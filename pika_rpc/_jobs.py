@@ -51,7 +51,16 @@ _REPR_MAX = 200
 class Job:
     """One received task message and where it stands."""
 
-    __slots__ = ('request', 'message', 'task', 'state', 'timers', 'abandoned', 'thread')
+    __slots__ = (
+        'request',
+        'message',
+        'task',
+        'state',
+        'timers',
+        'abandoned',
+        'thread',
+        'time_start',
+    )
 
     def __init__(self, request: protocol.TaskRequest, message: Any, task: Any) -> None:
         self.request, self.message, self.task = request, message, task
@@ -59,6 +68,7 @@ class Job:
         self.timers: List[list] = []
         self.abandoned = False  # finished for the world while its function still runs
         self.thread: Optional[threading.Thread] = None  # the pool thread running it
+        self.time_start: Optional[float] = None  # time.time() when it began to run
 
 
 def expired(request: protocol.TaskRequest) -> bool:

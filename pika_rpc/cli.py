@@ -9,13 +9,14 @@ Once the worker consumes, one line is printed on stdout::
 
     pika_rpc worker <hostname> ready: queues <q1,q2>, concurrency <N>
 
-Shutdown: the first SIGTERM or SIGINT starts a graceful stop (no new task starts, waiting
-messages go back to the queue, running tasks finish and are stored, up to
-``--stop-timeout`` seconds); the process then exits 0 (1 if tasks had to be abandoned). A
-second SIGTERM/SIGINT during that stop exits at once with status 1 (running tasks'
-messages return to the queue and run again elsewhere). The signals are taken with
-``sigwait`` in the main thread (blocked in every other thread), so no handler runs at an
-arbitrary point of the program. Logs go to stderr in a readable format.
+Shutdown: the first SIGTERM or SIGINT, or Celery's ``celery control shutdown`` aimed at this
+node, starts a graceful stop (no new task starts, waiting messages go back to the queue,
+running tasks finish and are stored, up to ``--stop-timeout`` seconds); the process then
+exits 0 (1 if tasks had to be abandoned). A SIGTERM/SIGINT during that stop exits at once
+with status 1 (running tasks' messages return to the queue and run again elsewhere). The
+signals are taken with ``sigtimedwait`` in the main thread (blocked in every other thread),
+so no handler runs at an arbitrary point of the program; it also polls, every 0.2 s,
+whether a remote ``shutdown`` stopped the worker. Logs go to stderr in a readable format.
 """
 
 from __future__ import annotations
@@ -141,11 +142,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         f'{",".join(q.name for q in worker.queues)}, concurrency {worker.concurrency}',
         flush=True,
     )
-    signum = signal.sigwait(_SIGNALS)
+    signum = _wait_for_stop(worker)
     LOGGER.info(
-        '%s received: warm shutdown (waiting up to %s s for running tasks; send it '
-        'again to exit at once)',
-        signal.Signals(signum).name,
+        '%s: warm shutdown (waiting up to %s s for running tasks; send SIGTERM or SIGINT '
+        'to exit at once)',
+        'remote shutdown' if signum is None else f'{signal.Signals(signum).name} received',
         args.stop_timeout,
     )
     outcome: List[bool] = []
@@ -158,8 +159,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     while stopper.is_alive():
         if signal.sigtimedwait(_SIGNALS, 0.2) is not None:
             LOGGER.warning(
-                'second signal: cold shutdown; running tasks are abandoned and their '
-                'messages return to the queue'
+                'signal during the warm shutdown: cold shutdown; running tasks are '
+                'abandoned and their messages return to the queue'
             )
             return 1
     try:
@@ -167,3 +168,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:
         LOGGER.warning('closing the app failed: %s', exc)
     return 0 if outcome and outcome[0] else 1
+
+
+def _wait_for_stop(worker: Worker) -> Optional[int]:
+    """Block until SIGTERM/SIGINT (returns its number) or until the worker was asked to stop
+    by Celery's ``control shutdown`` (returns None)."""
+    while not worker.stop_requested:
+        info = signal.sigtimedwait(_SIGNALS, 0.2)
+        if info is not None:
+            return info.si_signo
+    return None

@@ -1,5 +1,6 @@
-"""Celery's messages as data: result bodies, protocol-v2 task messages (and their retry), the
-revoke broadcast, and Celery's names for the queues and exchanges they travel through.
+"""Celery's messages as data: result bodies, protocol-v2 task messages (and their retry), and
+Celery's names for the queues and exchanges they travel through. The remote control (the
+pidbox names, the revoke broadcast, a node's replies) is in ``_pidbox``, re-exported here.
 
 Pure build/parse: no I/O, no pika, no serialization of whole messages (callers pass the
 dicts/lists returned here to :func:`pika_rpc.serialization.dumps` and publish them).
@@ -26,9 +27,22 @@ import os
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import states
+
+# The remote control's names and the revoke broadcast live in ._pidbox (with the replies);
+# re-exported: they are in this module's __all__.
+from ._pidbox import (
+    PIDBOX_EXCHANGE,
+    PIDBOX_EXCHANGE_TYPE,
+    PIDBOX_QUEUE_EXPIRES,
+    PIDBOX_QUEUE_TTL,
+    REVOKE_EXPIRES,
+    REVOKES_MAX,
+    control_revoke,
+    pidbox_queue_name,
+)
 from .errors import DecodeError
 from .serialization import exception_from_dict, exception_to_dict, json_object, required_text
 
@@ -58,22 +72,9 @@ __all__ = [
 
 REPR_MAXSIZE = 1024  # Celery's argsrepr_maxsize / kwargsrepr_maxsize
 
-# Celery's broadcast control mailbox (kombu Mailbox 'celery' of type fanout).
-PIDBOX_EXCHANGE = 'celery.pidbox'  # control_exchange 'celery' + '.pidbox'
-PIDBOX_EXCHANGE_TYPE = 'fanout'
-PIDBOX_QUEUE_EXPIRES = 10.0  # control_queue_expires (s): a node's queue outlives it so long
-PIDBOX_QUEUE_TTL = 300.0  # control_queue_ttl (s) of a control message in that queue
-REVOKES_MAX = 50000  # worker_state.REVOKES_MAX: revoked ids a worker remembers
-REVOKE_EXPIRES = 10800.0  # worker_state.REVOKE_EXPIRES (s): and for how long
-
 # How Celery declares a task queue named N: a durable direct exchange N, a durable queue N,
 # bound with routing key N (so neither side gets a 406 from the other's declaration).
 TASK_EXCHANGE_TYPE = 'direct'
-
-
-def pidbox_queue_name(hostname: str) -> str:
-    """A worker node's control queue: ``<hostname>.celery.pidbox``."""
-    return f'{hostname}.{PIDBOX_EXCHANGE}'
 
 
 def task_queue_declarations(name: str) -> List[Tuple[str, Dict[str, Any]]]:
@@ -595,50 +596,3 @@ def retry_message(
         if not key.startswith('x-'):
             headers.setdefault(key, value)
     return headers, props, body
-
-
-# --------------------------------------------------------------------------- control
-
-
-def control_revoke(
-    task_ids: Union[str, Iterable[str]],
-    terminate: bool = False,
-    signal: Optional[str] = 'SIGTERM',
-    *,
-    destination: Optional[Sequence[str]] = None,
-    control_exchange: str = 'celery',
-    clock: int = 0,
-) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
-    """Build Celery's ``revoke`` broadcast (``app.control.revoke``; kombu ``Mailbox._publish``).
-
-    Publish the body (JSON) to the exchange returned, ``'<control_exchange>.pidbox'``, with
-    routing key ``''``. Celery declares that exchange first as ``fanout``, ``durable=False``,
-    ``auto_delete=False``; every worker's ``<node>.celery.pidbox`` queue is bound to it.
-
-    Body: ``{"method": "revoke", "arguments": {"task_id", "terminate", "signal"},
-    "destination", "pattern", "matcher"}``. ``task_id`` is one id (a string) or a list of
-    ids; ``destination`` None means every worker, else a list of node names
-    (``celery@host``). A fire-and-forget broadcast carries no ``ticket`` or ``reply_to``
-    (those are added only when replies are collected). ``signal`` None lets the worker use
-    its default (TERM), which is what ``AsyncResult.revoke()`` sends.
-
-    Properties: ``delivery_mode`` 2 (kombu inherits it from the producer's default
-    exchange), ``priority`` 0 and headers ``{"clock": <Lamport clock>, "expires": 0}``
-    (``expires`` is ``time() + timeout`` only when replies are awaited; workers never check
-    it, and only adjust their own clock from ``clock``).
-
-    Raises:
-        ValueError: ``destination`` is given but is not a list or tuple.
-    """
-    if destination is not None and not isinstance(destination, (list, tuple)):
-        raise ValueError(f'destination must be a list or tuple, not {type(destination).__name__}')
-    ids: Union[str, List[str]] = task_ids if isinstance(task_ids, str) else list(task_ids)
-    body = {
-        'method': 'revoke',
-        'arguments': {'task_id': ids, 'terminate': terminate, 'signal': signal},
-        'destination': list(destination) if destination is not None else None,
-        'pattern': None,
-        'matcher': None,
-    }
-    properties = {'delivery_mode': 2, 'priority': 0, 'headers': {'clock': clock, 'expires': 0}}
-    return f'{control_exchange}.pidbox', body, properties

@@ -13,8 +13,10 @@ own outcome (REVOKED on a revoke, NotRegistered, rejections) and adjusts the pre
 
 Where the rest lives: a job's record and what is stored and acked when it ends (acks late,
 so at-least-once; ``ignore_result``; ``EncodeError``; the retry re-send) in ``_jobs``; the
-remote control (the pidbox queue, revoke broadcasts, the revoked-id set) in ``_control``;
-Celery's names and declarations in ``protocol``.
+remote control (the pidbox queue, Celery's ``inspect``/``control`` commands and their
+replies, the revoked-id set) in ``_control``, which the worker gives callbacks that read its
+jobs and counters, revoke, and stop it (``shutdown``); Celery's names and declarations in
+``protocol`` and ``_pidbox``.
 
 Choices where Celery leaves room:
 
@@ -68,8 +70,9 @@ import os
 import queue
 import socket
 import threading
+import time
 from datetime import datetime, timezone
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from . import _registry, protocol, states
 from ._control import ControlHandler, RevokedIds, cancel_quietly
@@ -180,6 +183,8 @@ class Worker(Execution):
         self._state = _NEW
         self._jobs: Dict[str, List[Job]] = {}  # HELD/QUEUED/RUNNING jobs by task id
         self._running: set = set()
+        self._totals: Dict[str, int] = {}
+        self._started_at: Optional[float] = None  # time.monotonic() once consuming
         self._held = 0
         self._applied_prefetch = prefetch_count
         self._threads: List[threading.Thread] = []
@@ -192,7 +197,15 @@ class Worker(Execution):
         self._stats = Counters(
             'received', 'succeeded', 'failed', 'retried', 'revoked', 'rejected', 'abandoned'
         )
-        self._control = ControlHandler(self.hostname, on_revoke=self.revoke)
+        self._control = ControlHandler(
+            self.hostname,
+            on_revoke=self.revoke,
+            jobs=self._jobs_now,
+            stats=self.stats,
+            tasks=lambda: self.app.tasks,
+            revoked=self.revoked,
+            on_shutdown=self._remote_shutdown,
+        )
         self._outcomes = Outcomes(
             app, self.hostname, self._stats.add, lambda: self._connection.link, self.queues[0].name
         )
@@ -224,11 +237,13 @@ class Worker(Execution):
             self.stop(2.0)
 
     def stats(self) -> Dict[str, Any]:
-        """Counters (received, succeeded, failed, retried, revoked, rejected, abandoned) and
-        what is held, queued and running now."""
+        """Counters (received, succeeded, failed, retried, revoked, rejected, abandoned), what
+        is held, queued and running now, ``total`` (tasks begun, by name), ``concurrency``,
+        ``threads`` (pool threads alive), ``prefetch_count`` (applied) and ``uptime`` (s)."""
         counts = self._stats.snapshot()
         with self._lock:
             jobs = [j for js in self._jobs.values() for j in js]
+            began = self._started_at
             out = dict(
                 counts,
                 held=self._held,
@@ -236,8 +251,19 @@ class Worker(Execution):
                 queued=sum(1 for j in jobs if j.state == QUEUED),
                 revoked_ids=len(self.revoked),
                 state=self._state,
+                total=dict(self._totals),
+                concurrency=self.concurrency,
+                threads=len(self._threads),
+                prefetch_count=self._applied_prefetch,
+                uptime=0.0 if began is None else time.monotonic() - began,
             )
         return out
+
+    def _jobs_now(self) -> List[Tuple[str, Job]]:
+        """Every HELD, QUEUED and RUNNING job with its state, read at one moment (for the
+        remote control's ``active``, ``reserved`` and ``scheduled``). Any thread."""
+        with self._lock:
+            return [(job.state, job) for jobs in self._jobs.values() for job in jobs]
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> 'Worker':
@@ -271,6 +297,7 @@ class Worker(Execution):
             )
             with self._lock:
                 self._state = _RUNNING
+                self._started_at = time.monotonic()
             self._consumer.consume()
         except BaseException:
             with self._lock:
@@ -300,6 +327,17 @@ class Worker(Execution):
     def request_stop(self) -> None:
         """Ask ``run()`` to stop; returns at once. Safe from another thread."""
         self._stop_requested.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once ``request_stop()``, ``stop()`` or a remote ``shutdown`` asked this worker
+        to stop (the command line polls it)."""
+        return self._stop_requested.is_set()
+
+    def _remote_shutdown(self) -> None:  # control thread, after the reply was sent
+        LOGGER.warning('worker %s: shutdown by remote control: stopping gracefully', self.hostname)
+        self.request_stop()
+        self.stop(self.stop_timeout)
 
     def __enter__(self) -> 'Worker':
         return self.start()
@@ -504,10 +542,14 @@ class Worker(Execution):
                     'worker %s: could not set prefetch to %d: %s', self.hostname, want, exc
                 )
 
-    def revoke(self, task_ids: Union[str, Iterable[str]], terminate: bool = False) -> None:
+    def revoke(self, task_ids: Union[str, Iterable[str]], terminate: bool = False) -> List[str]:
         """Revoke tasks here (what a ``revoke`` broadcast does); see the module docstring.
 
         Any thread; never blocks on the broker (states are stored on the service thread).
+
+        Returns:
+            The ids of the tasks that were running here: with ``terminate``, those abandoned
+            (REVOKED stored; their function runs on), else those left to finish.
         """
         ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
         waiting, running = [], []
@@ -524,10 +566,12 @@ class Worker(Execution):
             self._service.submit(self._outcomes.revoked, job, 'revoked')
         if waiting:
             self._service.submit(self._apply_prefetch)
+        was_running = []
         for job in running:
             if terminate:
                 if self._abandon(job, states.REVOKED, TaskRevokedError('terminated')):
                     self._stats.add('revoked')
+                    was_running.append(job.request.id)
                     LOGGER.warning(
                         'Task %s[%s] terminated: REVOKED stored; a thread cannot be '
                         'killed, so the function runs on and its outcome is dropped',
@@ -535,8 +579,10 @@ class Worker(Execution):
                         job.request.id,
                     )
             else:
+                was_running.append(job.request.id)
                 LOGGER.info(
                     'Task %s[%s] is running: a revoke without terminate lets it finish',
                     job.request.name,
                     job.request.id,
                 )
+        return was_running

@@ -42,6 +42,7 @@ LEVELS = {
     'findbroker': 1,
     '_handoff': 1,
     '_declarations': 1,
+    '_pidbox': 1,
     # Celery's messages, AMQP messages, the pika boundary
     'message': 2,
     'protocol': 2,
@@ -230,6 +231,14 @@ MOVED = [
     ('worker', 'REVOKE_EXPIRES', 'protocol'),
     ('backend', 'ResultConsumer', '_replies'),
     ('messaging', 'Consumer', 'consumer'),
+    ('protocol', 'PIDBOX_EXCHANGE', '_pidbox'),
+    ('protocol', 'PIDBOX_EXCHANGE_TYPE', '_pidbox'),
+    ('protocol', 'PIDBOX_QUEUE_EXPIRES', '_pidbox'),
+    ('protocol', 'PIDBOX_QUEUE_TTL', '_pidbox'),
+    ('protocol', 'pidbox_queue_name', '_pidbox'),
+    ('protocol', 'REVOKES_MAX', '_pidbox'),
+    ('protocol', 'REVOKE_EXPIRES', '_pidbox'),
+    ('protocol', 'control_revoke', '_pidbox'),
 ]
 
 
