@@ -14,13 +14,19 @@ succeeds, the link stops, or the policy gives up:
   the last error and what to do about it.
 
 pika's ``BlockingConnection`` is given the whole address list and tries it in order within
-one attempt.
+one attempt. The order is the failover strategy's (``broker_failover_strategy``):
+``'round-robin'`` starts with the first address and, after a connection was made, starts the
+next attempt at the address after the one connected (kombu's rotation on failover);
+``'shuffle'`` does the same over a list shuffled once, when the connector is made (one per
+link, so per process: a fleet of processes spreads its first connections over the nodes,
+where kombu would connect each to the first address).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import random
 import threading
 import time
 from typing import Any, Callable, List, Optional, Union
@@ -33,7 +39,10 @@ from .errors import ConnectionLost
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ['Connector', 'STOPPED']
+__all__ = ['Connector', 'STOPPED', 'FAILOVER_STRATEGIES']
+
+#: The values of ``broker_failover_strategy``.
+FAILOVER_STRATEGIES = ('round-robin', 'shuffle')
 
 #: What ``Connector.cycle`` returns when the link was told to stop meanwhile.
 STOPPED = 'stopped'
@@ -44,13 +53,29 @@ class Connector:
     read-only ``last_error``/``last_advice``."""
 
     def __init__(
-        self, options: List[dict], name: str, *, max_retries: Optional[int], interval: tuple
+        self,
+        options: List[dict],
+        name: str,
+        *,
+        max_retries: Optional[int],
+        interval: tuple,
+        failover_strategy: str = 'round-robin',
+        rng: Optional[random.Random] = None,
     ) -> None:
         if not options:
             raise ValueError('no broker address given')
+        if failover_strategy not in FAILOVER_STRATEGIES:
+            raise ValueError(
+                f'failover_strategy must be one of {FAILOVER_STRATEGIES}, got {failover_strategy!r}'
+            )
         self.options = list(options)
         self.name = name
         self.params = [_pika.connection_parameters(o, name) for o in self.options]
+        # Indexes of params in failover order; the next connection tries _ring[_next] first.
+        self._ring = list(range(len(self.params)))
+        if failover_strategy == 'shuffle':
+            (rng or random).shuffle(self._ring)
+        self._next = 0
         self.max_retries = max_retries
         start, step, top = interval
         self._policy = {'interval_start': start, 'interval_step': step, 'interval_max': top}
@@ -60,10 +85,28 @@ class Connector:
     def addresses(self) -> str:
         return ', '.join(f'{p.host}:{p.port} (vhost {p.virtual_host!r})' for p in self.params)
 
+    def order(self) -> List[int]:
+        """Indexes of the addresses (into ``params``) in the order the next attempt tries."""
+        return self._ring[self._next :] + self._ring[: self._next]
+
+    def connected_to(self, host: str, port: int) -> None:
+        """A connection to ``host:port`` was made: the next one starts at the address after it
+        (the first of the current order with that host and port: pika tried them in order)."""
+        count = len(self._ring)
+        for step in range(count):
+            position = (self._next + step) % count
+            p = self.params[self._ring[position]]
+            if (p.host, p.port) == (host, port):
+                self._next = (position + 1) % count
+                return
+
     def open_connection(self) -> Any:
-        """A new ``BlockingConnection`` to the first address that answers. Blocks (bounded by
-        each address's connection timeout); raises one of ``_pika.CONNECT_ERRORS``."""
-        return pika.BlockingConnection(self.params)
+        """A new ``BlockingConnection`` to the first address that answers, in failover order.
+        Blocks (bounded by each address's connection timeout); raises one of
+        ``_pika.CONNECT_ERRORS``."""
+        conn = pika.BlockingConnection([self.params[i] for i in self.order()])
+        self.connected_to(*_pika.connected_address(conn))
+        return conn
 
     def cycle(
         self, attempt: Callable[[], None], on_failed: Callable[[], None], stop: threading.Event

@@ -22,11 +22,12 @@ their owner, while the I/O thread still waits for that ConsumeOk.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pika.exceptions
 
 from . import _pika
+from .errors import BrokerRefused, queue_node_down
 
 LOGGER = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ class ConsumerSpec:
     call ``on_missing()`` when it was gone. ``on_cancel()`` hears a broker-side cancel
     (queue deleted); the link then re-declares and re-subscribes, without calling
     ``on_missing()`` again for that same loss (the owner was told once, by ``on_cancel``).
+    ``on_refused(error)`` hears a (re)subscribe the broker refused, with its typed error
+    (a ``BrokerRefused``, e.g. ``QueueNodeDown``), on the I/O thread; it returns True when
+    the owner took it over (e.g. moved to another queue): the link then stops this spec and
+    does not try it again.
     """
 
     def __init__(
@@ -75,11 +80,12 @@ class ConsumerSpec:
         consumer_tag: Optional[str] = None,
         exclusive: bool = False,
         arguments: Optional[dict] = None,
+        on_refused: Optional[Callable[[BrokerRefused], bool]] = None,
     ) -> None:
         self.queue, self.on_delivery = queue, on_delivery
         self.batch_ack, self.no_ack, self.prefetch_count = batch_ack, no_ack, prefetch_count
         self.declarations, self.check_exists = tuple(declarations), check_exists
-        self.on_missing, self.on_cancel = on_missing, on_cancel
+        self.on_missing, self.on_cancel, self.on_refused = on_missing, on_cancel, on_refused
         self.consumer_tag, self.exclusive, self.arguments = consumer_tag, exclusive, arguments
         self.channel: Any = None  # I/O thread only
         self.gen = 0  # bumped at every subscribe: acks of an older gen are void
@@ -216,7 +222,8 @@ class Consumers:
         except pika.exceptions.ChannelClosed as exc:
             self._specs.pop(id(spec), None)
             spec.active = False
-            raise _pika.translate_channel_error(exc, f'consume from {spec.queue!r}') from None
+            error, _ = self.refused(spec, exc, f'consume from {spec.queue!r}')
+            raise error from None
         return spec.consumer_tag
 
     def subscribe(self, spec: ConsumerSpec) -> None:
@@ -277,6 +284,23 @@ class Consumers:
         spec.subscribed_once = True
         spec.cancelled_by_broker = False
         self._specs[id(spec)] = spec
+
+    def refused(
+        self, spec: ConsumerSpec, exc: pika.exceptions.ChannelClosed, what: str
+    ) -> Tuple[BrokerRefused, bool]:
+        """The typed error of a (re)subscribe of ``spec`` the broker refused, and whether
+        ``spec.on_refused`` took it over (then ``spec`` is stopped: never retried)."""
+        error = _pika.translate_channel_error(exc, what)
+        handled = False
+        if spec.on_refused is not None:
+            try:
+                handled = bool(spec.on_refused(error))
+            except Exception:
+                LOGGER.exception('%s: on_refused of %r failed', self._link.name, spec.queue)
+        if handled:
+            spec.active = False
+            self._specs.pop(id(spec), None)
+        return error, handled
 
     def _on_message(self, spec: ConsumerSpec, gen: int) -> Callable[..., None]:
         link, acks, batch_ack = self._link, self._acks, spec.batch_ack
@@ -343,7 +367,8 @@ class Consumers:
         try:
             channel.queue_declare(name, passive=True)
         except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code == 404:
+            # A queue whose node is down exists: that refusal is the caller's to handle.
+            if exc.reply_code == 404 and queue_node_down(exc.reply_text) is None:
                 return False
             raise
         close_quietly(channel)
@@ -448,6 +473,8 @@ class Consumers:
                 try:
                     self.subscribe(spec)
                 except pika.exceptions.ChannelClosedByBroker as exc:
+                    if self.refused(spec, exc, 'consume')[1]:
+                        continue
                     spec.active = False
                     self._specs.pop(id(spec), None)
                     LOGGER.error(
@@ -466,6 +493,8 @@ class Consumers:
                 try:
                     self.subscribe(spec)
                 except pika.exceptions.ChannelClosed as exc:
+                    if self.refused(spec, exc, 'consume')[1]:
+                        continue
                     spec.active = False
                     LOGGER.error(
                         '%s: cannot re-subscribe to %r: %s',

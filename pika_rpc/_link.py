@@ -100,6 +100,7 @@ class Link(ConsumerCommands):
         direct_writes: let caller threads write publications to a plaintext connection's
             socket themselves (``publish``); False: every publication goes through the I/O
             thread. May be changed at any time.
+        failover_strategy: the order the addresses are tried in (``_connector``).
     """
 
     def __init__(
@@ -112,11 +113,16 @@ class Link(ConsumerCommands):
         callbacks: Optional[SerialExecutor] = None,
         name: Optional[str] = None,
         direct_writes: bool = True,
+        failover_strategy: str = 'round-robin',
     ) -> None:
         self.id = next(_link_ids)
         self.name = name or f'pika-rpc-io-{os.getpid()}-{self.id}'
         self._connector = Connector(
-            options, self.name, max_retries=max_connect_retries, interval=connect_interval
+            options,
+            self.name,
+            max_retries=max_connect_retries,
+            interval=connect_interval,
+            failover_strategy=failover_strategy,
         )
         self.callbacks = callbacks or SerialExecutor('pika-rpc-callbacks')
         self.pid = os.getpid()

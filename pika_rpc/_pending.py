@@ -69,7 +69,7 @@ def is_ready(meta: Optional[Meta]) -> bool:
 class _TaskSlot:
     """A task with no final state yet. Guarded by the table's mutex."""
 
-    __slots__ = ('meta', 'history', 'count', 'error', 'waiters', 'settled', 'expected')
+    __slots__ = ('meta', 'history', 'count', 'error', 'waiters', 'settled', 'expected', 'queue')
 
     def __init__(self, mutex: threading.Lock, history_max: int) -> None:
         self.meta: Optional[Meta] = None  # latest decoded meta
@@ -78,6 +78,7 @@ class _TaskSlot:
         self.error: Optional[BaseException] = None  # set once: the result can't arrive
         self.waiters = 0  # threads in wait() plus registered watchers
         self.expected = False  # registered (sent from here): kept until final
+        self.queue: Optional[str] = None  # the reply queue it was registered for
         # Notified by deliver(), fail_one(), fail_pending() and forget(): any change.
         self.settled = threading.Condition(mutex)
 
@@ -115,18 +116,19 @@ class PendingTable:
         self._warned: set = set()
 
     # ------------------------------------------------------------------ writers
-    def register(self, task_id: str) -> None:
-        """Expect results for ``task_id`` (called before its task message is sent)."""
+    def register(self, task_id: str, queue: Optional[str] = None) -> None:
+        """Expect results for ``task_id`` (called before its task message is sent), through
+        the reply queue ``queue`` (``fail_pending(queue=...)`` fails it with that queue)."""
         with self.mutex:
             if self._is_final(task_id):
                 return
             slot = self._slots.get(task_id)
-            if slot is not None:
-                slot.expected = True
-                return
-            slot = self._new_slot(task_id)
+            if slot is None:
+                slot = self._new_slot(task_id)
+                self._adopt(task_id, slot)
             slot.expected = True
-            self._adopt(task_id, slot)
+            if queue is not None:
+                slot.queue = queue
 
     def deliver(self, task_id: str, raw: Meta, meta: Meta, size: int = 0) -> str:
         """Store a decoded state message whose body was ``size`` bytes.
@@ -201,19 +203,23 @@ class PendingTable:
         make_error: Callable[[List[str]], BaseException],
         only_waited: bool = False,
         sticky: bool = False,
+        queue: Optional[str] = None,
     ) -> List[str]:
         """Wake every waiter of an unready task with ``make_error(task_ids)``.
 
         The error stays on the slots, so a thread that starts waiting later gets it at once.
         With ``only_waited`` only tasks someone waits on now are failed. With ``sticky``
         (the link gave up) a wait on an id that has no slot yet gets ``make_error([])`` too,
-        until ``clear_errors`` of its type.
+        until ``clear_errors`` of its type. With ``queue`` (a reply queue was lost) only the
+        tasks registered for that queue, and those registered for none, are failed.
         """
         with self.mutex:
             ids = [
                 t
                 for t, s in self._slots.items()
-                if s.error is None and (s.waiters or not only_waited)
+                if s.error is None
+                and (s.waiters or not only_waited)
+                and (queue is None or s.queue in (None, queue))
             ]
             if sticky:
                 self._down = make_error([])

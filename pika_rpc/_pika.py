@@ -61,6 +61,7 @@ __all__ = [
     'DirectSocket',
     'connection_parameters',
     'translate_channel_error',
+    'connected_address',
     'channel_impl',
     'set_channel_cookie',
     'CONNECTION_ERRORS',
@@ -152,6 +153,12 @@ def translate_channel_error(exc: BaseException, what: str) -> BrokerRefused:
         )
         return refusal(code, f'{what}: 406 PRECONDITION_FAILED ({text}). {advice}.', text)
     return refusal(code, f'{what}: {code} {text}', text)
+
+
+def connected_address(connection: Any) -> Tuple[str, int]:
+    """``(host, port)`` a ``BlockingConnection`` reached (of the addresses it was given)."""
+    params = connection._impl.params
+    return params.host, params.port
 
 
 def basic_properties(props: dict) -> pika.spec.BasicProperties:

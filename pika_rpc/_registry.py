@@ -101,12 +101,14 @@ def acquire_link(options: List[dict], **link_kwargs: Any) -> Link:
 
 
 def acquire_link_for(settings: Settings) -> Link:
-    """``acquire_link`` with the broker options, retry policy and bounds of ``settings``."""
+    """``acquire_link`` with the broker options, retry policy, failover strategy and bounds
+    of ``settings`` (the first user's, when the link exists already)."""
     policy = connection_retry_policy(settings)
     return acquire_link(
         connection_options(settings),
         handoff_max=settings.handoff_max,
         direct_writes=settings.direct_writes,
+        failover_strategy=settings.broker_failover_strategy,
         max_connect_retries=policy['max_retries'],
         connect_interval=(
             policy['interval_start'],

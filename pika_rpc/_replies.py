@@ -24,6 +24,13 @@ Choices where Celery leaves room:
   reconnect, and the link re-subscribes it after every reconnect, checking first that it
   still exists. A reply queue that is gone (deleted, expired) fails every pending task with
   ``ReplyQueueLost``: their results can no longer arrive.
+* A reply queue whose home node is down (a RabbitMQ cluster: the broker refuses its
+  re-subscribe with ``QueueNodeDown``) is left at once for a new one: a new oid, declared by
+  the next subscribe on the node the connection is on now (``_on_refused``, the spec's
+  ``on_refused``). Its pending tasks fail with ``ReplyQueueLost`` naming them and the node.
+  A task names the queue it was registered for (``expect``: one step under ``_subscribed``),
+  so no task waits on a queue that was left. A quorum reply queue (``result_queue_type``)
+  keeps its name: its leader moves to another node and nothing in it is lost.
 * Hooks (``on_state_change``, the backend's ``on_out_of_band_result``) run on the thread
   that decoded the message, guarded: one that raises is logged with the task id; the state
   is still recorded, its waiters still wake and the message is acknowledged (no
@@ -34,9 +41,11 @@ Choices where Celery leaves room:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
+import uuid
 from typing import Any, Callable, Dict, Optional
 
 from . import protocol, serialization
@@ -46,12 +55,23 @@ from ._pending import PendingTable
 from ._threads import Counters, SerialExecutor
 from ._timeouts import deadline, remaining
 from .config import reply_queue_arguments
-from .errors import DecodeError, PikaRPCError, ReplyQueueLost, TimeoutError
+from .errors import (
+    BrokerRefused,
+    DecodeError,
+    PikaRPCError,
+    QueueNodeDown,
+    ReplyQueueLost,
+    TimeoutError,
+)
 from .messaging import Consumer
 
 LOGGER = logging.getLogger(__name__)
 
 __all__ = ['ResultConsumer']
+
+# How often one ensure_consuming moves on to a new reply queue before it gives up.
+_MOVES_PER_CALL = 3
+_CANCELLED = 'was deleted or lost its home node (the broker cancelled its consumer)'
 
 
 class ResultConsumer:
@@ -83,14 +103,17 @@ class ResultConsumer:
         self._decoder = SerialExecutor('pika-rpc-decoder')
         self._decoding = 0  # bodies handed to the decoder and not yet stored
         self._decoding_lock = threading.Lock()
-        # Guards _spec, _spec_link and _subscribing; notified when a subscribe attempt ends.
+        # Guards _spec, _spec_link, _subscribing and changes of _oid (a move: _on_refused);
+        # notified when a subscribe attempt ends.
         self._subscribed = threading.Condition(threading.Lock())
         self._spec: Optional[ConsumerSpec] = None
         self._spec_link: Optional[Link] = None  # the link _spec is subscribed on
         self._subscribing = False  # a thread is in link.consume() for us
         self._arrived = threading.Condition(threading.Lock())
         self._drain_waiters = 0  # threads in drain_events
-        self._stats = Counters('out_of_band_received', 'bad_messages', 'hook_errors')
+        self._stats = Counters(
+            'out_of_band_received', 'bad_messages', 'hook_errors', 'reply_queue_moves'
+        )
 
     # ------------------------------------------------------------------ Celery's API
     def start(
@@ -98,9 +121,10 @@ class ResultConsumer:
     ) -> None:
         """Subscribe to the reply queue (idempotent); expect ``initial_task_id``. Blocks up
         to ``publish_timeout`` for the subscription."""
-        self.ensure_consuming()
-        if initial_task_id is not None:
-            self._pending.register(initial_task_id)
+        if initial_task_id is None:
+            self.ensure_consuming()
+        else:
+            self.expect(initial_task_id)
 
     def stop(self) -> None:
         """Cancel the subscription (results stay in the queue for a later ``start``)."""
@@ -135,11 +159,39 @@ class ResultConsumer:
         """Hook called (decoder or I/O thread) for every state message; quick, no I/O."""
 
     # ------------------------------------------------------------------ subscription
+    @property
+    def reply_queue(self) -> str:
+        """The reply queue results are sent to now: the oid, or the queue it moved to."""
+        return self._oid
+
+    def expect(self, task_id: str, timeout: Optional[float] = None) -> str:
+        """Subscribe (``ensure_consuming``) and expect results for ``task_id``; returns the
+        reply queue its task message must name. The queue is read and the task registered
+        for it in one step, so a move to a new queue (its node is down) either fails this
+        task with ``ReplyQueueLost`` or happened before and this task names the new queue.
+
+        Blocks and raises as ``ensure_consuming`` (one deadline for the whole call).
+        """
+        limit = self.backend.conf.publish_timeout if timeout is None else timeout
+        dl = deadline(limit)
+        while True:
+            self.ensure_consuming(timeout=remaining(dl))
+            with self._subscribed:
+                spec = self._spec
+                if spec is not None and spec.active and spec.queue == self._oid:
+                    self._pending.register(task_id, queue=self._oid)
+                    return self._oid
+            # It moved between the two steps: subscribe the new queue, within dl.
+            if remaining(dl) == 0:
+                raise TimeoutError(f'reply queue {self._oid} not consumed within {limit} s')
+
     def ensure_consuming(self, timeout: Optional[float] = None) -> None:
         """Subscribe to the reply queue unless subscribed on the backend's current link.
 
         Blocks up to ``timeout`` (default ``publish_timeout``): for the broker's answer, or
         for another thread's subscribe to end (then, if that one failed, this thread tries).
+        A reply queue whose home node is down is replaced by a new one (``_on_refused``),
+        which is then subscribed within the same deadline.
 
         Raises:
             TimeoutError: not subscribed within ``timeout``.
@@ -157,12 +209,24 @@ class ResultConsumer:
         link = self._get_link()  # a fork resets this consumer here (the backend's pid check)
         limit = self.backend.conf.publish_timeout if timeout is None else timeout
         dl = deadline(limit)
+        for attempt in range(_MOVES_PER_CALL + 1):
+            try:
+                self._subscribe(link, dl, limit)
+                return
+            except QueueNodeDown as exc:
+                if exc.queue == self._oid or attempt == _MOVES_PER_CALL:
+                    raise  # not moved (not ours?), or moved too often: say so
+                # _on_refused moved us to a new queue: subscribe that one.
+
+    def _subscribe(self, link: Link, dl: Optional[float], limit: Optional[float]) -> None:
+        """Subscribe the current reply queue on ``link``, or wait for the thread that does."""
         with self._subscribed:
             while True:
                 if self._is_subscribed(link):
                     return
                 if not self._subscribing:
                     self._subscribing = True  # this thread subscribes; others wait
+                    oid = self._oid
                     break
                 if not self._subscribed.wait(remaining(dl)):
                     raise TimeoutError(
@@ -171,35 +235,39 @@ class ResultConsumer:
                     )
         subscribed = None
         try:
-            spec = ConsumerSpec(
-                self._oid,
-                self._on_reply,
-                batch_ack=True,
-                declarations=(
-                    (
-                        'declare_queue',
-                        dict(
-                            queue=self._oid,
-                            durable=True,
-                            auto_delete=False,
-                            exclusive=False,
-                            arguments=reply_queue_arguments(self.backend.conf),
-                        ),
-                    ),
-                ),
-                check_exists=True,
-                on_missing=self._on_queue_lost,
-                on_cancel=self._on_queue_lost,
-                consumer_tag=f'pika-rpc-{self._oid}',
-            )
+            spec = self._new_spec(oid)
             link.consume(spec, timeout=remaining(dl))
             subscribed = spec
         finally:
             with self._subscribed:
-                if subscribed is not None:
+                if subscribed is not None and oid == self._oid:
                     self._spec, self._spec_link = subscribed, link
                 self._subscribing = False
                 self._subscribed.notify_all()  # done, or the next waiter tries
+
+    def _new_spec(self, oid: str) -> ConsumerSpec:
+        return ConsumerSpec(
+            oid,
+            self._on_reply,
+            batch_ack=True,
+            declarations=(
+                (
+                    'declare_queue',
+                    dict(
+                        queue=oid,
+                        durable=True,
+                        auto_delete=False,
+                        exclusive=False,
+                        arguments=reply_queue_arguments(self.backend.conf),
+                    ),
+                ),
+            ),
+            check_exists=True,
+            on_missing=functools.partial(self._on_queue_lost, oid, ''),
+            on_cancel=functools.partial(self._on_queue_lost, oid, _CANCELLED),
+            on_refused=functools.partial(self._on_refused, oid),
+            consumer_tag=f'pika-rpc-{oid}',
+        )
 
     def _is_subscribed(self, link: Link) -> bool:
         spec = self._spec
@@ -221,14 +289,44 @@ class ResultConsumer:
             link.cancel(spec, timeout=timeout)
         return True
 
-    def _on_queue_lost(self) -> None:  # I/O thread
-        ids = self._pending.fail_pending(lambda ids: ReplyQueueLost(self._oid, ids))
+    def _on_queue_lost(self, oid: str, reason: str) -> None:  # I/O thread
+        ids = self._pending.fail_pending(lambda ids: ReplyQueueLost(oid, ids, reason), queue=oid)
         LOGGER.error(
-            'reply queue %s was deleted or expired; %d pending task(s) lost: %s',
-            self._oid,
+            'reply queue %s %s; %d pending task(s) lost: %s',
+            oid,
+            reason or 'was deleted or expired',
             len(ids),
             ', '.join(ids[:20]),
         )
+
+    def _on_refused(self, oid: str, error: BrokerRefused) -> bool:  # I/O thread
+        """``ConsumerSpec.on_refused`` of reply queue ``oid``: when its home node is down, move
+        to a new reply queue at once (True: the link stops the old spec). Its pending tasks
+        fail with ``ReplyQueueLost``; the new queue is declared by the next subscribe, on the
+        node the connection is on now."""
+        if not isinstance(error, QueueNodeDown):
+            return False
+        why = f'its home node {error.node} is down' if error.node else 'its home node is stopping'
+        reason = f'is lost: {why}'
+        with self._subscribed:
+            if self._oid != oid:
+                return True  # moved already; stop the old spec
+            self._oid = new = str(uuid.uuid4())
+            self._spec = self._spec_link = None
+            ids = self._pending.fail_pending(
+                lambda ids: ReplyQueueLost(oid, ids, reason), queue=oid
+            )
+        self._stats.add('reply_queue_moves')
+        LOGGER.warning(
+            'reply queue %s is lost (%s): results sent there are lost; new tasks use reply '
+            'queue %s; %d pending task(s) lost: %s',
+            oid,
+            why,
+            new,
+            len(ids),
+            ', '.join(ids[:20]),
+        )
+        return True
 
     # ------------------------------------------------------------------ receiving
     def _on_reply(self, delivery: Delivery) -> None:  # I/O thread: hand off only

@@ -204,9 +204,10 @@ class App:
             parent_id = parent_id or request_field(parent, 'id')
             root_id = root_id or request_field(parent, 'root_id') or parent_id
         ignored = bool(ignore_result)
+        reply_queue = None
         if not ignored:
             try:
-                backend.on_task_call(None, task_id, timeout=remaining(dl))
+                reply_queue = backend.on_task_call(None, task_id, timeout=remaining(dl))
             except TimeoutError as exc:  # its text says why (e.g. cannot connect, and what to do)
                 raise PublishError(
                     f'task {name}[{task_id}] not sent: the reply queue could not '
@@ -224,7 +225,7 @@ class App:
             args,
             kwargs,
             task_id=task_id,
-            reply_to=reply_to or backend.oid,
+            reply_to=reply_to or reply_queue or backend.oid,
             correlation_id=correlation_id,
             countdown=countdown,
             eta=eta,

@@ -127,7 +127,7 @@ class RPCBackend(ResultStoring):
     def _reset(self) -> None:
         """Fresh per-process state: new oid, empty table, new locks, no link yet."""
         self._pid = os.getpid()
-        self._oid = str(uuid.uuid4())
+        oid = str(uuid.uuid4())
         self._lock = threading.Lock()  # guards _link and _closed; never held across I/O
         self._pending = PendingTable(
             cache_max=self.conf.result_cache_max,
@@ -139,7 +139,7 @@ class RPCBackend(ResultStoring):
         self._link: Optional[Link] = None
         self._closed = False
         self._stats = Counters('unroutable', 'stored')  # any thread stores
-        self.result_consumer._attach(self._oid, self._pending, self._get_link)
+        self.result_consumer._attach(oid, self._pending, self._get_link)
 
     def _forget_parent_state(self) -> None:
         # In a forked child: never touch the parent's link; start over lazily.
@@ -148,9 +148,14 @@ class RPCBackend(ResultStoring):
     # ------------------------------------------------------------------ identity
     @property
     def oid(self) -> str:
-        """This process's reply queue name (a new one after fork)."""
+        """This process's reply queue name (a new one after fork, and after its home node
+        was lost: ``ResultConsumer`` moves to a new queue then)."""
         self._check_pid()
         return self._oid
+
+    @property
+    def _oid(self) -> str:
+        return self.result_consumer.reply_queue
 
     @property
     def binding(self) -> Queue:
@@ -242,15 +247,15 @@ class RPCBackend(ResultStoring):
         LOGGER.debug('out-of-band result for task %s on %s', task_id, self._oid)
 
     # ------------------------------------------------------------------ client side
-    def on_task_call(self, producer: Any, task_id: str, timeout: Optional[float] = None) -> None:
+    def on_task_call(self, producer: Any, task_id: str, timeout: Optional[float] = None) -> str:
         """Before a task is sent: make sure the reply queue exists and is consumed
-        (once per connection) and expect results for ``task_id``.
+        (once per connection) and expect results for ``task_id``. Returns the reply queue
+        the task message must name (its ``reply_to``).
 
         Blocks only the first time on a connection (up to ``timeout``, default
         ``publish_timeout``). Raises ``TimeoutError`` or ``ConnectionLost``.
         """
-        self.result_consumer.ensure_consuming(timeout=timeout)
-        self._pending.register(task_id)
+        return self.result_consumer.expect(task_id, timeout=timeout)
 
     def on_reply_declare(self, task_id: str) -> List[Queue]:
         return [self.binding]

@@ -28,6 +28,17 @@ Choices made where Celery is silent:
   of its task and not kept: a later ``get()`` or ``state`` of that id does not find it
   (``get_task_meta`` polls leave it in place until a ``get()`` reads it).
 * Serializer names are not checked here; ``serialization.py`` does that when used.
+* ``result_queue_type`` (``'classic'`` or ``'quorum'``; not a Celery setting): the reply
+  queue's type. A classic one lives on one node; when that node is lost its results are
+  lost (their waiters get ``ReplyQueueLost``) and the client moves to a new queue. A quorum
+  one (RabbitMQ 3.9 or later) loses nothing while a majority of its nodes is up, for a Raft
+  group per process; its ``x-delivery-limit`` is set (``QUORUM_DELIVERY_LIMIT``, see
+  ``docs/wire-format.rst``).
+* ``broker_failover_strategy``: ``'round-robin'`` (kombu's: the first connection tries the
+  addresses in order, a reconnect starts after the address last connected) or
+  ``'shuffle'``: unlike kombu's, the list is shuffled once per process, first connection
+  included (a fleet does not all land on the first node), then rotated as round-robin.
+  Callables (kombu accepts them) are refused.
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ __all__ = [
     'DEFAULT_BROKER_URL',
     'DEFAULT_RESULT_EXPIRES',
     'RETRY_POLICY_KEYS',
+    'QUORUM_DELIVERY_LIMIT',
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -63,6 +75,8 @@ LOGGER = logging.getLogger(__name__)
 DEFAULT_BROKER_URL = 'amqp://guest:guest@localhost:5672//'
 #: Celery's default result lifetime, also the reply queue's x-expires when none is set.
 DEFAULT_RESULT_EXPIRES = 86400.0
+#: A quorum reply queue's x-delivery-limit: more returns than connection losses ever give.
+QUORUM_DELIVERY_LIMIT = 1_000_000
 
 RETRY_POLICY_KEYS = frozenset(
     {'max_retries', 'interval_start', 'interval_step', 'interval_max', 'errback'}
@@ -207,11 +221,23 @@ def _bool_or_none(key: str, value: Any) -> bool:
     return False if value is None else _flag(key, value)
 
 
+def _choice(*names: str) -> Callable[[str, Any], str]:
+    def check(key: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f'{key} must be one of {", ".join(names)}, got {value!r}')
+        if value not in names:
+            raise ValueError(f'{key} must be one of {", ".join(names)}, got {value!r}')
+        return value
+
+    return check
+
+
 # name -> (default, validator(key, value) -> normalized value)
 _SPECS: Dict[str, tuple] = {
     'broker_url': (None, _broker_url),
     'result_backend': ('rpc://', _result_backend),
     'result_expires': (DEFAULT_RESULT_EXPIRES, _expires),
+    'result_queue_type': ('classic', _choice('classic', 'quorum')),
     'result_serializer': ('json', _text),
     'task_serializer': ('json', _text),
     'accept_content': (['json'], _content_list),
@@ -224,6 +250,7 @@ _SPECS: Dict[str, tuple] = {
     'result_backend_transport_options': ({}, _dict),
     'broker_transport_options': ({}, _dict),
     'broker_use_ssl': (False, _ssl),
+    'broker_failover_strategy': ('round-robin', _choice('round-robin', 'shuffle')),
     'task_default_queue': ('celery', _text),
     'task_default_exchange': (None, lambda k, v: _text(k, v, none=True)),
     'task_default_routing_key': (None, lambda k, v: _text(k, v, none=True)),
@@ -582,7 +609,11 @@ def connection_options(settings: Settings) -> List[Dict[str, Any]]:
     return out
 
 
-def reply_queue_arguments(settings: Settings) -> Dict[str, int]:
-    """The reply queue's arguments: always ``x-expires`` in ms (one day if none is set)."""
+def reply_queue_arguments(settings: Settings) -> Dict[str, Any]:
+    """The reply queue's arguments: always ``x-expires`` in ms (one day if none is set); a
+    quorum queue (``result_queue_type``) adds its type and ``QUORUM_DELIVERY_LIMIT``."""
     seconds = settings.result_expires or DEFAULT_RESULT_EXPIRES
-    return {'x-expires': max(1, int(seconds * 1000))}
+    args: Dict[str, Any] = {'x-expires': max(1, int(seconds * 1000))}
+    if settings.result_queue_type == 'quorum':
+        args.update({'x-queue-type': 'quorum', 'x-delivery-limit': QUORUM_DELIVERY_LIMIT})
+    return args

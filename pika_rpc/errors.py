@@ -10,7 +10,8 @@ a password: URLs are masked before they reach an error.
 from __future__ import annotations
 
 import builtins
-from typing import Iterable, Optional
+import re
+from typing import Iterable, Optional, Tuple
 
 __all__ = [
     'PikaRPCError',
@@ -33,6 +34,7 @@ __all__ = [
     'NotSupportedByRabbitMQ',
     'BrokerRefused',
     'NotFound',
+    'QueueNodeDown',
     'AccessRefused',
     'PreconditionFailed',
     'Unroutable',
@@ -40,6 +42,7 @@ __all__ = [
     'NotBoundError',
     'MessageStateError',
     'refusal',
+    'queue_node_down',
 ]
 
 
@@ -120,17 +123,21 @@ class BacklogLimitExceeded(PikaRPCError):
 
 
 class ReplyQueueLost(PikaRPCError):
-    """The reply queue vanished while tasks were pending; their results cannot arrive."""
+    """The reply queue vanished while tasks were pending; their results cannot arrive.
 
-    def __init__(self, queue: str, task_ids: Iterable[str] = ()) -> None:
+    ``reason`` says how (default: deleted or expired; or its home node is down)."""
+
+    def __init__(self, queue: str, task_ids: Iterable[str] = (), reason: str = '') -> None:
         task_ids = tuple(task_ids)
-        super().__init__(queue, task_ids)
+        super().__init__(queue, task_ids, reason)
         self.queue = queue
         self.task_ids = task_ids
+        self.reason = reason
 
     def __str__(self) -> str:
         ids = ', '.join(self.task_ids) or 'no pending task'
-        return f'reply queue {self.queue!r} was deleted or expired; lost results of: {ids}'
+        how = self.reason or 'was deleted or expired'
+        return f'reply queue {self.queue!r} {how}; lost results of: {ids}'
 
 
 class NotRegistered(PikaRPCError, builtins.KeyError):
@@ -224,6 +231,27 @@ class NotFound(BrokerRefused):
     default_code = 404
 
 
+class QueueNodeDown(NotFound):
+    """404 NOT_FOUND because the queue's home node is down or cannot be reached (a RabbitMQ
+    cluster): the queue exists but nothing can use it until that node is back.
+
+    ``queue`` and ``node`` come from the broker's text; ``node`` is None when the text does
+    not name it ("process is stopped by supervisor", while that node shuts down).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        reply_code: Optional[int] = 404,
+        reply_text: str = '',
+        queue: Optional[str] = None,
+        node: Optional[str] = None,
+    ) -> None:
+        super().__init__(message, reply_code, reply_text)
+        self.args = (message, reply_code, reply_text, queue, node)
+        self.queue, self.node = queue, node
+
+
 class AccessRefused(BrokerRefused):
     """403 ACCESS_REFUSED: the user may not do this (permissions, exclusive queue of another
     connection, a reserved ``amq.`` name)."""
@@ -237,8 +265,29 @@ class PreconditionFailed(BrokerRefused):
     default_code = 406
 
 
+# RabbitMQ's texts (rabbit_amqqueue:absent/2) for a durable classic queue whose node is gone:
+# "home node 'n1@h' of durable queue 'q' in vhost '/' is down or inaccessible", and, while that
+# node stops, "queue 'q' in vhost '/' process is stopped by supervisor".
+_NODE_DOWN = re.compile(r"home node '(?P<node>[^']*)' of durable queue '(?P<queue>.*)' in vhost ")
+_STOPPED = re.compile(r"queue '(?P<queue>.*)' in vhost '.*' process is stopped by supervisor")
+
+
+def queue_node_down(reply_text: str) -> Optional[Tuple[Optional[str], Optional[str]]]:
+    """``(queue, node)`` when a 404's text says the queue's node is down, else None."""
+    for pattern in (_NODE_DOWN, _STOPPED):
+        match = pattern.search(reply_text or '')
+        if match is not None:
+            return match.group('queue'), match.groupdict().get('node')
+    return None
+
+
 def refusal(reply_code: Optional[int], message: str, reply_text: str = '') -> BrokerRefused:
-    """The typed error for a broker's channel refusal with ``reply_code``."""
+    """The typed error for a broker's channel refusal with ``reply_code`` (a 404 whose text
+    says the queue's node is down is a ``QueueNodeDown``)."""
+    if reply_code == 404:
+        down = queue_node_down(reply_text)
+        if down is not None:
+            return QueueNodeDown(message, reply_code, reply_text, *down)
     cls = {404: NotFound, 403: AccessRefused, 406: PreconditionFailed}.get(
         reply_code if isinstance(reply_code, int) else -1, BrokerRefused
     )

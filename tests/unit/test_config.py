@@ -17,6 +17,7 @@ import pytest
 
 from pika_rpc import config
 from pika_rpc.config import (
+    QUORUM_DELIVERY_LIMIT,
     BrokerAddress,
     Settings,
     connection_options,
@@ -470,6 +471,34 @@ def test_reply_queue_arguments_default_to_one_day():
 )
 def test_reply_queue_arguments_follow_result_expires(expires, ms):
     assert reply_queue_arguments(Settings(result_expires=expires)) == {'x-expires': ms}
+
+
+def test_result_queue_type_is_classic_by_default_and_quorum_on_demand():
+    assert Settings().result_queue_type == 'classic'
+    assert reply_queue_arguments(Settings(result_queue_type='quorum', result_expires=60)) == {
+        'x-expires': 60000,
+        'x-queue-type': 'quorum',
+        'x-delivery-limit': QUORUM_DELIVERY_LIMIT,
+    }
+
+
+@pytest.mark.parametrize(
+    'key, bad, error',
+    [
+        ('result_queue_type', 'stream', ValueError),
+        ('result_queue_type', None, TypeError),
+        ('broker_failover_strategy', 'random', ValueError),
+        ('broker_failover_strategy', lambda it: iter(it), TypeError),
+    ],
+)
+def test_queue_type_and_failover_strategy_refuse_anything_but_their_names(key, bad, error):
+    with pytest.raises(error, match=key):
+        Settings(**{key: bad})
+
+
+def test_broker_failover_strategy_is_round_robin_by_default_and_may_be_shuffle():
+    assert Settings().broker_failover_strategy == 'round-robin'
+    assert Settings(broker_failover_strategy='shuffle').broker_failover_strategy == 'shuffle'
 
 
 def test_connection_options_take_everything_from_url_and_settings():

@@ -15,7 +15,7 @@ import pytest
 
 from pika_rpc._pending import PendingTable
 from pika_rpc.config import Settings
-from pika_rpc.errors import ConnectionLost
+from pika_rpc.errors import ConnectionLost, ReplyQueueLost
 from tests.helpers import eventually
 
 WAIT = 10.0
@@ -495,6 +495,23 @@ def test_fail_pending_for_waited_tasks_only_leaves_the_others_to_their_results()
     assert table.peek('idle') is None  # no error on it
     table.deliver('idle', *success('idle', 2))
     assert table.wait('idle', time.monotonic())['result'] == 2
+
+
+def test_fail_pending_of_a_lost_reply_queue_fails_its_tasks_and_leaves_the_new_queues():
+    table = PendingTable()
+    table.register('old', queue='q1')
+    table.register('new', queue='q2')
+    old_waiter, new_waiter = Waiter(table, 'old'), Waiter(table, 'new')
+    eventually(lambda: waited(table, 'old') and waited(table, 'new'))
+    failed = table.fail_pending(
+        lambda ids: ReplyQueueLost('q1', ids, 'is lost: its home node n1 is down'), queue='q1'
+    )
+    assert failed == ['old']
+    with pytest.raises(ReplyQueueLost) as raised:
+        old_waiter.result()
+    assert raised.value.task_ids == ('old',)
+    table.deliver('new', *success('new', 3))
+    assert new_waiter.result()['result'] == 3
 
 
 def test_fail_pending_with_nothing_pending_makes_no_error_unless_sticky():
