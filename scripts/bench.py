@@ -78,7 +78,7 @@ OPTIONS = (
     ('--m', int, 10000, 3000, 'consume: messages'),
     ('--m-ack', int, 2000, 600, 'consume: messages for a Consumer acking each'),
     ('--e2e-threads', _ints, '1,8,64', '8', 'e2e: client threads T'),
-    ('--e2e-total', int, 2000, 400, 'e2e: tasks per run, over all its threads'),
+    ('--e2e-total', int, 1000, 400, 'e2e: tasks per run, over all its threads'),
     ('--procs', _ints, '1,2,4', '4', 'procs: processes P'),
     ('--procs-threads', int, 16, 16, 'procs: threads per process'),
     ('--procs-iters', int, 100, 25, 'procs: round trips per thread'),

@@ -41,7 +41,9 @@ from .harness import (
     Threads,
     announce_exchange,
     announce_queue,
+    broker_pid,
     percentiles,
+    process_cpu,
     rss_kb,
 )
 from .impls import celery_app, pr_app, timeouts_of
@@ -118,9 +120,12 @@ def w_e2e(p: Dict[str, Any], url: str) -> Dict[str, Any]:
     worker = TaskWorker(p['task_worker'], url, queue, worker_backend(p['client'], p['task_worker']))
     worker.start()
     try:
-        return _e2e_run(p, url, queue, worker, threads, total, timeout)
+        out = _e2e_run(p, url, queue, worker, threads, total, timeout)
     finally:
-        worker.stop()
+        t0 = time.monotonic()
+        code = worker.stop()
+    out.update(worker_stop_s=time.monotonic() - t0, worker_exit=code)
+    return out
 
 
 def _e2e_run(
@@ -168,13 +173,14 @@ def _e2e_run(
                     stats['wrong'] += 1
 
     group = Threads(threads, setup, body)
-    w0 = worker.cpu()
+    broker = broker_pid()
+    b0, w0 = process_cpu(broker), worker.cpu()
     deadline = time.monotonic() + timeout
     clock = Stopwatch()
     group.go()
     hung = group.join(deadline + 2)
     elapsed, cpu = clock.read()
-    worker_cpu = worker.cpu() - w0
+    worker_cpu, b1 = worker.cpu() - w0, process_cpu(broker)
     done = sum(map(len, lat))
     out = percentiles([x for xs in lat for x in xs])
     out.update(
@@ -186,6 +192,7 @@ def _e2e_run(
         rate=done / elapsed,
         cpu_us_per_task=cpu / max(1, done) * 1e6,
         worker_cpu_us_per_task=worker_cpu / max(1, done) * 1e6,
+        broker_cpu_us_per_task=None if b1 is None else (b1 - b0) / max(1, done) * 1e6,
         client_cpu_pct=cpu / elapsed * 100,
         worker_cpu_pct=worker_cpu / elapsed * 100,
         worker_rss_kb=worker.rss_kb(),
@@ -239,7 +246,8 @@ def e2e_report(r: Report, o: Any) -> None:
     notes = [
         f'T client threads, {o.e2e_total:,} tasks in all per run, send_task -> get() of '
         'bench.add; a fresh worker per run (its start-up outside the clock); CPU per task '
-        "of the client process and of the worker's processes; worker CPU as % of one core "
+        "of the client process, of the worker's processes and of the broker (beam.smp: "
+        'shared, other work on the machine counts too); worker CPU as % of one core '
         f'(2 = both cores); errors / timeouts+hung over all runs; ratio: tasks/s over '
         f'{" + ".join(_label(BASELINE))} at the same T.'
     ]
@@ -260,7 +268,8 @@ def e2e_report(r: Report, o: Any) -> None:
             'p99 ms',
             'client CPU/task us',
             'worker CPU/task us',
-            'worker CPU',
+            'broker CPU/task us',
+            'worker CPU (% of a core)',
             'errors / timeouts',
             'vs Celery+Celery',
         ]
@@ -288,6 +297,7 @@ def _e2e_row(r: Report, t: int, kind: str, base: Optional[float]) -> List[str]:
         fmt(_ms(m('p99_us'))),
         fmt(m('cpu_us_per_task')),
         fmt(m('worker_cpu_us_per_task')),
+        fmt(m('broker_cpu_us_per_task')),
         fmt(m('worker_cpu_pct'), '%'),
         f'{errors} / {timeouts}',
         fmt(ratio(m('rate'), base)),
@@ -359,14 +369,17 @@ def plot_e2e(runs: Dict[str, List[Dict]], path: str, title: str = '') -> bool:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2))
-    for combo in sorted(series, key=lambda c: (c.split('+')[0] != 'pr', c)):
+    colors = {'prw': 'tab:green', 'cthreads': 'tab:orange', 'cprefork': 'tab:purple'}
+    styles = {'pr': '-', 'celery': '--', 'celery_prb': ':'}
+    order = lambda c: (list(styles).index(c.split('+')[0]), list(colors).index(c.split('+')[1]))
+    for combo in sorted(series, key=order):
+        client, worker = combo.split('+')
         points = sorted(series[combo])
-        client, worker = _label(combo)
-        style = '-' if combo.startswith('pr+') else '--' if 'prb' not in combo else ':'
-        label = f'{client} / {worker}'
         xs = [x[0] for x in points]
-        left.plot(xs, [x[1] for x in points], style, marker='o', label=label)
-        right.plot(xs, [x[2] for x in points], style, marker='o', label=label)
+        kw = dict(color=colors[worker], linestyle=styles[client], marker='o')
+        label = ' / '.join(_label(combo))
+        left.plot(xs, [x[1] for x in points], label=label, **kw)
+        right.plot(xs, [x[2] for x in points], label=label, **kw)
     for ax, what in ((left, 'tasks/s (higher is better)'), (right, 'p99 per task, ms (lower)')):
         ax.set_xscale('log', base=2)
         ax.set_xlabel('client threads')
@@ -582,7 +595,13 @@ def first_result_report(r: Report, o: Any) -> None:
         'the same running pika_rpc Worker answers all three; interpreter start-up excluded',
     )
     r.row('  CPU of it', 'cpu_ms', cols, ' ms')
-    r.row('  of which the import', 'import_ms', cols, ' ms', 'raw: import pika')
+    r.row(
+        '  of which the import',
+        'import_ms',
+        cols,
+        ' ms',
+        'raw: import pika; Celery: import celery is lazy (its modules load at first use)',
+    )
     r.row('  the rest: connect, declare, send, wait', 'rest_ms', cols, ' ms')
     r.row('  RSS after it', 'rss_kb', cols, ' kB')
     r.target_ratio('first_result wall time <= 1.3x raw pika', vp, vr, '<=', 1.3)

@@ -317,6 +317,34 @@ def tree_cpu(pid: int) -> float:
     return total / _TICKS
 
 
+def broker_pid() -> Optional[int]:
+    """The RabbitMQ server on this machine: the longest-running ``beam.smp`` (rabbitmqctl
+    runs short-lived ones too); None when there is none (a remote or docker broker)."""
+    found = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f'/proc/{entry}/comm') as f:
+                if f.read().strip() != 'beam.smp':
+                    continue
+            found.append((int(_stat(int(entry))[19]), int(entry)))  # starttime
+        except (OSError, IndexError, ValueError):
+            continue
+    return min(found)[1] if found else None
+
+
+def process_cpu(pid: Optional[int]) -> Optional[float]:
+    """CPU seconds of one process (every thread) so far; None when unknown."""
+    if pid is None:
+        return None
+    try:
+        fields = _stat(pid)
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
 def broker_sockets(pids: Iterable[int], port: int) -> Dict[int, int]:
     """Established TCP connections to ``port`` held by each process (the management-free
     count of broker connections: /proc/PID/fd socket inodes matched in /proc/net/tcp*)."""

@@ -42,9 +42,11 @@ from .harness import (
     Kind,
     Stopwatch,
     Threads,
+    broker_pid,
     broker_sockets,
     child_env,
     percentiles,
+    process_cpu,
     rabbitmqctl_json,
 )
 from .impls import make_impl, timeouts_of
@@ -310,6 +312,8 @@ def w_procs(p: Dict[str, Any], url: str) -> Dict[str, Any]:
             raise RuntimeError('a process did not get ready')
         pids = [c.proc.pid for c in children]
         listed = _connections_of(pids)
+        broker = broker_pid()
+        b0 = process_cpu(broker)
         for c in children:
             c.go()
         most, hard = 0, time.monotonic() + p['timeout'] + 60
@@ -319,13 +323,17 @@ def w_procs(p: Dict[str, Any], url: str) -> Dict[str, Any]:
             if not running:
                 break
             running[0].done.wait(0.25)  # the next sample in 0.25 s, or sooner when it ends
+        b1 = process_cpu(broker)
     finally:
         for c in children:
             c.end(p['timeout'] + 60)
     results = [c.result for c in children]
     if any(r is None for r in results):
         raise RuntimeError(f'{sum(r is None for r in results)} process(es) gave no result')
-    return _procs_result(p, results, listed, most)
+    out = _procs_result(p, results, listed, most)
+    if b0 is not None and b1 is not None:
+        out['broker_cpu_us_per_iter'] = (b1 - b0) / max(1, out['round_trips']) * 1e6
+    return out
 
 
 def _procs_result(
@@ -451,6 +459,13 @@ def procs_report(r: Report, o: Any) -> None:
             'from /proc/PID/fd and /proc/net/tcp',
         )
         r.row(f'  P={n} CPU per round trip (all processes)', 'cpu_us_per_iter', cols, ' us')
+        r.row(
+            f'  P={n} broker CPU per round trip',
+            'broker_cpu_us_per_iter',
+            cols,
+            ' us',
+            'beam.smp over the run (shared: other work on the machine counts too)',
+        )
         r.totals(
             f'  P={n} errors / wrong / timeouts / hung threads ({o.repeats} run(s))',
             ('errors', 'wrong', 'timeouts', 'hangs'),

@@ -171,11 +171,12 @@ class TaskWorker:
         assert self.proc is not None
         return sum(max(0, rss_kb(pid)) for pid in tree_pids(self.proc.pid))
 
-    def stop(self, timeout: float = 20.0) -> Optional[int]:
-        """End it, every task done: SIGTERM for pika_rpc's (a graceful stop), SIGQUIT for
-        Celery's (a cold shutdown: its threads pool's warm one takes ~10 s more, outside any
-        clock but not the suite's); SIGKILL to it and its children after ``timeout``.
-        Returns its exit code."""
+    def stop(self, timeout: float = 3.0) -> Optional[int]:
+        """End it once every task is done: SIGTERM for pika_rpc's (a graceful stop), SIGQUIT
+        for Celery's (a cold shutdown: its threads pool's warm one takes ~10 s, outside any
+        clock but not the suite's); SIGKILL to it and its children after ``timeout`` (the
+        queue is deleted after the run: nothing is lost that matters). Returns its exit
+        code."""
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return None if proc is None else proc.returncode
