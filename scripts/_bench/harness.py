@@ -307,14 +307,7 @@ def tree_pids(pid: int) -> List[int]:
 def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system, every thread) of ``pid`` and its descendants so far
     (/proc/PID/stat utime + stime); children that ended are not counted."""
-    total = 0
-    for p in tree_pids(pid):
-        try:
-            fields = _stat(p)
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / _TICKS
+    return sum(process_cpu(p) or 0.0 for p in tree_pids(pid))
 
 
 def broker_pid() -> Optional[int]:
