@@ -20,7 +20,7 @@ threads, a line per client and worker; matplotlib, the ``bench`` extra).
 Usage::
 
     python scripts/bench.py --quick        # < 2 minutes
-    python scripts/bench.py --plot e2e.png # 3 rounds, T=1,8,64 (~25 minutes on 2 cores)
+    python scripts/bench.py --plot e2e.png # 3 rounds, T=1,8,64 (~15-20 minutes on 2 cores)
     python scripts/bench.py --repeats 5 --scenarios rtt,threads --threads 1,8,64
     python scripts/bench.py --scenarios e2e --e2e-threads 8,64 --plot e2e.png
     python scripts/bench.py --scenarios publish,consume --list    # what would run
@@ -64,7 +64,13 @@ OPTIONS = (
     ('--res-threads', int, 64, 64, 'resources: threads'),
     ('--idle', float, 10.0, 3.0, 'resources: idle seconds'),
     ('--tasks', int, 100000, 10000, 'memory: tasks'),
-    ('--run-timeout', float, 60.0, 30.0, 'rtt, threads, threads_rtt: per-run timeout in s'),
+    (
+        '--run-timeout',
+        float,
+        60.0,
+        30.0,
+        'rtt, threads, threads_rtt, procs, e2e: per-run timeout in s',
+    ),
     (
         '--large-sizes',
         _floats,

@@ -260,7 +260,7 @@ SCENARIOS: Tuple[Scenario, ...] = (
     ),
     Scenario(
         'procs',
-        'P processes x 16 threads doing round trips at once: all together, connections',
+        'P processes x 16 threads doing round trips at once: in all, and broker connections',
         plan=latency.procs_plan,
         report=latency.procs_report,
     ),
