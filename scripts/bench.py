@@ -11,11 +11,18 @@ The scenarios are listed below (``scripts/_bench/registry.py`` holds them, the m
 those marked quick, with smaller sizes and one round; the detail ones break the I/O thread
 and the backend down further (``--scenarios publish,consume`` or ``--scenarios all``).
 
+``--quick`` is the stated subset: one round, the scenarios marked quick (not ``quorum``),
+T=1,8 (``e2e``: T=8 only, no prefork worker; ``procs``: P=4 only), results of at most 16 MB
+(no ``large_load``), the smaller sizes below; it takes under 2 minutes on 2 cores.
+``--plot out.png`` draws the ``e2e`` figures of the run (tasks/s and p99 against client
+threads, a line per client and worker; matplotlib, the ``bench`` extra).
+
 Usage::
 
-    python scripts/bench.py --quick        # < 2 minutes: 1 round, T=1,8, smaller counts
-    python scripts/bench.py                # 3 rounds, T=1,8,64 (~8-10 minutes on 2 cores)
+    python scripts/bench.py --quick        # < 2 minutes
+    python scripts/bench.py --plot e2e.png # 3 rounds, T=1,8,64 (~15-20 minutes on 2 cores)
     python scripts/bench.py --repeats 5 --scenarios rtt,threads --threads 1,8,64
+    python scripts/bench.py --scenarios e2e --e2e-threads 8,64 --plot e2e.png
     python scripts/bench.py --scenarios publish,consume --list    # what would run
 
 Progress on stderr; the tables and JSON lines on stdout. Every queue a run created is
@@ -57,19 +64,31 @@ OPTIONS = (
     ('--res-threads', int, 64, 64, 'resources: threads'),
     ('--idle', float, 10.0, 3.0, 'resources: idle seconds'),
     ('--tasks', int, 100000, 10000, 'memory: tasks'),
-    ('--run-timeout', float, 60.0, 30.0, 'rtt, threads, threads_rtt: per-run timeout in s'),
+    (
+        '--run-timeout',
+        float,
+        60.0,
+        30.0,
+        'rtt, threads, threads_rtt, procs, e2e: per-run timeout in s',
+    ),
     (
         '--large-sizes',
         _floats,
         '1,4,16,24,64',
-        '1,4,16,24,64',
-        'large: result sizes in MB (24 is the baseline of large_load)',
+        '1,16',
+        'large: result sizes in MB (24 is the baseline of large_load, not run with --quick)',
     ),
     ('--large-iters', int, 3, 3, 'large: results per run and size'),
     ('--k64', int, 60, 30, 'publish: results per thread with 64 threads'),
     ('--n-big', int, 30000, 8000, 'publish: messages of the large pipelined publish'),
     ('--m', int, 10000, 3000, 'consume: messages'),
     ('--m-ack', int, 2000, 600, 'consume: messages for a Consumer acking each'),
+    ('--e2e-threads', _ints, '1,8,64', '8', 'e2e: client threads T'),
+    ('--e2e-total', int, 1000, 400, 'e2e: tasks per run, over all its threads'),
+    ('--procs', _ints, '1,2,4', '4', 'procs: processes P'),
+    ('--procs-threads', int, 16, 16, 'procs: threads per process'),
+    ('--procs-iters', int, 100, 25, 'procs: round trips per thread'),
+    ('--quorum-queues', int, 20, 10, 'quorum: reply queues declared per queue type'),
 )
 
 
@@ -103,6 +122,11 @@ def parse_options(argv: Sequence[str]) -> argparse.Namespace:
         'run only those of the scenarios chosen',
     )
     ap.add_argument('--list', action='store_true', help='print the kinds that would run, exit')
+    ap.add_argument(
+        '--plot',
+        metavar='PNG',
+        help='draw the e2e figures of this run to PNG (tasks/s and p99 against threads)',
+    )
     ap.add_argument(
         '--memory-repeats',
         action='store_true',
@@ -195,6 +219,16 @@ def run(o: argparse.Namespace, log: Callable[[str], None]) -> None:
     print('\nJSON lines:')
     for line in report.json_lines({k.name: k.spec() for g in groups for k in g}):
         print(line)
+    if o.plot:
+        from _bench.e2e import plot_e2e
+
+        title = (
+            f'send_task -> get() through a worker (median of {o.repeats}, {os.cpu_count()} cores)'
+        )
+        if plot_e2e(runs, o.plot, title):
+            log(f'plot written to {o.plot}')
+        else:
+            log(f'no e2e figures in this run: {o.plot} not written')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -9,9 +9,14 @@
 * ``impls``: the implementations compared (pika_rpc, raw pika, Celery) behind one interface.
 * ``rawpika``, ``publishers``: raw pika through its public API, and a raw-pika publisher
   in another process (results arrive as from a Celery worker).
+* ``taskworkers`` (with ``tasks_pr``, ``tasks_celery``: the task they run): pika_rpc's and
+  Celery's task workers in processes of their own; ``features``: what of pika_rpc's
+  optional features this checkout has (the Celery plug-in, no-confirm publishing, quorum
+  reply queues).
 * The scenarios, by what they measure: ``publish`` (storing results), ``receive`` (results
-  in bulk), ``latency`` (round trips, polling), ``footprint`` (connections, idle CPU,
-  memory), ``large`` (results of megabytes).
+  in bulk), ``latency`` (round trips, polling, many processes), ``footprint``
+  (connections, idle CPU, memory, quorum queues), ``large`` (results of megabytes),
+  ``e2e`` (through a worker: tasks per second, a fresh process's first result).
 
 A package beside ``bench.py`` (not ``scripts/bench/``: ``import bench`` would then find the
 package, not the script) with a leading underscore: nothing in it is a command. Python puts

@@ -1,4 +1,4 @@
-"""What a process holds: ``resources``, ``memory``, ``memory_detail``.
+"""What a process holds: ``resources``, ``memory``, ``memory_detail``, ``quorum``.
 
 ``resources``: T threads each did one ping-pong and now wait in ``get()``: the broker's
 connections, channels and consumed queues of the process (``rabbitmqctl``, connections
@@ -11,6 +11,12 @@ of 1,000 ids, two windows ahead; growth = end - after 2 windows). pika_rpc runs 
 yet. ``memory_detail``: pika_rpc with the results stored by a thread of the same process
 (``store_result(wait=False)`` through the same link), and the sizes of the library's
 tables at the end of both pika_rpc runs (read-only peeks at pika_rpc's own structures).
+
+``quorum``: the cost of ``result_queue_type='quorum'`` reply queues on one node, where
+pika_rpc has the setting (``features.quorum``): round trips (``rtt`` with a quorum reply
+queue against a classic one), and K reply queues declared as pika_rpc declares them of
+each type: the declare's and the delete's latency (one connection, a fresh name each) and
+the broker's memory per queue (``rabbitmqctl list_queues name memory``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import gc
 import os
 import queue as _queue
 import re
+import statistics
 import subprocess
 import threading
 import time
@@ -26,7 +33,8 @@ import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import rawpika
-from .harness import Threads, rabbitmqctl_json, rss_kb
+from .features import quorum
+from .harness import Kind, Threads, announce_queue, percentiles, rabbitmqctl_json, rss_kb
 from .impls import PR, Raw, RawClient, make_impl, timeouts_of
 from .publishers import Publisher
 from .report import Report, fmt
@@ -285,6 +293,98 @@ def pr_sizes(pr: PR) -> Dict[str, Any]:
         gc_objects=len(gc.get_objects()),
     )
     return out
+
+
+# ---------------------------------------------------------------------- quorum
+def w_declare(p: Dict[str, Any], url: str) -> Dict[str, Any]:
+    """``k`` reply queues of ``type`` (classic or quorum) declared as pika_rpc declares its
+    reply queue: each declare's latency, the broker's memory per queue, each delete's."""
+    from pika_rpc.config import Settings, reply_queue_arguments
+
+    conf = {} if p['type'] == 'classic' else {'result_queue_type': p['type']}
+    args = reply_queue_arguments(Settings(result_expires=600, **conf))
+    conn = rawpika.raw_connection(url)
+    ch = conn.channel()
+    names, declare, delete = [], [], []
+    for _ in range(p['k']):
+        name = rawpika.unique(f'decl{p["type"]}')
+        announce_queue(name, url)
+        t0 = time.perf_counter()
+        ch.queue_declare(name, durable=True, auto_delete=False, arguments=args)
+        declare.append(time.perf_counter() - t0)
+        names.append(name)
+    mine = set(names)
+    memory = [
+        q['memory']
+        for q in rabbitmqctl_json('list_queues', 'name', 'memory')
+        if q.get('name') in mine and isinstance(q.get('memory'), int)
+    ]
+    for name in names:
+        t0 = time.perf_counter()
+        ch.queue_delete(name)
+        delete.append(time.perf_counter() - t0)
+    conn.close()
+    med = lambda xs: statistics.median(xs) if xs else None
+    out = {f'declare_{k}': v for k, v in percentiles(declare).items()}
+    out.update(
+        type=p['type'],
+        queues=len(names),
+        arguments=args,
+        delete_p50_us=med(delete) * 1e6 if delete else None,
+        memory_bytes_per_queue=med(memory),
+        memory_listed=len(memory),
+    )
+    return out
+
+
+def quorum_plan(o: Any) -> List[List[Kind]]:
+    """Nothing where pika_rpc has no ``result_queue_type`` (the report says so)."""
+    if not quorum()[0]:
+        return []
+    from .latency import w_pingpong
+
+    rtt = {'threads': 1, 'iters': o.iters, 'timeout': o.run_timeout}
+    return [
+        [
+            Kind(f'quorum_rtt.{i}', w_pingpong, dict(rtt, impl=i))
+            for i in ('pr_quorum', 'pr_classic')
+        ],
+        [
+            Kind(f'quorum_declare.{t}', w_declare, {'type': t, 'k': o.quorum_queues})
+            for t in ('quorum', 'classic')
+        ],
+    ]
+
+
+def quorum_report(r: Report, o: Any) -> None:
+    available, why = quorum()
+    if not available:
+        r.line("quorum: result_queue_type='quorum'", 'not available', note=why)
+        return
+    rtt = ('quorum_rtt.pr_quorum', 'quorum_rtt.pr_classic')
+    note = 'raw pika column: pika_rpc with a classic reply queue; ratio: quorum / classic'
+    r.row(
+        f'quorum: rtt p50, quorum reply queue (1 thread, {o.iters:,})', 'p50_us', rtt, ' us', note
+    )
+    r.row('  rtt p99, quorum reply queue', 'p99_us', rtt, ' us')
+    r.row('  CPU per round trip', 'cpu_us_per_iter', rtt, ' us')
+    decl = ('quorum_declare.quorum', 'quorum_declare.classic')
+    r.row(
+        f'  reply queue declare p50 ({o.quorum_queues} queues)',
+        'declare_p50_us',
+        decl,
+        ' us',
+        'raw pika column: classic; as pika_rpc declares its reply queue',
+    )
+    r.row('  reply queue declare p99', 'declare_p99_us', decl, ' us')
+    r.row('  reply queue delete p50', 'delete_p50_us', decl, ' us')
+    r.row(
+        '  broker memory per empty reply queue',
+        'memory_bytes_per_queue',
+        decl,
+        ' B',
+        'rabbitmqctl list_queues name memory; one node',
+    )
 
 
 # ---------------------------------------------------------------------- plans and reports

@@ -6,14 +6,21 @@ threads, caches or heap. ``interleave`` runs every kind ``repeats`` times, the k
 group in an order rotated each round (machine noise hits every implementation alike, and
 each takes its turn going first); the report shows medians.
 
-Queue bookkeeping: a worker prints ``{"queue": NAME}`` before it uses a queue, and
-``{"result": {...}}`` at the end, one JSON line each on stdout. The driver deletes every
-queue a worker announced once it ended, even a crashed one, and checks at the end of the
-suite that none is left (``queues_left``).
+Queue bookkeeping: a worker prints ``{"queue": NAME}`` before it uses a queue (and
+``{"exchange": NAME}`` before it declares one), and ``{"result": {...}}`` at the end, one
+JSON line each on stdout. The driver deletes every queue and exchange a worker announced
+once it ended, even a crashed one, and checks at the end of the suite that no queue is left
+(``queues_left``).
+
+Services: a kind may need something running for its whole scenario (``Kind.service``: a
+task worker every run of ``first_result`` sends to). The driver starts it before the first
+run that needs it, passes what it says (a queue name) into the params of each run, and
+stops it once ``interleave`` is done.
 
 Worker side: ``Stopwatch`` (wall and process CPU: every thread of the process, the I/O
 thread included), ``Threads`` (T threads set up, then started together; which ones hang),
-``percentiles`` and ``rss_kb``.
+``percentiles``, ``rss_kb``, and what ``/proc`` says of other processes (``tree_cpu``: CPU
+of a process and its children; ``broker_sockets``: their TCP connections to the broker).
 
 Only the standard library is imported here: a worker pays for pika, pika_rpc or Celery
 when its scenario imports them (the memory scenario reads RSS from the start).
@@ -40,18 +47,35 @@ ENTRY = os.path.join(SCRIPTS, 'bench.py')
 Worker = Callable[[Dict[str, Any], str], Dict[str, Any]]
 
 
+class Service:
+    """Something the driver keeps running for the runs of a scenario (see the module
+    docstring): ``params`` go into each run's params; ``stop()`` ends it."""
+
+    params: Dict[str, Any] = {}
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+#: Starts a service: ``(broker url) -> Service`` (ready on return).
+ServiceStarter = Callable[[str], Service]
+
+
 @dataclasses.dataclass(frozen=True)
 class Kind:
     """One measured thing: ``worker(params, url)`` in a fresh process per run.
 
     ``name`` is ``SCENARIO[VARIANT].IMPL`` (``store8.raw_confirm``): the report finds a
     column's runs by it. ``once``: run in a single round (after the repeated ones).
+    ``service``: started by the driver before the first run of a kind that names it (kinds
+    naming the same starter share one), its ``params`` added to every run's.
     """
 
     name: str
     worker: Worker
     params: Dict[str, Any]
     once: bool = False
+    service: Optional[ServiceStarter] = None
 
     @property
     def impl(self) -> str:
@@ -118,6 +142,13 @@ def announce_queue(name: str, url: str) -> None:
     if not _announced_url:
         _announced_url.append(url)
     _announced.append(name)
+
+
+def announce_exchange(name: str) -> None:
+    """Tell the driver about an exchange before declaring it; it deletes it after the run
+    (a worker run by hand leaves it)."""
+    sys.stdout.write(json.dumps({'exchange': name}) + '\n')
+    sys.stdout.flush()
 
 
 def _delete_announced() -> None:
@@ -236,25 +267,121 @@ def percentiles(lat: Sequence[float]) -> Dict[str, float]:
     }
 
 
-def rss_kb() -> int:
-    """VmRSS of this process in kB (from /proc/self/status)."""
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1])
+def rss_kb(pid: Any = 'self') -> int:
+    """VmRSS of a process (default: this one) in kB (from /proc/PID/status); -1 if gone."""
+    try:
+        with open(f'/proc/{pid}/status') as f:
+            for line in f:
+                if line.startswith('VmRSS:'):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return -1
+
+
+_TICKS = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
+
+
+def _stat(pid: int) -> List[str]:
+    """Fields of /proc/PID/stat after the command name (field 3 is index 0)."""
+    with open(f'/proc/{pid}/stat') as f:
+        return f.read().rsplit(')', 1)[1].split()
+
+
+def tree_pids(pid: int) -> List[int]:
+    """``pid`` and every process descended from it (Celery's prefork children), from /proc."""
+    parents: Dict[int, int] = {}
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = int(_stat(int(entry))[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    out, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        out += frontier
+    return out
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system, every thread) of ``pid`` and its descendants so far
+    (/proc/PID/stat utime + stime); children that ended are not counted."""
+    return sum(process_cpu(p) or 0.0 for p in tree_pids(pid))
+
+
+def broker_pid() -> Optional[int]:
+    """The RabbitMQ server on this machine: the longest-running ``beam.smp`` (rabbitmqctl
+    runs short-lived ones too); None when there is none (a remote or docker broker)."""
+    found = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f'/proc/{entry}/comm') as f:
+                if f.read().strip() != 'beam.smp':
+                    continue
+            found.append((int(_stat(int(entry))[19]), int(entry)))  # starttime
+        except (OSError, IndexError, ValueError):
+            continue
+    return min(found)[1] if found else None
+
+
+def process_cpu(pid: Optional[int]) -> Optional[float]:
+    """CPU seconds of one process (every thread) so far; None when unknown."""
+    if pid is None:
+        return None
+    try:
+        fields = _stat(pid)
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def broker_sockets(pids: Iterable[int], port: int) -> Dict[int, int]:
+    """Established TCP connections to ``port`` held by each process (the management-free
+    count of broker connections: /proc/PID/fd socket inodes matched in /proc/net/tcp*)."""
+    remote: Dict[str, int] = {}  # inode -> remote port, established sockets only
+    for table in ('/proc/net/tcp', '/proc/net/tcp6'):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if cols[3] == '01':  # ESTABLISHED
+                        remote[cols[9]] = int(cols[2].rsplit(':', 1)[1], 16)
+        except OSError:
+            continue
+    out = {}
+    for pid in pids:
+        count = 0
+        try:
+            fds = os.listdir(f'/proc/{pid}/fd')
+        except OSError:
+            out[pid] = 0
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f'/proc/{pid}/fd/{fd}')
+            except OSError:
+                continue
+            if target.startswith('socket:[') and remote.get(target[8:-1]) == port:
+                count += 1
+        out[pid] = count
+    return out
 
 
 # ---------------------------------------------------------------------- driver side
 DELETED_QUEUES: List[str] = []  # every queue a worker announced (and the driver deleted)
 
 
-def run_worker(kind: Kind, url: str) -> Dict[str, Any]:
-    """Run ``kind`` once in a fresh interpreter; delete every queue it announced.
+def run_worker(kind: Kind, url: str, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Run ``kind`` once in a fresh interpreter (``extra``: added to its params); delete
+    every queue and exchange it announced.
 
     ``RuntimeError`` (with the end of its stderr) when it fails or outlives its timeout.
     """
-    from .rawpika import delete_queues
+    from .rawpika import delete_exchanges, delete_queues
 
     cmd = [
         sys.executable,
@@ -262,7 +389,7 @@ def run_worker(kind: Kind, url: str) -> Dict[str, Any]:
         '--worker',
         kind.name,
         '--params',
-        json.dumps(kind.spec()),
+        json.dumps(dict(kind.spec(), **(extra or {}))),
         '--url',
         url,
     ]
@@ -281,20 +408,28 @@ def run_worker(kind: Kind, url: str) -> Dict[str, Any]:
         out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or '')
         err, rc = f'timed out after {timeout} s', -1
     queues: List[str] = []
+    exchanges: List[str] = []
     result: Optional[Dict[str, Any]] = None
     for line in out.splitlines():
         try:
             item = json.loads(line)
         except ValueError:
             continue
+        if not isinstance(item, dict):
+            continue
         if 'queue' in item:
             queues.append(item['queue'])
+        elif 'exchange' in item:
+            exchanges.append(item['exchange'])
         elif 'result' in item:
             result = item['result']
     try:
         delete_queues(url, queues)
+        delete_exchanges(url, exchanges)
     except Exception as exc:  # report, never hide
-        sys.stderr.write(f'warning: could not delete queues {queues}: {exc}\n')
+        sys.stderr.write(
+            f'warning: could not delete queues {queues} / exchanges {exchanges}: {exc}\n'
+        )
     DELETED_QUEUES.extend(queues)
     if result is None or rc != 0:
         raise RuntimeError(f'worker {kind.name} failed (rc={rc}):\n{err[-3000:]}')
@@ -312,34 +447,82 @@ def interleave(
 
     Each round runs the groups in turn, a group's kinds in an order rotated by the round.
     A failed run is retried ``retries`` times (the broker may restart under us), then kept
-    as ``{'error': ...}`` and the suite goes on.
+    as ``{'error': ...}`` and the suite goes on. The services the kinds need run from the
+    first run that needs each until the last round is done.
     """
     runs: Dict[str, List[Dict]] = {k.name: [] for g in groups for k in g}
     total, done, t_start = repeats * len(runs), 0, time.monotonic()
-    for r in range(repeats):
-        for group in groups:
-            shift = r % len(group)
-            for kind in list(group[shift:]) + list(group[:shift]):
-                t0 = time.monotonic()
-                res = _run_with_retries(kind, url, retries, log, f'round {r + 1}/{repeats}')
-                runs[kind.name].append(res)
-                done += 1
-                spent = time.monotonic() - t_start
-                log(
-                    f'  [{done}/{total}, {spent:4.0f} s, eta {spent / done * (total - done):4.0f}'
-                    f' s] round {r + 1}/{repeats} {kind.name:<28} {time.monotonic() - t0:5.1f} s'
-                    f'  {_short(res)}'
-                )
+    services = _Services(url, log)
+    try:
+        for r in range(repeats):
+            for group in groups:
+                shift = r % len(group)
+                for kind in list(group[shift:]) + list(group[:shift]):
+                    t0 = time.monotonic()
+                    extra = services.params(kind)
+                    if 'service_error' in extra:
+                        res: Dict[str, Any] = {'error': extra['service_error']}
+                    else:
+                        where = f'round {r + 1}/{repeats}'
+                        res = _run_with_retries(kind, url, retries, log, where, extra)
+                    runs[kind.name].append(res)
+                    done += 1
+                    spent = time.monotonic() - t_start
+                    log(
+                        f'  [{done}/{total}, {spent:4.0f} s, eta '
+                        f'{spent / done * (total - done):4.0f} s] round {r + 1}/{repeats} '
+                        f'{kind.name:<28} {time.monotonic() - t0:5.1f} s  {_short(res)}'
+                    )
+    finally:
+        services.stop()
     return runs
 
 
+class _Services:
+    """The services of ``interleave``'s kinds: started on first use, stopped at the end."""
+
+    def __init__(self, url: str, log: Callable[[str], None]) -> None:
+        self.url, self.log = url, log
+        self.running: Dict[ServiceStarter, Any] = {}
+
+    def params(self, kind: Kind) -> Dict[str, Any]:
+        """What ``kind``'s service adds to its params (``{}`` without one); ``{'service_error':
+        ...}`` when it could not start (each run that needs it then fails with that)."""
+        start = kind.service
+        if start is None:
+            return {}
+        if start not in self.running:
+            t0 = time.monotonic()
+            try:
+                self.running[start] = start(self.url)
+                self.log(f'  service {start.__name__} started in {time.monotonic() - t0:.1f} s')
+            except Exception as exc:  # the runs that need it fail with this; the suite goes on
+                self.running[start] = {'service_error': f'{start.__name__}: {exc}'[-2000:]}
+                self.log(f'  service {start.__name__} could not start: {exc}')
+        service = self.running[start]
+        return service.params if isinstance(service, Service) else service
+
+    def stop(self) -> None:
+        for service in self.running.values():
+            if isinstance(service, Service):
+                try:
+                    service.stop()
+                except Exception as exc:  # report, never hide
+                    self.log(f'  could not stop service {service!r}: {exc}')
+
+
 def _run_with_retries(
-    kind: Kind, url: str, retries: int, log: Callable[[str], None], where: str
+    kind: Kind,
+    url: str,
+    retries: int,
+    log: Callable[[str], None],
+    where: str,
+    extra: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     last = ''
     for attempt in range(retries + 1):
         try:
-            return run_worker(kind, url)
+            return run_worker(kind, url, extra)
         except RuntimeError as exc:
             last = str(exc)
             log(
@@ -352,7 +535,13 @@ def _run_with_retries(
 def _short(res: Dict[str, Any]) -> str:
     if 'error' in res:
         return 'FAILED'
-    keys = [k for k in ('rate', 'p50_us', 'p99_us', 'rss_growth_kb', 'errors', 'hangs') if k in res]
+    if 'unsupported' in res:
+        return f'not available: {res["unsupported"]}'[:100]
+    keys = [
+        k
+        for k in ('rate', 'p50_us', 'p99_us', 'wall_ms', 'rss_growth_kb', 'errors', 'hangs')
+        if k in res
+    ]
     return ' '.join(
         f'{k}={res[k]:.1f}' if isinstance(res[k], float) else f'{k}={res[k]}' for k in keys
     )

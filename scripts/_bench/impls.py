@@ -3,7 +3,10 @@
 * ``pr``: pika_rpc, one ``App`` per process shared by every thread (one I/O thread, one
   connection, one reply queue): ``backend.store_result(...)`` (waits for the confirm),
   ``app.AsyncResult(id).get()``, ``backend.get_task_meta()``. ``pr_unregistered``: the
-  same without ``on_task_call`` before a result comes.
+  same without ``on_task_call`` before a result comes. ``pr_plain``: publishing without
+  confirms (``broker_transport_options={'confirm_publish': False}``, where pika_rpc has
+  it: ``features.no_confirms``); ``pr_quorum``: ``result_queue_type='quorum'`` (where it
+  exists: ``features.quorum``); ``pr_classic``: ``pr`` under another name (its baseline).
 * ``raw`` (``raw_confirm``), ``raw_noconfirm``: pika ``BlockingConnection``; as it is not
   thread-safe, one connection and one reply queue per thread (declared as pika_rpc's), a
   ``basic_consume`` callback doing the JSON decode + correlation lookup, one
@@ -199,13 +202,18 @@ class RawGet:
     close = RawClient.close
 
 
-def celery_app(url: str, **conf: Any) -> Any:
+def celery_app(url: str, backend: str = 'rpc://', **conf: Any) -> Any:
     """``Celery(broker=url, backend='rpc://')``; its connections are named ``bench-celery-PID``
     (``broker_transport_options`` -> py-amqp ``client_properties``) so the broker's
-    listing can be matched to this process."""
+    listing can be matched to this process. ``backend='pika-rpc://'``: pika_rpc's plug-in
+    (``features.use_celery_plugin``)."""
     from celery import Celery
 
-    app = Celery('bench', broker=url, backend='rpc://', set_as_current=False)
+    app = Celery('bench', broker=url, backend=backend, set_as_current=False)
+    if backend.startswith('pika-rpc'):
+        from .features import use_celery_plugin
+
+        use_celery_plugin(app)
     app.conf.update(
         result_expires=600,
         broker_transport_options={
@@ -260,8 +268,14 @@ class CeleryImpl:
 
 def make_impl(impl: str, url: str, **conf: Any) -> Any:
     """The implementation named ``impl`` (``conf``: pika_rpc settings, for ``pr`` only)."""
-    if impl in ('pr', 'pr_unregistered'):
-        return PR(url, registers=impl == 'pr', **conf)
+    if impl in ('pr', 'pr_unregistered', 'pr_classic'):
+        return PR(url, registers=impl != 'pr_unregistered', **conf)
+    if impl == 'pr_plain':
+        from .features import NO_CONFIRMS
+
+        return PR(url, **dict(conf, **NO_CONFIRMS))
+    if impl == 'pr_quorum':
+        return PR(url, result_queue_type='quorum', **conf)
     if impl in ('raw', 'raw_confirm', 'raw_noconfirm'):
         return Raw(url, confirm=impl != 'raw_noconfirm')
     if impl == 'raw_get':

@@ -240,7 +240,7 @@ def store_report(r: Report, o: Any) -> None:
         )
         if t == 1:
             r.target_ratio(
-                'store 1 thread with confirms >= 0.8x raw pika (sync confirms)', vp, vr, '>=', 0.8
+                'store 1 thread with confirms >= 1.0x raw pika (sync confirms)', vp, vr, '>=', 1.0
             )
 
 

@@ -61,6 +61,21 @@ def delete_queues(url: str, names: Iterable[str]) -> List[str]:
     return names
 
 
+def delete_exchanges(url: str, names: Iterable[str]) -> List[str]:
+    """Delete exchanges by name (a missing one is a no-op on RabbitMQ)."""
+    names = [n for n in dict.fromkeys(names) if n]
+    if not names:
+        return []
+    conn = raw_connection(url)
+    try:
+        ch = conn.channel()
+        for name in names:
+            ch.exchange_delete(name)
+    finally:
+        conn.close()
+    return names
+
+
 def unique(prefix: str) -> str:
     return f'bench-{prefix}-{os.getpid()}-{uuid.uuid4().hex[:10]}'
 

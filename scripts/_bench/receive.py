@@ -1,10 +1,17 @@
-"""Receiving results in bulk: ``get_seq``, ``get_seq_detail``, ``threads``, ``consume``.
+"""Receiving results in bulk: ``get_seq``, ``get_seq_live``, ``get_seq_detail``, ``threads``,
+``consume``.
 
 ``get_seq``: SEQ results pre-published to the reply queue while nobody consumes it, then
 the clock starts: subscribe and ``get()`` each in order. Raw pika: ``basic_consume`` +
 ``process_data_events`` until each id in turn is there, one ``multiple=True`` ack per turn
 (what the backend does), or (``get_seq_detail``) an ack per message; pika_rpc also when
 every result had already arrived (table hits only).
+
+``get_seq_live``: as ``get_seq``, but the results are published while the client waits, by
+the raw pika publisher process (``publishers``, the same for every client): subscribed
+first, SEQ results encoded by the publisher before the clock, then ``GO`` and ``get()``
+each in order. Results/s and the client's CPU per result (the publisher and the client
+share the machine's cores: CPU per result decides).
 
 ``threads``: T threads each await (in order) its share of TOTAL results that another
 process (raw pika, no confirms) publishes once all are waiting: results/s from the publish
@@ -130,6 +137,46 @@ def _get_seq_celery(n: int, url: str, impl: str) -> Dict[str, Any]:
     clock = Stopwatch()
     _get_each(ids, lambda tid: celery.get(tid, 60))  # the first get() subscribes
     return _rate(n, clock)
+
+
+def w_get_seq_live(p: Dict[str, Any], url: str) -> Dict[str, Any]:
+    """``n`` results from the publisher process while this one waits; ``impl``: pr, raw
+    (``RawConsumer``, batched acks) or celery. The clock runs from ``GO`` to the last
+    ``get()``."""
+    n, impl = p['n'], p['impl']
+    prefix = rawpika.id_prefix()
+    ids = rawpika.task_ids(prefix, 0, n)
+    publisher = Publisher(url)
+    if impl == 'raw':
+        queue = rawpika.unique('rawlive')
+        announce_queue(queue, url)
+        conn = rawpika.raw_connection(url)
+        consumer = rawpika.RawConsumer(conn, queue)
+        rawpika.declare_reply_queue(consumer.ch, queue)
+        consumer.start()
+
+        def get(tid: str) -> Any:
+            while tid not in consumer.results:
+                consumer.turn(1)
+            return consumer.results.pop(tid)['result']
+
+        close = conn.close
+    else:
+        client = make_impl(impl, url)
+        queue = client.thread_setup()
+        for tid in ids:
+            client.register(tid)  # pika_rpc: as send_task does (untimed)
+        get, close = (lambda tid: client.get(tid, 60)), client.close
+    publisher.prepare([queue], prefix, 0, n)  # encoded before the clock
+    clock = Stopwatch()
+    publisher.go()
+    _get_each(ids, get)
+    out = _rate(n, clock)
+    pub = publisher.read(30)
+    publisher.close()
+    close()
+    out['publisher_rate'] = n / pub['seconds'] if pub.get('seconds') else None
+    return out
 
 
 def w_threads(p: Dict[str, Any], url: str) -> Dict[str, Any]:

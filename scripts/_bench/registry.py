@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import footprint, large, latency, publish, receive
+from . import e2e, footprint, large, latency, publish, receive
 from .harness import Kind, Worker
 from .report import Report
 
@@ -132,6 +132,7 @@ class Scenario:
 
 
 RAW_CONFIRM, RAW_NOCONFIRM = ('pr', 'raw_confirm', 'celery'), ('pr', 'raw_noconfirm', None)
+PLAIN = ('pr_plain', 'raw_noconfirm', 'celery')
 
 SCENARIOS: Tuple[Scenario, ...] = (
     Scenario(
@@ -155,6 +156,34 @@ SCENARIOS: Tuple[Scenario, ...] = (
         targets=(
             Target('get_seq >= 0.8x raw pika', 'rate', '>=', 0.8, 'raw'),
             Target('get_seq >= 4x Celery', 'rate', '>=', 4, 'celery'),
+            Target('get_seq CPU per result <= 1.0x raw pika', 'cpu_us_per_result', '<=', 1, 'raw'),
+        ),
+    ),
+    Scenario(
+        'get_seq_live',
+        'get_seq with the results published by another process while the client waits',
+        worker=receive.w_get_seq_live,
+        params=lambda o: {'n': o.seq},
+        rows=(
+            Row(
+                'get_seq_live ({seq:,} published while get() waits, each in order)',
+                'rate',
+                ' results/s',
+                note='the same raw pika publisher process for every client',
+            ),
+            Row('  CPU per result (the client)', 'cpu_us_per_result', ' us'),
+            Row(
+                '  publisher rate (other process)',
+                'publisher_rate',
+                '/s',
+                note='when close to results/s it is the bound',
+            ),
+        ),
+        targets=(
+            Target('get_seq_live >= 0.9x raw pika', 'rate', '>=', 0.9, 'raw'),
+            Target(
+                'get_seq_live CPU per result <= 1.0x raw pika', 'cpu_us_per_result', '<=', 1, 'raw'
+            ),
         ),
     ),
     Scenario(
@@ -181,6 +210,37 @@ SCENARIOS: Tuple[Scenario, ...] = (
         ),
     ),
     Scenario(
+        'rtt_plain',
+        'rtt with neither side confirming (pika_rpc: confirm_publish=False where it exists)',
+        worker=latency.w_pingpong,
+        impls=('pr_plain', 'raw_noconfirm', 'celery'),
+        params=lambda o: {'threads': 1, 'iters': o.iters, 'timeout': o.run_timeout},
+        rows=(
+            Row(
+                'rtt_plain p50 (1 thread, {iters:,} round trips, no confirms)',
+                'p50_us',
+                ' us',
+                PLAIN,
+                "pika_rpc: broker_transport_options={{'confirm_publish': False}}",
+            ),
+            Row('rtt_plain p99 (no confirms)', 'p99_us', ' us', PLAIN),
+            Row('  CPU per round trip (no confirms)', 'cpu_us_per_iter', ' us', PLAIN),
+        ),
+        targets=(
+            Target(
+                'rtt_plain p50 <= 1.15x raw pika (no confirms)',
+                'p50_us',
+                '<=',
+                1.15,
+                'raw_noconfirm',
+            ),
+            Target(
+                'rtt_plain p99 <= 1.5x raw pika (no confirms)', 'p99_us', '<=', 1.5, 'raw_noconfirm'
+            ),
+        ),
+        report=latency.rtt_plain_report,
+    ),
+    Scenario(
         'threads',
         'T threads each await their share of results another process publishes',
         plan=receive.threads_plan,
@@ -197,6 +257,12 @@ SCENARIOS: Tuple[Scenario, ...] = (
             if t != 1
         ],
         report=latency.threads_rtt_report,
+    ),
+    Scenario(
+        'procs',
+        'P processes x 16 threads doing round trips at once: in all, and broker connections',
+        plan=latency.procs_plan,
+        report=latency.procs_report,
     ),
     Scenario(
         'poll',
@@ -225,6 +291,25 @@ SCENARIOS: Tuple[Scenario, ...] = (
         'results of 1 to 64 MB from another process; 24 MB arriving under load',
         plan=large.large_plan,
         report=large.large_report,
+    ),
+    Scenario(
+        'quorum',
+        "result_queue_type='quorum' on one node: round trip, declare, broker memory",
+        plan=footprint.quorum_plan,
+        report=footprint.quorum_report,
+        quick=False,
+    ),
+    Scenario(
+        'e2e',
+        'T client threads: send_task -> get() through a worker (pika_rpc / Celery, both sides)',
+        plan=e2e.e2e_plan,
+        report=e2e.e2e_report,
+    ),
+    Scenario(
+        'first_result',
+        "a fresh process's first result: import, connect, declare, send, get",
+        plan=e2e.first_result_plan,
+        report=e2e.first_result_report,
     ),
     # ------------------------------------------------------------ detail (not by default)
     Scenario(

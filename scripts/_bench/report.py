@@ -3,7 +3,9 @@
 Every scenario adds rows to one ``Report``; a row is a figure with a column per
 implementation (pika_rpc, raw pika, Celery 5 ``rpc://``: each cell the median over the
 runs of one kind) and the ratios pika_rpc/raw and pika_rpc/Celery. A target is a
-figure (a ratio of medians, or a value) with a bound and a verdict.
+figure (a ratio of medians, or a value) with a bound and a verdict. A scenario whose
+figures do not fit those columns (``e2e``: a row per client and worker) adds a table of
+its own (``table``), printed after the main one.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(header)]
+    widths = [max([len(str(h))] + [len(str(r[i])) for r in rows]) for i, h in enumerate(header)]
     line = lambda cells: '| ' + ' | '.join(str(c).ljust(w) for c, w in zip(cells, widths)) + ' |'
     out = [line(header), '|' + '|'.join('-' * (w + 2) for w in widths) + '|']
     out += [line(r) for r in rows]
@@ -58,6 +60,7 @@ class Report:
         self.repeats = repeats
         self.rows: List[List[str]] = []
         self.targets: List[Dict[str, Any]] = []
+        self.tables: List[Tuple[str, str, List[str]]] = []
 
     def has(self, kind: str) -> bool:
         return kind in self.runs
@@ -75,6 +78,14 @@ class Report:
             kinds = tuple(f'{pattern.format(value)}.{impl}' for impl in impls)
             if self.has(kinds[0]):
                 yield value, kinds
+
+    def unsupported(self, kind: str) -> Optional[str]:
+        """Why ``kind`` could not run here (``{'unsupported': why}`` from each of its runs:
+        a pika_rpc feature this checkout lacks), or None."""
+        rs = self.runs.get(kind) or []
+        if rs and all('unsupported' in x for x in rs):
+            return str(rs[0]['unsupported'])
+        return None
 
     def med(self, kind: Optional[str], key: str) -> Optional[float]:
         return median_of(self.runs.get(kind, []), key) if kind else None
@@ -125,6 +136,10 @@ class Report:
         """A row of given cells (what a median cannot say)."""
         self.rows.append([figure, pr, raw, celery, pr_raw, pr_celery, note])
 
+    def table(self, title: str, table: str, notes: Sequence[str] = ()) -> None:
+        """A table of its own (Markdown), printed after the main one with its notes."""
+        self.tables.append((title, table, list(notes)))
+
     def target(
         self,
         name: str,
@@ -161,10 +176,15 @@ class Report:
             if trows
             else ''
         )
+        extra = ''.join(
+            f'\n\n{title}:\n\n{t}' + ''.join(f'\n\n{n}' for n in notes)
+            for title, t, notes in self.tables
+        )
         return (
             'Ratios are pika_rpc / other: for rates higher favours pika_rpc; for latencies, '
             'CPU, connections and memory lower does.\n\n'
             + table
+            + extra
             + '\n\nTargets (ratios of medians in this run):\n\n'
             + ttable
         )
