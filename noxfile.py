@@ -81,5 +81,5 @@ def interop(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    session.install('-e', '.[test]')
+    session.install('-e', '.[test,bench]')
     session.run('python', 'scripts/bench.py', '--quick', *session.posargs)
