@@ -18,12 +18,14 @@ from .errors import (
     ContentDisallowed,
     DecodeError,
     EncodeError,
+    LimitExceeded,
     MaxRetriesExceededError,
     MessageStateError,
     NotBoundError,
     NotFound,
     NotRegistered,
     NotSupportedByRabbitMQ,
+    OperationalError,
     PikaRPCError,
     PreconditionFailed,
     PublishError,
@@ -39,7 +41,9 @@ from .errors import (
 )
 from .message import Message
 from .messaging import Consumer, Producer
+from .pools import ChannelPool, ConnectionPool
 from .result import AsyncResult, GroupResult, ResultSet
+from .simple import SimpleBuffer, SimpleQueue
 from .task import Task
 from .worker import Worker
 
@@ -54,18 +58,22 @@ __all__ = [
     'MessageStateError',
     'NotBoundError',
     'BacklogLimitExceeded',
+    'ChannelPool',
     'Connection',
     'ConnectionLost',
+    'ConnectionPool',
     'Consumer',
     'ContentDisallowed',
     'DecodeError',
     'EncodeError',
     'Exchange',
     'GroupResult',
+    'LimitExceeded',
     'MaxRetriesExceededError',
     'Message',
     'NotRegistered',
     'NotSupportedByRabbitMQ',
+    'OperationalError',
     'PikaRPCError',
     'PreconditionFailed',
     'Producer',
@@ -77,6 +85,8 @@ __all__ = [
     'ResultSet',
     'Retry',
     'SecurityError',
+    'SimpleBuffer',
+    'SimpleQueue',
     'SoftTimeLimitExceeded',
     'Task',
     'TaskRevokedError',
