@@ -18,12 +18,14 @@ from .errors import (
     ContentDisallowed,
     DecodeError,
     EncodeError,
+    LimitExceeded,
     MaxRetriesExceededError,
     MessageStateError,
     NotBoundError,
     NotFound,
     NotRegistered,
     NotSupportedByRabbitMQ,
+    OperationalError,
     PikaRPCError,
     PreconditionFailed,
     PublishError,
@@ -40,7 +42,9 @@ from .errors import (
 )
 from .message import Message
 from .messaging import Consumer, Producer
+from .pools import ChannelPool, ConnectionPool
 from .result import AsyncResult, GroupResult, ResultSet
+from .simple import SimpleBuffer, SimpleQueue
 from .task import Task
 from .worker import Worker
 
@@ -56,18 +60,22 @@ __all__ = [
     'MessageStateError',
     'NotBoundError',
     'BacklogLimitExceeded',
+    'ChannelPool',
     'Connection',
     'ConnectionLost',
+    'ConnectionPool',
     'Consumer',
     'ContentDisallowed',
     'DecodeError',
     'EncodeError',
     'Exchange',
     'GroupResult',
+    'LimitExceeded',
     'MaxRetriesExceededError',
     'Message',
     'NotRegistered',
     'NotSupportedByRabbitMQ',
+    'OperationalError',
     'PikaRPCError',
     'PreconditionFailed',
     'Producer',
@@ -79,6 +87,8 @@ __all__ = [
     'ResultSet',
     'Retry',
     'SecurityError',
+    'SimpleBuffer',
+    'SimpleQueue',
     'SoftTimeLimitExceeded',
     'Task',
     'TaskRevokedError',

@@ -152,6 +152,7 @@ class Link(ConsumerCommands):
 
         self.last_error: Optional[str] = None
         self.last_advice = ''  # what to do about last_error (pika_rpc._advice)
+        self.failed_attempts = 0  # connect attempts that failed; changes under the mutex
         self.io_stats = collections.Counter(dict.fromkeys(_IO_COUNTERS, 0))  # I/O thread
         self._stats_lock = threading.Lock()
         self._caller_stats = dict.fromkeys(_CALLER_COUNTERS, 0)  # under the lock
@@ -201,6 +202,12 @@ class Link(ConsumerCommands):
     def wait_for_state(self, *states: str, timeout: Optional[float] = None) -> bool:
         with self._state_changed:
             return self._state_changed.wait_for(lambda: self._state in states, timeout)
+
+    def wait_until_state(self, predicate: Callable[[], bool], timeout: Optional[float]) -> bool:
+        """Wait until ``predicate()`` is true; it is called under the state lock at every state
+        change and failed connect attempt (``state``, ``failed_attempts``). Callers only."""
+        with self._state_changed:
+            return self._state_changed.wait_for(predicate, timeout)
 
     def is_declared(self, key: Any) -> bool:
         """Whether ``key`` was declared on the current connection (``control(cache_key=)``)."""
@@ -535,6 +542,9 @@ class Link(ConsumerCommands):
         self.last_error = self._connector.last_error
         self.last_advice = self._connector.last_advice
         self._drop_connection()
+        with self._state_changed:  # wakes wait_until_state()
+            self.failed_attempts += 1
+            self._state_changed.notify_all()
 
     def _open(self) -> None:
         self.connection = self._connector.open_connection()

@@ -137,7 +137,9 @@ def connection_parameters(opts: dict, name: str) -> pika.ConnectionParameters:
         blocked_connection_timeout=opts.get('blocked_connection_timeout'),
         connection_attempts=1,
         ssl_options=ssl_options,
-        client_properties={'connection_name': name, 'product': 'pika_rpc'},
+        client_properties=dict(
+            {'connection_name': name, 'product': 'pika_rpc'}, **opts.get('client_properties', {})
+        ),
     )
 
 

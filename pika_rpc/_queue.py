@@ -336,11 +336,24 @@ class Queue(_Entity):
         ops.forget_declared(('queue', self.name))
 
     def get(self, no_ack: Optional[bool] = None, accept: Any = None) -> Any:
-        """Not offered: pika_rpc never polls with basic.get; use a ``Consumer``."""
-        raise NotImplementedError(
-            'Queue.get (basic.get polling) is not supported by pika_rpc: '
-            'consume from the queue with a Consumer instead'
+        """One message of the queue, or None when it has none ready (kombu's ``Queue.get``:
+        one ``basic.get``; to receive messages as they come, consume with a ``Consumer``).
+        Ack it with ``message.ack()`` unless ``no_ack`` (default: the queue's). Blocks.
+
+        Raises:
+            NotFound: the queue does not exist. TypeError: bound to a bare link (a
+                ``Connection`` or ``Channel`` is needed). DecodeError: it does not
+                decompress.
+        """
+        ops = _ops(self._channel, self)
+        if not hasattr(ops, 'basic_get'):
+            raise TypeError(f'Queue.get needs a pika_rpc Connection or Channel, got {ops!r}')
+        message = ops.basic_get(
+            self.name, no_ack=bool(self.no_ack if no_ack is None else no_ack), accept=accept
         )
+        if message is not None and message.errors:
+            message._reraise_error()
+        return message
 
     def as_dict(self, recurse: bool = False) -> Dict[str, Any]:
         out = super().as_dict(recurse)

@@ -146,8 +146,8 @@ def _parse_one(url: str) -> BrokerAddress:
         )
     scheme = _SCHEMES.get(given)
     if scheme is None:
-        raise ValueError(
-            f'unsupported broker scheme {given!r}: pika_rpc speaks AMQP 0-9-1 '
+        raise ValueError(  # kombu's words first: code matching kombu's error still does
+            f'Invalid transport scheme: {given!r}: pika_rpc speaks AMQP 0-9-1 '
             f'only (amqp://, amqps://, pyamqp://)'
         )
     # Parse the rest with generic URL rules, as kombu does.

@@ -53,6 +53,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
+from ._kombu_opts import check as _check_kombu_opts
+from ._kombu_opts import value as _kombu_opt
 from ._urls import DEFAULT_PORTS, MASK, BrokerAddress, mask_url, parse_url, split_urls
 
 __all__ = [
@@ -574,16 +576,21 @@ def connection_options(settings: Settings) -> List[Dict[str, Any]]:
     (int seconds, rounded up; 0 = off), ``connection_timeout`` and
     ``blocked_connection_timeout`` (seconds or None), ``ssl`` (None, or a dict of ssl
     options with ``server_hostname`` defaulting to the host) and ``uri`` (masked, for
-    logs). URL query parameters (``heartbeat``, ``connect_timeout`` or
-    ``connection_timeout``, ``blocked_connection_timeout``, ``ssl``, ``ssl_*``) override
-    the settings for their broker. TLS without an explicit port uses 5671.
+    logs), ``client_properties`` (a dict). URL query parameters (``heartbeat``,
+    ``connect_timeout`` or ``connection_timeout``, ``blocked_connection_timeout``, ``ssl``,
+    ``ssl_*``) override the settings for their broker, and ``broker_transport_options``
+    (``connect_timeout``, ``heartbeat``, ``client_properties``: ``_kombu_opts``)
+    override both, as py-amqp's do in kombu. TLS without an explicit port uses 5671.
 
     Raises:
         ValueError: a query parameter that is not a number, an unknown ``cert_reqs``.
     """
     out = []
+    transport = settings.broker_transport_options
+    _check_kombu_opts(transport)
     for addr in parse_url(settings.broker_url):
         heartbeat = _query_number(addr, ('heartbeat',), settings.broker_heartbeat)
+        heartbeat = _kombu_opt(transport, 'heartbeat', heartbeat)
         ssl_opts = _ssl_options(addr, settings.broker_use_ssl)
         port = addr.port if addr.port_explicit else DEFAULT_PORTS['amqps' if ssl_opts else 'amqp']
         out.append(
@@ -594,16 +601,21 @@ def connection_options(settings: Settings) -> List[Dict[str, Any]]:
                 'userid': addr.userid,
                 'password': addr.password,
                 'heartbeat': None if heartbeat is None else int(math.ceil(heartbeat)),
-                'connection_timeout': _query_number(
-                    addr,
-                    ('connect_timeout', 'connection_timeout'),
-                    settings.broker_connection_timeout,
+                'connection_timeout': _kombu_opt(
+                    transport,
+                    'connect_timeout',
+                    _query_number(
+                        addr,
+                        ('connect_timeout', 'connection_timeout'),
+                        settings.broker_connection_timeout,
+                    ),
                 ),
                 'blocked_connection_timeout': _query_number(
                     addr, ('blocked_connection_timeout',), settings.blocked_connection_timeout
                 ),
                 'ssl': ssl_opts,
                 'uri': addr.as_uri(),
+                'client_properties': _kombu_opt(transport, 'client_properties', {}),
             }
         )
     return out

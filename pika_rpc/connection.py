@@ -3,11 +3,34 @@
 A ``Connection`` is taken lazily on first use from the process's shared link (one
 connection, one I/O thread per broker address list; ``_registry``) and let go by
 ``release()``/``close()``; usable again after that (the next use acquires the link again).
-``channel()`` returns the connection itself: there are no user channels, the link keeps
-its own (one for publishing with pipelined confirms, one for declarations, one per
-consumed queue). ``Producer``/``Consumer`` (``messaging``) accept a ``Connection``, a
-``Link``, or ``None`` for a connection of their own built from the default settings
+There are no user channels: the link keeps its own (one for publishing with pipelined
+confirms, one for declarations, one per consumed queue, one for ``basic.get``), and
+``channel()``/``default_channel`` are :class:`Channel` handles that act through their
+connection. ``Producer``/``Consumer`` (``messaging``) accept a ``Connection``, a ``Channel``,
+a ``Link``, or ``None`` for a connection of their own built from the default settings
 (``$AMQP_URL`` or localhost) on the same shared link (:func:`_as_connection`).
+
+kombu's connection semantics (the waiting is ``_ensure``'s):
+
+* Lazy: making a ``Connection`` does no I/O. *Eager* calls connect, and raise when the
+  broker cannot be reached: ``connect()`` and ``.connection`` raise ``ConnectionLost``,
+  ``channel()`` and ``.default_channel`` its subclass ``OperationalError`` (where kombu
+  raises the transport's error and ``OperationalError``). They wait ``connect_timeout`` in
+  all at most (``broker_connection_timeout``, also each attempt's bound; the transport
+  options' ``connect_retries_timeout`` when given) and raise sooner when the retry policy
+  says so: after the first failed attempt with ``broker_connection_retry=False`` (or
+  transport options ``max_retries=0``), after ``max_retries`` retries, at once for wrong
+  credentials, vhost or certificate. The text names the addresses, the attempts, the last
+  error and what to do. The link goes on under its own policy: a later call may find it open.
+* ``connected``: this handle holds the link and the link is open (False before the first
+  use, after ``release()``, while reconnecting, after the link gave up). After
+  ``release()``, ``.connection`` is None until the handle is used again (as kombu).
+* ``transport_options`` (``broker_transport_options``) are read as ``_kombu_opts``
+  says; ``connect_timeout``, ``heartbeat``, ``ssl``, ``alternates`` are kombu's arguments.
+  The failover attributes (``alt``, ``hostname``, ``port``, ``switch()``...) are
+  ``_addresses``'. ``Producer()``, ``Consumer()``, ``SimpleQueue()``, ``SimpleBuffer()``,
+  ``Pool()``, ``ChannelPool()`` build the classes of modules above this one, registered
+  here by them (:func:`register_factory`).
 
 Threads: every method blocks its caller until the I/O thread has done the work, and may be
 called from any thread except the I/O thread. Thread-safe.
@@ -43,45 +66,108 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import _registry
+from . import _basic_get, _ensure, _kombu_opts, _registry
+from ._addresses import Addresses
 from ._exchange import IMMEDIATE_REFUSED
 from ._handoff import Publication
-from ._link import Link
+from ._link import OPEN, Link
 from ._publish import publish_and_wait
 from ._timeouts import deadline, remaining
+from ._urls import split_urls
 from .config import Settings, mask_url
-from .errors import ClosedError, NotFound, NotSupportedByRabbitMQ, PublishError, TimeoutError
+from .errors import (
+    BrokerRefused,
+    ClosedError,
+    ConnectionLost,
+    NotFound,
+    NotSupportedByRabbitMQ,
+    OperationalError,
+    PublishError,
+    TimeoutError,
+)
 from .message import Message
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ['Connection']
+__all__ = ['Connection', 'Channel', 'OperationalError', 'register_factory']
 
 _DEFAULT: Any = object()
 
+#: Classes kombu's factory methods make, registered by the modules that define them (above
+#: this one): 'Producer', 'Consumer', 'SimpleQueue', 'SimpleBuffer', 'Pool', 'ChannelPool'.
+_FACTORIES: Dict[str, Callable[..., Any]] = {}
 
-class Connection:
+
+def register_factory(name: str, factory: Callable[..., Any]) -> None:
+    """Make ``Connection.<name>(...)`` build with ``factory`` (done at import by the module
+    that defines it; ``pika_rpc`` imports them all)."""
+    _FACTORIES[name] = factory
+
+
+def _factory(name: str) -> Callable[..., Any]:
+    try:
+        return _FACTORIES[name]
+    except KeyError:
+        raise RuntimeError(f'Connection.{name} needs pika_rpc imported (import pika_rpc)') from None
+
+
+class Connection(Addresses):
     """A handle on the process's shared link for ``url`` and Celery-named ``settings``.
 
     Cheap to create; the link is acquired on first use (``.link``) and shared by every
     handle with the same broker options. Thread-safe. Usable after ``release()``: the next
     use acquires the link again.
 
+    ``url``: a broker URL, a ``;`` failover list or a list of URLs; ``alternates`` are more
+    URLs tried after them. ``connect_timeout`` (``broker_connection_timeout``),
+    ``heartbeat`` (``broker_heartbeat``), ``ssl`` (``broker_use_ssl``) and
+    ``transport_options`` (``broker_transport_options``) are kombu's names; ``**settings``
+    are Celery-named settings.
+
     Raises:
-        TypeError, ValueError: an unknown or invalid setting (see ``config.Settings``).
+        TypeError, ValueError: an unknown or invalid setting (see ``config.Settings``), a
+            URL whose scheme is not AMQP's ("Invalid transport scheme").
     """
 
-    def __init__(self, url: Optional[str] = None, **settings: Any) -> None:
-        if url is not None:
-            settings['broker_url'] = url
+    #: kombu's error classes for this transport.
+    connection_errors: Tuple[type, ...] = (ConnectionLost,)
+    channel_errors: Tuple[type, ...] = (BrokerRefused,)
+    recoverable_connection_errors: Tuple[type, ...] = _ensure.RECOVERABLE
+    recoverable_channel_errors: Tuple[type, ...] = ()
+
+    def __init__(
+        self,
+        url: Any = None,
+        *,
+        transport_options: Optional[Dict[str, Any]] = None,
+        connect_timeout: Any = _DEFAULT,
+        heartbeat: Any = _DEFAULT,
+        ssl: Any = _DEFAULT,
+        alternates: Optional[List[str]] = None,
+        **settings: Any,
+    ) -> None:
+        if url is not None or alternates:
+            urls = split_urls(url if url is not None else settings.pop('broker_url', None) or [])
+            settings['broker_url'] = urls + split_urls(alternates or [])
+        for name, value in (
+            ('broker_transport_options', transport_options),
+            ('broker_connection_timeout', connect_timeout),
+            ('broker_heartbeat', heartbeat),
+            ('broker_use_ssl', ssl),
+        ):
+            if value is not _DEFAULT and value is not None:
+                settings[name] = value
         self._setup(Settings(**settings), None)
 
     def _setup(self, settings: Settings, link: Optional[Link]) -> None:
         self.settings = settings
         self._link = link
         self._owns_link = link is None
+        self._closed = False  # release() was called and nothing used the handle since
+        self._default_channel = Channel(self)
+        _kombu_opts.check(settings.broker_transport_options)
         self._new_state()
         _registry.register_live(self)
 
@@ -120,6 +206,7 @@ class Connection:
     @property
     def link(self) -> Link:
         """The link, acquired on first use (again after ``release()`` or a fork). Any thread."""
+        self._closed = False
         link = self._link
         if link is not None and link.pid == os.getpid() and not link.closed:
             return link
@@ -132,20 +219,171 @@ class Connection:
                 link = self._link = _registry.acquire_link_for(self.settings)
             return link
 
-    def channel(self) -> 'Connection':
-        """kombu compatibility: the connection is its own channel."""
+    # ------------------------------------------------------------------ kombu: connecting
+    def connect(self) -> 'Connection':
+        """Connect now (kombu's ``connect()``); returns this connection. Blocks as the module
+        docstring says (at most ``connect_timeout`` by default).
+
+        Raises:
+            ConnectionLost: the broker cannot be reached or refused (the text says why and
+                what to do). ClosedError: this handle's link was closed.
+        """
+        opts = _ensure.eager_options(self)
+        _ensure.ensure_connection(self, reraise_as_library_errors=False, **opts)
         return self
 
-    default_channel = property(channel)
+    def ensure_connection(
+        self,
+        errback: Optional[Callable[[BaseException, float], Any]] = None,
+        max_retries: Optional[int] = None,
+        interval_start: float = 2,
+        interval_step: float = 2,
+        interval_max: float = 30,
+        callback: Optional[Callable[[], Any]] = None,
+        reraise_as_library_errors: bool = True,
+        timeout: Optional[float] = None,
+    ) -> 'Connection':
+        """Wait until connected, retrying (kombu's ``ensure_connection``); returns self.
+
+        ``max_retries`` retries after the first failed attempt (None: no limit), within
+        ``timeout`` seconds in all (None: no limit); ``errback(exc, interval)`` after each
+        failed attempt that will be retried; ``callback()`` about every second while an
+        attempt is waited for. The attempts are the shared link's (see ``_ensure``). Blocks.
+
+        Raises:
+            OperationalError: gave up (``reraise_as_library_errors``; else ConnectionLost).
+        """
+        _ensure.ensure_connection(
+            self,
+            errback,
+            max_retries,
+            interval_start,
+            interval_step,
+            interval_max,
+            callback,
+            reraise_as_library_errors,
+            timeout,
+        )
+        return self
+
+    def ensure(self, obj: Any, fun: Callable[..., Any], **policy: Any) -> Callable[..., Any]:
+        """kombu's ``ensure(obj, fun, errback=None, max_retries=None, interval_start=1,
+        interval_step=1, interval_max=1, on_revive=None, retry_errors=None)``: ``fun``
+        wrapped to reconnect and retry on connection errors (``_ensure.ensure``)."""
+        return _ensure.ensure(self, obj, fun, **policy)
+
+    def autoretry(
+        self, fun: Callable[..., Any], channel: Any = None, **ensure_options: Any
+    ) -> Callable[..., Any]:
+        """kombu's ``autoretry``: ``fun(*args, channel=...)`` retried; the wrapper returns
+        ``(result, channel)`` (``_ensure.autoretry``)."""
+        return _ensure.autoretry(self, fun, channel, **ensure_options)
+
+    def channel(self) -> 'Channel':
+        """A new :class:`Channel` on this connection, connecting first (eager). Blocks.
+
+        Raises:
+            OperationalError: the broker cannot be reached (see the module docstring).
+        """
+        self._eager()
+        return Channel(self)
 
     @property
-    def connection(self) -> 'Connection':
+    def default_channel(self) -> 'Channel':
+        """This connection's own :class:`Channel` (always the same object), connecting
+        first (eager; again after ``release()``). Blocks.
+
+        Raises:
+            OperationalError: the broker cannot be reached (see the module docstring).
+        """
+        self._eager()
+        return self._default_channel
+
+    def _eager(self) -> None:
+        if not self.connected:
+            _ensure.ensure_connection(self, **_ensure.eager_options(self))
+
+    @property
+    def connection(self) -> Optional['Connection']:
+        """This connection once connected (eager, like kombu's: ``ConnectionLost`` when the
+        broker cannot be reached); None after ``release()`` until the next use."""
+        if self._closed:
+            return None
+        if not self.connected:
+            self.connect()
         return self
 
     @property
     def connected(self) -> bool:
+        """True while this handle holds the link and it is open. Never blocks."""
         link = self._link
-        return link is not None and link.state == 'OPEN'
+        return (
+            not self._closed and link is not None and link.pid == os.getpid() and link.state == OPEN
+        )
+
+    @property
+    def connect_timeout(self) -> Optional[float]:
+        """kombu's name for the ``broker_connection_timeout`` setting."""
+        return self.settings.broker_connection_timeout
+
+    @property
+    def transport_options(self) -> Dict[str, Any]:
+        """kombu's name for the ``broker_transport_options`` setting (see
+        ``_kombu_opts``). Setting it applies at once to eager waits and to the link
+        the next time it is acquired."""
+        return self.settings.broker_transport_options
+
+    @transport_options.setter
+    def transport_options(self, options: Optional[Dict[str, Any]]) -> None:
+        _kombu_opts.check(options)
+        self.settings.broker_transport_options = options
+
+    # ------------------------------------------------------------------ kombu: factories
+    def Producer(self, channel: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """A ``messaging.Producer`` on this connection (or ``channel``)."""
+        return _factory('Producer')(channel or self, *args, **kwargs)
+
+    def Consumer(self, queues: Any = None, channel: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """A ``messaging.Consumer`` of ``queues`` on this connection (or ``channel``)."""
+        return _factory('Consumer')(channel or self, queues, *args, **kwargs)
+
+    def SimpleQueue(
+        self,
+        name: Any,
+        no_ack: Optional[bool] = None,
+        queue_opts: Optional[dict] = None,
+        queue_args: Optional[dict] = None,
+        exchange_opts: Optional[dict] = None,
+        channel: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """A ``simple.SimpleQueue`` named ``name`` (or of a ``Queue``) on this connection."""
+        return _factory('SimpleQueue')(
+            channel or self, name, no_ack, queue_opts, queue_args, exchange_opts, **kwargs
+        )
+
+    def SimpleBuffer(
+        self,
+        name: Any,
+        no_ack: Optional[bool] = None,
+        queue_opts: Optional[dict] = None,
+        queue_args: Optional[dict] = None,
+        exchange_opts: Optional[dict] = None,
+        channel: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """A ``simple.SimpleBuffer`` (an exclusive, auto-deleted queue) on this connection."""
+        return _factory('SimpleBuffer')(
+            channel or self, name, no_ack, queue_opts, queue_args, exchange_opts, **kwargs
+        )
+
+    def Pool(self, limit: Optional[int] = None, **kwargs: Any) -> Any:
+        """A ``pools.ConnectionPool`` of handles like this one."""
+        return _factory('Pool')(self, limit=limit, **kwargs)
+
+    def ChannelPool(self, limit: Optional[int] = None, **kwargs: Any) -> Any:
+        """A ``pools.ChannelPool`` of channels of this connection."""
+        return _factory('ChannelPool')(self, limit=limit, **kwargs)
 
     @property
     def command_timeout(self) -> Optional[float]:
@@ -247,10 +485,30 @@ class Connection:
     def stats(self) -> Dict[str, Any]:
         return self.link.stats()
 
+    def basic_get(
+        self, queue: str, no_ack: bool = False, accept: Any = None, timeout: Optional[float] = None
+    ) -> Optional[Message]:
+        """One message from ``queue``, or None when it has none ready (one ``basic.get``;
+        ``Queue.get``). Blocks up to ``timeout`` (default ``command_timeout``).
+
+        Raises:
+            NotFound: no such queue. TimeoutError, ConnectionLost.
+        """
+        return _basic_get.basic_get(
+            self.link,
+            queue,
+            no_ack=no_ack,
+            accept=accept,
+            channel=self,
+            timeout=self.command_timeout if timeout is None else timeout,
+        )
+
     def release(self, timeout: Optional[float] = 5.0) -> None:
         """Let go of this handle's share of the link; the last user closes it, waiting up to
-        ``timeout`` for the I/O thread. Idempotent."""
+        ``timeout`` for the I/O thread. Idempotent. ``connected`` is False and
+        ``.connection`` None after it, until the handle is used again."""
         with self._lock:
+            self._closed = True
             link, owned = self._link, self._owns_link
             if owned:
                 self._link = None
@@ -273,6 +531,51 @@ class Connection:
     def __repr__(self) -> str:
         link = self._link
         return f'<Connection {self.as_uri()} {link.state if link is not None else "not started"}>'
+
+
+class Channel:
+    """kombu's channel, as ``Connection.channel()``/``default_channel`` give it: a handle that
+    acts through its connection (``connection``), not an AMQP channel of its own (the link
+    keeps those). Accepted wherever a connection is (``Producer``, ``Consumer``, entities).
+    ``close()`` (and leaving a ``with`` block) only marks it closed: the connection, its
+    consumers and the broker are untouched. Thread-safe."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.is_open = True
+
+    @property
+    def link(self) -> Link:
+        return self.connection.link
+
+    def control(
+        self, kind: str, timeout: Any = _DEFAULT, cache_key: Any = None, **kwargs: Any
+    ) -> Any:
+        return self.connection.control(kind, timeout=timeout, cache_key=cache_key, **kwargs)
+
+    def is_declared(self, key: Any) -> bool:
+        return self.connection.is_declared(key)
+
+    def forget_declared(self, key: Any) -> None:
+        self.connection.forget_declared(key)
+
+    def basic_publish(self, message: Message, *args: Any, **kwargs: Any) -> None:
+        self.connection.basic_publish(message, *args, **kwargs)
+
+    def basic_get(self, queue: str, *args: Any, **kwargs: Any) -> Optional[Message]:
+        return self.connection.basic_get(queue, *args, **kwargs)
+
+    def close(self) -> None:
+        self.is_open = False
+
+    def __enter__(self) -> 'Channel':
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f'<Channel of {self.connection!r}>'
 
 
 class _View:
@@ -301,6 +604,8 @@ def _as_connection(channel: Any) -> tuple:
         return channel, False
     if isinstance(channel, Link):
         return Connection.from_link(channel), False
+    if isinstance(channel, Channel):
+        return channel.connection, False
     conn = getattr(channel, 'connection', None)
     if isinstance(conn, Connection):
         return conn, False

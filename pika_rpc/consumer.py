@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 from . import _registry, serialization
 from ._consumers import ConsumerSpec, Delivery
 from ._link import Link
-from .connection import Connection, _as_connection
+from .connection import Connection, _as_connection, register_factory
 from .entities import Queue
 from .errors import (
     ClosedError,
@@ -423,3 +423,6 @@ class Consumer:
             self.cancel()
         except (ConnectionLost, TimeoutError):
             LOGGER.debug('cancel on leaving a Consumer block failed', exc_info=True)
+
+
+register_factory('Consumer', Consumer)

@@ -33,7 +33,9 @@ kombu leaves room:
 * Successful declarations are remembered per connection under ``('exchange', name)`` and
   ``('queue', name)`` when ``can_cache_declaration`` (not auto-deleted, not expiring);
   :func:`maybe_declare` skips what is remembered, ``declare()`` always sends.
-* ``Queue.get`` (``basic.get`` polling) is not offered: consume with a ``Consumer``.
+* ``Queue.get`` is one ``basic.get`` (kombu's; ``_basic_get``): it needs an entity bound to a
+  ``Connection`` or ``Channel``. Nothing polls: to receive messages as they come, consume
+  with a ``Consumer`` (or ``SimpleQueue.get``).
 """
 
 from __future__ import annotations

@@ -39,6 +39,8 @@ __all__ = [
     'PreconditionFailed',
     'Unroutable',
     'ClosedError',
+    'OperationalError',
+    'LimitExceeded',
     'NotBoundError',
     'MessageStateError',
     'refusal',
@@ -73,6 +75,18 @@ class ConnectionLost(PikaRPCError, builtins.ConnectionError):
 
 class ClosedError(ConnectionLost):
     """The object (backend, link, producer) was closed; later use raises this."""
+
+
+class OperationalError(ConnectionLost):
+    """A connect retry policy gave up (kombu's ``OperationalError``, raised where kombu
+    raises it: ``Connection.ensure_connection``, ``connect``, ``.connection``,
+    ``.default_channel``). A ``ConnectionLost`` whose text names the addresses, the failed
+    attempts, the last error and what to do; ``Connection.ensure`` does not retry it again."""
+
+
+class LimitExceeded(PikaRPCError):
+    """A pool lends no more than its ``limit`` (kombu's ``LimitExceeded``): ``acquire()``
+    without ``block``, or past its ``timeout``."""
 
 
 class PublishError(PikaRPCError):

@@ -56,7 +56,7 @@ from .config import merge_retry_policy, parse_url
 
 # Connection lives in .connection (as kombu splits it); re-exported for code that imported
 # it from here.
-from .connection import Connection, _as_connection, _check_exchange, _send, _View
+from .connection import Connection, _as_connection, _check_exchange, _send, _View, register_factory
 
 # Consumer lives in .consumer; re-exported for code that imported it from here.
 from .consumer import Consumer
@@ -369,3 +369,6 @@ class Producer:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.release()
+
+
+register_factory('Producer', Producer)

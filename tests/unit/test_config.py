@@ -520,6 +520,7 @@ def test_connection_options_take_everything_from_url_and_settings():
         'blocked_connection_timeout': 9,
         'ssl': None,
         'uri': 'amqp://u:**@h:1234/v',
+        'client_properties': {},
     }
 
 
@@ -667,4 +668,4 @@ def test_config_imports_no_pika_and_no_pika_rpc_module_above_level_0():
     names = _imports(config)
     assert not any(n == 'pika' or n.startswith('pika.') for n in names)
     local = {n for n in names if n.startswith('.') or n.startswith('pika_rpc')}
-    assert local <= {'.errors', '.states', '._timeouts', '._urls'}
+    assert local <= {'.errors', '.states', '._timeouts', '._urls', '._kombu_opts'}

@@ -32,6 +32,7 @@ LEVELS = {
     '_timeouts': 0,
     '_context': 0,
     '_urls': 0,
+    '_kombu_opts': 0,
     'config': 1,
     '_advice': 1,
     'serialization': 1,
@@ -62,10 +63,15 @@ LEVELS = {
     '_link': 5,
     # the process's links, and kombu's surface on them (connection below messaging)
     '_registry': 6,
+    '_ensure': 6,
+    '_addresses': 6,
+    '_basic_get': 6,
     '_jobs': 7,
     'connection': 7,
     'consumer': 8,
     'messaging': 9,
+    'pools': 8,
+    'simple': 10,
     # Celery's surface
     '_replies': 10,
     '_control': 10,
