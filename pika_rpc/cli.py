@@ -9,6 +9,14 @@ Once the worker consumes, one line is printed on stdout::
 
     pika_rpc worker <hostname> ready: queues <q1,q2>, concurrency <N>
 
+``--queue-type quorum`` declares the queues named with ``-Q`` (and the default queue) that
+do not exist yet as quorum queues: it sets ``task_default_queue_type`` and
+``task_create_missing_queue_type`` for this worker (queues of ``task_queues`` keep their
+own type; an existing queue is used as it is).
+
+If the worker fails (a queue it cannot consume again after ``broker_consumer_max_retries``
+refusals), it stops gracefully and the process exits 3, after a CRITICAL line saying why.
+
 Shutdown: the first SIGTERM or SIGINT starts a graceful stop (no new task starts, waiting
 messages go back to the queue, running tasks finish and are stored, up to
 ``--stop-timeout`` seconds); the process then exits 0 (1 if tasks had to be abandoned). A
@@ -87,6 +95,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument('-c', '--concurrency', type=int, default=1, help='pool threads (default 1)')
     worker.add_argument(
+        '--queue-type',
+        choices=('classic', 'quorum'),
+        default=None,
+        help='type of the queues this worker creates (default: task_default_queue_type and '
+        'task_create_missing_queue_type, classic)',
+    )
+    worker.add_argument(
         '--prefetch-count',
         type=int,
         default=None,
@@ -123,6 +138,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Before any thread exists, so every thread inherits the mask: only sigwait() sees them.
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     app = load_app(args.app)
+    if args.queue_type is not None:
+        app.conf.update(
+            task_default_queue_type=args.queue_type, task_create_missing_queue_type=args.queue_type
+        )
     worker = Worker(
         app,
         queues=args.queues,
@@ -141,7 +160,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         f'{",".join(q.name for q in worker.queues)}, concurrency {worker.concurrency}',
         flush=True,
     )
-    signum = signal.sigwait(_SIGNALS)
+    signum = _wait_for_signal(worker)
+    if signum is None:
+        return _failed(worker, app, args.stop_timeout)
     LOGGER.info(
         '%s received: warm shutdown (waiting up to %s s for running tasks; send it '
         'again to exit at once)',
@@ -167,3 +188,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:
         LOGGER.warning('closing the app failed: %s', exc)
     return 0 if outcome and outcome[0] else 1
+
+
+#: How often the main thread looks at the worker's ``failure`` while it waits for a signal.
+FAILURE_CHECK = 0.5
+#: The exit status of a worker that failed (a queue it could not consume again).
+EXIT_FAILED = 3
+
+
+def _wait_for_signal(worker: Worker) -> Optional[int]:
+    """The first SIGTERM/SIGINT, or None once the worker failed (``worker.failure``)."""
+    while worker.failure is None:
+        info = signal.sigtimedwait(_SIGNALS, FAILURE_CHECK)
+        if info is not None:
+            return info.si_signo
+    return None
+
+
+def _failed(worker: Worker, app: App, stop_timeout: float) -> int:
+    LOGGER.critical('worker %s failed: %s', worker.hostname, worker.failure)
+    worker.stop(stop_timeout)
+    try:
+        app.close()
+    except Exception as exc:
+        LOGGER.warning('closing the app failed: %s', exc)
+    return EXIT_FAILED
