@@ -284,7 +284,7 @@ class Consumers:
         was_active, spec.channel, spec.active = spec.active, channel, True
         try:
             if spec.prefetch_count:
-                self._set_qos(channel, spec.prefetch_count or 0, spec.qos_global)
+                self._set_qos(channel, spec.prefetch_count, spec.qos_global)
             spec.consumer_tag = self._basic_consume(spec, channel, on_message, spec.consumer_tag)
         except pika.exceptions.ConnectionClosedByBroker as exc:
             spec.active = was_active

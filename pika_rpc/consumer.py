@@ -10,12 +10,13 @@ Choices where kombu leaves room:
   (``apply_global`` changes nothing). The window is global (per channel) on a queue known to
   be classic, per-consumer on a quorum queue or one declared elsewhere (``_taskqueues``;
   changing it then replaces the consumer on the same channel, nothing is requeued).
+  ``Consumer(accept=None)`` accepts the ``accept_content`` setting (JSON only by default),
+  not every content type.
 * A queue whose re-subscription the broker refuses (its node is down) is tried again every
   ``broker_consumer_retry_interval`` seconds, with a WARNING each time, until it consumes
   again or ``broker_consumer_max_retries`` refusals in a row: then it stops and
   ``on_given_up(queue_name, error)`` is called (I/O thread: quick). ``subscriptions()``
-  says, per queue, whether it consumes and the last error. ``Consumer(accept=None)`` accepts the
-  ``accept_content`` setting (JSON only by default), not every content type.
+  says, per queue, whether it consumes and the last error.
 * A message that cannot be decoded goes to ``on_decode_error(message, exc)``; without one it
   is logged and rejected (not requeued). A message delivered on a subscription that was
   cancelled or replaced by a reconnect before its callback ran is skipped (the broker

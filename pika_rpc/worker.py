@@ -32,8 +32,10 @@ Choices where Celery leaves room:
 * **A queue whose node is lost** is subscribed again every
   ``broker_consumer_retry_interval`` seconds (WARNING per refusal) until it consumes;
   ``stats()['queues']`` says which queues consume. After ``broker_consumer_max_retries``
-  refusals in a row the worker fails loudly: CRITICAL log, ``failure`` set
-  (``ConsumerGaveUp``), a graceful stop, and ``run()`` raises it.
+  refusals in a row the worker fails loudly: a CRITICAL line, ``failure`` set
+  (``ConsumerGaveUp``, also in ``stats()``), ``ready`` cleared, and ``run()`` stops
+  gracefully and raises it (a worker driven by ``start()``/``stop()`` leaves that to its
+  owner; the CLI exits non-zero).
 * **Prefetch**: ``prefetch_count`` defaults to ``concurrency × worker_prefetch_multiplier``
   (4), as Celery; 0 means no limit. A message with a future ``eta`` is held unacked and
   the window is raised by one while it waits (Celery's ``qos.increment_eventually``), so
