@@ -164,21 +164,83 @@ def _value(text: str) -> str:
     return text.strip("'")
 
 
+_INVALID_PROPERTY = re.compile(
+    r"invalid property '(?P<prop>[^']+)' for queue '(?P<name>[^']*)' in vhost '(?P<vhost>[^']*)'"
+)
+_INVALID_ARG = re.compile(
+    r"invalid arg '(?P<arg>[^']+)' for queue '(?P<name>[^']*)' in vhost '(?P<vhost>[^']*)' "
+    r'of queue type (?P<type>\S+)'
+)
+# RabbitMQ's property names in "invalid property" (a replicated queue refuses them), as the
+# declaration option that asked for them and why the queue type has none.
+_REPLICATED_REFUSES = {
+    'exclusive-owner': ('exclusive=True', 'it outlives every connection, so no connection owns it'),
+    'auto-delete': ('auto_delete=True', 'it is deleted only explicitly (use x-expires instead)'),
+    'non-durable': ('durable=False', 'it is durable by design'),
+}
+
+
 def precondition_advice(text: str) -> str:
-    """What to do about a 406 PRECONDITION_FAILED on a declare; '' when ``text`` is not one
-    naming the argument that clashed."""
-    match = _INEQUIVALENT.search(text.strip())
-    if not match:
-        return ''
+    """What to do about a 406 PRECONDITION_FAILED on a declare; '' when ``text`` is none of
+    the cases known here.
+
+    Three texts of RabbitMQ's, each with its own advice: an argument that clashes with the
+    existing queue or exchange (``inequivalent arg``: it *exists* with other arguments), a
+    property a quorum queue cannot have (``invalid property 'exclusive-owner'``,
+    ``'auto-delete'``, ``'non-durable'``) and an argument its queue type does not take
+    (``invalid arg 'x-max-priority' ... of queue type rabbit_quorum_queue``). The last two
+    are refused whether or not the queue exists.
+    """
+    text = text.strip()
+    match = _INEQUIVALENT.search(text)
+    if match:
+        return _inequivalent_advice(match)
+    match = _INVALID_PROPERTY.search(text)
+    if match:
+        prop, name = match.group('prop', 'name')
+        option, why = _REPLICATED_REFUSES.get(prop, (prop, 'its type does not have it'))
+        return (
+            f'RabbitMQ refuses {option} for queue {name!r} because it is a replicated queue '
+            f'(x-queue-type quorum or stream): {why}. Declare it without {option}, or as a '
+            f'classic queue (no x-queue-type) if it needs {option}'
+        )
+    match = _INVALID_ARG.search(text)
+    if match:
+        arg, name, kind = match.group('arg', 'name', 'type')
+        kind = kind.replace('rabbit_', '').replace('_queue', '')
+        return (
+            f'A {kind} queue does not take the argument {arg}, so RabbitMQ refuses queue '
+            f'{name!r} with it: declare it without {arg}, or as a classic queue (no '
+            f'x-queue-type) if it needs {arg}'
+        )
+    if 'inequivalent arg' in text:
+        return (
+            'An entity of that name already exists with other arguments (durable, '
+            'auto_delete, exclusive, x-expires, ...): declare it with the same arguments, use '
+            'another name, or delete it first'
+        )
+    return ''
+
+
+def _inequivalent_advice(match: Any) -> str:
     kind, name, arg, vhost = match.group('kind', 'name', 'arg', 'vhost')
     asked, current = (_value(v) for v in match.group('asked', 'current'))
     if kind == 'queue':
         delete = f'`rabbitmqctl -p {vhost} delete_queue {name}`; its messages go with it'
     else:
         delete = f'`rabbitmqadmin -V {vhost} delete exchange name={name}` or the management UI'
+    hint = ''
+    if arg == 'x-queue-type':
+        hint = (
+            f' (for pika_rpc to declare a {current} queue: task_default_queue_type / '
+            f"task_create_missing_queue_type='{current}', Queue(..., queue_arguments="
+            f"{{'x-queue-type': '{current}'}}) or `--queue-type {current}`)"
+            if current in ('quorum', 'classic')
+            else ''
+        )
     return (
         f'{kind.capitalize()} {name!r} already exists with {arg}={current} and this '
         f'declaration asks {arg}={asked}: declare it with the same arguments as it has '
-        f'({arg}={current}), use another name, or delete it ({delete}) and let it be '
+        f'({arg}={current}){hint}, use another name, or delete it ({delete}) and let it be '
         f'declared again'
     )

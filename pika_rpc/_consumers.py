@@ -17,12 +17,31 @@ batch, or rejected without requeue), so a poison message cannot loop.
 A subscription is live (``spec.channel``, ``spec.active``) *before* its Basic.Consume:
 messages already in the queue follow the ConsumeOk at once and are handed on, and acked by
 their owner, while the I/O thread still waits for that ConsumeOk.
+
+**A refused re-subscription** (the queue's node is down: 404 "home node ... is down", or any
+other refusal after a reconnect or a closed channel) goes to the spec's owner first
+(``on_refused``: True means "handled, stop it"). Otherwise a spec with a ``retry_interval``
+is tried again at that fixed, short interval (not the connection's growing backoff, which
+is for an unreachable broker; here the broker answers), with one WARNING per failure, until
+it consumes again or ``retry_limit`` failures in a row: then it stops and ``on_given_up``
+hears why. A spec without one stops at once (logged), as every spec did before.
+
+**QoS.** A prefetch window is global (per channel) by default, so changing it reaches the
+running consumer; with one consumer per channel, it counts what that consumer holds. Quorum
+queues (and streams) refuse a global window: RabbitMQ closes the whole *connection* (540).
+A spec with ``qos_global=False`` asks for a per-consumer window instead, which reaches only
+consumers made after it: to change it, a new consumer is made on the same channel with the
+new window and the old one is cancelled (``_replace_consumer``). What the old consumer
+delivered stays unacked on the channel, ackable under the same generation: nothing is
+requeued. A spec that still asks for a global window on such a queue falls back to a
+per-consumer one once, after that one close, and is subscribed again on the next connection.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Optional, Tuple
+import time
+from typing import Any, Callable, Dict, List, Optional
 
 import pika.exceptions
 
@@ -31,14 +50,7 @@ from .errors import BrokerRefused, queue_node_down
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = [
-    'ConsumerSpec',
-    'Delivery',
-    'properties_to_dict',
-    'Consumers',
-    'ConsumerCommands',
-    'ACK_EVERY',
-]
+__all__ = ['ConsumerSpec', 'Delivery', 'properties_to_dict', 'Consumers', 'ACK_EVERY']
 
 # Batch-acking consumers (the reply queue) ack every ACK_EVERY deliveries, and at every loop
 # turn (at least each POLL_INTERVAL): an ack is not written between a delivery and the
@@ -59,10 +71,18 @@ class ConsumerSpec:
     call ``on_missing()`` when it was gone. ``on_cancel()`` hears a broker-side cancel
     (queue deleted); the link then re-declares and re-subscribes, without calling
     ``on_missing()`` again for that same loss (the owner was told once, by ``on_cancel``).
-    ``on_refused(error)`` hears a (re)subscribe the broker refused, with its typed error
-    (a ``BrokerRefused``, e.g. ``QueueNodeDown``), on the I/O thread; it returns True when
-    the owner took it over (e.g. moved to another queue): the link then stops this spec and
-    does not try it again.
+
+    When subscribing is refused: ``on_refused(error)`` (a ``BrokerRefused``, e.g.
+    ``QueueNodeDown``) hears it, at the first subscribe too (which then raises the error to
+    its caller); at a re-subscribe (see the module docstring) it returns True when its owner
+    handled it (e.g. moved to another queue: the spec stops, not retried);
+    else ``retry_interval`` seconds pass before the next try (None: the spec stops), and
+    after ``retry_limit`` refusals in a row (None: no limit) it stops and
+    ``on_given_up(error)`` is called. These hooks run on the I/O thread: quick, no I/O.
+    ``qos_global`` False asks for a per-consumer prefetch window (quorum queues).
+
+    ``consuming`` (subscribed on the current connection), ``failures`` (refusals in a row)
+    and ``last_error`` are written by the I/O thread and may be read by any thread.
     """
 
     def __init__(
@@ -80,18 +100,30 @@ class ConsumerSpec:
         consumer_tag: Optional[str] = None,
         exclusive: bool = False,
         arguments: Optional[dict] = None,
+        qos_global: bool = True,
+        retry_interval: Optional[float] = None,
+        retry_limit: Optional[int] = None,
         on_refused: Optional[Callable[[BrokerRefused], bool]] = None,
+        on_given_up: Optional[Callable[[BrokerRefused], None]] = None,
     ) -> None:
         self.queue, self.on_delivery = queue, on_delivery
         self.batch_ack, self.no_ack, self.prefetch_count = batch_ack, no_ack, prefetch_count
         self.declarations, self.check_exists = tuple(declarations), check_exists
-        self.on_missing, self.on_cancel, self.on_refused = on_missing, on_cancel, on_refused
+        self.on_missing, self.on_cancel = on_missing, on_cancel
         self.consumer_tag, self.exclusive, self.arguments = consumer_tag, exclusive, arguments
         self.channel: Any = None  # I/O thread only
         self.gen = 0  # bumped at every subscribe: acks of an older gen are void
         self.subscribed_once = False
         self.cancelled_by_broker = False  # I/O thread: on_cancel told the owner already
         self.active = False
+        self.qos_global = qos_global
+        self.retry_interval, self.retry_limit = retry_interval, retry_limit
+        self.on_refused, self.on_given_up = on_refused, on_given_up
+        self.consuming = False
+        self.failures = 0
+        self.last_error: Optional[str] = None
+        self.retry_at: Optional[float] = None  # I/O thread: monotonic time of the next try
+        self.handler: Any = None  # I/O thread: the current subscription's on_message
 
 
 class Delivery:
@@ -175,9 +207,11 @@ class ConsumerChannel:
         if self.impl.is_open:
             self.impl.close(reply_code, reply_text)
 
-    def error(self) -> pika.exceptions.ChannelClosed:
+    def error(self) -> pika.exceptions.AMQPError:
+        """Why the channel closed: the broker's ``ChannelClosed``, or the connection's error
+        when the whole connection went (a 540 closes the connection, not the channel)."""
         reason = self.closed_reason
-        if isinstance(reason, pika.exceptions.ChannelClosed):
+        if isinstance(reason, (pika.exceptions.ChannelClosed, pika.exceptions.ConnectionClosed)):
             return reason
         return pika.exceptions.ChannelClosed(0, f'channel closed: {reason}')
 
@@ -222,14 +256,19 @@ class Consumers:
         except pika.exceptions.ChannelClosed as exc:
             self._specs.pop(id(spec), None)
             spec.active = False
-            error, _ = self.refused(spec, exc, f'consume from {spec.queue!r}')
+            error = _pika.translate_channel_error(exc, f'consume from {spec.queue!r}')
+            if spec.on_refused is not None:  # its owner hears it (e.g. moves the queue)
+                _guarded(spec.on_refused, error, self._link.name, 'on_refused')
             raise error from None
         return spec.consumer_tag
 
     def subscribe(self, spec: ConsumerSpec) -> None:
         """Declare what ``spec`` needs, open its channel, set its QoS and consume.
 
-        Raises pika's ``ChannelClosed`` when the broker refused (the caller decides)."""
+        Raises pika's ``ChannelClosed`` when the broker refused (the caller decides), and
+        ``_pika.RetryAfterReconnect`` when the broker closed the connection over a global
+        window the queue does not support (the spec asks for a per-consumer one from now on).
+        """
         link = self._link
         if (
             spec.subscribed_once
@@ -243,64 +282,80 @@ class Consumers:
         for kind, kwargs in spec.declarations:
             link.declare(kind, kwargs)
         channel = self._open_channel()
-        if spec.prefetch_count:
-            # One consumer per channel: global (per-channel) QoS also reaches a running consumer.
-            self._sync(
-                channel,
-                lambda done: channel.impl.basic_qos(
-                    prefetch_count=spec.prefetch_count, global_qos=True, callback=done
-                ),
-                'Basic.QosOk',
-            )
         spec.gen += 1
         on_message = self._on_message(spec, spec.gen)
         impl = channel.impl
         impl.add_on_cancel_callback(lambda _frame: self.on_broker_cancel(spec))
         was_active, spec.channel, spec.active = spec.active, channel, True
-        tag: List[str] = []
         try:
-            self._sync(
-                channel,
-                lambda done: tag.append(
-                    impl.basic_consume(
-                        spec.queue,
-                        on_message,
-                        auto_ack=spec.no_ack,
-                        exclusive=spec.exclusive,
-                        consumer_tag=spec.consumer_tag,
-                        arguments=spec.arguments,
-                        callback=done,
-                    )
-                ),
-                'Basic.ConsumeOk',
-            )
+            if spec.prefetch_count:
+                self._set_qos(channel, spec.prefetch_count, spec.qos_global)
+            spec.consumer_tag = self._basic_consume(spec, channel, on_message, spec.consumer_tag)
+        except pika.exceptions.ConnectionClosedByBroker as exc:
+            spec.active = was_active
+            if spec.qos_global and _pika.refuses_global_qos(exc):
+                spec.qos_global = False
+                LOGGER.warning(
+                    '%s: queue %r has no global prefetch window (a quorum queue?) and the '
+                    'broker closed the connection over it (%s); consuming it with a '
+                    'per-consumer window from the next connection on',
+                    link.name,
+                    spec.queue,
+                    exc.reply_text,
+                )
+                raise _pika.RetryAfterReconnect(exc.reply_code, exc.reply_text) from exc
+            raise
         except BaseException:
             spec.active = was_active
             raise
-        spec.consumer_tag = tag[0]
         # From now on the reader hands this channel's deliveries to on_message; any that
         # came with the ConsumeOk went through pika to the same callback, in order.
         link.reader.register(impl, on_message)
+        spec.handler = on_message
         spec.subscribed_once = True
         spec.cancelled_by_broker = False
+        spec.consuming, spec.failures, spec.retry_at = True, 0, None
         self._specs[id(spec)] = spec
 
-    def refused(
-        self, spec: ConsumerSpec, exc: pika.exceptions.ChannelClosed, what: str
-    ) -> Tuple[BrokerRefused, bool]:
-        """The typed error of a (re)subscribe of ``spec`` the broker refused, and whether
-        ``spec.on_refused`` took it over (then ``spec`` is stopped: never retried)."""
-        error = _pika.translate_channel_error(exc, what)
-        handled = False
-        if spec.on_refused is not None:
-            try:
-                handled = bool(spec.on_refused(error))
-            except Exception:
-                LOGGER.exception('%s: on_refused of %r failed', self._link.name, spec.queue)
-        if handled:
-            spec.active = False
-            self._specs.pop(id(spec), None)
-        return error, handled
+    def _set_qos(self, channel: 'ConsumerChannel', prefetch_count: int, global_qos: bool) -> None:
+        self._sync(
+            channel,
+            lambda done: channel.impl.basic_qos(
+                prefetch_count=prefetch_count, global_qos=global_qos, callback=done
+            ),
+            'Basic.QosOk',
+        )
+
+    def _basic_consume(
+        self, spec: ConsumerSpec, channel: 'ConsumerChannel', on_message: Any, tag: Optional[str]
+    ) -> str:
+        """A Basic.Consume of ``spec.queue`` on ``channel``; returns its consumer tag."""
+        tags: List[str] = []
+        self._sync(
+            channel,
+            lambda done: tags.append(
+                channel.impl.basic_consume(
+                    spec.queue,
+                    on_message,
+                    auto_ack=spec.no_ack,
+                    exclusive=spec.exclusive,
+                    consumer_tag=tag,
+                    arguments=spec.arguments,
+                    callback=done,
+                )
+            ),
+            'Basic.ConsumeOk',
+        )
+        return tags[0]
+
+    def _basic_cancel(self, channel: 'ConsumerChannel', tag: Optional[str]) -> None:
+        """Cancel one consumer of ``channel`` and keep the channel: what it delivered stays
+        unacked there, ackable. Nothing to do for a consumer the broker cancelled already."""
+        if tag is None or tag not in channel.impl.consumer_tags:
+            return
+        self._sync(
+            channel, lambda done: channel.impl.basic_cancel(tag, callback=done), 'Basic.CancelOk'
+        )
 
     def _on_message(self, spec: ConsumerSpec, gen: int) -> Callable[..., None]:
         link, acks, batch_ack = self._link, self._acks, spec.batch_ack
@@ -367,7 +422,7 @@ class Consumers:
         try:
             channel.queue_declare(name, passive=True)
         except pika.exceptions.ChannelClosedByBroker as exc:
-            # A queue whose node is down exists: that refusal is the caller's to handle.
+            # A queue whose home node is down exists: that refusal is the caller's to handle.
             if exc.reply_code == 404 and queue_node_down(exc.reply_text) is None:
                 return False
             raise
@@ -381,6 +436,7 @@ class Consumers:
             '%s: broker cancelled the consumer of %r (queue deleted?)', self._link.name, spec.queue
         )
         self._link.forget_declarations()
+        spec.consuming = False
         if spec.on_cancel is not None:
             spec.on_cancel()
         spec.cancelled_by_broker = True
@@ -394,7 +450,7 @@ class Consumers:
     def cancel(self, spec: ConsumerSpec) -> None:
         """Stop ``spec``: acks what its owner was handed, closes its channel (unacked
         deliveries go back to the queue by the time Channel.CloseOk arrives)."""
-        spec.active = False
+        spec.active = spec.consuming = False
         self._specs.pop(id(spec), None)
         pending = self._acks.pop(id(spec), None)
         channel, spec.channel = spec.channel, None
@@ -419,17 +475,37 @@ class Consumers:
         return True
 
     def qos(self, spec: ConsumerSpec, prefetch_count: int) -> None:
-        """Set ``spec``'s prefetch window (kept for its next subscriptions too)."""
+        """Set ``spec``'s prefetch window (kept for its next subscriptions too). A
+        per-consumer window is changed by replacing the consumer (``_replace_consumer``)."""
         spec.prefetch_count = prefetch_count
         channel = spec.channel
-        if channel is not None:
-            self._sync(
-                channel,
-                lambda done: channel.impl.basic_qos(
-                    prefetch_count=prefetch_count, global_qos=True, callback=done
-                ),
-                'Basic.QosOk',
-            )
+        if channel is None or not channel.is_open:
+            return  # applied when it subscribes again
+        if spec.qos_global:
+            self._set_qos(channel, prefetch_count, True)
+        else:
+            self._replace_consumer(spec, channel)
+
+    def _replace_consumer(self, spec: ConsumerSpec, channel: 'ConsumerChannel') -> None:
+        """A new consumer on ``spec``'s channel with its window, then the old one cancelled
+        (an exclusive consumer cannot have a twin: cancelled first). The deliveries of the
+        old one stay unacked on the channel and the generation is kept, so their owner acks
+        them as before: none is requeued by the change."""
+        old = spec.consumer_tag
+        self._set_qos(channel, spec.prefetch_count or 0, False)
+        if spec.exclusive:
+            self._basic_cancel(channel, old)
+        spec.consumer_tag = self._basic_consume(spec, channel, spec.handler, None)
+        if not spec.exclusive:
+            self._basic_cancel(channel, old)
+
+    def pause(self, spec: ConsumerSpec) -> None:
+        """Stop ``spec``'s deliveries but keep its channel: what it delivered stays ackable
+        (a stopping worker's running tasks). ``cancel`` closes the channel later."""
+        channel = spec.channel
+        if channel is not None and channel.is_open:
+            self._basic_cancel(channel, spec.consumer_tag)
+            spec.consuming = False
 
     def recover(self, spec: ConsumerSpec) -> None:
         """Have the broker redeliver ``spec``'s unacked messages."""
@@ -462,46 +538,84 @@ class Consumers:
                 self._link.io_stats['ack_frames'] += 1
 
     def check(self) -> None:
-        """Re-subscribe every active consumer whose channel closed."""
+        """Re-subscribe every active consumer whose channel closed, once its retry is due."""
+        now = time.monotonic()
         for spec in list(self._specs.values()):
-            if spec.active and (spec.channel is None or not spec.channel.is_open):
+            if not spec.active or (spec.channel is not None and spec.channel.is_open):
+                continue
+            if spec.retry_at is not None:
+                if now < spec.retry_at:
+                    continue
+            else:
+                spec.consuming = False
                 LOGGER.warning(
                     '%s: consumer channel for %r closed; re-subscribing',
                     self._link.name,
                     spec.queue,
                 )
-                try:
-                    self.subscribe(spec)
-                except pika.exceptions.ChannelClosedByBroker as exc:
-                    if self.refused(spec, exc, 'consume')[1]:
-                        continue
-                    spec.active = False
-                    self._specs.pop(id(spec), None)
-                    LOGGER.error(
-                        '%s: consumer of %r stopped: %s',
-                        self._link.name,
-                        spec.queue,
-                        _pika.translate_channel_error(exc, 'consume'),
-                    )
+            try:
+                self.subscribe(spec)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                self._refused(spec, exc)
+
+    def _refused(self, spec: ConsumerSpec, exc: BaseException) -> None:
+        """Re-subscribing ``spec`` was refused: its owner's ``on_refused`` first, then a
+        retry ``retry_interval`` later, or the end of it (see ``ConsumerSpec``)."""
+        err = _pika.translate_channel_error(exc, f'consume from {spec.queue!r}')
+        name = self._link.name
+        spec.consuming, spec.last_error, spec.retry_at = False, str(err), None
+        if spec.channel is not None:
+            close_quietly(spec.channel)
+            spec.channel = None
+        if spec.on_refused is not None and _guarded(spec.on_refused, err, name, 'on_refused'):
+            self._stop(spec)
+            LOGGER.info('%s: consumer of %r stopped by its owner after: %s', name, spec.queue, err)
+            return
+        if spec.retry_interval is None:
+            self._stop(spec)
+            LOGGER.error('%s: consumer of %r stopped: %s', name, spec.queue, err)
+            return
+        spec.failures += 1
+        if spec.retry_limit is not None and spec.failures > spec.retry_limit:
+            self._stop(spec)
+            LOGGER.error(
+                '%s: gave up consuming from %r after %d refused re-subscriptions in a row: %s',
+                name,
+                spec.queue,
+                spec.failures,
+                err,
+            )
+            if spec.on_given_up is not None:
+                _guarded(spec.on_given_up, err, name, 'on_given_up')
+            return
+        spec.retry_at = time.monotonic() + spec.retry_interval
+        LOGGER.warning(
+            '%s: cannot consume from %r (%s); retry %d in %.1f s',
+            name,
+            spec.queue,
+            err,
+            spec.failures,
+            spec.retry_interval,
+        )
+
+    def _stop(self, spec: ConsumerSpec) -> None:
+        spec.active = spec.consuming = False
+        spec.retry_at = None
+        self._specs.pop(id(spec), None)
+        self._acks.pop(id(spec), None)
 
     # ------------------------------------------------------------------ connections
     def resubscribe(self) -> None:
-        """After a (re)connect: subscribe every active consumer on the new connection."""
+        """After a (re)connect: subscribe every active consumer on the new connection (one
+        whose retry was waiting is tried at once: the connection is new)."""
         self._batch_end_pending = False
         for spec in list(self._specs.values()):
             if spec.active:
+                spec.retry_at = None
                 try:
                     self.subscribe(spec)
                 except pika.exceptions.ChannelClosed as exc:
-                    if self.refused(spec, exc, 'consume')[1]:
-                        continue
-                    spec.active = False
-                    LOGGER.error(
-                        '%s: cannot re-subscribe to %r: %s',
-                        self._link.name,
-                        spec.queue,
-                        _pika.translate_channel_error(exc, 'consume'),
-                    )
+                    self._refused(spec, exc)
 
     def drop(self) -> None:
         """The connection is gone: its channels and pending acks with it (the broker
@@ -510,64 +624,13 @@ class Consumers:
         self._unacked = 0
         for spec in self._specs.values():
             spec.channel = None
+            spec.consuming = False
 
 
-class ConsumerCommands:
-    """The link's consumer commands, for any thread (mixed into ``_link.Link``): each runs its
-    ``Consumers`` counterpart on the I/O thread through ``Link.call``."""
-
-    _consumers: Consumers
-    _thread: Any
-    _stop: Any
-    call: Callable[..., Any]
-
-    def consume(self, spec: ConsumerSpec, timeout: Optional[float] = None) -> str:
-        """Subscribe ``spec`` (declarations first); kept across reconnects. Returns the tag."""
-        return self.call(
-            self._consumers.consume, spec, timeout=timeout, what=f'consume from {spec.queue!r}'
-        )
-
-    def cancel(self, spec: ConsumerSpec, timeout: Optional[float] = None) -> None:
-        """Stop ``spec``; unacked deliveries go back to the queue (its channel closes)."""
-        if self._thread is None or self._stop.is_set():
-            spec.active = False
-            return
-        self.call(
-            self._consumers.cancel, spec, timeout=timeout, what=f'cancel consumer of {spec.queue!r}'
-        )
-
-    def ack(
-        self,
-        spec: ConsumerSpec,
-        gen: int,
-        tag: int,
-        multiple: bool = False,
-        reject: bool = False,
-        requeue: bool = True,
-        timeout: Optional[float] = 10.0,
-        wait: bool = True,
-    ) -> bool:
-        """Ack (or reject) a delivery; False when its channel is gone (it will be redelivered).
-
-        With ``wait=False`` the ack is queued and True returned at once (no round trip to the
-        I/O thread; a lost channel makes the broker redeliver, which is what False would say).
-        """
-        result = self.call(
-            self._consumers.ack,
-            spec,
-            gen,
-            tag,
-            multiple,
-            reject,
-            requeue,
-            timeout=timeout,
-            what='ack',
-            wait=wait,
-        )
-        return True if not wait else result
-
-    def qos(self, spec: ConsumerSpec, prefetch_count: int, timeout: Optional[float] = 10.0) -> None:
-        self.call(self._consumers.qos, spec, prefetch_count, timeout=timeout, what='qos')
-
-    def recover(self, spec: ConsumerSpec, timeout: Optional[float] = 10.0) -> None:
-        self.call(self._consumers.recover, spec, timeout=timeout, what='recover')
+def _guarded(hook: Callable[[BrokerRefused], Any], err: BrokerRefused, name: str, what: str) -> Any:
+    """An owner's hook on the I/O thread: what it raises is logged, never raised here."""
+    try:
+        return hook(err)
+    except Exception:
+        LOGGER.exception('%s: the %s hook %r failed', name, what, hook)
+        return None

@@ -9,7 +9,8 @@ its publication's frames to the socket itself when nothing is queued ahead of it
 
 Channels of one connection: the *publish* channel with pipelined confirms (``_outbox``),
 the *control* channel for declarations (``_declarations``), and one plain channel per
-consumer (``_consumers``, whose caller-side commands are mixed in here).
+consumer (``_consumers``; their caller-side commands, ``_consumer_commands``, are mixed in
+here).
 
 The loop is ``process_data_events(None)``: it returns on a wake-up, a timer (a tick every
 ``POLL_INTERVAL``, a retry) or a channel event. Nothing in the loop blocks on a caller or
@@ -44,7 +45,8 @@ import pika.exceptions
 
 from . import _confirms, _deliveries, _pika
 from ._connector import STOPPED, Connector
-from ._consumers import ConsumerCommands, Consumers
+from ._consumer_commands import ConsumerCommands
+from ._consumers import Consumers
 from ._declarations import Declarations
 from ._handoff import Command, HandOff, Publication
 from ._outbox import Outbox
@@ -487,6 +489,8 @@ class Link(ConsumerCommands):
             item, rest = batch[ran], batch[ran + 1 :]
             if isinstance(item, Publication) and (item.done.is_set() or self._outbox.holds(item)):
                 handed += 1  # settled, or the ledger's (the loss re-sends it)
+            elif isinstance(item, Command) and item.done.is_set():
+                pass  # failed for good (it made the broker close the connection)
             else:
                 rest.insert(0, item)  # never handed to pika: not a retry
             self.handoff.put_back(rest)
@@ -500,7 +504,11 @@ class Link(ConsumerCommands):
             return
         try:
             result = cmd.fn(*cmd.args)
-        except _pika.CONNECTION_ERRORS:
+        except _pika.CONNECTION_ERRORS as exc:
+            if _pika.closed_by_command(exc):
+                # Run again on the next connection, it would close that one too (a storm
+                # that stops every thread): it fails, and the link reconnects once.
+                cmd.finish(error=_pika.translate_connection_close(exc, cmd.what))
             raise
         except pika.exceptions.ChannelClosed as exc:
             cmd.finish(error=_pika.translate_channel_error(exc, cmd.what))

@@ -62,6 +62,10 @@ __all__ = [
     'connection_parameters',
     'translate_channel_error',
     'connected_address',
+    'closed_by_command',
+    'refuses_global_qos',
+    'translate_connection_close',
+    'RetryAfterReconnect',
     'channel_impl',
     'set_channel_cookie',
     'CONNECTION_ERRORS',
@@ -148,12 +152,9 @@ def translate_channel_error(exc: BaseException, what: str) -> BrokerRefused:
     code = getattr(exc, 'reply_code', None)
     text = getattr(exc, 'reply_text', str(exc))
     if code == 406:
-        advice = _advice.precondition_advice(text) or (
-            'An entity of that name already exists with other arguments (durable, auto_delete, '
-            'exclusive, x-expires, ...): declare it with the same arguments, use another name, '
-            'or delete it first'
-        )
-        return refusal(code, f'{what}: 406 PRECONDITION_FAILED ({text}). {advice}.', text)
+        advice = _advice.precondition_advice(text)
+        advice = f' {advice}.' if advice else ''
+        return refusal(code, f'{what}: 406 PRECONDITION_FAILED ({text}).{advice}', text)
     return refusal(code, f'{what}: {code} {text}', text)
 
 
@@ -161,6 +162,52 @@ def connected_address(connection: Any) -> Tuple[str, int]:
     """``(host, port)`` a ``BlockingConnection`` reached (of the addresses it was given)."""
     params = connection._impl.params
     return params.host, params.port
+
+
+#: Connection-level reply codes the broker answers a faulty *command* with (502 syntax,
+#: 503 command invalid, 504 channel error, 505 unexpected frame, 530 not allowed, 540 not
+#: implemented). Others (320 forced by an operator, 541 internal error, missed heartbeats)
+#: are not the command's doing: it runs again on the next connection.
+_COMMAND_FAULTS = frozenset({502, 503, 504, 505, 530, 540})
+
+
+class RetryAfterReconnect(pika.exceptions.AMQPConnectionError):
+    """The broker closed the connection because of a command that has been changed since
+    (a consumer that now asks for per-consumer QoS): the link reconnects and runs it again."""
+
+
+def closed_by_command(exc: BaseException) -> bool:
+    """Whether ``exc`` is the broker closing the connection because of the command that was
+    running (a 503 for an unknown exchange type, a 540...): running it again would close
+    the connection again, for every thread."""
+    return (
+        isinstance(exc, pika.exceptions.ConnectionClosedByBroker)
+        and exc.reply_code in _COMMAND_FAULTS
+    )
+
+
+def refuses_global_qos(exc: BaseException) -> bool:
+    """Whether the broker closed the connection because a consumer with a global (per
+    channel) prefetch subscribed to a queue that has none: a quorum queue or a stream
+    (RabbitMQ: ``540 NOT_IMPLEMENTED - queue 'q' in vhost '/' does not support global qos``)."""
+    return (
+        isinstance(exc, pika.exceptions.ConnectionClosedByBroker)
+        and exc.reply_code == 540
+        and 'global qos' in str(exc.reply_text)
+    )
+
+
+def translate_connection_close(exc: BaseException, what: str) -> BrokerRefused:
+    """A connection the broker closed because of command ``what``, as the typed refusal that
+    command fails with (it is not run again)."""
+    code = getattr(exc, 'reply_code', None)
+    text = getattr(exc, 'reply_text', str(exc))
+    return refusal(
+        code,
+        f'{what}: the broker closed the connection ({code} {text}); every thread lost its '
+        f'channels on it and the link reconnected; the command is not run again',
+        text,
+    )
 
 
 def basic_properties(props: dict) -> pika.spec.BasicProperties:

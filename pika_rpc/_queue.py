@@ -148,6 +148,41 @@ class Queue(_Entity):
                 args[key] = convert(value)
         return args
 
+    @property
+    def queue_type(self) -> str:
+        """``'quorum'``, ``'stream'`` or ``'classic'``: its ``x-queue-type`` argument."""
+        return str((self.queue_arguments or {}).get('x-queue-type') or 'classic')
+
+    def _check_quorum(self) -> None:
+        """Refuse locally what RabbitMQ refuses a quorum queue with a 406, saying why."""
+        if self.queue_type != 'quorum':
+            return
+        why = [
+            f'{option} ({reason})'
+            for option, refused, reason in (
+                ('exclusive=True', self.exclusive, 'no connection owns a replicated queue'),
+                (
+                    'auto_delete=True',
+                    self.auto_delete and not self.exclusive,
+                    'it is deleted only explicitly; expires=... removes an unused one',
+                ),
+                ('durable=False', not self.durable, 'a quorum queue is always durable'),
+                (
+                    'max_priority',
+                    self.max_priority is not None
+                    or 'x-max-priority' in (self.queue_arguments or {}),
+                    'RabbitMQ 3.x quorum queues have no priorities',
+                ),
+            )
+            if refused
+        ]
+        if why:
+            raise ValueError(
+                f'queue {self.name!r} is a quorum queue (x-queue-type quorum: replicated on '
+                f'several nodes and durable by design), which cannot have {", ".join(why)}; '
+                f'RabbitMQ would refuse it (406). Drop those options, or declare a classic queue'
+            )
+
     def _check_durability(self) -> None:
         if not self.durable and not self.exclusive:
             raise ValueError(
@@ -165,6 +200,7 @@ class Queue(_Entity):
         bindings, in order (what a consumer replays after a reconnect)."""
         if self.no_declare:
             return []
+        self._check_quorum()
         self._check_durability()
         self._ensure_name()
         steps: List[Tuple[str, Dict[str, Any]]] = []
@@ -267,6 +303,7 @@ class Queue(_Entity):
                 PreconditionFailed for a 406.
         """
         if not passive:
+            self._check_quorum()
             self._check_durability()
             self._ensure_name()
         key = ('queue', self.name) if self.can_cache_declaration and not passive else None

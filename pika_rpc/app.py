@@ -6,9 +6,17 @@ where the backend resets itself) it is renewed with a new oid. ``send_task`` pub
 Celery protocol-v2 task message with publisher confirms, declaring the reply queue once per
 connection through ``backend.on_task_call`` and the task queue once per connection.
 
+The task queue is declared by Celery's rule made safe (``_taskqueues``): the default queue
+(of ``task_default_queue_type``) and the queues of ``task_queues`` are declared as
+configured; any other is checked passively and created (of
+``task_create_missing_queue_type``) only when missing, so an existing queue (a quorum queue
+declared by a Celery worker, say) is never declared again with other arguments.
+
 Choices where Celery leaves room: a task message the broker returns as unroutable (an
-``exchange``/``routing_key`` that routes nowhere) is logged as a WARNING naming the task,
-not dropped silently; ``send_task`` options that Celery does not know raise ``TypeError``.
+``exchange``/``routing_key`` that routes nowhere) raises ``Unroutable`` (a ``PublishError``
+naming exchange, routing key and reply code; not retried: it would route nowhere again),
+where Celery drops it silently; ``send_task`` options that Celery does not know raise
+``TypeError``.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
-from . import _registry, protocol, serialization
+from . import _registry, _taskqueues, protocol, serialization
 from ._context import current_request, request_field
 from ._handoff import Publication
 from ._publish import publish_and_wait
@@ -191,7 +199,10 @@ class App:
         ``ignored``: its ``get()`` returns None at once, as Celery's.
 
         Raises:
+            Unroutable: the broker returned the message (no queue bound for its exchange
+                and routing key); not retried.
             PublishError: nacked, unconfirmed in time, or retries exhausted.
+            PreconditionFailed: the task queue exists with other arguments than configured.
             ConnectionLost: the broker could not be reached.
             TypeError: an unknown option.
         """
@@ -259,19 +270,19 @@ class App:
         )
         returned = publish_and_wait(conn.link, pub, f'task {name}[{task_id}]')
         if returned is not None:
-            LOGGER.warning('%s; no worker will see it', returned)
+            raise returned
         result = AsyncResult(task_id, app=self, task_name=name)
         result.ignored = ignored
         return result
 
     def _declare_task_queue(self, conn: Connection, queue: str, timeout: Optional[float]) -> None:
-        """Declare a task queue as Celery does (``protocol.task_queue_declarations``), once
+        """Declare a task queue by Celery's rule made safe (see the module docstring), once
         per connection."""
         key = ('task_queue', queue)
         if conn.is_declared(key):
             return
         dl = deadline(timeout)
-        steps = protocol.task_queue_declarations(queue)
+        steps = _taskqueues.task_queue(self.conf, queue).declarations()
         for i, (kind, kwargs) in enumerate(steps):
             conn.control(
                 kind,

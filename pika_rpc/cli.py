@@ -9,14 +9,23 @@ Once the worker consumes, one line is printed on stdout::
 
     pika_rpc worker <hostname> ready: queues <q1,q2>, concurrency <N>
 
+``--queue-type quorum`` declares the queues named with ``-Q`` (and the default queue) that
+do not exist yet as quorum queues: it sets ``task_default_queue_type`` and
+``task_create_missing_queue_type`` for this worker (queues of ``task_queues`` keep their
+own type; an existing queue is used as it is).
+
+If the worker fails (a queue it cannot consume again after ``broker_consumer_max_retries``
+refusals), it stops gracefully and the process exits 3, after a CRITICAL line saying why.
+
 Shutdown: the first SIGTERM or SIGINT, or Celery's ``celery control shutdown`` aimed at this
 node, starts a graceful stop (no new task starts, waiting messages go back to the queue,
 running tasks finish and are stored, up to ``--stop-timeout`` seconds); the process then
 exits 0 (1 if tasks had to be abandoned). A SIGTERM/SIGINT during that stop exits at once
 with status 1 (running tasks' messages return to the queue and run again elsewhere). The
 signals are taken with ``sigtimedwait`` in the main thread (blocked in every other thread),
-so no handler runs at an arbitrary point of the program; it also polls, every 0.2 s,
-whether a remote ``shutdown`` stopped the worker. Logs go to stderr in a readable format.
+so no handler runs at an arbitrary point of the program; it also looks, every 0.2 s,
+whether a remote ``shutdown`` stopped the worker or the worker failed. Logs go to stderr in
+a readable format.
 """
 
 from __future__ import annotations
@@ -88,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument('-c', '--concurrency', type=int, default=1, help='pool threads (default 1)')
     worker.add_argument(
+        '--queue-type',
+        choices=('classic', 'quorum'),
+        default=None,
+        help='type of the queues this worker creates (default: task_default_queue_type and '
+        'task_create_missing_queue_type, classic)',
+    )
+    worker.add_argument(
         '--prefetch-count',
         type=int,
         default=None,
@@ -124,6 +140,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Before any thread exists, so every thread inherits the mask: only sigwait() sees them.
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     app = load_app(args.app)
+    if args.queue_type is not None:
+        app.conf.update(
+            task_default_queue_type=args.queue_type, task_create_missing_queue_type=args.queue_type
+        )
     worker = Worker(
         app,
         queues=args.queues,
@@ -143,6 +163,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         flush=True,
     )
     signum = _wait_for_stop(worker)
+    if signum is None and worker.failure is not None:
+        return _failed(worker, app, args.stop_timeout)
     LOGGER.info(
         '%s: warm shutdown (waiting up to %s s for running tasks; send SIGTERM or SIGINT '
         'to exit at once)',
@@ -170,11 +192,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0 if outcome and outcome[0] else 1
 
 
+#: The exit status of a worker that failed (a queue it could not consume again).
+EXIT_FAILED = 3
+
+
 def _wait_for_stop(worker: Worker) -> Optional[int]:
-    """Block until SIGTERM/SIGINT (returns its number) or until the worker was asked to stop
-    by Celery's ``control shutdown`` (returns None)."""
-    while not worker.stop_requested:
+    """Block until SIGTERM/SIGINT (returns its number), or until the worker was asked to stop
+    by Celery's ``control shutdown`` or failed (returns None; ``worker.failure`` says which)."""
+    while not worker.stop_requested and worker.failure is None:
         info = signal.sigtimedwait(_SIGNALS, 0.2)
         if info is not None:
             return info.si_signo
     return None
+
+
+def _failed(worker: Worker, app: App, stop_timeout: float) -> int:
+    LOGGER.critical('worker %s failed: %s', worker.hostname, worker.failure)
+    worker.stop(stop_timeout)
+    try:
+        app.close()
+    except Exception as exc:
+        LOGGER.warning('closing the app failed: %s', exc)
+    return EXIT_FAILED

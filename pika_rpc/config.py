@@ -39,6 +39,14 @@ Choices made where Celery is silent:
   ``'shuffle'``: unlike kombu's, the list is shuffled once per process, first connection
   included (a fleet does not all land on the first node), then rotated as round-robin.
   Callables (kombu accepts them) are refused.
+* Queue types (``task_default_queue_type``, ``task_create_missing_queue_type``,
+  ``broker_native_delayed_delivery_queue_type``) are ``'classic'`` or ``'quorum'``, as
+  Celery checks them (Celery only when it uses them). ``task_queues`` is Celery's: a list
+  of ``Queue`` objects, or a mapping of queue name to ``Queue.from_dict`` options.
+* ``broker_consumer_retry_interval`` (1 s) and ``broker_consumer_max_retries`` (no limit;
+  0 too, as for ``broker_connection_max_retries``) are pika_rpc's: how often a consumer
+  whose re-subscription the broker refuses (its queue's node is down) is tried again, and
+  how many refusals in a row end it (a ``Worker`` then fails).
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 
 from ._kombu_opts import check as _check_kombu_opts
 from ._kombu_opts import value as _kombu_opt
+from ._queue_settings import QUEUE_TYPES, finite_positive, queue_type, task_queues
 from ._urls import DEFAULT_PORTS, MASK, BrokerAddress, mask_url, parse_url, split_urls
 
 __all__ = [
@@ -66,6 +75,7 @@ __all__ = [
     'connection_options',
     'connection_retry_policy',
     'reply_queue_arguments',
+    'QUEUE_TYPES',
     'DEFAULT_BROKER_URL',
     'DEFAULT_RESULT_EXPIRES',
     'RETRY_POLICY_KEYS',
@@ -276,6 +286,13 @@ _SPECS: Dict[str, tuple] = {
     'direct_writes': (True, _flag),
     'task_ignore_result': (False, _flag),
     'worker_prefetch_multiplier': (4, _count(0)),
+    'task_queues': (None, task_queues),
+    'task_default_queue_type': ('classic', queue_type),
+    'task_create_missing_queue_type': ('classic', queue_type),
+    'worker_detect_quorum_queues': (True, _flag),
+    'broker_native_delayed_delivery_queue_type': ('quorum', queue_type),
+    'broker_consumer_retry_interval': (1.0, finite_positive),
+    'broker_consumer_max_retries': (None, _count(0, none=True)),
 }
 _MISSING = object()
 _SECRET = re.compile(r'pass|secret|token|key_password', re.I)

@@ -7,8 +7,16 @@ link's own side of a subscription (specs, channels, acks) on the I/O thread.
 Choices where kombu leaves room:
 
 * Each consumed queue has its own channel, so ``prefetch_count`` applies per queue
-  (``apply_global`` changes nothing). ``Consumer(accept=None)`` accepts the
-  ``accept_content`` setting (JSON only by default), not every content type.
+  (``apply_global`` changes nothing). The window is global (per channel) on a queue known to
+  be classic, per-consumer on a quorum queue or one declared elsewhere (``_taskqueues``;
+  changing it then replaces the consumer on the same channel, nothing is requeued).
+  ``Consumer(accept=None)`` accepts the ``accept_content`` setting (JSON only by default),
+  not every content type.
+* A queue whose re-subscription the broker refuses (its node is down) is tried again every
+  ``broker_consumer_retry_interval`` seconds, with a WARNING each time, until it consumes
+  again or ``broker_consumer_max_retries`` refusals in a row: then it stops and
+  ``on_given_up(queue_name, error)`` is called (I/O thread: quick). ``subscriptions()``
+  says, per queue, whether it consumes and the last error.
 * A message that cannot be decoded goes to ``on_decode_error(message, exc)``; without one it
   is logged and rejected (not requeued). A message delivered on a subscription that was
   cancelled or replaced by a reconnect before its callback ran is skipped (the broker
@@ -27,12 +35,13 @@ import logging
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from . import _registry, serialization
+from . import _registry, _taskqueues, serialization
 from ._consumers import ConsumerSpec, Delivery
 from ._link import Link
 from .connection import Connection, _as_connection, register_factory
 from .entities import Queue
 from .errors import (
+    BrokerRefused,
     ClosedError,
     ConnectionLost,
     ContentDisallowed,
@@ -69,7 +78,8 @@ class Consumer:
     exc)`` run on the callback thread. What one of them raises is logged, leaves its message
     unacknowledged and is raised by the connection's next ``drain_events()`` (the first one
     not raised yet; see the module docstring). With ``auto_declare`` (default) the queues are
-    declared at instantiation and again after every reconnect.
+    declared at instantiation and again after every reconnect. ``on_given_up(queue_name,
+    error)`` hears that a queue stopped for good (see the module docstring).
     """
 
     ContentDisallowed = ContentDisallowed
@@ -96,8 +106,11 @@ class Consumer:
         accept: Any = None,
         prefetch_count: Optional[int] = None,
         tag_prefix: Optional[str] = None,
+        *,
+        on_given_up: Optional[Callable[[str, BrokerRefused], Any]] = None,
     ) -> None:
         self._lock = threading.RLock()
+        self.on_given_up = on_given_up
         self._queues: Dict[str, Queue] = {}
         self._specs: Dict[str, ConsumerSpec] = {}
         _registry.register_live(self)
@@ -199,6 +212,7 @@ class Consumer:
         """
         conn = self._require()
         link = conn.link
+        settings = conn.settings
         with self._lock:
             for name, queue in self._queues.items():
                 if name in self._specs:
@@ -223,6 +237,10 @@ class Consumer:
                     on_cancel=lambda name=name: LOGGER.warning(
                         'broker cancelled the consumer of queue %r (deleted?); re-subscribing', name
                     ),
+                    qos_global=_taskqueues.global_qos(queue, settings.worker_detect_quorum_queues),
+                    retry_interval=settings.broker_consumer_retry_interval,
+                    retry_limit=settings.broker_consumer_max_retries or None,
+                    on_given_up=lambda err, name=name: self._given_up(name, err),
                 )
                 try:
                     link.consume(spec, timeout=conn.command_timeout)
@@ -234,6 +252,26 @@ class Consumer:
                         LOGGER.debug('cancel after a timed-out consume failed', exc_info=True)
                     raise
                 self._specs[name] = spec
+
+    def _given_up(self, name: str, error: BrokerRefused) -> None:  # I/O thread
+        if self.on_given_up is not None:
+            self.on_given_up(name, error)
+
+    def subscriptions(self) -> Dict[str, Dict[str, Any]]:
+        """Per consumed queue: ``consuming`` (subscribed now), ``active`` (not stopped),
+        ``failures`` (refused re-subscriptions in a row) and ``last_error`` (or None). Any
+        thread, the I/O thread too (an ``on_given_up`` hook): takes no lock (``consume()``
+        holds the lock over round trips to the I/O thread); a dict copy is atomic."""
+        specs = dict(self._specs)
+        return {
+            name: {
+                'consuming': spec.consuming,
+                'active': spec.active,
+                'failures': spec.failures,
+                'last_error': spec.last_error,
+            }
+            for name, spec in specs.items()
+        }
 
     def _on_delivery(self, link: Link) -> Callable[[Delivery], None]:
         def on_delivery(delivery: Delivery) -> None:  # I/O thread: hand off only
@@ -387,6 +425,15 @@ class Consumer:
             specs = list(self._specs.values())
         for spec in specs:
             conn.link.qos(spec, prefetch_count, timeout=conn.command_timeout)
+
+    def pause(self) -> None:
+        """Stop the deliveries of every queue but keep its channel, so what was received so
+        far can still be acked; ``cancel()`` then returns the rest to the queues. Blocks."""
+        conn = self._require()
+        with self._lock:
+            specs = list(self._specs.values())
+        for spec in specs:
+            conn.link.pause(spec, timeout=conn.command_timeout)
 
     def flow(self, active: bool) -> None:
         """Refused: RabbitMQ does not implement channel.flow from clients."""

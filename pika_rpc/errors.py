@@ -38,6 +38,7 @@ __all__ = [
     'AccessRefused',
     'PreconditionFailed',
     'Unroutable',
+    'ConsumerGaveUp',
     'ClosedError',
     'OperationalError',
     'LimitExceeded',
@@ -113,6 +114,22 @@ class Unroutable(PublishError):
         return (
             f'{self.what} unroutable: {self.reply_code} {self.reply_text}: no queue is bound '
             f'to exchange {self.exchange!r} with routing key {self.routing_key!r}'
+        )
+
+
+class ConsumerGaveUp(PikaRPCError):
+    """A consumer stopped for good: the broker refused to let it consume from ``queue`` again
+    ``failures`` times in a row (``broker_consumer_max_retries``; its node stayed down, say).
+    ``error`` is the last refusal. ``Worker.run()`` raises it; the CLI exits non-zero."""
+
+    def __init__(self, queue: str, failures: int, error: str) -> None:
+        super().__init__(queue, failures, error)
+        self.queue, self.failures, self.error = queue, failures, error
+
+    def __str__(self) -> str:
+        return (
+            f'gave up consuming from queue {self.queue!r} after {self.failures} refused '
+            f're-subscriptions in a row; last: {self.error}'
         )
 
 

@@ -66,25 +66,15 @@ __all__ = [
     'REVOKES_MAX',
     'REVOKE_EXPIRES',
     'TASK_EXCHANGE_TYPE',
-    'task_queue_declarations',
     'retry_message',
 ]
 
 REPR_MAXSIZE = 1024  # Celery's argsrepr_maxsize / kwargsrepr_maxsize
 
 # How Celery declares a task queue named N: a durable direct exchange N, a durable queue N,
-# bound with routing key N (so neither side gets a 406 from the other's declaration).
+# bound with routing key N (so neither side gets a 406 from the other's declaration);
+# ``_taskqueues`` builds it.
 TASK_EXCHANGE_TYPE = 'direct'
-
-
-def task_queue_declarations(name: str) -> List[Tuple[str, Dict[str, Any]]]:
-    """The declarations Celery makes for task queue ``name``, as ``(kind, kwargs)`` link
-    commands: exchange, queue, binding."""
-    return [
-        ('declare_exchange', dict(exchange=name, exchange_type=TASK_EXCHANGE_TYPE, durable=True)),
-        ('declare_queue', dict(queue=name, durable=True)),
-        ('bind_queue', dict(queue=name, exchange=name, routing_key=name)),
-    ]
 
 
 _EXTENDED_KEYS = ('name', 'args', 'kwargs', 'worker', 'retries', 'queue')

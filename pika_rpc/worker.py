@@ -20,9 +20,24 @@ jobs and counters, revoke, and stop it (``shutdown``); Celery's names and declar
 
 Choices where Celery leaves room:
 
-* **Queues** named by a string are declared as Celery declares them
-  (``protocol.task_queue_declarations``), so neither side gets a 406 from the other's
-  declaration. ``Queue`` objects are declared as given.
+* **Queues** named by a string are the app's when configured (the default queue, of
+  ``task_default_queue_type``, or one of ``task_queues``) and declared as configured, the
+  way Celery declares them, so neither side gets a 406 from the other's declaration; any
+  other name is checked passively and created (``task_create_missing_queue_type``) only when
+  missing (``_taskqueues``). ``Queue`` objects are declared as given.
+* **Quorum queues**: never asked for a global prefetch window (RabbitMQ would close the
+  connection); their window is per consumer and changed by replacing the consumer on the
+  same channel (``_consumers``). Before consuming a quorum queue bound to a non-direct
+  exchange, the worker declares Celery's native delayed delivery topology and binds the
+  queue to it (``_delayed``), so a Celery client's ``countdown``/``eta`` tasks reach it when
+  due; a quorum queue on a direct exchange gets its eta tasks as a classic one does (held).
+* **A queue whose node is lost** is subscribed again every
+  ``broker_consumer_retry_interval`` seconds (WARNING per refusal) until it consumes;
+  ``stats()['queues']`` says which queues consume. After ``broker_consumer_max_retries``
+  refusals in a row the worker fails loudly: a CRITICAL line, ``failure`` set
+  (``ConsumerGaveUp``, also in ``stats()``), ``ready`` cleared, and ``run()`` stops
+  gracefully and raises it (a worker driven by ``start()``/``stop()`` leaves that to its
+  owner; the CLI exits non-zero).
 * **Prefetch**: ``prefetch_count`` defaults to ``concurrency × worker_prefetch_multiplier``
   (4), as Celery; 0 means no limit. A message with a future ``eta`` is held unacked and
   the window is raised by one while it waits (Celery's ``qos.increment_eventually``), so
@@ -51,8 +66,8 @@ Choices where Celery leaves room:
   missing ``task``/``id`` headers) are logged and rejected without requeue: they would fail
   the same way everywhere. No state is stored for them.
 * **stop(timeout)**: no task starts after it is called. Messages held for an ``eta`` or
-  waiting in the pool queue go back to their queue at once (the prefetch window is first
-  shrunk to 1 so they do not come straight back), running tasks are waited for up to
+  waiting in the pool queue go back to their queue at once (deliveries are first stopped,
+  the channels kept, so they do not come straight back), running tasks are waited for up to
   ``timeout`` (their results stored and acked), then the consumers are cancelled, which
   returns every unacked message to its queue. Tasks still running after ``timeout`` are
   abandoned *without* storing anything: their messages are back in the queue and will run
@@ -74,7 +89,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
-from . import _registry, protocol, states
+from . import _delayed, _registry, _taskqueues, protocol, states
 from ._control import ControlHandler, RevokedIds, cancel_quietly
 from ._execution import _NEW, _RUNNING, _STARTING, _STOPPED, _STOPPING, Execution
 from ._jobs import DONE, HELD, QUEUED, RELEASED, RUNNING, Job, Outcomes, expired, short
@@ -82,8 +97,8 @@ from ._threads import Counters, SerialExecutor
 from ._timeouts import deadline, remaining
 from ._timer import Timer
 from .connection import Connection
-from .entities import Exchange, Queue
-from .errors import NotRegistered, PikaRPCError, TaskRevokedError
+from .entities import Queue
+from .errors import BrokerRefused, ConsumerGaveUp, NotRegistered, PikaRPCError, TaskRevokedError
 from .messaging import Consumer
 
 # Celery's facts, owned by protocol; re-exported: they are in this module's __all__.
@@ -95,21 +110,6 @@ __all__ = ['Worker', 'PIDBOX_EXCHANGE', 'REVOKES_MAX', 'REVOKE_EXPIRES']
 
 
 _worker_numbers = itertools.count(1)
-
-
-def _task_queue(queue_or_name: Union[str, Queue]) -> Queue:
-    """A Queue object; a name is declared as Celery declares a task queue."""
-    if isinstance(queue_or_name, Queue):
-        return queue_or_name
-    (_, exchange), (_, queue), (_, bind) = protocol.task_queue_declarations(str(queue_or_name))
-    return Queue(
-        queue['queue'],
-        routing_key=bind['routing_key'],
-        durable=queue['durable'],
-        exchange=Exchange(
-            exchange['exchange'], type=exchange['exchange_type'], durable=exchange['durable']
-        ),
-    )
 
 
 def _names(queues: Any) -> List[Any]:
@@ -163,7 +163,11 @@ class Worker(Execution):
         ):
             raise ValueError(f'prefetch_count must be an int >= 0, got {prefetch_count!r}')
         self.app = app
-        self.queues = [_task_queue(q) for q in (_names(queues) or [app.conf.task_default_queue])]
+        ours = _taskqueues.configured(app.conf)
+        self.queues = [
+            q if isinstance(q, Queue) else _taskqueues.task_queue(app.conf, str(q), ours)
+            for q in (_names(queues) or [app.conf.task_default_queue])
+        ]
         self.concurrency = concurrency
         self.prefetch_count = prefetch_count
         number = next(_worker_numbers)
@@ -173,6 +177,8 @@ class Worker(Execution):
         self.stop_timeout = stop_timeout
         self.revoked = RevokedIds()
         self.ready = threading.Event()  # set once consuming; cleared by stop()
+        #: Why the worker failed (``ConsumerGaveUp``), or None; ``run()`` raises it.
+        self.failure: Optional[ConsumerGaveUp] = None
         self._stopped = threading.Event()
         self._clean_stop = True  # what the stop() that did the work returned
         self._stop_requested = threading.Event()
@@ -239,8 +245,16 @@ class Worker(Execution):
     def stats(self) -> Dict[str, Any]:
         """Counters (received, succeeded, failed, retried, revoked, rejected, abandoned), what
         is held, queued and running now, ``total`` (tasks begun, by name), ``concurrency``,
-        ``threads`` (pool threads alive), ``prefetch_count`` (applied) and ``uptime`` (s)."""
+        ``threads`` (pool threads alive), ``prefetch_count`` (applied), ``uptime`` (s), and per
+        queue whether it consumes (``queues``: ``consuming``, ``failures``, ``last_error``; see
+        ``Consumer.subscriptions``), ``consuming`` (every queue does) and ``failure``."""
         counts = self._stats.snapshot()
+        consumer = self._consumer
+        subs = consumer.subscriptions() if consumer is not None else {}
+        queues = {
+            q.name: subs.get(q.name, {'consuming': False, 'failures': 0, 'last_error': None})
+            for q in self.queues
+        }
         with self._lock:
             jobs = [j for js in self._jobs.values() for j in js]
             began = self._started_at
@@ -257,6 +271,11 @@ class Worker(Execution):
                 prefetch_count=self._applied_prefetch,
                 uptime=0.0 if began is None else time.monotonic() - began,
             )
+        out.update(
+            queues=queues,
+            consuming=all(q['consuming'] for q in queues.values()),
+            failure=None if self.failure is None else str(self.failure),
+        )
         return out
 
     def _jobs_now(self) -> List[Tuple[str, Job]]:
@@ -294,7 +313,9 @@ class Worker(Execution):
                 list(self.queues),
                 on_message=self._on_task_message,
                 prefetch_count=self.prefetch_count or None,
+                on_given_up=self._on_given_up,
             )
+            self._bind_delayed_delivery(conn)
             with self._lock:
                 self._state = _RUNNING
                 self._started_at = time.monotonic()
@@ -314,15 +335,56 @@ class Worker(Execution):
         )
         return self
 
+    def _bind_delayed_delivery(self, conn: Connection) -> None:
+        """Celery's native delayed delivery for the quorum queues (see the module docstring):
+        the topology once, then each queue's bindings. Blocks (about 110 commands)."""
+        steps: List[Any] = []
+        for task_queue in self.queues:
+            if not _taskqueues.is_quorum(task_queue):
+                continue
+            bindings, direct = _delayed.queue_bindings(task_queue)
+            steps += bindings
+            if direct:
+                LOGGER.info(
+                    'worker %s: quorum queue %r is bound to the direct exchange(s) %s: Celery '
+                    'clients send its eta/countdown tasks to it directly and this worker '
+                    'holds them until due (native delayed delivery needs a topic or fanout '
+                    'exchange)',
+                    self.hostname,
+                    task_queue.name,
+                    ', '.join(direct),
+                )
+        if not steps:
+            return
+        dl = deadline(conn.command_timeout)
+        queue_type = self.app.conf.broker_native_delayed_delivery_queue_type
+        for kind, kwargs in _delayed.topology(queue_type) + steps:
+            conn.control(kind, timeout=remaining(dl), **kwargs)
+
+    def _on_given_up(self, queue: str, error: BrokerRefused) -> None:  # I/O thread: quick
+        consumer = self._consumer
+        failures = consumer.subscriptions().get(queue, {}).get('failures', 0) if consumer else 0
+        self.failure = ConsumerGaveUp(queue, failures, str(error))
+        LOGGER.critical('worker %s failed: %s; stopping', self.hostname, self.failure)
+        self.ready.clear()
+        self._stop_requested.set()
+
     def run(self) -> None:
         """Start and block until ``stop()`` is called (from another thread or a signal
-        handler that calls ``request_stop()``) or KeyboardInterrupt; then stop gracefully."""
+        handler that calls ``request_stop()``), KeyboardInterrupt, or a failure; then stop
+        gracefully.
+
+        Raises:
+            ConsumerGaveUp: a queue could not be consumed again (``failure``), after the stop.
+        """
         self.start()
         try:
             self._stop_requested.wait()
         except KeyboardInterrupt:
             LOGGER.info('worker %s: interrupted; stopping', self.hostname)
         self.stop(self.stop_timeout)
+        if self.failure is not None:
+            raise self.failure
 
     def request_stop(self) -> None:
         """Ask ``run()`` to stop; returns at once. Safe from another thread."""
@@ -383,12 +445,10 @@ class Worker(Execution):
             released = self._release_waiting()
             busy = bool(self._running)
         if busy and self._consumer is not None:
-            try:  # the running tasks' unacked messages fill a window of 1: nothing new comes
-                self._consumer.qos(prefetch_count=1)
+            try:  # nothing new comes; the running tasks' messages stay ackable
+                self._consumer.pause()
             except PikaRPCError as exc:
-                LOGGER.warning(
-                    'worker %s: could not shrink the prefetch window: %s', self.hostname, exc
-                )
+                LOGGER.warning('worker %s: could not stop deliveries: %s', self.hostname, exc)
             for job in released:
                 self._outcomes.settle(job, requeue=True)
         with self._lock:

@@ -19,6 +19,7 @@ from typing import Iterator, List
 import pytest
 
 from pika_rpc import App, states
+from tests.helpers import list_queues
 from tests.integration.worker_support import delete_queue, queue_depth
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -208,3 +209,43 @@ def test_version_flag_prints_the_package_version_without_a_broker():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f'python -m pika_rpc {__version__}'
+
+
+def test_queue_type_quorum_makes_the_worker_declare_its_queue_as_a_quorum_queue(
+    cli, amqp_url, unique_name
+):
+    worker = cli('-A', 'cli_tasks', '-Q', unique_name, '--queue-type', 'quorum')
+    worker.wait_for_line('ready')
+    assert list_queues()[unique_name].arguments.get('x-queue-type') == 'quorum'
+    sender = App(amqp_url)  # the queue is not its own: used as it is
+    try:
+        assert sender.send_task('cli.add', (3, 4), queue=unique_name).get(timeout=10) == 7
+    finally:
+        sender.close()
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(30) == 0
+
+
+GIVES_UP_MODULE = textwrap.dedent("""
+    import os
+
+    from pika_rpc import App, Queue
+
+    name = os.environ['TEST_QUEUE']
+    app = App(os.environ['AMQP_URL'], task_queues=[Queue(name, no_declare=True)],
+              task_default_queue=name, broker_consumer_retry_interval=0.1,
+              broker_consumer_max_retries=1)
+""")
+
+
+def test_a_worker_that_gives_up_on_its_queue_exits_non_zero_saying_why(
+    cli, unique_name, raw_channel, tmp_path
+):
+    (tmp_path / 'gives_up.py').write_text(GIVES_UP_MODULE)
+    raw_channel.queue_declare(unique_name, durable=True)
+    worker = cli('-A', 'gives_up', '-Q', unique_name)
+    worker.wait_for_line('ready')
+    raw_channel.queue_delete(unique_name)  # refused from now on: no declaration to bring it back
+    assert worker.proc.wait(30) == 3
+    log = worker.stderr()
+    assert 'CRITICAL' in log and f'gave up consuming from queue {unique_name!r}' in log

@@ -163,3 +163,44 @@ def test_a_406_says_which_argument_clashed_and_how_to_fix_it(text, needles):
 
 def test_a_406_without_an_argument_named_gets_no_advice():
     assert precondition_advice('PRECONDITION_FAILED - unknown delivery tag 7') == ''
+
+
+# RabbitMQ 3.10's texts for what a quorum queue refuses (reproduced against the broker:
+# tests/integration/test_quorum_queues.py declares each).
+QUORUM_REFUSALS = [
+    (
+        "PRECONDITION_FAILED - invalid property 'exclusive-owner' for queue 'q1' in vhost '/'",
+        ['refuses exclusive=True', "queue 'q1'", 'no connection owns it'],
+    ),
+    (
+        "PRECONDITION_FAILED - invalid property 'auto-delete' for queue 'q1' in vhost '/'",
+        ['refuses auto_delete=True', 'x-expires'],
+    ),
+    (
+        "PRECONDITION_FAILED - invalid property 'non-durable' for queue 'q1' in vhost '/'",
+        ['refuses durable=False', 'durable by design'],
+    ),
+    (
+        "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue 'q1' in vhost '/' of "
+        'queue type rabbit_quorum_queue',
+        ['A quorum queue does not take the argument x-max-priority', "queue 'q1'"],
+    ),
+]
+
+
+@pytest.mark.parametrize('text,needles', QUORUM_REFUSALS)
+def test_a_406_for_an_option_a_quorum_queue_refuses_says_so_and_never_already_exists(text, needles):
+    advice = precondition_advice(text)
+    for needle in needles:
+        assert needle in advice, advice
+    assert 'already exists' not in advice
+
+
+def test_a_queue_type_clash_says_how_to_declare_the_type_the_queue_has():
+    advice = precondition_advice(
+        "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'tasks' in vhost '/': "
+        "received none but current is the value 'quorum' of type 'longstr'"
+    )
+    assert "Queue 'tasks' already exists with x-queue-type=quorum" in advice
+    assert "task_default_queue_type / task_create_missing_queue_type='quorum'" in advice
+    assert '--queue-type quorum' in advice

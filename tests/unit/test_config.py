@@ -668,4 +668,70 @@ def test_config_imports_no_pika_and_no_pika_rpc_module_above_level_0():
     names = _imports(config)
     assert not any(n == 'pika' or n.startswith('pika.') for n in names)
     local = {n for n in names if n.startswith('.') or n.startswith('pika_rpc')}
-    assert local <= {'.errors', '.states', '._timeouts', '._urls', '._kombu_opts'}
+    assert local <= {
+        '.errors',
+        '.states',
+        '._timeouts',
+        '._urls',
+        '._queue_settings',
+        '._kombu_opts',
+    }
+
+
+# ------------------------------------------------------------------- queue types, retries
+
+
+def test_queue_settings_default_to_celerys_and_the_consumer_retry_to_one_second_forever():
+    s = Settings()
+    assert (s.task_default_queue_type, s.task_create_missing_queue_type) == ('classic', 'classic')
+    assert s.broker_native_delayed_delivery_queue_type == 'quorum'
+    assert s.worker_detect_quorum_queues is True and s.task_queues is None
+    assert s.broker_consumer_retry_interval == 1.0 and s.broker_consumer_max_retries is None
+
+
+@pytest.mark.parametrize(
+    'key',
+    [
+        'task_default_queue_type',
+        'task_create_missing_queue_type',
+        'broker_native_delayed_delivery_queue_type',
+    ],
+)
+def test_a_queue_type_is_classic_or_quorum_and_anything_else_is_refused_naming_it(key):
+    assert Settings(**{key: 'quorum'})[key] == 'quorum'
+    assert Settings(**{key: 'classic'})[key] == 'classic'
+    for bad in ('stream', 'Quorum', '', None, 1):
+        with pytest.raises(ValueError, match=f"{key} must be 'classic' or 'quorum'"):
+            Settings(**{key: bad})
+
+
+def test_task_queues_takes_queue_objects_or_a_mapping_of_options():
+    from pika_rpc.entities import Queue
+
+    queues = [Queue('a'), Queue('b', queue_arguments={'x-queue-type': 'quorum'})]
+    assert Settings(task_queues=queues).task_queues == queues
+    assert Settings(task_queues={'a': {'exchange': 'a'}}).task_queues == {'a': {'exchange': 'a'}}
+    for bad in ('a,b', ['a'], [Queue('')], {'a': 'x'}):
+        with pytest.raises(TypeError, match='task_queues'):
+            Settings(task_queues=bad)
+    with pytest.raises(ValueError, match="names queue 'a' twice"):
+        Settings(task_queues=[Queue('a'), Queue('a')])
+
+
+def test_the_consumer_retry_interval_is_a_positive_finite_number_of_seconds():
+    assert Settings(broker_consumer_retry_interval=0.25).broker_consumer_retry_interval == 0.25
+    for bad in (0, -1, float('inf'), float('nan')):
+        with pytest.raises(ValueError, match='broker_consumer_retry_interval'):
+            Settings(broker_consumer_retry_interval=bad)
+    for bad in (None, '1', True):
+        with pytest.raises(TypeError, match='broker_consumer_retry_interval'):
+            Settings(broker_consumer_retry_interval=bad)
+
+
+def test_the_consumer_retry_limit_is_none_or_a_count():
+    assert Settings(broker_consumer_max_retries=3).broker_consumer_max_retries == 3
+    assert Settings(broker_consumer_max_retries=0).broker_consumer_max_retries == 0
+    with pytest.raises(ValueError, match='broker_consumer_max_retries'):
+        Settings(broker_consumer_max_retries=-1)
+    with pytest.raises(TypeError, match='broker_consumer_max_retries'):
+        Settings(broker_consumer_max_retries=1.5)

@@ -220,3 +220,34 @@ def test_forget_all_from_another_thread_leaves_only_what_is_declared_after_it():
     declarations.command(connection, 'declare_queue', {'queue': 'after'}, ('queue', 'after'))
     assert not declarations.is_declared(('queue', 'before'))
     assert declarations.is_declared(('queue', 'after'))
+
+
+# ------------------------------------------------------------------ ensure_queue
+
+ENSURE_STEPS = [
+    ('declare_exchange', {'exchange': 'q', 'exchange_type': 'direct', 'durable': True}),
+    ('declare_queue', {'queue': 'q', 'durable': True, 'arguments': {'x-queue-type': 'quorum'}}),
+    ('bind_queue', {'queue': 'q', 'exchange': 'q', 'routing_key': 'q'}),
+]
+
+
+def test_ensure_queue_only_checks_a_queue_that_exists():
+    declarations, connection = opened()
+    declarations.run(connection, 'ensure_queue', {'queue': 'q', 'steps': ENSURE_STEPS})
+    assert connection.channels[0].calls == [('queue_declare', {'queue': 'q', 'passive': True})]
+
+
+def test_ensure_queue_declares_a_missing_queue_with_its_steps_on_a_new_channel():
+    declarations, connection = opened()
+    connection.channels[0].refuse = (404, "NOT_FOUND - no queue 'q' in vhost '/'")
+    declarations.run(connection, 'ensure_queue', {'queue': 'q', 'steps': ENSURE_STEPS})
+    assert connection.channels[0].calls == [('queue_declare', {'queue': 'q', 'passive': True})]
+    assert connection.channels[1].calls == [(METHODS[k], kw) for k, kw in ENSURE_STEPS]
+
+
+def test_ensure_queue_raises_any_other_refusal_and_declares_nothing():
+    declarations, connection = opened()
+    connection.channels[0].refuse = (403, 'ACCESS_REFUSED')
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+        declarations.run(connection, 'ensure_queue', {'queue': 'q', 'steps': ENSURE_STEPS})
+    assert len(connection.channels) == 1
