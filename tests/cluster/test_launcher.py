@@ -118,6 +118,7 @@ def test_queue_node_follows_the_leader_of_a_quorum_queue(
             and rabbit_cluster.queue_node(unique_name)
         ),
         timeout=30,
+        retry_on=(KeyError,),  # during the election list_queues may not show it
     )
     assert new_leader in set(rabbit_cluster.node_names) - {leader}
     rabbit_cluster.restore()

@@ -171,7 +171,11 @@ def test_a_worker_on_a_quorum_queue_consumes_again_after_its_leader_is_lost(
     leader = rabbit_cluster.queue_node(unique_name)
 
     rabbit_cluster.kill(leader)
-    eventually(lambda: rabbit_cluster.queue_node(unique_name) != leader, timeout=RECOVERY)
+    eventually(
+        lambda: rabbit_cluster.queue_node(unique_name) != leader,
+        timeout=RECOVERY,
+        retry_on=(KeyError,),
+    )
     eventually(lambda: worker.stats()['consuming'], timeout=RECOVERY)
     app.send_task('t.mark', ('after',), ignore_result=True)
     runs.wait('after', timeout=RECOVERY)
