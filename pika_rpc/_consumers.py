@@ -287,12 +287,17 @@ class Consumers:
         impl = channel.impl
         impl.add_on_cancel_callback(lambda _frame: self.on_broker_cancel(spec))
         was_active, spec.channel, spec.active = spec.active, channel, True
+        # The reader reads this channel's deliveries from the first one, so messages that
+        # were waiting in the queue (delivered right after the ConsumeOk, often in the same
+        # socket read) take the fast path too; the channel carries nothing else.
+        link.reader.register(impl, on_message)
         try:
             if spec.prefetch_count:
                 self._set_qos(channel, spec.prefetch_count, spec.qos_global)
             spec.consumer_tag = self._basic_consume(spec, channel, on_message, spec.consumer_tag)
         except pika.exceptions.ConnectionClosedByBroker as exc:
             spec.active = was_active
+            link.reader.unregister(impl)
             if spec.qos_global and _pika.refuses_global_qos(exc):
                 spec.qos_global = False
                 LOGGER.warning(
@@ -307,10 +312,8 @@ class Consumers:
             raise
         except BaseException:
             spec.active = was_active
+            link.reader.unregister(impl)
             raise
-        # From now on the reader hands this channel's deliveries to on_message; any that
-        # came with the ConsumeOk went through pika to the same callback, in order.
-        link.reader.register(impl, on_message)
         spec.handler = on_message
         spec.subscribed_once = True
         spec.cancelled_by_broker = False

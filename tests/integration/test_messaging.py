@@ -181,6 +181,24 @@ def test_no_ack_consumer_gets_messages_the_broker_already_forgot(
     assert inbox.items[0][1].properties['content_type'] == 'text/plain'
 
 
+def test_messages_waiting_in_the_queue_are_all_read_by_the_delivery_reader(
+    private_link: Link, names: Any
+) -> None:
+    """Those the broker sends right after the ConsumeOk (often in the same socket read) take
+    the reader's path too, not pika's: the reader has the channel before the consume."""
+    conn = Connection.from_link(private_link)
+    queue = Queue(names('q'), expires=60)
+    Producer(conn, routing_key=queue.name).publish({'first': 1}, declare=[queue])
+    for n in range(199):
+        Producer(conn, routing_key=queue.name).publish(n)
+    inbox = Inbox()
+    with Consumer(conn, [queue], callbacks=[inbox], prefetch_count=500):
+        assert inbox.wait(200)
+        assert private_link.reader is not None
+        assert private_link.reader.fast == 200
+    assert inbox.bodies == [{'first': 1}] + list(range(199)) and inbox.errors == []
+
+
 def test_on_message_gets_the_undecoded_message(conn: Connection, names: Any) -> None:
     queue = Queue(names('q'), expires=60)
     got = []
