@@ -453,7 +453,7 @@ class Link(ConsumerCommands):
         # Returns on a wake-up (a command), a timer (the tick, a retry) or an event of a
         # BlockingChannel (control, publish). Deliveries and confirms do not end it: they
         # are handled as they are read.
-        self.connection.process_data_events(time_limit=None)
+        _pika.process_data_events(self.connection, None)
         self._drain_commands()
         self._consumers.flush_acks()
         self._outbox.ensure_channel()
@@ -524,7 +524,7 @@ class Link(ConsumerCommands):
         while not predicate():
             if time.monotonic() >= dl:
                 raise pika.exceptions.AMQPConnectionError(f'no {what} within {timeout} s')
-            self.connection.process_data_events(time_limit=WAIT_SLICE)
+            _pika.process_data_events(self.connection, WAIT_SLICE)
 
     # ---------------------------------------------------------------- connecting
     def _connect(self) -> bool:

@@ -176,6 +176,21 @@ class RetryAfterReconnect(pika.exceptions.AMQPConnectionError):
     (a consumer that now asks for per-consumer QoS): the link reconnects and runs it again."""
 
 
+def process_data_events(connection: Any, time_limit: Optional[float]) -> None:
+    """Run ``connection``'s ioloop as ``BlockingConnection.process_data_events`` does.
+
+    pika's main branch (after 1.4.4) raises a ``ChannelClosedByBroker`` out of
+    ``process_data_events`` for each ``BlockingChannel`` the broker closed; pika 1.3 and 1.4
+    raise it only from that channel's own calls. Our channels' close callbacks already
+    handle every closure (the publish channel is reopened, its publications settled), so
+    the raise is only noted here: a channel error never reads as a lost connection.
+    """
+    try:
+        connection.process_data_events(time_limit=time_limit)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        LOGGER.debug('channel closed by the broker, handled by its callback: %r', exc)
+
+
 def closed_by_command(exc: BaseException) -> bool:
     """Whether ``exc`` is the broker closing the connection because of the command that was
     running (a 503 for an unknown exchange type, a 540...): running it again would close
