@@ -330,14 +330,7 @@ class Queue(_Entity):
         channel: Any = None,
     ) -> None:
         """Bind the queue to ``exchange``. Blocks."""
-        _control(
-            _ops(channel or self._channel, self),
-            'bind_queue',
-            queue=self.name,
-            exchange=_name_of(exchange),
-            routing_key=routing_key,
-            arguments=arguments,
-        )
+        self._binding('bind_queue', exchange, routing_key, arguments, channel)
 
     def queue_unbind(
         self, arguments: Optional[dict] = None, nowait: bool = False, channel: Any = None
@@ -353,9 +346,14 @@ class Queue(_Entity):
         channel: Any = None,
     ) -> None:
         """Remove the queue's binding to ``exchange``. Blocks."""
+        self._binding('unbind_queue', exchange, routing_key, arguments, channel)
+
+    def _binding(
+        self, command: str, exchange: Any, routing_key: str, arguments: Any, channel: Any
+    ) -> None:
         _control(
             _ops(channel or self._channel, self),
-            'unbind_queue',
+            command,
             queue=self.name,
             exchange=_name_of(exchange),
             routing_key=routing_key,
