@@ -9,7 +9,7 @@ and unused.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, overload
 
 from . import states
 from ._context import current_request
@@ -274,6 +274,44 @@ class ResultSet:
             [r.id for r in self.results], timeout=timeout, on_message=on_message
         )
 
+    # Typing: without a callback the values are returned, with one None is.
+    @overload
+    def join_native(
+        self,
+        timeout: Optional[float] = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        callback: None = None,
+        no_ack: bool = True,
+        on_message: Optional[Callable[[Dict[str, Any]], Any]] = None,
+        on_interval: Optional[Callable[[], Any]] = None,
+        disable_sync_subtasks: bool = True,
+    ) -> List[Any]: ...
+    @overload
+    def join_native(
+        self,
+        timeout: Optional[float],
+        propagate: bool,
+        interval: float,
+        callback: Callable[[str, Any], Any],
+        no_ack: bool = True,
+        on_message: Optional[Callable[[Dict[str, Any]], Any]] = None,
+        on_interval: Optional[Callable[[], Any]] = None,
+        disable_sync_subtasks: bool = True,
+    ) -> None: ...
+    @overload
+    def join_native(
+        self,
+        timeout: Optional[float] = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        *,
+        callback: Callable[[str, Any], Any],
+        no_ack: bool = True,
+        on_message: Optional[Callable[[Dict[str, Any]], Any]] = None,
+        on_interval: Optional[Callable[[], Any]] = None,
+        disable_sync_subtasks: bool = True,
+    ) -> None: ...
     def join_native(
         self,
         timeout: Optional[float] = None,

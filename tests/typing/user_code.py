@@ -51,7 +51,8 @@ def flaky(self: Task[[int], int], n: int) -> int:
 
 
 # A decorated task keeps its signature: called here, it runs the function.
-assert_type(add, Task[[int, int], int])
+add_task: Task[[int, int], int] = add
+resize_task: Task[[str], str] = resize
 assert_type(add(2, 3), int)
 assert_type(resize('a.png'), str)  # `self` is given by the task, not by the caller
 assert_type(ping(), str)

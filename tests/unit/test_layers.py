@@ -50,7 +50,7 @@ LEVELS = {
     'protocol': 2,
     '_delayed': 2,
     'result': 2,
-    'task': 2,
+    'task': 3,
     '_pika': 2,
     # the I/O thread's parts, the one publish-and-wait path
     '_exchange': 3,
