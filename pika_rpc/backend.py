@@ -57,6 +57,8 @@ LOGGER = logging.getLogger(__name__)
 __all__ = ['RPCBackend', 'ResultConsumer', 'BacklogLimitExceeded']
 
 _PENDING_META = {'status': states.PENDING, 'result': None}
+#: The class, for RPCBackend's annotations (where ``Queue`` is its attribute of that name).
+_Queue = Queue
 
 
 class RPCBackend(ResultStoring):
@@ -158,7 +160,7 @@ class RPCBackend(ResultStoring):
         return self.result_consumer.reply_queue
 
     @property
-    def binding(self) -> Queue:
+    def binding(self) -> _Queue:
         args = reply_queue_arguments(self.conf)
         return self.Queue(
             self.oid,
@@ -257,7 +259,7 @@ class RPCBackend(ResultStoring):
         """
         return self.result_consumer.expect(task_id, timeout=timeout)
 
-    def on_reply_declare(self, task_id: str) -> List[Queue]:
+    def on_reply_declare(self, task_id: str) -> List[_Queue]:
         return [self.binding]
 
     def consume_from(self, task_id: str) -> None:
@@ -382,6 +384,7 @@ class RPCBackend(ResultStoring):
                     continue
                 if error is not None:
                     raise error
+                assert meta is not None  # an outcome has its meta or its error
                 left.discard(task_id)
                 if on_message is not None:
                     on_message(meta)
