@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any, Callable, Dict, Generic, Optional, TypeVar
 
 from . import states
@@ -21,7 +22,7 @@ if TYPE_CHECKING:  # typing only: no runtime import of result, nor of typing_ext
 else:
     try:
         from typing import ParamSpec
-    except ImportError:  # Python 3.9: Task[...] is then for annotations only
+    except ImportError:  # Python 3.9 (see Task.__class_getitem__)
         ParamSpec = TypeVar
 
 #: The task function's parameters and return type: ``Task[[int, int], int]``.
@@ -61,6 +62,11 @@ class Task(Generic[P, R]):
         self.__doc__ = fun.__doc__
         self.__name__ = getattr(fun, '__name__', name)
         self.__wrapped__ = fun
+
+    if sys.version_info < (3, 10):  # no ParamSpec: Task[[int], int] or Task[..., Any] is Task
+
+        def __class_getitem__(cls, params: Any) -> Any:
+            return cls
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if self.bind:
