@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Dict, Generic, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generic, Optional, TypeVar, cast
 
 from . import states
 from ._context import current_request, request_field
@@ -18,6 +18,7 @@ from .errors import MaxRetriesExceededError, Retry
 if TYPE_CHECKING:  # typing only: no runtime import of result, nor of typing_extensions
     from typing_extensions import ParamSpec
 
+    from .app import App
     from .result import AsyncResult as _AsyncResult  # the class, not Task.AsyncResult
 else:
     try:
@@ -38,6 +39,8 @@ class Task(Generic[P, R]):
     Generic in the function's parameters and return type (for type checkers): ``@app.task``
     on ``def add(x: int, y: int) -> int`` gives a ``Task[[int, int], int]``, called and
     ``delay()``-ed with ``add``'s parameters."""
+
+    app: App  # the app it is registered with
 
     def __init__(
         self,
@@ -70,8 +73,8 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if self.bind:
-            return self.run(self, *args, **kwargs)
-        return self.run(*args, **kwargs)
+            return cast(R, self.run(self, *args, **kwargs))
+        return cast(R, self.run(*args, **kwargs))
 
     def __repr__(self) -> str:
         return f'<@task: {self.name}>'
