@@ -181,7 +181,7 @@ class RPCBackend(ResultStoring):
     def __repr__(self) -> str:
         return f'<RPCBackend rpc:// oid={self._oid} pid={self._pid}{" closed" if self._closed else ""}>'
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> Tuple[Any, ...]:
         # A pickled backend rebuilds from its configuration (new process: new oid).
         return (_rebuild_backend, (self.conf.as_dict(), self._init_args))
 
@@ -305,9 +305,9 @@ class RPCBackend(ResultStoring):
         timeout: Optional[float] = None,
         interval: float = 0.5,
         no_ack: bool = True,
-        on_message: Optional[Callable[[dict], Any]] = None,
+        on_message: Optional[Callable[[Dict[str, Any]], Any]] = None,
         on_interval: Optional[Callable[[], Any]] = None,
-        callback: Optional[Callable] = None,
+        callback: Optional[Callable[[str, Any], Any]] = None,
         propagate: bool = True,
     ) -> Dict[str, Any]:
         """Block until ``result`` is ready; return its meta. ``interval`` is unused (push).
@@ -346,13 +346,13 @@ class RPCBackend(ResultStoring):
         self,
         task_ids: Iterable[str],
         timeout: Optional[float] = None,
-        on_message: Optional[Callable[[dict], Any]] = None,
+        on_message: Optional[Callable[[Dict[str, Any]], Any]] = None,
         interval: float = 0.5,
         no_ack: bool = True,
         on_interval: Optional[Callable[[], Any]] = None,
         max_iterations: Optional[int] = None,
         **kwargs: Any,
-    ) -> Iterator[Tuple[str, Dict]]:
+    ) -> Iterator[Tuple[str, Dict[str, Any]]]:
         """Yield ``(task_id, meta)`` for each task as it becomes ready (completion order).
 
         Blocks between items. ``on_message(raw)`` is called for the final state of each task
@@ -398,9 +398,9 @@ class RPCBackend(ResultStoring):
         timeout: Optional[float] = None,
         interval: float = 0.5,
         no_ack: bool = True,
-        on_message: Optional[Callable] = None,
-        on_interval: Optional[Callable] = None,
-    ) -> Iterator[Tuple[str, Dict]]:
+        on_message: Optional[Callable[[Dict[str, Any]], Any]] = None,
+        on_interval: Optional[Callable[[], Any]] = None,
+    ) -> Iterator[Tuple[str, Dict[str, Any]]]:
         ids = [r.id for r in getattr(result, 'results', result)]
         return self.get_many(ids, timeout=timeout, on_message=on_message)
 
@@ -490,5 +490,5 @@ def _lost(info: Any, ids: List[str]) -> ConnectionLost:
     )
 
 
-def _rebuild_backend(conf: dict, init_args: dict) -> RPCBackend:
+def _rebuild_backend(conf: Dict[str, Any], init_args: Dict[str, Any]) -> RPCBackend:
     return RPCBackend(**init_args, **conf)
