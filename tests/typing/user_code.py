@@ -50,12 +50,18 @@ def flaky(self: Task[[int], int], n: int) -> int:
         raise self.retry(exc=exc, countdown=1) from exc
 
 
+@app.task(ignore_result=True, acks_late=False, bind=False)
+def fire(event: str) -> None:
+    print(event)
+
+
 # A decorated task keeps its signature: called here, it runs the function.
 add_task: Task[[int, int], int] = add
 resize_task: Task[[str], str] = resize
 assert_type(add(2, 3), int)
 assert_type(resize('a.png'), str)  # `self` is given by the task, not by the caller
 assert_type(ping(), str)
+assert_type(fire('started'), None)
 add('2', 3)  # type: ignore[arg-type]
 add(2)  # type: ignore[call-arg]
 resize(self=None, path='a')  # type: ignore[call-arg]
@@ -64,6 +70,7 @@ resize(self=None, path='a')  # type: ignore[call-arg]
 assert_type(add.delay(2, 3), AsyncResult)
 assert_type(resize.delay('a.png'), AsyncResult)
 add.delay(2, 'three')  # type: ignore[arg-type]
+fire.delay(event=1)  # type: ignore[arg-type]
 assert_type(add.apply_async((2, 3), countdown=1), AsyncResult)
 assert_type(add.apply_async(args=(2, 3), kwargs={}, task_id=str(uuid.uuid4())), AsyncResult)
 assert_type(add.AsyncResult('some-id'), AsyncResult)
