@@ -39,7 +39,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pika.exceptions
 
@@ -176,7 +176,7 @@ class Link(ConsumerCommands):
         ack_frames, reconnects, deliveries, ticks, write_busy), the state, what is in flight
         and queued, and the last error. Every counter is present from the start."""
         with self._stats_lock:
-            out = dict(self._caller_stats)
+            out: Dict[str, Any] = dict(self._caller_stats)
         out.update(self.io_stats)
         out['publishes'] += out['direct_publishes']
         in_flight, peak = self._outbox.in_flight()
@@ -269,7 +269,7 @@ class Link(ConsumerCommands):
             BrokerRefused: the broker refused (``PreconditionFailed`` for a 406, ...).
         """
         dl = deadline(timeout)
-        what = what or getattr(fn, '__name__', 'command')
+        what = what or str(getattr(fn, '__name__', 'command'))
         cmd = Command(fn, args, what)
         if not self.enqueue(cmd, dl):
             raise TimeoutError(f'{what}: hand-off queue still full after {timeout} s')
@@ -535,7 +535,7 @@ class Link(ConsumerCommands):
         outcome = self._connector.cycle(self._open, self._after_failed_attempt, self._stop)
         if outcome is STOPPED:
             return False
-        if outcome is not None:
+        if isinstance(outcome, ConnectionLost):  # else None: connected
             self._give_up(outcome)
             return False
         self.gen_started = True

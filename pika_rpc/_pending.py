@@ -191,7 +191,7 @@ class PendingTable:
         """Fail the waiters of one pending task; False when no such task is pending."""
         with self.mutex:
             slot = self._slots.get(task_id) if task_id is not None else None
-            if slot is None:
+            if slot is None or task_id is None:
                 return False
             slot.error = error
             slot.settled.notify_all()

@@ -267,8 +267,8 @@ class Wire:
     def _setup(self, impl: Any) -> None:
         check_pika(impl)
         self.impl = impl
-        self.ioloop = getattr(impl, 'ioloop', None)
-        self.params = getattr(impl, 'params', None)
+        self.ioloop: Any = getattr(impl, 'ioloop', None)
+        self.params: Any = getattr(impl, 'params', None)
 
     def open_channel(self, on_open: Callable[[Any], None]) -> Any:
         """A plain ``pika.channel.Channel`` (no ``BlockingChannel`` around it); ``on_open``
@@ -341,7 +341,7 @@ class DirectSocket:
 def _read_more_per_call(impl: Any) -> None:
     """Have pika's transport read ``READ_SIZE`` bytes per ``recv`` (its
     ``_MAX_RECV_BYTES``, 4 KB). Speed only: a transport without it reads as it does."""
-    transport = getattr(impl, '_transport', None)
+    transport: Any = getattr(impl, '_transport', None)
     if (
         isinstance(getattr(transport, '_MAX_RECV_BYTES', None), int)
         and transport._MAX_RECV_BYTES < READ_SIZE
@@ -448,7 +448,7 @@ def _check_reader_behaviour() -> None:
         raise PikaContractError(
             _contract_message(f'a SelectConnection cannot be made without connecting: {exc!r}')
         ) from exc
-    conn._heartbeat_checker = _HeartbeatSink()  # pika warns of heartbeats without
+    conn._heartbeat_checker = _HeartbeatSink()  # type: ignore[assignment]  # pika warns of heartbeats without
     try:
         conn._on_data_available(heartbeat[:3])  # pika holds a partial frame...
         held = _take_frame_buffer(conn)  # ...which the reader takes over

@@ -42,6 +42,16 @@ class Queue(_Entity):
     auto_delete = False
     no_ack = False
     no_declare = False
+    # Set from ``attrs`` by _set_attrs() (None when not given).
+    alias: Optional[str]
+    queue_arguments: Optional[Dict[str, Any]]
+    binding_arguments: Optional[Dict[str, Any]]
+    consumer_arguments: Optional[Dict[str, Any]]
+    expires: Optional[float]
+    message_ttl: Optional[float]
+    max_length: Optional[int]
+    max_length_bytes: Optional[int]
+    max_priority: Optional[int]
 
     attrs = (
         ('name', None),
@@ -222,7 +232,7 @@ class Queue(_Entity):
                     )
                 )
         steps.append(('declare_queue', self._queue_kwargs(passive=False)))
-        pairs = (
+        pairs: List[Tuple[Any, str, Any]] = (  # exchange: an Exchange, a name or None
             [(self.exchange, self.routing_key, self.binding_arguments)]
             if self.exchange is not None and self.exchange.name
             else []

@@ -87,8 +87,9 @@ class ResultConsumer:
     def __init__(self, backend: Any, *args: Any, **kwargs: Any) -> None:
         self.backend = backend
         self._oid = ''
-        self._pending: Optional[PendingTable] = None
-        self._get_link: Optional[Callable[[], Link]] = None
+        # Both set by _attach() before any other method runs.
+        self._pending: PendingTable = None  # type: ignore[assignment]
+        self._get_link: Callable[[], Link] = None  # type: ignore[assignment]
 
     def _attach(self, oid: str, pending: PendingTable, get_link: Callable[[], Link]) -> None:
         """Called by the backend for each process (at creation and in a forked child): the

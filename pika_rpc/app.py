@@ -26,7 +26,7 @@ import logging
 import threading
 import uuid
 from datetime import datetime
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, TypeVar, Union, overload
 
 from . import _registry, _taskqueues, protocol, serialization
 from ._context import current_request, request_field
@@ -40,6 +40,15 @@ from .errors import NotFound, NotRegistered, PublishError, TimeoutError
 from .message import check_properties
 from .result import AsyncResult, GroupResult, ResultSet
 from .task import Task
+
+if TYPE_CHECKING:  # typing only (no runtime import of typing_extensions)
+    from typing_extensions import Concatenate, Literal, ParamSpec
+
+    _P = ParamSpec('_P')
+    _R = TypeVar('_R')
+
+#: The class, for App's annotations (where ``AsyncResult`` is App's method of that name).
+_AsyncResult = AsyncResult
 
 LOGGER = logging.getLogger(__name__)
 
@@ -65,7 +74,7 @@ class App:
             conf['broker_url'] = url
         self.main = main
         self.conf = Settings(**conf)
-        self.tasks: Dict[str, Task] = {}
+        self.tasks: Dict[str, Task[..., Any]] = {}
         self._backend: Optional[RPCBackend] = None
         self._connection: Optional[Connection] = None  # for sending; shares the process link
         self._lock = threading.Lock()
@@ -97,14 +106,14 @@ class App:
                     backend = self._backend = RPCBackend(app=self)
         return backend
 
-    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> _AsyncResult:
         return AsyncResult(task_id, app=self, **kwargs)
 
-    def ResultSet(self, results: Sequence[AsyncResult], **kwargs: Any) -> ResultSet:
+    def ResultSet(self, results: Sequence[_AsyncResult], **kwargs: Any) -> ResultSet:
         return ResultSet(results, app=self, **kwargs)
 
     def GroupResult(
-        self, group_id: Optional[str] = None, results: Sequence[AsyncResult] = (), **kwargs: Any
+        self, group_id: Optional[str] = None, results: Sequence[_AsyncResult] = (), **kwargs: Any
     ) -> GroupResult:
         return GroupResult(group_id, results, app=self, **kwargs)
 
@@ -138,12 +147,25 @@ class App:
         self.close()
 
     # ------------------------------------------------------------------ tasks
+    @overload
+    def task(self, fun: Callable[_P, _R], /) -> Task[_P, _R]: ...
+    @overload
+    def task(
+        self, *, bind: Literal[True], **opts: Any
+    ) -> Callable[[Callable[Concatenate[Any, _P], _R]], Task[_P, _R]]: ...
+    @overload
+    def task(
+        self, *, bind: Literal[False] = ..., **opts: Any
+    ) -> Callable[[Callable[_P, _R]], Task[_P, _R]]: ...
     def task(self, *args: Any, **opts: Any) -> Any:
-        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True)``."""
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True)``.
 
-        def register(fun: Callable[..., Any]) -> Task:
+        The task keeps the function's signature for type checkers (``Task[[int, int], int]``
+        for ``def add(x: int, y: int) -> int``; with ``bind=True``, without its ``self``)."""
+
+        def register(fun: Callable[..., Any]) -> Task[..., Any]:
             name = opts.pop('name', None) or f'{fun.__module__}.{fun.__name__}'
-            task = Task(self, fun, name, **opts)
+            task: Task[..., Any] = Task(self, fun, name, **opts)
             self.tasks[name] = task
             return task
 
@@ -153,7 +175,7 @@ class App:
             raise TypeError('use @app.task or @app.task(name=..., bind=...)')
         return register
 
-    def get_task(self, name: str) -> Task:
+    def get_task(self, name: str) -> Task[..., Any]:
         try:
             return self.tasks[name]
         except KeyError:
@@ -190,7 +212,7 @@ class App:
         retry: Optional[bool] = None,
         retry_policy: Optional[Dict[str, Any]] = None,
         timeout: Optional[float] = None,
-    ) -> AsyncResult:
+    ) -> _AsyncResult:
         """Send a task message to a worker (pika_rpc's or Celery's); return its AsyncResult.
 
         Blocks until the broker confirmed the message (up to ``timeout``, default

@@ -57,6 +57,8 @@ LOGGER = logging.getLogger(__name__)
 __all__ = ['RPCBackend', 'ResultConsumer', 'BacklogLimitExceeded']
 
 _PENDING_META = {'status': states.PENDING, 'result': None}
+#: The class, for RPCBackend's annotations (where ``Queue`` is its attribute of that name).
+_Queue = Queue
 
 
 class RPCBackend(ResultStoring):
@@ -158,7 +160,7 @@ class RPCBackend(ResultStoring):
         return self.result_consumer.reply_queue
 
     @property
-    def binding(self) -> Queue:
+    def binding(self) -> _Queue:
         args = reply_queue_arguments(self.conf)
         return self.Queue(
             self.oid,
@@ -179,7 +181,7 @@ class RPCBackend(ResultStoring):
     def __repr__(self) -> str:
         return f'<RPCBackend rpc:// oid={self._oid} pid={self._pid}{" closed" if self._closed else ""}>'
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> Tuple[Any, ...]:
         # A pickled backend rebuilds from its configuration (new process: new oid).
         return (_rebuild_backend, (self.conf.as_dict(), self._init_args))
 
@@ -257,7 +259,7 @@ class RPCBackend(ResultStoring):
         """
         return self.result_consumer.expect(task_id, timeout=timeout)
 
-    def on_reply_declare(self, task_id: str) -> List[Queue]:
+    def on_reply_declare(self, task_id: str) -> List[_Queue]:
         return [self.binding]
 
     def consume_from(self, task_id: str) -> None:
@@ -303,9 +305,9 @@ class RPCBackend(ResultStoring):
         timeout: Optional[float] = None,
         interval: float = 0.5,
         no_ack: bool = True,
-        on_message: Optional[Callable[[dict], Any]] = None,
+        on_message: Optional[Callable[[Dict[str, Any]], Any]] = None,
         on_interval: Optional[Callable[[], Any]] = None,
-        callback: Optional[Callable] = None,
+        callback: Optional[Callable[[str, Any], Any]] = None,
         propagate: bool = True,
     ) -> Dict[str, Any]:
         """Block until ``result`` is ready; return its meta. ``interval`` is unused (push).
@@ -344,13 +346,13 @@ class RPCBackend(ResultStoring):
         self,
         task_ids: Iterable[str],
         timeout: Optional[float] = None,
-        on_message: Optional[Callable[[dict], Any]] = None,
+        on_message: Optional[Callable[[Dict[str, Any]], Any]] = None,
         interval: float = 0.5,
         no_ack: bool = True,
         on_interval: Optional[Callable[[], Any]] = None,
         max_iterations: Optional[int] = None,
         **kwargs: Any,
-    ) -> Iterator[Tuple[str, Dict]]:
+    ) -> Iterator[Tuple[str, Dict[str, Any]]]:
         """Yield ``(task_id, meta)`` for each task as it becomes ready (completion order).
 
         Blocks between items. ``on_message(raw)`` is called for the final state of each task
@@ -382,6 +384,7 @@ class RPCBackend(ResultStoring):
                     continue
                 if error is not None:
                     raise error
+                assert meta is not None  # an outcome has its meta or its error
                 left.discard(task_id)
                 if on_message is not None:
                     on_message(meta)
@@ -395,9 +398,9 @@ class RPCBackend(ResultStoring):
         timeout: Optional[float] = None,
         interval: float = 0.5,
         no_ack: bool = True,
-        on_message: Optional[Callable] = None,
-        on_interval: Optional[Callable] = None,
-    ) -> Iterator[Tuple[str, Dict]]:
+        on_message: Optional[Callable[[Dict[str, Any]], Any]] = None,
+        on_interval: Optional[Callable[[], Any]] = None,
+    ) -> Iterator[Tuple[str, Dict[str, Any]]]:
         ids = [r.id for r in getattr(result, 'results', result)]
         return self.get_many(ids, timeout=timeout, on_message=on_message)
 
@@ -487,5 +490,5 @@ def _lost(info: Any, ids: List[str]) -> ConnectionLost:
     )
 
 
-def _rebuild_backend(conf: dict, init_args: dict) -> RPCBackend:
+def _rebuild_backend(conf: Dict[str, Any], init_args: Dict[str, Any]) -> RPCBackend:
     return RPCBackend(**init_args, **conf)

@@ -364,7 +364,7 @@ class Message:
         return self._state in _ACK_STATES
 
     def _settle(self, state: str, multiple: bool, reject: bool, requeue: bool) -> None:
-        if self._acker is None:
+        if self._acker is None or self.delivery_tag is None:
             raise MessageStateError('This message does not have a receiving channel')
         if self._pid != os.getpid():
             # A forked child: the channel, and any lock a parent thread held, are the parent's.

@@ -197,7 +197,7 @@ class Worker(Execution):
         self._work: 'queue.SimpleQueue[Optional[Job]]' = queue.SimpleQueue()
         self._timer = Timer(f'pika-rpc-worker-timer-{number}')
         self._service = SerialExecutor(f'pika-rpc-worker-service-{number}')
-        self._connection: Optional[Connection] = None
+        self._connection: Any = None  # the Connection while running
         self._consumer: Optional[Consumer] = None
         self._link: Any = None
         self._stats = Counters(
@@ -572,7 +572,7 @@ class Worker(Execution):
             else:
                 job.state = QUEUED
         if delay > 0:
-            LOGGER.info('Task %s[%s] held until its eta %s', req.name, req.id, req.eta.isoformat())
+            LOGGER.info('Task %s[%s] held until its eta %s', req.name, req.id, req.eta)
             self._service.submit(self._apply_prefetch)
         else:
             self._work.put(job)
