@@ -1,0 +1,93 @@
+"""Sphinx extension of pika_rpc's docs: the settings page, generated.
+
+``.. pika-rpc-settings::`` renders every setting, alphabetically, as a ``.. setting::``
+entry (name, default, one-line description) that other pages cite with
+``:setting:`result_expires```. Names and defaults come from the one place that defines
+them, the ``_SPECS`` table (``pika_rpc/config.py``, or whichever module of the package
+defines it at module level if config is split); descriptions from
+``pika_rpc/_setting_docs.py``. A setting without a description, or a description for no
+setting, fails the build (``tests/unit/test_setting_docs.py`` says the same earlier).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+from typing import Any, Dict, List
+
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx.application import Sphinx
+from sphinx.errors import ExtensionError
+from sphinx.util.docutils import SphinxDirective
+from sphinx.util.nodes import nested_parse_with_titles
+
+PACKAGE = Path(__file__).resolve().parents[2] / 'pika_rpc'
+
+
+def find_specs() -> Dict[str, Any]:
+    """``_SPECS`` (name -> (default, validator)) from the module of pika_rpc that defines it.
+
+    ``pika_rpc.config`` first; else the package's modules are read (not imported) to find
+    the one that assigns ``_SPECS`` at module level, and that one is imported.
+    """
+    config = importlib.import_module('pika_rpc.config')
+    if hasattr(config, '_SPECS'):
+        return dict(config._SPECS)
+    for path in sorted(PACKAGE.glob('*.py')):
+        for node in ast.parse(path.read_text()).body:
+            targets = getattr(node, 'targets', None) or [getattr(node, 'target', None)]
+            if any(getattr(t, 'id', None) == '_SPECS' for t in targets):
+                return dict(importlib.import_module(f'pika_rpc.{path.stem}')._SPECS)
+    raise ExtensionError('pika_rpc_docs: no module of pika_rpc defines _SPECS')
+
+
+def _default(value: Any) -> str:
+    return f'``{value!r}``'
+
+
+def settings_rst() -> List[str]:
+    """The settings as reStructuredText lines."""
+    from pika_rpc._setting_docs import DESCRIPTIONS
+
+    specs = find_specs()
+    missing = sorted(set(specs) - set(DESCRIPTIONS))
+    extra = sorted(set(DESCRIPTIONS) - set(specs))
+    if missing or extra:
+        raise ExtensionError(
+            f'pika_rpc/_setting_docs.py: no description for {missing}; '
+            f'descriptions of no setting: {extra}'
+        )
+    lines: List[str] = []
+    for name in sorted(specs):
+        default = specs[name][0]
+        lines += [
+            f'.. setting:: {name}',
+            '',
+            f'   {DESCRIPTIONS[name]}',
+            '',
+            f'   Default: {_default(default)}',
+            '',
+        ]
+    return lines
+
+
+class SettingsDirective(SphinxDirective):
+    """``.. pika-rpc-settings::``: every setting, generated."""
+
+    has_content = False
+
+    def run(self) -> list:
+        content = StringList(settings_rst(), source='<pika-rpc-settings>')
+        node = nodes.container()
+        nested_parse_with_titles(self.state, content, node)
+        return node.children
+
+
+def setup(app: Sphinx) -> Dict[str, Any]:
+    app.add_object_type(
+        'setting', 'setting', objname='setting', indextemplate='pair: %s; setting'
+    )
+    app.add_directive('pika-rpc-settings', SettingsDirective)
+    return {'version': '1', 'parallel_read_safe': True, 'parallel_write_safe': True}
