@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
+import re
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -85,9 +87,60 @@ class SettingsDirective(SphinxDirective):
         return node.children
 
 
+_SECTION = re.compile(r'^(?P<indent>\s*)(Args|Arguments|Raises|Returns|Yields|Attributes):\s*$')
+
+
+def google_sections(app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list) -> None:
+    """The docstrings' ``Args:``/``Raises:``/``Returns:`` sections as bullet lists.
+
+    They are written Google-style (an entry's text continues on more indented lines), which
+    reStructuredText reads as broken definition lists. Each entry becomes one bullet, its
+    continuation lines joined to it; nothing else of the docstring changes.
+    """
+    out: List[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        out.append(line)
+        i += 1
+        match = _SECTION.match(line)
+        if not match:
+            continue
+        base = len(match.group('indent'))
+        entries: List[str] = []
+        entry_indent = None
+        while i < len(lines):
+            text = lines[i]
+            if not text.strip():
+                i += 1
+                continue
+            indent = len(text) - len(text.lstrip())
+            if indent <= base:
+                break
+            if entry_indent is None or indent <= entry_indent:
+                entry_indent = indent
+                entries.append(text.strip())
+            else:
+                entries[-1] += ' ' + text.strip()
+            i += 1
+        out.extend(' ' * (base + 4) + '* ' + entry for entry in entries)
+        out.append('')
+    lines[:] = out
+
+
+def skip_class_aliases(
+    app: Sphinx, what: str, name: str, obj: Any, skip: bool, options: Any
+) -> Any:
+    """Skip a class attribute that only names a class defined elsewhere (kombu's
+    ``Consumer.ContentDisallowed``): it is documented where it is defined."""
+    if what == 'class' and inspect.isclass(obj) and obj.__qualname__ == obj.__name__:
+        return True
+    return None
+
+
 def setup(app: Sphinx) -> Dict[str, Any]:
-    app.add_object_type(
-        'setting', 'setting', objname='setting', indextemplate='pair: %s; setting'
-    )
+    app.connect('autodoc-process-docstring', google_sections)
+    app.connect('autodoc-skip-member', skip_class_aliases)
+    app.add_object_type('setting', 'setting', objname='setting', indextemplate='pair: %s; setting')
     app.add_directive('pika-rpc-settings', SettingsDirective)
     return {'version': '1', 'parallel_read_safe': True, 'parallel_write_safe': True}
