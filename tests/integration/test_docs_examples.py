@@ -15,7 +15,8 @@ The rules of README.rst's examples (``test_readme.py``), for each page of the do
   imports; elsewhere its run is skipped, naming the module (for a page written before its
   module landed).
 
-Besides: every exception class of ``pika_rpc/errors.py`` has a section in ``errors.rst``.
+Besides: every exception class of ``pika_rpc/errors.py`` has a section in ``errors.rst``, and
+the module map of ``design.rst`` lists every module at its level in ``test_layers.LEVELS``.
 """
 
 from __future__ import annotations
@@ -167,3 +168,14 @@ def test_every_error_class_has_a_section_on_the_errors_page() -> None:
     titles = set(re.findall(r'^``(\w+)``\n[-~^]+$', text, re.M))
     missing = sorted(set(classes) - titles)
     assert not missing, f'docs/errors.rst has no section for {missing}'
+
+
+def test_the_design_module_map_lists_every_module_at_its_level() -> None:
+    from tests.unit.test_layers import LEVELS
+
+    text = (DOCS / 'design.rst').read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r'^``(\w+)``\s+(\d+)\s+\S', text, re.M)}
+    missing = sorted(set(LEVELS) - set(rows))
+    assert not missing, f'docs/design.rst module map has no row for {missing}'
+    wrong = {m: (rows[m], LEVELS[m]) for m in LEVELS if int(rows[m]) != LEVELS[m]}
+    assert not wrong, f'docs/design.rst module map levels (doc, LEVELS) differ: {wrong}'
