@@ -179,3 +179,33 @@ def test_the_design_module_map_lists_every_module_at_its_level() -> None:
     assert not missing, f'docs/design.rst module map has no row for {missing}'
     wrong = {m: (rows[m], LEVELS[m]) for m in LEVELS if int(rows[m]) != LEVELS[m]}
     assert not wrong, f'docs/design.rst module map levels (doc, LEVELS) differ: {wrong}'
+
+
+def test_every_json_example_of_the_docs_parses() -> None:
+    """``.. code-block:: json`` blocks (captured messages) are JSON, or JSON lines."""
+    import json
+
+    directive = re.compile(r'^(?P<indent>\s*)\.\. code-block:: json\s*$')
+    count = 0
+    for page in PAGES:
+        lines = page.read_text().splitlines()
+        for i, line in enumerate(lines):
+            match = directive.match(line)
+            if not match:
+                continue
+            indent, body = len(match.group('indent')), []
+            for text in lines[i + 1 :]:
+                if text.strip() and len(text) - len(text.lstrip()) <= indent:
+                    break
+                body.append(text)
+            code = '\n'.join(body).strip()
+            count += 1
+            try:
+                json.loads(code)
+            except ValueError:
+                for n, row in enumerate(code.splitlines()):
+                    try:
+                        json.loads(row)
+                    except ValueError as exc:
+                        raise AssertionError(f'docs/{page.name}:{i + 1}, row {n}: {exc}') from None
+    assert count >= 1
