@@ -49,25 +49,34 @@ def _default(value: Any) -> str:
     return f'``{value!r}``'
 
 
-def settings_rst() -> List[str]:
-    """The settings as reStructuredText lines."""
+def descriptions(specs: Dict[str, Any]) -> Dict[str, str]:
+    """Each setting's line: ``_setting_docs.DESCRIPTIONS``, else the spec's own ``doc`` (a
+    settings table whose specs carry one). A setting with neither, or a line for no
+    setting, is an error."""
     from pika_rpc._setting_docs import DESCRIPTIONS
 
-    specs = find_specs()
-    missing = sorted(set(specs) - set(DESCRIPTIONS))
+    out = {n: DESCRIPTIONS.get(n) or getattr(spec, 'doc', None) for n, spec in specs.items()}
+    missing = sorted(n for n, text in out.items() if not text)
     extra = sorted(set(DESCRIPTIONS) - set(specs))
     if missing or extra:
         raise ExtensionError(
             f'pika_rpc/_setting_docs.py: no description for {missing}; '
             f'descriptions of no setting: {extra}'
         )
+    return out
+
+
+def settings_rst() -> List[str]:
+    """The settings as reStructuredText lines."""
+    specs = find_specs()
+    texts = descriptions(specs)
     lines: List[str] = []
     for name in sorted(specs):
         default = specs[name][0]
         lines += [
             f'.. setting:: {name}',
             '',
-            f'   {DESCRIPTIONS[name]}',
+            f'   {texts[name]}',
             '',
             f'   Default: {_default(default)}',
             '',

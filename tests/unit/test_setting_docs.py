@@ -2,7 +2,8 @@
 
 The settings page (``docs/settings.rst``) is generated from ``_SPECS`` (name, default,
 validator) and ``pika_rpc._setting_docs.DESCRIPTIONS``; a setting added to one and not the
-other fails here, not in the docs build.
+other fails here, not in the docs build. (Where a spec carries its own one-line ``doc``, that
+line stands in for a missing entry of ``DESCRIPTIONS``.)
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ def specs() -> Dict[str, Any]:
 
 
 def test_every_setting_has_a_description_and_only_settings_have_one() -> None:
-    names = set(specs())
-    missing = sorted(names - set(DESCRIPTIONS))
+    table = specs()
+    names = set(table)
+    # A settings table whose specs carry their own line (a ``doc``) covers those settings.
+    missing = sorted(n for n in names - set(DESCRIPTIONS) if not getattr(table[n], 'doc', None))
     extra = sorted(set(DESCRIPTIONS) - names)
     assert not missing, f'settings without a line in pika_rpc/_setting_docs.py: {missing}'
     assert not extra, f'lines in pika_rpc/_setting_docs.py for no setting: {extra}'
