@@ -36,6 +36,10 @@ nitpick_ignore_regex = [
     ('py:.*', r'pika_rpc(\.\w+)*\._\w+(\..*)?'),
     ('py:.*', r'pika(\..*)?'),
     ('py:class', r"'\w+'"),  # a quoted forward reference inside an annotation
+    ('py:.*', r'(.*\.)?_\w+(\..*)?'),  # a private name (a type alias, a TypeVar, a mixin)
+    ('py:.*', r'(\w+\.)*[A-Z]\w?(\.args|\.kwargs)?'),  # a type variable (P, R, P.args)
+    # an annotation naming a public module's class relative to the package
+    ('py:class', r'(app|backend|connection|consumer|messaging|result|simple|task|worker)\.\w+'),
 ]
 nitpick_ignore = [(role, name) for name in dir(builtins) for role in ('py:exc', 'py:class')]
 nitpick_ignore.append(('py:class', 'binding'))  # kombu's binding, defined in pika_rpc._exchange
