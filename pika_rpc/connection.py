@@ -8,7 +8,7 @@ confirms, one for declarations, one per consumed queue, one for ``basic.get``), 
 ``channel()``/``default_channel`` are :class:`Channel` handles that act through their
 connection. ``Producer``/``Consumer`` (``messaging``) accept a ``Connection``, a ``Channel``,
 a ``Link``, or ``None`` for a connection of their own built from the default settings
-(``$AMQP_URL`` or localhost) on the same shared link (:func:`_as_connection`).
+(``$AMQP_URL`` or localhost) on the same shared link (``_as_connection``).
 
 kombu's connection semantics (the waiting is ``_ensure``'s):
 

@@ -42,7 +42,7 @@ Choices where Celery leaves room:
   (4), as Celery; 0 means no limit. A message with a future ``eta`` is held unacked and
   the window is raised by one while it waits (Celery's ``qos.increment_eventually``), so
   held messages never starve the pool; it applies to every consumed queue's channel.
-* **Revoke** (a ``revoke`` broadcast, see ``_control``, or :meth:`Worker.revoke`): a
+* **Revoke** (a ``revoke`` broadcast, see ``_control``, or ``Worker.revoke()``): a
   message whose id is revoked gets REVOKED (``'revoked'``) when it arrives; a message
   already held or queued here gets it at once. A **running** task is not touched by a plain
   revoke. With ``terminate=True`` it is *abandoned*: threads cannot be killed, so its

@@ -35,6 +35,7 @@ LEVELS = {
     '_urls': 0,
     '_kombu_opts': 0,
     '_queue_settings': 0,
+    '_setting_docs': 0,
     'config': 1,
     '_advice': 1,
     'serialization': 1,
