@@ -81,6 +81,7 @@ LEVELS = {
     '_control': 10,
     '_storing': 4,
     '_execution': 8,
+    '_receiving': 9,
     'backend': 11,
     'worker': 11,
     'app': 12,
