@@ -1,11 +1,18 @@
 """The receiving side of ``Worker`` (a mixin): sorting task messages as they arrive, holding
-``eta`` tasks, the prefetch window, and revoking.
+``eta`` tasks, rate limits, the prefetch window, and revoking.
 
 Deliveries arrive on the link's callback thread, which only sorts them: decode and parse
 (a malformed message is rejected without requeue), an unknown task name (FAILURE
 ``NotRegistered``, rejected), a revoked or expired id (REVOKED), a future ``eta`` (held on the
 worker's timer, the prefetch window raised by one while it waits), else queued for the pool.
 States are stored on the worker's service thread, never here.
+
+**Rate limits** (the task's ``rate_limit``, else the ``task_default_rate_limit`` setting where
+the settings have it; none with ``worker_disable_rate_limits``): as Celery's worker, one token
+bucket per task name (``_rate_limit``). A task that is due but finds no token waits in its
+bucket, in arrival order, still QUEUED (so a revoke, a stop or a lost connection handles it
+as any queued task), and the worker's timer moves it to the pool when a token is there.
+:meth:`Receiving.set_rate_limit` changes a task's limit while the worker runs.
 
 The mixin uses the worker's ``_lock`` and the attributes listed on ``Execution``, plus
 ``app``, ``prefetch_count``, ``_consumer`` and ``_applied_prefetch``; ``_claim`` and
@@ -16,11 +23,12 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
-from typing import Any, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
-from . import protocol, states
+from . import _task_options, protocol, states
 from ._execution import _RUNNING, Execution
 from ._jobs import DONE, HELD, QUEUED, RUNNING, Job, expired, short
+from ._rate_limit import TokenBucket
 from .errors import NotRegistered, PikaRPCError, TaskRevokedError
 
 LOGGER = logging.getLogger(__name__)
@@ -35,6 +43,7 @@ class Receiving(Execution):
     prefetch_count: int
     _consumer: Optional[Any]
     _applied_prefetch: int
+    _buckets: Dict[str, Optional[TokenBucket]]  # by task name, under _lock; None: no limit
 
     def _on_task_message(self, message: Any) -> None:
         if self._state != _RUNNING:
@@ -95,7 +104,7 @@ class Receiving(Execution):
             LOGGER.info('Task %s[%s] held until its eta %s', req.name, req.id, req.eta.isoformat())
             self._service.submit(self._apply_prefetch)
         else:
-            self._work.put(job)
+            self._to_pool(job)
 
     def _on_eta(self, job: Job) -> None:  # timer thread
         with self._lock:
@@ -103,8 +112,84 @@ class Receiving(Execution):
                 return
             job.state = QUEUED
             self._held -= 1
-        self._work.put(job)
+        self._to_pool(job)
         self._service.submit(self._apply_prefetch)
+
+    # ------------------------------------------------------------------ rate limits
+    def _bucket(self, name: str, task: Any) -> Optional[TokenBucket]:
+        with self._lock:
+            if name in self._buckets:
+                return self._buckets[name]
+        setting = self._outcomes.setting
+        limit = getattr(task, 'rate_limit', None) or setting('task_default_rate_limit', None)
+        try:
+            per_second = _task_options.rate(limit)
+        except ValueError as exc:
+            LOGGER.error('worker %s: task %s: %s; not rate limited', self.hostname, name, exc)
+            per_second = 0.0
+        if setting('worker_disable_rate_limits', False):
+            per_second = 0.0
+        with self._lock:
+            return self._buckets.setdefault(name, TokenBucket(per_second) if per_second else None)
+
+    def _to_pool(self, job: Job) -> None:
+        """Hand a due QUEUED job to the pool, or to its task's bucket (callback or timer
+        thread)."""
+        bucket = self._bucket(job.request.name, job.task)
+        if bucket is None:
+            self._work.put(job)
+            return
+        with bucket.lock:
+            bucket.waiting.append(job)
+        self._drain(bucket)
+
+    def _drain(self, bucket: TokenBucket) -> None:
+        """Move the bucket's waiting jobs to the pool while there are tokens; arm the timer
+        for the next one."""
+        ready = []
+        with bucket.lock:
+            while bucket.waiting:
+                job = bucket.waiting[0]
+                if job.state != QUEUED:  # revoked, released or dropped meanwhile
+                    bucket.waiting.popleft()
+                    continue
+                if not bucket.take():
+                    if bucket.timer is None:
+                        bucket.timer = self._timer.call_later(
+                            bucket.wait_time(), self._on_bucket, bucket
+                        )
+                    break
+                ready.append(bucket.waiting.popleft())
+        for job in ready:
+            self._work.put(job)
+
+    def _on_bucket(self, bucket: TokenBucket) -> None:  # timer thread
+        with bucket.lock:
+            bucket.timer = None
+        self._drain(bucket)
+
+    def set_rate_limit(self, task_name: str, rate_limit: Any) -> None:
+        """Limit how often ``task_name`` starts here (``'10/s'``, ``'100/m'``, ``'2/h'``, a
+        number per second; None or 0: no limit). Any thread; never blocks on the broker.
+
+        Raises:
+            ValueError: not a rate.
+        """
+        per_second = _task_options.rate(rate_limit)
+        with self._lock:
+            old = self._buckets.get(task_name)
+            self._buckets[task_name] = TokenBucket(per_second) if per_second else None
+        if old is None:
+            return
+        with old.lock:
+            waiting = list(old.waiting)
+            old.waiting.clear()
+            if old.timer is not None:
+                self._timer.cancel(old.timer)
+                old.timer = None
+        for job in waiting:
+            if job.state == QUEUED:
+                self._to_pool(job)
 
     def _apply_prefetch(self) -> None:  # service thread
         if not self.prefetch_count or self._consumer is None:

@@ -50,10 +50,18 @@ Choices where Celery leaves room:
   REVOKED (``'terminated'``) is stored and its message acked at once, a new pool thread
   takes its place, and the function runs on until it returns, its outcome dropped (logged).
 * **Time limits** (the ``timelimit`` header ``[hard, soft]``, else the task's
-  ``time_limit``/``soft_time_limit`` options): a thread cannot be interrupted. Past the
-  *soft* limit a WARNING is logged and the task goes on normally. Past the *hard* limit the
+  ``time_limit``/``soft_time_limit`` options): a thread cannot be killed, but CPython can
+  make it raise. Past the *soft* limit ``SoftTimeLimitExceeded`` is raised inside the task
+  (at its next Python instruction), as Celery's prefork pool does. Past the *hard* limit the
   task is abandoned as above with FAILURE ``TimeLimitExceeded(hard)`` (what a Celery client
-  sees when Celery kills a process).
+  sees when Celery kills a process) and ``TimeLimitExceeded`` is raised in its thread. A
+  thread blocked in one long C call gets either only when that call returns
+  (``_execution``). Celery's ``threads`` pool ignores time limits.
+* **Task options** (``@app.task(...)``, checked at decoration by ``_task_options``):
+  ``rate_limit`` (``_receiving``), ``acks_late`` and the ``acks_on_*`` options,
+  ``reject_on_worker_lost``, ``ignore_result``, ``store_errors_even_if_ignored``,
+  ``throws``, ``track_started``, ``serializer`` and the retry (``_jobs``), ``autoretry_for``
+  and its backoff (``Task.run_for_worker``), time limits (``_execution``).
 * **Expires**: a message whose ``expires`` time has passed when it arrives, or when it is
   about to run (after an ``eta`` or a wait in the pool queue), gets REVOKED (``'expired'``).
   The broker may also drop it unseen (its ``expiration`` property): then no state is sent,
@@ -193,6 +201,7 @@ class Worker(Receiving):
         self._totals: Dict[str, int] = {}
         self._started_at: Optional[float] = None  # time.monotonic() once consuming
         self._held = 0
+        self._buckets = {}
         self._applied_prefetch = prefetch_count
         self._threads: List[threading.Thread] = []
         self._work: 'queue.SimpleQueue[Optional[Job]]' = queue.SimpleQueue()
