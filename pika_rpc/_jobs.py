@@ -16,7 +16,9 @@ Choices where Celery leaves room:
   ``acks_on_failure`` (else ``acks_on_failure_or_timeout``) is False (rejected, not
   requeued), and a hard time limit is acked unless ``acks_on_timeout`` (else
   ``acks_on_failure_or_timeout``) is False (requeued), as Celery 5.7. ``acks_late=False``
-  acks the message when the task starts (at most once, Celery's default).
+  acks the message when the task starts (at most once, Celery's default), and waits one
+  broker round trip first, so a process killed as the task starts cannot have it
+  redelivered (pika_rpc's acks are otherwise sent without waiting).
 * **reject_on_worker_lost**: accepted; a thread pool has no child process to lose, and when
   the worker's process dies its unacked messages (acks late) return to the queue whatever
   the option says, as when Celery's main process dies.
@@ -170,10 +172,25 @@ class Outcomes:
         return self._option(job, 'store_errors_even_if_ignored', default=False)
 
     def ack_early(self, job: Job) -> None:
-        """Ack ``job``'s message as it starts, unless it acks late. Pool thread."""
-        if not self.acks_late(job):
-            self.settle(job)
-            job.acked = True
+        """Ack ``job``'s message as it starts, unless it acks late. Pool thread; blocks for
+        one round trip: a passive declare of ``amq.direct`` after the ack, so the broker has
+        the ack before the task runs (a process killed meanwhile cannot get it redelivered)."""
+        if self.acks_late(job):
+            return
+        self.settle(job)
+        job.acked = True
+        try:
+            self._link().control(
+                'declare_exchange', exchange='amq.direct', passive=True, timeout=10.0
+            )
+        except Exception as exc:
+            LOGGER.warning(
+                'worker %s: task %s[%s]: the broker did not confirm it has the ack: %s',
+                self.hostname,
+                job.request.name,
+                job.request.id,
+                exc,
+            )
 
     def ignored(self, job: Job) -> bool:
         """True when ``job``'s states are not stored (ignore_result)."""
