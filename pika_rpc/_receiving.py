@@ -12,7 +12,8 @@ the settings have it; none with ``worker_disable_rate_limits``): as Celery's wor
 bucket per task name (``_rate_limit``). A task that is due but finds no token waits in its
 bucket, in arrival order, still QUEUED (so a revoke, a stop or a lost connection handles it
 as any queued task), and the worker's timer moves it to the pool when a token is there.
-:meth:`Receiving.set_rate_limit` changes a task's limit while the worker runs.
+:meth:`Receiving.set_rate_limit` changes a task's limit while the worker runs; so does
+Celery's ``celery control rate_limit <task> <rate>``, answered with Celery's replies.
 
 The mixin uses the worker's ``_lock`` and the attributes listed on ``Execution``, plus
 ``app``, ``prefetch_count``, ``_consumer`` and ``_applied_prefetch``; ``_claim`` and
@@ -28,6 +29,7 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 from . import _task_options, protocol, states
 from ._execution import _RUNNING, Execution
 from ._jobs import DONE, HELD, QUEUED, RUNNING, Job, expired, short
+from ._pidbox import nok, ok
 from ._rate_limit import TokenBucket
 from .errors import NotRegistered, PikaRPCError, TaskRevokedError
 
@@ -190,6 +192,22 @@ class Receiving(Execution):
         for job in waiting:
             if job.state == QUEUED:
                 self._to_pool(job)
+
+    def _control_rate_limit(self, task_name: Any, rate_limit: Any) -> Dict[str, Any]:
+        """Celery's ``rate_limit`` control command (callback thread: quick), Celery's replies."""
+        try:
+            per_second = _task_options.rate(rate_limit)
+        except ValueError as exc:
+            return nok(f'Invalid rate limit string: {exc!r}')
+        if task_name not in self.app.tasks:
+            LOGGER.error('Rate limit attempt for unknown task %s', task_name)
+            return nok('unknown task')
+        self.set_rate_limit(task_name, rate_limit)
+        if not per_second:
+            LOGGER.info('Rate limits disabled for tasks of type %s', task_name)
+            return ok('rate limit disabled successfully')
+        LOGGER.info('New rate limit for tasks of type %s: %s.', task_name, rate_limit)
+        return ok('new rate limit set successfully')
 
     def _apply_prefetch(self) -> None:  # service thread
         if not self.prefetch_count or self._consumer is None:

@@ -221,6 +221,7 @@ class Worker(Receiving):
             tasks=lambda: self.app.tasks,
             revoked=self.revoked,
             on_shutdown=self._remote_shutdown,
+            on_rate_limit=self._control_rate_limit,
         )
         self._outcomes = Outcomes(
             app, self.hostname, self._stats.add, lambda: self._connection.link, self.queues[0].name
