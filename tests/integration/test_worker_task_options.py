@@ -114,7 +114,7 @@ def test_rate_limit_spaces_the_starts_of_a_task_even_with_idle_threads(app, star
     assert [r.get(timeout=WAIT) for r in results] == list(range(5))
     starts.sort()
     gaps = [b - a for a, b in zip(starts, starts[1:])]
-    assert min(gaps) >= 0.15, gaps  # 0.2 s apart at 5/s; without the limit they start at once
+    assert min(gaps) >= 0.1, gaps  # 0.2 s apart at 5/s; without the limit they start at once
     assert starts[-1] - starts[0] >= 0.7
 
 
