@@ -196,3 +196,60 @@ def test_interruptible_raises_in_the_running_thread_and_not_after_it_ended():
     thread.join(10)
     assert not thread.is_alive() and len(caught) == 1
     assert not run.interrupt(SoftTimeLimitExceeded)  # ended: nothing raised anywhere
+
+
+class _Conf:
+    """Settings with only what is given (as a Settings without ``task_acks_late`` would be)."""
+
+    def __init__(self, **values: Any) -> None:
+        self.task_ignore_result = False
+        self.task_track_started = False
+        self.__dict__.update(values)
+
+
+class _App:
+    def __init__(self, **conf: Any) -> None:
+        self.conf = _Conf(**conf)
+
+
+def _job(task: Any, ignore_result: Any = None) -> Any:
+    from pika_rpc._jobs import Job
+    from pika_rpc.protocol import TaskRequest
+
+    request = TaskRequest(id='id-1', name='t.fun', args=[], kwargs={}, ignore_result=ignore_result)
+    return Job(request, None, task)
+
+
+def _outcomes(**conf: Any) -> Any:
+    from pika_rpc._jobs import Outcomes
+
+    return Outcomes(_App(**conf), 'w@h', lambda name: None, lambda: None, 'celery')
+
+
+def test_acks_late_is_the_tasks_option_else_the_setting_where_there_is_one_else_true(app):
+    from pika_rpc import states
+
+    default, early = (
+        decorate(app),
+        App('amqp://h//').task(name='t.early', acks_late=False)(lambda: None),
+    )
+    assert _outcomes().acks_late(_job(default)) is True  # pika_rpc's default
+    assert _outcomes().acks_late(_job(early)) is False
+    assert _outcomes(task_acks_late=False).acks_late(_job(default)) is False
+    assert _outcomes(task_acks_late=False).acks_late(_job(early)) is False
+    late = App('amqp://h//').task(name='t.late', acks_late=True)(lambda: None)
+    assert _outcomes(task_acks_late=False).acks_late(_job(late)) is True
+    # store_errors_even_if_ignored: errors only, and only when the result is ignored
+    keeps = App('amqp://h//').task(
+        name='t.keeps', ignore_result=True, store_errors_even_if_ignored=True
+    )(lambda: None)
+    quiet = App('amqp://h//').task(name='t.quiet', ignore_result=True)(lambda: None)
+    outcomes = _outcomes()
+    assert outcomes.keeps(_job(keeps), states.FAILURE)
+    assert outcomes.keeps(_job(keeps), states.RETRY)
+    assert outcomes.keeps(_job(keeps), states.REVOKED)
+    assert not outcomes.keeps(_job(keeps), states.SUCCESS)
+    assert not outcomes.keeps(_job(keeps), states.STARTED)
+    assert not outcomes.keeps(_job(quiet), states.FAILURE)
+    assert _outcomes(task_store_errors_even_if_ignored=True).keeps(_job(quiet), states.FAILURE)
+    assert outcomes.keeps(_job(default), states.SUCCESS)
