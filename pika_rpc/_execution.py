@@ -224,10 +224,10 @@ class Execution:
             return
         raised = job.interruptible.interrupt(SoftTimeLimitExceeded)
         LOGGER.warning(
-            'Soft time limit (%ss) exceeded for %s[%s]: %s',
-            limit,
+            'Task %s[%s] passed its soft time limit (%ss): %s',
             job.request.name,
             job.request.id,
+            limit,
             'SoftTimeLimitExceeded raised in the task'
             if raised
             else 'it could not be interrupted and goes on',

@@ -200,13 +200,17 @@ class Receiving(Execution):
         except ValueError as exc:
             return nok(f'Invalid rate limit string: {exc!r}')
         if task_name not in self.app.tasks:
-            LOGGER.error('Rate limit attempt for unknown task %s', task_name)
+            LOGGER.error(
+                'worker %s: rate_limit for %r refused: no such task', self.hostname, task_name
+            )
             return nok('unknown task')
         self.set_rate_limit(task_name, rate_limit)
         if not per_second:
-            LOGGER.info('Rate limits disabled for tasks of type %s', task_name)
+            LOGGER.info('worker %s: task %s is no longer rate limited', self.hostname, task_name)
             return ok('rate limit disabled successfully')
-        LOGGER.info('New rate limit for tasks of type %s: %s.', task_name, rate_limit)
+        LOGGER.info(
+            'worker %s: task %s now rate limited to %s', self.hostname, task_name, rate_limit
+        )
         return ok('new rate limit set successfully')
 
     def _apply_prefetch(self) -> None:  # service thread
