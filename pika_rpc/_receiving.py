@@ -103,7 +103,7 @@ class Receiving(Execution):
             else:
                 job.state = QUEUED
         if delay > 0:
-            LOGGER.info('Task %s[%s] held until its eta %s', req.name, req.id, req.eta.isoformat())
+            LOGGER.info('Task %s[%s] held until its eta %s', req.name, req.id, req.eta)
             self._service.submit(self._apply_prefetch)
         else:
             self._to_pool(job)
