@@ -36,7 +36,7 @@ from ._timeouts import deadline, remaining
 from .backend import RPCBackend
 from .config import Settings, merge_retry_policy
 from .connection import Connection
-from .errors import NotFound, NotRegistered, PublishError, TimeoutError
+from .errors import ConnectionLost, NotFound, NotRegistered, PublishError, TimeoutError
 from .message import check_properties
 from .result import AsyncResult, GroupResult, ResultSet
 from .task import Task
@@ -219,7 +219,9 @@ class App:
         if not ignored:
             try:
                 reply_queue = backend.on_task_call(None, task_id, timeout=remaining(dl))
-            except TimeoutError as exc:  # its text says why (e.g. cannot connect, and what to do)
+            except ConnectionLost as exc:  # says why and what to do (_advice)
+                raise type(exc)(f'task {name}[{task_id}] not sent: {exc}') from None
+            except TimeoutError as exc:
                 raise PublishError(
                     f'task {name}[{task_id}] not sent: the reply queue could not '
                     f'be set up within the publish timeout: {exc}'

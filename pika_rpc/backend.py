@@ -12,9 +12,10 @@ Choices where Celery leaves room:
 
 * The reply queue survives a reconnect (see ``_replies``); ``close()`` deletes it. The
   seed's ``auto_delete`` and ``no_ack`` arguments are accepted and ignored.
-* ``get_task_meta`` never blocks and never raises ``BacklogLimitExceeded``: it reads what the
-  I/O thread already pushed; a result that can no longer arrive raises its error
-  (``ReplyQueueLost``, ``ConnectionLost``).
+* ``get_task_meta`` never waits on the network and never raises ``BacklogLimitExceeded``:
+  it reads what the I/O thread already pushed (subscribing in the background on first
+  use); a result that can no longer arrive raises its error (``ReplyQueueLost``,
+  ``ConnectionLost``), and so does a poll while the broker cannot be reached.
 * After the link gave up, a wait (``get``, ``get_many``) starts a new connection cycle and
   waits for its outcome within its own timeout (``ConnectionLost`` when that cycle gives up
   too); ``get_task_meta`` raises ``ConnectionLost`` at once and starts the cycle in the
@@ -23,7 +24,7 @@ Choices where Celery leaves room:
   ``result_cache_max_bytes`` bytes of received bodies (``_pending`` says how); one larger
   than ``result_cache_max_bytes`` is handed to its waiters and not kept.
 * A process that only polls (``get_task_meta`` without having sent) starts the consumer on
-  first use, as Celery declares the queue on each poll.
+  first use, in the background, as Celery declares the queue on each poll.
 * After a fork the child gets a new oid and an empty table; the parent's queue is untouched.
 * No lock is held across a broker round trip: ``_lock`` guards only the link reference and
   the closed flag.
@@ -242,6 +243,14 @@ class RPCBackend(ResultStoring):
             link.revive()
         return True
 
+    def _raise_if_unreachable(self, what: str) -> None:
+        """At a wait's deadline: ``ConnectionLost`` (why, what to do) if the broker cannot be
+        reached, rather than a ``TimeoutError``."""
+        link = self._link
+        down = link.unreachable() if link is not None else None
+        if down is not None:
+            raise ConnectionLost(f'{what} not ready: {down}')
+
     def on_out_of_band_result(self, task_id: str, message: Any) -> None:
         """Hook: a state arrived for an id this process never sent (kept, bounded)."""
         LOGGER.debug('out-of-band result for task %s on %s', task_id, self._oid)
@@ -267,23 +276,33 @@ class RPCBackend(ResultStoring):
         self.result_consumer.cancel_for(task_id)
 
     def get_task_meta(self, task_id: str, backlog_limit: int = 1000) -> Dict[str, Any]:
-        """Latest known state of ``task_id``; never blocks on the broker past the first use.
+        """Latest known state of ``task_id``, from what has arrived; never waits on the network.
+
+        The first poll of a process that sent nothing starts the reply consumer in the
+        background (``ResultConsumer.consume_soon``) and answers at once.
 
         Returns Celery's decoded meta, or exactly ``{'status': 'PENDING', 'result': None}``.
         A result larger than ``result_cache_max_bytes`` is not consumed by a poll: the next
         ``get()`` still returns it (and, not being kept, it is PENDING after that).
 
         Raises:
-            ReplyQueueLost, ConnectionLost: that result can no longer arrive. After the link
-                gave up, ``ConnectionLost`` at once, and a new connection cycle starts in the
-                background: a later poll sees the result once the link is back.
+            ReplyQueueLost, ConnectionLost: that result can no longer arrive. While the
+                link's connect attempts fail (``Link.unreachable``) or after it gave up,
+                ``ConnectionLost`` at once, saying why and what to do, and a connection cycle
+                runs in the background (a given-up link starts a new one): a later poll sees
+                the result once the link is back.
         """
         cached = self._pending.cached(task_id, poll=True)
         if cached is not None:
             return cached
-        down = self._pending.down
+        down: Optional[BaseException] = self._pending.down
         if down is None:
-            self.result_consumer.ensure_consuming()
+            link = self._get_link()
+            down = link.unreachable()
+            if down is None:
+                self.result_consumer.consume_soon()  # subscribes in the background
+            else:
+                link.revive()  # a no-op while its connection cycle runs
         else:
             self._revive_link(for_wait=False)  # in the background: a later poll sees it
         meta = self._pending.peek(task_id)  # the task's own error raises here
@@ -316,7 +335,8 @@ class RPCBackend(ResultStoring):
         Raises:
             pika_rpc.TimeoutError: not ready within ``timeout`` seconds (names the task).
             ReplyQueueLost, ConnectionLost: the result can no longer arrive (for a given-up
-                link: the new connection cycle gave up too).
+                link: the new connection cycle gave up too), or at the deadline the broker
+                could not be reached (the text says why and what to do).
         """
         task_id = getattr(result, 'id', result)
         dl = deadline(timeout)
@@ -335,6 +355,7 @@ class RPCBackend(ResultStoring):
             ) from None
         meta = self._pending.wait(task_id, dl, on_message)
         if meta is None:
+            self._raise_if_unreachable(f'task {task_id}')
             latest = self._pending.peek(task_id)
             state = latest['status'] if latest else states.PENDING
             raise TimeoutError(f'task {task_id} still {state} after {timeout} s')
@@ -375,6 +396,7 @@ class RPCBackend(ResultStoring):
                     try:
                         task_id, meta, error = watcher.get(timeout=remaining(dl))
                     except queue.Empty:
+                        self._raise_if_unreachable(f'{len(left)} of {len(ids)} task(s)')
                         raise TimeoutError(
                             f'{len(left)} of {len(ids)} task(s) not ready after {timeout} s'
                         ) from None
