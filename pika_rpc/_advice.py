@@ -58,6 +58,8 @@ def reason(exc: BaseException) -> str:
     return describe(exc)
 
 
+# A peer that accepts and closes at once: an RST, or pika's check of the socket after it.
+_RESET = ('connection reset', 'connectionreseterror', 'errno 104', 'getpeername() failed')
 _REASONS = (
     (
         ('gaierror', 'name or service not known', 'nodename nor servname', 'name resolution'),
@@ -193,7 +195,7 @@ def connect_advice(exc: BaseException, params: Iterable[Any] = ()) -> str:
             f'-d -p 5672:5672 rabbitmq:3`) or fix the host and port in broker_url (or '
             f'$AMQP_URL); AMQP listens on 5672, amqps on 5671 (15672 is the web UI)'
         )
-    if 'connection reset' in text or 'connectionreseterror' in text:
+    if any(needle in text for needle in _RESET):
         return (
             f'Something at {hosts} accepts connections and closes them at once: RabbitMQ may '
             f'be starting, stopping or at its connection limit, or a proxy in front of it '

@@ -14,6 +14,13 @@ do not exist yet as quorum queues: it sets ``task_default_queue_type`` and
 ``task_create_missing_queue_type`` for this worker (queues of ``task_queues`` keep their
 own type; an existing queue is used as it is).
 
+Startup waits for the broker as Celery's worker does (``broker_connection_retry_on_startup``,
+default True): one WARNING line per failed attempt, ``Cannot connect to <masked URL>:
+<reason>; retrying in N s (attempt k of n)``, the first one saying what to do; when the
+retries run out (``broker_connection_max_retries``), or at the first failure with
+``broker_connection_retry_on_startup=False``, the process exits 4 after a CRITICAL line
+with the reason and the advice.
+
 If the worker fails (a queue it cannot consume again after ``broker_consumer_max_retries``
 refusals), it stops gracefully and the process exits 3, after a CRITICAL line saying why.
 
@@ -39,8 +46,10 @@ import sys
 import threading
 from typing import Any, List, Optional
 
+from ._link import IDLE, OPEN
 from ._version import __version__
 from .app import App
+from .errors import ConnectionLost
 from .worker import Worker
 
 LOGGER = logging.getLogger(__name__)
@@ -144,6 +153,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         app.conf.update(
             task_default_queue_type=args.queue_type, task_create_missing_queue_type=args.queue_type
         )
+    down = _wait_for_broker(app)
+    if down is not None:
+        LOGGER.critical('worker not started: %s', down)
+        _close(app)
+        return EXIT_NO_BROKER
     worker = Worker(
         app,
         queues=args.queues,
@@ -194,6 +208,44 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 #: The exit status of a worker that failed (a queue it could not consume again).
 EXIT_FAILED = 3
+#: The exit status of a worker that could not reach the broker at startup.
+EXIT_NO_BROKER = 4
+
+
+def _wait_for_broker(app: App) -> Optional[BaseException]:
+    """Connect before the worker starts; None once connected, else why not.
+
+    With ``broker_connection_retry_on_startup`` (default True, as Celery's) the link's retry
+    policy runs its course (``broker_connection_max_retries``, kombu's intervals): each
+    failed attempt logs one WARNING ``Cannot connect to <masked URL>: <reason>; retrying in
+    N s`` (the first with what to do), and when the policy gives up its ``ConnectionLost``
+    (the advice included) is returned. With False, the first failed attempt ends it.
+    SIGTERM/SIGINT meanwhile end it too. Blocks the main thread."""
+    link = app.connection_for_write().link
+    retry = app.conf.broker_connection_retry_on_startup
+    start = link.failed_attempts
+    link.revive()  # starts the connection cycle now; nothing else asks for it yet
+
+    def settled() -> bool:
+        failed = link.failed_attempts > start
+        return link.state == OPEN or link.closed or (failed and (not retry or link.state == IDLE))
+
+    while not link.wait_until_state(settled, 0.2):
+        info = signal.sigtimedwait(_SIGNALS, 0)
+        if info is not None:
+            return ConnectionLost(
+                f'{signal.Signals(info.si_signo).name} received while waiting for the broker'
+            )
+    if link.state == OPEN:
+        return None
+    return link.unreachable() or ConnectionLost(f'{link!r} closed while connecting')
+
+
+def _close(app: App) -> None:
+    try:
+        app.close()
+    except Exception as exc:
+        LOGGER.warning('closing the app failed: %s', exc)
 
 
 def _wait_for_stop(worker: Worker) -> Optional[int]:
