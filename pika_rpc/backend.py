@@ -299,12 +299,12 @@ class RPCBackend(ResultStoring):
         if down is None:
             link = self._get_link()
             down = link.unreachable()
-            if down is None:
-                self.result_consumer.consume_soon()  # subscribes in the background
-            else:
+            if down is not None:
                 link.revive()  # a no-op while its connection cycle runs
         else:
             self._revive_link(for_wait=False)  # in the background: a later poll sees it
+        # Subscribes in the background, as soon as the link is (back) up.
+        self.result_consumer.consume_soon()
         meta = self._pending.peek(task_id)  # the task's own error raises here
         if meta is None or meta.get('status') not in states.READY_STATES:
             if down is not None:
