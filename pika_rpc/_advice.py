@@ -52,6 +52,9 @@ def reason(exc: BaseException) -> str:
         return 'The vhost does not exist'
     if 'authenticationerror' in text or ('access_refused' in text and 'login' in text):
         return 'Login refused (ACCESS_REFUSED)'
+    ssl = _SSL_DETAIL.search(raw)
+    if ssl:
+        return f'The TLS handshake failed ({ssl.group(0).strip()})'
     for needles, said in _REASONS:
         if any(n in text for n in needles):
             return said
@@ -59,6 +62,7 @@ def reason(exc: BaseException) -> str:
 
 
 # A peer that accepts and closes at once: an RST, or pika's check of the socket after it.
+_SSL_DETAIL = re.compile(r"\[SSL: [A-Z0-9_]+\][^'\")]*")
 _RESET = ('connection reset', 'connectionreseterror', 'errno 104', 'getpeername() failed')
 _REASONS = (
     (
