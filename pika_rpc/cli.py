@@ -46,9 +46,11 @@ import sys
 import threading
 from typing import Any, List, Optional
 
+from ._connector import Connector
 from ._link import IDLE, OPEN
 from ._version import __version__
 from .app import App
+from .config import connection_options
 from .errors import ConnectionLost
 from .worker import Worker
 
@@ -219,16 +221,25 @@ def _wait_for_broker(app: App) -> Optional[BaseException]:
     policy runs its course (``broker_connection_max_retries``, kombu's intervals): each
     failed attempt logs one WARNING ``Cannot connect to <masked URL>: <reason>; retrying in
     N s`` (the first with what to do), and when the policy gives up its ``ConnectionLost``
-    (the advice included) is returned. With False, the first failed attempt ends it.
+    (the advice included) is returned. With False, one attempt is made first, by a
+    connector of its own that does not retry, and its failure ends it.
     SIGTERM/SIGINT meanwhile end it too. Blocks the main thread."""
+    if not app.conf.broker_connection_retry_on_startup:
+        # One attempt of our own (a connector that does not retry), so the one WARNING says
+        # "giving up"; the link's own policy applies once the worker runs.
+        once = Connector(
+            connection_options(app.conf), 'pika-rpc-startup', max_retries=0, interval=(0, 0, 0)
+        )
+        outcome = once.cycle(lambda: once.open_connection().close(), _noop, threading.Event())
+        if outcome is not None:
+            return outcome if isinstance(outcome, BaseException) else None
     link = app.connection_for_write().link
-    retry = app.conf.broker_connection_retry_on_startup
     start = link.failed_attempts
     link.revive()  # starts the connection cycle now; nothing else asks for it yet
 
     def settled() -> bool:
         failed = link.failed_attempts > start
-        return link.state == OPEN or link.closed or (failed and (not retry or link.state == IDLE))
+        return link.state == OPEN or link.closed or (failed and link.state == IDLE)
 
     while not link.wait_until_state(settled, 0.2):
         info = signal.sigtimedwait(_SIGNALS, 0)
@@ -239,6 +250,10 @@ def _wait_for_broker(app: App) -> Optional[BaseException]:
     if link.state == OPEN:
         return None
     return link.unreachable() or ConnectionLost(f'{link!r} closed while connecting')
+
+
+def _noop() -> None:
+    pass
 
 
 def _close(app: App) -> None:
