@@ -46,10 +46,10 @@ def reason(exc: BaseException) -> str:
     class names); ``describe(exc)`` when it is none of the known cases."""
     raw = _chain(exc)
     text = raw.lower()
-    if _VHOST_REFUSED.search(raw) or 'probableaccessdeniederror' in text:
-        return 'Access to the vhost refused'
     if _VHOST_NOT_FOUND.search(raw):
         return 'The vhost does not exist'
+    if _VHOST_REFUSED.search(raw) or 'probableaccessdeniederror' in text:
+        return 'Access to the vhost refused'
     if 'authenticationerror' in text or ('access_refused' in text and 'login' in text):
         return 'Login refused (ACCESS_REFUSED)'
     ssl = _SSL_DETAIL.search(raw)

@@ -44,7 +44,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Union
 
 from ._connector import Connector
 from ._link import IDLE, OPEN
@@ -157,6 +157,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
     down = _wait_for_broker(app)
     if down is not None:
+        if isinstance(down, int):
+            LOGGER.info(
+                '%s received while waiting for the broker: exiting', signal.Signals(down).name
+            )
+            _close(app)
+            return 1
         LOGGER.critical('worker not started: %s', down)
         _close(app)
         return EXIT_NO_BROKER
@@ -214,8 +220,9 @@ EXIT_FAILED = 3
 EXIT_NO_BROKER = 4
 
 
-def _wait_for_broker(app: App) -> Optional[BaseException]:
-    """Connect before the worker starts; None once connected, else why not.
+def _wait_for_broker(app: App) -> Union[None, int, BaseException]:
+    """Connect before the worker starts; None once connected, else why not (the number of
+    the signal that ended the wait, or the error).
 
     With ``broker_connection_retry_on_startup`` (default True, as Celery's) the link's retry
     policy runs its course (``broker_connection_max_retries``, kombu's intervals): each
@@ -223,7 +230,7 @@ def _wait_for_broker(app: App) -> Optional[BaseException]:
     N s`` (the first with what to do), and when the policy gives up its ``ConnectionLost``
     (the advice included) is returned. With False, one attempt is made first, by a
     connector of its own that does not retry, and its failure ends it.
-    SIGTERM/SIGINT meanwhile end it too. Blocks the main thread."""
+    SIGTERM/SIGINT meanwhile end it too (the process exits 1). Blocks the main thread."""
     if not app.conf.broker_connection_retry_on_startup:
         # One attempt of our own (a connector that does not retry), so the one WARNING says
         # "giving up"; the link's own policy applies once the worker runs.
@@ -244,9 +251,7 @@ def _wait_for_broker(app: App) -> Optional[BaseException]:
     while not link.wait_until_state(settled, 0.2):
         info = signal.sigtimedwait(_SIGNALS, 0)
         if info is not None:
-            return ConnectionLost(
-                f'{signal.Signals(info.si_signo).name} received while waiting for the broker'
-            )
+            return info.si_signo
     if link.state == OPEN:
         return None
     return link.unreachable() or ConnectionLost(f'{link!r} closed while connecting')
