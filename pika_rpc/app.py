@@ -94,7 +94,7 @@ class App:
             with self._lock:
                 backend = self._backend
                 if backend is None or backend.closed:
-                    backend = self._backend = RPCBackend(app=self)
+                    backend = self._backend = RPCBackend(app=self, shared=True)
         return backend
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:

@@ -32,25 +32,24 @@ Choices where Celery leaves room:
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import queue
 import threading
 import time
-import uuid
+import weakref
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from . import _registry, serialization, states
+from . import _hub, _registry, serialization, states
 from ._link import Link
-from ._pending import PendingTable
+from ._pending import Owner
 from ._replies import ResultConsumer
 from ._storing import ResultStoring
 from ._threads import Counters
 from ._timeouts import deadline, remaining
 from .config import Settings, reply_queue_arguments
 from .entities import Exchange, Queue
-from .errors import BacklogLimitExceeded, ClosedError, ConnectionLost, PikaRPCError, TimeoutError
+from .errors import BacklogLimitExceeded, ClosedError, ConnectionLost, TimeoutError
 from .messaging import Consumer, Producer
 
 LOGGER = logging.getLogger(__name__)
@@ -89,9 +88,11 @@ class RPCBackend(ResultStoring):
         auto_delete: bool = True,
         *,
         url: Optional[str] = None,
+        shared: bool = False,
         **kwargs: Any,
     ) -> None:
         self.app = app
+        self._shared = shared
         if app is not None:
             settings = app.conf.copy()
             if kwargs:
@@ -126,21 +127,26 @@ class RPCBackend(ResultStoring):
         _registry.register_live(self)
 
     def _reset(self) -> None:
-        """Fresh per-process state: new oid, empty table, new locks, no link yet."""
+        """Fresh per-process state: a hub (shared, or new: a new oid and an empty table),
+        new locks, no waits. A forked child's inherited hub is dropped, never released."""
         self._pid = os.getpid()
-        oid = str(uuid.uuid4())
-        self._lock = threading.Lock()  # guards _link and _closed; never held across I/O
-        self._pending = PendingTable(
-            cache_max=self.conf.result_cache_max,
-            cache_max_bytes=self.conf.result_cache_max_bytes,
-            history_max=self.conf.pending_history_max,
-            oob_max=self.conf.out_of_band_max,
-            pending_max=self.conf.pending_max,
-        )
-        self._link: Optional[Link] = None
+        self._lock = threading.Lock()  # guards _closed; never held across I/O
         self._closed = False
         self._stats = Counters('unroutable', 'stored')  # any thread stores
-        self.result_consumer._attach(oid, self._pending, self._get_link)
+        self._waits = Owner()  # the waits made through this backend (close() wakes them)
+        old = getattr(self, '_finalizer', None)
+        if old is not None:
+            old.detach()
+        own = self.result_consumer
+        hub = self._hub = _hub.acquire(
+            self,
+            (lambda h: self.ResultConsumer(h)) if self._shared else (lambda h: own),
+            self._shared,
+        )
+        self._pending = hub.pending
+        self.result_consumer = hub.consumer
+        # Garbage-collected without close(): let go of the hub without blocking.
+        self._finalizer = weakref.finalize(self, hub.release_soon)
 
     def _forget_parent_state(self) -> None:
         # In a forked child: never touch the parent's link; start over lazily.
@@ -202,46 +208,17 @@ class RPCBackend(ResultStoring):
         if self._closed:
             raise ClosedError(f'{self!r} is closed; use app.backend for a new one')
 
+    @property
+    def _link(self) -> Optional[Link]:
+        """The link the reply queue is consumed on (None before first use)."""
+        return self._hub.link
+
     def _get_link(self) -> Link:
         self._check_open()
-        link = self._link
-        if link is None or link.closed:
-            with self._lock:
-                if self._link is None or self._link.closed:
-                    # First use, or the old link stopped (its I/O thread died): a new one,
-                    # and the reply consumer subscribes again on it.
-                    self._link = _registry.acquire_link_for(self.conf)
-                    self._link.add_listener(self._on_link_event)
-                link = self._link
-        return link
-
-    def _on_link_event(self, event: str, info: Any) -> None:  # I/O thread
-        if event == 'gave_up':
-            # Sticky: a wait that starts later hears it too, until a new cycle starts.
-            self._pending.fail_pending(functools.partial(_lost, info), sticky=True)
-        elif event == 'connected':
-            self._pending.clear_errors(ConnectionLost)
-        elif event == 'closed' and not self._closed:
-            # The link stopped under us (its I/O thread died, or it was closed): wake every
-            # waiter now; the next call starts a new link (_get_link).
-            self._pending.fail_pending(functools.partial(_lost, info))
+        return self._hub.get_link()
 
     def _revive_link(self, for_wait: bool) -> bool:
-        """If the link gave up, start a new connection cycle (never blocks); True if it had.
-
-        ``for_wait``: the caller then waits for that cycle's outcome, so the errors of the
-        last cycle are forgotten first (on slots nobody waits on), and only then the cycle
-        started: if it gives up too, its ``gave_up`` fails the wait (on the task's slot, or
-        sticky for a slot the wait creates).
-        """
-        if self._pending.down is None:
-            return False
-        if for_wait:
-            self._pending.clear_errors(ConnectionLost)
-        link = self._link
-        if link is not None and not link.closed:
-            link.revive()
-        return True
+        return self._hub.revive_link(for_wait)
 
     def _raise_if_unreachable(self, what: str) -> None:
         """At a wait's deadline: ``ConnectionLost`` (why, what to do) if the broker cannot be
@@ -353,7 +330,7 @@ class RPCBackend(ResultStoring):
                 f'task {task_id} still PENDING after {timeout} s '
                 '(the reply consumer was not running yet)'
             ) from None
-        meta = self._pending.wait(task_id, dl, on_message)
+        meta = self._pending.wait(task_id, dl, on_message, owner=self._waits)
         if meta is None:
             self._raise_if_unreachable(f'task {task_id}')
             latest = self._pending.peek(task_id)
@@ -386,7 +363,7 @@ class RPCBackend(ResultStoring):
         dl = deadline(timeout)
         self._revive_link(for_wait=True)
         self.result_consumer.ensure_consuming(timeout=remaining(dl))
-        watcher, ready = self._pending.watch(ids)
+        watcher, ready = self._pending.watch(ids, owner=self._waits)
         left = set(ids)
         try:
             while left:
@@ -409,7 +386,7 @@ class RPCBackend(ResultStoring):
                     on_message(meta)
                 yield task_id, meta
         finally:
-            self._pending.unwatch(ids, watcher)
+            self._pending.unwatch(ids, watcher, owner=self._waits)
 
     def iter_native(
         self,
@@ -469,44 +446,24 @@ class RPCBackend(ResultStoring):
         return out
 
     def close(self, timeout: Optional[float] = 10.0) -> None:
-        """Wake every waiter with ``ClosedError`` (a ``ConnectionLost``), delete the reply
-        queue and release this backend's share of the link. A second call is a no-op."""
+        """Wake the threads waiting through this backend with ``ClosedError`` (a
+        ``ConnectionLost``) and release its share of the reply queue: the last backend that
+        shares it (``App`` objects with the same settings) deletes the queue and releases the
+        link. Waits through other backends go on. Blocks up to ``timeout``; a second call is a
+        no-op."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        dl = deadline(timeout)
-        self._pending.fail_pending(
-            lambda ids: ClosedError(f'backend closed while waiting for {", ".join(ids[:10])}')
+        self._finalizer.detach()
+        self._pending.fail_owner(
+            self._waits,
+            lambda ids: ClosedError(f'backend closed while waiting for {", ".join(ids[:10])}'),
         )
-        link, self._link = self._link, None
-        if link is None or link.pid != os.getpid():
-            return
-        try:
-            if self.result_consumer._cancel(remaining(dl)):
-                link.control('delete_queue', queue=self._oid, timeout=remaining(dl))
-        except PikaRPCError as exc:
-            LOGGER.warning(
-                'could not delete reply queue %s at close: %s (it expires by itself)',
-                self._oid,
-                exc,
-            )
-        finally:
-            link.remove_listener(self._on_link_event)
-            _registry.release_link(link, timeout=remaining(dl))
+        self._hub.release(timeout)
 
     def _close_at_exit(self) -> None:
         self.close(timeout=2.0)
-
-
-def _lost(info: Any, ids: List[str]) -> ConnectionLost:
-    """The error of waits whose results cannot arrive over the lost link."""
-    if not ids:
-        return ConnectionLost(f'{info}; no result can arrive until the link reconnects')
-    return ConnectionLost(
-        f'{info}; results of {len(ids)} pending task(s) cannot arrive: '
-        f'{", ".join(ids[:10])}{" ..." if len(ids) > 10 else ""}'
-    )
 
 
 def _rebuild_backend(conf: dict, init_args: dict) -> RPCBackend:
