@@ -35,6 +35,7 @@ import logging
 import os
 import threading
 import uuid
+import weakref
 from typing import Any, Callable, List, Optional, Tuple
 
 from . import _registry, serialization
@@ -74,6 +75,7 @@ def acquire(backend: Any, make_consumer: Callable[['Hub'], Any], shared: bool) -
             if shared:
                 proc.hubs[key] = hub
         hub.users += 1
+        hub.backends.add(backend)
         return hub
 
 
@@ -94,6 +96,7 @@ class Hub:
         )
         self.pid = os.getpid()
         self.users = 0  # under the registry's lock
+        self.backends: 'weakref.WeakSet[Any]' = weakref.WeakSet()  # users, for their hooks
         self.closed = False  # under the registry's lock
         self._lock = threading.Lock()  # guards link; never held across I/O
         self.link: Optional[Link] = None
@@ -112,7 +115,16 @@ class Hub:
 
     # ------------------------------------------------------------------ as the consumer's backend
     def on_out_of_band_result(self, task_id: str, message: Any) -> None:
-        LOGGER.debug('out-of-band result for task %s on %s', task_id, self.consumer.reply_queue)
+        """Calls the hook of every backend that uses this hub (a hook set on one App's
+        backend still runs); the first exception is raised after all ran."""
+        error: Optional[BaseException] = None
+        for backend in list(self.backends):
+            try:
+                backend.on_out_of_band_result(task_id, message)
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def _forget_parent_state(self) -> None:
         """After a fork each backend acquires a new hub by itself: nothing to do here."""
@@ -166,9 +178,10 @@ class Hub:
         return True
 
     # ------------------------------------------------------------------ users
-    def release(self, timeout: Optional[float] = 10.0) -> None:
-        """Let go of one reference; the last one deletes the queue (blocks up to
-        ``timeout``). A hub of another process (a fork's parent) is only dropped."""
+    def release(self, timeout: Optional[float] = 10.0, backend: Any = None) -> None:
+        """Let go of one reference (``backend``'s); the last one deletes the queue (blocks up
+        to ``timeout``). A hub of another process (a fork's parent) is only dropped."""
+        self.backends.discard(backend)
         if self.pid == os.getpid() and self._drop_user():
             self._shutdown(timeout)
 

@@ -460,7 +460,7 @@ class RPCBackend(ResultStoring):
             self._waits,
             lambda ids: ClosedError(f'backend closed while waiting for {", ".join(ids[:10])}'),
         )
-        self._hub.release(timeout)
+        self._hub.release(timeout, self)
 
     def _close_at_exit(self) -> None:
         self.close(timeout=2.0)
