@@ -149,8 +149,12 @@ class RPCBackend(ResultStoring):
         self._finalizer = weakref.finalize(self, hub.release_soon)
 
     def _forget_parent_state(self) -> None:
-        # In a forked child: never touch the parent's link; start over lazily.
-        self._reset()
+        # In a forked child: never touch the parent's link or hub. A closed backend stays
+        # closed (not a user of the child's reply queue); any other starts over.
+        if self._closed:
+            self._pid, self._lock = os.getpid(), threading.Lock()
+        else:
+            self._reset()
 
     # ------------------------------------------------------------------ identity
     @property
@@ -201,7 +205,7 @@ class RPCBackend(ResultStoring):
         if self._pid != os.getpid():
             _registry.current()  # runs the after-fork reset if the hook did not
             if self._pid != os.getpid():
-                self._reset()
+                self._forget_parent_state()
 
     def _check_open(self) -> None:
         self._check_pid()
