@@ -34,6 +34,10 @@ rebuilt from the other exactly (the meta drops unknown keys; an exception is reb
 raw dict once, not at every read), and it costs two small dicts: their large values are the
 same objects (the result of a non-exception state, the traceback, the children).
 
+Several backends may share one table (``App`` objects with the same settings, ``_hub``):
+each passes its ``Owner`` to ``wait``/``watch``, and ``fail_owner`` wakes only that owner's
+waits and watchers (its backend was closed); the slots and everyone else's waits stay.
+
 ``get_many`` uses *watchers*: a queue per call that receives ``(task_id, meta, error)`` for
 every id of interest reaching a final state (or an error), so waiting on thousands of ids is
 linear, not quadratic. A watched id is a waited-on slot: a result adopted from the

@@ -1,16 +1,22 @@
 """``RPCBackend``: Celery's rpc:// result backend on the process's link.
 
-Client side: one reply queue per *process* (``oid``), consumed by ``result_consumer``
-(``_replies.ResultConsumer``, re-exported here), which fills this backend's pending table;
-``get``/``get_many``/``get_task_meta`` read and wait on that table. The backend owns the
-link (shared with the store side), the oid and the table, and hands them to its consumer.
+Client side: a reply queue (``oid``), consumed by ``result_consumer``
+(``_replies.ResultConsumer``, re-exported here), which fills a pending table;
+``get``/``get_many``/``get_task_meta`` read and wait on that table. The queue, its consumer,
+the table and the link belong to a ``_hub.Hub``: the backends of ``App`` objects with the same
+settings (``shared=True``) share one, reference-counted, so a process holds one reply queue
+however many Apps it made; a backend made directly has its own. Each backend keeps its own
+waits (``_pending.Owner``): ``close()`` wakes only those, and the last backend of a hub
+deletes the queue.
 
 Result-storing side: ``store_result`` and Celery's ``mark_as_*`` (written in ``_storing``)
 publish each state to the request's ``reply_to`` with confirms, ``mandatory=True``.
 
 Choices where Celery leaves room:
 
-* The reply queue survives a reconnect (see ``_replies``); ``close()`` deletes it. The
+* The reply queue survives a reconnect (see ``_replies``); the last ``close()`` of the
+  backends that share it deletes it, and so does the garbage collection of the last one
+  left unclosed (an ``App``'s; a backend made directly is kept by its link until closed). The
   seed's ``auto_delete`` and ``no_ack`` arguments are accepted and ignored.
 * ``get_task_meta`` never waits on the network and never raises ``BacklogLimitExceeded``:
   it reads what the I/O thread already pushed (subscribing in the background on first
@@ -25,9 +31,11 @@ Choices where Celery leaves room:
   than ``result_cache_max_bytes`` is handed to its waiters and not kept.
 * A process that only polls (``get_task_meta`` without having sent) starts the consumer on
   first use, in the background, as Celery declares the queue on each poll.
-* After a fork the child gets a new oid and an empty table; the parent's queue is untouched.
-* No lock is held across a broker round trip: ``_lock`` guards only the link reference and
-  the closed flag.
+* After a fork the child gets a new oid and an empty table (the open backends of one hub in
+  the parent share one hub in the child; closed ones stay closed); the parent's queue is
+  untouched.
+* No lock is held across a broker round trip: ``_lock`` guards only the closed flag (the
+  hub's own lock, the link reference).
 """
 
 from __future__ import annotations
@@ -60,9 +68,12 @@ _PENDING_META = {'status': states.PENDING, 'result': None}
 
 
 class RPCBackend(ResultStoring):
-    """Celery's rpc:// result backend. Thread-safe; one per process is enough (``app.backend``).
+    """Celery's rpc:// result backend. Thread-safe; ``app.backend`` is the usual way to get one.
 
     Every method may be called from any thread. Blocking methods take a timeout.
+    ``shared=True`` (what ``App`` does) shares the reply queue, pending table and link with
+    every other shared backend of the same class and settings in this process; False (the
+    default for a backend made directly) gives it a reply queue of its own.
     """
 
     Exchange = Exchange
