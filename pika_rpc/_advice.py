@@ -41,9 +41,10 @@ def describe(exc: BaseException) -> str:
     return f'{name}: {text}' if text else name
 
 
-def reason(exc: BaseException) -> str:
+def reason(exc: BaseException, timeout: Optional[float] = None) -> str:
     """What went wrong with a connect attempt, in a few words a user recognises (no pika
-    class names); ``describe(exc)`` when it is none of the known cases."""
+    class names); ``describe(exc)`` when it is none of the known cases. ``timeout`` (the
+    connection timeout) is named when the attempt timed out."""
     raw = _chain(exc)
     text = raw.lower()
     if _VHOST_NOT_FOUND.search(raw):
@@ -57,11 +58,14 @@ def reason(exc: BaseException) -> str:
         return f'The TLS handshake failed ({ssl.group(0).strip()})'
     for needles, said in _REASONS:
         if any(n in text for n in needles):
+            if said is _NO_ANSWER and timeout is not None:
+                return f'{said} ({timeout:g} s)'
             return said
     return describe(exc)
 
 
 # A peer that accepts and closes at once: an RST, or pika's check of the socket after it.
+_NO_ANSWER = 'No answer within broker_connection_timeout'
 _SSL_DETAIL = re.compile(r"\[SSL: [A-Z0-9_]+\][^'\")]*")
 _RESET = ('connection reset', 'connectionreseterror', 'errno 104', 'getpeername() failed')
 _REASONS = (
@@ -79,7 +83,7 @@ _REASONS = (
         ('incompatibleprotocolerror', 'streamlosterror'),
         'The peer closed the connection during the AMQP handshake',
     ),
-    (('timeout', 'timed out'), 'No answer within broker_connection_timeout'),
+    (('timeout', 'timed out'), _NO_ANSWER),
     (('no route to host', 'network is unreachable'), 'No route to the host'),
 )
 

@@ -176,7 +176,7 @@ class Connector:
                 return None
             except _pika.CONNECT_ERRORS as exc:
                 self.last_error = _advice.describe(exc)
-                self.last_reason = _advice.reason(exc)
+                self.last_reason = _advice.reason(exc, self.params[0].socket_timeout)
                 self.last_advice = _advice.connect_advice(exc, self.options)
                 LOGGER.debug('%s: connect attempt %d failed: %s', self.name, number, exc)
                 last = isinstance(exc, _pika.FATAL_CONNECT_ERRORS) or (
