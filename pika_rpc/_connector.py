@@ -24,13 +24,14 @@ link, so per process: a fleet of processes spreads its first connections over th
 where kombu would connect each to the first address).
 
 pika's own log records of a failed attempt (about 7 ERROR lines and a traceback from
-``pika.adapters.*``) say what the WARNING says, in pika's terms. They are kept out of the
-user's logs by ``QuietConnects``, a ``logging.Filter`` added to pika's loggers that emit
-them: while a thread of ours is in ``open_connection`` its ident is in ``_connecting``, and
-a WARNING-or-higher record made on a thread in that set is demoted to DEBUG (kept, with its
-traceback, for whoever logs pika at DEBUG; dropped otherwise). pika's levels are not
-changed, and records of the application's own pika connections (other threads) and of our
-open connections pass untouched.
+``pika.adapters.*``), and of a lost connection (3 ERROR lines and a traceback), say what our
+WARNING says, in pika's terms. They are kept out of the user's logs by ``QuietConnects``, a
+``logging.Filter`` added to pika's loggers that emit them: our I/O threads (for their whole
+life, ``Link._run``) and any thread of ours inside ``open_connection`` are registered by
+ident (``quiet_begin``/``quiet_end``), and a WARNING-or-higher record made on a registered
+thread is demoted to DEBUG (kept, with its traceback, for whoever logs pika at DEBUG;
+dropped otherwise). pika's levels are not changed, and the records of the application's own
+pika connections (its threads) pass untouched.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import logging
 import random
 import threading
 import time
-from typing import Any, Callable, List, Optional, Set, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import pika
 
@@ -50,10 +51,17 @@ from .errors import ConnectionLost
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ['Connector', 'STOPPED', 'FAILOVER_STRATEGIES', 'QuietConnects']
+__all__ = [
+    'Connector',
+    'STOPPED',
+    'FAILOVER_STRATEGIES',
+    'QuietConnects',
+    'quiet_begin',
+    'quiet_end',
+]
 
-#: Idents of our threads inside ``open_connection`` (``QuietConnects``).
-_connecting: Set[int] = set()
+#: Idents of our threads whose pika records are demoted (``QuietConnects``), with a count.
+_connecting: Dict[int, int] = {}
 #: pika's loggers that log a failed connect attempt at ERROR (pika 1.3, 1.4).
 PIKA_CONNECT_LOGGERS = (
     'pika.adapters.utils.io_services_utils',
@@ -65,9 +73,24 @@ PIKA_CONNECT_LOGGERS = (
 )
 
 
+def quiet_begin() -> None:
+    """Demote pika's WARNING+ records made on this thread (until ``quiet_end``; nests)."""
+    me = threading.get_ident()
+    _connecting[me] = _connecting.get(me, 0) + 1
+
+
+def quiet_end() -> None:
+    me = threading.get_ident()
+    left = _connecting.get(me, 1) - 1
+    if left > 0:
+        _connecting[me] = left
+    else:
+        _connecting.pop(me, None)
+
+
 class QuietConnects(logging.Filter):
-    """Demotes to DEBUG pika's WARNING+ records made on a thread of ours that is connecting
-    (see the module docstring); a record of any other thread passes unchanged."""
+    """Demotes to DEBUG pika's WARNING+ records made on a registered thread of ours (see
+    the module docstring); a record of any other thread passes unchanged."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or record.thread not in _connecting:
@@ -146,12 +169,11 @@ class Connector:
         """A new ``BlockingConnection`` to the first address that answers, in failover order.
         Blocks (bounded by each address's connection timeout); raises one of
         ``_pika.CONNECT_ERRORS``."""
-        me = threading.get_ident()
-        _connecting.add(me)
+        quiet_begin()
         try:
             conn = pika.BlockingConnection([self.params[i] for i in self.order()])
         finally:
-            _connecting.discard(me)
+            quiet_end()
         self.connected_to(*_pika.connected_address(conn))
         return conn
 

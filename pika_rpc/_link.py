@@ -44,7 +44,7 @@ from typing import Any, Callable, List, Optional
 import pika.exceptions
 
 from . import _confirms, _deliveries, _pika
-from ._connector import STOPPED, Connector
+from ._connector import STOPPED, Connector, quiet_begin, quiet_end
 from ._consumer_commands import ConsumerCommands
 from ._consumers import Consumers
 from ._declarations import Declarations
@@ -420,6 +420,7 @@ class Link(ConsumerCommands):
                 LOGGER.exception('link listener %r failed on %s', listener, event)
 
     def _run(self) -> None:
+        quiet_begin()  # pika's records of this thread go to DEBUG: we say it (_connector)
         try:
             while not self._stop.is_set():
                 if self.connection is None:
@@ -440,6 +441,7 @@ class Link(ConsumerCommands):
             self._stop.set()  # later calls raise ClosedError instead of timing out
         finally:
             self._shutdown()
+            quiet_end()
 
     def _wait_for_work(self) -> None:
         """No connection: wait until something needs one (a command, a retry, a consumer
@@ -585,7 +587,9 @@ class Link(ConsumerCommands):
 
     def _on_connection_lost(self, exc: BaseException) -> None:
         self.last_error = f'{type(exc).__name__}: {exc}'
-        LOGGER.warning('%s: connection lost (%s); reconnecting', self.name, self.last_error)
+        LOGGER.warning(
+            'Lost the connection to %s (%s); reconnecting', self._connector.where, self.last_error
+        )
         self._drop_connection()  # what was unconfirmed is re-published after the reconnect
         self._reconnect_wanted = True
         self._notify('lost', self.last_error)
