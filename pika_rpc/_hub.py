@@ -96,7 +96,8 @@ class Hub:
         )
         self.pid = os.getpid()
         self.users = 0  # under the registry's lock
-        self.backends: 'weakref.WeakSet[Any]' = weakref.WeakSet()  # users, for their hooks
+        # The users, for their hooks (under the registry's lock).
+        self.backends: 'weakref.WeakSet[Any]' = weakref.WeakSet()
         self.closed = False  # under the registry's lock
         self._lock = threading.Lock()  # guards link; never held across I/O
         self.link: Optional[Link] = None
@@ -118,7 +119,9 @@ class Hub:
         """Calls the hook of every backend that uses this hub (a hook set on one App's
         backend still runs); the first exception is raised after all ran."""
         error: Optional[BaseException] = None
-        for backend in list(self.backends):
+        with _registry.current().lock:  # the users change under it
+            backends = list(self.backends)
+        for backend in backends:
             try:
                 backend.on_out_of_band_result(task_id, message)
             except Exception as exc:
@@ -181,7 +184,8 @@ class Hub:
     def release(self, timeout: Optional[float] = 10.0, backend: Any = None) -> None:
         """Let go of one reference (``backend``'s); the last one deletes the queue (blocks up
         to ``timeout``). A hub of another process (a fork's parent) is only dropped."""
-        self.backends.discard(backend)
+        with _registry.current().lock:
+            self.backends.discard(backend)
         if self.pid == os.getpid() and self._drop_user():
             self._shutdown(timeout)
 

@@ -284,6 +284,7 @@ class RPCBackend(ResultStoring):
                 runs in the background (a given-up link starts a new one): a later poll sees
                 the result once the link is back.
         """
+        self._check_open()
         cached = self._pending.cached(task_id, poll=True)
         if cached is not None:
             return cached
