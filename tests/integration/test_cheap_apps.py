@@ -220,3 +220,29 @@ def test_a_forked_child_shares_a_queue_of_its_own_and_the_parents_is_untouched(
     store(worker, parent_oid, sent.id, 'parent')
     assert sent.get(timeout=WAIT) == 'parent'
     assert p2.backend.oid == parent_oid
+
+
+def test_closing_one_app_ends_only_its_own_get_many(
+    make_app: Callable[[], App], worker: App
+) -> None:
+    a, b = make_app(), make_app()
+    task = a.send_task('tasks.add', (1, 1))
+    outcomes: Dict[str, List[Any]] = {'a': [], 'b': []}
+
+    def join(name: str, app: App) -> None:
+        try:
+            outcomes[name].extend(app.backend.get_many([task.id], timeout=WAIT))
+        except BaseException as exc:  # asserted below
+            outcomes[name].append(exc)
+
+    threads = {n: threading.Thread(target=join, args=(n, app)) for n, app in (('a', a), ('b', b))}
+    for t in threads.values():
+        t.start()
+    assert eventually(lambda: waiting(a, task.id, 2), timeout=WAIT)  # both watch it
+    a.close()
+    threads['a'].join(WAIT)
+    assert len(outcomes['a']) == 1 and isinstance(outcomes['a'][0], ClosedError)
+    assert threads['b'].is_alive()
+    store(worker, b.backend.oid, task.id, 2)
+    threads['b'].join(WAIT)
+    assert [(t, meta['result']) for t, meta in outcomes['b']] == [(task.id, 2)]
