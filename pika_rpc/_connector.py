@@ -61,9 +61,9 @@ __all__ = [
 ]
 
 #: Idents of our threads whose pika records are demoted (``QuietConnects``), with a count.
-_connecting: Dict[int, int] = {}
-#: pika's loggers that log a failed connect attempt at ERROR (pika 1.3, 1.4).
-PIKA_CONNECT_LOGGERS = (
+_quiet_threads: Dict[int, int] = {}
+#: pika's loggers that log a failed connect attempt or a lost connection at ERROR (1.3, 1.4).
+PIKA_LOGGERS = (
     'pika.adapters.utils.io_services_utils',
     'pika.adapters.utils.connection_workflow',
     'pika.adapters.blocking_connection',
@@ -76,16 +76,16 @@ PIKA_CONNECT_LOGGERS = (
 def quiet_begin() -> None:
     """Demote pika's WARNING+ records made on this thread (until ``quiet_end``; nests)."""
     me = threading.get_ident()
-    _connecting[me] = _connecting.get(me, 0) + 1
+    _quiet_threads[me] = _quiet_threads.get(me, 0) + 1
 
 
 def quiet_end() -> None:
     me = threading.get_ident()
-    left = _connecting.get(me, 1) - 1
+    left = _quiet_threads.get(me, 1) - 1
     if left > 0:
-        _connecting[me] = left
+        _quiet_threads[me] = left
     else:
-        _connecting.pop(me, None)
+        _quiet_threads.pop(me, None)
 
 
 class QuietConnects(logging.Filter):
@@ -93,14 +93,14 @@ class QuietConnects(logging.Filter):
     the module docstring); a record of any other thread passes unchanged."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING or record.thread not in _connecting:
+        if record.levelno < logging.WARNING or record.thread not in _quiet_threads:
             return True
         record.levelno, record.levelname = logging.DEBUG, 'DEBUG'
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
 _QUIET = QuietConnects()
-for _name in PIKA_CONNECT_LOGGERS:
+for _name in PIKA_LOGGERS:
     logging.getLogger(_name).addFilter(_QUIET)
 
 #: The values of ``broker_failover_strategy``.
