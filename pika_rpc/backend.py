@@ -158,6 +158,7 @@ class RPCBackend(ResultStoring):
         self.result_consumer = hub.consumer
         # Garbage-collected without close(): let go of the hub without blocking.
         self._finalizer = weakref.finalize(self, hub.release_soon)
+        self._finalizer.atexit = False  # at exit _registry closes the live backends
 
     def _forget_parent_state(self) -> None:
         # In a forked child: never touch the parent's link or hub. A closed backend stays
@@ -471,12 +472,13 @@ class RPCBackend(ResultStoring):
             if self._closed:
                 return
             self._closed = True
-        self._finalizer.detach()
+        held = self._finalizer.detach() is not None  # else its reference is released already
         self._pending.fail_owner(
             self._waits,
             lambda ids: ClosedError(f'backend closed while waiting for {", ".join(ids[:10])}'),
         )
-        self._hub.release(timeout, self)
+        if held:
+            self._hub.release(timeout, self)
 
     def _close_at_exit(self) -> None:
         self.close(timeout=2.0)
