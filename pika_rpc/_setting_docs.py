@@ -31,6 +31,10 @@ DESCRIPTIONS: Dict[str, str] = {
     'broker_connection_retry': (
         'False: a single connection attempt; a failure is reported at once.'
     ),
+    'broker_connection_retry_on_startup': (
+        'True: a worker that cannot connect at start keeps retrying (a line per attempt) '
+        'instead of exiting; it exits with status 4 when the retries run out.'
+    ),
     'broker_connection_max_retries': (
         'Connection attempts before giving up with ``ConnectionLost``; 0 or None: until '
         "the call's deadline."

@@ -1,10 +1,20 @@
 """``App``: configuration, task registry, ``send_task`` and the per-process backend.
 
-``App(broker_url=None, **conf)`` takes Celery's setting names. ``app.backend`` is one
-``RPCBackend`` per process shared by every thread; after ``close()`` (or in a forked child,
-where the backend resets itself) it is renewed with a new oid. ``send_task`` publishes a
+``App(broker_url=None, **conf)`` takes Celery's setting names. ``app.backend`` is this
+App's ``RPCBackend``, shared by every thread; after ``close()`` it is renewed, and in a
+forked child it resets itself (a new oid). ``send_task`` publishes a
 Celery protocol-v2 task message with publisher confirms, declaring the reply queue once per
 connection through ``backend.on_task_call`` and the task queue once per connection.
+
+Apps are cheap. Every App of a process whose settings are the same (all but ``task_*`` and
+``worker_*``) uses one reply queue, one pending table and one connection: the backends of
+such Apps share them, reference-counted (``_hub``). So an App per request, per thread or per
+test is fine: 30 Apps hold one reply queue, not 30. ``app.close()`` wakes only the threads
+waiting through that App (with ``ClosedError``) and lets go of its reference; the last App
+to let go deletes the queue. An App dropped without ``close()`` lets go when it is garbage
+collected (and at exit). Apps with other settings (another broker, another
+``result_expires``...) get a queue of their own. One App per process (a module-level
+``app``) is still the simplest.
 
 The task queue is declared by Celery's rule made safe (``_taskqueues``): the default queue
 (of ``task_default_queue_type``) and the queues of ``task_queues`` are declared as
@@ -36,7 +46,7 @@ from ._timeouts import deadline, remaining
 from .backend import RPCBackend
 from .config import Settings, merge_retry_policy
 from .connection import Connection
-from .errors import NotFound, NotRegistered, PublishError, TimeoutError
+from .errors import ConnectionLost, NotFound, NotRegistered, PublishError, TimeoutError
 from .message import check_properties
 from .result import AsyncResult, GroupResult, ResultSet
 from .task import Task
@@ -59,7 +69,8 @@ _clock = itertools.count(1)
 
 
 class App:
-    """Configuration, tasks and the process's result backend. Thread-safe."""
+    """Configuration, tasks and a result backend. Thread-safe; cheap to make (Apps with the
+    same settings share one reply queue and connection: see the module docstring)."""
 
     def __init__(
         self,
@@ -97,13 +108,14 @@ class App:
     # ------------------------------------------------------------------ backend
     @property
     def backend(self) -> RPCBackend:
-        """This process's backend (built lazily; renewed after ``close()``)."""
+        """This App's backend (built lazily; renewed after ``close()``). Its reply queue,
+        pending table and link are shared with every App of the same settings."""
         backend = self._backend
         if backend is None or backend.closed:
             with self._lock:
                 backend = self._backend
                 if backend is None or backend.closed:
-                    backend = self._backend = RPCBackend(app=self)
+                    backend = self._backend = RPCBackend(app=self, shared=True)
         return backend
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> _AsyncResult:
@@ -129,9 +141,11 @@ class App:
         return conn
 
     def close(self, timeout: Optional[float] = 10.0) -> None:
-        """Close this app's backend (its waiters wake with ``ClosedError``; its reply queue is
-        deleted) and release its connection; the process's link closes when nothing else
-        uses it. Blocks up to ``timeout``. The app stays usable: a later call starts again."""
+        """Close this app's backend (the threads waiting through this App wake with
+        ``ClosedError``; other Apps' waits go on) and release its connection. The reply
+        queue is deleted when no other App of the same settings uses it, and the process's
+        link closes when nothing else uses it. Blocks up to ``timeout``. The app stays
+        usable: a later call starts again."""
         dl = deadline(timeout)
         backend, self._backend = self._backend, None
         conn, self._connection = self._connection, None
@@ -241,7 +255,9 @@ class App:
         if not ignored:
             try:
                 reply_queue = backend.on_task_call(None, task_id, timeout=remaining(dl))
-            except TimeoutError as exc:  # its text says why (e.g. cannot connect, and what to do)
+            except ConnectionLost as exc:  # says why and what to do (_advice)
+                raise type(exc)(f'task {name}[{task_id}] not sent: {exc}') from None
+            except TimeoutError as exc:
                 raise PublishError(
                     f'task {name}[{task_id}] not sent: the reply queue could not '
                     f'be set up within the publish timeout: {exc}'

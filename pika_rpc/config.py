@@ -259,6 +259,7 @@ _SPECS: Dict[str, tuple] = {
     'broker_connection_timeout': (4.0, _maybe_positive),
     'broker_connection_max_retries': (100, _count(0, none=True)),
     'broker_connection_retry': (True, _flag),
+    'broker_connection_retry_on_startup': (True, _flag),  # cli.py: a worker waits for the broker
     'result_backend_transport_options': ({}, _dict),
     'broker_transport_options': ({}, _dict),
     'broker_use_ssl': (False, _ssl),

@@ -83,6 +83,7 @@ LEVELS = {
     'simple': 10,
     # Celery's surface
     '_replies': 10,
+    '_hub': 10,
     '_control': 10,
     '_storing': 4,
     '_execution': 8,
