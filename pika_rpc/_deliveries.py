@@ -105,6 +105,9 @@ class DeliveryReader:
         # A partial frame pika may hold already becomes the start of our buffer.
         self._pika_on_data, self._buf = wire.take_reader(self._on_data)
         self.fast = 0  # deliveries read here (for stats and tests)
+        # Called after frames were handed to pika (their callbacks have run): the link's
+        # wait for a reply to its own request (``Link.wait_until``) ends there at once.
+        self.after_pika: Optional[Callable[[], None]] = None
 
     def register(self, channel: Any, handler: Handler) -> None:
         """Read the deliveries of ``channel`` (a ``pika.channel.Channel``) here from now on;
@@ -287,6 +290,8 @@ class DeliveryReader:
     def _to_pika(self, frames: bytes) -> None:
         if frames and not self._conn.is_closed:
             self._pika_on_data(frames)
+            if self.after_pika is not None:
+                self.after_pika()
 
 
 def _too_long(assembly: _Assembly, length: int) -> Exception:

@@ -68,8 +68,9 @@ CLOSED = 'CLOSED'
 #: this bounds how late the loop notices a closed channel, a stop or acks left to send.
 POLL_INTERVAL = 0.2
 # Slices in which the I/O thread runs the ioloop while it waits for a reply to its own
-# request (Channel.OpenOk, Basic.ConsumeOk...): the latency such a step may add.
-WAIT_SLICE = 0.002
+# request (Channel.OpenOk, Basic.ConsumeOk...). The reply's arrival ends a slice at once
+# (``wait_until``); this bounds how late anything else is noticed.
+WAIT_SLICE = 0.02
 # A queued publish that found a caller writing to the socket is tried again this much later.
 BUSY_RETRY = 0.002
 
@@ -519,12 +520,26 @@ class Link(ConsumerCommands):
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         """I/O thread: run the ioloop until ``predicate()`` (set by a callback of a plain pika
-        channel, which does not end ``process_data_events``: hence the short slices)."""
+        channel, which does not end ``process_data_events``). The delivery reader checks it
+        after each read it hands to pika; once true, a zero-delay timer ends the slice."""
         dl = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() >= dl:
-                raise pika.exceptions.AMQPConnectionError(f'no {what} within {timeout} s')
-            self.connection.process_data_events(time_limit=WAIT_SLICE)
+        connection, reader = self.connection, self.reader
+
+        def check() -> None:
+            if predicate():
+                reader.after_pika = None
+                connection.call_later(0, _noop)
+
+        if reader is not None:
+            reader.after_pika = check
+        try:
+            while not predicate():
+                if time.monotonic() >= dl:
+                    raise pika.exceptions.AMQPConnectionError(f'no {what} within {timeout} s')
+                connection.process_data_events(time_limit=WAIT_SLICE)
+        finally:
+            if reader is not None:
+                reader.after_pika = None
 
     # ---------------------------------------------------------------- connecting
     def _connect(self) -> bool:
