@@ -45,6 +45,7 @@ LEVELS = {
     '_handoff': 1,
     '_declarations': 1,
     '_pidbox': 1,
+    '_request': 1,
     # Celery's messages, AMQP messages, the pika boundary
     'message': 2,
     'protocol': 2,
@@ -225,6 +226,7 @@ def test_private_pika_attributes_are_touched_only_in_the_pika_module(module: str
 
 # Names moved to another module by the split keep their old import path (users import them).
 MOVED = [
+    ('protocol', 'TaskRequest', '_request'),
     ('config', 'parse_url', '_urls'),
     ('config', 'mask_url', '_urls'),
     ('config', 'BrokerAddress', '_urls'),
