@@ -34,7 +34,19 @@ def _fresh(code: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-HEAVY = ('pika', 'yaml', 'msgpack', 'pickle', 'bz2', 'lzma', 'ssl', 'pika_rpc.worker')
+HEAVY = (
+    'pika',
+    'yaml',
+    'msgpack',
+    'pickle',
+    'bz2',
+    'lzma',
+    'ssl',
+    'dataclasses',
+    'random',
+    'pika_rpc.worker',
+    'pika_rpc._request',
+)
 
 
 def test_import_pika_rpc_imports_neither_pika_nor_the_optional_serializers():
