@@ -104,6 +104,7 @@ class Link(ConsumerCommands):
             socket themselves (``publish``); False: every publication goes through the I/O
             thread. May be changed at any time.
         failover_strategy: the order the addresses are tried in (``_connector``).
+        confirms: False publishes without confirms (settled once written: ``_confirms``).
     """
 
     def __init__(
@@ -117,8 +118,10 @@ class Link(ConsumerCommands):
         name: Optional[str] = None,
         direct_writes: bool = True,
         failover_strategy: str = 'round-robin',
+        confirms: bool = True,
     ) -> None:
         self.id = next(_link_ids)
+        self.confirms = confirms
         self.name = name or f'pika-rpc-io-{os.getpid()}-{self.id}'
         self._connector = Connector(
             options,
@@ -279,7 +282,8 @@ class Link(ConsumerCommands):
         if not cmd.done.wait(remaining(dl)):
             cmd.cancelled = True
             raise TimeoutError(
-                f'{what} not done within {_seconds(timeout)} s{self._why_not_open()}'
+                f'{what} not done within {"no" if timeout is None else f"{timeout:.3g}"} s'
+                + self._why_not_open()
             )
         if cmd.error is not None:
             raise cmd.error
@@ -391,9 +395,8 @@ class Link(ConsumerCommands):
             return True
 
     def abandon(self) -> None:
-        """Forget this link without any I/O (a forked child's inherited link).
-
-        A new, set stop flag: the parent's Event may have been mid-use by a thread gone here."""
+        """Forget this link without any I/O (a forked child's inherited link). A new, set
+        stop flag: the parent's Event may have been mid-use by a thread gone here."""
         self._stop = threading.Event()
         self._stop.set()
 
@@ -639,10 +642,6 @@ class Link(ConsumerCommands):
             for pub in owned:
                 pub._finish(err)
             self._notify('closed', err)  # the users' waiters wake with this error
-
-
-def _seconds(value: Optional[float]) -> str:
-    return 'no' if value is None else f'{value:.3g}'
 
 
 def _noop() -> None:
