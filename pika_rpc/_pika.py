@@ -12,7 +12,8 @@ pika_rpc uses pika's public API where it can (``BlockingConnection``, channels, 
   ``bytes_received`` (public) for pika's heartbeat checker;
 * **the writer**: the transport's ``_sock`` and ``_produce`` (wrapped to run under the
   write lock callers' direct writes take) and ``_body_max_length`` (the frame size);
-  ``_MAX_RECV_BYTES`` is raised to read more per ``recv`` (speed only);
+  ``_MAX_RECV_BYTES`` is raised to read more per ``recv`` and ``_MAX_CONSUME_BYTES`` lowered
+  to one ``recv`` per readiness event on a plaintext socket (speed only);
 * **channel cookies**: ``Channel._set_cookie`` gives a plain channel the object
   ``BlockingConnection.close()`` expects to find on each of its channels.
 
@@ -325,7 +326,13 @@ class DirectSocket:
 
 def _read_more_per_call(impl: Any) -> None:
     """Have pika's transport read ``READ_SIZE`` bytes per ``recv`` (its
-    ``_MAX_RECV_BYTES``, 4 KB). Speed only: a transport without it reads as it does."""
+    ``_MAX_RECV_BYTES``, 4 KB) and, on a plaintext socket, ``recv`` once per readiness
+    event (``_MAX_CONSUME_BYTES``): pika reads again until ``EAGAIN``, which costs every
+    small result a second system call and an exception, on the I/O thread, while the thread
+    it has just woken waits for the GIL. What is left in the socket makes the (level
+    triggered) poller report it again at once. A TLS socket keeps pika's loop: data may
+    wait decrypted in the ``SSLSocket``, where no poller sees it. Speed only: a transport
+    without these attributes reads as it does."""
     transport = getattr(impl, '_transport', None)
     if (
         isinstance(getattr(transport, '_MAX_RECV_BYTES', None), int)
@@ -334,6 +341,10 @@ def _read_more_per_call(impl: Any) -> None:
         transport._MAX_RECV_BYTES = READ_SIZE
     else:
         LOGGER.debug('pika transport %r: read size left as it is', transport)
+    if type(getattr(transport, '_sock', None)) is socket.socket and isinstance(
+        getattr(transport, '_MAX_CONSUME_BYTES', None), int
+    ):
+        transport._MAX_CONSUME_BYTES = 1
 
 
 def _take_frame_buffer(impl: Any) -> bytes:

@@ -101,6 +101,7 @@ KNOWN_INTERNALS = {
     '_set_cookie',
     '_body_max_length',
     '_MAX_RECV_BYTES',
+    '_MAX_CONSUME_BYTES',
     '_processing_frame_buffer',
     '_heartbeat_checker',
 }
