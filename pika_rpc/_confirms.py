@@ -301,7 +301,7 @@ class Pipeline:
         """Without confirms: ``pub`` is on the ledger only while it is written (a write that
         fails leaves it there for the loss handling); written whole, it is settled."""
         with self._ledger_lock:
-            if self._unconfirmed.get(tag) is not pub:
+            if tag not in self._unconfirmed or self._unconfirmed[tag] is not pub:
                 return  # taken by a loss meanwhile: its new owner settles it
             del self._unconfirmed[tag]
             self._drop_key(tag, pub)

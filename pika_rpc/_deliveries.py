@@ -48,7 +48,7 @@ import struct
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import pika
-import pika.data
+import pika.data  # type: ignore[import-untyped]
 import pika.exceptions
 import pika.frame
 import pika.spec

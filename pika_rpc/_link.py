@@ -529,7 +529,7 @@ class Link(ConsumerCommands):
         connection, reader = self.connection, self.reader
 
         def check() -> None:
-            if predicate():
+            if predicate() and reader is not None:
                 reader.after_pika = None
                 connection.call_later(0, _noop)
 

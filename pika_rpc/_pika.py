@@ -341,8 +341,10 @@ def _read_more_per_call(impl: Any) -> None:
         transport._MAX_RECV_BYTES = READ_SIZE
     else:
         LOGGER.debug('pika transport %r: read size left as it is', transport)
-    if type(getattr(transport, '_sock', None)) is socket.socket and isinstance(
-        getattr(transport, '_MAX_CONSUME_BYTES', None), int
+    if (
+        transport is not None
+        and type(getattr(transport, '_sock', None)) is socket.socket
+        and isinstance(getattr(transport, '_MAX_CONSUME_BYTES', None), int)
     ):
         transport._MAX_CONSUME_BYTES = 1
 
