@@ -80,6 +80,8 @@ TASK_EXCHANGE_TYPE = 'direct'
 
 
 _EXTENDED_KEYS = ('name', 'args', 'kwargs', 'worker', 'retries', 'queue')
+# What meta_from_raw copies from a result body besides status, result, traceback, children.
+_COPIED_KEYS = frozenset(('task_id', 'date_done', 'group_id', 'parent_id') + _EXTENDED_KEYS)
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
@@ -191,9 +193,11 @@ def meta_from_raw(raw: Any) -> Dict[str, Any]:
             exception.
         SecurityError: the exception names something that is not an exception class.
     """
-    status = required_text(
-        json_object(raw, 'a result body'), 'status', 'a result body needs a status string'
-    )
+    status = raw.get('status') if type(raw) is dict else None  # the common case, cheaply
+    if type(status) is not str or not status:
+        status = required_text(
+            json_object(raw, 'a result body'), 'status', 'a result body needs a status string'
+        )
     result = raw.get('result')
     if status in states.EXCEPTION_STATES:
         result = exception_from_dict(result)
@@ -203,9 +207,9 @@ def meta_from_raw(raw: Any) -> Dict[str, Any]:
         'traceback': raw.get('traceback'),
         'children': raw.get('children'),
     }
-    for key in ('task_id', 'date_done', 'group_id', 'parent_id') + _EXTENDED_KEYS:
-        if key in raw:
-            meta[key] = raw[key]
+    for key, value in raw.items():  # a handful of keys: cheaper than a lookup per name
+        if key in _COPIED_KEYS:
+            meta[key] = value
     return meta
 
 
