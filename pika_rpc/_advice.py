@@ -22,14 +22,15 @@ from urllib.parse import quote
 
 __all__ = ['describe', 'reason', 'where', 'connect_advice', 'precondition_advice']
 
-_INEQUIVALENT = re.compile(
+# Patterns as text: ``re`` compiles (and caches) them at the first error that needs one, not
+# at import.
+
+_INEQUIVALENT = (
     r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) '(?P<name>[^']*)' in "
     r"vhost '(?P<vhost>[^']*)': received (?P<asked>.+?) but current is (?P<current>.+?)\)?$"
 )
-_VHOST_NOT_FOUND = re.compile(r'vhost (?P<vhost>\S+) not found')
-_VHOST_REFUSED = re.compile(
-    r"access to vhost '(?P<vhost>[^']*)' refused for user '(?P<user>[^']*)'"
-)
+_VHOST_NOT_FOUND = r'vhost (?P<vhost>\S+) not found'
+_VHOST_REFUSED = r"access to vhost '(?P<vhost>[^']*)' refused for user '(?P<user>[^']*)'"
 
 
 def describe(exc: BaseException) -> str:
@@ -47,9 +48,9 @@ def reason(exc: BaseException, timeout: Optional[float] = None) -> str:
     connection timeout) is named when the attempt timed out."""
     raw = _chain(exc)
     text = raw.lower()
-    if _VHOST_NOT_FOUND.search(raw):
+    if re.search(_VHOST_NOT_FOUND, raw):
         return 'The vhost does not exist'
-    if _VHOST_REFUSED.search(raw) or 'probableaccessdeniederror' in text:
+    if re.search(_VHOST_REFUSED, raw) or 'probableaccessdeniederror' in text:
         return 'Access to the vhost refused'
     if 'authenticationerror' in text or ('access_refused' in text and 'login' in text):
         return 'Login refused (ACCESS_REFUSED)'
@@ -152,7 +153,7 @@ def connect_advice(exc: BaseException, params: Iterable[Any] = ()) -> str:
     hosts, vhost, user = _target(params)
     raw = _chain(exc)
     text = raw.lower()
-    match = _VHOST_REFUSED.search(raw)
+    match = re.search(_VHOST_REFUSED, raw)
     if match:
         return (
             f'User {match.group("user")!r} has no permissions on vhost '
@@ -160,7 +161,7 @@ def connect_advice(exc: BaseException, params: Iterable[Any] = ()) -> str:
             f"{match.group('vhost')} {match.group('user')} '.*' '.*' '.*'`, or use another "
             f'user in broker_url'
         )
-    match = _VHOST_NOT_FOUND.search(raw)
+    match = re.search(_VHOST_NOT_FOUND, raw)
     if match:
         name = match.group('vhost')
         return (
@@ -241,10 +242,10 @@ def _value(text: str) -> str:
     return text.strip("'")
 
 
-_INVALID_PROPERTY = re.compile(
+_INVALID_PROPERTY = (
     r"invalid property '(?P<prop>[^']+)' for queue '(?P<name>[^']*)' in vhost '(?P<vhost>[^']*)'"
 )
-_INVALID_ARG = re.compile(
+_INVALID_ARG = (
     r"invalid arg '(?P<arg>[^']+)' for queue '(?P<name>[^']*)' in vhost '(?P<vhost>[^']*)' "
     r'of queue type (?P<type>\S+)'
 )
@@ -269,10 +270,10 @@ def precondition_advice(text: str) -> str:
     are refused whether or not the queue exists.
     """
     text = text.strip()
-    match = _INEQUIVALENT.search(text)
+    match = re.search(_INEQUIVALENT, text)
     if match:
         return _inequivalent_advice(match)
-    match = _INVALID_PROPERTY.search(text)
+    match = re.search(_INVALID_PROPERTY, text)
     if match:
         prop, name = match.group('prop', 'name')
         option, why = _REPLICATED_REFUSES.get(prop, (prop, 'its type does not have it'))
@@ -281,7 +282,7 @@ def precondition_advice(text: str) -> str:
             f'(x-queue-type quorum or stream): {why}. Declare it without {option}, or as a '
             f'classic queue (no x-queue-type) if it needs {option}'
         )
-    match = _INVALID_ARG.search(text)
+    match = re.search(_INVALID_ARG, text)
     if match:
         arg, name, kind = match.group('arg', 'name', 'type')
         kind = kind.replace('rabbit_', '').replace('_queue', '')

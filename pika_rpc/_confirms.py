@@ -107,10 +107,15 @@ class Pipeline:
     """
 
     def __init__(
-        self, channel: Any, on_settled: Callable[[Any, str, Optional[tuple]], None]
+        self,
+        channel: Any,
+        on_settled: Callable[[Any, str, Optional[tuple]], None],
+        confirms: bool = True,
     ) -> None:
         self._chan = channel  # the pika.channel.Channel (not the Blocking one)
         self._on_settled = on_settled
+        # False: no Confirm.Select; a publication is settled once written (``unconfirmed``).
+        self.confirms = confirms
         self._wlock = threading.Lock()  # every write to the socket, and tag order
         self._ledger_lock = threading.Lock()  # the four fields below
         self._next_tag = 1
@@ -137,17 +142,20 @@ class Pipeline:
         (``_deliveries.DeliveryReader``) the confirms are read by it, ahead of pika."""
         self._chan.add_on_return_callback(self._on_return)
         self._chan.add_on_close_callback(self._on_close)
-        self._chan.confirm_delivery(
-            ack_nack_callback=self._on_ack_nack, callback=self._on_select_ok
-        )
+        if self.confirms:
+            self._chan.confirm_delivery(
+                ack_nack_callback=self._on_ack_nack, callback=self._on_select_ok
+            )
         if wire is not None:
             self._socket = wire.direct_socket(self._wlock, IO_LOCK_WAIT)
             if self._socket is not None:
                 self._wlock = self._socket.lock  # one lock per connection's socket
                 self._channel_number = self._chan.channel_number
-        if reader is not None:
+        if reader is not None and self.confirms:
             reader.register_confirms(self._chan, self.on_confirm)
             self._reader = reader
+        if not self.confirms:
+            self._on_select_ok(None)  # nothing to wait for
         return lambda: self._select_ok
 
     def _on_select_ok(self, _frame: Any) -> None:
@@ -212,6 +220,9 @@ class Pipeline:
                 properties=properties,
                 mandatory=mandatory,
             )
+            if not self.confirms:  # pika has it: nothing more will be heard of it
+                pub._finish(None)
+                return 0
             return self._register(pub)  # type: ignore[return-value]
         finally:
             self._wlock.release()
@@ -265,11 +276,13 @@ class Pipeline:
                 or queued()
                 or self._socket.pika_buffered()
                 or not self._chan.is_open
-                or self._register(pub, direct=True) is None
-            ):  # None: retired by a loss
+            ):
+                return False
+            tag = self._register(pub, direct=True)
+            if tag is None:  # retired by a loss
                 return False
             try:
-                self._write(data, pub)
+                written = self._write(data, pub)
             except BaseException as exc:
                 # Registered: the ledger owns it. Whatever went wrong (a socket pika has just
                 # closed makes select()/poll() raise ValueError, not OSError), a frame may be
@@ -278,21 +291,35 @@ class Pipeline:
                 self._abandon_stream()
                 if not isinstance(exc, Exception):
                     raise  # KeyboardInterrupt...: the caller's to handle
+                return True
+            if written and not self.confirms:
+                self._settle_written(tag, pub)
             return True
         finally:
             self._wlock.release()
 
-    def _write(self, data: bytes, pub: Any) -> None:
-        """Under ``_wlock``: send all of ``data``, or abandon the stream after the bound.
-        Raises what the socket raises (the caller abandons the stream then)."""
+    def _settle_written(self, tag: int, pub: Any) -> None:
+        """Without confirms: ``pub`` is on the ledger only while it is written (a write that
+        fails leaves it there for the loss handling); written whole, it is settled."""
+        with self._ledger_lock:
+            if tag not in self._unconfirmed or self._unconfirmed[tag] is not pub:
+                return  # taken by a loss meanwhile: its new owner settles it
+            del self._unconfirmed[tag]
+            self._drop_key(tag, pub)
+        pub._finish(None)
+
+    def _write(self, data: bytes, pub: Any) -> bool:
+        """Under ``_wlock``: send all of ``data`` (True), or abandon the stream after the
+        bound (False). Raises what the socket raises (the caller abandons the stream then)."""
         try:
             sent = self._socket.sock.send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
         if sent < len(data):
             if not self._finish_write(memoryview(data)[sent:], pub):
-                return
+                return False
         self.direct_writes += 1
+        return True
 
     def _finish_write(self, rest: memoryview, pub: Any) -> bool:
         """Under ``_wlock``: the socket took part of a frame; the rest must follow before
@@ -407,6 +434,17 @@ class Pipeline:
         # Compared outside the lock (bodies may be large): only this thread settles or
         # flags, so the candidates stay on the ledger meanwhile.
         tag = _returned_one(candidates, properties, body) if candidates else None
+        if tag is None and not self.confirms:
+            # Settled when written: no publisher waits for it any more (kombu without
+            # confirms only calls on_return handlers; pika_rpc has none to call here).
+            LOGGER.warning(
+                'the broker returned a message published without confirms (%s %s): '
+                'exchange %r, routing key %r, correlation id %r; it is dropped',
+                method.reply_code,
+                method.reply_text,
+                *key,
+            )
+            return
         if tag is None:
             LOGGER.debug('basic.return matched no unconfirmed publication: %r', key)
             return

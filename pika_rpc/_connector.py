@@ -38,16 +38,18 @@ from __future__ import annotations
 
 import itertools
 import logging
-import random
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
 import pika
 
 from . import _advice, _pika
 from ._retry import intervals
 from .errors import ConnectionLost
+
+if TYPE_CHECKING:
+    import random
 
 LOGGER = logging.getLogger(__name__)
 
@@ -136,7 +138,11 @@ class Connector:
         # Indexes of params in failover order; the next connection tries _ring[_next] first.
         self._ring = list(range(len(self.params)))
         if failover_strategy == 'shuffle':
-            (rng or random).shuffle(self._ring)
+            if rng is None:
+                import random  # only this strategy needs it: not at import
+
+                rng = random.Random()
+            rng.shuffle(self._ring)
         self._next = 0
         self.max_retries = max_retries
         start, step, top = interval

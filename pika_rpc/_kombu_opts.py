@@ -18,15 +18,16 @@ import logging
 import threading
 from typing import Any, Dict, Mapping, Optional, Set
 
-__all__ = ['READ', 'NOT_IMPLEMENTED', 'check', 'value']
+__all__ = ['READ', 'NOT_IMPLEMENTED', 'check', 'value', 'confirms']
 
 LOGGER = logging.getLogger(__name__)
 
 #: The keys pika_rpc reads, and what each does.
 READ: Dict[str, str] = {
     'confirm_publish': (
-        'pika_rpc always publishes with confirms (every publish waits for the broker): True '
-        'changes nothing; False is not honoured'
+        'False: the connection publishes without confirms (no Confirm.Select; a publish '
+        'returns once written, unroutable and lost messages are not reported); absent, None '
+        'or True: with confirms (every publish waits for the broker), the default'
     ),
     'max_retries': (
         "reconnect attempts of the process's link (config.connection_retry_policy), and "
@@ -95,15 +96,10 @@ def check(options: Optional[Mapping[str, Any]]) -> None:
         return
     if not isinstance(options, Mapping):
         raise TypeError(f'transport_options must be a mapping, got {type(options).__name__}')
-    for key, val in options.items():
+    for key in options:
         if not isinstance(key, str):
             raise TypeError(f'transport_options keys must be str, got {key!r}')
-        if key == 'confirm_publish' and val is False and _first_time('confirm_publish=False'):
-            LOGGER.warning(
-                'transport_options confirm_publish=False is not honoured: pika_rpc always '
-                'publishes with confirms'
-            )
-        elif key in READ:
+        if key in READ:
             continue
         elif key in NOT_IMPLEMENTED:
             if _first_time(key):
@@ -146,3 +142,14 @@ def value(options: Optional[Mapping[str, Any]], key: str, default: Any) -> Any:
         if not val >= 0:
             raise ValueError(f'transport_options {key} must be >= 0, got {val!r}')
     return val
+
+
+def confirms(options: Optional[Mapping[str, Any]]) -> bool:
+    """Whether a connection with these transport options publishes with confirms: True
+    unless ``confirm_publish`` is given and false (None counts as not given). pika_rpc
+    confirms by default, where py-amqp does not: a publish that returns has reached the
+    broker."""
+    if not options:
+        return True
+    val = options.get('confirm_publish')
+    return True if val is None else bool(val)

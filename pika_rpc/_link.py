@@ -38,7 +38,6 @@ import itertools
 import logging
 import os
 import threading
-import time
 from typing import Any, Callable, Dict, List, Optional
 
 import pika.exceptions
@@ -68,8 +67,9 @@ CLOSED = 'CLOSED'
 #: this bounds how late the loop notices a closed channel, a stop or acks left to send.
 POLL_INTERVAL = 0.2
 # Slices in which the I/O thread runs the ioloop while it waits for a reply to its own
-# request (Channel.OpenOk, Basic.ConsumeOk...): the latency such a step may add.
-WAIT_SLICE = 0.002
+# request (Channel.OpenOk, Basic.ConsumeOk...). The reply's arrival ends a slice at once
+# (``wait_until``); this bounds how late anything else is noticed.
+WAIT_SLICE = 0.02
 # A queued publish that found a caller writing to the socket is tried again this much later.
 BUSY_RETRY = 0.002
 
@@ -103,6 +103,7 @@ class Link(ConsumerCommands):
             socket themselves (``publish``); False: every publication goes through the I/O
             thread. May be changed at any time.
         failover_strategy: the order the addresses are tried in (``_connector``).
+        confirms: False publishes without confirms (settled once written: ``_confirms``).
     """
 
     def __init__(
@@ -116,8 +117,10 @@ class Link(ConsumerCommands):
         name: Optional[str] = None,
         direct_writes: bool = True,
         failover_strategy: str = 'round-robin',
+        confirms: bool = True,
     ) -> None:
         self.id = next(_link_ids)
+        self.confirms = confirms
         self.name = name or f'pika-rpc-io-{os.getpid()}-{self.id}'
         self._connector = Connector(
             options,
@@ -283,7 +286,8 @@ class Link(ConsumerCommands):
             if down is not None:
                 raise down
             raise TimeoutError(
-                f'{what} not done within {_seconds(timeout)} s{self._why_not_open()}'
+                f'{what} not done within {"no" if timeout is None else f"{timeout:.3g}"} s'
+                + self._why_not_open()
             )
         if cmd.error is not None:
             raise cmd.error
@@ -398,9 +402,8 @@ class Link(ConsumerCommands):
             return True
 
     def abandon(self) -> None:
-        """Forget this link without any I/O (a forked child's inherited link).
-
-        A new, set stop flag: the parent's Event may have been mid-use by a thread gone here."""
+        """Forget this link without any I/O (a forked child's inherited link). A new, set
+        stop flag: the parent's Event may have been mid-use by a thread gone here."""
         self._stop = threading.Event()
         self._stop.set()
 
@@ -528,13 +531,8 @@ class Link(ConsumerCommands):
             cmd.finish(result)
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        """I/O thread: run the ioloop until ``predicate()`` (set by a callback of a plain pika
-        channel, which does not end ``process_data_events``: hence the short slices)."""
-        dl = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() >= dl:
-                raise pika.exceptions.AMQPConnectionError(f'no {what} within {timeout} s')
-            _pika.process_data_events(self.connection, WAIT_SLICE)
+        """I/O thread: run the ioloop until ``predicate()`` (``_pika.wait_until``)."""
+        _pika.wait_until(self.connection, self.reader, predicate, timeout, what, WAIT_SLICE)
 
     # ---------------------------------------------------------------- connecting
     def _connect(self) -> bool:
@@ -638,10 +636,6 @@ class Link(ConsumerCommands):
             for pub in owned:
                 pub._finish(err)
             self._notify('closed', err)  # the users' waiters wake with this error
-
-
-def _seconds(value: Optional[float]) -> str:
-    return 'no' if value is None else f'{value:.3g}'
 
 
 def _noop() -> None:

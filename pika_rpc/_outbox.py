@@ -43,7 +43,7 @@ __all__ = ['Outbox']
 class Outbox:
     """The publish side of a link (see the module docstring).
 
-    ``link`` provides ``connection``, ``wire``, ``reader``, ``wait_until(...)``,
+    ``link`` provides ``connection``, ``confirms``, ``wire``, ``reader``, ``wait_until(...)``,
     ``enqueue(item, deadline)`` (callers' side), ``handoff``, ``callbacks``, ``io_stats``,
     ``count(key)`` (callers' counters), ``gen`` (the connection generation), ``direct_writes``
     and ``name``.
@@ -145,10 +145,14 @@ class Outbox:
             self._link.io_stats['publishes'] += 1
 
     def open_channel(self) -> None:
-        """Open the publish channel in confirm mode on the current connection."""
+        """Open the publish channel on the current connection: in confirm mode, unless the
+        link publishes without confirms (``link.confirms`` False: kombu's
+        ``confirm_publish=False``; a publication is then settled once written)."""
         link = self._link
         self._channel = link.connection.channel()
-        self.pipeline = _confirms.Pipeline(_pika.channel_impl(self._channel), self._on_settled)
+        self.pipeline = _confirms.Pipeline(
+            _pika.channel_impl(self._channel), self._on_settled, confirms=link.confirms
+        )
         ready = self.pipeline.start(link.wire, link.reader)
         link.wait_until(ready, 30.0, 'Confirm.SelectOk')
 

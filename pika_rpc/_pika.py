@@ -12,7 +12,8 @@ pika_rpc uses pika's public API where it can (``BlockingConnection``, channels, 
   ``bytes_received`` (public) for pika's heartbeat checker;
 * **the writer**: the transport's ``_sock`` and ``_produce`` (wrapped to run under the
   write lock callers' direct writes take) and ``_body_max_length`` (the frame size);
-  ``_MAX_RECV_BYTES`` is raised to read more per ``recv`` (speed only);
+  ``_MAX_RECV_BYTES`` is raised to read more per ``recv`` and ``_MAX_CONSUME_BYTES`` lowered
+  to one ``recv`` per readiness event on a plaintext socket (speed only);
 * **channel cookies**: ``Channel._set_cookie`` gives a plain channel the object
   ``BlockingConnection.close()`` expects to find on each of its channels.
 
@@ -38,6 +39,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from typing import Any, Callable, Optional, Tuple
 
 import pika
@@ -191,6 +193,45 @@ def process_data_events(connection: Any, time_limit: Optional[float]) -> None:
         LOGGER.debug('channel closed by the broker, handled by its callback: %r', exc)
 
 
+def wait_until(
+    connection: Any,
+    reader: Any,
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    slice_: float,
+) -> None:
+    """I/O thread: run ``connection``'s ioloop until ``predicate()`` is true (set by a
+    callback of a plain pika channel, which does not end ``process_data_events``), in
+    slices of ``slice_`` seconds. ``reader`` (the delivery reader, or None) checks it after
+    each read it hands to pika; once true, a zero-delay timer ends the slice at once.
+
+    Raises:
+        pika.exceptions.AMQPConnectionError: not true within ``timeout`` (``what`` names it).
+    """
+    dl = time.monotonic() + timeout
+
+    def check() -> None:
+        if predicate() and reader is not None:
+            reader.after_pika = None
+            connection.call_later(0, _noop)
+
+    if reader is not None:
+        reader.after_pika = check
+    try:
+        while not predicate():
+            if time.monotonic() >= dl:
+                raise pika.exceptions.AMQPConnectionError(f'no {what} within {timeout} s')
+            process_data_events(connection, slice_)
+    finally:
+        if reader is not None:
+            reader.after_pika = None
+
+
+def _noop() -> None:
+    pass
+
+
 def closed_by_command(exc: BaseException) -> bool:
     """Whether ``exc`` is the broker closing the connection because of the command that was
     running (a 503 for an unknown exchange type, a 540...): running it again would close
@@ -340,7 +381,13 @@ class DirectSocket:
 
 def _read_more_per_call(impl: Any) -> None:
     """Have pika's transport read ``READ_SIZE`` bytes per ``recv`` (its
-    ``_MAX_RECV_BYTES``, 4 KB). Speed only: a transport without it reads as it does."""
+    ``_MAX_RECV_BYTES``, 4 KB) and, on a plaintext socket, ``recv`` once per readiness
+    event (``_MAX_CONSUME_BYTES``): pika reads again until ``EAGAIN``, which costs every
+    small result a second system call and an exception, on the I/O thread, while the thread
+    it has just woken waits for the GIL. What is left in the socket makes the (level
+    triggered) poller report it again at once. A TLS socket keeps pika's loop: data may
+    wait decrypted in the ``SSLSocket``, where no poller sees it. Speed only: a transport
+    without these attributes reads as it does."""
     transport: Any = getattr(impl, '_transport', None)
     if (
         isinstance(getattr(transport, '_MAX_RECV_BYTES', None), int)
@@ -349,6 +396,12 @@ def _read_more_per_call(impl: Any) -> None:
         transport._MAX_RECV_BYTES = READ_SIZE
     else:
         LOGGER.debug('pika transport %r: read size left as it is', transport)
+    if (
+        transport is not None
+        and type(getattr(transport, '_sock', None)) is socket.socket
+        and isinstance(getattr(transport, '_MAX_CONSUME_BYTES', None), int)
+    ):
+        transport._MAX_CONSUME_BYTES = 1
 
 
 def _take_frame_buffer(impl: Any) -> bytes:

@@ -27,6 +27,7 @@ import threading
 import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
+from . import _kombu_opts
 from ._link import Link
 from ._threads import SerialExecutor
 from .config import Settings, connection_options, connection_retry_policy
@@ -88,9 +89,12 @@ def link_key(options: List[dict]) -> Tuple:
 
 
 def acquire_link(options: List[dict], **link_kwargs: Any) -> Link:
-    """The process's link for these broker options; the caller becomes one of its users."""
+    """The process's link for these broker options; the caller becomes one of its users.
+    A link without publisher confirms (``confirms=False``) is another link (connection)."""
     proc = current()
     key = link_key(options)
+    if link_kwargs.get('confirms', True) is False:
+        key += (('confirms', False),)
     with proc.lock:
         link = proc.links.get(key)
         if link is None or link.closed:
@@ -103,10 +107,12 @@ def acquire_link(options: List[dict], **link_kwargs: Any) -> Link:
 
 def acquire_link_for(settings: Settings) -> Link:
     """``acquire_link`` with the broker options, retry policy, failover strategy and bounds
-    of ``settings`` (the first user's, when the link exists already)."""
+    of ``settings`` (the first user's, when the link exists already), and publisher confirms
+    unless ``broker_transport_options`` say ``confirm_publish=False`` (kombu's name)."""
     policy = connection_retry_policy(settings)
     return acquire_link(
         connection_options(settings),
+        confirms=_kombu_opts.confirms(settings.broker_transport_options),
         handoff_max=settings.handoff_max,
         direct_writes=settings.direct_writes,
         failover_strategy=settings.broker_failover_strategy,

@@ -423,7 +423,9 @@ class ResultConsumer:
                 task_id,
                 delivery,
             )
-        self._run_hook(self.on_state_change, 'on_state_change', task_id, meta, delivery)
+        hook = self.on_state_change
+        if getattr(hook, '__func__', None) is not _NO_HOOK:  # overridden (or set on the instance)
+            self._run_hook(hook, 'on_state_change', task_id, meta, delivery)
         if self._drain_waiters:  # read unlocked: a waiter that starts later waits
             with self._arrived:  # for the next message anyway
                 self._arrived.notify_all()
@@ -446,3 +448,6 @@ class ResultConsumer:
     def stats(self) -> Dict[str, int]:
         """Messages counted while consuming: out-of-band, bad, and raising hooks."""
         return self._stats.snapshot()
+
+
+_NO_HOOK = ResultConsumer.on_state_change  # the default: nothing to run per message

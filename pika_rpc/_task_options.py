@@ -16,7 +16,6 @@ from 0 to that (:func:`backoff`).
 from __future__ import annotations
 
 import math
-import random
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 __all__ = ['SEND_OPTIONS', 'HONOURED', 'REFUSED', 'check', 'rate', 'backoff']
@@ -125,6 +124,8 @@ def backoff(factor: int, retries: int, maximum: int, jitter: bool) -> int:
     """Celery's exponential backoff countdown (s) for the retry after ``retries`` retries."""
     countdown = min(maximum, factor * (2**retries))
     if jitter:
+        import random  # only jitter needs it: not at import (a client's start-up)
+
         countdown = random.randrange(countdown + 1) if countdown >= 0 else 0
     return max(0, countdown)
 

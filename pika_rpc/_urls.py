@@ -20,8 +20,7 @@ Choices:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 __all__ = [
@@ -43,18 +42,66 @@ _SCHEMES = {'amqp': 'amqp', 'pyamqp': 'amqp', 'librabbitmq': 'amqp', 'amqps': 'a
 MASK = '**'
 
 
-@dataclass(frozen=True, repr=False)
 class BrokerAddress:
-    """One broker of a (failover) broker URL. ``str``/``repr`` never show the password."""
+    """One broker of a (failover) broker URL. ``str``/``repr`` never show the password.
+
+    Immutable (setting an attribute raises ``dataclasses.FrozenInstanceError``), compared
+    and hashed by its fields as a frozen dataclass would be (``options`` is compared, not
+    hashed; ``port_explicit`` neither). A plain class: building a dataclass costs every
+    process a millisecond at import."""
 
     scheme: str  # 'amqp' or 'amqps'
-    host: str = 'localhost'
-    port: int = 5672
-    virtual_host: str = '/'
-    userid: str = 'guest'
-    password: str = 'guest'
-    options: Dict[str, str] = field(default_factory=dict, hash=False)  # URL query, as text
-    port_explicit: bool = field(default=True, compare=False)  # False: the scheme's default
+    host: str
+    port: int
+    virtual_host: str
+    userid: str
+    password: str
+    options: Dict[str, str]  # URL query, as text
+    port_explicit: bool  # False: the scheme's default
+
+    def __init__(
+        self,
+        scheme: str,
+        host: str = 'localhost',
+        port: int = 5672,
+        virtual_host: str = '/',
+        userid: str = 'guest',
+        password: str = 'guest',
+        options: Optional[Dict[str, str]] = None,
+        port_explicit: bool = True,
+    ) -> None:
+        self.__dict__.update(
+            scheme=scheme,
+            host=host,
+            port=port,
+            virtual_host=virtual_host,
+            userid=userid,
+            password=password,
+            options={} if options is None else options,
+            port_explicit=port_explicit,
+        )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        from dataclasses import FrozenInstanceError
+
+        raise FrozenInstanceError(f'cannot assign to field {name!r}')
+
+    def __delattr__(self, name: str) -> None:
+        from dataclasses import FrozenInstanceError
+
+        raise FrozenInstanceError(f'cannot delete field {name!r}')
+
+    def _key(self) -> tuple:
+        return (self.scheme, self.host, self.port, self.virtual_host, self.userid, self.password)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, BrokerAddress)
+        return self._key() == other._key() and self.options == other.options
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @property
     def ssl(self) -> bool:

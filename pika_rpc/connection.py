@@ -63,6 +63,7 @@ Choices where kombu leaves room:
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
@@ -99,21 +100,22 @@ __all__ = ['Connection', 'Channel', 'OperationalError', 'register_factory']
 _DEFAULT: Any = object()
 
 #: Classes kombu's factory methods make, registered by the modules that define them (above
-#: this one): 'Producer', 'Consumer', 'SimpleQueue', 'SimpleBuffer', 'Pool', 'ChannelPool'.
+#: this one) when imported; ``import pika_rpc`` loads those lazily, so a miss imports it.
 _FACTORIES: Dict[str, Callable[..., Any]] = {}
+_FACTORY_MODULES = dict(Producer='messaging', Consumer='messaging', SimpleQueue='simple')
+_FACTORY_MODULES.update(SimpleBuffer='simple', Pool='pools', ChannelPool='pools')
 
 
 def register_factory(name: str, factory: Callable[..., Any]) -> None:
     """Make ``Connection.<name>(...)`` build with ``factory`` (done at import by the module
-    that defines it; ``pika_rpc`` imports them all)."""
+    that defines it)."""
     _FACTORIES[name] = factory
 
 
 def _factory(name: str) -> Callable[..., Any]:
-    try:
-        return _FACTORIES[name]
-    except KeyError:
-        raise RuntimeError(f'Connection.{name} needs pika_rpc imported (import pika_rpc)') from None
+    if name not in _FACTORIES:
+        importlib.import_module(f'{__package__}.{_FACTORY_MODULES[name]}')
+    return _FACTORIES[name]
 
 
 class Connection(Addresses):

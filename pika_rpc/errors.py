@@ -299,14 +299,15 @@ class PreconditionFailed(BrokerRefused):
 # RabbitMQ's texts (rabbit_amqqueue:absent/2) for a durable classic queue whose node is gone:
 # "home node 'n1@h' of durable queue 'q' in vhost '/' is down or inaccessible", and, while that
 # node stops, "queue 'q' in vhost '/' process is stopped by supervisor".
-_NODE_DOWN = re.compile(r"home node '(?P<node>[^']*)' of durable queue '(?P<queue>.*)' in vhost ")
-_STOPPED = re.compile(r"queue '(?P<queue>.*)' in vhost '.*' process is stopped by supervisor")
+# As text: ``re`` compiles (and caches) them at the first refusal, not at import.
+_NODE_DOWN = r"home node '(?P<node>[^']*)' of durable queue '(?P<queue>.*)' in vhost "
+_STOPPED = r"queue '(?P<queue>.*)' in vhost '.*' process is stopped by supervisor"
 
 
 def queue_node_down(reply_text: str) -> Optional[Tuple[Optional[str], Optional[str]]]:
     """``(queue, node)`` when a 404's text says the queue's node is down, else None."""
     for pattern in (_NODE_DOWN, _STOPPED):
-        match = pattern.search(reply_text or '')
+        match = re.search(pattern, reply_text or '')
         if match is not None:
             return match.group('queue'), match.groupdict().get('node')
     return None

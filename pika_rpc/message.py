@@ -25,15 +25,13 @@ Choices where kombu leaves room:
 
 from __future__ import annotations
 
-import bz2
 import datetime
 import decimal
+import importlib
 import logging
-import lzma
 import os
 import sys
 import threading
-import zlib
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from . import serialization
@@ -71,14 +69,20 @@ def maybe_delivery_mode(value: Any, default: int = PERSISTENT_DELIVERY_MODE) -> 
 
 # ------------------------------------------------------------------ compression
 
-_COMPRESSORS: Dict[str, Tuple[str, Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {}
-for _names, _ctype, _enc, _dec in (
-    (('zlib', 'gzip'), 'application/x-gzip', zlib.compress, zlib.decompress),
-    (('bzip2', 'bz2'), 'application/x-bz2', bz2.compress, bz2.decompress),
-    (('lzma', 'xz'), 'application/x-lzma', lzma.compress, lzma.decompress),
+# name -> (content type, module): the module (zlib, bz2 or lzma, each with ``compress`` and
+# ``decompress``) is imported at first use, so a process that never compresses never pays for it.
+_COMPRESSORS: Dict[str, Tuple[str, str]] = {}
+for _names, _ctype, _module in (
+    (('zlib', 'gzip'), 'application/x-gzip', 'zlib'),
+    (('bzip2', 'bz2'), 'application/x-bz2', 'bz2'),
+    (('lzma', 'xz'), 'application/x-lzma', 'lzma'),
 ):
     for _n in _names + (_ctype,):
-        _COMPRESSORS[_n] = (_ctype, _enc, _dec)
+        _COMPRESSORS[_n] = (_ctype, _module)
+
+
+def _codec(module: str) -> Any:
+    return importlib.import_module(module)
 
 
 def compress(body: bytes, method: str) -> Tuple[bytes, str]:
@@ -88,23 +92,23 @@ def compress(body: bytes, method: str) -> Tuple[bytes, str]:
         ValueError: an unknown method (known: zlib/gzip, bzip2/bz2, lzma/xz).
     """
     try:
-        ctype, encode, _ = _COMPRESSORS[method]
+        ctype, module = _COMPRESSORS[method]
     except KeyError:
         raise ValueError(
             f'unknown compression {method!r}; use one of '
             f'{sorted(n for n in _COMPRESSORS if "/" not in n)}'
         ) from None
-    return encode(body), ctype
+    return _codec(module).compress(body), ctype
 
 
 def decompress(body: bytes, header: str) -> bytes:
     """Undo :func:`compress` given the message's ``compression`` header value."""
     try:
-        _, _, decode = _COMPRESSORS[header]
+        _, module = _COMPRESSORS[header]
     except KeyError:
         raise DecodeError(f'unknown compression {header!r}') from None
     try:
-        return decode(body)
+        return _codec(module).decompress(body)
     except Exception as exc:
         raise DecodeError(f'cannot decompress a {header} body: {exc}') from exc
 

@@ -25,9 +25,8 @@ import math
 import numbers
 import os
 import socket
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import states
 
@@ -45,6 +44,9 @@ from ._pidbox import (
 )
 from .errors import DecodeError
 from .serialization import exception_from_dict, exception_to_dict, json_object, required_text
+
+if TYPE_CHECKING:
+    from ._request import TaskRequest
 
 LOGGER = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ TASK_EXCHANGE_TYPE = 'direct'
 
 
 _EXTENDED_KEYS = ('name', 'args', 'kwargs', 'worker', 'retries', 'queue')
+# What meta_from_raw copies from a result body besides status, result, traceback, children.
+_COPIED_KEYS = frozenset(('task_id', 'date_done', 'group_id', 'parent_id') + _EXTENDED_KEYS)
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
@@ -189,9 +193,11 @@ def meta_from_raw(raw: Any) -> Dict[str, Any]:
             exception.
         SecurityError: the exception names something that is not an exception class.
     """
-    status = required_text(
-        json_object(raw, 'a result body'), 'status', 'a result body needs a status string'
-    )
+    status = raw.get('status') if type(raw) is dict else None  # the common case, cheaply
+    if type(status) is not str or not status:
+        status = required_text(
+            json_object(raw, 'a result body'), 'status', 'a result body needs a status string'
+        )
     result = raw.get('result')
     if status in states.EXCEPTION_STATES:
         result = exception_from_dict(result)
@@ -201,9 +207,9 @@ def meta_from_raw(raw: Any) -> Dict[str, Any]:
         'traceback': raw.get('traceback'),
         'children': raw.get('children'),
     }
-    for key in ('task_id', 'date_done', 'group_id', 'parent_id') + _EXTENDED_KEYS:
-        if key in raw:
-            meta[key] = raw[key]
+    for key, value in raw.items():  # a handful of keys: cheaper than a lookup per name
+        if key in _COPIED_KEYS:
+            meta[key] = value
     return meta
 
 
@@ -364,54 +370,6 @@ def task_message(
     return message_headers, properties, body
 
 
-@dataclass
-class TaskRequest:
-    """A parsed protocol-v2 task message. ``task`` is an alias of ``name`` (Celery's Context)."""
-
-    id: str
-    name: str
-    args: list
-    kwargs: dict
-    eta: Optional[datetime] = None
-    expires: Optional[datetime] = None
-    retries: int = 0
-    timelimit: Tuple[Optional[float], Optional[float]] = (None, None)
-    reply_to: Optional[str] = None
-    correlation_id: Optional[str] = None
-    root_id: Optional[str] = None
-    parent_id: Optional[str] = None
-    group: Optional[str] = None
-    group_index: Optional[int] = None
-    ignore_result: Optional[bool] = None
-    origin: Optional[str] = None
-    shadow: Optional[str] = None
-    argsrepr: Optional[str] = None
-    kwargsrepr: Optional[str] = None
-    replaced_task_nesting: int = 0
-    stamped_headers: Optional[list] = None
-    stamps: dict = field(default_factory=dict)
-    callbacks: Optional[list] = None
-    errbacks: Optional[list] = None
-    chain: Optional[list] = None
-    chord: Optional[dict] = None
-    priority: Optional[int] = None
-    delivery_info: dict = field(default_factory=dict)
-    headers: dict = field(default_factory=dict)
-    hostname: Optional[str] = None  # set by the worker that runs it
-
-    @property
-    def task(self) -> str:
-        return self.name
-
-    @property
-    def time_limit(self) -> Optional[float]:
-        return self.timelimit[0]
-
-    @property
-    def soft_time_limit(self) -> Optional[float]:
-        return self.timelimit[1]
-
-
 def _check(
     value: Any, types: Union[type, Tuple[type, ...]], what: str, optional: bool = True
 ) -> Any:
@@ -495,6 +453,8 @@ def parse_task_message(
     task_id = _check(headers.get('id'), str, 'the "id" header', optional=False)
     if not name or not task_id:
         raise DecodeError('task message needs non-empty "task" and "id" headers')
+    from ._request import TaskRequest
+
     return TaskRequest(
         id=task_id,
         name=name,
@@ -586,3 +546,13 @@ def retry_message(
         if not key.startswith('x-'):
             headers.setdefault(key, value)
     return headers, props, body
+
+
+def __getattr__(name: str) -> Any:
+    # TaskRequest lives in ._request: a dataclass of 31 fields costs a client that never
+    # parses a task message a millisecond at import.
+    if name == 'TaskRequest':
+        from ._request import TaskRequest
+
+        return TaskRequest
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -17,7 +17,8 @@ Contracts (``docs/wire-format.rst``: JSON envelopes, Exceptions):
 * msgpack uses kombu's settings (``use_bin_type``, ``raw=False``) with the same envelopes
   for datetime/date/time/Decimal/UUID (kombu's msgpack cannot send those at all); bytes stay
   native msgpack ``bin``. yaml uses ``safe_dump``/``safe_load`` only (tuples become lists).
-  Both are registered only when their package imports. pickle is registered but is accepted
+  Both are registered at their first use (a lookup by name or content type), and only when
+  their package imports, so importing this module imports neither. pickle is registered but is accepted
   only when an accept list names it explicitly.
 
 Exceptions (``exception_to_dict``/``exception_from_dict``) are rebuilt **without importing
@@ -41,7 +42,6 @@ import inspect
 import json
 import logging
 import os
-import pickle
 import sys
 import threading
 import uuid
@@ -180,8 +180,10 @@ class _Codec(NamedTuple):
 
 
 _lock = threading.Lock()
+_lazy_lock = threading.Lock()  # held while a lazy codec's package is imported (_load_lazy)
 _by_name: Dict[str, _Codec] = {}
 _by_type: Dict[str, _Codec] = {}
+_LAZY: Dict[str, Tuple[str, Callable[[], Any]]] = {}  # filled below the codecs
 
 
 def register(
@@ -206,6 +208,7 @@ def register(
     """
     codec = _Codec(name, content_type, content_encoding, encoder, decoder)
     with _lock:
+        _LAZY.pop(name, None)
         _by_name[name] = codec
         _by_type[content_type] = codec
 
@@ -230,11 +233,14 @@ def prepare_accept_content(names: Optional[Iterable[str]]) -> FrozenSet[str]:
         names = [names]
     out = set()
     for n in names:
+        if n in _LAZY:
+            _load_lazy(n)
         if '/' in n:
             out.add(n)
         elif n in _by_name:
             out.add(_by_name[n].content_type)
         else:
+            _load_all_lazy()
             raise ValueError(
                 f'no serializer registered under the name {n!r} '
                 f'(registered: {", ".join(sorted(_by_name))})'
@@ -253,6 +259,9 @@ def dumps(obj: Any, serializer: str = 'json') -> Tuple[str, str, bytes]:
         ValueError: ``serializer`` is not a registered name.
     """
     codec = _by_name.get(serializer)
+    if codec is None and serializer in _LAZY:
+        _load_lazy(serializer)
+        codec = _by_name.get(serializer)
     if codec is None:
         raise ValueError(f'no serializer registered under the name {serializer!r}')
     try:
@@ -291,6 +300,9 @@ def loads(
             f'refusing to decode content type {content_type!r}: accepted are {sorted(accepted)!r}'
         )
     codec = _by_type.get(content_type)
+    if codec is None and _LAZY:
+        _load_lazy(content_type=content_type)
+        codec = _by_type.get(content_type)
     if codec is None:
         raise DecodeError(f'no decoder registered for content type {content_type!r}')
     if isinstance(body, (bytearray, memoryview)):
@@ -318,47 +330,88 @@ def loads(
 _JSON_DECODER = json.JSONDecoder(object_hook=_decode_envelope)
 _PLAIN_JSON_DECODER = json.JSONDecoder()
 register('json', JSON_CONTENT_TYPE, 'utf-8', _json_dumps, _json_loads)
-register(
-    'pickle',
-    'application/x-python-serialize',
-    'binary',
-    lambda o: pickle.dumps(o, protocol=pickle.DEFAULT_PROTOCOL),
-    pickle.loads,
-)
 
-try:
-    import msgpack as _msgpack
-except ImportError:  # optional extra
-    _msgpack = None  # type: ignore[assignment]
-else:
+
+def _pickle_dumps(obj: Any) -> bytes:
+    import pickle
+
+    return pickle.dumps(obj, protocol=pickle.DEFAULT_PROTOCOL)
+
+
+def _pickle_loads(data: bytes) -> Any:
+    import pickle
+
+    return pickle.loads(data)
+
+
+register('pickle', 'application/x-python-serialize', 'binary', _pickle_dumps, _pickle_loads)
+
+
+def _msgpack_codec() -> Optional[Tuple[str, Callable[[Any], Any], Callable[[Any], Any]]]:
+    try:
+        import msgpack
+    except ImportError:  # optional extra
+        return None
 
     def _msgpack_dumps(obj: Any) -> bytes:
-        return _msgpack.packb(
+        return msgpack.packb(
             obj, use_bin_type=True, datetime=False, default=lambda o: _envelope(o, with_bytes=False)
         )
 
     def _msgpack_loads(data: Any) -> Any:
         if isinstance(data, str):
             data = data.encode('utf-8')
-        return _msgpack.unpackb(data, raw=False, object_hook=_decode_envelope)
+        return msgpack.unpackb(data, raw=False, object_hook=_decode_envelope)
 
-    register('msgpack', 'application/x-msgpack', 'binary', _msgpack_dumps, _msgpack_loads)
+    return 'binary', _msgpack_dumps, _msgpack_loads
 
-try:
-    import yaml as _yaml
-except ImportError:  # optional extra
-    _yaml = None  # type: ignore[assignment]
-else:
 
-    class _SafeDumper(_yaml.SafeDumper):
+def _yaml_codec() -> Optional[Tuple[str, Callable[[Any], Any], Callable[[Any], Any]]]:
+    try:
+        import yaml
+    except ImportError:  # optional extra
+        return None
+
+    class _SafeDumper(yaml.SafeDumper):
         """SafeDumper that writes tuples as lists (task args are tuples)."""
 
-    _SafeDumper.add_representer(tuple, _yaml.SafeDumper.represent_list)
+    _SafeDumper.add_representer(tuple, yaml.SafeDumper.represent_list)
 
     def _yaml_dumps(obj: Any) -> str:
-        return _yaml.dump(obj, Dumper=_SafeDumper)
+        return yaml.dump(obj, Dumper=_SafeDumper)
 
-    register('yaml', 'application/x-yaml', 'utf-8', _yaml_dumps, _yaml.safe_load)
+    return 'utf-8', _yaml_dumps, yaml.safe_load
+
+
+# name -> (content type, a function that imports the package and returns its codec, or None
+# when the package is not installed). Registered at first use (any lookup by name or content
+# type), so ``import pika_rpc`` does not import msgpack or yaml; a ``register`` of the same
+# name or content type first replaces them for good.
+_LAZY.update(
+    msgpack=('application/x-msgpack', _msgpack_codec), yaml=('application/x-yaml', _yaml_codec)
+)
+
+
+def _load_lazy(name: Optional[str] = None, content_type: Optional[str] = None) -> None:
+    """Register the lazy codec named ``name`` or writing ``content_type``, if there is one
+    and its package imports. Thread-safe; each is tried once (it leaves ``_LAZY``). A name
+    or content type registered meanwhile keeps its codec."""
+    with _lazy_lock:
+        for lazy_name, (ctype, make) in list(_LAZY.items()):
+            if lazy_name != name and ctype != content_type:
+                continue
+            made = make()
+            with _lock:
+                if made is not None and _LAZY.get(lazy_name) is not None:
+                    codec = _Codec(lazy_name, ctype, *made)
+                    _by_name.setdefault(lazy_name, codec)
+                    _by_type.setdefault(ctype, codec)
+                _LAZY.pop(lazy_name, None)  # last: a thread that saw it waits on _lazy_lock
+
+
+def _load_all_lazy() -> None:
+    for lazy_name in list(_LAZY):
+        _load_lazy(lazy_name)
 
 
 # --------------------------------------------------------------------------- exceptions
@@ -377,8 +430,8 @@ def _after_fork_in_child() -> None:
     """New module locks: a forked child has only the forking thread, so a lock another
     thread of the parent held at the fork would stay held for ever (the dicts they guard
     are whole: the GIL keeps each of their operations atomic)."""
-    global _lock, _synth_lock
-    _lock, _synth_lock = threading.Lock(), threading.Lock()
+    global _lock, _lazy_lock, _synth_lock
+    _lock, _lazy_lock, _synth_lock = threading.Lock(), threading.Lock(), threading.Lock()
 
 
 if hasattr(os, 'register_at_fork'):

@@ -193,6 +193,7 @@ def run(o: argparse.Namespace, log: Callable[[str], None]) -> None:
         f'{",".join(s.name for s in o.chosen)}, T={o.threads}; '
         f'{sum(map(len, repeated))} kinds x {o.repeats} + {sum(map(len, once))} once'
     )
+    compiled = harness.compile_package()
     load0 = harness.loadavg()
     t0 = time.monotonic()
     runs = harness.interleave(repeated, o.repeats, url, log)
@@ -208,6 +209,7 @@ def run(o: argparse.Namespace, log: Callable[[str], None]) -> None:
     print(
         f'## bench ({"quick" if o.quick else "default"}; {o.repeats} round(s), fresh process '
         f'per run, implementations interleaved; {took:.0f} s; cpus={os.cpu_count()}; '
+        f'pika_rpc byte-compiled first: {"yes" if compiled else "NO"}; '
         f'loadavg before {load0}, after {harness.loadavg()}; pika {pika.__version__}, celery '
         f'{celery.__version__}; {len(set(harness.DELETED_QUEUES))} queues created and '
         f'deleted, {"?" if left is None else len(left)} left over)\n'

@@ -600,7 +600,8 @@ def first_result_report(r: Report, o: Any) -> None:
         'import_ms',
         cols,
         ' ms',
-        'raw: import pika; Celery: import celery is lazy (its modules load at first use)',
+        'raw: import pika; pika_rpc and Celery: the import is lazy (their modules load at '
+        'first use, in the rest)',
     )
     r.row('  the rest: connect, declare, send, wait', 'rest_ms', cols, ' ms')
     r.row('  RSS after it', 'rss_kb', cols, ' kB')

@@ -324,6 +324,9 @@ def publish_raw(
             content_type=content_type, content_encoding='utf-8', correlation_id=correlation_id
         ),
     )
+    # A channel's methods are handled in order: once this answers, the broker has routed
+    # the message, so a result stored afterwards (on another connection) queues behind it.
+    channel.queue_declare(queue, passive=True)
 
 
 @pytest.fixture

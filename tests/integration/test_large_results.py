@@ -91,9 +91,9 @@ def test_a_16_mb_result_is_taken_read_by_read_and_parsed_once(
         publish_result(amqp_url, app.backend.oid, task_id, 16 << 20)
         assert len(app.AsyncResult(task_id).get(timeout=WAIT)) == 16 << 20
         assert watch.reads > 100  # it did span hundreds of reads
-        assert (
-            app.backend._get_link().wire.impl._transport._MAX_RECV_BYTES == _pika.READ_SIZE
-        )  # 64 KB per read, not pika's 4 KB
+        transport = app.backend._get_link().wire.impl._transport
+        assert transport._MAX_RECV_BYTES == _pika.READ_SIZE  # 64 KB per read, not pika's 4 KB
+        assert transport._MAX_CONSUME_BYTES == 1  # one read per readiness event
         assert max(watch.kept) < 1024  # never the partial delivery (16 MB)
         assert len(parses) == 1  # once, not once per read
     finally:

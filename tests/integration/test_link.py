@@ -173,6 +173,8 @@ def test_amqps_round_trip_through_the_tls_proxy(
         assert tls_proxy.publish_count >= 2  # the task and its result went over TLS
         # An SSL socket is never written by a caller thread while the I/O thread reads it.
         assert link.stats()['direct_publishes'] == 0 and link.stats()['publishes'] >= 2
+        # Nor is it read once per readiness event: decrypted data may wait in the SSLSocket.
+        assert link.wire.impl._transport._MAX_CONSUME_BYTES > 1
     finally:
         app.close()
         delete_entities(amqp_url, unique_name)

@@ -9,6 +9,7 @@ receives a result.
 from __future__ import annotations
 
 import random
+import struct
 from typing import Any, List, Optional, Tuple
 
 import pika.exceptions
@@ -431,3 +432,56 @@ def test_a_delivery_whose_handler_raised_is_not_handed_on_again(big: bool) -> No
             reader._on_data(first[pos : pos + 4096])
     reader._on_data(deliver(2, 2, b'next'))
     assert calls == [1, 2]
+
+
+# ------------------------------------------------------------------ properties
+@pytest.mark.parametrize(
+    'properties',
+    [
+        pika.spec.BasicProperties(),
+        pika.spec.BasicProperties(
+            content_type='application/json',
+            content_encoding='utf-8',
+            headers={},
+            delivery_mode=1,
+            priority=0,
+            correlation_id='1c6e0b2a-8f57-4b1e-9bd5-3c4c7c0e7f0a',
+        ),
+        pika.spec.BasicProperties(
+            content_type='t',
+            content_encoding='e',
+            headers={'k': [1, 'v', {'n': None}], 'b': True},
+            delivery_mode=2,
+            priority=255,
+            correlation_id='c',
+            reply_to='r',
+            expiration='60000',
+            message_id='m',
+            timestamp=1700000000,
+            type='y',
+            user_id='guest',
+            app_id='a',
+            cluster_id='x',
+        ),
+        pika.spec.BasicProperties(timestamp=0, app_id='only these two'),
+        pika.spec.BasicProperties(correlation_id=b'\xff\xfe not utf-8', reply_to='q'),
+        pika.spec.BasicProperties(content_type='\u00e9t\u00e9', headers={'x': 'y'}),
+    ],
+    ids=['none', 'celery-result', 'every-field', 'rare-only', 'not-utf8', 'non-ascii'],
+)
+def test_properties_decode_as_pika_decodes_them(properties: Any) -> None:
+    encoded = b'\x00' * 5 + b''.join(properties.encode())
+    ours = _deliveries.decode_properties(encoded, 5)
+    theirs = pika.spec.BasicProperties().decode(encoded, 5)
+    assert type(ours) is pika.spec.BasicProperties
+    assert list(vars(ours).items()) == list(vars(theirs).items())
+
+
+def test_a_property_list_cut_short_raises_as_pika_does() -> None:
+    """The flags promise a delivery mode and a priority the buffer no longer holds: both
+    decoders raise (the delivery is then read by pika's own frame reader)."""
+    encoded = b''.join(pika.spec.BasicProperties(delivery_mode=2, priority=1).encode())[:-2]
+    with pytest.raises(struct.error):
+        pika.spec.BasicProperties().decode(encoded, 0)
+    with pytest.raises(IndexError):
+        _deliveries.decode_properties(encoded, 0)

@@ -50,6 +50,7 @@ LEVELS = {
     '_handoff': 1,
     '_declarations': 1,
     '_pidbox': 1,
+    '_request': 1,
     # Celery's messages, AMQP messages, the pika boundary
     'message': 2,
     'protocol': 2,
@@ -107,6 +108,7 @@ KNOWN_INTERNALS = {
     '_set_cookie',
     '_body_max_length',
     '_MAX_RECV_BYTES',
+    '_MAX_CONSUME_BYTES',
     '_processing_frame_buffer',
     '_heartbeat_checker',
 }
@@ -251,6 +253,7 @@ def test_private_pika_attributes_are_touched_only_in_the_pika_module(module: str
 
 # Names moved to another module by the split keep their old import path (users import them).
 MOVED = [
+    ('protocol', 'TaskRequest', '_request'),
     ('config', 'parse_url', '_urls'),
     ('config', 'mask_url', '_urls'),
     ('config', 'BrokerAddress', '_urls'),

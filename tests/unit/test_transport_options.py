@@ -36,12 +36,44 @@ def test_another_transports_key_is_ignored_with_one_debug_line(caplog) -> None:
     assert [r.levelno for r in lines] == [logging.DEBUG]
 
 
-def test_confirm_publish_false_is_warned_and_true_is_silent(caplog) -> None:
+def test_confirm_publish_is_read_silently_either_way(caplog) -> None:
     with caplog.at_level(logging.DEBUG, logger='pika_rpc._kombu_opts'):
         _kombu_opts.check({'confirm_publish': True})
-        assert not caplog.records
         _kombu_opts.check({'confirm_publish': False})
-    assert 'always publishes with confirms' in caplog.records[0].getMessage()
+    assert not caplog.records
+
+
+@pytest.mark.parametrize(
+    'options, confirms',
+    [
+        (None, True),
+        ({}, True),
+        ({'confirm_publish': None}, True),
+        ({'confirm_publish': True}, True),
+        ({'confirm_publish': False}, False),
+        ({'confirm_publish': 0}, False),
+        ({'heartbeat': 5}, True),
+    ],
+)
+def test_publishing_confirms_unless_confirm_publish_is_false(options, confirms) -> None:
+    assert _kombu_opts.confirms(options) is confirms
+
+
+def test_a_link_without_confirms_is_not_the_link_with_them(monkeypatch) -> None:
+    """The process's link for the same broker is another one (its own connection) when
+    it publishes without confirms; the same options give the same link."""
+    from pika_rpc import _registry
+
+    url = 'amqp://guest:guest@127.0.0.1:1//'  # never connected: links start lazily
+    plain = Settings(broker_url=url)
+    unconfirmed = Settings(broker_url=url, broker_transport_options={'confirm_publish': False})
+    links = [_registry.acquire_link_for(s) for s in (plain, unconfirmed, unconfirmed)]
+    try:
+        assert [link.confirms for link in links] == [True, False, False]
+        assert links[0] is not links[1] and links[1] is links[2]
+    finally:
+        for link in links:
+            _registry.release_link(link, timeout=1.0)
 
 
 def test_connect_timeout_heartbeat_and_client_properties_override_the_settings() -> None:
