@@ -85,6 +85,7 @@ LEVELS = {
     'worker': 11,
     'app': 12,
     'cli': 13,
+    'celery_backend': 13,
     '__main__': 14,
 }
 PIKA_ALLOWED = {'_pika', '_link', '_outbox', '_connector', '_consumers', '_confirms', '_deliveries'}
