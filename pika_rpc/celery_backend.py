@@ -68,21 +68,17 @@ import threading
 import weakref
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from celery import states as celery_states
-from celery.backends import base
-from celery.backends.asynchronous import AsyncBackendMixin
-from celery.exceptions import TimeoutError as CeleryTimeoutError
-from kombu import exceptions as kombu_exceptions
+from celery.backends import base  # type: ignore[import-untyped]
+from celery.backends.asynchronous import AsyncBackendMixin  # type: ignore[import-untyped]
+from celery.exceptions import TimeoutError as CeleryTimeoutError  # type: ignore[import-untyped]
 from kombu import serialization as kombu_serialization
 
 from . import _registry
+from ._celery_replies import Core, Once, ReplyQueues, is_noop, settings_for
 from ._handoff import Publication
 from ._publish import publish_and_wait
-from ._replies import ResultConsumer
 from ._timeouts import deadline, remaining
-from .backend import RPCBackend
 from .config import Settings
-from .errors import ContentDisallowed, DecodeError, PikaRPCError, QueueNodeDown, ReplyQueueLost
 from .errors import TimeoutError as PikaTimeoutError
 
 LOGGER = logging.getLogger(__name__)
@@ -95,202 +91,6 @@ E_NO_CHORDS = (
     'the pika-rpc result backend does not support chords (a group chained with a task is a '
     'chord too): use a backend that stores group state (redis, a database)'
 )
-
-#: Celery settings passed on to pika_rpc's link as they are (when set).
-_CELERY_KEYS = (
-    'broker_heartbeat',
-    'broker_connection_timeout',
-    'broker_connection_max_retries',
-    'broker_connection_retry',
-    'broker_use_ssl',
-)
-
-
-def _settings_for(app: Any, url: Optional[str], expires: Optional[float]) -> Dict[str, Any]:
-    """pika_rpc's settings for the link and the tables, from the Celery app's configuration."""
-    conf = app.conf
-    broker = None
-    if url and '://' in url and url.split('://', 1)[1].strip('/'):
-        broker = 'amqp://' + url.split('://', 1)[1]  # pika-rpc://user@host/vhost
-    if broker is None:
-        broker = conf.get('broker_write_url') or conf.get('broker_url')
-    values: Dict[str, Any] = {'broker_url': broker, 'result_expires': expires}
-    for key in _CELERY_KEYS:
-        value = conf.get(key)
-        if value is not None:
-            values[key] = value
-    strategy = conf.get('broker_failover_strategy')
-    if strategy in ('round-robin', 'shuffle'):
-        values['broker_failover_strategy'] = strategy
-    options = conf.get('result_backend_transport_options') or {}
-    known = set(Settings())
-    values.update({k: v for k, v in options.items() if k in known})
-    return values
-
-
-class _CeleryReplies(ResultConsumer):
-    """pika_rpc's reply consumer for one of Celery's reply queues (a thread's ``thread_oid``).
-
-    Decodes with kombu (the app's serializers and ``accept`` list) and keeps Celery's decoded
-    meta in the table. A queue whose home node is down is not replaced by a new name (the
-    Celery client names the queue itself): its pending tasks fail with ``ReplyQueueLost`` and
-    the next task declares the same name again, on the node the connection is on now.
-    """
-
-    def __init__(self, backend: Any, plugin: 'PikaRPCBackend') -> None:
-        super().__init__(backend)
-        self._plugin = weakref.ref(plugin)
-
-    def decode_body(self, body: bytes, content_type: Any, content_encoding: Any) -> Any:
-        plugin = self._plugin()
-        accept = plugin.accept if plugin is not None else None
-        try:
-            return kombu_serialization.loads(
-                bytes(body), content_type, content_encoding, accept=accept
-            )
-        except kombu_exceptions.ContentDisallowed as exc:
-            raise ContentDisallowed(str(exc)) from None
-        except Exception as exc:
-            raise DecodeError(f'cannot decode result body ({content_type}): {exc}') from None
-
-    def meta_from_raw(self, raw: Any) -> Dict[str, Any]:  # type: ignore[override]
-        if not isinstance(raw, dict) or 'status' not in raw:
-            raise DecodeError(f'not a result body: {type(raw).__name__}')
-        plugin = self._plugin()
-        if plugin is None:
-            return dict(raw)
-        try:
-            return plugin.meta_from_decoded(dict(raw))
-        except Exception as exc:  # Celery's SecurityError for a non-exception class, ...
-            raise DecodeError(f'{type(exc).__name__}: {exc}') from None
-
-    def on_state_change(self, meta: dict, message: Any) -> None:
-        plugin = self._plugin()
-        if (
-            plugin is not None
-            and plugin._waiting
-            and meta.get('status') in celery_states.READY_STATES
-        ):
-            plugin._schedule_fulfil(meta.get('task_id'))
-
-    def _on_refused(self, oid: str, error: Any) -> bool:  # I/O thread
-        if not isinstance(error, QueueNodeDown):
-            return False
-        reason = f'is lost: its home node {error.node or "(stopping)"} is down'
-        with self._subscribed:
-            self._spec = self._spec_link = None  # the next expect() declares it again
-        ids = self._pending.fail_pending(lambda ids: ReplyQueueLost(oid, ids, reason), queue=oid)
-        LOGGER.warning(
-            'reply queue %s %s; %d pending task(s) lost: %s', oid, reason, len(ids), ids[:20]
-        )
-        return True
-
-
-class _ReplyQueues:
-    """Stands in for ``RPCBackend.result_consumer``: the process's reply queues under Celery's
-    client, one ``_CeleryReplies`` per sending thread's ``thread_oid``, all on one link and
-    filling one pending table. Any thread but the I/O thread."""
-
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
-        self._attach('', None, None)
-
-    def _attach(self, oid: str, pending: Any, get_link: Any) -> None:
-        # At creation and in a forked child: no queue of the parent is consumed here.
-        self._pid = os.getpid()
-        self._oid, self._pending, self._get_link = oid, pending, get_link
-        self._lock = threading.Lock()
-        self._by_oid: Dict[str, _CeleryReplies] = {}
-
-    @property
-    def reply_queue(self) -> str:
-        return self._oid
-
-    @property
-    def queues(self) -> List[str]:
-        """The reply queues consumed now (one per thread that sent a task)."""
-        return list(self._by_oid)
-
-    def queue_for(self, oid: str) -> _CeleryReplies:
-        replies = self._by_oid.get(oid)
-        if replies is None:
-            with self._lock:
-                replies = self._by_oid.get(oid)
-                if replies is None:
-                    replies = _CeleryReplies(self.backend, self.backend.plugin)
-                    replies._attach(oid, self._pending, self._get_link)
-                    self._by_oid[oid] = replies
-        return replies
-
-    def expect_on(self, oid: str, task_id: str, timeout: Optional[float] = None) -> str:
-        """Consume ``oid`` (once per connection) and expect results of ``task_id`` there."""
-        return self.queue_for(oid).expect(task_id, timeout=timeout)
-
-    def expect(self, task_id: str, timeout: Optional[float] = None) -> str:
-        return self.expect_on(self.backend.plugin.app.thread_oid, task_id, timeout)
-
-    def ensure_consuming(self, timeout: Optional[float] = None) -> None:
-        dl = deadline(timeout)
-        for replies in list(self._by_oid.values()):
-            replies.ensure_consuming(timeout=remaining(dl) if timeout is not None else None)
-
-    def start(self, initial_task_id: Optional[str] = None, **kwargs: Any) -> None:
-        if initial_task_id is None:
-            self.ensure_consuming()
-        else:
-            self.expect(initial_task_id)
-
-    def consume_from(self, task_id: str) -> None:
-        self.start(task_id)
-
-    def cancel_for(self, task_id: str) -> None:
-        self._pending.discard(task_id)
-
-    def stop(self) -> None:
-        for replies in list(self._by_oid.values()):
-            replies.stop()
-
-    def on_after_fork(self) -> None:
-        self.backend._forget_parent_state()
-
-    def _cancel(self, timeout: Optional[float]) -> bool:
-        """Cancel every subscription and delete its queue (for ``close``). Returns False:
-        there is no single queue left for the caller to delete."""
-        dl = deadline(timeout)
-        with self._lock:
-            consumers, self._by_oid = dict(self._by_oid), {}
-        for oid, replies in consumers.items():
-            link = replies._spec_link  # the backend's link is already let go of at close
-            try:
-                if replies._cancel(remaining(dl)) and link is not None and not link.closed:
-                    link.control('delete_queue', queue=oid, timeout=remaining(dl))
-            except PikaRPCError as exc:
-                LOGGER.warning('could not delete reply queue %s at close: %s', oid, exc)
-        return False
-
-    def stats(self) -> Dict[str, int]:
-        out: Dict[str, int] = {'reply_queues': len(self._by_oid)}
-        for replies in list(self._by_oid.values()):
-            for key, value in replies.stats().items():
-                out[key] = out.get(key, 0) + value
-        return out
-
-
-class _Core(RPCBackend):
-    """pika_rpc's backend under the plug-in: link, pending table, waits, reconnects, fork."""
-
-    ResultConsumer = _ReplyQueues  # type: ignore[assignment]
-
-    def __init__(self, plugin: 'PikaRPCBackend', **settings: Any) -> None:
-        self._plugin_ref = weakref.ref(plugin)
-        super().__init__(**settings)
-
-    @property
-    def plugin(self) -> 'PikaRPCBackend':
-        plugin = self._plugin_ref()
-        if plugin is None:
-            raise PikaRPCError('the Celery backend of this pika_rpc core is gone')
-        return plugin
 
 
 class PikaRPCBackend(base.Backend, AsyncBackendMixin):
@@ -321,8 +121,8 @@ class PikaRPCBackend(base.Backend, AsyncBackendMixin):
         self.thread_safe = True  # Celery keeps this one backend for every thread
         self.persistent = self.prepare_persistent(persistent)
         self.delivery_mode = 2 if self.persistent else 1
-        self._core = _Core(self, **_settings_for(self.app, url, self.expires))
-        self.result_consumer = self._core.result_consumer
+        self._core = Core(self, **settings_for(self.app, url, self.expires))
+        self.result_consumer: ReplyQueues = self._core.result_consumer  # type: ignore[assignment]
         self._reset_waiting()
         _registry.register_live(self)
 
@@ -367,7 +167,7 @@ class PikaRPCBackend(base.Backend, AsyncBackendMixin):
     def destination_for(self, task_id: str, request: Any) -> Tuple[Optional[str], str]:
         """``(reply_to, correlation_id)`` of a result, from ``request`` or the current task."""
         if request is None:
-            from celery._state import get_current_task
+            from celery._state import get_current_task  # type: ignore[import-untyped]
 
             task = get_current_task()
             request = getattr(task, 'request', None)
@@ -532,14 +332,14 @@ class PikaRPCBackend(base.Backend, AsyncBackendMixin):
         on_interval: Any,
     ) -> dict:
         core = self._core
-        if _is_noop(on_interval):
+        if is_noop(on_interval):
             try:
                 return core.wait_for_pending(task_id, timeout=timeout, on_message=on_message)
             except PikaTimeoutError as exc:
                 raise CeleryTimeoutError(str(exc)) from None
         dl = deadline(timeout)
         step = interval if interval and interval > 0 else 0.5
-        once = _Once(on_message) if on_message is not None else None
+        once = Once(on_message) if on_message is not None else None
         while True:
             left = remaining(dl)
             piece = step if left is None else min(step, left)
@@ -658,27 +458,3 @@ class PikaRPCBackend(base.Backend, AsyncBackendMixin):
         release its share of the link. Celery makes a new backend on the next use only if
         ``app._backend_cache`` is reset; normally a process closes it at exit (done for it)."""
         self._core.close(timeout)
-
-
-class _Once:
-    """``on_message`` for a wait in slices: each state message is shown once."""
-
-    def __init__(self, fn: Any) -> None:
-        self._fn, self._seen = fn, []  # the raw dicts already shown (kept by the table)
-
-    def __call__(self, raw: dict) -> None:
-        if any(raw is seen for seen in self._seen):
-            return
-        self._seen.append(raw)
-        self._fn(raw)
-
-
-def _is_noop(on_interval: Any) -> bool:
-    """True for no callback, or for Celery's empty ``promise()`` (a ``get()`` without parents)."""
-    if on_interval is None:
-        return True
-    return (
-        getattr(on_interval, 'fun', 0) is None
-        and not getattr(on_interval, '_svpending', 1)
-        and not getattr(on_interval, '_lvpending', 1)
-    )

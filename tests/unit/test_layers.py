@@ -85,6 +85,7 @@ LEVELS = {
     'worker': 11,
     'app': 12,
     'cli': 13,
+    '_celery_replies': 12,
     'celery_backend': 13,
     '__main__': 14,
 }
