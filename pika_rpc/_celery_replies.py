@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import weakref
 from typing import Any, Dict, List, Optional
 
 from kombu import exceptions as kombu_exceptions
@@ -71,13 +70,10 @@ class CeleryReplies(ResultConsumer):
     the next task declares the same name again, on the node the connection is on now.
     """
 
-    def __init__(self, backend: Any, plugin: Any) -> None:
-        super().__init__(backend)
-        self._plugin = weakref.ref(plugin)
+    backend: 'Core'
 
     def decode_body(self, body: bytes, content_type: Any, content_encoding: Any) -> Any:
-        plugin = self._plugin()
-        accept = plugin.accept if plugin is not None else None
+        accept = self.backend.plugin.accept
         try:
             return kombu_serialization.loads(
                 bytes(body), content_type, content_encoding, accept=accept
@@ -90,18 +86,15 @@ class CeleryReplies(ResultConsumer):
     def meta_from_raw(self, raw: Any) -> Dict[str, Any]:  # type: ignore[override]
         if not isinstance(raw, dict) or 'status' not in raw:
             raise DecodeError(f'not a result body: {type(raw).__name__}')
-        plugin = self._plugin()
-        if plugin is None:
-            return dict(raw)
         try:
-            return plugin.meta_from_decoded(dict(raw))
+            return self.backend.plugin.meta_from_decoded(dict(raw))
         except Exception as exc:  # Celery's SecurityError for a non-exception class, ...
             raise DecodeError(f'{type(exc).__name__}: {exc}') from None
 
     def on_state_change(self, meta: dict, message: Any) -> None:
-        plugin = self._plugin()
-        if plugin is not None and plugin._waiting and meta.get('status') in states.READY_STATES:
-            plugin._schedule_fulfil(meta.get('task_id'))
+        core = self.backend
+        if core.waiting and meta.get('status') in states.READY_STATES:
+            core.schedule_fulfil(meta.get('task_id'))
 
     def _on_refused(self, oid: str, error: Any) -> bool:  # I/O thread
         if not isinstance(error, QueueNodeDown):
@@ -149,7 +142,7 @@ class ReplyQueues:
             with self._lock:
                 replies = self._by_oid.get(oid)
                 if replies is None:
-                    replies = CeleryReplies(self.backend, self.backend.plugin)
+                    replies = CeleryReplies(self.backend)
                     replies._attach(oid, self._pending, self._get_link)
                     self._by_oid[oid] = replies
         return replies
@@ -214,15 +207,25 @@ class Core(RPCBackend):
     ResultConsumer = ReplyQueues  # type: ignore[assignment]
 
     def __init__(self, plugin: Any, **settings: Any) -> None:
-        self._plugin_ref = weakref.ref(plugin)
+        #: The Celery backend that made this core. Its app, ``accept`` and Celery's decoding
+        #: serve every ``PikaRPCBackend`` of the app, which share this core (kept on the app).
+        self.plugin = plugin
         super().__init__(**settings)
 
-    @property
-    def plugin(self) -> Any:
-        plugin = self._plugin_ref()
-        if plugin is None:
-            raise PikaRPCError('the Celery backend of this pika_rpc core is gone')
-        return plugin
+    def _reset(self) -> None:
+        # Also in a forked child: no results of the parent wait on then() callbacks here.
+        super()._reset()
+        #: Results waiting on ``then()`` callbacks: task id -> {id(result): result or weakref}.
+        self.waiting: Dict[str, Dict[int, Any]] = {}
+        self.waiting_lock = threading.RLock()  # AsyncResult.__del__ may re-enter it (GC)
+
+    def schedule_fulfil(self, task_id: Optional[str]) -> None:  # I/O or decoder thread
+        """Settle the results waiting on ``task_id`` on the callback thread (their ``then()``
+        callbacks are user code: never on the I/O thread)."""
+        if task_id is not None and task_id in self.waiting:
+            link = self._link
+            if link is not None:
+                link.callbacks.submit(self.plugin._fulfil, task_id)
 
 
 class Once:

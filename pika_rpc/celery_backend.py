@@ -22,7 +22,10 @@ What the app gets, under Celery's own ``AsyncResult``, ``get()``, ``get_task_met
 
 * **One connection and one I/O thread per process** (pika_rpc's link, ``_registry``), shared
   by every thread and by any pika_rpc ``App`` of the process. ``thread_safe`` is set, so
-  Celery keeps one backend per process (``app._backend_cache``) instead of one per thread.
+  Celery keeps one backend per process (``app._backend_cache``) instead of one per thread;
+  and since Celery's ``app.backend`` is not locked (threads that touch it first at the same
+  time each make one), constructing the class again for the same app and URL returns the
+  app's existing instance (``__new__``), so every thread holds the same object.
 * **Any thread may wait on any task.** Results are pushed by the I/O thread into one pending
   table (``_pending``); each waiter wakes for its own task. Celery's own client chooses
   ``reply_to`` itself before the backend is called (``app.thread_oid``: one queue name per
@@ -106,6 +109,24 @@ class PikaRPCBackend(base.Backend, AsyncBackendMixin):
     supports_autoexpire = True
     supports_native_join = True
     retry_policy = {'max_retries': 20, 'interval_start': 0, 'interval_step': 1, 'interval_max': 1}
+    _ready: bool = False
+    _init_lock: threading.Lock
+
+    def __new__(cls, app: Any = None, url: Optional[str] = None, *args: Any, **kwargs: Any) -> Any:
+        # One instance per app and URL in a process, whichever thread asks first: Celery's
+        # app.backend is not locked, so threads touching it at the same time each make one.
+        # They all get this one (its __init__ runs once, the others wait for it).
+        app = _app_or_current(app)
+        with _instances_lock:
+            instances = app.__dict__.setdefault(_INSTANCES_ATTRIBUTE, {})
+            existing = instances.get((cls, url))
+            if existing is not None and not existing._core_closed():
+                return existing
+            obj = super().__new__(cls)
+            obj._init_lock = threading.Lock()
+            obj._ready = False
+            instances[(cls, url)] = obj
+            return obj
 
     def __init__(
         self,
@@ -115,27 +136,28 @@ class PikaRPCBackend(base.Backend, AsyncBackendMixin):
         persistent: Optional[bool] = None,
         **kwargs: Any,
     ) -> None:
-        for ignored in ('connection', 'exchange', 'exchange_type', 'auto_delete'):
-            kwargs.pop(ignored, None)  # Celery's rpc:// arguments; nothing to choose here
-        super().__init__(app, serializer=serializer, url=url, **kwargs)
-        self.thread_safe = True  # Celery keeps this one backend for every thread
-        self.persistent = self.prepare_persistent(persistent)
-        self.delivery_mode = 2 if self.persistent else 1
-        self._core = Core(self, **settings_for(self.app, url, self.expires))
-        self.result_consumer: ReplyQueues = self._core.result_consumer  # type: ignore[assignment]
-        self._reset_waiting()
-        _registry.register_live(self)
+        with self._init_lock:
+            if self._ready:
+                return  # the app's existing backend (see __new__)
+            for ignored in ('connection', 'exchange', 'exchange_type', 'auto_delete'):
+                kwargs.pop(ignored, None)  # Celery's rpc:// arguments; nothing to choose here
+            super().__init__(_app_or_current(app), serializer=serializer, url=url, **kwargs)
+            self.thread_safe = True  # Celery keeps this one backend for every thread
+            self.persistent = self.prepare_persistent(persistent)
+            self.delivery_mode = 2 if self.persistent else 1
+            self._core = Core(self, **settings_for(self.app, url, self.expires))
+            self.result_consumer: ReplyQueues = self._core.result_consumer  # type: ignore[assignment]
+            _registry.register_live(self)
+            self._ready = True
+
+    def _core_closed(self) -> bool:
+        core = self.__dict__.get('_core')
+        return core is not None and core.closed
 
     # ------------------------------------------------------------------ identity, fork
-    def _reset_waiting(self) -> None:
-        # Results waiting on then() callbacks: task id -> {id(result): result or weakref}.
-        self._waiting: Dict[str, Dict[int, Any]] = {}
-        self._waiting_lock = threading.RLock()  # AsyncResult.__del__ may re-enter (GC)
-
     def _forget_parent_state(self) -> None:
         """In a forked child (the registry calls it): no parent waiters, and a reply queue
         name of the child's own for the thread that forked (``app._local.oid``)."""
-        self._reset_waiting()
         local = getattr(self.app, '_local', None)
         if local is not None:
             try:
@@ -246,9 +268,9 @@ class PikaRPCBackend(base.Backend, AsyncBackendMixin):
         self, result: Any, weak: bool = False, start_drainer: bool = True
     ) -> Any:
         """Remember ``result`` until its task is ready (``then()`` callbacks fire then)."""
-        with self._waiting_lock:
+        with self._core.waiting_lock:
             entry = weakref.ref(result) if weak else result
-            self._waiting.setdefault(result.id, {})[id(result)] = entry
+            self._core.waiting.setdefault(result.id, {})[id(result)] = entry
         meta = self._core._pending.cached(result.id, poll=True)
         if meta is not None:
             self._settle(result, meta)
@@ -258,36 +280,30 @@ class PikaRPCBackend(base.Backend, AsyncBackendMixin):
         return [self.add_pending_result(r, weak=weak) for r in results]
 
     def remove_pending_result(self, result: Any) -> Any:
-        if not self._waiting:  # AsyncResult.__del__ calls this for every result object
+        if not self._core.waiting:  # AsyncResult.__del__ calls this for every result object
             return result
-        with self._waiting_lock:
-            waiters = self._waiting.get(result.id)
+        with self._core.waiting_lock:
+            waiters = self._core.waiting.get(result.id)
             if waiters is not None:
                 waiters.pop(id(result), None)
                 if not waiters:
-                    del self._waiting[result.id]
+                    del self._core.waiting[result.id]
         return result
 
     def _settle(self, result: Any, meta: dict) -> None:
         """Give ``result`` its final meta once (its ``on_ready`` promise fires here)."""
-        with self._waiting_lock:
-            waiters = self._waiting.get(result.id)
+        with self._core.waiting_lock:
+            waiters = self._core.waiting.get(result.id)
             mine = waiters is not None and waiters.pop(id(result), None) is not None
             if waiters is not None and not waiters:
-                del self._waiting[result.id]
+                del self._core.waiting[result.id]
             if not mine and result._cache is not None:
                 return
         result._maybe_set_cache(dict(meta))
 
-    def _schedule_fulfil(self, task_id: Optional[str]) -> None:  # I/O or decoder thread
-        if task_id is not None and task_id in self._waiting:
-            link = self._core._link
-            if link is not None:
-                link.callbacks.submit(self._fulfil, task_id)
-
     def _fulfil(self, task_id: str) -> None:  # callback thread: then() callbacks run here
-        with self._waiting_lock:
-            entries = list((self._waiting.get(task_id) or {}).values())
+        with self._core.waiting_lock:
+            entries = list((self._core.waiting.get(task_id) or {}).values())
         meta = self._core._pending.cached(task_id, poll=True)
         if meta is None:
             return
@@ -458,3 +474,17 @@ class PikaRPCBackend(base.Backend, AsyncBackendMixin):
         release its share of the link. Celery makes a new backend on the next use only if
         ``app._backend_cache`` is reset; normally a process closes it at exit (done for it)."""
         self._core.close(timeout)
+
+
+_instances_lock = threading.Lock()
+#: Where an app keeps its ``PikaRPCBackend`` per URL: an attribute of ours on the Celery app,
+#: so the backend lives and goes with its app.
+_INSTANCES_ATTRIBUTE = '_pika_rpc_backends'
+
+
+def _app_or_current(app: Any) -> Any:
+    if app is not None:
+        return app
+    from celery import current_app  # type: ignore[import-untyped]
+
+    return current_app._get_current_object()
