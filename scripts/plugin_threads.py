@@ -14,7 +14,11 @@ that timed out, and threads still blocked when the client's deadline passed (han
 Usage::
 
     python scripts/plugin_threads.py [--threads 64] [--per-thread 50] [--get-timeout 10]
-        [--backends rpc:// pika-rpc://] [--concurrency 16]
+        [--backends rpc:// pika-rpc://] [--concurrency 16] [--warm]
+
+``--warm`` makes the backend (one round trip) in the main thread before the threads start;
+without it the threads touch ``app.backend`` first, all at once, as the first requests of a
+freshly started server do.
 
 Needs Celery and this checkout installed (``pip install -e .``) for the ``pika-rpc://``
 scheme; the broker is ``AMQP_URL`` or localhost. Not part of CI.
@@ -57,6 +61,8 @@ def client(args: argparse.Namespace) -> Dict[str, Any]:
     lock = threading.Lock()
     start = threading.Barrier(args.threads + 1)
     backends = set()
+    if args.warm:  # the backend made (and one round trip done) before the threads start
+        app.send_task(f'{TASKS}.add', (0, 0)).get(timeout=args.get_timeout)
 
     def run(n: int) -> None:
         start.wait()
@@ -96,6 +102,7 @@ def client(args: argparse.Namespace) -> Dict[str, Any]:
         'seconds': round(elapsed, 2),
         'tasks_per_s': round(counts['ok'] / elapsed, 1) if elapsed else 0.0,
         'backend_objects': len(backends),
+        'warm': args.warm,
     }
 
 
@@ -198,7 +205,7 @@ def scenario(args: argparse.Namespace, backend: str, workdir: str) -> Dict[str, 
             str(args.get_timeout),
             '--deadline',
             str(args.deadline),
-        ]
+        ] + (['--warm'] if args.warm else [])
         env = dict(os.environ, PYTHONPATH=ROOT)
         try:
             proc = subprocess.run(
@@ -223,6 +230,9 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument('--deadline', type=float, default=120.0, help='client wall-time limit')
     parser.add_argument('--concurrency', type=int, default=16, help="the worker's threads")
     parser.add_argument('--backends', nargs='+', default=['rpc://', 'pika-rpc://'])
+    parser.add_argument(
+        '--warm', action='store_true', help='make the backend in the main thread first'
+    )
     parser.add_argument('--url', default=os.environ.get('AMQP_URL') or DEFAULT_URL)
     parser.add_argument('--client', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--backend', help=argparse.SUPPRESS)
