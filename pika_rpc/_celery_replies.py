@@ -46,7 +46,7 @@ def settings_for(app: Any, url: Optional[str], expires: Optional[float]) -> Dict
     if url and '://' in url and url.split('://', 1)[1].strip('/'):
         broker = 'amqp://' + url.split('://', 1)[1]  # pika-rpc://user@host/vhost
     if broker is None:
-        broker = conf.get('broker_write_url') or conf.get('broker_url')
+        broker = getattr(conf, 'broker_write_url', None) or conf.get('broker_url')
     values: Dict[str, Any] = {'broker_url': broker, 'result_expires': expires}
     for key in _CELERY_KEYS:
         value = conf.get(key)

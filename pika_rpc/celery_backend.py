@@ -119,13 +119,14 @@ class PikaRPCBackend(base.Backend, AsyncBackendMixin):
         app = _app_or_current(app)
         with _instances_lock:
             instances = app.__dict__.setdefault(_INSTANCES_ATTRIBUTE, {})
-            existing = instances.get((cls, url))
+            key = (cls, _broker_part(url))
+            existing = instances.get(key)
             if existing is not None and not existing._core_closed():
                 return existing
             obj = super().__new__(cls)
             obj._init_lock = threading.Lock()
             obj._ready = False
-            instances[(cls, url)] = obj
+            instances[key] = obj
             return obj
 
     def __init__(
@@ -182,7 +183,9 @@ class PikaRPCBackend(base.Backend, AsyncBackendMixin):
         return f'<PikaRPCBackend {SCHEME}:// pid={os.getpid()} queues={len(self.result_consumer.queues)}>'
 
     def __reduce__(self, args: tuple = (), kwargs: Optional[dict] = None) -> tuple:
-        kwargs = dict(kwargs or {}, serializer=self.serializer, persistent=self.persistent)
+        kwargs = dict(
+            kwargs or {}, url=self.url, serializer=self.serializer, persistent=self.persistent
+        )
         return super().__reduce__(args, kwargs)
 
     # ------------------------------------------------------------------ storing (worker)
@@ -488,3 +491,11 @@ def _app_or_current(app: Any) -> Any:
     from celery import current_app  # type: ignore[import-untyped]
 
     return current_app._get_current_object()
+
+
+def _broker_part(url: Optional[str]) -> Optional[str]:
+    """What tells two backend URLs apart: the broker named after the scheme, if any
+    (``None``, ``'pika-rpc://'`` and the dotted path all mean the app's broker)."""
+    if not url or '://' not in url:
+        return None
+    return url.split('://', 1)[1].strip('/') or None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import pickle
 import threading
 from typing import Any, Iterator, List
 
@@ -97,3 +98,13 @@ def test_async_result_calls_what_the_plugin_overrides(app: Celery) -> None:
     for method in ('add_pending_result', 'remove_pending_result', 'iter_native', 'get_task_meta'):
         assert method in vars(PikaRPCBackend), method
     assert 'remove_pending_result' in inspect.getsource(AsyncResult.__del__)
+
+
+def test_a_pickled_backend_comes_back_as_the_apps_one(app: Celery) -> None:
+    backend = app.backend
+    app.set_current()
+    assert pickle.loads(pickle.dumps(backend)) is backend
+    result = app.AsyncResult('some-task-id')
+    assert pickle.loads(pickle.dumps(result)).backend is backend
+    # The same class made again for the app (Celery's unlocked app.backend) is the same too.
+    assert PikaRPCBackend(app=app, url='pika-rpc://') is backend
