@@ -212,6 +212,9 @@ def test_64_threads_share_one_backend_and_wait_on_each_others_tasks(
     assert len(backends) == 1  # thread_safe: Celery kept one backend for every thread
     backend = app.backend
     assert len(set(backend.result_consumer.queues)) >= 64  # one per sending thread
+    # ... all consumed on one link: one connection and one I/O thread for the process.
+    links = {replies._spec_link for replies in backend.result_consumer._by_oid.values()}
+    assert len(links) == 1 and None not in links
 
     # Every task, read from a thread that did not send it.
     random.shuffle(sent)
