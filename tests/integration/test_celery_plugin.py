@@ -87,7 +87,8 @@ def workers(
     """``workers(pool, backend)``: one started worker per (pool, backend), stopped at the end."""
     started: Dict[tuple, PluginWorker] = {}
     log_dir = tmp_path_factory.mktemp('plugin-workers')
-    prefix = 'pika-rpc-test-plugin-' + uuid.uuid4().hex[:8]
+    # Not 'pika-rpc-test-': every pytest session deletes idle queues of that prefix at start.
+    prefix = 'pika-rpc-plugin-' + uuid.uuid4().hex[:8]
 
     def get(pool: str, backend: str) -> PluginWorker:
         key = (pool, backend)
