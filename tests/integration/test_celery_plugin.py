@@ -33,7 +33,7 @@ from tests.interop.harness import ROOT, CeleryWorker, child_env
 
 celery = pytest.importorskip('celery', reason='the plug-in tests need Celery: pip install celery')
 
-from celery import Celery, group  # noqa: E402
+from celery import Celery, chain, group  # noqa: E402
 from celery.exceptions import TaskRevokedError  # noqa: E402
 from celery.exceptions import TimeoutError as CeleryTimeoutError  # noqa: E402
 
@@ -265,6 +265,24 @@ def test_join_native_iter_native_then_and_timeout(
     with pytest.raises(CeleryTimeoutError):
         slow.get(timeout=0.3)
     assert slow.get(timeout=30) == 'late'
+
+
+def test_chain_get_follows_its_parents(amqp_url: str, workers: Any, clients: Any) -> None:
+    # get() of a chain's last task checks its parents every interval (Celery's on_interval).
+    worker = workers('threads', BACKEND)
+    app = clients(amqp_url, worker.queue)
+    add = app.signature(f'{TASKS}.add')
+    # add -> 0.5, then sleep_then(0.5, 'slow'): its STARTED comes many slices before SUCCESS.
+    r = chain(add.clone((0.25, 0.25)), app.signature(f'{TASKS}.sleep_then', ('slow',)))()
+    seen: List[str] = []
+    got = r.get(timeout=30, interval=0.05, on_message=lambda m: seen.append(m['status']))
+    assert got == 'slow'
+    assert seen == ['STARTED', 'SUCCESS']  # each state once across the waiting slices
+    assert r.parent.get(timeout=5) == 0.5
+    failing = chain(app.signature(f'{TASKS}.fail', ('early',)), add.clone((2,)))()
+    with pytest.raises(Exception) as info:
+        failing.get(timeout=30)
+    assert type(info.value).__name__ == 'Declined' and 'early' in str(info.value)
 
 
 def test_revoke_is_stored_through_the_plugin(amqp_url: str, workers: Any, clients: Any) -> None:
