@@ -285,6 +285,18 @@ def test_chain_get_follows_its_parents(amqp_url: str, workers: Any, clients: Any
     assert type(info.value).__name__ == 'Declined' and 'early' in str(info.value)
 
 
+def test_worker_reports_a_result_nobody_can_receive(
+    amqp_url: str, workers: Any, clients: Any
+) -> None:
+    # Results are published mandatory with confirms: a reply queue that does not exist is a
+    # WARNING naming the task in the worker's log, not a silent drop.
+    worker = workers('threads', BACKEND)
+    app = clients(amqp_url, worker.queue)
+    missing = f'pika-rpc-plugin-no-such-queue-{uuid.uuid4().hex[:8]}'
+    r = app.send_task(f'{TASKS}.add', (1, 2), reply_to=missing)
+    worker.wait_for_log(rf'result of task {r.id} unroutable: no queue .{missing}', timeout=30)
+
+
 def test_revoke_is_stored_through_the_plugin(amqp_url: str, workers: Any, clients: Any) -> None:
     worker = workers('prefork', BACKEND)
     app = clients(amqp_url, worker.queue)
