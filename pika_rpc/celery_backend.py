@@ -15,7 +15,7 @@ When pika_rpc is not installed (or installed without its metadata, e.g. only cop
 ``sys.path``), Celery finds no entry point for the scheme and tries to import a module named
 like it: the first ``app.backend`` access raises
 ``ModuleNotFoundError: No module named 'pika-rpc'``. Install the distribution
-(``pip install pika-rpc``), or name the class by its dotted path.
+(``pip install pika_rpc``), or name the class by its dotted path.
 
 What the app gets, under Celery's own ``AsyncResult``, ``get()``, ``get_task_meta()``,
 ``get(on_message=...)``, ``join_native``/``iter_native``, ``then()`` and ``revoke()``:
