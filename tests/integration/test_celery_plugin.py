@@ -60,15 +60,18 @@ BACKEND = 'pika-rpc://' if _entry_point_installed() else DOTTED
 class PluginWorker(CeleryWorker):
     """``celery worker -A tests.integration.plugin_tasks`` with a chosen result backend."""
 
-    def __init__(self, pool: str, queue: str, amqp_url: str, log_path: str, backend: str) -> None:
+    def __init__(
+        self, pool: str, queue: str, amqp_url: str, log_path: str, backend: str, *extra: str
+    ) -> None:
         super().__init__(pool, queue, amqp_url, log_path, concurrency=4)
         self._env['PIKA_RPC_PLUGIN_QUEUE'] = queue
         self._env['PIKA_RPC_PLUGIN_BACKEND'] = backend
+        self._extra = list(extra)
 
     def command(self) -> List[str]:
         cmd = super().command()
         cmd[cmd.index('tests.interop.celery_tasks')] = TASKS
-        return cmd
+        return cmd + self._extra
 
 
 def _delete_queues(amqp_url: str, names: List[str]) -> None:
@@ -90,14 +93,13 @@ def workers(
     # Not 'pika-rpc-test-': every pytest session deletes idle queues of that prefix at start.
     prefix = 'pika-rpc-plugin-' + uuid.uuid4().hex[:8]
 
-    def get(pool: str, backend: str) -> PluginWorker:
-        key = (pool, backend)
+    def get(pool: str, backend: str, *extra: str) -> PluginWorker:
+        key = (pool, backend, extra)
         if key not in started:
-            tag = 'rpc' if backend == 'rpc://' else 'plugin'
+            tag = ('rpc' if backend == 'rpc://' else 'plugin') + ('-x' if extra else '')
             queue = f'{prefix}-{pool}-{tag}'
-            worker = PluginWorker(
-                pool, queue, amqp_url, str(log_dir / f'{pool}-{tag}.log'), backend
-            )
+            log = str(log_dir / f'{pool}-{tag}.log')
+            worker = PluginWorker(pool, queue, amqp_url, log, backend, *extra)
             started[key] = worker
             worker.start(timeout=90)
         return started[key]
@@ -305,6 +307,23 @@ def test_revoke_is_stored_through_the_plugin(amqp_url: str, workers: Any, client
     with pytest.raises(TaskRevokedError):
         r.get(timeout=30)
     assert r.state == 'REVOKED'
+
+
+def test_prefork_children_forked_from_a_parent_with_a_live_link(
+    amqp_url: str, workers: Any, clients: Any
+) -> None:
+    # A revoked task's REVOKED state is stored by the worker's main process, which then has a
+    # link and an I/O thread; children replaced after 2 tasks each are forked from it later.
+    worker = workers('prefork', BACKEND, '--max-tasks-per-child=2')
+    app = clients(amqp_url, worker.queue)
+    revoked = app.send_task(f'{TASKS}.add', (0, 0), countdown=1)
+    revoked.revoke()
+    with pytest.raises(TaskRevokedError):
+        revoked.get(timeout=30)
+    results = [app.send_task(f'{TASKS}.whoami') for _ in range(16)]
+    pids = {r.get(timeout=60)['pid'] for r in results}
+    assert len(pids) >= 3, pids  # children were replaced, and each stored its results
+    assert worker.proc.pid not in pids
 
 
 def test_wire_compat_celery_rpc_worker_to_plugin_client(
