@@ -366,6 +366,14 @@ class ResultConsumer:
         else:
             self._handle(delivery)
 
+    def decode_body(self, body: bytes, content_type: Any, content_encoding: Any) -> Any:
+        """The body as a dict (I/O or decoder thread). A subclass may decode otherwise; it
+        must raise a ``PikaRPCError`` (``DecodeError``, ``ContentDisallowed``) for a bad one."""
+        return serialization.loads(body, content_type, content_encoding, accept=self.backend.accept)
+
+    #: The meta kept in the pending table for a body (may raise a ``PikaRPCError``).
+    meta_from_raw = staticmethod(protocol.meta_from_raw)
+
     def _decode_off_thread(self, delivery: Delivery) -> None:
         try:
             self._handle(delivery)
@@ -382,14 +390,9 @@ class ResultConsumer:
                 raise DecodeError(
                     f'result body of {len(delivery.body)} bytes exceeds result_max_size={max_size}'
                 )
-            raw = serialization.loads(
-                delivery.body,
-                props.content_type,
-                props.content_encoding,
-                accept=self.backend.accept,
-            )
+            raw = self.decode_body(delivery.body, props.content_type, props.content_encoding)
             task_id = protocol.task_id_of(raw, props.correlation_id)
-            meta = protocol.meta_from_raw(raw)
+            meta = self.meta_from_raw(raw)
         except PikaRPCError as exc:
             self._stats.add('bad_messages')
             task_id = (

@@ -194,9 +194,9 @@ def _broker_url(key: str, value: Any) -> Optional[str]:
 def _result_backend(key: str, value: Any) -> str:
     if value is None:
         return 'rpc://'
-    if not isinstance(value, str) or value.split('://', 1)[0].lower() != 'rpc':
+    if not isinstance(value, str) or value.split('://', 1)[0].lower() not in ('rpc', 'pika-rpc'):
         raise ValueError(
-            f'{key} must be rpc:// (pika_rpc implements only the rpc:// result '
+            f'{key} must be rpc:// or pika-rpc:// (pika_rpc implements only the rpc:// result '
             f'backend), got {mask_url(value) if isinstance(value, str) else value!r}'
         )
     return value

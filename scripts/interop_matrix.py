@@ -1,19 +1,26 @@
 #!/usr/bin/env python3
-"""Run the interop tests (tests/interop) against each Celery minor version; print a table.
+"""Run the interop and plug-in tests against each Celery minor version; print a table.
 
 For every version (default 5.5, 5.6, 5.7) this builds a throwaway virtualenv in a temporary
 directory holding pika_rpc (``pip install`` of this checkout, no extras), pytest,
 pytest-timeout and ``celery>=X.Y,<X.Y+1`` (pip picks the newest patch release and a
 matching kombu). The tests are copied next to it so that ``pika_rpc`` is imported from the
-installed package, not from the checkout. Then ``pytest tests/interop`` runs there and a
-Markdown table of every test's outcome per version is printed.
+installed package, not from the checkout (and the ``pika-rpc://`` result backend's entry
+point is registered). Then pytest runs the chosen suites there and a Markdown table of every
+test's outcome per version is printed. Suites (``--suites``, default all):
+
+* ``interop``: ``tests/interop`` (pika_rpc and Celery clients and workers on one broker);
+* ``plugin``: the Celery plug-in (``result_backend='pika-rpc://'``) with real Celery workers,
+  ``tests/integration/test_celery_plugin.py``, and its contract with Celery's internals,
+  ``tests/unit/test_celery_backend_contract.py``.
 
 Not part of CI: it downloads packages and takes a few minutes. The broker is found as the
 tests find it (``AMQP_URL``, else localhost).
 
 Usage::
 
-    python scripts/interop_matrix.py [--versions 5.5 5.6 5.7] [--keep] [-- PYTEST_ARGS...]
+    python scripts/interop_matrix.py [--versions 5.5 5.6 5.7] [--suites interop plugin]
+        [--keep] [-- PYTEST_ARGS...]
 
 Exit status: 0 when every version passed (skips allowed), 1 otherwise.
 """
@@ -32,6 +39,13 @@ from typing import Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_VERSIONS = ('5.5', '5.6', '5.7')
+SUITES = {
+    'interop': ['tests/interop'],
+    'plugin': [
+        'tests/integration/test_celery_plugin.py',
+        'tests/unit/test_celery_backend_contract.py',
+    ],
+}
 SYMBOL = {'passed': 'pass', 'failed': '**FAIL**', 'error': '**ERROR**', 'skipped': 'skip'}
 
 
@@ -87,7 +101,7 @@ def build_venv(base: str, version: str, log) -> Tuple[Optional[str], str]:
 
 
 def run_tests(
-    base: str, version: str, python: str, pytest_args: List[str], log
+    base: str, version: str, python: str, pytest_args: List[str], log, paths: List[str]
 ) -> Tuple[Dict[str, str], int, float]:
     """Copy the tests next to the venv, run them; return ({test: outcome}, exit code, seconds)."""
     work = os.path.join(base, f'run-{version}')
@@ -105,7 +119,7 @@ def run_tests(
             python,
             '-m',
             'pytest',
-            'tests/interop',
+            *paths,
             '-q',
             '-p',
             'no:cacheprovider',
@@ -164,6 +178,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         default=list(DEFAULT_VERSIONS),
         help='Celery minor versions (default: %(default)s)',
     )
+    parser.add_argument(
+        '--suites',
+        nargs='+',
+        choices=sorted(SUITES),
+        default=sorted(SUITES),
+        help='test suites (default: %(default)s)',
+    )
     parser.add_argument('--keep', action='store_true', help='keep the temporary directory')
     parser.add_argument('pytest_args', nargs='*', help='extra pytest arguments (after --)')
     args = parser.parse_args(argv)
@@ -181,9 +202,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     results[version], details[version], ok = {}, installed, False
                     print(f'  {installed}; see {log_path}', file=sys.stderr)
                     continue
-                print(f'  {installed}; running tests/interop ...', file=sys.stderr, flush=True)
+                paths = [path for suite in args.suites for path in SUITES[suite]]
+                print(f'  {installed}; running {" ".join(paths)} ...', file=sys.stderr, flush=True)
                 results[version], code, seconds = run_tests(
-                    base, version, python, args.pytest_args, log
+                    base, version, python, args.pytest_args, log, paths
                 )
             details[version] = f'{installed} ({seconds:.0f} s, exit {code})'
             ok = ok and code == 0

@@ -93,6 +93,8 @@ LEVELS = {
     'worker': 11,
     'app': 12,
     'cli': 13,
+    '_celery_replies': 12,
+    'celery_backend': 13,
     '__main__': 14,
 }
 PIKA_ALLOWED = {'_pika', '_link', '_outbox', '_connector', '_consumers', '_confirms', '_deliveries'}
