@@ -1,4 +1,4 @@
-"""The settings table: each setting's Celery name, default and validator.
+"""The settings table: each setting's Celery name, default, validator and one-line description.
 
 Pure data and validators, no I/O: ``config.Settings`` validates every write through
 ``_SPECS`` (re-exported as ``config._SPECS``). A validator is ``validator(key, value)`` and
@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 from ._queue_settings import finite_positive, queue_type, task_queues
 from ._urls import mask_url, parse_url, split_urls
 
-__all__ = ['DEFAULT_RESULT_EXPIRES', 'RETRY_POLICY_KEYS', 'merge_retry_policy']
+__all__ = ['DEFAULT_RESULT_EXPIRES', 'RETRY_POLICY_KEYS', 'merge_retry_policy', 'Spec']
 
 #: Celery's default result lifetime, also the reply queue's x-expires when none is set.
 DEFAULT_RESULT_EXPIRES = 86400.0
@@ -204,53 +204,120 @@ def merge_retry_policy(
     return policy
 
 
-# name -> (default, validator(key, value) -> normalized value)
-_SPECS: Dict[str, tuple] = {
-    'broker_url': (None, _broker_url),
-    'result_backend': ('rpc://', _result_backend),
-    'result_expires': (DEFAULT_RESULT_EXPIRES, _expires),
-    'result_queue_type': ('classic', _choice('classic', 'quorum')),
-    'result_serializer': ('json', _text),
-    'task_serializer': ('json', _text),
-    'accept_content': (['json'], _content_list),
-    'result_accept_content': (None, _content_list),
-    'result_persistent': (False, _bool_or_none),
-    'broker_heartbeat': (120, _number),
-    'broker_connection_timeout': (4.0, _maybe_positive),
-    'broker_connection_max_retries': (100, _count(0, none=True)),
-    'broker_connection_retry': (True, _flag),
-    'result_backend_transport_options': ({}, _dict),
-    'broker_transport_options': ({}, _dict),
-    'broker_use_ssl': (False, _ssl),
-    'broker_failover_strategy': ('round-robin', _choice('round-robin', 'shuffle')),
-    'task_default_queue': ('celery', _text),
-    'task_default_exchange': (None, lambda k, v: _text(k, v, none=True)),
-    'task_default_routing_key': (None, lambda k, v: _text(k, v, none=True)),
-    'task_track_started': (False, _flag),
-    'result_cache_max': (10000, _count(1)),
-    'result_cache_max_bytes': (64 * 1024 * 1024, _count(1)),
-    'result_extended': (False, _flag),
-    'timezone': (None, lambda k, v: _text(k, v, none=True)),
-    'enable_utc': (True, _flag),
-    'task_publish_retry': (True, _flag),
-    'task_publish_retry_policy': (_PUBLISH_RETRY_POLICY, _policy(_PUBLISH_RETRY_POLICY)),
-    'result_backend_retry_policy': (_RESULT_RETRY_POLICY, _policy(_RESULT_RETRY_POLICY)),
-    'publish_timeout': (10.0, _maybe_positive),
-    'result_max_size': (None, lambda k, v: _number(k, v, integer=True, minimum=1)),
-    'blocked_connection_timeout': (30.0, _maybe_positive),
-    'large_body_threshold': (65536, _count(0)),
-    'pending_history_max': (100, _count(1)),
-    'pending_max': (100000, _count(1)),
-    'out_of_band_max': (1000, _count(0)),
-    'handoff_max': (10000, _count(1)),
-    'direct_writes': (True, _flag),
-    'task_ignore_result': (False, _flag),
-    'worker_prefetch_multiplier': (4, _count(0)),
-    'task_queues': (None, task_queues),
-    'task_default_queue_type': ('classic', queue_type),
-    'task_create_missing_queue_type': ('classic', queue_type),
-    'worker_detect_quorum_queues': (True, _flag),
-    'broker_native_delayed_delivery_queue_type': ('quorum', queue_type),
-    'broker_consumer_retry_interval': (1.0, finite_positive),
-    'broker_consumer_max_retries': (None, _count(0, none=True)),
+class Spec(tuple):
+    """One setting: ``(default, validator)`` (unpacks as a pair) with a one-line ``doc``."""
+
+    doc: str
+
+    def __new__(cls, default: Any, validator: Callable[[str, Any], Any], doc: str) -> 'Spec':
+        spec = super().__new__(cls, (default, validator))
+        spec.doc = doc
+        return spec
+
+    @property
+    def default(self) -> Any:
+        return self[0]
+
+    @property
+    def validator(self) -> Callable[[str, Any], Any]:
+        return self[1]
+
+
+def _routes(key: str, value: Any) -> Any:
+    """Celery's ``task_routes``: a mapping, a router (callable or import path), or a list."""
+    if value is None:
+        return None
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if not isinstance(item, (Mapping, str, list, tuple)) and not callable(item):
+            raise TypeError(
+                f'{key} must be a mapping of task name (or glob) to route, a router '
+                f'(callable or import path), or a list of these; got {item!r}'
+            )
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _opt_text(key: str, value: Any) -> Optional[str]:
+    return _text(key, value, none=True)
+
+
+_S = Spec
+# name -> Spec(default, validator(key, value) -> normalized value, one-line description)
+_SPECS: Dict[str, Spec] = {
+    'broker_url': _S(None, _broker_url, 'Broker URL(s); None: $AMQP_URL, else localhost.'),
+    'result_backend': _S('rpc://', _result_backend, 'rpc:// (the only backend pika_rpc has).'),
+    'result_expires': _S(DEFAULT_RESULT_EXPIRES, _expires, 'Result lifetime: x-expires.'),
+    'result_queue_type': _S(
+        'classic', _choice('classic', 'quorum'), "The reply queue's type (pika_rpc's)."
+    ),
+    'result_serializer': _S('json', _text, 'Serializer of stored results.'),
+    'task_serializer': _S('json', _text, 'Serializer of sent task messages.'),
+    'accept_content': _S(['json'], _content_list, 'Content types a worker accepts.'),
+    'result_accept_content': _S(
+        None, _content_list, 'Content types of results accepted; None: accept_content.'
+    ),
+    'result_persistent': _S(False, _bool_or_none, 'Results as persistent messages.'),
+    'broker_heartbeat': _S(120, _number, 'AMQP heartbeat in seconds (0: off).'),
+    'broker_connection_timeout': _S(4.0, _maybe_positive, 'Seconds to connect (TCP+AMQP).'),
+    'broker_connection_max_retries': _S(
+        100, _count(0, none=True), 'Connect attempts before giving up (0/None: no limit).'
+    ),
+    'broker_connection_retry': _S(True, _flag, 'Retry connecting at all.'),
+    'result_backend_transport_options': _S({}, _dict, 'Accepted for Celery; unused.'),
+    'broker_transport_options': _S({}, _dict, "kombu's transport options RabbitMQ uses."),
+    'broker_use_ssl': _S(False, _ssl, 'TLS: True or a dict of ssl options.'),
+    'broker_failover_strategy': _S(
+        'round-robin', _choice('round-robin', 'shuffle'), 'Order of failover addresses.'
+    ),
+    'task_default_queue': _S('celery', _text, 'Queue of tasks with no route.'),
+    'task_default_exchange': _S(
+        None, _opt_text, "The default queue's exchange (None: the queue's name)."
+    ),
+    'task_default_exchange_type': _S('direct', _text, "The default exchange's type."),
+    'task_default_routing_key': _S(
+        None, _opt_text, "The default queue's binding key (None: the queue's name)."
+    ),
+    'task_routes': _S(None, _routes, "Routers choosing a task's queue (Celery's forms)."),
+    'task_create_missing_queues': _S(
+        True, _flag, 'Create a queue not in task_queues (else QueueNotFound).'
+    ),
+    'task_track_started': _S(False, _flag, 'Workers store STARTED.'),
+    'result_cache_max': _S(10000, _count(1), 'Final results kept in the process.'),
+    'result_cache_max_bytes': _S(64 * 1024 * 1024, _count(1), 'Bytes of results kept.'),
+    'result_extended': _S(False, _flag, 'Results carry name, args, kwargs, worker, queue.'),
+    'timezone': _S(None, _opt_text, 'Time zone of dates (Celery).'),
+    'enable_utc': _S(True, _flag, 'Dates in UTC (Celery).'),
+    'task_publish_retry': _S(True, _flag, 'Retry sending a task message.'),
+    'task_publish_retry_policy': _S(
+        _PUBLISH_RETRY_POLICY, _policy(_PUBLISH_RETRY_POLICY), 'How task sends retry.'
+    ),
+    'result_backend_retry_policy': _S(
+        _RESULT_RETRY_POLICY, _policy(_RESULT_RETRY_POLICY), 'How result stores retry.'
+    ),
+    'publish_timeout': _S(10.0, _maybe_positive, 'Seconds a publish waits for its confirm.'),
+    'result_max_size': _S(
+        None, lambda k, v: _number(k, v, integer=True, minimum=1), 'Largest result body.'
+    ),
+    'blocked_connection_timeout': _S(30.0, _maybe_positive, 'Seconds blocked before a drop.'),
+    'large_body_threshold': _S(65536, _count(0), 'Bodies decoded off the I/O thread.'),
+    'pending_history_max': _S(100, _count(1), 'States kept per pending task.'),
+    'pending_max': _S(100000, _count(1), 'Pending tasks and unread results.'),
+    'out_of_band_max': _S(1000, _count(0), 'Results for unknown tasks kept.'),
+    'handoff_max': _S(10000, _count(1), 'Commands queued for the I/O thread.'),
+    'direct_writes': _S(True, _flag, 'Callers may write publications to the socket.'),
+    'task_ignore_result': _S(False, _flag, 'Tasks store no result by default.'),
+    'worker_prefetch_multiplier': _S(4, _count(0), 'Prefetch per pool thread.'),
+    'task_queues': _S(None, task_queues, 'Our task queues (Queue objects or a mapping).'),
+    'task_default_queue_type': _S('classic', queue_type, "The default queue's type."),
+    'task_create_missing_queue_type': _S('classic', queue_type, 'Type of created queues.'),
+    'worker_detect_quorum_queues': _S(True, _flag, 'No global QoS on quorum queues.'),
+    'broker_native_delayed_delivery_queue_type': _S(
+        'quorum', queue_type, "Delayed delivery queues' type."
+    ),
+    'broker_consumer_retry_interval': _S(
+        1.0, finite_positive, 'Seconds between refused re-subscriptions.'
+    ),
+    'broker_consumer_max_retries': _S(
+        None, _count(0, none=True), 'Refused re-subscriptions before giving up.'
+    ),
 }

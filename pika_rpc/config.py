@@ -60,6 +60,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
+from ._celery_settings import CELERY_SETTINGS, OLD_NAMES
 from ._kombu_opts import check as _check_kombu_opts
 from ._kombu_opts import value as _kombu_opt
 from ._queue_settings import QUEUE_TYPES
@@ -138,17 +139,42 @@ class Settings(Mapping):
 
     def __init__(self, **conf: Any) -> None:
         object.__setattr__(self, '_values', {k: _copy(d) for k, (d, _) in _SPECS.items()})
+        #: Celery settings given that pika_rpc does not implement (each warned about once).
+        object.__setattr__(self, '_unimplemented', {})
         self.update(conf)
 
     def update(self, mapping: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> None:
-        """Validate every given key first, then apply them all."""
+        """Validate every given key first, then apply them all.
+
+        A Celery setting pika_rpc does not implement is kept aside, unused, with one WARNING
+        naming it (the first time it is given); Celery's old upper-case names
+        (``CELERY_ROUTES``) stand for their new ones."""
         items = dict(mapping or {}, **kwargs)
-        checked = {}
+        checked, unimplemented = {}, {}
         for key, value in items.items():
-            if key not in _SPECS:
+            name = key if key in _SPECS else OLD_NAMES.get(key, key)
+            if name in _SPECS:
+                checked[name] = _SPECS[name][1](name, value)
+            elif name in CELERY_SETTINGS:
+                unimplemented[key] = value
+            else:
                 raise TypeError(f'unknown setting {key!r}{_suggest(key)}')
-            checked[key] = _SPECS[key][1](key, value)
         self._values.update(checked)
+        for key, value in unimplemented.items():
+            if key not in self._unimplemented:
+                name = OLD_NAMES.get(key, key)
+                alias = '' if name == key else f" (Celery's {name!r})"
+                LOGGER.warning(
+                    'setting %r%s is a Celery setting pika_rpc does not implement: ignored',
+                    key,
+                    alias,
+                )
+            self._unimplemented[key] = value
+
+    @property
+    def unimplemented(self) -> Dict[str, Any]:
+        """The Celery settings given that pika_rpc does not implement (and ignores)."""
+        return dict(self._unimplemented)
 
     def __getitem__(self, key: str) -> Any:
         value = self._values[key]  # KeyError for an unknown key
@@ -173,6 +199,12 @@ class Settings(Mapping):
         try:
             return self[name]
         except KeyError:
+            if name in self._unimplemented:
+                return self._unimplemented[name]
+            if name in CELERY_SETTINGS:
+                raise AttributeError(
+                    f'setting {name!r} is a Celery setting pika_rpc does not implement'
+                ) from None
             raise AttributeError(f'unknown setting {name!r}{_suggest(name)}') from None
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -185,6 +217,7 @@ class Settings(Mapping):
         """An independent copy (nested dicts and lists copied one level)."""
         new = Settings()
         new._values.update({k: _copy(v) for k, v in self._values.items()})
+        new._unimplemented.update(self._unimplemented)
         return new
 
     def as_dict(self, censored: bool = False) -> Dict[str, Any]:
@@ -212,8 +245,11 @@ class Settings(Mapping):
         ``settings``), or an import path: ``'module'``, ``'module:attr'`` or
         ``'module.attr'``. Without ``namespace`` the names are the settings' own
         (``result_expires``); with ``namespace='CELERY'`` they are ``CELERY_`` plus the
-        upper-cased name (``CELERY_RESULT_EXPIRES``, ``CELERY_BROKER_URL``). Other names are
-        ignored; one that looks like a typo of a known setting is logged as a WARNING.
+        upper-cased name (``CELERY_RESULT_EXPIRES``, ``CELERY_TASK_ROUTES``), or the own
+        name. Celery's old names (``CELERY_ROUTES``, ``BROKER_URL``) are read too, as
+        Celery reads them; a new name wins over an old one. A Celery setting pika_rpc does
+        not implement gets one WARNING naming it (``update``). Other names are ignored; one
+        that looks like a typo of a known setting is logged as a WARNING.
 
         Raises:
             ImportError: ``obj`` names nothing importable (unless ``silent``).
@@ -228,22 +264,30 @@ class Settings(Mapping):
                 raise
         prefix = '' if not namespace else namespace.upper().rstrip('_') + '_'
 
-        def name_of(key: str) -> str:
-            return prefix + key.upper() if prefix else key
-
         if isinstance(obj, Mapping):
-            found = {k: obj[name_of(k)] for k in _SPECS if name_of(k) in obj}
+            mapping = obj
+
+            def lookup(name: str) -> Any:
+                return mapping[name] if name in mapping else _MISSING
+
             names = list(obj)
         else:
-            found = {}
-            for key in _SPECS:
-                value = getattr(obj, name_of(key), _MISSING)
-                if value is not _MISSING:
-                    found[key] = value
+
+            def lookup(name: str) -> Any:
+                return getattr(obj, name, _MISSING)
+
             try:
                 names = dir(obj)
             except Exception:  # a lazy settings object may refuse
                 names = []
+        found = {}
+        for key in {**_SPECS, **CELERY_SETTINGS}:
+            forms = (prefix + key.upper(), key) if prefix else (key,)
+            for name in (*forms, CELERY_SETTINGS.get(key)):
+                value = lookup(name) if name else _MISSING
+                if value is not _MISSING:
+                    found[key] = value
+                    break
         _warn_near_misses(names, prefix)
         self.update(found)
         return self
@@ -261,7 +305,7 @@ def _warn_near_misses(names: Sequence[Any], prefix: str) -> None:
             key = name
         else:
             continue
-        if key in _SPECS:
+        if key in _SPECS or key in CELERY_SETTINGS or name in OLD_NAMES:
             continue
         close = difflib.get_close_matches(key, list(_SPECS), n=1, cutoff=0.9)
         if close:

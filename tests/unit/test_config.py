@@ -438,7 +438,7 @@ def test_from_object_warns_about_a_likely_typo(caplog):
     assert 'CELERY_RESULT_EXPIRES' in caplog.text
 
 
-def test_from_object_stays_quiet_about_other_celery_settings(caplog):
+def test_from_object_warns_once_about_each_celery_setting_it_does_not_implement(caplog):
     conf = {
         'task_default_queue_type': 'quorum',
         'broker_connection_retry_on_startup': True,
@@ -446,9 +446,16 @@ def test_from_object_stays_quiet_about_other_celery_settings(caplog):
         'broker_read_url': 'x',
         'worker_concurrency': 4,
     }
+    settings = Settings()
     with caplog.at_level(logging.WARNING, logger='pika_rpc.config'):
-        Settings().from_object(conf)
-    assert caplog.text == ''
+        settings.from_object(conf)
+        settings.from_object(conf)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 4
+    for name in list(conf)[1:]:
+        assert sum(repr(name) in m for m in warned) == 1
+    assert settings.task_default_queue_type == 'quorum'
+    assert settings.unimplemented['worker_concurrency'] == 4
 
 
 # ------------------------------------------------------------ derived options
@@ -676,6 +683,7 @@ def test_config_imports_no_pika_and_only_pure_pika_rpc_modules():
         '._queue_settings',
         '._kombu_opts',
         '._setting_specs',
+        '._celery_settings',
     }
 
 

@@ -34,6 +34,7 @@ LEVELS = {
     '_urls': 0,
     '_kombu_opts': 0,
     '_queue_settings': 0,
+    '_celery_settings': 0,
     '_setting_specs': 1,
     'config': 2,
     '_advice': 1,
