@@ -5,6 +5,7 @@ results and wait on them. Wire-compatible with Celery 5.5-5.7. See README.rst.
 """
 
 from . import states
+from ._shared import shared_task
 from ._version import __version__
 from .app import App
 from .backend import BacklogLimitExceeded, ResultConsumer, RPCBackend
@@ -31,6 +32,7 @@ from .errors import (
     PreconditionFailed,
     PublishError,
     QueueNodeDown,
+    QueueNotFound,
     ReplyQueueLost,
     Retry,
     SecurityError,
@@ -55,6 +57,8 @@ __all__ = [
     'NotFound',
     'QueueNodeDown',
     'Unroutable',
+    'QueueNotFound',
+    'shared_task',
     'App',
     'AsyncResult',
     'ClosedError',

@@ -237,6 +237,19 @@ def _routes(key: str, value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def _modules(key: str, value: Any) -> tuple:
+    """Celery's ``imports``/``include``: module names (a str is one name)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple, set, frozenset)) or not all(
+        isinstance(v, str) and v for v in value
+    ):
+        raise TypeError(f'{key} must be a list of module names, got {value!r}')
+    return tuple(value)
+
+
 def _opt_text(key: str, value: Any) -> Optional[str]:
     return _text(key, value, none=True)
 
@@ -281,6 +294,8 @@ _SPECS: Dict[str, Spec] = {
     'task_create_missing_queues': _S(
         True, _flag, 'Create a queue not in task_queues (else QueueNotFound).'
     ),
+    'imports': _S((), _modules, 'Modules of tasks imported when the registry is first used.'),
+    'include': _S((), _modules, 'More such modules (App(include=...)).'),
     'task_track_started': _S(False, _flag, 'Workers store STARTED.'),
     'result_cache_max': _S(10000, _count(1), 'Final results kept in the process.'),
     'result_cache_max_bytes': _S(64 * 1024 * 1024, _count(1), 'Bytes of results kept.'),

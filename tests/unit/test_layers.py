@@ -78,6 +78,8 @@ LEVELS = {
     'messaging': 9,
     'pools': 8,
     'simple': 10,
+    '_shared': 3,
+    '_routing': 7,
     # Celery's surface
     '_replies': 10,
     '_control': 10,
