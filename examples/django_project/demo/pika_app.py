@@ -1,7 +1,8 @@
 """This process's pika_rpc ``App``, configured from Django's settings.
 
 ``DemoConfig.ready()`` (``demo/apps.py``) calls :func:`setup` once per process, and the
-views call :func:`get_app`. One ``App`` per process is all a Django site needs: its
+views call :func:`get_app`. ``autodiscover_tasks()`` imports the ``tasks.py`` of every
+installed app when the task registry is first used, as Celery does. One ``App`` per process is all a Django site needs: its
 ``backend`` is shared by every thread (one connection, one reply queue, one I/O thread).
 
 Processes: the dev server's autoreloader re-executes ``manage.py`` in a child process
@@ -30,8 +31,9 @@ def get_app() -> App:
     if _app is None:
         with _lock:
             if _app is None:
-                app = App(main='djproject')
+                app = App('djproject')
                 app.config_from_object('django.conf:settings', namespace='CELERY')
+                app.autodiscover_tasks()  # each installed app's tasks.py, on first use
                 _app = app
     return _app
 
