@@ -22,32 +22,25 @@ import weakref
 from types import ModuleType
 from typing import Any, Callable, Dict, List, Optional
 
+from ._context import current_app, set_current_app
 from .task import Task
 
 __all__ = ['shared_task', 'current_app', 'register_app', 'related_module', 'SharedTask']
 
 _lock = threading.Lock()
 _apps: 'weakref.WeakSet[Any]' = weakref.WeakSet()
-_current: Optional['weakref.ref[Any]'] = None
 _constructors: List[Callable[[Any], Any]] = []
 
 
 def register_app(app: Any, set_as_current: bool = True) -> None:
     """Called by ``App.__init__``: the app gets every shared task, and may become current."""
-    global _current
     with _lock:
         _apps.add(app)
         if set_as_current:
-            _current = weakref.ref(app)
+            set_current_app(app)
         constructors = list(_constructors)
     for constructor in constructors:
         constructor(app)
-
-
-def current_app() -> Any:
-    """The current ``App`` (the last one created with ``set_as_current``), or None."""
-    ref = _current
-    return None if ref is None else ref()
 
 
 class SharedTask:

@@ -6,6 +6,7 @@ The worker's side is played by ``store_result`` with an explicit request (the cl
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -63,7 +64,8 @@ def test_send_task_then_result_round_trip(app):
     app.backend.mark_as_done(result.id, 5, request=request_for(app, result.id))
     assert result.get(timeout=10) == 5
     assert result.state == states.SUCCESS and result.successful() and result.ready()
-    assert result.date_done.endswith('+00:00')
+    assert result.date_done.utcoffset() == datetime.timedelta(0)  # a datetime, as Celery's
+    assert result.backend.get_task_meta(result.id)['date_done'].endswith('+00:00')
 
 
 def test_task_message_on_the_wire_is_celery_protocol_v2(app, amqp_url, unique_name):
