@@ -54,17 +54,24 @@ def _kombu_queues(queues: List[Queue]) -> List[Any]:
     for q in queues:
         ex = q.exchange
         exchange = kombu.Exchange(ex.name, type=ex.type) if ex is not None and ex.name else None
-        out.append(kombu.Queue(q.name, exchange, routing_key=q.routing_key or None))
+        out.append(
+            kombu.Queue(
+                q.name,
+                exchange,
+                routing_key=q.routing_key or None,
+                queue_arguments=q.queue_arguments,
+            )
+        )
     return out
 
 
-def _get(amqp_url: str, queue: str) -> Optional[Tuple[str, str, str]]:
-    """(exchange, routing key, task id) of the next message of ``queue``, or None."""
+def _get(amqp_url: str, queue: str) -> Optional[Tuple[str, str, str, Any]]:
+    """(exchange, routing key, task id, priority) of the next message of ``queue``, or None."""
     with pika.BlockingConnection(pika_parameters(amqp_url)) as conn:
         method, props, _ = conn.channel().basic_get(queue, auto_ack=True)
     if method is None:
         return None
-    return method.exchange, method.routing_key, props.headers['id']
+    return method.exchange, method.routing_key, props.headers['id'], props.priority
 
 
 def _both(
@@ -86,11 +93,13 @@ def _both(
     return cid, pid
 
 
-def _arrivals(amqp_url: str, queue: str, ids: Tuple[Optional[str], Optional[str]]) -> List[Any]:
+def _arrivals(
+    amqp_url: str, queue: str, ids: Tuple[Optional[str], Optional[str]], size: int = 2
+) -> List[Any]:
     got = [_get(amqp_url, queue), _get(amqp_url, queue)]
     assert _get(amqp_url, queue) is None
     assert sorted(g[2] for g in got if g) == sorted(ids), f'{queue}: {got}'
-    return [g[:2] for g in got]
+    return [g[:2] + g[3:size] for g in got if g]
 
 
 def test_a_mapping_route_sends_to_its_queue_and_others_to_the_default_queue(amqp_url, names):
@@ -218,3 +227,32 @@ def test_a_worker_given_no_queues_consumes_every_queue_of_task_queues(amqp_url, 
     finally:
         worker.stop(WAIT)
         app.close()
+
+
+def test_a_routes_priority_is_the_messages_as_in_celery(amqp_url, names):
+    default, ranked = names('default'), names('ranked')
+    conf = {
+        'task_default_queue': default,
+        'task_queues': [Queue(ranked, queue_arguments={'x-max-priority': 10})],
+        'task_routes': {'t.p': {'queue': ranked, 'priority': 7}},
+    }
+    ids = _both(amqp_url, conf, 't.p')
+    assert _arrivals(amqp_url, ranked, ids, size=4) == [('', ranked, 7)] * 2
+
+
+def test_a_queue_object_given_to_send_task_is_declared_as_given(amqp_url, names):
+    topic, given = names('topic'), names('given')
+    queue = Queue(given, Exchange(topic, type='topic'), routing_key='g.#')
+    with App('routing', broker=amqp_url, task_default_queue=names('default')) as app:
+        sent = app.send_task('t.q', queue=queue, routing_key='g.1', ignore_result=True)
+    assert _get(amqp_url, given)[:3] == (topic, 'g.1', sent.id)
+
+
+def test_a_route_key_pika_rpc_does_not_use_is_warned_about_once(amqp_url, names, caplog):
+    default = names('default')
+    conf = {'task_default_queue': default, 'task_routes': {'t.*': {'queue': default, 'x': 1}}}
+    with App('routing', broker=amqp_url, **conf) as app, caplog.at_level('WARNING'):
+        app.send_task('t.a', ignore_result=True)
+        app.send_task('t.b', ignore_result=True)
+    warned = [r.getMessage() for r in caplog.records if "route option 'x'" in r.getMessage()]
+    assert len(warned) == 1
