@@ -31,9 +31,8 @@ def get_app() -> App:
     if _app is None:
         with _lock:
             if _app is None:
-                app = App('djproject')
+                app = App(main='djproject')
                 app.config_from_object('django.conf:settings', namespace='CELERY')
-                app.autodiscover_tasks()  # each installed app's tasks.py, on first use
                 _app = app
     return _app
 
@@ -41,6 +40,7 @@ def get_app() -> App:
 def setup(connect: bool = False) -> App:
     """Create the App; with ``connect``, connect and declare the reply queue now."""
     app = get_app()
+    app.autodiscover_tasks()  # each installed app's tasks.py, when the registry is first used
     if connect:
         app.backend.result_consumer.start()
         LOGGER.info('pika_rpc connected: pid %d, reply queue %s', os.getpid(), app.backend.oid)
