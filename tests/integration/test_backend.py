@@ -32,7 +32,7 @@ from tests.helpers import eventually, list_queues, pika_parameters
 
 @pytest.fixture
 def app(amqp_url, unique_name):
-    application = App(amqp_url, task_default_queue=unique_name, result_expires=120)
+    application = App(broker=amqp_url, task_default_queue=unique_name, result_expires=120)
     yield application
     application.close()
     with pika.BlockingConnection(pika_parameters(amqp_url)) as conn:
@@ -505,7 +505,7 @@ def test_forked_child_gets_a_new_oid_and_never_closes_the_parent_connection(app)
     if pid == 0:  # child
         code = 1
         try:
-            child = App(app.conf.broker_url, result_expires=60)
+            child = App(broker=app.conf.broker_url, result_expires=60)
             r = child.send_task('tasks.add', (2, 2), queue=app.conf.task_default_queue)
             child.backend.mark_as_done(r.id, 4, request={'reply_to': child.backend.oid})
             ok = r.get(timeout=10) == 4 and app.backend.oid != parent_oid
