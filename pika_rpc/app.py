@@ -64,6 +64,9 @@ LOGGER = logging.getLogger(__name__)
 
 __all__ = ['App']
 
+#: AMQP properties a caller may give ``send_task`` (the others are the task message's own).
+_CALLER_PROPERTIES = frozenset({'app_id', 'user_id', 'type', 'timestamp', 'cluster_id'})
+
 #: The Lamport clock Celery's control messages carry; workers only adjust their own from it.
 _clock = itertools.count(1)
 
@@ -289,11 +292,14 @@ class App:
         retry: Optional[bool] = None,
         retry_policy: Optional[Dict[str, Any]] = None,
         timeout: Optional[float] = None,
+        **properties: Any,
     ) -> AsyncResult:
         """Send a task message to a worker (pika_rpc's or Celery's); return its AsyncResult.
 
         Blocks until the broker confirmed the message (up to ``timeout``, default
         ``publish_timeout``), retrying per ``retry_policy`` (``task_publish_retry_policy``).
+        Other keyword arguments are AMQP message properties the caller may set (``app_id``,
+        ``user_id``, ``type``, ``timestamp``, ``cluster_id``), as Celery passes them on.
         With ``ignore_result=True`` no reply queue is set up and the result is
         ``ignored``: its ``get()`` returns None at once, as Celery's. Where the message goes
         is Celery's routing (see the module docstring); the queue is declared once per
@@ -309,6 +315,9 @@ class App:
                 ``task_create_missing_queues`` is False (nothing is sent).
             TypeError: an unknown option.
         """
+        extra = set(properties) - _CALLER_PROPERTIES
+        if extra:
+            raise TypeError(f'send_task() got an unexpected keyword argument {sorted(extra)[0]!r}')
         conf = self.conf
         dl = deadline(conf.publish_timeout if timeout is None else timeout)
         route = self._route(
@@ -369,6 +378,7 @@ class App:
         content_type, content_encoding, data = serialization.dumps(
             body, serializer or conf.task_serializer
         )
+        props.update(properties)
         props.update(
             content_type=content_type, content_encoding=content_encoding, headers=msg_headers
         )

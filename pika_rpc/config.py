@@ -60,7 +60,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
-from ._celery_settings import CELERY_SETTINGS, OLD_NAMES
+from ._celery_settings import CELERY_DEFAULTS, CELERY_SETTINGS, OLD_NAMES
 from ._kombu_opts import check as _check_kombu_opts
 from ._kombu_opts import value as _kombu_opt
 from ._queue_settings import QUEUE_TYPES
@@ -201,10 +201,8 @@ class Settings(Mapping):
         except KeyError:
             if name in self._unimplemented:
                 return self._unimplemented[name]
-            if name in CELERY_SETTINGS:
-                raise AttributeError(
-                    f'setting {name!r} is a Celery setting pika_rpc does not implement'
-                ) from None
+            if name in CELERY_SETTINGS:  # not given: Celery's default, as app.conf reads
+                return _copy(CELERY_DEFAULTS[name])
             raise AttributeError(f'unknown setting {name!r}{_suggest(name)}') from None
 
     def __setattr__(self, name: str, value: Any) -> None:

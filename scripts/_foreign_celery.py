@@ -129,7 +129,8 @@ def _make_app():
 
 
 class _PikaManager:
-    """The part of celery.contrib.testing.manager.Manager the tests use, on a pika_rpc App."""
+    """The part of celery.contrib.testing.manager.Manager the tests use, on a pika_rpc App
+    (``wait_until_idle`` is Celery's own, through a Celery app used only for that)."""
 
     def __init__(self, app):
         self.app = app
@@ -150,10 +151,17 @@ class _PikaManager:
         raise NotImplementedError('needs the inspect API')
 
     def wait_until_idle(self):
-        import pika
+        # Celery's own: purge the queue, then wait until no worker has an active task (the
+        # worker answers Celery's inspect; pika_rpc's does too). Test tooling, not the client.
+        from celery import Celery
+        from celery.contrib.testing.manager import Manager
 
-        with pika.BlockingConnection(pika.URLParameters(BROKER)) as conn:
-            conn.channel().queue_purge(QUEUE)
+        helper = Celery('t-manager', broker=BROKER, set_as_current=False)
+        helper.conf.update(task_default_queue=QUEUE, broker_connection_retry_on_startup=True)
+        try:
+            Manager(helper).wait_until_idle()
+        finally:
+            helper.close()
 
 
 @pytest.fixture(scope='session')

@@ -479,10 +479,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--keep', action='store_true', help='keep the extracted tree')
     parser.add_argument('--list', action='store_true', help='list the suites and exclusions')
     parser.add_argument('--cache', default=DEFAULT_CACHE, help='where sdists are kept')
-    parser.add_argument('pytest_args', nargs=argparse.REMAINDER, help='-- then pytest arguments')
-    args = parser.parse_args(argv)
-    if args.pytest_args[:1] == ['--']:
-        args.pytest_args = args.pytest_args[1:]
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pytest_args = argv[argv.index('--') + 1 :] if '--' in argv else []
+    args = parser.parse_args(argv[: argv.index('--')] if '--' in argv else argv)
+    args.pytest_args = pytest_args
     unknown = [s for s in args.suites if s not in SUITES]
     if unknown:
         parser.error(f'unknown suite(s) {unknown}; known: {list(SUITES)}')

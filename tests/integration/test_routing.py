@@ -256,3 +256,14 @@ def test_a_route_key_pika_rpc_does_not_use_is_warned_about_once(amqp_url, names,
         app.send_task('t.b', ignore_result=True)
     warned = [r.getMessage() for r in caplog.records if "route option 'x'" in r.getMessage()]
     assert len(warned) == 1
+
+
+def test_send_task_passes_amqp_properties_on_and_refuses_other_names(amqp_url, names):
+    queue = names('props')
+    with App('routing', broker=amqp_url, task_default_queue=queue) as app:
+        app.send_task('t.p', app_id='1234', type='t', ignore_result=True)
+        with pytest.raises(TypeError, match='unexpected keyword argument .bogus.'):
+            app.send_task('t.p', bogus=1)
+    with pika.BlockingConnection(pika_parameters(amqp_url)) as conn:
+        _, props, _ = conn.channel().basic_get(queue, auto_ack=True)
+    assert (props.app_id, props.type) == ('1234', 't')

@@ -8,7 +8,7 @@ import types
 import pytest
 
 from pika_rpc import config
-from pika_rpc._celery_settings import CELERY_SETTINGS, OLD_NAMES
+from pika_rpc._celery_settings import CELERY_DEFAULTS, CELERY_SETTINGS, OLD_NAMES
 from pika_rpc.config import Settings
 
 pytestmark = pytest.mark.timeout(30)
@@ -18,6 +18,8 @@ def test_the_list_is_celery_5_7s_own() -> None:
     defaults = pytest.importorskip('celery.app.defaults')
     assert CELERY_SETTINGS == dict(defaults._TO_OLD_KEY)
     assert OLD_NAMES == dict(defaults._TO_NEW_KEY)
+    celerys = dict(defaults.DEFAULTS, result_expires=86400.0)
+    assert CELERY_DEFAULTS == {k: celerys[k] for k in CELERY_SETTINGS}
 
 
 def test_every_spec_carries_a_one_line_description_and_unpacks_as_a_pair() -> None:
@@ -77,9 +79,12 @@ def test_an_old_name_of_an_unimplemented_setting_names_both(caplog) -> None:
     assert "'worker_concurrency'" in record.getMessage()
 
 
-def test_reading_an_unimplemented_setting_not_given_says_so() -> None:
-    with pytest.raises(AttributeError, match='Celery setting pika_rpc does not implement'):
-        Settings().worker_concurrency  # noqa: B018
+def test_reading_an_unimplemented_setting_not_given_gives_celerys_default() -> None:
+    settings = Settings()
+    assert settings.broker_pool_acquire_timeout is None and settings.worker_concurrency is None
+    settings.worker_send_task_events = True
+    assert settings.worker_send_task_events is True
+    assert 'worker_concurrency' not in dict(settings)
 
 
 def test_a_name_on_no_list_stays_a_type_error() -> None:
