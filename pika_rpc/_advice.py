@@ -1,7 +1,10 @@
 """What to do about a broker error: one sentence of advice for the errors newcomers meet.
 
 ``describe(exc)`` names a connect error fully (pika's ``AMQPConnectionError`` has an empty
-``str()``: what happened is in its ``args``). ``connect_advice(exc, params)`` says what to
+``str()``: what happened is in its ``args``); ``reason(exc)`` says the same in the user's
+terms (``'Connection refused'``), and ``where(params)`` names the addresses tried as masked
+URLs (``amqp://guest:**@127.0.0.1:5672//``): the connect WARNINGs and ``ConnectionLost``
+texts are made of these. ``connect_advice(exc, params)`` says what to
 check or run for a failed connect; ``precondition_advice(text)`` for a 406 on a declare.
 Each returns one sentence (capitalised, no final period) or ''. The I/O thread appends them
 to the ``ConnectionLost`` / ``PreconditionFailed`` / ``TimeoutError`` it raises. Never a
@@ -15,8 +18,9 @@ from __future__ import annotations
 
 import re
 from typing import Any, Iterable, List, Optional
+from urllib.parse import quote
 
-__all__ = ['describe', 'connect_advice', 'precondition_advice']
+__all__ = ['describe', 'reason', 'where', 'connect_advice', 'precondition_advice']
 
 _INEQUIVALENT = re.compile(
     r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) '(?P<name>[^']*)' in "
@@ -35,6 +39,72 @@ def describe(exc: BaseException) -> str:
     if not text and exc.args:
         text = '; '.join(str(a) or repr(a) for a in exc.args)
     return f'{name}: {text}' if text else name
+
+
+def reason(exc: BaseException, timeout: Optional[float] = None) -> str:
+    """What went wrong with a connect attempt, in a few words a user recognises (no pika
+    class names); ``describe(exc)`` when it is none of the known cases. ``timeout`` (the
+    connection timeout) is named when the attempt timed out."""
+    raw = _chain(exc)
+    text = raw.lower()
+    if _VHOST_NOT_FOUND.search(raw):
+        return 'The vhost does not exist'
+    if _VHOST_REFUSED.search(raw) or 'probableaccessdeniederror' in text:
+        return 'Access to the vhost refused'
+    if 'authenticationerror' in text or ('access_refused' in text and 'login' in text):
+        return 'Login refused (ACCESS_REFUSED)'
+    ssl = _SSL_DETAIL.search(raw)
+    if ssl:
+        return f'The TLS handshake failed ({ssl.group(0).strip()})'
+    for needles, said in _REASONS:
+        if any(n in text for n in needles):
+            if said is _NO_ANSWER and timeout is not None:
+                return f'{said} ({timeout:g} s)'
+            return said
+    return describe(exc)
+
+
+# A peer that accepts and closes at once: an RST, or pika's check of the socket after it.
+_NO_ANSWER = 'No answer within broker_connection_timeout'
+_SSL_DETAIL = re.compile(r"\[SSL: [A-Z0-9_]+\][^'\")]*")
+_RESET = ('connection reset', 'connectionreseterror', 'errno 104', 'getpeername() failed')
+_REASONS = (
+    (
+        ('gaierror', 'name or service not known', 'nodename nor servname', 'name resolution'),
+        'The host name does not resolve',
+    ),
+    (('connection refused', 'connectionrefusederror'), 'Connection refused'),
+    (
+        ('connection reset', 'connectionreseterror', 'errno 104'),
+        'The connection was reset during the handshake',
+    ),
+    (('sslerror', 'ssl:', 'certificate'), 'The TLS handshake failed'),
+    (
+        ('incompatibleprotocolerror', 'streamlosterror'),
+        'The peer closed the connection during the AMQP handshake',
+    ),
+    (('timeout', 'timed out'), _NO_ANSWER),
+    (('no route to host', 'network is unreachable'), 'No route to the host'),
+)
+
+
+def where(params: Iterable[Any]) -> str:
+    """The addresses tried, as URLs with the password masked (``;`` between them)."""
+    urls = []
+    for p in params:
+        ssl = _field(p, 'ssl', 'ssl_options')
+        user = _field(p, 'userid', 'username')
+        if user is None:
+            user = _field(_field(p, 'credentials') or {}, 'username')
+        vhost = _field(p, 'virtual_host')
+        vhost = '/' if vhost in (None, '/') else quote(vhost, safe='')
+        host = str(_field(p, 'host'))
+        host = f'[{host}]' if ':' in host else host
+        urls.append(
+            f'amqp{"s" if ssl else ""}://{quote(user or "guest", safe="")}:**@{host}:'
+            f'{_field(p, "port")}/{vhost}'
+        )
+    return ';'.join(urls) or 'the broker'
 
 
 def _chain(exc: BaseException) -> str:
@@ -132,6 +202,13 @@ def connect_advice(exc: BaseException, params: Iterable[Any] = ()) -> str:
             f'Nothing accepts connections at {hosts}: start RabbitMQ there (e.g. `docker run '
             f'-d -p 5672:5672 rabbitmq:3`) or fix the host and port in broker_url (or '
             f'$AMQP_URL); AMQP listens on 5672, amqps on 5671 (15672 is the web UI)'
+        )
+    if any(needle in text for needle in _RESET):
+        return (
+            f'Something at {hosts} accepts connections and closes them at once: RabbitMQ may '
+            f'be starting, stopping or at its connection limit, or a proxy in front of it '
+            f'has no broker behind it; check the broker (`rabbitmqctl status`, its log) and '
+            f'the host and port in broker_url'
         )
     if 'sslerror' in text or 'ssl:' in text or 'certificate' in text:
         return (

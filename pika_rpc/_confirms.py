@@ -119,7 +119,8 @@ class Pipeline:
         self._by_key: Dict[tuple, Deque[int]] = collections.defaultdict(collections.deque)
         self._returned: Dict[int, tuple] = {}
         self._select_ok = False
-        self._socket: Optional[DirectSocket] = None  # set when direct writes are possible
+        # Set when direct writes are possible; read only while they are (``_direct_open``).
+        self._socket: DirectSocket = None  # type: ignore[assignment]
         self._direct_open = False  # direct writes allowed now
         self._retired = False  # under _ledger_lock: unsettled were taken
         self._reader: Any = None  # reads our confirms when given

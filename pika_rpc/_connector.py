@@ -4,8 +4,10 @@ A ``Connector`` belongs to one link and runs on its I/O thread. ``cycle(attempt)
 ``attempt()`` (which opens a connection with ``open_connection()`` and sets it up) until it
 succeeds, the link stops, or the policy gives up:
 
-* every failed attempt is described in the user's terms (``_advice``) and logged as one
-  WARNING saying what was tried and when the next try comes;
+* every failed attempt is logged as one WARNING in the user's terms (``_advice``): the
+  masked URLs tried, what went wrong, and when the next try comes (or that this was the
+  last); the advice (what to do) is added to the first WARNING of a cycle and whenever the
+  reason changes. ``down`` then says the same for callers (``Link.unreachable``);
 * the waits between attempts are the retry policy's (``_retry.intervals``: kombu's knobs,
   each wait capped at ``interval_max``); ``max_retries`` attempts after the first, or None
   for no limit;
@@ -20,6 +22,16 @@ next attempt at the address after the one connected (kombu's rotation on failove
 ``'shuffle'`` does the same over a list shuffled once, when the connector is made (one per
 link, so per process: a fleet of processes spreads its first connections over the nodes,
 where kombu would connect each to the first address).
+
+pika's own log records of a failed attempt (about 7 ERROR lines and a traceback from
+``pika.adapters.*``), and of a lost connection (3 ERROR lines and a traceback), say what our
+WARNING says, in pika's terms. They are kept out of the user's logs by ``QuietConnects``, a
+``logging.Filter`` added to pika's loggers that emit them: our I/O threads (for their whole
+life, ``Link._run``) and any thread of ours inside ``open_connection`` are registered by
+ident (``quiet_begin``/``quiet_end``), and a WARNING-or-higher record made on a registered
+thread is demoted to DEBUG (kept, with its traceback, for whoever logs pika at DEBUG;
+dropped otherwise). pika's levels are not changed, and the records of the application's own
+pika connections (its threads) pass untouched.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ import logging
 import random
 import threading
 import time
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import pika
 
@@ -39,7 +51,57 @@ from .errors import ConnectionLost
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ['Connector', 'STOPPED', 'FAILOVER_STRATEGIES']
+__all__ = [
+    'Connector',
+    'STOPPED',
+    'FAILOVER_STRATEGIES',
+    'QuietConnects',
+    'quiet_begin',
+    'quiet_end',
+]
+
+#: Idents of our threads whose pika records are demoted (``QuietConnects``), with a count.
+_quiet_threads: Dict[int, int] = {}
+#: pika's loggers that log a failed connect attempt or a lost connection at ERROR (1.3, 1.4).
+PIKA_LOGGERS = (
+    'pika.adapters.utils.io_services_utils',
+    'pika.adapters.utils.connection_workflow',
+    'pika.adapters.blocking_connection',
+    'pika.adapters.base_connection',
+    'pika.adapters.select_connection',
+    'pika.connection',
+)
+
+
+def quiet_begin() -> None:
+    """Demote pika's WARNING+ records made on this thread (until ``quiet_end``; nests)."""
+    me = threading.get_ident()
+    _quiet_threads[me] = _quiet_threads.get(me, 0) + 1
+
+
+def quiet_end() -> None:
+    me = threading.get_ident()
+    left = _quiet_threads.get(me, 1) - 1
+    if left > 0:
+        _quiet_threads[me] = left
+    else:
+        _quiet_threads.pop(me, None)
+
+
+class QuietConnects(logging.Filter):
+    """Demotes to DEBUG pika's WARNING+ records made on a registered thread of ours (see
+    the module docstring); a record of any other thread passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or record.thread not in _quiet_threads:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, 'DEBUG'
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+_QUIET = QuietConnects()
+for _name in PIKA_LOGGERS:
+    logging.getLogger(_name).addFilter(_QUIET)
 
 #: The values of ``broker_failover_strategy``.
 FAILOVER_STRATEGIES = ('round-robin', 'shuffle')
@@ -79,8 +141,11 @@ class Connector:
         self.max_retries = max_retries
         start, step, top = interval
         self._policy = {'interval_start': start, 'interval_step': step, 'interval_max': top}
-        self.last_error: Optional[str] = None
+        self.last_error: Optional[str] = None  # _advice.describe: technical, for matching
+        self.last_reason = ''  # the same in the user's terms (_advice.reason)
         self.last_advice = ''  # what to do about last_error (pika_rpc._advice)
+        self.where = _advice.where(self.options)  # masked URLs, in failover-list order
+        self.down: Optional[str] = None  # why callers cannot be served now (summary())
 
     def addresses(self) -> str:
         return ', '.join(f'{p.host}:{p.port} (vhost {p.virtual_host!r})' for p in self.params)
@@ -104,7 +169,11 @@ class Connector:
         """A new ``BlockingConnection`` to the first address that answers, in failover order.
         Blocks (bounded by each address's connection timeout); raises one of
         ``_pika.CONNECT_ERRORS``."""
-        conn = pika.BlockingConnection([self.params[i] for i in self.order()])
+        quiet_begin()
+        try:
+            conn = pika.BlockingConnection([self.params[i] for i in self.order()])
+        finally:
+            quiet_end()
         self.connected_to(*_pika.connected_address(conn))
         return conn
 
@@ -119,38 +188,57 @@ class Connector:
         """
         waits = intervals(self._policy)
         began = time.monotonic()
+        said = ''  # the reason the advice was last given for, in this cycle
         for number in itertools.count(1):
             if stop.is_set():
                 return STOPPED
             try:
                 attempt()
+                self.down = None
                 return None
             except _pika.CONNECT_ERRORS as exc:
                 self.last_error = _advice.describe(exc)
+                self.last_reason = _advice.reason(exc, self.params[0].socket_timeout)
                 self.last_advice = _advice.connect_advice(exc, self.options)
-                on_failed()
-                if isinstance(exc, _pika.FATAL_CONNECT_ERRORS) or (
+                LOGGER.debug('%s: connect attempt %d failed: %s', self.name, number, exc)
+                last = isinstance(exc, _pika.FATAL_CONNECT_ERRORS) or (
                     self.max_retries is not None and number > self.max_retries
-                ):
-                    return self._give_up(number, time.monotonic() - began)
-                interval = next(waits)
-                LOGGER.warning(
-                    '%s: cannot connect to %s (%s); retry %d in %.1f s',
-                    self.name,
-                    self.addresses(),
-                    self.last_error,
-                    number,
-                    interval,
                 )
+                elapsed = time.monotonic() - began
+                interval = 0.0 if last else next(waits)
+                self.down = self.summary(number, elapsed, None if last else interval)
+                on_failed()
+                advice = f'. {self.last_advice}' if self.last_reason != said else ''
+                said = self.last_reason
+                LOGGER.warning(
+                    'Cannot connect to %s: %s; %s%s',
+                    self.where,
+                    self.last_reason,
+                    f'giving up after {_attempts(number)} in {elapsed:.1f} s'
+                    if last
+                    else f'retrying in {interval:.1f} s ({_attempt_of(number, self.max_retries)})',
+                    advice,
+                )
+                if last:
+                    return ConnectionLost(self.down)
                 if stop.wait(interval):
                     return STOPPED
         raise AssertionError('unreachable')  # pragma: no cover
 
-    def _give_up(self, attempts: int, elapsed: float) -> ConnectionLost:
+    def summary(self, attempts: int, elapsed: float, retry_in: Optional[float]) -> str:
+        """The state of a failing cycle for callers and ``ConnectionLost``: the URLs, the
+        reason, the attempts and time, whether it goes on, and the advice."""
+        going = 'gave up' if retry_in is None else f'next attempt in {retry_in:.1f} s'
         advice = f'. {self.last_advice}' if self.last_advice else ''
-        err = ConnectionLost(
-            f'cannot connect to {self.addresses()} after {attempts} attempt(s) '
-            f'in {elapsed:.1f} s; last error: {self.last_error}{advice}'
+        return (
+            f'cannot connect to {self.where}: {self.last_reason} ({_attempts(attempts)} in '
+            f'{elapsed:.1f} s; {going}){advice}'
         )
-        LOGGER.error('%s', err)
-        return err
+
+
+def _attempts(n: int) -> str:
+    return f'{n} attempt{"s" if n != 1 else ""}'
+
+
+def _attempt_of(n: int, max_retries: Optional[int]) -> str:
+    return f'attempt {n}' + ('' if max_retries is None else f' of {max_retries + 1}')

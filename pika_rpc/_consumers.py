@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, cast
 
 import pika.exceptions
 
@@ -260,7 +260,7 @@ class Consumers:
             if spec.on_refused is not None:  # its owner hears it (e.g. moves the queue)
                 _guarded(spec.on_refused, error, self._link.name, 'on_refused')
             raise error from None
-        return spec.consumer_tag
+        return cast(str, spec.consumer_tag)  # subscribe() set it
 
     def subscribe(self, spec: ConsumerSpec) -> None:
         """Declare what ``spec`` needs, open its channel, set its QoS and consume.

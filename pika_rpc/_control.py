@@ -121,7 +121,7 @@ class RevokedIds:
 
     def __contains__(self, task_id: object) -> bool:
         with self._lock:
-            until = self._ids.get(task_id)  # type: ignore[arg-type]
+            until = self._ids.get(task_id)  # type: ignore[call-overload]
             if until is not None and until < time.monotonic():
                 del self._ids[task_id]  # type: ignore[arg-type]
                 return False

@@ -181,7 +181,8 @@ class DeliveryReader:
                         continue
                 if parsed is None:  # a delivery not all here: assemble it
                     self._assembling[channel_number] = _Assembly(
-                        entry, _parse_deliver_method(buf, pos, end)
+                        entry,  # type: ignore[arg-type]  # parsed: entry is not None
+                        _parse_deliver_method(buf, pos, end),
                     )
                     self._conn.bytes_received += end + 1 - pos
                     pos = end + 1
@@ -189,13 +190,13 @@ class DeliveryReader:
                 nxt, method, properties, body = parsed
                 self._conn.bytes_received += nxt - pos
                 start, pos = pos, nxt  # consumed, whatever the handler does
-                channel, on_delivery, on_confirm = entry
+                channel, on_delivery, on_confirm = entry  # type: ignore[misc]  # as above
                 if channel.is_open:
                     if on_delivery is not None:
                         self.fast += 1
                         on_delivery(channel, method, properties, body)
                     else:
-                        on_confirm(
+                        on_confirm(  # type: ignore[misc]  # a confirm entry has it
                             _U64.unpack_from(buf, start + 11)[0],
                             bool(buf[start + 19] & 1),
                             buf[start + 10] == 120,
@@ -256,7 +257,7 @@ class DeliveryReader:
         """Read the rest of the body frame being streamed from ``data``: how much of ``data``
         it took."""
         left = self._stream_left
-        assembly = self._stream
+        assembly: _Assembly = self._stream  # type: ignore[assignment]  # set while streaming
         n = len(data)
         if n < left:  # all payload: the end octet comes later
             assembly.body.write(data)
@@ -282,7 +283,7 @@ class DeliveryReader:
         channel, on_delivery, _ = assembly.entry
         if self._handlers.get(channel_number) is assembly.entry and channel.is_open:
             self.fast += 1
-            on_delivery(channel, assembly.method, assembly.properties, body)
+            on_delivery(channel, assembly.method, assembly.properties, body)  # type: ignore[misc, arg-type]
 
     def _to_pika(self, frames: bytes) -> None:
         if frames and not self._conn.is_closed:

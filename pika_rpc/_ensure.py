@@ -103,7 +103,7 @@ def _attempt(link: Link, where: str, dl: Optional[float], callback: Optional[Cal
                 revived[0] = link.revive()
                 continue
             break
-        if left is not None and left <= wait:
+        if left is not None and wait is not None and left <= wait:  # wait: set when left is
             break
         callback()  # type: ignore[misc]
     if link.state == OPEN:

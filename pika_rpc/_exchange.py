@@ -220,14 +220,7 @@ class Exchange(_Entity):
         **kwargs: Any,
     ) -> None:
         """Bind this exchange (destination) to ``exchange`` (source). Blocks."""
-        _control(
-            _ops(channel or self._channel, self),
-            'bind_exchange',
-            destination=self.name,
-            source=_name_of(exchange),
-            routing_key=routing_key,
-            arguments=arguments,
-        )
+        self._binding('bind_exchange', exchange, routing_key, arguments, channel)
 
     def unbind_from(
         self,
@@ -238,9 +231,14 @@ class Exchange(_Entity):
         channel: Any = None,
     ) -> None:
         """Remove a binding made by ``bind_to``. Blocks."""
+        self._binding('unbind_exchange', source, routing_key, arguments, channel)
+
+    def _binding(
+        self, command: str, source: Any, routing_key: str, arguments: Any, channel: Any
+    ) -> None:
         _control(
             _ops(channel or self._channel, self),
-            'unbind_exchange',
+            command,
             destination=self.name,
             source=_name_of(source),
             routing_key=routing_key,

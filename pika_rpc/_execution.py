@@ -7,8 +7,20 @@ refuses), and its outcome handed to ``_jobs.Outcomes`` once it is claimed again 
 DONE), unless a revoke with ``terminate`` or the hard time limit finished it for its client
 first: a thread cannot be killed, so such a job is *abandoned*: its state is stored and its
 message acked at once, a new pool thread takes its place, and the function runs on until it
-returns, its outcome dropped (logged). Past the *soft* limit a WARNING is logged and the task
-goes on.
+returns, its outcome dropped (logged).
+
+Time limits (the message's ``timelimit`` header, else the task's ``time_limit`` and
+``soft_time_limit``, else the ``task_time_limit``/``task_soft_time_limit`` settings where the
+settings have them): past the *soft* limit the task's thread raises ``SoftTimeLimitExceeded``
+at its next Python instruction (``_interrupt``; a task may catch it to clean up, as under
+Celery's prefork pool), and a WARNING is logged. Past the *hard* limit the job is abandoned
+as above with FAILURE ``TimeLimitExceeded`` and its thread is made to raise
+``TimeLimitExceeded`` too, so it ends soon. A thread blocked in one long C call
+(``time.sleep``, a socket read) gets either exception only when that call returns. Celery's
+own ``threads`` pool ignores time limits (its pool never calls the timeout handlers).
+
+A task that does not ack late has its message acked as it starts (``Outcomes.ack_early``),
+as Celery does when its pool accepts the task.
 
 The mixin uses the worker's ``_lock`` (guarding every job's state and the sets below),
 ``_jobs``, ``_running``, ``_totals``, ``_held``, ``_threads``, ``_work``, ``_idle``,
@@ -27,7 +39,7 @@ from typing import Any, Dict, List
 from . import states
 from ._context import task_context
 from ._jobs import DONE, HELD, QUEUED, RELEASED, RUNNING, Job, expired, format_tb
-from .errors import Retry, TimeLimitExceeded
+from .errors import Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 
 LOGGER = logging.getLogger(__name__)
 
@@ -132,11 +144,13 @@ class Execution:
         began = time.monotonic()
         outcome: tuple
         outcomes = self._outcomes
+        outcomes.ack_early(job)
         with task_context(req):
-            if outcomes.track_started(job) and not outcomes.ignored(job):
+            if outcomes.track_started(job) and outcomes.keeps(job, states.STARTED):
                 outcomes.store(job, states.STARTED, {'pid': os.getpid(), 'hostname': self.hostname})
             try:
-                value = job.task(*req.args, **req.kwargs)
+                with job.interruptible.running():
+                    value = job.task.run_for_worker(req.args, req.kwargs)
             except Retry as exc:
                 outcome = (states.RETRY, exc, format_tb(exc))
             except Exception as exc:
@@ -185,14 +199,14 @@ class Execution:
             self._threads.remove(job.thread)  # never joined: it may run for a long time
 
     def _arm_time_limits(self, job: Job) -> None:
-        req = job.request
-        options = getattr(job.task, 'options', None) or {}
-        hard = req.time_limit if req.time_limit is not None else options.get('time_limit')
-        soft = (
-            req.soft_time_limit
-            if req.soft_time_limit is not None
-            else options.get('soft_time_limit')
-        )
+        req, task, outcomes = job.request, job.task, self._outcomes
+        hard, soft = req.time_limit, req.soft_time_limit
+        if hard is None:
+            hard = getattr(task, 'time_limit', None) or outcomes.setting('task_time_limit', None)
+        if soft is None:
+            soft = getattr(task, 'soft_time_limit', None) or outcomes.setting(
+                'task_soft_time_limit', None
+            )
         timers = []
         if soft:
             timers.append(self._timer.call_later(soft, self._on_soft_limit, job, soft))
@@ -206,21 +220,27 @@ class Execution:
                     self._timer.cancel(entry)
 
     def _on_soft_limit(self, job: Job, limit: float) -> None:  # timer thread
-        if job.state == RUNNING:
-            LOGGER.warning(
-                'Task %s[%s] passed its soft time limit (%ss); a thread cannot be '
-                'interrupted, so it goes on',
-                job.request.name,
-                job.request.id,
-                limit,
-            )
+        if job.state != RUNNING:
+            return
+        raised = job.interruptible.interrupt(SoftTimeLimitExceeded)
+        LOGGER.warning(
+            'Task %s[%s] passed its soft time limit (%ss): %s',
+            job.request.name,
+            job.request.id,
+            limit,
+            'SoftTimeLimitExceeded raised in the task'
+            if raised
+            else 'it could not be interrupted and goes on',
+        )
 
     def _on_hard_limit(self, job: Job, limit: float) -> None:  # timer thread
         if self._abandon(job, states.FAILURE, TimeLimitExceeded(limit)):
+            job.interruptible.interrupt(TimeLimitExceeded)  # its outcome is dropped anyway
             self._stats.add('failed')
             LOGGER.error(
                 'Task %s[%s] passed its hard time limit (%ss): FAILURE TimeLimitExceeded '
-                'stored; the thread cannot be killed and runs on, its outcome dropped',
+                'stored; its thread cannot be killed: TimeLimitExceeded is raised in it, '
+                'and what it returns is dropped',
                 job.request.name,
                 job.request.id,
                 limit,

@@ -9,18 +9,34 @@ app's backend (Celery's rpc:// shape, to the message's ``reply_to``), settle its
 
 Choices where Celery leaves room:
 
-* **Acks late**: a message is settled after its final state was stored (and after a retry
-  was re-sent), so a worker that dies first leaves it unacked for another worker.
+* **Acks late** (the task's ``acks_late``, else the ``task_acks_late`` setting where the
+  settings have it, else True: pika_rpc's default, where Celery's is False): a message is
+  settled after its final state was stored (and after a retry was re-sent), so a worker
+  that dies first leaves it unacked for another worker. Then a FAILURE is acked unless
+  ``acks_on_failure`` (else ``acks_on_failure_or_timeout``) is False (rejected, not
+  requeued), and a hard time limit is acked unless ``acks_on_timeout`` (else
+  ``acks_on_failure_or_timeout``) is False (requeued), as Celery 5.7. ``acks_late=False``
+  acks the message when the task starts (at most once, Celery's default), and waits one
+  broker round trip first, so a process killed as the task starts cannot have it
+  redelivered (pika_rpc's acks are otherwise sent without waiting).
+* **reject_on_worker_lost**: accepted; a thread pool has no child process to lose, and when
+  the worker's process dies its unacked messages (acks late) return to the queue whatever
+  the option says, as when Celery's main process dies.
 * **ignore_result**: header ``true`` (or ``null`` with the task's/``task_ignore_result``
   setting true) stores no STARTED/RETRY/SUCCESS/FAILURE/REVOKED; ``update_state`` still
-  does. An unknown task name always gets FAILURE ``NotRegistered`` and its message is
+  does. With ``store_errors_even_if_ignored`` (the task's, else the
+  ``task_store_errors_even_if_ignored`` setting where the settings have it) FAILURE, RETRY
+  and REVOKED are still stored, as Celery.
+* **throws**: a FAILURE whose exception is one of the task's ``throws`` is logged at INFO
+  without its traceback ("raised expected"), as Celery; it is stored as any FAILURE. An unknown task name always gets FAILURE ``NotRegistered`` and its message is
   rejected (not requeued), as Celery does.
 * A return value the result serializer cannot encode gets FAILURE ``EncodeError``, as Celery.
 * **Retry**: ``self.retry()`` stores RETRY (the exception, its traceback, the task's own id
   as a child, as Celery), re-sends the message (``protocol.retry_message``: same id,
   ``retries + 1``, an ``eta`` from ``countdown``) to the same exchange/routing key,
-  ``mandatory`` and confirmed, then acks. If the re-send fails, FAILURE with the publish
-  error is stored instead.
+  ``mandatory`` and confirmed, then acks. The message keeps the sender's own headers
+  (tracing or correlation ids, not the broker's ``x-`` ones) and uses the task's
+  ``serializer``. If the re-send fails, FAILURE with the publish error is stored instead.
 """
 
 from __future__ import annotations
@@ -33,9 +49,10 @@ from typing import Any, Callable, List, Optional
 
 from . import protocol, serialization, states
 from ._handoff import Publication
+from ._interrupt import Interruptible
 from ._link import Link
 from ._publish import publish_and_wait
-from .errors import EncodeError, NotRegistered, Retry, TaskRevokedError
+from .errors import EncodeError, NotRegistered, Retry, TaskRevokedError, TimeLimitExceeded
 
 LOGGER = logging.getLogger(__name__)
 
@@ -60,6 +77,8 @@ class Job:
         'abandoned',
         'thread',
         'time_start',
+        'acked',
+        'interruptible',
     )
 
     def __init__(self, request: protocol.TaskRequest, message: Any, task: Any) -> None:
@@ -69,6 +88,8 @@ class Job:
         self.abandoned = False  # finished for the world while its function still runs
         self.thread: Optional[threading.Thread] = None  # the pool thread running it
         self.time_start: Optional[float] = None  # time.time() when it began to run
+        self.acked = False  # acked when it started (acks_late False): settled already
+        self.interruptible = Interruptible()  # its run, for the soft/hard time limits
 
 
 def expired(request: protocol.TaskRequest) -> bool:
@@ -117,6 +138,60 @@ class Outcomes:
         self.app, self.hostname = app, hostname
         self._count, self._link, self._default_queue = count, link, default_queue
 
+    def setting(self, name: str, default: Any) -> Any:
+        """The app's setting ``name``, or ``default`` when the settings do not have it."""
+        try:
+            return getattr(self.app.conf, name)
+        except AttributeError:
+            return default
+
+    def _option(self, job: Job, *names: str, default: bool) -> bool:
+        """The first of the task's options ``names`` that is set, else the first setting
+        ``task_<name>`` that is, else ``default``."""
+        for name in names:
+            value = getattr(job.task, name, None)
+            if value is not None:
+                return bool(value)
+        for name in names:
+            value = self.setting(f'task_{name}', None)
+            if value is not None:
+                return bool(value)
+        return default
+
+    def acks_late(self, job: Job) -> bool:
+        """True when ``job``'s message is settled after its outcome (see the docstring)."""
+        return self._option(job, 'acks_late', default=True)
+
+    def keeps(self, job: Job, state: str) -> bool:
+        """True when ``state`` of ``job`` is stored (ignore_result and
+        store_errors_even_if_ignored)."""
+        if not self.ignored(job):
+            return True
+        if state not in (states.FAILURE, states.RETRY, states.REVOKED):
+            return False
+        return self._option(job, 'store_errors_even_if_ignored', default=False)
+
+    def ack_early(self, job: Job) -> None:
+        """Ack ``job``'s message as it starts, unless it acks late. Pool thread; blocks for
+        one round trip: a passive declare of ``amq.direct`` after the ack, so the broker has
+        the ack before the task runs (a process killed meanwhile cannot get it redelivered)."""
+        if self.acks_late(job):
+            return
+        self.settle(job)
+        job.acked = True
+        try:
+            self._link().control(
+                'declare_exchange', exchange='amq.direct', passive=True, timeout=10.0
+            )
+        except Exception as exc:
+            LOGGER.warning(
+                'worker %s: task %s[%s]: the broker did not confirm it has the ack: %s',
+                self.hostname,
+                job.request.name,
+                job.request.id,
+                exc,
+            )
+
     def ignored(self, job: Job) -> bool:
         """True when ``job``'s states are not stored (ignore_result)."""
         flag = job.request.ignore_result
@@ -157,7 +232,10 @@ class Outcomes:
         return None
 
     def settle(self, job: Job, requeue: bool = False, reject: bool = False) -> None:
-        """Ack ``job``'s message, or reject it, or requeue it; a failure is logged."""
+        """Ack ``job``'s message, or reject it, or requeue it (nothing when it was acked as it
+        started); a failure is logged."""
+        if job.acked:
+            return
         try:
             if requeue:
                 job.message.requeue()
@@ -190,10 +268,15 @@ class Outcomes:
 
     def store_and_ack(self, job: Job, state: str, exc: BaseException) -> None:
         """Store ``state`` with ``exc`` (unless ignored) and settle: a job ended by us."""
-        if not self.ignored(job) or state == states.FAILURE and isinstance(exc, NotRegistered):
+        if self.keeps(job, state) or state == states.FAILURE and isinstance(exc, NotRegistered):
             self.store(job, state, exc)
         if isinstance(exc, NotRegistered):
             self.settle(job, reject=True)
+        elif isinstance(exc, TimeLimitExceeded) and self.acks_late(job):
+            timeout_ack = self._option(
+                job, 'acks_on_timeout', 'acks_on_failure_or_timeout', default=True
+            )
+            self.settle(job, requeue=not timeout_ack)
         else:
             self.settle(job)
 
@@ -221,31 +304,43 @@ class Outcomes:
             )
         else:
             self._count('failed')
-            LOGGER.error('Task %s[%s] raised unexpected: %r\n%s', req.name, req.id, value, tb)
-        if not self.ignored(job):
+            throws = getattr(job.task, 'throws', None) or ()
+            if throws and isinstance(value, throws):
+                LOGGER.info('Task %s[%s] raised expected: %r', req.name, req.id, value)
+            else:
+                LOGGER.error('Task %s[%s] raised unexpected: %r\n%s', req.name, req.id, value, tb)
+        if self.keeps(job, state):
             error = self.store(job, state, value, tb)
             if isinstance(error, EncodeError) and state == states.SUCCESS:
                 self.store(job, states.FAILURE, error, format_tb(error))  # as Celery
-        self.settle(job)
+        if (
+            state == states.FAILURE
+            and self.acks_late(job)
+            and not self._option(job, 'acks_on_failure', 'acks_on_failure_or_timeout', default=True)
+        ):
+            self.settle(job, reject=True)
+        else:
+            self.settle(job)
 
     def _retry(self, job: Job, err: Retry, tb: Optional[str]) -> None:
         req = job.request
         self._count('retried')
         LOGGER.info('Task %s[%s] retry: %s', req.name, req.id, err)
-        if not self.ignored(job):
+        if self.keeps(job, states.RETRY):
             self.store(job, states.RETRY, err.exc, tb, children=[[[req.id, None], None]])
         try:
-            self._republish(req, err)
+            self._republish(job, err)
         except Exception as exc:
             LOGGER.error(
                 'Task %s[%s]: could not re-send it for its retry: %s', req.name, req.id, exc
             )
-            if not self.ignored(job):
+            if self.keeps(job, states.FAILURE):
                 self.store(job, states.FAILURE, exc, format_tb(exc))
         self.settle(job)
 
-    def _republish(self, req: protocol.TaskRequest, err: Retry) -> None:
+    def _republish(self, job: Job, err: Retry) -> None:
         """Send the task again (same id, retries + 1) where it came from. Blocks on confirm."""
+        req = job.request
         eta = getattr(err, 'retry_eta', None)
         headers, props, body = protocol.retry_message(
             req,
@@ -256,7 +351,8 @@ class Outcomes:
             options=getattr(err, 'retry_options', None),
         )
         conf = self.app.conf
-        content_type, content_encoding, data = serialization.dumps(body, conf.task_serializer)
+        serializer = getattr(job.task, 'serializer', None) or conf.task_serializer
+        content_type, content_encoding, data = serialization.dumps(body, serializer)
         props.update(content_type=content_type, content_encoding=content_encoding, headers=headers)
         info = req.delivery_info
         exchange = info.get('exchange') or ''

@@ -39,12 +39,12 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pika.exceptions
 
 from . import _confirms, _deliveries, _pika
-from ._connector import STOPPED, Connector
+from ._connector import STOPPED, Connector, quiet_begin, quiet_end
 from ._consumer_commands import ConsumerCommands
 from ._consumers import Consumers
 from ._declarations import Declarations
@@ -154,6 +154,7 @@ class Link(ConsumerCommands):
 
         self.last_error: Optional[str] = None
         self.last_advice = ''  # what to do about last_error (pika_rpc._advice)
+        self._down: Optional[str] = None  # unreachable(): connect attempts are failing
         self.failed_attempts = 0  # connect attempts that failed; changes under the mutex
         self.io_stats = collections.Counter(dict.fromkeys(_IO_COUNTERS, 0))  # I/O thread
         self._stats_lock = threading.Lock()
@@ -176,7 +177,7 @@ class Link(ConsumerCommands):
         ack_frames, reconnects, deliveries, ticks, write_busy), the state, what is in flight
         and queued, and the last error. Every counter is present from the start."""
         with self._stats_lock:
-            out = dict(self._caller_stats)
+            out: Dict[str, Any] = dict(self._caller_stats)
         out.update(self.io_stats)
         out['publishes'] += out['direct_publishes']
         in_flight, peak = self._outbox.in_flight()
@@ -265,11 +266,12 @@ class Link(ConsumerCommands):
 
         Raises:
             TimeoutError: not done in time (a command not yet started is then skipped).
-            ConnectionLost: the link gave up connecting; ClosedError: the link is closed.
+            ConnectionLost: the link gave up connecting, or at the deadline its connect
+                attempts were failing (``unreachable``); ClosedError: the link is closed.
             BrokerRefused: the broker refused (``PreconditionFailed`` for a 406, ...).
         """
         dl = deadline(timeout)
-        what = what or getattr(fn, '__name__', 'command')
+        what = what or str(getattr(fn, '__name__', 'command'))
         cmd = Command(fn, args, what)
         if not self.enqueue(cmd, dl):
             raise TimeoutError(f'{what}: hand-off queue still full after {timeout} s')
@@ -277,6 +279,9 @@ class Link(ConsumerCommands):
             return None
         if not cmd.done.wait(remaining(dl)):
             cmd.cancelled = True
+            down = self.unreachable()
+            if down is not None:
+                raise down
             raise TimeoutError(
                 f'{what} not done within {_seconds(timeout)} s{self._why_not_open()}'
             )
@@ -285,15 +290,18 @@ class Link(ConsumerCommands):
         return cmd.result
 
     def _why_not_open(self) -> str:
-        """For a timeout message: why the link is not open, and what to do about it."""
+        """For a timeout message: why the link is not open (no attempt failed yet)."""
         if self._state == OPEN:
             return ''
-        why = f' (link {self._state}'
-        if self.last_error and self._state in (CONNECTING, RECONNECTING, IDLE):
-            why += f'; the broker cannot be reached: {self.last_error}'
-            if self.last_advice:
-                why += f'. {self.last_advice}'
-        return why + ')'
+        return f' (still connecting to {self._connector.where})'
+
+    def unreachable(self) -> Optional[ConnectionLost]:
+        """A ``ConnectionLost`` saying why the broker cannot be reached and what to do, when
+        this link's connect attempts are failing (the last one of the current cycle failed,
+        or the cycle gave up); None while open, or while no attempt failed yet. Any thread;
+        never blocks."""
+        down = self._down
+        return None if down is None or self._state == OPEN else ConnectionLost(down)
 
     # ------------------------------------------------------------------ control channel
     def control(
@@ -412,6 +420,7 @@ class Link(ConsumerCommands):
                 LOGGER.exception('link listener %r failed on %s', listener, event)
 
     def _run(self) -> None:
+        quiet_begin()  # pika's records of this thread go to DEBUG: we say it (_connector)
         try:
             while not self._stop.is_set():
                 if self.connection is None:
@@ -432,6 +441,7 @@ class Link(ConsumerCommands):
             self._stop.set()  # later calls raise ClosedError instead of timing out
         finally:
             self._shutdown()
+            quiet_end()
 
     def _wait_for_work(self) -> None:
         """No connection: wait until something needs one (a command, a retry, a consumer
@@ -453,7 +463,7 @@ class Link(ConsumerCommands):
         # Returns on a wake-up (a command), a timer (the tick, a retry) or an event of a
         # BlockingChannel (control, publish). Deliveries and confirms do not end it: they
         # are handled as they are read.
-        self.connection.process_data_events(time_limit=None)
+        _pika.process_data_events(self.connection, None)
         self._drain_commands()
         self._consumers.flush_acks()
         self._outbox.ensure_channel()
@@ -524,7 +534,7 @@ class Link(ConsumerCommands):
         while not predicate():
             if time.monotonic() >= dl:
                 raise pika.exceptions.AMQPConnectionError(f'no {what} within {timeout} s')
-            self.connection.process_data_events(time_limit=WAIT_SLICE)
+            _pika.process_data_events(self.connection, WAIT_SLICE)
 
     # ---------------------------------------------------------------- connecting
     def _connect(self) -> bool:
@@ -535,10 +545,11 @@ class Link(ConsumerCommands):
         outcome = self._connector.cycle(self._open, self._after_failed_attempt, self._stop)
         if outcome is STOPPED:
             return False
-        if outcome is not None:
+        if isinstance(outcome, ConnectionLost):  # else None: connected
             self._give_up(outcome)
             return False
         self.gen_started = True
+        self._down = None
         self._reconnect_wanted = False
         if reconnect:
             self.io_stats['reconnects'] += 1
@@ -549,6 +560,7 @@ class Link(ConsumerCommands):
     def _after_failed_attempt(self) -> None:
         self.last_error = self._connector.last_error
         self.last_advice = self._connector.last_advice
+        self._down = self._connector.down
         self._drop_connection()
         with self._state_changed:  # wakes wait_until_state()
             self.failed_attempts += 1
@@ -575,7 +587,9 @@ class Link(ConsumerCommands):
 
     def _on_connection_lost(self, exc: BaseException) -> None:
         self.last_error = f'{type(exc).__name__}: {exc}'
-        LOGGER.warning('%s: connection lost (%s); reconnecting', self.name, self.last_error)
+        LOGGER.warning(
+            'Lost the connection to %s (%s); reconnecting', self._connector.where, self.last_error
+        )
         self._drop_connection()  # what was unconfirmed is re-published after the reconnect
         self._reconnect_wanted = True
         self._notify('lost', self.last_error)

@@ -125,7 +125,7 @@ class Outbox:
             pub._finish(PublishError(f'publish to {pub.routing_key!r} not sent within its timeout'))
             return
         try:
-            self.pipeline.publish(
+            self.pipeline.publish(  # type: ignore[union-attr]  # ensure_channel() made it
                 pub,
                 pub.exchange,
                 pub.routing_key,
@@ -173,7 +173,7 @@ class Outbox:
             text,
         )
         # Each goes to its next owner before the reopen, which may fail with the connection.
-        for pub in self.pipeline.take_unsettled():
+        for pub in self.pipeline.take_unsettled():  # type: ignore[union-attr]  # a reason: a pipeline
             if pub.exchange and f"exchange '{pub.exchange}'" in text:
                 pub._finish(
                     PublishError(f'publish to exchange {pub.exchange!r} refused: {code} {text}')

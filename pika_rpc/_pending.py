@@ -34,6 +34,10 @@ rebuilt from the other exactly (the meta drops unknown keys; an exception is reb
 raw dict once, not at every read), and it costs two small dicts: their large values are the
 same objects (the result of a non-exception state, the traceback, the children).
 
+Several backends may share one table (``App`` objects with the same settings, ``_hub``):
+each passes its ``Owner`` to ``wait``/``watch``, and ``fail_owner`` wakes only that owner's
+waits and watchers (its backend was closed); the slots and everyone else's waits stay.
+
 ``get_many`` uses *watchers*: a queue per call that receives ``(task_id, meta, error)`` for
 every id of interest reaching a final state (or an error), so waiting on thousands of ids is
 linear, not quadratic. A watched id is a waited-on slot: a result adopted from the
@@ -81,6 +85,19 @@ class _TaskSlot:
         self.queue: Optional[str] = None  # the reply queue it was registered for
         # Notified by deliver(), fail_one(), fail_pending() and forget(): any change.
         self.settled = threading.Condition(mutex)
+
+
+class Owner:
+    """The waits made through one backend on a table several backends share (Apps with the
+    same result settings): ``PendingTable.fail_owner`` wakes only these. Guarded by the
+    table's mutex."""
+
+    __slots__ = ('error', 'waits', 'watchers')
+
+    def __init__(self) -> None:
+        self.error: Optional[BaseException] = None  # set once: every wait of it raises this
+        self.waits: 'collections.Counter[Tuple[str, _TaskSlot]]' = collections.Counter()
+        self.watchers: Dict[queue.SimpleQueue, List[str]] = {}
 
 
 class PendingTable:
@@ -191,7 +208,7 @@ class PendingTable:
         """Fail the waiters of one pending task; False when no such task is pending."""
         with self.mutex:
             slot = self._slots.get(task_id) if task_id is not None else None
-            if slot is None:
+            if slot is None or task_id is None:
                 return False
             slot.error = error
             slot.settled.notify_all()
@@ -243,6 +260,18 @@ class PendingTable:
             for slot in self._slots.values():
                 if slot.waiters == 0 and isinstance(slot.error, kind):
                     slot.error = None
+
+    def fail_owner(self, owner: Owner, make_error: Callable[[List[str]], BaseException]) -> None:
+        """Wake the waits and watchers of ``owner`` (only them) with ``make_error(task_ids)``;
+        its later waits raise it at once. The slots and other waiters are untouched."""
+        with self.mutex:
+            ids = sorted({t for t, _ in owner.waits}.union(*owner.watchers.values()))
+            owner.error = error = make_error(ids)
+            for _, slot in owner.waits:
+                slot.settled.notify_all()
+            for q, watched in owner.watchers.items():
+                for t in watched:
+                    q.put((t, None, error))
 
     @property
     def down(self) -> Optional[BaseException]:
@@ -301,7 +330,11 @@ class PendingTable:
             return hit[0] if hit is not None else None
 
     def wait(
-        self, task_id: str, dl: Optional[float], on_message: Optional[Callable[[Meta], Any]] = None
+        self,
+        task_id: str,
+        dl: Optional[float],
+        on_message: Optional[Callable[[Meta], Any]] = None,
+        owner: Optional[Owner] = None,
     ) -> Optional[Meta]:
         """Block until ``task_id`` is ready or ``dl`` passes; return its meta (None: timed out).
 
@@ -309,15 +342,20 @@ class PendingTable:
         of the task not yet shown to this waiter (kept history first).
 
         Raises:
-            the slot's error (ReplyQueueLost, ConnectionLost, a decode error...).
+            the slot's error (ReplyQueueLost, ConnectionLost, a decode error...), or
+            ``owner``'s (``fail_owner``: the backend it waits through was closed).
         """
         seen = 0
         with self.mutex:
+            if owner is not None and owner.error is not None:
+                raise owner.error
             hit = self._read(task_id)
             if hit is not None:
                 replay = self._replay.pop(task_id, None) or [hit[1]]
             else:
                 slot = self._waited_slot(task_id)
+                if owner is not None:
+                    owner.waits[(task_id, slot)] += 1
         if hit is not None:
             if on_message is not None:
                 for raw in replay:
@@ -334,6 +372,8 @@ class PendingTable:
                     if not new:
                         if is_ready(slot.meta):
                             return slot.meta  # read: kept by _apply (waiters > 0)
+                        if owner is not None and owner.error is not None:
+                            raise owner.error
                         if slot.error is not None:
                             raise slot.error
                         left = remaining(dl)
@@ -346,17 +386,29 @@ class PendingTable:
         finally:
             with self.mutex:
                 self._leave(task_id, slot)
+                if owner is not None:
+                    owner.waits[(task_id, slot)] -= 1
+                    if owner.waits[(task_id, slot)] <= 0:
+                        del owner.waits[(task_id, slot)]
 
-    def watch(self, task_ids: Iterable[str]) -> Tuple[queue.SimpleQueue, List[Outcome]]:
+    def watch(
+        self, task_ids: Iterable[str], owner: Optional[Owner] = None
+    ) -> Tuple[queue.SimpleQueue, List[Outcome]]:
         """Register a watcher for ``task_ids``; returns (queue, outcomes known already).
 
         The queue receives ``(task_id, meta, error)`` for each id that becomes final or
         failed from now on (including a result adopted from the out-of-band buffer while
-        registering). Call ``unwatch`` with the same ids when done.
+        registering), and ``owner``'s error for each id if ``fail_owner`` ends it. Call
+        ``unwatch`` with the same ids (and owner) when done.
         """
         q: queue.SimpleQueue = queue.SimpleQueue()
         done: List[Outcome] = []
+        task_ids = list(task_ids)
         with self.mutex:
+            if owner is not None:
+                if owner.error is not None:
+                    raise owner.error
+                owner.watchers[q] = task_ids
             for t in task_ids:
                 hit = self._read(t)
                 if hit is not None:
@@ -367,8 +419,12 @@ class PendingTable:
                     done.append((t, None, slot.error))
         return q, done
 
-    def unwatch(self, task_ids: Iterable[str], q: queue.SimpleQueue) -> None:
+    def unwatch(
+        self, task_ids: Iterable[str], q: queue.SimpleQueue, owner: Optional[Owner] = None
+    ) -> None:
         with self.mutex:
+            if owner is not None:
+                owner.watchers.pop(q, None)
             for t in task_ids:
                 entries = self._watchers.get(t)
                 if not entries:

@@ -295,6 +295,7 @@ def rusage() -> Any:
     except ImportError:
         return 'N/A'
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    fields: Tuple[str, ...]
     fields = ('utime', 'stime', 'maxrss', 'ixrss', 'idrss', 'isrss', 'minflt', 'majflt')
     fields += ('nswap', 'inblock', 'oublock', 'msgsnd', 'msgrcv', 'nsignals', 'nvcsw', 'nivcsw')
     return {name: getattr(usage, f'ru_{name}') for name in fields}

@@ -8,7 +8,8 @@ same way:
 
 * not settled by the deadline (hand-off queue full, not confirmed): ``PublishError``;
 * the broker could not be reached, or the link gave up or was closed: ``ConnectionLost``
-  (``ClosedError``) unchanged;
+  (``ClosedError``) unchanged; not settled by the deadline while the link's connect attempts
+  were failing: ``ConnectionLost`` saying why and what to do (``Link.unreachable``);
 * nacked, or re-published until its retry budget ran out: ``PublishError``;
 * any other failure (pika could not encode it): ``PublishError`` with the cause chained.
 
@@ -45,6 +46,9 @@ def publish_and_wait(link: Any, pub: Publication, what: str) -> Optional[Unrouta
     link.publish(pub)
     if not pub.wait(remaining(pub.deadline)):
         pub.cancelled = True
+        down = link.unreachable()
+        if down is not None:  # its connect attempts are failing: say why, and what to do
+            raise ConnectionLost(f'{what} not sent: {down}')
         raise PublishError(
             f'{what} not confirmed within {pub.timeout:.3g} s (exchange '
             f'{pub.exchange!r}, routing key {pub.routing_key!r})'

@@ -42,6 +42,16 @@ class Queue(_Entity):
     auto_delete = False
     no_ack = False
     no_declare = False
+    # Set from ``attrs`` by _set_attrs() (None when not given).
+    alias: Optional[str]
+    queue_arguments: Optional[Dict[str, Any]]
+    binding_arguments: Optional[Dict[str, Any]]
+    consumer_arguments: Optional[Dict[str, Any]]
+    expires: Optional[float]
+    message_ttl: Optional[float]
+    max_length: Optional[int]
+    max_length_bytes: Optional[int]
+    max_priority: Optional[int]
 
     attrs = (
         ('name', None),
@@ -222,7 +232,7 @@ class Queue(_Entity):
                     )
                 )
         steps.append(('declare_queue', self._queue_kwargs(passive=False)))
-        pairs = (
+        pairs: List[Tuple[Any, str, Any]] = (  # exchange: an Exchange, a name or None
             [(self.exchange, self.routing_key, self.binding_arguments)]
             if self.exchange is not None and self.exchange.name
             else []
@@ -330,14 +340,7 @@ class Queue(_Entity):
         channel: Any = None,
     ) -> None:
         """Bind the queue to ``exchange``. Blocks."""
-        _control(
-            _ops(channel or self._channel, self),
-            'bind_queue',
-            queue=self.name,
-            exchange=_name_of(exchange),
-            routing_key=routing_key,
-            arguments=arguments,
-        )
+        self._binding('bind_queue', exchange, routing_key, arguments, channel)
 
     def queue_unbind(
         self, arguments: Optional[dict] = None, nowait: bool = False, channel: Any = None
@@ -353,9 +356,14 @@ class Queue(_Entity):
         channel: Any = None,
     ) -> None:
         """Remove the queue's binding to ``exchange``. Blocks."""
+        self._binding('unbind_queue', exchange, routing_key, arguments, channel)
+
+    def _binding(
+        self, command: str, exchange: Any, routing_key: str, arguments: Any, channel: Any
+    ) -> None:
         _control(
             _ops(channel or self._channel, self),
-            'unbind_queue',
+            command,
             queue=self.name,
             exchange=_name_of(exchange),
             routing_key=routing_key,

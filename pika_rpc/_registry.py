@@ -38,7 +38,7 @@ _inherited: List[Any] = []
 
 
 class _Process:
-    __slots__ = ('pid', 'lock', 'links', 'users', 'live', 'callbacks')
+    __slots__ = ('pid', 'lock', 'links', 'users', 'live', 'callbacks', 'hubs')
 
     def __init__(self) -> None:
         self.pid = os.getpid()
@@ -47,6 +47,7 @@ class _Process:
         self.users: Dict[Tuple, int] = {}
         self.live: 'weakref.WeakSet[Any]' = weakref.WeakSet()
         self.callbacks = SerialExecutor('pika-rpc-callbacks')
+        self.hubs: Dict[Any, Any] = {}  # shared reply queues (_hub), by settings
 
 
 _proc = _Process()

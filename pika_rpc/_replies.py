@@ -87,8 +87,9 @@ class ResultConsumer:
     def __init__(self, backend: Any, *args: Any, **kwargs: Any) -> None:
         self.backend = backend
         self._oid = ''
-        self._pending: Optional[PendingTable] = None
-        self._get_link: Optional[Callable[[], Link]] = None
+        # Both set by _attach() before any other method runs.
+        self._pending: PendingTable = None  # type: ignore[assignment]
+        self._get_link: Callable[[], Link] = None  # type: ignore[assignment]
 
     def _attach(self, oid: str, pending: PendingTable, get_link: Callable[[], Link]) -> None:
         """Called by the backend for each process (at creation and in a forked child): the
@@ -109,6 +110,7 @@ class ResultConsumer:
         self._spec: Optional[ConsumerSpec] = None
         self._spec_link: Optional[Link] = None  # the link _spec is subscribed on
         self._subscribing = False  # a thread is in link.consume() for us
+        self._background = False  # consume_soon()'s thread runs
         self._arrived = threading.Condition(threading.Lock())
         self._drain_waiters = 0  # threads in drain_events
         self._stats = Counters(
@@ -217,6 +219,32 @@ class ResultConsumer:
                 if exc.queue == self._oid or attempt == _MOVES_PER_CALL:
                     raise  # not moved (not ours?), or moved too often: say so
                 # _on_refused moved us to a new queue: subscribe that one.
+
+    def consume_soon(self) -> None:
+        """Start subscribing in the background unless subscribed or subscribing; never
+        blocks (``get_task_meta``: a poll never waits on the network). One background
+        subscribe at a time; its failure is logged at DEBUG and the next poll tries again."""
+        link = self._spec_link
+        if link is not None and not link.closed and self._is_subscribed(link):
+            return
+        with self._subscribed:
+            if self._subscribing or self._background:
+                return
+            self._background = True
+        threading.Thread(
+            target=self._consume_in_background,
+            name=f'pika-rpc-subscribe-{os.getpid()}',
+            daemon=True,
+        ).start()
+
+    def _consume_in_background(self) -> None:
+        try:
+            self.ensure_consuming()
+        except PikaRPCError as exc:
+            LOGGER.debug('background subscribe of reply queue %s failed: %s', self._oid, exc)
+        finally:
+            with self._subscribed:
+                self._background = False
 
     def _subscribe(self, link: Link, dl: Optional[float], limit: Optional[float]) -> None:
         """Subscribe the current reply queue on ``link``, or wait for the thread that does."""

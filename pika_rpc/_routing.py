@@ -91,7 +91,7 @@ def prepare(routes: Any) -> List[Callable[..., Any]]:
         return []
     if not isinstance(routes, (list, tuple)):
         routes = [routes]
-    out = []
+    out: List[Callable[..., Any]] = []
     for route in routes:
         if isinstance(route, (Mapping, list, tuple)):
             out.append(MapRoute(route))

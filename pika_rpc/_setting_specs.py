@@ -276,6 +276,9 @@ _SPECS: Dict[str, Spec] = {
         100, _count(0, none=True), 'Connect attempts before giving up (0/None: no limit).'
     ),
     'broker_connection_retry': _S(True, _flag, 'Retry connecting at all.'),
+    'broker_connection_retry_on_startup': _S(
+        True, _flag, 'A worker that cannot connect at start keeps retrying.'
+    ),
     'result_backend_transport_options': _S({}, _dict, 'Accepted for Celery; unused.'),
     'broker_transport_options': _S({}, _dict, "kombu's transport options RabbitMQ uses."),
     'broker_use_ssl': _S(False, _ssl, 'TLS: True or a dict of ssl options.'),

@@ -90,7 +90,8 @@ def shared_task(*args: Any, **opts: Any) -> Any:
     def create(fun: Callable[..., Any]) -> SharedTask:
         name = opts.get('name') or f'{fun.__module__}.{fun.__name__}'
         options = {k: v for k, v in opts.items() if k != 'name'}
-        detached = Task(None, fun, name, **options)  # refuses bad options now, as app.task
+        # refuses bad options now, as app.task does
+        detached: Task[..., Any] = Task(None, fun, name, **options)
 
         def constructor(app: Any) -> None:
             app._register_shared(fun, name, options)

@@ -108,7 +108,7 @@ def split_urls(url: Union[str, Sequence[str]]) -> List[str]:
         TypeError: an entry that is not a str.
     """
     items = [url] if isinstance(url, str) else list(url)
-    parts = []
+    parts: List[str] = []
     for item in items:
         if not isinstance(item, str):
             raise TypeError(f'a broker URL must be a str, got {type(item).__name__}')

@@ -16,11 +16,20 @@ Routing (``_routing``): ``send_task`` and ``.delay()`` go where Celery's client 
 ``task_create_missing_queues``). A route's keys other than queue, exchange, routing key,
 exchange type, priority and serializer are ignored with one WARNING per key.
 
-``app.backend`` is one
-``RPCBackend`` per process shared by every thread; after ``close()`` (or in a forked child,
-where the backend resets itself) it is renewed with a new oid. ``send_task`` publishes a
+``app.backend`` is this App's ``RPCBackend``, shared by every thread; after ``close()`` it
+is renewed, and in a forked child it resets itself (a new oid). ``send_task`` publishes a
 Celery protocol-v2 task message with publisher confirms, declaring the reply queue once per
 connection through ``backend.on_task_call`` and the task queue once per connection.
+
+Apps are cheap. Every App of a process whose settings are the same (all but ``task_*`` and
+``worker_*``) uses one reply queue, one pending table and one connection: the backends of
+such Apps share them, reference-counted (``_hub``). So an App per request, per thread or per
+test is fine: 30 Apps hold one reply queue, not 30. ``app.close()`` wakes only the threads
+waiting through that App (with ``ClosedError``) and lets go of its reference; the last App
+to let go deletes the queue. An App dropped without ``close()`` lets go when it is garbage
+collected (and at exit). Apps with other settings (another broker, another
+``result_expires``...) get a queue of their own. One App per process (a module-level
+``app``) is still the simplest.
 
 The task queue is declared by Celery's rule made safe (``_taskqueues``): the default queue
 (of ``task_default_queue_type``) and the queues of ``task_queues`` are declared as
@@ -44,7 +53,20 @@ import threading
 import uuid
 import warnings
 from datetime import datetime
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    TypeVar,
+    Union,
+    overload,
+)
 
 from . import _registry, _routing, _shared, protocol, serialization
 from ._context import current_request, request_field
@@ -55,10 +77,19 @@ from .backend import RPCBackend
 from .config import Settings, merge_retry_policy
 from .connection import Connection
 from .entities import Exchange, Queue
-from .errors import NotFound, NotRegistered, PublishError, TimeoutError
+from .errors import ConnectionLost, NotFound, NotRegistered, PublishError, TimeoutError
 from .message import check_properties
 from .result import AsyncResult, GroupResult, ResultSet
 from .task import Task
+
+if TYPE_CHECKING:  # typing only (no runtime import of typing_extensions)
+    from typing_extensions import Concatenate, Literal, ParamSpec
+
+    _P = ParamSpec('_P')
+    _R = TypeVar('_R')
+
+#: The class, for App's annotations (where ``AsyncResult`` is App's method of that name).
+_AsyncResult = AsyncResult
 
 LOGGER = logging.getLogger(__name__)
 
@@ -72,7 +103,8 @@ _clock = itertools.count(1)
 
 
 class App:
-    """Configuration, tasks and the process's result backend. Thread-safe."""
+    """Configuration, tasks and a result backend. Thread-safe; cheap to make (Apps with the
+    same settings share one reply queue and connection: see the module docstring)."""
 
     def __init__(
         self,
@@ -112,7 +144,7 @@ class App:
             conf['include'] = include
         self.main = main
         self.conf = Settings(**conf)
-        self._tasks: Dict[str, Task] = {}
+        self._tasks: Dict[str, Task[..., Any]] = {}
         self._finalized = False
         self._discoveries: List[Tuple[Any, Optional[str]]] = []
         self._backend: Optional[RPCBackend] = None
@@ -141,23 +173,24 @@ class App:
     # ------------------------------------------------------------------ backend
     @property
     def backend(self) -> RPCBackend:
-        """This process's backend (built lazily; renewed after ``close()``)."""
+        """This App's backend (built lazily; renewed after ``close()``). Its reply queue,
+        pending table and link are shared with every App of the same settings."""
         backend = self._backend
         if backend is None or backend.closed:
             with self._lock:
                 backend = self._backend
                 if backend is None or backend.closed:
-                    backend = self._backend = RPCBackend(app=self)
+                    backend = self._backend = RPCBackend(app=self, shared=True)
         return backend
 
-    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> _AsyncResult:
         return AsyncResult(task_id, app=self, **kwargs)
 
-    def ResultSet(self, results: Sequence[AsyncResult], **kwargs: Any) -> ResultSet:
+    def ResultSet(self, results: Sequence[_AsyncResult], **kwargs: Any) -> ResultSet:
         return ResultSet(results, app=self, **kwargs)
 
     def GroupResult(
-        self, group_id: Optional[str] = None, results: Sequence[AsyncResult] = (), **kwargs: Any
+        self, group_id: Optional[str] = None, results: Sequence[_AsyncResult] = (), **kwargs: Any
     ) -> GroupResult:
         return GroupResult(group_id, results, app=self, **kwargs)
 
@@ -173,9 +206,11 @@ class App:
         return conn
 
     def close(self, timeout: Optional[float] = 10.0) -> None:
-        """Close this app's backend (its waiters wake with ``ClosedError``; its reply queue is
-        deleted) and release its connection; the process's link closes when nothing else
-        uses it. Blocks up to ``timeout``. The app stays usable: a later call starts again."""
+        """Close this app's backend (the threads waiting through this App wake with
+        ``ClosedError``; other Apps' waits go on) and release its connection. The reply
+        queue is deleted when no other App of the same settings uses it, and the process's
+        link closes when nothing else uses it. Blocks up to ``timeout``. The app stays
+        usable: a later call starts again."""
         dl = deadline(timeout)
         backend, self._backend = self._backend, None
         conn, self._connection = self._connection, None
@@ -192,7 +227,7 @@ class App:
 
     # ------------------------------------------------------------------ tasks
     @property
-    def tasks(self) -> Dict[str, Task]:
+    def tasks(self) -> Dict[str, Task[..., Any]]:
         """The registry, name to ``Task``; finalized on first use (see the module docstring)."""
         self.finalize()
         return self._tasks
@@ -239,12 +274,25 @@ class App:
         if name not in self._tasks:
             self._tasks[name] = Task(self, fun, name, **opts)
 
+    @overload
+    def task(self, fun: Callable[_P, _R], /) -> Task[_P, _R]: ...
+    @overload
+    def task(
+        self, *, bind: Literal[True], **opts: Any
+    ) -> Callable[[Callable[Concatenate[Any, _P], _R]], Task[_P, _R]]: ...
+    @overload
+    def task(
+        self, *, bind: Literal[False] = ..., **opts: Any
+    ) -> Callable[[Callable[_P, _R]], Task[_P, _R]]: ...
     def task(self, *args: Any, **opts: Any) -> Any:
-        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True)``."""
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True)``.
 
-        def register(fun: Callable[..., Any]) -> Task:
+        The task keeps the function's signature for type checkers (``Task[[int, int], int]``
+        for ``def add(x: int, y: int) -> int``; with ``bind=True``, without its ``self``)."""
+
+        def register(fun: Callable[..., Any]) -> Task[..., Any]:
             name = opts.pop('name', None) or f'{fun.__module__}.{fun.__name__}'
-            task = Task(self, fun, name, **opts)
+            task: Task[..., Any] = Task(self, fun, name, **opts)
             self._tasks[name] = task
             return task
 
@@ -254,7 +302,7 @@ class App:
             raise TypeError('use @app.task or @app.task(name=..., bind=...)')
         return register
 
-    def get_task(self, name: str) -> Task:
+    def get_task(self, name: str) -> Task[..., Any]:
         try:
             return self.tasks[name]
         except KeyError:
@@ -293,7 +341,7 @@ class App:
         retry_policy: Optional[Dict[str, Any]] = None,
         timeout: Optional[float] = None,
         **properties: Any,
-    ) -> AsyncResult:
+    ) -> _AsyncResult:
         """Send a task message to a worker (pika_rpc's or Celery's); return its AsyncResult.
 
         Blocks until the broker confirmed the message (up to ``timeout``, default
@@ -344,7 +392,9 @@ class App:
         if not ignored:
             try:
                 reply_queue = backend.on_task_call(None, task_id, timeout=remaining(dl))
-            except TimeoutError as exc:  # its text says why (e.g. cannot connect, and what to do)
+            except ConnectionLost as exc:  # says why and what to do (_advice)
+                raise type(exc)(f'task {name}[{task_id}] not sent: {exc}') from None
+            except TimeoutError as exc:
                 raise PublishError(
                     f'task {name}[{task_id}] not sent: the reply queue could not '
                     f'be set up within the publish timeout: {exc}'

@@ -1,20 +1,27 @@
 """``RPCBackend``: Celery's rpc:// result backend on the process's link.
 
-Client side: one reply queue per *process* (``oid``), consumed by ``result_consumer``
-(``_replies.ResultConsumer``, re-exported here), which fills this backend's pending table;
-``get``/``get_many``/``get_task_meta`` read and wait on that table. The backend owns the
-link (shared with the store side), the oid and the table, and hands them to its consumer.
+Client side: a reply queue (``oid``), consumed by ``result_consumer``
+(``_replies.ResultConsumer``, re-exported here), which fills a pending table;
+``get``/``get_many``/``get_task_meta`` read and wait on that table. The queue, its consumer,
+the table and the link belong to a ``_hub.Hub``: the backends of ``App`` objects with the same
+settings (``shared=True``) share one, reference-counted, so a process holds one reply queue
+however many Apps it made; a backend made directly has its own. Each backend keeps its own
+waits (``_pending.Owner``): ``close()`` wakes only those, and the last backend of a hub
+deletes the queue.
 
 Result-storing side: ``store_result`` and Celery's ``mark_as_*`` (written in ``_storing``)
 publish each state to the request's ``reply_to`` with confirms, ``mandatory=True``.
 
 Choices where Celery leaves room:
 
-* The reply queue survives a reconnect (see ``_replies``); ``close()`` deletes it. The
+* The reply queue survives a reconnect (see ``_replies``); the last ``close()`` of the
+  backends that share it deletes it, and so does the garbage collection of the last one
+  left unclosed (an ``App``'s; a backend made directly is kept by its link until closed). The
   seed's ``auto_delete`` and ``no_ack`` arguments are accepted and ignored.
-* ``get_task_meta`` never blocks and never raises ``BacklogLimitExceeded``: it reads what the
-  I/O thread already pushed; a result that can no longer arrive raises its error
-  (``ReplyQueueLost``, ``ConnectionLost``).
+* ``get_task_meta`` never waits on the network and never raises ``BacklogLimitExceeded``:
+  it reads what the I/O thread already pushed (subscribing in the background on first
+  use); a result that can no longer arrive raises its error (``ReplyQueueLost``,
+  ``ConnectionLost``), and so does a poll while the broker cannot be reached.
 * After the link gave up, a wait (``get``, ``get_many``) starts a new connection cycle and
   waits for its outcome within its own timeout (``ConnectionLost`` when that cycle gives up
   too); ``get_task_meta`` raises ``ConnectionLost`` at once and starts the cycle in the
@@ -23,33 +30,34 @@ Choices where Celery leaves room:
   ``result_cache_max_bytes`` bytes of received bodies (``_pending`` says how); one larger
   than ``result_cache_max_bytes`` is handed to its waiters and not kept.
 * A process that only polls (``get_task_meta`` without having sent) starts the consumer on
-  first use, as Celery declares the queue on each poll.
-* After a fork the child gets a new oid and an empty table; the parent's queue is untouched.
-* No lock is held across a broker round trip: ``_lock`` guards only the link reference and
-  the closed flag.
+  first use, in the background, as Celery declares the queue on each poll.
+* After a fork the child gets a new oid and an empty table (the open backends of one hub in
+  the parent share one hub in the child; closed ones stay closed); the parent's queue is
+  untouched.
+* No lock is held across a broker round trip: ``_lock`` guards only the closed flag (the
+  hub's own lock, the link reference).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import queue
 import threading
 import time
-import uuid
+import weakref
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from . import _registry, serialization, states
+from . import _hub, _registry, serialization, states
 from ._link import Link
-from ._pending import PendingTable
+from ._pending import Owner
 from ._replies import ResultConsumer
 from ._storing import ResultStoring
 from ._threads import Counters
 from ._timeouts import deadline, remaining
 from .config import Settings, reply_queue_arguments
 from .entities import Exchange, Queue
-from .errors import BacklogLimitExceeded, ClosedError, ConnectionLost, PikaRPCError, TimeoutError
+from .errors import BacklogLimitExceeded, ClosedError, ConnectionLost, TimeoutError
 from .messaging import Consumer, Producer
 
 LOGGER = logging.getLogger(__name__)
@@ -57,12 +65,17 @@ LOGGER = logging.getLogger(__name__)
 __all__ = ['RPCBackend', 'ResultConsumer', 'BacklogLimitExceeded']
 
 _PENDING_META = {'status': states.PENDING, 'result': None}
+#: The class, for RPCBackend's annotations (where ``Queue`` is its attribute of that name).
+_Queue = Queue
 
 
 class RPCBackend(ResultStoring):
-    """Celery's rpc:// result backend. Thread-safe; one per process is enough (``app.backend``).
+    """Celery's rpc:// result backend. Thread-safe; ``app.backend`` is the usual way to get one.
 
     Every method may be called from any thread. Blocking methods take a timeout.
+    ``shared=True`` (what ``App`` does) shares the reply queue, pending table and link with
+    every other shared backend of the same class and settings in this process; False (the
+    default for a backend made directly) gives it a reply queue of its own.
     """
 
     Exchange = Exchange
@@ -88,9 +101,11 @@ class RPCBackend(ResultStoring):
         auto_delete: bool = True,
         *,
         url: Optional[str] = None,
+        shared: bool = False,
         **kwargs: Any,
     ) -> None:
         self.app = app
+        self._shared = shared
         if app is not None:
             settings = app.conf.copy()
             if kwargs:
@@ -125,25 +140,35 @@ class RPCBackend(ResultStoring):
         _registry.register_live(self)
 
     def _reset(self) -> None:
-        """Fresh per-process state: new oid, empty table, new locks, no link yet."""
+        """Fresh per-process state: a hub (shared, or new: a new oid and an empty table),
+        new locks, no waits. A forked child's inherited hub is dropped, never released."""
         self._pid = os.getpid()
-        oid = str(uuid.uuid4())
-        self._lock = threading.Lock()  # guards _link and _closed; never held across I/O
-        self._pending = PendingTable(
-            cache_max=self.conf.result_cache_max,
-            cache_max_bytes=self.conf.result_cache_max_bytes,
-            history_max=self.conf.pending_history_max,
-            oob_max=self.conf.out_of_band_max,
-            pending_max=self.conf.pending_max,
-        )
-        self._link: Optional[Link] = None
+        self._lock = threading.Lock()  # guards _closed; never held across I/O
         self._closed = False
         self._stats = Counters('unroutable', 'stored')  # any thread stores
-        self.result_consumer._attach(oid, self._pending, self._get_link)
+        self._waits = Owner()  # the waits made through this backend (close() wakes them)
+        old = getattr(self, '_finalizer', None)
+        if old is not None:
+            old.detach()
+        own = self.result_consumer
+        hub = self._hub = _hub.acquire(
+            self,
+            (lambda h: self.ResultConsumer(h)) if self._shared else (lambda h: own),
+            self._shared,
+        )
+        self._pending = hub.pending
+        self.result_consumer = hub.consumer
+        # Garbage-collected without close(): let go of the hub without blocking.
+        self._finalizer = weakref.finalize(self, hub.release_soon)
+        self._finalizer.atexit = False  # at exit _registry closes the live backends
 
     def _forget_parent_state(self) -> None:
-        # In a forked child: never touch the parent's link; start over lazily.
-        self._reset()
+        # In a forked child: never touch the parent's link or hub. A closed backend stays
+        # closed (not a user of the child's reply queue); any other starts over.
+        if self._closed:
+            self._pid, self._lock = os.getpid(), threading.Lock()
+        else:
+            self._reset()
 
     # ------------------------------------------------------------------ identity
     @property
@@ -158,7 +183,7 @@ class RPCBackend(ResultStoring):
         return self.result_consumer.reply_queue
 
     @property
-    def binding(self) -> Queue:
+    def binding(self) -> _Queue:
         args = reply_queue_arguments(self.conf)
         return self.Queue(
             self.oid,
@@ -179,7 +204,7 @@ class RPCBackend(ResultStoring):
     def __repr__(self) -> str:
         return f'<RPCBackend rpc:// oid={self._oid} pid={self._pid}{" closed" if self._closed else ""}>'
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> Tuple[Any, ...]:
         # A pickled backend rebuilds from its configuration (new process: new oid).
         return (_rebuild_backend, (self.conf.as_dict(), self._init_args))
 
@@ -194,53 +219,32 @@ class RPCBackend(ResultStoring):
         if self._pid != os.getpid():
             _registry.current()  # runs the after-fork reset if the hook did not
             if self._pid != os.getpid():
-                self._reset()
+                self._forget_parent_state()
 
     def _check_open(self) -> None:
         self._check_pid()
         if self._closed:
             raise ClosedError(f'{self!r} is closed; use app.backend for a new one')
 
+    @property
+    def _link(self) -> Optional[Link]:
+        """The link the reply queue is consumed on (None before first use)."""
+        return self._hub.link
+
     def _get_link(self) -> Link:
         self._check_open()
-        link = self._link
-        if link is None or link.closed:
-            with self._lock:
-                if self._link is None or self._link.closed:
-                    # First use, or the old link stopped (its I/O thread died): a new one,
-                    # and the reply consumer subscribes again on it.
-                    self._link = _registry.acquire_link_for(self.conf)
-                    self._link.add_listener(self._on_link_event)
-                link = self._link
-        return link
-
-    def _on_link_event(self, event: str, info: Any) -> None:  # I/O thread
-        if event == 'gave_up':
-            # Sticky: a wait that starts later hears it too, until a new cycle starts.
-            self._pending.fail_pending(functools.partial(_lost, info), sticky=True)
-        elif event == 'connected':
-            self._pending.clear_errors(ConnectionLost)
-        elif event == 'closed' and not self._closed:
-            # The link stopped under us (its I/O thread died, or it was closed): wake every
-            # waiter now; the next call starts a new link (_get_link).
-            self._pending.fail_pending(functools.partial(_lost, info))
+        return self._hub.get_link()
 
     def _revive_link(self, for_wait: bool) -> bool:
-        """If the link gave up, start a new connection cycle (never blocks); True if it had.
+        return self._hub.revive_link(for_wait)
 
-        ``for_wait``: the caller then waits for that cycle's outcome, so the errors of the
-        last cycle are forgotten first (on slots nobody waits on), and only then the cycle
-        started: if it gives up too, its ``gave_up`` fails the wait (on the task's slot, or
-        sticky for a slot the wait creates).
-        """
-        if self._pending.down is None:
-            return False
-        if for_wait:
-            self._pending.clear_errors(ConnectionLost)
+    def _raise_if_unreachable(self, what: str) -> None:
+        """At a wait's deadline: ``ConnectionLost`` (why, what to do) if the broker cannot be
+        reached, rather than a ``TimeoutError``."""
         link = self._link
-        if link is not None and not link.closed:
-            link.revive()
-        return True
+        down = link.unreachable() if link is not None else None
+        if down is not None:
+            raise ConnectionLost(f'{what} not ready: {down}')
 
     def on_out_of_band_result(self, task_id: str, message: Any) -> None:
         """Hook: a state arrived for an id this process never sent (kept, bounded)."""
@@ -257,7 +261,7 @@ class RPCBackend(ResultStoring):
         """
         return self.result_consumer.expect(task_id, timeout=timeout)
 
-    def on_reply_declare(self, task_id: str) -> List[Queue]:
+    def on_reply_declare(self, task_id: str) -> List[_Queue]:
         return [self.binding]
 
     def consume_from(self, task_id: str) -> None:
@@ -267,25 +271,36 @@ class RPCBackend(ResultStoring):
         self.result_consumer.cancel_for(task_id)
 
     def get_task_meta(self, task_id: str, backlog_limit: int = 1000) -> Dict[str, Any]:
-        """Latest known state of ``task_id``; never blocks on the broker past the first use.
+        """Latest known state of ``task_id``, from what has arrived; never waits on the network.
+
+        The first poll of a process that sent nothing starts the reply consumer in the
+        background (``ResultConsumer.consume_soon``) and answers at once.
 
         Returns Celery's decoded meta, or exactly ``{'status': 'PENDING', 'result': None}``.
         A result larger than ``result_cache_max_bytes`` is not consumed by a poll: the next
         ``get()`` still returns it (and, not being kept, it is PENDING after that).
 
         Raises:
-            ReplyQueueLost, ConnectionLost: that result can no longer arrive. After the link
-                gave up, ``ConnectionLost`` at once, and a new connection cycle starts in the
-                background: a later poll sees the result once the link is back.
+            ReplyQueueLost, ConnectionLost: that result can no longer arrive. While the
+                link's connect attempts fail (``Link.unreachable``) or after it gave up,
+                ``ConnectionLost`` at once, saying why and what to do, and a connection cycle
+                runs in the background (a given-up link starts a new one): a later poll sees
+                the result once the link is back.
         """
+        self._check_open()
         cached = self._pending.cached(task_id, poll=True)
         if cached is not None:
             return cached
-        down = self._pending.down
+        down: Optional[BaseException] = self._pending.down
         if down is None:
-            self.result_consumer.ensure_consuming()
+            link = self._get_link()
+            down = link.unreachable()
+            if down is not None:
+                link.revive()  # a no-op while its connection cycle runs
         else:
             self._revive_link(for_wait=False)  # in the background: a later poll sees it
+        # Subscribes in the background, as soon as the link is (back) up.
+        self.result_consumer.consume_soon()
         meta = self._pending.peek(task_id)  # the task's own error raises here
         if meta is None or meta.get('status') not in states.READY_STATES:
             if down is not None:
@@ -303,9 +318,9 @@ class RPCBackend(ResultStoring):
         timeout: Optional[float] = None,
         interval: float = 0.5,
         no_ack: bool = True,
-        on_message: Optional[Callable[[dict], Any]] = None,
+        on_message: Optional[Callable[[Dict[str, Any]], Any]] = None,
         on_interval: Optional[Callable[[], Any]] = None,
-        callback: Optional[Callable] = None,
+        callback: Optional[Callable[[str, Any], Any]] = None,
         propagate: bool = True,
     ) -> Dict[str, Any]:
         """Block until ``result`` is ready; return its meta. ``interval`` is unused (push).
@@ -316,7 +331,8 @@ class RPCBackend(ResultStoring):
         Raises:
             pika_rpc.TimeoutError: not ready within ``timeout`` seconds (names the task).
             ReplyQueueLost, ConnectionLost: the result can no longer arrive (for a given-up
-                link: the new connection cycle gave up too).
+                link: the new connection cycle gave up too), or at the deadline the broker
+                could not be reached (the text says why and what to do).
         """
         task_id = getattr(result, 'id', result)
         dl = deadline(timeout)
@@ -333,8 +349,9 @@ class RPCBackend(ResultStoring):
                 f'task {task_id} still PENDING after {timeout} s '
                 '(the reply consumer was not running yet)'
             ) from None
-        meta = self._pending.wait(task_id, dl, on_message)
+        meta = self._pending.wait(task_id, dl, on_message, owner=self._waits)
         if meta is None:
+            self._raise_if_unreachable(f'task {task_id}')
             latest = self._pending.peek(task_id)
             state = latest['status'] if latest else states.PENDING
             raise TimeoutError(f'task {task_id} still {state} after {timeout} s')
@@ -344,13 +361,13 @@ class RPCBackend(ResultStoring):
         self,
         task_ids: Iterable[str],
         timeout: Optional[float] = None,
-        on_message: Optional[Callable[[dict], Any]] = None,
+        on_message: Optional[Callable[[Dict[str, Any]], Any]] = None,
         interval: float = 0.5,
         no_ack: bool = True,
         on_interval: Optional[Callable[[], Any]] = None,
         max_iterations: Optional[int] = None,
         **kwargs: Any,
-    ) -> Iterator[Tuple[str, Dict]]:
+    ) -> Iterator[Tuple[str, Dict[str, Any]]]:
         """Yield ``(task_id, meta)`` for each task as it becomes ready (completion order).
 
         Blocks between items. ``on_message(raw)`` is called for the final state of each task
@@ -365,7 +382,7 @@ class RPCBackend(ResultStoring):
         dl = deadline(timeout)
         self._revive_link(for_wait=True)
         self.result_consumer.ensure_consuming(timeout=remaining(dl))
-        watcher, ready = self._pending.watch(ids)
+        watcher, ready = self._pending.watch(ids, owner=self._waits)
         left = set(ids)
         try:
             while left:
@@ -375,6 +392,7 @@ class RPCBackend(ResultStoring):
                     try:
                         task_id, meta, error = watcher.get(timeout=remaining(dl))
                     except queue.Empty:
+                        self._raise_if_unreachable(f'{len(left)} of {len(ids)} task(s)')
                         raise TimeoutError(
                             f'{len(left)} of {len(ids)} task(s) not ready after {timeout} s'
                         ) from None
@@ -382,12 +400,13 @@ class RPCBackend(ResultStoring):
                     continue
                 if error is not None:
                     raise error
+                assert meta is not None  # an outcome has its meta or its error
                 left.discard(task_id)
                 if on_message is not None:
                     on_message(meta)
                 yield task_id, meta
         finally:
-            self._pending.unwatch(ids, watcher)
+            self._pending.unwatch(ids, watcher, owner=self._waits)
 
     def iter_native(
         self,
@@ -395,9 +414,9 @@ class RPCBackend(ResultStoring):
         timeout: Optional[float] = None,
         interval: float = 0.5,
         no_ack: bool = True,
-        on_message: Optional[Callable] = None,
-        on_interval: Optional[Callable] = None,
-    ) -> Iterator[Tuple[str, Dict]]:
+        on_message: Optional[Callable[[Dict[str, Any]], Any]] = None,
+        on_interval: Optional[Callable[[], Any]] = None,
+    ) -> Iterator[Tuple[str, Dict[str, Any]]]:
         ids = [r.id for r in getattr(result, 'results', result)]
         return self.get_many(ids, timeout=timeout, on_message=on_message)
 
@@ -447,45 +466,26 @@ class RPCBackend(ResultStoring):
         return out
 
     def close(self, timeout: Optional[float] = 10.0) -> None:
-        """Wake every waiter with ``ClosedError`` (a ``ConnectionLost``), delete the reply
-        queue and release this backend's share of the link. A second call is a no-op."""
+        """Wake the threads waiting through this backend with ``ClosedError`` (a
+        ``ConnectionLost``) and release its share of the reply queue: the last backend that
+        shares it (``App`` objects with the same settings) deletes the queue and releases the
+        link. Waits through other backends go on. Blocks up to ``timeout``; a second call is a
+        no-op."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        dl = deadline(timeout)
-        self._pending.fail_pending(
-            lambda ids: ClosedError(f'backend closed while waiting for {", ".join(ids[:10])}')
+        held = self._finalizer.detach() is not None  # else its reference is released already
+        self._pending.fail_owner(
+            self._waits,
+            lambda ids: ClosedError(f'backend closed while waiting for {", ".join(ids[:10])}'),
         )
-        link, self._link = self._link, None
-        if link is None or link.pid != os.getpid():
-            return
-        try:
-            if self.result_consumer._cancel(remaining(dl)):
-                link.control('delete_queue', queue=self._oid, timeout=remaining(dl))
-        except PikaRPCError as exc:
-            LOGGER.warning(
-                'could not delete reply queue %s at close: %s (it expires by itself)',
-                self._oid,
-                exc,
-            )
-        finally:
-            link.remove_listener(self._on_link_event)
-            _registry.release_link(link, timeout=remaining(dl))
+        if held:
+            self._hub.release(timeout, self)
 
     def _close_at_exit(self) -> None:
         self.close(timeout=2.0)
 
 
-def _lost(info: Any, ids: List[str]) -> ConnectionLost:
-    """The error of waits whose results cannot arrive over the lost link."""
-    if not ids:
-        return ConnectionLost(f'{info}; no result can arrive until the link reconnects')
-    return ConnectionLost(
-        f'{info}; results of {len(ids)} pending task(s) cannot arrive: '
-        f'{", ".join(ids[:10])}{" ..." if len(ids) > 10 else ""}'
-    )
-
-
-def _rebuild_backend(conf: dict, init_args: dict) -> RPCBackend:
+def _rebuild_backend(conf: Dict[str, Any], init_args: Dict[str, Any]) -> RPCBackend:
     return RPCBackend(**init_args, **conf)

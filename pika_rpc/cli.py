@@ -14,6 +14,13 @@ do not exist yet as quorum queues: it sets ``task_default_queue_type`` and
 ``task_create_missing_queue_type`` for this worker (queues of ``task_queues`` keep their
 own type; an existing queue is used as it is).
 
+Startup waits for the broker as Celery's worker does (``broker_connection_retry_on_startup``,
+default True): one WARNING line per failed attempt, ``Cannot connect to <masked URL>:
+<reason>; retrying in N s (attempt k of n)``, the first one saying what to do; when the
+retries run out (``broker_connection_max_retries``), or at the first failure with
+``broker_connection_retry_on_startup=False``, the process exits 4 after a CRITICAL line
+with the reason and the advice.
+
 If the worker fails (a queue it cannot consume again after ``broker_consumer_max_retries``
 refusals), it stops gracefully and the process exits 3, after a CRITICAL line saying why.
 
@@ -37,10 +44,14 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Union
 
+from ._connector import Connector
+from ._link import IDLE, OPEN
 from ._version import __version__
 from .app import App
+from .config import connection_options
+from .errors import ConnectionLost
 from .worker import Worker
 
 LOGGER = logging.getLogger(__name__)
@@ -144,6 +155,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         app.conf.update(
             task_default_queue_type=args.queue_type, task_create_missing_queue_type=args.queue_type
         )
+    down = _wait_for_broker(app)
+    if down is not None:
+        if isinstance(down, int):
+            LOGGER.info(
+                '%s received while waiting for the broker: exiting', signal.Signals(down).name
+            )
+            _close(app)
+            return 1
+        LOGGER.critical('worker not started: %s', down)
+        _close(app)
+        return EXIT_NO_BROKER
     worker = Worker(
         app,
         queues=args.queues,
@@ -194,6 +216,56 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 #: The exit status of a worker that failed (a queue it could not consume again).
 EXIT_FAILED = 3
+#: The exit status of a worker that could not reach the broker at startup.
+EXIT_NO_BROKER = 4
+
+
+def _wait_for_broker(app: App) -> Union[None, int, BaseException]:
+    """Connect before the worker starts; None once connected, else why not (the number of
+    the signal that ended the wait, or the error).
+
+    With ``broker_connection_retry_on_startup`` (default True, as Celery's) the link's retry
+    policy runs its course (``broker_connection_max_retries``, kombu's intervals): each
+    failed attempt logs one WARNING ``Cannot connect to <masked URL>: <reason>; retrying in
+    N s`` (the first with what to do), and when the policy gives up its ``ConnectionLost``
+    (the advice included) is returned. With False, one attempt is made first, by a
+    connector of its own that does not retry, and its failure ends it.
+    SIGTERM/SIGINT meanwhile end it too (the process exits 1). Blocks the main thread."""
+    if not app.conf.broker_connection_retry_on_startup:
+        # One attempt of our own (a connector that does not retry), so the one WARNING says
+        # "giving up"; the link's own policy applies once the worker runs.
+        once = Connector(
+            connection_options(app.conf), 'pika-rpc-startup', max_retries=0, interval=(0, 0, 0)
+        )
+        outcome = once.cycle(lambda: once.open_connection().close(), _noop, threading.Event())
+        if outcome is not None:
+            return outcome if isinstance(outcome, BaseException) else None
+    link = app.connection_for_write().link
+    start = link.failed_attempts
+    link.revive()  # starts the connection cycle now; nothing else asks for it yet
+
+    def settled() -> bool:
+        failed = link.failed_attempts > start
+        return link.state == OPEN or link.closed or (failed and link.state == IDLE)
+
+    while not link.wait_until_state(settled, 0.2):
+        info = signal.sigtimedwait(_SIGNALS, 0)
+        if info is not None:
+            return info.si_signo
+    if link.state == OPEN:
+        return None
+    return link.unreachable() or ConnectionLost(f'{link!r} closed while connecting')
+
+
+def _noop() -> None:
+    pass
+
+
+def _close(app: App) -> None:
+    try:
+        app.close()
+    except Exception as exc:
+        LOGGER.warning('closing the app failed: %s', exc)
 
 
 def _wait_for_stop(worker: Worker) -> Optional[int]:

@@ -8,7 +8,7 @@ confirms, one for declarations, one per consumed queue, one for ``basic.get``), 
 ``channel()``/``default_channel`` are :class:`Channel` handles that act through their
 connection. ``Producer``/``Consumer`` (``messaging``) accept a ``Connection``, a ``Channel``,
 a ``Link``, or ``None`` for a connection of their own built from the default settings
-(``$AMQP_URL`` or localhost) on the same shared link (:func:`_as_connection`).
+(``$AMQP_URL`` or localhost) on the same shared link (``_as_connection``).
 
 kombu's connection semantics (the waiting is ``_ensure``'s):
 
@@ -66,7 +66,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from . import _basic_get, _ensure, _kombu_opts, _registry
 from ._addresses import Addresses
@@ -88,6 +88,9 @@ from .errors import (
     TimeoutError,
 )
 from .message import Message
+
+if TYPE_CHECKING:  # the factories' classes, for annotations (they import this module)
+    from . import messaging, pools, simple
 
 LOGGER = logging.getLogger(__name__)
 
@@ -339,11 +342,13 @@ class Connection(Addresses):
         self.settings.broker_transport_options = options
 
     # ------------------------------------------------------------------ kombu: factories
-    def Producer(self, channel: Any = None, *args: Any, **kwargs: Any) -> Any:
+    def Producer(self, channel: Any = None, *args: Any, **kwargs: Any) -> messaging.Producer:
         """A ``messaging.Producer`` on this connection (or ``channel``)."""
         return _factory('Producer')(channel or self, *args, **kwargs)
 
-    def Consumer(self, queues: Any = None, channel: Any = None, *args: Any, **kwargs: Any) -> Any:
+    def Consumer(
+        self, queues: Any = None, channel: Any = None, *args: Any, **kwargs: Any
+    ) -> messaging.Consumer:
         """A ``messaging.Consumer`` of ``queues`` on this connection (or ``channel``)."""
         return _factory('Consumer')(channel or self, queues, *args, **kwargs)
 
@@ -356,7 +361,7 @@ class Connection(Addresses):
         exchange_opts: Optional[dict] = None,
         channel: Any = None,
         **kwargs: Any,
-    ) -> Any:
+    ) -> simple.SimpleQueue:
         """A ``simple.SimpleQueue`` named ``name`` (or of a ``Queue``) on this connection."""
         return _factory('SimpleQueue')(
             channel or self, name, no_ack, queue_opts, queue_args, exchange_opts, **kwargs
@@ -371,17 +376,17 @@ class Connection(Addresses):
         exchange_opts: Optional[dict] = None,
         channel: Any = None,
         **kwargs: Any,
-    ) -> Any:
+    ) -> simple.SimpleBuffer:
         """A ``simple.SimpleBuffer`` (an exclusive, auto-deleted queue) on this connection."""
         return _factory('SimpleBuffer')(
             channel or self, name, no_ack, queue_opts, queue_args, exchange_opts, **kwargs
         )
 
-    def Pool(self, limit: Optional[int] = None, **kwargs: Any) -> Any:
+    def Pool(self, limit: Optional[int] = None, **kwargs: Any) -> pools.ConnectionPool:
         """A ``pools.ConnectionPool`` of handles like this one."""
         return _factory('Pool')(self, limit=limit, **kwargs)
 
-    def ChannelPool(self, limit: Optional[int] = None, **kwargs: Any) -> Any:
+    def ChannelPool(self, limit: Optional[int] = None, **kwargs: Any) -> pools.ChannelPool:
         """A ``pools.ChannelPool`` of channels of this connection."""
         return _factory('ChannelPool')(self, limit=limit, **kwargs)
 

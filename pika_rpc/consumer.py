@@ -87,7 +87,7 @@ class Consumer:
     channel: Any = None
     no_ack: Optional[bool] = None
     auto_declare = True
-    callbacks: Optional[List[Callable[[Any, Message], Any]]] = None
+    callbacks: List[Callable[[Any, Message], Any]] = None  # type: ignore[assignment]  # set per instance
     on_message: Optional[Callable[[Message], Any]] = None
     on_decode_error: Optional[Callable[[Message, BaseException], Any]] = None
     accept: Any = None
@@ -234,13 +234,13 @@ class Consumer:
                     if self.tag_prefix
                     else None,
                     arguments=queue.consumer_arguments,
-                    on_cancel=lambda name=name: LOGGER.warning(
+                    on_cancel=lambda name=name: LOGGER.warning(  # type: ignore[misc]
                         'broker cancelled the consumer of queue %r (deleted?); re-subscribing', name
                     ),
                     qos_global=_taskqueues.global_qos(queue, settings.worker_detect_quorum_queues),
                     retry_interval=settings.broker_consumer_retry_interval,
                     retry_limit=settings.broker_consumer_max_retries or None,
-                    on_given_up=lambda err, name=name: self._given_up(name, err),
+                    on_given_up=lambda err, name=name: self._given_up(name, err),  # type: ignore[misc]
                 )
                 try:
                     link.consume(spec, timeout=conn.command_timeout)

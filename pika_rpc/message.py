@@ -3,12 +3,12 @@
 Pure data and checks: no I/O, no pika, no link. A received ``Message`` is acked through the
 ``acker`` its ``Consumer`` gives it; publishing goes through ``Producer.publish``,
 ``Exchange.publish`` or ``Connection.basic_publish``, which call :meth:`Message.publish_args`
-or :func:`check_properties` on the caller's thread.
+or ``check_properties()`` on the caller's thread.
 
 Choices where kombu leaves room:
 
 * Properties are checked on the caller's thread before a publish reaches the I/O thread
-  (:func:`check_properties`): a value pika cannot encode would otherwise surface there, far
+  (``check_properties()``): a value pika cannot encode would otherwise surface there, far
   from its cause. An unknown property name is a ``TypeError``; ``expiration`` is a str of
   milliseconds here (``Producer.publish`` takes seconds).
 * Received messages are decompressed when their ``compression`` header names zlib
@@ -364,7 +364,7 @@ class Message:
         return self._state in _ACK_STATES
 
     def _settle(self, state: str, multiple: bool, reject: bool, requeue: bool) -> None:
-        if self._acker is None:
+        if self._acker is None or self.delivery_tag is None:
             raise MessageStateError('This message does not have a receiving channel')
         if self._pid != os.getpid():
             # A forked child: the channel, and any lock a parent thread held, are the parent's.
@@ -401,7 +401,7 @@ class Message:
         self._settle('ACK', multiple, False, False)
 
     def reject(self, requeue: bool = False) -> None:
-        """Reject the message: dropped (dead-lettered), or ``requeue``d. Blocks."""
+        """Reject the message: dropped (dead-lettered), or requeued (``requeue=True``). Blocks."""
         self._settle('REQUEUED' if requeue else 'REJECTED', False, True, requeue)
 
     def requeue(self) -> None:
@@ -426,7 +426,7 @@ class Message:
 
         Raises:
             TypeError: a body that is not bytes or str (serialize it first, or use
-                ``Producer.publish``), or bad properties (:func:`check_properties`).
+                ``Producer.publish``), or bad properties (``check_properties()``).
         """
         body, props = self.body, dict(self.properties)
         if isinstance(body, str):

@@ -97,7 +97,7 @@ class Producer:
     ``close()``). A str ``exchange`` names an existing exchange (checked, never declared).
     """
 
-    exchange: Optional[Exchange] = None
+    exchange: Exchange = None  # type: ignore[assignment]  # kombu's class default; set per instance
     routing_key = ''
     serializer: Optional[str] = None
     compression: Optional[str] = None
@@ -238,7 +238,7 @@ class Producer:
         view = _View(conn, dl)
         try:
             for entity in targets:
-                _retrying(lambda entity=entity: _maybe_declare(entity, view), policy, dl)
+                _retrying(lambda entity=entity: _maybe_declare(entity, view), policy, dl)  # type: ignore[misc]
             if pub.exchange:
                 _retrying(lambda: _check_exchange(view, pub.exchange), policy, dl)
         except TimeoutError as exc:

@@ -17,7 +17,7 @@ its results, ``GroupResult`` by id, results and parent (and equals its id as a s
 from __future__ import annotations
 
 import datetime
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union, overload
 
 from . import states
 from ._context import current_app, current_request
@@ -78,11 +78,11 @@ class AsyncResult:
         no_ack: bool = True,
         follow_parents: bool = True,
         callback: Optional[Callable[[str, Any], Any]] = None,
-        on_message: Optional[Callable[[dict], Any]] = None,
+        on_message: Optional[Callable[[Dict[str, Any]], Any]] = None,
         on_interval: Optional[Callable[[], Any]] = None,
         disable_sync_subtasks: bool = True,
-        EXCEPTION_STATES: frozenset = states.EXCEPTION_STATES,
-        PROPAGATE_STATES: frozenset = states.PROPAGATE_STATES,
+        EXCEPTION_STATES: frozenset[str] = states.EXCEPTION_STATES,
+        PROPAGATE_STATES: frozenset[str] = states.PROPAGATE_STATES,
     ) -> Any:
         """Wait until the task is ready and return its value.
 
@@ -115,8 +115,8 @@ class AsyncResult:
         self,
         meta: Dict[str, Any],
         propagate: bool,
-        callback: Optional[Callable],
-        propagate_states: frozenset = states.PROPAGATE_STATES,
+        callback: Optional[Callable[[str, Any], Any]],
+        propagate_states: frozenset[str] = states.PROPAGATE_STATES,
     ) -> Any:
         status, value = meta['status'], meta.get('result')
         if callback is not None:
@@ -126,7 +126,9 @@ class AsyncResult:
                 raise value
         return value
 
-    def maybe_throw(self, propagate: bool = True, callback: Optional[Callable] = None) -> Any:
+    def maybe_throw(
+        self, propagate: bool = True, callback: Optional[Callable[[str, Any], Any]] = None
+    ) -> Any:
         """Raise the task's exception if it failed (without waiting); else return its value."""
         meta = self._meta()
         return self._value(meta, propagate, callback)
@@ -253,7 +255,7 @@ class AsyncResult:
     def __repr__(self) -> str:
         return f'<{type(self).__name__}: {self.id}>'
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (self.id, None, self.task_name, None, self.parent))
 
 
@@ -355,23 +357,61 @@ class ResultSet:
         timeout: Optional[float] = None,
         interval: float = 0.5,
         no_ack: bool = True,
-        on_message: Optional[Callable] = None,
-        on_interval: Optional[Callable] = None,
-    ) -> Iterator[Tuple[str, Dict]]:
+        on_message: Optional[Callable[[Dict[str, Any]], Any]] = None,
+        on_interval: Optional[Callable[[], Any]] = None,
+    ) -> Iterator[Tuple[str, Dict[str, Any]]]:
         """Yield ``(task_id, meta)`` as each task completes (completion order)."""
         return self.backend.get_many(
             [r.id for r in self.results], timeout=timeout, on_message=on_message
         )
 
+    # Typing: without a callback the values are returned, with one None is.
+    @overload
     def join_native(
         self,
         timeout: Optional[float] = None,
         propagate: bool = True,
         interval: float = 0.5,
-        callback: Optional[Callable] = None,
+        callback: None = None,
         no_ack: bool = True,
-        on_message: Optional[Callable] = None,
-        on_interval: Optional[Callable] = None,
+        on_message: Optional[Callable[[Dict[str, Any]], Any]] = None,
+        on_interval: Optional[Callable[[], Any]] = None,
+        disable_sync_subtasks: bool = True,
+    ) -> List[Any]: ...
+    @overload
+    def join_native(
+        self,
+        timeout: Optional[float],
+        propagate: bool,
+        interval: float,
+        callback: Callable[[str, Any], Any],
+        no_ack: bool = True,
+        on_message: Optional[Callable[[Dict[str, Any]], Any]] = None,
+        on_interval: Optional[Callable[[], Any]] = None,
+        disable_sync_subtasks: bool = True,
+    ) -> None: ...
+    @overload
+    def join_native(
+        self,
+        timeout: Optional[float] = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        *,
+        callback: Callable[[str, Any], Any],
+        no_ack: bool = True,
+        on_message: Optional[Callable[[Dict[str, Any]], Any]] = None,
+        on_interval: Optional[Callable[[], Any]] = None,
+        disable_sync_subtasks: bool = True,
+    ) -> None: ...
+    def join_native(
+        self,
+        timeout: Optional[float] = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        callback: Optional[Callable[[str, Any], Any]] = None,
+        no_ack: bool = True,
+        on_message: Optional[Callable[[Dict[str, Any]], Any]] = None,
+        on_interval: Optional[Callable[[], Any]] = None,
         disable_sync_subtasks: bool = True,
     ) -> Optional[List[Any]]:
         """Wait for every result; return the values in the set's order.
@@ -419,7 +459,7 @@ class GroupResult(ResultSet):
         self.id = id
         self.parent = parent
 
-    def as_tuple(self) -> tuple:
+    def as_tuple(self) -> Tuple[Any, ...]:
         return (
             (self.id, self.parent and self.parent.as_tuple()),
             [r.as_tuple() for r in self.results],

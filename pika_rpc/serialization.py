@@ -329,7 +329,7 @@ register(
 try:
     import msgpack as _msgpack
 except ImportError:  # optional extra
-    _msgpack = None
+    _msgpack = None  # type: ignore[assignment]
 else:
 
     def _msgpack_dumps(obj: Any) -> bytes:
@@ -347,7 +347,7 @@ else:
 try:
     import yaml as _yaml
 except ImportError:  # optional extra
-    _yaml = None
+    _yaml = None  # type: ignore[assignment]
 else:
 
     class _SafeDumper(_yaml.SafeDumper):

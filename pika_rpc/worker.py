@@ -15,8 +15,9 @@ Where the rest lives: a job's record and what is stored and acked when it ends (
 so at-least-once; ``ignore_result``; ``EncodeError``; the retry re-send) in ``_jobs``; the
 remote control (the pidbox queue, Celery's ``inspect``/``control`` commands and their
 replies, the revoked-id set) in ``_control``, which the worker gives callbacks that read its
-jobs and counters, revoke, and stop it (``shutdown``); Celery's names and declarations in
-``protocol`` and ``_pidbox``.
+jobs and counters, revoke, and stop it (``shutdown``); sorting deliveries, ``eta``, the
+prefetch window and revoking in ``_receiving``; the pool threads and time limits in
+``_execution``; Celery's names and declarations in ``protocol`` and ``_pidbox``.
 
 Choices where Celery leaves room:
 
@@ -42,17 +43,25 @@ Choices where Celery leaves room:
   (4), as Celery; 0 means no limit. A message with a future ``eta`` is held unacked and
   the window is raised by one while it waits (Celery's ``qos.increment_eventually``), so
   held messages never starve the pool; it applies to every consumed queue's channel.
-* **Revoke** (a ``revoke`` broadcast, see ``_control``, or :meth:`Worker.revoke`): a
+* **Revoke** (a ``revoke`` broadcast, see ``_control``, or ``Worker.revoke()``): a
   message whose id is revoked gets REVOKED (``'revoked'``) when it arrives; a message
   already held or queued here gets it at once. A **running** task is not touched by a plain
   revoke. With ``terminate=True`` it is *abandoned*: threads cannot be killed, so its
   REVOKED (``'terminated'``) is stored and its message acked at once, a new pool thread
   takes its place, and the function runs on until it returns, its outcome dropped (logged).
 * **Time limits** (the ``timelimit`` header ``[hard, soft]``, else the task's
-  ``time_limit``/``soft_time_limit`` options): a thread cannot be interrupted. Past the
-  *soft* limit a WARNING is logged and the task goes on normally. Past the *hard* limit the
+  ``time_limit``/``soft_time_limit`` options): a thread cannot be killed, but CPython can
+  make it raise. Past the *soft* limit ``SoftTimeLimitExceeded`` is raised inside the task
+  (at its next Python instruction), as Celery's prefork pool does. Past the *hard* limit the
   task is abandoned as above with FAILURE ``TimeLimitExceeded(hard)`` (what a Celery client
-  sees when Celery kills a process).
+  sees when Celery kills a process) and ``TimeLimitExceeded`` is raised in its thread. A
+  thread blocked in one long C call gets either only when that call returns
+  (``_execution``). Celery's ``threads`` pool ignores time limits.
+* **Task options** (``@app.task(...)``, checked at decoration by ``_task_options``):
+  ``rate_limit`` (``_receiving``), ``acks_late`` and the ``acks_on_*`` options,
+  ``reject_on_worker_lost``, ``ignore_result``, ``store_errors_even_if_ignored``,
+  ``throws``, ``track_started``, ``serializer`` and the retry (``_jobs``), ``autoretry_for``
+  and its backoff (``Task.run_for_worker``), time limits (``_execution``).
 * **Expires**: a message whose ``expires`` time has passed when it arrives, or when it is
   about to run (after an ``eta`` or a wait in the pool queue), gets REVOKED (``'expired'``).
   The broker may also drop it unseen (its ``expiration`` property): then no state is sent,
@@ -86,19 +95,19 @@ import queue
 import socket
 import threading
 import time
-from datetime import datetime, timezone
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple
 
-from . import _delayed, _registry, _taskqueues, protocol, states
+from . import _delayed, _registry, _taskqueues
 from ._control import ControlHandler, RevokedIds, cancel_quietly
-from ._execution import _NEW, _RUNNING, _STARTING, _STOPPED, _STOPPING, Execution
-from ._jobs import DONE, HELD, QUEUED, RELEASED, RUNNING, Job, Outcomes, expired, short
+from ._execution import _NEW, _RUNNING, _STARTING, _STOPPED, _STOPPING
+from ._jobs import HELD, QUEUED, RELEASED, Job, Outcomes
+from ._receiving import Receiving
 from ._threads import Counters, SerialExecutor
 from ._timeouts import deadline, remaining
 from ._timer import Timer
 from .connection import Connection
 from .entities import Queue
-from .errors import BrokerRefused, ConsumerGaveUp, NotRegistered, PikaRPCError, TaskRevokedError
+from .errors import BrokerRefused, ConsumerGaveUp, PikaRPCError
 from .messaging import Consumer
 
 # Celery's facts, owned by protocol; re-exported: they are in this module's __all__.
@@ -126,7 +135,7 @@ def _names(queues: Any) -> List[Any]:
     return out
 
 
-class Worker(Execution):
+class Worker(Receiving):
     """Run an app's tasks from protocol-v2 task messages; see the module docstring.
 
     Args:
@@ -193,12 +202,13 @@ class Worker(Execution):
         self._totals: Dict[str, int] = {}
         self._started_at: Optional[float] = None  # time.monotonic() once consuming
         self._held = 0
+        self._buckets = {}
         self._applied_prefetch = prefetch_count
         self._threads: List[threading.Thread] = []
         self._work: 'queue.SimpleQueue[Optional[Job]]' = queue.SimpleQueue()
         self._timer = Timer(f'pika-rpc-worker-timer-{number}')
         self._service = SerialExecutor(f'pika-rpc-worker-service-{number}')
-        self._connection: Optional[Connection] = None
+        self._connection: Any = None  # the Connection while running
         self._consumer: Optional[Consumer] = None
         self._link: Any = None
         self._stats = Counters(
@@ -212,6 +222,7 @@ class Worker(Execution):
             tasks=lambda: self.app.tasks,
             revoked=self.revoked,
             on_shutdown=self._remote_shutdown,
+            on_rate_limit=self._control_rate_limit,
         )
         self._outcomes = Outcomes(
             app, self.hostname, self._stats.add, lambda: self._connection.link, self.queues[0].name
@@ -515,135 +526,3 @@ class Worker(Execution):
                 self.hostname,
                 len(dropped),
             )
-
-    # ------------------------------------------------------------------ receiving (callback thread)
-    def _on_task_message(self, message: Any) -> None:
-        if self._state != _RUNNING:
-            return  # stopping: it stays unacked and returns when we cancel
-        try:
-            body = message.decode()
-            info = dict(message.delivery_info, priority=message.properties.get('priority'))
-            req = protocol.parse_task_message(
-                message.headers, message.properties, body, delivery_info=info
-            )
-        except Exception as exc:
-            self._stats.add('rejected')
-            LOGGER.error(
-                'worker %s: rejected a malformed task message (tag %s, %s, headers %s): %s',
-                self.hostname,
-                message.delivery_tag,
-                message.content_type,
-                short(message.headers),
-                exc,
-            )
-            self._service.submit(self._outcomes.reject, message)
-            return
-        req.hostname = self.hostname
-        self._stats.add('received')
-        task = self.app.tasks.get(req.name)
-        job = Job(req, message, task)
-        LOGGER.info('Task %s[%s] received', req.name, req.id)
-        if task is None:
-            self._stats.add('failed')
-            LOGGER.error(
-                'Received unregistered task of type %r (id %s); FAILURE NotRegistered '
-                'stored and the message rejected',
-                req.name,
-                req.id,
-            )
-            job.state = DONE
-            self._service.submit(
-                self._outcomes.store_and_ack, job, states.FAILURE, NotRegistered(req.name)
-            )
-            return
-        reason = 'revoked' if req.id in self.revoked else 'expired' if expired(req) else None
-        if reason is not None:
-            job.state = DONE
-            self._service.submit(self._outcomes.revoked, job, reason)
-            return
-        delay = (req.eta - datetime.now(timezone.utc)).total_seconds() if req.eta else 0
-        with self._lock:
-            if self._state != _RUNNING:
-                return
-            self._jobs.setdefault(req.id, []).append(job)
-            if delay > 0:
-                job.state = HELD
-                self._held += 1
-                job.timers.append(self._timer.call_later(delay, self._on_eta, job))
-            else:
-                job.state = QUEUED
-        if delay > 0:
-            LOGGER.info('Task %s[%s] held until its eta %s', req.name, req.id, req.eta.isoformat())
-            self._service.submit(self._apply_prefetch)
-        else:
-            self._work.put(job)
-
-    def _on_eta(self, job: Job) -> None:  # timer thread
-        with self._lock:
-            if job.state != HELD or self._state != _RUNNING:
-                return
-            job.state = QUEUED
-            self._held -= 1
-        self._work.put(job)
-        self._service.submit(self._apply_prefetch)
-
-    def _apply_prefetch(self) -> None:  # service thread
-        if not self.prefetch_count or self._consumer is None:
-            return  # no limit: held messages cannot starve the pool
-        with self._lock:
-            if self._state != _RUNNING:
-                return
-            want = self.prefetch_count + self._held
-        if want != self._applied_prefetch:
-            try:
-                self._consumer.qos(prefetch_count=want)
-                self._applied_prefetch = want
-            except PikaRPCError as exc:
-                LOGGER.warning(
-                    'worker %s: could not set prefetch to %d: %s', self.hostname, want, exc
-                )
-
-    def revoke(self, task_ids: Union[str, Iterable[str]], terminate: bool = False) -> List[str]:
-        """Revoke tasks here (what a ``revoke`` broadcast does); see the module docstring.
-
-        Any thread; never blocks on the broker (states are stored on the service thread).
-
-        Returns:
-            The ids of the tasks that were running here: with ``terminate``, those abandoned
-            (REVOKED stored; their function runs on), else those left to finish.
-        """
-        ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
-        waiting, running = [], []
-        with self._lock:
-            for task_id in ids:
-                self.revoked.add(task_id)
-                for job in list(self._jobs.get(task_id, ())):
-                    if self._claim(job, HELD, QUEUED):
-                        waiting.append(job)
-                    elif job.state == RUNNING:
-                        running.append(job)
-        LOGGER.info('worker %s: tasks flagged as revoked: %s', self.hostname, ', '.join(ids))
-        for job in waiting:
-            self._service.submit(self._outcomes.revoked, job, 'revoked')
-        if waiting:
-            self._service.submit(self._apply_prefetch)
-        was_running = []
-        for job in running:
-            if terminate:
-                if self._abandon(job, states.REVOKED, TaskRevokedError('terminated')):
-                    self._stats.add('revoked')
-                    was_running.append(job.request.id)
-                    LOGGER.warning(
-                        'Task %s[%s] terminated: REVOKED stored; a thread cannot be '
-                        'killed, so the function runs on and its outcome is dropped',
-                        job.request.name,
-                        job.request.id,
-                    )
-            else:
-                was_running.append(job.request.id)
-                LOGGER.info(
-                    'Task %s[%s] is running: a revoke without terminate lets it finish',
-                    job.request.name,
-                    job.request.id,
-                )
-        return was_running

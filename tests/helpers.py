@@ -191,3 +191,12 @@ class LinkEvents:
     def wait(self, event: str, n: int = 1, timeout: float = 30.0) -> bool:
         with self._changed:
             return self._changed.wait_for(lambda: self.count(event) >= n, timeout)
+
+
+def poll_when_settled(backend: Any, task_id: str, timeout: float = 30.0) -> Any:
+    """``backend.get_task_meta(task_id)`` once its link is open or one of its connect attempts
+    failed: a first poll answers at once, before either is known."""
+    link = backend._get_link()
+    link.revive()  # a lazily started link connects now
+    assert link.wait_until_state(lambda: link.state == 'OPEN' or link.failed_attempts > 0, timeout)
+    return backend.get_task_meta(task_id)

@@ -18,6 +18,7 @@ import json
 import logging
 import pathlib
 import pickle
+import socket
 import sys
 import threading
 import time
@@ -432,3 +433,131 @@ def test_a_failure_naming_an_unloaded_module_imports_nothing_and_later_results_a
     assert module not in sys.modules and not marker.exists()
     assert_link_unharmed(client, link)
     eventually(lambda: queue_messages(oid) == 0, timeout=WAIT)
+
+
+# ------------------------------------------------------------------ an outage reads like advice
+
+
+class FirstWarning(logging.Handler):
+    """Sets ``seen`` at the first WARNING of ``pika_rpc._connector``; records every record."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen = threading.Event()
+        self.records: List[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if record.name == 'pika_rpc._connector' and record.levelno == logging.WARNING:
+            self.seen.set()
+
+
+@pytest.fixture
+def first_warning() -> Iterator[FirstWarning]:
+    handler = FirstWarning()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)  # an application's usual level; pika's own is left alone
+    yield handler
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+def warnings_from(records: List[logging.LogRecord], prefix: str) -> List[logging.LogRecord]:
+    return [r for r in records if r.levelno >= logging.WARNING and r.name.startswith(prefix)]
+
+
+def test_a_refusing_broker_logs_one_warning_per_attempt_with_the_url_and_advice_and_no_pika_errors(
+    make_client: Callable[..., App], fault_proxy: FaultProxy, first_warning: FirstWarning
+) -> None:
+    fault_proxy.refuse(True)
+    client = make_client(broker_connection_max_retries=3)
+    with pytest.raises(ConnectionLost) as info:
+        client.send_task('tasks.add', (1, 1), timeout=WAIT)  # gives up before its deadline
+    attempts = fault_proxy.connection_attempts
+    ours = warnings_from(first_warning.records, 'pika_rpc._connector')
+    url = f'amqp://guest:**@127.0.0.1:{fault_proxy.port}//'
+    assert attempts == 4 and len(ours) == attempts, [r.getMessage() for r in ours]
+    assert all(r.levelno == logging.WARNING and not r.exc_info for r in ours)
+    assert all(r.getMessage().startswith(f'Cannot connect to {url}: ') for r in ours)
+    assert 'retrying in' in ours[0].getMessage() and 'giving up after 4' in ours[-1].getMessage()
+    assert 'check the broker' in ours[0].getMessage()  # what to do, on the first one
+    # pika's own ERRORs and tracebacks of those attempts are not in the user's log.
+    assert warnings_from(first_warning.records, 'pika') == ours
+    text = str(info.value)
+    assert 'not sent: cannot connect to ' + url in text and 'gave up' in text
+    assert 'check the broker' in text and 'link' not in text and 'consume from' not in text
+
+
+def test_the_first_warning_comes_within_broker_connection_timeout_and_the_call_raises_at_its_deadline(
+    make_client: Callable[..., App], first_warning: FirstWarning
+) -> None:
+    silent = socket.socket()  # accepts connections and never answers: a broker that hangs
+    silent.bind(('127.0.0.1', 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    try:
+        client = make_client(
+            f'amqp://guest:guest@127.0.0.1:{port}//', broker_connection_timeout=0.5
+        )
+        errors: List[BaseException] = []
+        began = time.monotonic()
+        sender = threading.Thread(
+            target=lambda: _collect(errors, client.send_task, 'tasks.add', (1, 1), timeout=WAIT)
+        )
+        sender.start()
+        # Before the call's own deadline (WAIT): within the connection timeout, with slack.
+        assert first_warning.seen.wait(WAIT / 3), 'no WARNING while the broker hangs'
+        first = time.monotonic() - began
+        assert sender.is_alive()  # the call still waits for its deadline
+        message = warnings_from(first_warning.records, 'pika_rpc._connector')[0].getMessage()
+        assert f'127.0.0.1:{port}' in message and 'broker_connection_timeout' in message
+        assert warnings_from(first_warning.records, 'pika.') == []
+        client.close(timeout=5)  # wakes the sender
+        sender.join(WAIT)
+        assert not sender.is_alive() and len(errors) == 1
+        assert isinstance(errors[0], ConnectionLost)
+        print(f'\nfirst WARNING {first:.2f} s after the call (broker_connection_timeout 0.5 s)')
+    finally:
+        silent.close()
+
+
+def _collect(errors: List[BaseException], fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
+    try:
+        fn(*args, **kw)
+    except BaseException as exc:  # asserted by the test
+        errors.append(exc)
+
+
+def test_get_task_meta_never_waits_while_the_broker_is_unreachable_and_reconnects_behind(
+    make_client: Callable[..., App], worker: App, fault_proxy: FaultProxy
+) -> None:
+    fault_proxy.refuse(True)
+    client = make_client(broker_connection_max_retries=2, publish_timeout=WAIT)
+    backend = client.backend
+    began = time.monotonic()
+    # Nothing arrived, nothing known yet: PENDING at once (it used to wait publish_timeout).
+    first = backend.get_task_meta('t-1')
+    assert first == {'status': 'PENDING', 'result': None}
+    assert time.monotonic() - began < WAIT / 3
+    link = backend._get_link()
+    assert link.wait_until_state(lambda: link.failed_attempts >= 1, WAIT)
+    with pytest.raises(ConnectionLost) as info:  # known down: at once, saying what to do
+        backend.get_task_meta('t-1')
+    assert 'cannot connect to amqp://guest:**@' in str(info.value)
+    assert 'check the broker' in str(info.value)
+    assert link.wait_for_state('IDLE', timeout=WAIT)  # gave up
+    attempts = fault_proxy.connection_attempts
+    with pytest.raises(ConnectionLost):
+        backend.get_task_meta('t-1')  # and starts a new connection cycle in the background
+    assert fault_proxy.wait_for(lambda: fault_proxy.connection_attempts > attempts, WAIT)
+    assert link.wait_for_state('IDLE', timeout=WAIT)
+    fault_proxy.refuse(False)
+    with pytest.raises(ConnectionLost):
+        backend.get_task_meta('t-1')  # the cycle this starts connects
+    assert link.wait_for_state('OPEN', timeout=WAIT)
+    oid = backend.oid
+    assert eventually(lambda: oid in list_queues(), timeout=WAIT)  # subscribed behind the poll
+    worker.backend.mark_as_done('t-1', 5, request={'id': 't-1', 'reply_to': oid})
+    assert eventually(lambda: backend.get_task_meta('t-1')['status'] == 'SUCCESS', timeout=WAIT)

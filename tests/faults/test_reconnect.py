@@ -473,10 +473,13 @@ def test_store_result_to_an_unreachable_broker_raises_connection_lost(
         )
 
 
-def test_send_task_to_a_broker_retried_until_the_deadline_raises_publish_error_at_its_timeout(
+def test_send_task_to_a_broker_retried_until_the_deadline_raises_connection_lost_with_advice_at_its_timeout(
     make_client: Callable[..., App], fault_proxy: FaultProxy
 ) -> None:
     fault_proxy.refuse(True)
     client = make_client(broker_connection_max_retries=0, publish_timeout=3)  # 0: until deadline
-    with pytest.raises(PublishError):
+    with pytest.raises(ConnectionLost) as info:
         client.send_task('tasks.add', (1, 2), timeout=0.5)
+    text = str(info.value)
+    assert 'not sent: cannot connect to amqp://guest:**@127.0.0.1:' in text
+    assert 'next attempt in' in text and 'check the broker' in text

@@ -354,7 +354,8 @@ def test_security_error_for_a_result_naming_a_non_exception(app, amqp_url):
 
 def test_poison_message_for_no_task_is_dropped_and_later_results_arrive(app, amqp_url, caplog):
     caplog.set_level(logging.WARNING, logger='pika_rpc.backend')
-    app.backend.get_task_meta('warm-up')  # the consumer runs
+    app.backend.get_task_meta('warm-up')  # the consumer starts, in the background
+    assert eventually(lambda: app.backend.oid in list_queues())
     publish_raw(amqp_url, app.backend.oid, b'garbage', correlation_id='nobody')
     result = app.send_task('tasks.add', (1, 1))
     app.backend.mark_as_done(result.id, 2, request=request_for(app, result.id))

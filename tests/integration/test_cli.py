@@ -14,12 +14,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-from typing import Iterator, List
+from typing import Any, Iterator, List
 
 import pytest
 
 from pika_rpc import App, states
 from tests.helpers import list_queues
+from tests.integration.web_support import free_port
 from tests.integration.worker_support import delete_queue, queue_depth
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -249,3 +250,87 @@ def test_a_worker_that_gives_up_on_its_queue_exits_non_zero_saying_why(
     assert worker.proc.wait(30) == 3
     log = worker.stderr()
     assert 'CRITICAL' in log and f'gave up consuming from queue {unique_name!r}' in log
+
+
+# ------------------------------------------------------------------ no broker at startup
+
+NO_BROKER_MODULE = """
+from pika_rpc import App
+
+app = App(broker={url!r}, task_default_queue={queue!r}, broker_connection_max_retries={retries!r},
+          broker_connection_retry_on_startup={on_startup!r},
+          broker_transport_options={{'interval_start': 0, 'interval_step': 0.05,
+                                    'interval_max': 0.2}})
+
+@app.task(name='cli.add')
+def add(x, y):
+    return x + y
+"""
+SECRET = 'Secr3t-pw'
+
+
+def _no_broker_app(
+    tmp_path: pathlib.Path, url: str, queue: str, retries: Any = 2, on_startup: bool = True
+) -> str:
+    (tmp_path / 'no_broker.py').write_text(
+        NO_BROKER_MODULE.format(url=url, queue=queue, retries=retries, on_startup=on_startup)
+    )
+    return 'no_broker'
+
+
+def _attempt_lines(log: str, port: int) -> List[str]:
+    prefix = f'Cannot connect to amqp://guest:**@127.0.0.1:{port}//: '
+    return [line for line in log.splitlines() if prefix in line]
+
+
+def test_a_worker_retries_at_startup_a_line_per_attempt_then_exits_4_with_the_advice(
+    cli, unique_name, tmp_path
+):
+    port = free_port()
+    url = f'amqp://guest:{SECRET}@127.0.0.1:{port}//'
+    worker = cli('-A', _no_broker_app(tmp_path, url, unique_name), '-Q', unique_name)
+    assert worker.proc.wait(60) == 4
+    log = worker.stderr()
+    lines = _attempt_lines(log, port)
+    assert len(lines) == 3, log  # the first attempt and 2 retries
+    assert all('WARNING' in line and 'Connection refused' in line for line in lines)
+    assert 'retrying in 0.0 s' in lines[0] and 'retrying in 0.1 s' in lines[1]
+    assert 'giving up after 3 attempts' in lines[2]
+    assert 'start RabbitMQ there' in lines[0]  # what to do, on the first line
+    critical = [line for line in log.splitlines() if 'CRITICAL' in line]
+    assert len(critical) == 1 and 'worker not started: cannot connect to' in critical[0]
+    assert 'start RabbitMQ there' in critical[0] and 'gave up' in critical[0]
+    assert 'Traceback' not in log and 'ERROR' not in log and SECRET not in log
+
+
+def test_with_retry_on_startup_off_the_worker_exits_4_after_the_first_attempt(
+    cli, unique_name, tmp_path
+):
+    port = free_port()
+    url = f'amqp://guest:{SECRET}@127.0.0.1:{port}//'
+    module = _no_broker_app(tmp_path, url, unique_name, retries=100, on_startup=False)
+    worker = cli('-A', module, '-Q', unique_name)
+    assert worker.proc.wait(60) == 4
+    log = worker.stderr()
+    assert len(_attempt_lines(log, port)) == 1, log
+    assert 'worker not started' in log and 'start RabbitMQ there' in log
+    assert 'Traceback' not in log and SECRET not in log
+
+
+def test_a_worker_started_before_the_broker_waits_for_it_then_runs_tasks(
+    cli, client, unique_name, tmp_path, fault_proxy, amqp_url
+):
+    fault_proxy.refuse(True)
+    module = _no_broker_app(tmp_path, fault_proxy.url(amqp_url), unique_name, retries=None)
+    worker = cli('-A', module, '-Q', unique_name)
+    assert fault_proxy.wait_for(lambda: fault_proxy.connection_attempts >= 3, 30)
+    assert worker.proc.poll() is None  # still waiting, as Celery's worker does
+    fault_proxy.refuse(False)
+    worker.wait_for_line('ready')
+    assert client.send_task('cli.add', (20, 22)).get(timeout=10) == 42
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(30) == 0
+    log = worker.stderr()
+    lines = _attempt_lines(log, fault_proxy.port)
+    assert len(lines) >= 3 and all('retrying in' in line for line in lines), log
+    assert 'Traceback' not in log

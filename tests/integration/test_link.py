@@ -30,7 +30,7 @@ from pika_rpc.config import Settings, connection_options, mask_url, parse_url
 from pika_rpc.entities import Queue
 from pika_rpc.errors import ConnectionLost, PublishError, TimeoutError
 from pika_rpc.messaging import Connection, Consumer, Producer
-from tests.helpers import eventually, list_queues, pika_parameters, rabbitmqctl
+from tests.helpers import eventually, list_queues, pika_parameters, poll_when_settled, rabbitmqctl
 
 WAIT = 30.0
 SECRET = 's3cr3t-p4ss'
@@ -194,9 +194,9 @@ def test_check_hostname_of_broker_use_ssl_decides_whether_a_certificate_for_anot
     try:
         if check_hostname:
             with pytest.raises(ConnectionLost, match='CERTIFICATE_VERIFY_FAILED'):
-                backend.get_task_meta(str(uuid.uuid4()))
+                poll_when_settled(backend, str(uuid.uuid4()))
         else:
-            assert backend.get_task_meta(str(uuid.uuid4()))['status'] == 'PENDING'
+            assert poll_when_settled(backend, str(uuid.uuid4()))['status'] == 'PENDING'
             assert backend._get_link().state == 'OPEN'
     finally:
         backend.close()
@@ -208,7 +208,7 @@ def test_amqps_to_a_proxy_whose_ca_is_not_trusted_gives_connection_lost_naming_t
     backend = RPCBackend(url=tls_proxy.url(amqp_url), **FAST_GIVE_UP)  # system CAs only
     try:
         with pytest.raises(ConnectionLost, match='CERTIFICATE_VERIFY_FAILED'):
-            backend.get_task_meta(str(uuid.uuid4()))
+            poll_when_settled(backend, str(uuid.uuid4()))
         assert tls_proxy.publish_count == 0
     finally:
         backend.close(timeout=5)
@@ -319,7 +319,7 @@ def test_a_failed_connect_shows_the_password_in_no_log_repr_or_error(
         texts += error_texts(send_error.value)
         backend = RPCBackend(url=url, **FAST_GIVE_UP)
         with pytest.raises(ConnectionLost) as poll_error:
-            backend.get_task_meta(str(uuid.uuid4()))
+            poll_when_settled(backend, str(uuid.uuid4()))
         texts += error_texts(poll_error.value) + [repr(backend), str(backend), backend.as_uri()]
         texts += object_texts(app)
         backend.close(timeout=5)
@@ -722,7 +722,7 @@ def test_a_forked_child_opens_its_own_connection_and_leaves_the_parents_untouche
         try:
             os.close(to_child_w)
             os.close(from_child_r)
-            meta = app.backend.get_task_meta(str(uuid.uuid4()))  # starts the child's link
+            meta = poll_when_settled(app.backend, str(uuid.uuid4()))  # starts the child's link
             child_link = app.backend._get_link()
             report = {
                 'pid': os.getpid(),

@@ -8,6 +8,7 @@ queue of that name exists with other arguments, and a broker that is not there w
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, List, Optional
 from urllib.parse import quote
@@ -100,3 +101,27 @@ def test_a_short_send_timeout_is_kept_and_says_the_broker_cannot_be_reached(amqp
         app.close()
     assert len(errors) == 1 and isinstance(errors[0], PikaRPCError), errors
     assert 'Connection refused' in str(errors[0]) and 'start RabbitMQ' in str(errors[0])
+
+
+@pytest.mark.parametrize('case', ['no broker', 'wrong password', 'no vhost'])
+def test_each_failed_attempt_logs_one_warning_with_the_errors_advice_and_pika_logs_no_error(
+    amqp_url: str, unique_name: str, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)  # an application's usual level; pika's own is left alone
+    url = {
+        'no broker': _url(amqp_url, port=free_port()),
+        'wrong password': _url(amqp_url, password='not-the-Pa55word'),
+        'no vhost': _url(amqp_url, vhost=unique_name),
+    }[case]
+    err = _send_error(url, broker_connection_retry=False)
+    ours = [r for r in caplog.records if r.name == 'pika_rpc._connector']
+    assert len(ours) == 1 and ours[0].levelno == logging.WARNING  # one attempt, one line
+    line = ours[0].getMessage()
+    assert line.startswith('Cannot connect to amqp://') and 'giving up after 1 attempt' in line
+    advice = str(err).split('. ', 1)[1]  # the error's text after its first sentence
+    assert advice in line, (advice, line)
+    assert 'not-the-Pa55word' not in line and 'AMQPConnect' not in line
+    pikas = [
+        r for r in caplog.records if r.name.startswith('pika.') and r.levelno >= logging.WARNING
+    ]
+    assert pikas == [], [r.getMessage() for r in pikas]

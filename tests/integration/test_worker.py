@@ -24,7 +24,7 @@ from pika_rpc import (
     serialization,
     states,
 )
-from pika_rpc.errors import TaskRevokedError, TimeLimitExceeded
+from pika_rpc.errors import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 from tests.helpers import eventually, list_queues, pika_parameters
 from tests.integration.worker_support import app, gate, queue_depth, start_worker  # noqa: F401
 
@@ -418,18 +418,23 @@ def test_a_task_ignoring_results_by_its_own_option_stores_nothing_final(app, sta
     assert fired.state == states.PENDING
 
 
-def test_the_soft_time_limit_is_logged_and_the_task_goes_on(app, start_worker, gate, caplog):
+def test_the_soft_time_limit_raises_soft_time_limit_exceeded_in_the_task(
+    app, start_worker, gate, caplog
+):
     @app.task(name='t.slow')
     def slow():
-        gate.release.wait(30)
+        try:
+            while not gate.release.wait(0.01):
+                pass
+        except SoftTimeLimitExceeded:
+            return 'cleaned up'
         return 'done'
 
     start_worker()
-    caplog.set_level('WARNING', logger='pika_rpc.worker')
+    caplog.set_level('WARNING', logger='pika_rpc')
     result = slow.apply_async(soft_time_limit=1)
-    eventually(lambda: 'soft time limit' in caplog.text, timeout=10)
-    gate.release.set()
-    assert result.get(timeout=10) == 'done'
+    assert result.get(timeout=10) == 'cleaned up'
+    assert 'passed its soft time limit (1s)' in caplog.text
 
 
 def test_the_hard_time_limit_stores_time_limit_exceeded_while_the_thread_runs_on(

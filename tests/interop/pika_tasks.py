@@ -12,6 +12,8 @@ import threading
 import uuid
 from typing import Any, Dict
 
+from pika_rpc.errors import SoftTimeLimitExceeded
+
 
 class PaymentDeclined(Exception):
     """An application error that the Celery client does not know (it synthesizes it)."""
@@ -76,7 +78,50 @@ def register(app: Any) -> Dict[str, Any]:
         pause.wait(seconds)
         return value
 
+    traces: Dict[str, list] = {}
+
+    @app.task(name='interop.traced', bind=True, max_retries=2)
+    def traced(self):
+        seen = traces.setdefault(self.request.id, [])
+        seen.append(self.request.headers.get('trace_id'))
+        if self.request.retries < 2:
+            raise self.retry(countdown=0)
+        return traces.pop(self.request.id)
+
+    @app.task(
+        name='interop.auto_flaky',
+        bind=True,
+        autoretry_for=(KeyError,),
+        max_retries=2,
+        retry_kwargs={'countdown': 0.1},
+    )
+    def auto_flaky(self):
+        if self.request.retries < 2:
+            raise KeyError('not yet')
+        return self.request.retries
+
+    @app.task(name='interop.soft_limited')
+    def soft_limited():
+        try:
+            while not pause.wait(0.01):
+                pass
+        except SoftTimeLimitExceeded:
+            return 'cleaned up'
+
     return {
         t.name.split('.', 1)[1]: t
-        for t in (add, echo, describe, typed_values, boom, decline, progress, flaky, sleep_then)
+        for t in (
+            add,
+            echo,
+            describe,
+            typed_values,
+            boom,
+            decline,
+            progress,
+            flaky,
+            sleep_then,
+            traced,
+            auto_flaky,
+            soft_limited,
+        )
     }

@@ -151,3 +151,27 @@ def test_celery_sees_our_worker_revoke_an_expired_task(amqp_url, pika_worker):
     assert not out['ok'] and out['state'] == 'REVOKED'
     assert out['error']['celery_task_revoked_error'] is True
     assert out['error']['args'] == ["'expired'"]
+
+
+def test_celerys_custom_headers_survive_our_workers_retries(amqp_url, pika_worker):
+    out = call(
+        amqp_url, pika_worker, 'interop.traced', options={'headers': {'trace_id': 'celery-abc'}}
+    )
+    assert value_of(out) == ['celery-abc'] * 3
+
+
+def test_our_workers_autoretry_is_seen_by_celery_as_retries(amqp_url, pika_worker):
+    out = call(amqp_url, pika_worker, 'interop.auto_flaky')
+    assert value_of(out) == 2
+    assert [m['status'] for m in out['messages']] == ['STARTED', 'RETRY'] * 2 + [
+        'STARTED',
+        'SUCCESS',
+    ]
+
+
+def test_celerys_soft_time_limit_raises_soft_time_limit_exceeded_in_our_workers_task(
+    amqp_url, pika_worker
+):
+    # Whole seconds: Celery's client sends header numbers as AMQP integers (0.5 arrives as 0).
+    out = call(amqp_url, pika_worker, 'interop.soft_limited', options={'soft_time_limit': 1})
+    assert value_of(out) == 'cleaned up'

@@ -217,9 +217,14 @@ def test_celery_control_terminate_revokes_a_running_task_and_says_it_was_not_kil
         running.get(timeout=10)
 
 
-def test_celery_control_rate_limit_is_answered_as_not_supported(node):
-    reply = control(node, 'rate_limit', 'ctl.add', '5/s')
-    assert list(reply) == ['error'] and 'rate_limit is not supported' in reply['error']
+def test_celery_control_rate_limit_sets_the_rate_limit_of_our_worker(node):
+    assert control(node, 'rate_limit', 'ctl.add', '5/s') == {
+        'ok': 'new rate limit set successfully'
+    }
+    assert node.worker._buckets['ctl.add'].rate == 5.0
+    assert control(node, 'rate_limit', 'ctl.nope', '5/s') == {'error': 'unknown task'}
+    assert control(node, 'rate_limit', 'ctl.add', '0') == {'ok': 'rate limit disabled successfully'}
+    assert node.worker._buckets['ctl.add'] is None
 
 
 def test_celerys_python_api_sees_and_controls_our_worker(node):
@@ -243,7 +248,8 @@ def test_celerys_python_api_sees_and_controls_our_worker(node):
     assert isinstance(out['active'][host], list)
     assert out['revoke'] == [{host: {'ok': "tasks {'api-revoked-id'} flagged as revoked"}}]
     assert 'api-revoked-id' in out['revoked'][host]
-    assert 'rate_limit is not supported' in out['rate_limit'][0][host]['error']
+    assert out['rate_limit'] == [{host: {'ok': 'new rate limit set successfully'}}]
+    node.worker.set_rate_limit('ctl.add', None)  # the other tests run ctl.add unlimited
     assert out['conf'][host]['error'].startswith("unknown command 'conf'")
 
 

@@ -200,3 +200,11 @@ def test_revoke_of_a_task_waiting_for_its_eta_stops_it_before_it_runs(client, ce
     log = celery_worker.log()
     assert f'Discarding revoked task: {T}add[{result.id}]' in log
     assert f'[{result.id}] succeeded' not in log
+
+
+def test_celerys_solo_and_threads_pools_ignore_time_limits(client):
+    # Only Celery's prefork pool enforces them (signals, killed processes). pika_rpc's Worker
+    # raises SoftTimeLimitExceeded in the task and abandons it at the hard limit instead
+    # (tests/integration/test_worker_task_options.py).
+    result = client.send_task(T + 'sleep_then', (2, 'slept'), soft_time_limit=1, time_limit=1)
+    assert result.get(timeout=20) == 'slept'

@@ -16,7 +16,7 @@ from pika.adapters.utils.connection_workflow import (
     AMQPConnectorStackTimeout,
 )
 
-from pika_rpc._advice import connect_advice, describe, precondition_advice
+from pika_rpc._advice import connect_advice, describe, precondition_advice, reason, where
 
 PARAMS = [
     {
@@ -204,3 +204,48 @@ def test_a_queue_type_clash_says_how_to_declare_the_type_the_queue_has():
     assert "Queue 'tasks' already exists with x-queue-type=quorum" in advice
     assert "task_default_queue_type / task_create_missing_queue_type='quorum'" in advice
     assert '--queue-type quorum' in advice
+
+
+# ------------------------------------------------------------------ reasons and URLs
+
+
+@pytest.mark.parametrize(
+    'exc, said',
+    [
+        (REFUSED, 'Connection refused'),
+        (
+            pika.exceptions.AMQPConnectionError(
+                AMQPConnectorSocketConnectError(ConnectionResetError(104, 'Connection reset'))
+            ),
+            'The connection was reset during the handshake',
+        ),
+        (AMQPConnectorStackTimeout('Timeout during AMQP handshake'), 'No answer within'),
+        (BAD_LOGIN, 'Login refused (ACCESS_REFUSED)'),
+        (NO_VHOST, 'The vhost does not exist'),
+        (socket.gaierror(-2, 'Name or service not known'), 'The host name does not resolve'),
+        (
+            ssl.SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify'),
+            'The TLS handshake failed ([SSL: CERTIFICATE_VERIFY_FAILED] certificate verify',
+        ),
+    ],
+    ids=['refused', 'reset', 'timeout', 'login', 'vhost', 'dns', 'tls'],
+)
+def test_reason_says_what_went_wrong_without_pika_class_names(exc, said):
+    text = reason(exc)
+    assert text.startswith(said), text
+    assert 'AMQPConnect' not in text and 'Error(' not in text
+
+
+def test_reason_of_an_unknown_error_names_it_fully():
+    assert reason(ValueError('odd')) == 'ValueError: odd'
+
+
+def test_where_masks_the_password_and_writes_urls_kombu_style():
+    params = PARAMS + [dict(PARAMS[0], host='::1', virtual_host='shop', ssl=True, port=5671)]
+    assert where(params) == 'amqp://app:**@rabbit.example:5672//;amqps://app:**@[::1]:5671/shop'
+    assert 's3cret' not in where(params)
+
+
+def test_a_reset_connection_gets_advice_to_check_the_broker():
+    exc = pika.exceptions.AMQPConnectionError(ValueError('getpeername() failed'))
+    assert 'check the broker' in connect_advice(exc, PARAMS)

@@ -441,7 +441,7 @@ def test_from_object_warns_about_a_likely_typo(caplog):
 def test_from_object_warns_once_about_each_celery_setting_it_does_not_implement(caplog):
     conf = {
         'task_default_queue_type': 'quorum',
-        'broker_connection_retry_on_startup': True,
+        'worker_send_task_events': True,
         'broker_heartbeat_checkrate': 2,
         'broker_read_url': 'x',
         'worker_concurrency': 4,

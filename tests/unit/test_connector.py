@@ -3,11 +3,14 @@ no connection is made (``_connector.Connector.order`` and ``connected_to``)."""
 
 from __future__ import annotations
 
+import logging
 import random
+import threading
 
 import pytest
 
-from pika_rpc._connector import Connector
+from pika_rpc import _connector
+from pika_rpc._connector import Connector, QuietConnects
 from pika_rpc.config import Settings, connection_options
 
 URLS = ';'.join(f'amqp://guest:guest@localhost:{port}//' for port in (5673, 5674, 5675))
@@ -59,3 +62,41 @@ def test_shuffle_shuffles_the_first_connection_too_then_rotates():
 def test_an_unknown_strategy_is_refused():
     with pytest.raises(ValueError, match='round-robin'):
         connector('random')
+
+
+# ------------------------------------------------------------------ pika's records of our connects
+
+
+def _record(level: int, thread: int) -> logging.LogRecord:
+    record = logging.LogRecord(
+        'pika.adapters.blocking_connection', level, __file__, 1, 'failed', None, None
+    )
+    record.thread = thread
+    return record
+
+
+def test_pika_errors_made_while_our_thread_connects_are_demoted_to_debug_and_others_pass():
+    quiet = QuietConnects()
+    logger = logging.getLogger('pika.adapters.blocking_connection')
+    assert any(isinstance(f, QuietConnects) for f in logger.filters)  # installed at import
+    me = threading.get_ident()
+    other = _record(logging.ERROR, me)
+    assert quiet.filter(other) and other.levelno == logging.ERROR  # not connecting: untouched
+    _connector.quiet_begin()
+    try:
+        ours = _record(logging.ERROR, me)
+        old = logger.level
+        logger.setLevel(logging.INFO)
+        try:
+            assert not quiet.filter(ours)  # demoted, and pika is not logged at DEBUG: dropped
+            logger.setLevel(logging.DEBUG)
+            kept = _record(logging.ERROR, me)
+            assert quiet.filter(kept) and kept.levelname == 'DEBUG'
+        finally:
+            logger.setLevel(old)
+        elsewhere = _record(logging.ERROR, me + 1)  # the application's own pika connection
+        assert quiet.filter(elsewhere) and elsewhere.levelno == logging.ERROR
+        info = _record(logging.INFO, me)
+        assert quiet.filter(info) and info.levelno == logging.INFO
+    finally:
+        _connector.quiet_end()

@@ -1,7 +1,8 @@
 """The package's layout rules, read with ``ast`` (no import of pika_rpc runs):
 
 * a module imports only from lower levels (the table below); nothing inside the package
-  imports ``pika_rpc/__init__``;
+  imports ``pika_rpc/__init__``. Imports under ``if TYPE_CHECKING:`` (for annotations
+  only, never run) may name any module of the package;
 * pika is imported only by the modules that talk to it: ``_pika`` (the boundary), the I/O
   thread's ``_link``, ``_outbox``, ``_connector``, ``_consumers``, ``_confirms`` and
   ``_deliveries``;
@@ -35,6 +36,10 @@ LEVELS = {
     '_kombu_opts': 0,
     '_queue_settings': 0,
     '_celery_settings': 0,
+    '_setting_docs': 0,
+    '_task_options': 0,
+    '_interrupt': 0,
+    '_rate_limit': 0,
     '_setting_specs': 1,
     'config': 2,
     '_advice': 1,
@@ -82,9 +87,11 @@ LEVELS = {
     '_routing': 7,
     # Celery's surface
     '_replies': 10,
+    '_hub': 10,
     '_control': 10,
     '_storing': 4,
     '_execution': 8,
+    '_receiving': 9,
     'backend': 11,
     'worker': 11,
     'app': 12,
@@ -109,9 +116,27 @@ KNOWN_INTERNALS = {
 }
 
 
-def imports_of(path: pathlib.Path) -> Iterator[str]:
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == 'TYPE_CHECKING') or (
+        isinstance(test, ast.Attribute) and test.attr == 'TYPE_CHECKING'
+    )
+
+
+def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node but those under ``if TYPE_CHECKING:`` (its ``else`` does run)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            stack.extend(node.orelse)
+            continue
+        yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def imports_of(path: pathlib.Path, runtime_only: bool = False) -> Iterator[str]:
     tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
+    for node in _runtime_nodes(tree) if runtime_only else ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level == 1:
                 if node.module:
@@ -135,10 +160,11 @@ def test_every_module_has_a_level() -> None:
 def test_module_imports_only_lower_levels(module: str) -> None:
     level = LEVELS[module]
     for name in imports_of(PACKAGE / f'{module}.py'):
-        top = name.split('.')[0]
-        if top == 'pika':
+        if name.split('.')[0] == 'pika':
             assert module in PIKA_ALLOWED, f'{module} imports pika'
-        elif top == 'pika_rpc' or name in LEVELS:
+    for name in imports_of(PACKAGE / f'{module}.py', runtime_only=True):
+        top = name.split('.')[0]
+        if top == 'pika_rpc' or name in LEVELS:
             target = name.split('.')[-1] if top == 'pika_rpc' else name
             assert target != '__init__' and target in LEVELS, f'{module} imports {name}'
             assert LEVELS[target] < level, (
@@ -267,3 +293,18 @@ def test_a_moved_name_is_still_importable_from_its_old_module(
     new_module = importlib.import_module(f'pika_rpc.{new}')
     assert getattr(old_module, name) is getattr(new_module, name)
     assert name in old_module.__all__
+
+
+def test_imports_for_annotations_only_are_not_runtime_imports(tmp_path: pathlib.Path) -> None:
+    source = tmp_path / 'mod.py'
+    source.write_text(
+        'from typing import TYPE_CHECKING\n'
+        'if TYPE_CHECKING:\n'
+        '    from .app import App\n'
+        'else:\n'
+        '    from .errors import PikaRPCError\n'
+        'def f():\n'
+        '    from . import states\n'
+    )
+    assert sorted(imports_of(source, runtime_only=True)) == ['errors', 'states', 'typing']
+    assert sorted(imports_of(source)) == ['app', 'errors', 'states', 'typing']

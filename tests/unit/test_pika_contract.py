@@ -506,3 +506,29 @@ def test_the_check_is_made_once_per_frame_reader(monkeypatch: pytest.MonkeyPatch
     for _ in range(3):
         check_pika_internals()
     assert calls == [1]
+
+
+# ---------------------------------------------------------------- channel closures
+class _LoopRaising:
+    """A connection whose ``process_data_events`` raises as pika's main branch does for a
+    ``BlockingChannel`` the broker closed (pika 1.3/1.4 raise it from the channel's calls)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+        self.limits: List[Any] = []
+
+    def process_data_events(self, time_limit: Any = 0) -> None:
+        self.limits.append(time_limit)
+        raise self.exc
+
+
+def test_a_channel_closure_raised_by_the_ioloop_is_not_a_lost_connection() -> None:
+    loop = _LoopRaising(pika.exceptions.ChannelClosedByBroker(404, 'NOT_FOUND - no exchange'))
+    _pika.process_data_events(loop, 0.25)
+    assert loop.limits == [0.25]
+
+
+def test_a_connection_closure_raised_by_the_ioloop_still_ends_the_connection() -> None:
+    loop = _LoopRaising(pika.exceptions.ConnectionClosedByBroker(320, 'CONNECTION_FORCED'))
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker):
+        _pika.process_data_events(loop, None)
