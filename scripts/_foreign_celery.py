@@ -43,6 +43,12 @@ PIKA_SWAPS = (
         'from celery import Signature, Task, chain, chord, group\n'
         'from pika_rpc import shared_task\n',
     ),
+    # Only the excluded replacement tests use it; pika_rpc refuses task classes (``base``).
+    (
+        f'{_DIR}/tasks.py',
+        '@shared_task(bind=True, base=StampedTaskOnReplace)\n',
+        '@shared_task(bind=True)  # base=StampedTaskOnReplace: no task classes in pika_rpc\n',
+    ),
     (f'{_DIR}/test_tasks.py', '\nimport celery\n', '\nimport celery\nimport pika_rpc\n'),
     (f'{_DIR}/test_tasks.py', 'celery.exceptions.TimeoutError', 'pika_rpc.errors.TimeoutError'),
     (
