@@ -10,6 +10,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:  # the names below, for type checkers; at run time they load lazily
     from . import states
+    from ._shared import shared_task
     from .app import App
     from .backend import BacklogLimitExceeded, ResultConsumer, RPCBackend
     from .connection import Connection
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # the names below, for type checkers; at run time they load l
         PreconditionFailed,
         PublishError,
         QueueNodeDown,
+        QueueNotFound,
         ReplyQueueLost,
         Retry,
         SecurityError,
@@ -85,6 +87,7 @@ _LAZY = {
     'PreconditionFailed': 'errors',
     'PublishError': 'errors',
     'QueueNodeDown': 'errors',
+    'QueueNotFound': 'errors',
     'ReplyQueueLost': 'errors',
     'Retry': 'errors',
     'SecurityError': 'errors',
@@ -106,6 +109,7 @@ _LAZY = {
     'SimpleQueue': 'simple',
     'Task': 'task',
     'Worker': 'worker',
+    'shared_task': '_shared',
 }
 
 
@@ -132,6 +136,8 @@ __all__ = [
     'NotFound',
     'QueueNodeDown',
     'Unroutable',
+    'QueueNotFound',
+    'shared_task',
     'App',
     'AsyncResult',
     'ClosedError',

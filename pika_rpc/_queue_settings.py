@@ -1,6 +1,6 @@
 """Checks of the settings that say which queues exist and how they are declared and consumed.
 
-Level 0, pure: ``config._SPECS`` uses these as validators, ``validator(key, value)`` returning
+Level 0, pure: ``_setting_specs._SPECS`` uses these as validators, ``validator(key, value)`` returning
 the normalized value or raising ``TypeError``/``ValueError`` naming the setting.
 
 * ``queue_type``: Celery's queue types, ``'classic'`` or ``'quorum'``

@@ -13,7 +13,15 @@ pika_rpc declares a queue only when it knows its arguments:
 * **any other** queue (``send_task(queue='x')``, ``Worker(queues=['x'])``, ``-Q x``) is
   checked with a passive declare, and created, shaped as Celery creates a missing queue,
   only when there is none (the ``ensure_queue`` link command): a queue someone else
-  declared is used as it is, never declared again.
+  declared is used as it is, never declared again. With ``task_create_missing_queues``
+  False such a queue is refused with ``QueueNotFound``, as Celery refuses it.
+
+As in Celery, a queue of ``task_queues`` with no exchange is bound to the default exchange
+(``task_default_exchange``, else the default queue's name, of
+``task_default_exchange_type``) and one with no routing key by ``task_default_routing_key``
+(else the default queue's name); the default queue is declared on that exchange with that
+key. A worker given no queues consumes the queues of ``task_queues``, or the default queue
+when there are none (``consume_from``), as Celery's.
 
 A consumer asks for a global (per channel) prefetch window only on a queue it knows to be
 classic: one declared here as classic (``global_qos``). A quorum queue, or a queue declared
@@ -29,9 +37,18 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 from .entities import Exchange, Queue
+from .errors import QueueNotFound
 from .protocol import TASK_EXCHANGE_TYPE
 
-__all__ = ['EnsuredQueue', 'configured', 'task_queue', 'is_ours', 'global_qos', 'is_quorum']
+__all__ = [
+    'EnsuredQueue',
+    'configured',
+    'consume_from',
+    'task_queue',
+    'is_ours',
+    'global_qos',
+    'is_quorum',
+]
 
 
 class EnsuredQueue(Queue):
@@ -55,17 +72,54 @@ def _typed(name: str, queue_type: str) -> Queue:
     )
 
 
+def _default_exchange(conf: Any) -> Exchange:
+    name = conf.task_default_exchange or conf.task_default_queue
+    return Exchange(name, type=conf.task_default_exchange_type, durable=True)
+
+
+def _with_defaults(conf: Any, queue: Queue) -> Queue:
+    """Celery's defaults for a ``task_queues`` entry (see the module docstring); the
+    user's ``Queue`` is copied, never changed."""
+    no_exchange = not queue.bindings and (queue.exchange is None or not queue.exchange.name)
+    if not no_exchange and queue.routing_key:
+        return queue
+    options = queue.as_dict()
+    if no_exchange:
+        options['exchange'] = _default_exchange(conf)
+    if not queue.routing_key:
+        options['routing_key'] = conf.task_default_routing_key or conf.task_default_queue
+    return type(queue)(**options)
+
+
 def configured(conf: Any) -> Dict[str, Queue]:
     """Our queues by name: ``task_queues`` first, then the default queue if not among them."""
     given = conf.task_queues
     if isinstance(given, dict):
-        queues = {name: Queue.from_dict(name, **options) for name, options in given.items()}
+        queues = {
+            name: Queue.from_dict(name, **dict({'routing_key': name}, **options))
+            for name, options in given.items()
+        }
     else:
         queues = {queue.name: queue for queue in given or ()}
+    queues = {name: _with_defaults(conf, queue) for name, queue in queues.items()}
     default = conf.task_default_queue
     if default not in queues:
-        queues[default] = _typed(default, conf.task_default_queue_type)
+        queue = _typed(default, conf.task_default_queue_type)
+        if conf.task_default_exchange or conf.task_default_routing_key:
+            options = queue.as_dict()
+            options['exchange'] = _default_exchange(conf)
+            options['routing_key'] = conf.task_default_routing_key or default
+            queue = Queue(**options)
+        queues[default] = queue
     return queues
+
+
+def consume_from(conf: Any) -> List[Queue]:
+    """What a worker given no queues consumes: ``task_queues``, else the default queue."""
+    ours = configured(conf)
+    given = conf.task_queues
+    names = list(given) if isinstance(given, dict) else [q.name for q in given or ()]
+    return [ours[name] for name in names] or [ours[conf.task_default_queue]]
 
 
 def task_queue(conf: Any, name: str, ours: Optional[Dict[str, Queue]] = None) -> Queue:
@@ -74,6 +128,8 @@ def task_queue(conf: Any, name: str, ours: Optional[Dict[str, Queue]] = None) ->
     ours = configured(conf) if ours is None else ours
     if name in ours:
         return ours[name]
+    if not conf.task_create_missing_queues:
+        raise QueueNotFound(f'Queue {name!r} missing from task_queues')
     typed = _typed(name, conf.task_create_missing_queue_type)
     return EnsuredQueue(**typed.as_dict())
 

@@ -1,8 +1,23 @@
 """``App``: configuration, task registry, ``send_task`` and the per-process backend.
 
-``App(broker_url=None, **conf)`` takes Celery's setting names. ``app.backend`` is this
-App's ``RPCBackend``, shared by every thread; after ``close()`` it is renewed, and in a
-forked child it resets itself (a new oid). ``send_task`` publishes a
+``App(main=None, broker=None, backend=None, include=None, **conf)`` takes Celery's argument
+order (the first positional argument is the app's name) and Celery's setting names. A broker
+URL given first (pika_rpc 1.x's ``App(url)``) still works, with a ``DeprecationWarning``.
+
+Tasks: ``@app.task``, and ``@shared_task`` (``_shared``) for every app. The registry
+(``app.tasks``) is *finalized* on first use: the modules of the ``imports``/``include``
+settings are imported and the packages given to ``autodiscover_tasks`` searched for their
+``tasks`` module (Django's installed apps by default), once; ``autodiscover_tasks(...,
+force=True)`` or a call after finalizing imports at once. A module that fails to import
+raises from that first use, and is tried again on the next.
+
+Routing (``_routing``): ``send_task`` and ``.delay()`` go where Celery's client sends them
+(``task_routes``, ``task_queues``, ``task_default_queue``/``_exchange``/``_routing_key``,
+``task_create_missing_queues``). A route's keys other than queue, exchange, routing key,
+exchange type, priority and serializer are ignored with one WARNING per key.
+
+``app.backend`` is this App's ``RPCBackend``, shared by every thread; after ``close()`` it
+is renewed, and in a forked child it resets itself (a new oid). ``send_task`` publishes a
 Celery protocol-v2 task message with publisher confirms, declaring the reply queue once per
 connection through ``backend.on_task_call`` and the task queue once per connection.
 
@@ -31,14 +46,29 @@ where Celery drops it silently; ``send_task`` options that Celery does not know 
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import logging
 import threading
 import uuid
+import warnings
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, TypeVar, Union, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    TypeVar,
+    Union,
+    overload,
+)
 
-from . import _registry, _taskqueues, protocol, serialization
+from . import _registry, _routing, _shared, protocol, serialization
 from ._context import current_request, request_field
 from ._handoff import Publication
 from ._publish import publish_and_wait
@@ -46,6 +76,7 @@ from ._timeouts import deadline, remaining
 from .backend import RPCBackend
 from .config import Settings, merge_retry_policy
 from .connection import Connection
+from .entities import Exchange, Queue
 from .errors import ConnectionLost, NotFound, NotRegistered, PublishError, TimeoutError
 from .message import check_properties
 from .result import AsyncResult, GroupResult, ResultSet
@@ -64,6 +95,9 @@ LOGGER = logging.getLogger(__name__)
 
 __all__ = ['App']
 
+#: AMQP properties a caller may give ``send_task`` (the others are the task message's own).
+_CALLER_PROPERTIES = frozenset({'app_id', 'user_id', 'type', 'timestamp', 'cluster_id'})
+
 #: The Lamport clock Celery's control messages carry; workers only adjust their own from it.
 _clock = itertools.count(1)
 
@@ -74,25 +108,56 @@ class App:
 
     def __init__(
         self,
-        broker_url: Optional[str] = None,
-        *,
         main: Optional[str] = None,
-        broker: Optional[str] = None,
+        *,
+        broker: Union[None, str, Sequence[str]] = None,
+        backend: Optional[str] = None,
+        include: Optional[Sequence[str]] = None,
+        set_as_current: bool = True,
         **conf: Any,
     ) -> None:
-        url = broker_url or broker
-        if url is not None:
-            conf['broker_url'] = url
+        """``main``: the app's name (Celery's); ``broker``: the broker URL(s)
+        (``broker_url``); ``backend``: ``result_backend``; ``include``: modules of tasks
+        imported when the registry is first used; ``set_as_current``: shared tasks
+        (``@shared_task``) resolve to this app; ``conf``: settings by Celery's names.
+
+        Raises:
+            TypeError: a broker given twice, or a setting on no list (see ``Settings``).
+        """
+        if _looks_like_url(main):
+            warnings.warn(
+                "App(url) is deprecated: the first argument is the app's name, as in Celery; "
+                'use App(broker=url) (or App("proj", broker=url))',
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if broker is not None:
+                raise TypeError('App() got a broker URL both first and as broker=')
+            main, broker = None, main
+        if broker is not None:
+            if 'broker_url' in conf:
+                raise TypeError('App() got both broker= and broker_url=')
+            conf['broker_url'] = broker
+        if backend is not None:
+            conf['result_backend'] = backend
+        if include is not None:
+            conf['include'] = include
         self.main = main
         self.conf = Settings(**conf)
-        self.tasks: Dict[str, Task[..., Any]] = {}
+        self._tasks: Dict[str, Task[..., Any]] = {}
+        self._finalized = False
+        self._discoveries: List[Tuple[Any, Optional[str]]] = []
         self._backend: Optional[RPCBackend] = None
         self._connection: Optional[Connection] = None  # for sending; shares the process link
         self._lock = threading.Lock()
+        self._finalize_lock = threading.RLock()
+        self._route_warned: Set[str] = set()
         _registry.register_live(self)
+        _shared.register_app(self, set_as_current)
 
     def _forget_parent_state(self) -> None:
         self._lock = threading.Lock()  # the parent's may be held by a thread gone here
+        self._finalize_lock = threading.RLock()
 
     def __repr__(self) -> str:
         return f'<App {self.main or "pika_rpc"} broker={self.conf.as_dict(censored=True).get("broker_url")}>'
@@ -161,6 +226,54 @@ class App:
         self.close()
 
     # ------------------------------------------------------------------ tasks
+    @property
+    def tasks(self) -> Dict[str, Task[..., Any]]:
+        """The registry, name to ``Task``; finalized on first use (see the module docstring)."""
+        self.finalize()
+        return self._tasks
+
+    def finalize(self) -> None:
+        """Import the ``imports``/``include`` modules and run the pending autodiscovery, once.
+        Thread-safe; a task module that uses ``app.tasks`` while imported sees the registry
+        as it is so far. Raises the first import error (the rest is tried on the next call)."""
+        if self._finalized:
+            return
+        with self._finalize_lock:
+            if self._finalized:
+                return
+            self._finalized = True  # a module imported below may use app.tasks
+            try:
+                for module in self._unimported_modules():
+                    importlib.import_module(module)
+                while self._discoveries:
+                    packages, related_name = self._discoveries[0]
+                    _shared.discover(packages, related_name)
+                    self._discoveries.pop(0)
+            except BaseException:
+                self._finalized = False
+                raise
+
+    def _unimported_modules(self) -> List[str]:
+        return [*self.conf.imports, *self.conf.include]
+
+    def autodiscover_tasks(
+        self, packages: Any = None, related_name: Optional[str] = 'tasks', force: bool = False
+    ) -> None:
+        """Import ``<package>.<related_name>`` for each package (Celery's): ``packages`` is a
+        list of names, or a callable returning one (``lambda: settings.INSTALLED_APPS``), or
+        None for Django's installed apps. A package without that module is skipped; an
+        error inside one is raised. Lazy: done when the registry is first used, unless
+        ``force`` or already finalized."""
+        with self._finalize_lock:
+            if not (force or self._finalized):
+                self._discoveries.append((packages, related_name))
+                return
+        _shared.discover(packages, related_name)
+
+    def _register_shared(self, fun: Callable[..., Any], name: str, opts: Dict[str, Any]) -> None:
+        if name not in self._tasks:
+            self._tasks[name] = Task(self, fun, name, **opts)
+
     @overload
     def task(self, fun: Callable[_P, _R], /) -> Task[_P, _R]: ...
     @overload
@@ -180,7 +293,7 @@ class App:
         def register(fun: Callable[..., Any]) -> Task[..., Any]:
             name = opts.pop('name', None) or f'{fun.__module__}.{fun.__name__}'
             task: Task[..., Any] = Task(self, fun, name, **opts)
-            self.tasks[name] = task
+            self._tasks[name] = task
             return task
 
         if len(args) == 1 and callable(args[0]) and not opts:
@@ -202,9 +315,10 @@ class App:
         args: Sequence[Any] = (),
         kwargs: Optional[Dict[str, Any]] = None,
         *,
-        queue: Optional[str] = None,
+        queue: Union[None, str, Queue] = None,
         routing_key: Optional[str] = None,
-        exchange: Optional[str] = None,
+        exchange: Union[None, str, Exchange] = None,
+        exchange_type: Optional[str] = None,
         task_id: Optional[str] = None,
         countdown: Optional[float] = None,
         eta: Optional[datetime] = None,
@@ -226,13 +340,18 @@ class App:
         retry: Optional[bool] = None,
         retry_policy: Optional[Dict[str, Any]] = None,
         timeout: Optional[float] = None,
+        **properties: Any,
     ) -> _AsyncResult:
         """Send a task message to a worker (pika_rpc's or Celery's); return its AsyncResult.
 
         Blocks until the broker confirmed the message (up to ``timeout``, default
         ``publish_timeout``), retrying per ``retry_policy`` (``task_publish_retry_policy``).
+        Other keyword arguments are AMQP message properties the caller may set (``app_id``,
+        ``user_id``, ``type``, ``timestamp``, ``cluster_id``), as Celery passes them on.
         With ``ignore_result=True`` no reply queue is set up and the result is
-        ``ignored``: its ``get()`` returns None at once, as Celery's.
+        ``ignored``: its ``get()`` returns None at once, as Celery's. Where the message goes
+        is Celery's routing (see the module docstring); the queue is declared once per
+        connection by ``_taskqueues``'s rule.
 
         Raises:
             Unroutable: the broker returned the message (no queue bound for its exchange
@@ -240,10 +359,28 @@ class App:
             PublishError: nacked, unconfirmed in time, or retries exhausted.
             PreconditionFailed: the task queue exists with other arguments than configured.
             ConnectionLost: the broker could not be reached.
+            QueueNotFound: routed to a queue not in ``task_queues`` while
+                ``task_create_missing_queues`` is False (nothing is sent).
             TypeError: an unknown option.
         """
+        extra = set(properties) - _CALLER_PROPERTIES
+        if extra:
+            raise TypeError(f'send_task() got an unexpected keyword argument {sorted(extra)[0]!r}')
         conf = self.conf
         dl = deadline(conf.publish_timeout if timeout is None else timeout)
+        route = self._route(
+            name,
+            args,
+            kwargs,
+            queue=queue,
+            exchange=exchange,
+            routing_key=routing_key,
+            exchange_type=exchange_type,
+            priority=priority,
+            serializer=serializer,
+        )
+        exchange, routing_key, task_queue = _routing.destination(conf, route)
+        priority, serializer = route.get('priority'), route.get('serializer')
         task_id = task_id or str(uuid.uuid4())
         backend = self.backend
         parent = current_request()
@@ -262,13 +399,9 @@ class App:
                     f'task {name}[{task_id}] not sent: the reply queue could not '
                     f'be set up within the publish timeout: {exc}'
                 ) from None
-        queue = queue or conf.task_default_queue
         conn = self.connection_for_write()
-        if exchange is None:
-            self._declare_task_queue(conn, queue, remaining(dl))
-            exchange, routing_key = '', routing_key or queue
-        else:
-            routing_key = routing_key if routing_key is not None else queue
+        if task_queue is not None:
+            self._declare_task_queue(conn, task_queue, remaining(dl))
         msg_headers, props, body = protocol.task_message(
             name,
             args,
@@ -295,6 +428,7 @@ class App:
         content_type, content_encoding, data = serialization.dumps(
             body, serializer or conf.task_serializer
         )
+        props.update(properties)
         props.update(
             content_type=content_type, content_encoding=content_encoding, headers=msg_headers
         )
@@ -313,14 +447,25 @@ class App:
         result.ignored = ignored
         return result
 
-    def _declare_task_queue(self, conn: Connection, queue: str, timeout: Optional[float]) -> None:
+    def _route(self, name: str, args: Any, kwargs: Any, **options: Any) -> Dict[str, Any]:
+        """The call's options completed by ``task_routes`` and the defaults (``_routing``)."""
+        given = {k: v for k, v in options.items() if v is not None}
+        route = _routing.Router(self.conf).route(given, name, args, kwargs, self._tasks.get(name))
+        for key in set(route) - set(_routing.ROUTE_KEYS) - self._route_warned:
+            self._route_warned.add(key)
+            LOGGER.warning(
+                'route option %r (task %s) is not supported by pika_rpc: ignored', key, name
+            )
+        return route
+
+    def _declare_task_queue(self, conn: Connection, queue: Queue, timeout: Optional[float]) -> None:
         """Declare a task queue by Celery's rule made safe (see the module docstring), once
         per connection."""
-        key = ('task_queue', queue)
+        key = ('task_queue', queue.name)
         if conn.is_declared(key):
             return
         dl = deadline(timeout)
-        steps = _taskqueues.task_queue(self.conf, queue).declarations()
+        steps = queue.declarations()
         for i, (kind, kwargs) in enumerate(steps):
             conn.control(
                 kind,
@@ -374,3 +519,10 @@ class App:
             Publication(exchange, '', data, props, mandatory=False, timeout=remaining(dl)),
             f'revoke of {", ".join(ids)}',
         )
+
+
+def _looks_like_url(value: Any) -> bool:
+    """A broker URL (or a list of them) given where Celery takes the app's name."""
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(isinstance(v, str) and '://' in v for v in value)
+    return isinstance(value, str) and '://' in value

@@ -51,7 +51,6 @@ Choices made where Celery is silent:
 
 from __future__ import annotations
 
-import datetime
 import difflib
 import importlib
 import logging
@@ -59,12 +58,20 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
+from ._celery_settings import CELERY_DEFAULTS, CELERY_SETTINGS, OLD_NAMES
 from ._kombu_opts import check as _check_kombu_opts
 from ._kombu_opts import value as _kombu_opt
-from ._queue_settings import QUEUE_TYPES, finite_positive, queue_type, task_queues
-from ._urls import DEFAULT_PORTS, MASK, BrokerAddress, mask_url, parse_url, split_urls
+from ._queue_settings import QUEUE_TYPES
+from ._setting_specs import (
+    _SPECS,
+    DEFAULT_RESULT_EXPIRES,
+    RETRY_POLICY_KEYS,
+    _number,
+    merge_retry_policy,
+)
+from ._urls import DEFAULT_PORTS, MASK, BrokerAddress, mask_url, parse_url
 
 __all__ = [
     'BrokerAddress',
@@ -85,216 +92,13 @@ __all__ = [
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_BROKER_URL = 'amqp://guest:guest@localhost:5672//'
-#: Celery's default result lifetime, also the reply queue's x-expires when none is set.
-DEFAULT_RESULT_EXPIRES = 86400.0
 #: A quorum reply queue's x-delivery-limit: more returns than connection losses ever give.
 QUORUM_DELIVERY_LIMIT = 1_000_000
 
-RETRY_POLICY_KEYS = frozenset(
-    {'max_retries', 'interval_start', 'interval_step', 'interval_max', 'errback'}
-)
-# kombu Connection.ensure's defaults: what a partial retry_policy falls back to.
-_ENSURE_DEFAULTS = {'max_retries': None, 'interval_start': 1, 'interval_step': 1, 'interval_max': 1}
-# Celery's task_publish_retry_policy default.
-_PUBLISH_RETRY_POLICY = {
-    'max_retries': 3,
-    'interval_start': 0,
-    'interval_step': 0.2,
-    'interval_max': 1,
-}
-# celery.backends.rpc.RPCBackend.retry_policy.
-_RESULT_RETRY_POLICY = {
-    'max_retries': 20,
-    'interval_start': 0,
-    'interval_step': 1,
-    'interval_max': 1,
-}
 # kombu Connection.ensure_connection's intervals (Celery reconnects with these).
 _CONNECTION_INTERVALS = {'interval_start': 2, 'interval_step': 2, 'interval_max': 30}
 
 
-# ----------------------------------------------------------------- validators
-
-
-def _number(
-    key: str,
-    value: Any,
-    *,
-    none: bool = True,
-    positive: bool = False,
-    integer: bool = False,
-    minimum: float = 0,
-) -> Any:
-    if value is None and none:
-        return None
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        kind = 'an int' if integer else 'a number'
-        raise TypeError(f'{key} must be {kind}{" or None" if none else ""}, got {value!r}')
-    if not (value > minimum if positive else value >= minimum):  # `not` also rejects NaN
-        sign = '>' if positive else '>='
-        raise ValueError(f'{key} must be {sign} {minimum}, got {value!r}')
-    return value
-
-
-def _flag(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f'{key} must be True or False, got {value!r}')
-    return value
-
-
-def _text(key: str, value: Any, *, none: bool = False) -> Optional[str]:
-    if value is None and none:
-        return None
-    if not isinstance(value, str) or not value:
-        raise TypeError(f'{key} must be a non-empty str{" or None" if none else ""}, got {value!r}')
-    return value
-
-
-def _dict(key: str, value: Any) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise TypeError(f'{key} must be a mapping, got {type(value).__name__}')
-    return dict(value)
-
-
-def _content_list(key: str, value: Any) -> Optional[List[str]]:
-    if value is None and key == 'result_accept_content':
-        return None
-    if isinstance(value, str):  # 'json,msgpack', as Celery reads env text
-        value = [v.strip() for v in value.split(',') if v.strip()]
-    if not isinstance(value, (list, tuple, set, frozenset)) or not all(
-        isinstance(v, str) and v for v in value
-    ):
-        raise TypeError(f'{key} must be a list of serializer names or content types, got {value!r}')
-    return list(value)
-
-
-def _expires(key: str, value: Any) -> Optional[float]:
-    if isinstance(value, datetime.timedelta):
-        value = value.total_seconds()
-    value = _number(key, value)
-    if value == math.inf:
-        raise ValueError(f'{key} must be finite (None or 0 mean "never", as in Celery)')
-    return None if value is None else float(value)
-
-
-def _broker_url(key: str, value: Any) -> Optional[str]:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f'{key} must be a str or a list of str, got {type(value).__name__}')
-        value = ';'.join(split_urls(value))
-    parse_url(value)  # fail now, not on first connect
-    return value
-
-
-def _result_backend(key: str, value: Any) -> str:
-    if value is None:
-        return 'rpc://'
-    if not isinstance(value, str) or value.split('://', 1)[0].lower() not in ('rpc', 'pika-rpc'):
-        raise ValueError(
-            f'{key} must be rpc:// or pika-rpc:// (pika_rpc implements only the rpc:// result '
-            f'backend), got {mask_url(value) if isinstance(value, str) else value!r}'
-        )
-    return value
-
-
-def _ssl(key: str, value: Any) -> Union[bool, dict]:
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f'{key} must be True, False or a dict of ssl options, got {value!r}')
-
-
-def _policy(default: Mapping) -> Callable[[str, Any], dict]:
-    def check(key: str, value: Any) -> dict:
-        if value is None:
-            return dict(default)
-        if not isinstance(value, Mapping):
-            raise TypeError(f'{key} must be a mapping, got {type(value).__name__}')
-        return merge_retry_policy(default, value)
-
-    return check
-
-
-def _maybe_positive(key: str, value: Any) -> Optional[float]:
-    return _number(key, value, positive=True)
-
-
-def _count(minimum: int, none: bool = False) -> Callable[[str, Any], Optional[int]]:
-    return lambda key, value: _number(key, value, integer=True, minimum=minimum, none=none)
-
-
-def _bool_or_none(key: str, value: Any) -> bool:
-    return False if value is None else _flag(key, value)
-
-
-def _choice(*names: str) -> Callable[[str, Any], str]:
-    def check(key: str, value: Any) -> str:
-        if not isinstance(value, str):
-            raise TypeError(f'{key} must be one of {", ".join(names)}, got {value!r}')
-        if value not in names:
-            raise ValueError(f'{key} must be one of {", ".join(names)}, got {value!r}')
-        return value
-
-    return check
-
-
-# name -> (default, validator(key, value) -> normalized value)
-_SPECS: Dict[str, tuple] = {
-    'broker_url': (None, _broker_url),
-    'result_backend': ('rpc://', _result_backend),
-    'result_expires': (DEFAULT_RESULT_EXPIRES, _expires),
-    'result_queue_type': ('classic', _choice('classic', 'quorum')),
-    'result_serializer': ('json', _text),
-    'task_serializer': ('json', _text),
-    'accept_content': (['json'], _content_list),
-    'result_accept_content': (None, _content_list),
-    'result_persistent': (False, _bool_or_none),
-    'broker_heartbeat': (120, _number),
-    'broker_connection_timeout': (4.0, _maybe_positive),
-    'broker_connection_max_retries': (100, _count(0, none=True)),
-    'broker_connection_retry': (True, _flag),
-    'broker_connection_retry_on_startup': (True, _flag),  # cli.py: a worker waits for the broker
-    'result_backend_transport_options': ({}, _dict),
-    'broker_transport_options': ({}, _dict),
-    'broker_use_ssl': (False, _ssl),
-    'broker_failover_strategy': ('round-robin', _choice('round-robin', 'shuffle')),
-    'task_default_queue': ('celery', _text),
-    'task_default_exchange': (None, lambda k, v: _text(k, v, none=True)),
-    'task_default_routing_key': (None, lambda k, v: _text(k, v, none=True)),
-    'task_track_started': (False, _flag),
-    'result_cache_max': (10000, _count(1)),
-    'result_cache_max_bytes': (64 * 1024 * 1024, _count(1)),
-    'result_extended': (False, _flag),
-    'timezone': (None, lambda k, v: _text(k, v, none=True)),
-    'enable_utc': (True, _flag),
-    'task_publish_retry': (True, _flag),
-    'task_publish_retry_policy': (_PUBLISH_RETRY_POLICY, _policy(_PUBLISH_RETRY_POLICY)),
-    'result_backend_retry_policy': (_RESULT_RETRY_POLICY, _policy(_RESULT_RETRY_POLICY)),
-    'publish_timeout': (10.0, _maybe_positive),
-    'result_max_size': (None, lambda k, v: _number(k, v, integer=True, minimum=1)),
-    'blocked_connection_timeout': (30.0, _maybe_positive),
-    'large_body_threshold': (65536, _count(0)),
-    'pending_history_max': (100, _count(1)),
-    'pending_max': (100000, _count(1)),
-    'out_of_band_max': (1000, _count(0)),
-    'handoff_max': (10000, _count(1)),
-    'direct_writes': (True, _flag),
-    'task_ignore_result': (False, _flag),
-    'worker_prefetch_multiplier': (4, _count(0)),
-    'task_queues': (None, task_queues),
-    'task_default_queue_type': ('classic', queue_type),
-    'task_create_missing_queue_type': ('classic', queue_type),
-    'worker_detect_quorum_queues': (True, _flag),
-    'broker_native_delayed_delivery_queue_type': ('quorum', queue_type),
-    'broker_consumer_retry_interval': (1.0, finite_positive),
-    'broker_consumer_max_retries': (None, _count(0, none=True)),
-}
 _MISSING = object()
 _SECRET = re.compile(r'pass|secret|token|key_password', re.I)
 
@@ -335,17 +139,42 @@ class Settings(Mapping):
 
     def __init__(self, **conf: Any) -> None:
         object.__setattr__(self, '_values', {k: _copy(d) for k, (d, _) in _SPECS.items()})
+        #: Celery settings given that pika_rpc does not implement (each warned about once).
+        object.__setattr__(self, '_unimplemented', {})
         self.update(conf)
 
     def update(self, mapping: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> None:
-        """Validate every given key first, then apply them all."""
+        """Validate every given key first, then apply them all.
+
+        A Celery setting pika_rpc does not implement is kept aside, unused, with one WARNING
+        naming it (the first time it is given); Celery's old upper-case names
+        (``CELERY_ROUTES``) stand for their new ones."""
         items = dict(mapping or {}, **kwargs)
-        checked = {}
+        checked, unimplemented = {}, {}
         for key, value in items.items():
-            if key not in _SPECS:
+            name = key if key in _SPECS else OLD_NAMES.get(key, key)
+            if name in _SPECS:
+                checked[name] = _SPECS[name][1](name, value)
+            elif name in CELERY_SETTINGS:
+                unimplemented[key] = value
+            else:
                 raise TypeError(f'unknown setting {key!r}{_suggest(key)}')
-            checked[key] = _SPECS[key][1](key, value)
         self._values.update(checked)
+        for key, value in unimplemented.items():
+            if key not in self._unimplemented:
+                name = OLD_NAMES.get(key, key)
+                alias = '' if name == key else f" (Celery's {name!r})"
+                LOGGER.warning(
+                    'setting %r%s is a Celery setting pika_rpc does not implement: ignored',
+                    key,
+                    alias,
+                )
+            self._unimplemented[key] = value
+
+    @property
+    def unimplemented(self) -> Dict[str, Any]:
+        """The Celery settings given that pika_rpc does not implement (and ignores)."""
+        return dict(self._unimplemented)
 
     def __getitem__(self, key: str) -> Any:
         value = self._values[key]  # KeyError for an unknown key
@@ -370,6 +199,10 @@ class Settings(Mapping):
         try:
             return self[name]
         except KeyError:
+            if name in self._unimplemented:
+                return self._unimplemented[name]
+            if name in CELERY_SETTINGS:  # not given: Celery's default, as app.conf reads
+                return _copy(CELERY_DEFAULTS[name])
             raise AttributeError(f'unknown setting {name!r}{_suggest(name)}') from None
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -382,6 +215,7 @@ class Settings(Mapping):
         """An independent copy (nested dicts and lists copied one level)."""
         new = Settings()
         new._values.update({k: _copy(v) for k, v in self._values.items()})
+        new._unimplemented.update(self._unimplemented)
         return new
 
     def as_dict(self, censored: bool = False) -> Dict[str, Any]:
@@ -409,8 +243,11 @@ class Settings(Mapping):
         ``settings``), or an import path: ``'module'``, ``'module:attr'`` or
         ``'module.attr'``. Without ``namespace`` the names are the settings' own
         (``result_expires``); with ``namespace='CELERY'`` they are ``CELERY_`` plus the
-        upper-cased name (``CELERY_RESULT_EXPIRES``, ``CELERY_BROKER_URL``). Other names are
-        ignored; one that looks like a typo of a known setting is logged as a WARNING.
+        upper-cased name (``CELERY_RESULT_EXPIRES``, ``CELERY_TASK_ROUTES``), or the own
+        name. Celery's old names (``CELERY_ROUTES``, ``BROKER_URL``) are read too, as
+        Celery reads them; a new name wins over an old one. A Celery setting pika_rpc does
+        not implement gets one WARNING naming it (``update``). Other names are ignored; one
+        that looks like a typo of a known setting is logged as a WARNING.
 
         Raises:
             ImportError: ``obj`` names nothing importable (unless ``silent``).
@@ -425,22 +262,30 @@ class Settings(Mapping):
                 raise
         prefix = '' if not namespace else namespace.upper().rstrip('_') + '_'
 
-        def name_of(key: str) -> str:
-            return prefix + key.upper() if prefix else key
-
         if isinstance(obj, Mapping):
-            found = {k: obj[name_of(k)] for k in _SPECS if name_of(k) in obj}
+            mapping = obj
+
+            def lookup(name: str) -> Any:
+                return mapping[name] if name in mapping else _MISSING
+
             names = list(obj)
         else:
-            found = {}
-            for key in _SPECS:
-                value = getattr(obj, name_of(key), _MISSING)
-                if value is not _MISSING:
-                    found[key] = value
+
+            def lookup(name: str) -> Any:
+                return getattr(obj, name, _MISSING)
+
             try:
                 names = dir(obj)
             except Exception:  # a lazy settings object may refuse
                 names = []
+        found = {}
+        for key in {**_SPECS, **CELERY_SETTINGS}:
+            forms = (prefix + key.upper(), key) if prefix else (key,)
+            for name in (*forms, CELERY_SETTINGS.get(key)):
+                value = lookup(name) if name else _MISSING
+                if value is not _MISSING:
+                    found[key] = value
+                    break
         _warn_near_misses(names, prefix)
         self.update(found)
         return self
@@ -458,7 +303,7 @@ def _warn_near_misses(names: Sequence[Any], prefix: str) -> None:
             key = name
         else:
             continue
-        if key in _SPECS:
+        if key in _SPECS or key in CELERY_SETTINGS or name in OLD_NAMES:
             continue
         close = difflib.get_close_matches(key, list(_SPECS), n=1, cutoff=0.9)
         if close:
@@ -487,39 +332,6 @@ def _import_object(path: str) -> Any:
         except AttributeError:
             raise ImportError(f'{module!r} has no attribute {attr!r}') from None
     return obj
-
-
-# ------------------------------------------------------ derived configuration
-
-
-def merge_retry_policy(
-    base: Optional[Mapping[str, Any]], override: Optional[Mapping[str, Any]] = None
-) -> Dict[str, Any]:
-    """``base`` updated by ``override``, validated, with kombu ``ensure``'s defaults filled in.
-
-    Keys: ``max_retries`` (None = until the call's deadline, else int >= 0),
-    ``interval_start``, ``interval_step``, ``interval_max`` (seconds >= 0) and ``errback``
-    (``errback(exc, interval)`` or None). Missing keys default to max_retries=None and
-    1 s intervals, as ``kombu.Connection.ensure``.
-
-    Raises:
-        TypeError: an unknown key or a wrongly typed value. ValueError: a negative value.
-    """
-    policy = dict(_ENSURE_DEFAULTS)
-    for part in (base, override):
-        for key, value in (part or {}).items():
-            if key not in RETRY_POLICY_KEYS:
-                close = difflib.get_close_matches(key, sorted(RETRY_POLICY_KEYS), n=1)
-                hint = f' (did you mean {close[0]!r}?)' if close else ''
-                raise TypeError(f'unknown retry policy key {key!r}{hint}')
-            policy[key] = value
-    _number('max_retries', policy['max_retries'], integer=True)
-    for key in ('interval_start', 'interval_step', 'interval_max'):
-        if _number(key, policy[key], none=False) == math.inf:
-            raise ValueError(f'{key} must be finite')
-    if policy.get('errback') is not None and not callable(policy['errback']):
-        raise TypeError(f'errback must be callable, got {policy["errback"]!r}')
-    return policy
 
 
 def connection_retry_policy(settings: Settings) -> Dict[str, Any]:

@@ -38,6 +38,7 @@ __all__ = [
     'AccessRefused',
     'PreconditionFailed',
     'Unroutable',
+    'QueueNotFound',
     'ConsumerGaveUp',
     'ClosedError',
     'OperationalError',
@@ -169,6 +170,14 @@ class ReplyQueueLost(PikaRPCError):
         ids = ', '.join(self.task_ids) or 'no pending task'
         how = self.reason or 'was deleted or expired'
         return f'reply queue {self.queue!r} {how}; lost results of: {ids}'
+
+
+class QueueNotFound(PikaRPCError, builtins.KeyError):
+    """A task is routed to a queue not in ``task_queues`` while ``task_create_missing_queues``
+    is False (Celery's ``QueueNotFound``, also a ``KeyError``)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else 'queue not found'
 
 
 class NotRegistered(PikaRPCError, builtins.KeyError):

@@ -5,14 +5,22 @@ table, so any thread may read or wait on any result and many threads may wait on
 ``get()`` pushes nothing and polls nothing: it sleeps on the task's slot until the I/O thread
 delivers a final state. ``interval`` and ``no_ack`` are accepted for Celery compatibility
 and unused.
+
+As Celery's: ``date_done`` is a ``datetime`` (the result message carries ISO 8601 text);
+``name``/``args``/``kwargs``/``worker``/``retries``/``queue`` are read from the result
+message, so they are None unless the worker stores extended results (``result_extended``);
+``exists()`` says whether any state of the task arrived. Results pickle without their app
+(as Celery's): an unpickled one uses the current app's backend. ``ResultSet`` compares by
+its results, ``GroupResult`` by id, results and parent (and equals its id as a string).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, overload
+import datetime
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union, overload
 
 from . import states
-from ._context import current_request
+from ._context import current_app, current_request
 from ._timeouts import deadline
 
 __all__ = ['AsyncResult', 'ResultSet', 'GroupResult', 'result_from_tuple']
@@ -55,7 +63,7 @@ class AsyncResult:
         # app.backend may be renewed (fork, close); follow it unless a backend was given.
         if self._backend is not None:
             return self._backend
-        return self.app.backend
+        return _app_of(self.app).backend
 
     @property
     def task_id(self) -> str:
@@ -166,8 +174,38 @@ class AsyncResult:
         return self._meta().get('traceback')
 
     @property
-    def date_done(self) -> Optional[str]:
-        return self._meta().get('date_done')
+    def date_done(self) -> Optional[datetime.datetime]:
+        """When the task finished (a ``datetime``; None while not ready)."""
+        return parse_date(self._meta().get('date_done'))
+
+    @property
+    def name(self) -> Optional[str]:
+        return self._meta().get('name')
+
+    @property
+    def args(self) -> Any:
+        return self._meta().get('args')
+
+    @property
+    def kwargs(self) -> Any:
+        return self._meta().get('kwargs')
+
+    @property
+    def worker(self) -> Optional[str]:
+        return self._meta().get('worker')
+
+    @property
+    def retries(self) -> Optional[int]:
+        return self._meta().get('retries')
+
+    @property
+    def queue(self) -> Optional[str]:
+        return self._meta().get('queue')
+
+    def exists(self) -> bool:
+        """Whether a state of this task arrived (a task never sent, or forgotten, has none).
+        Never blocks."""
+        return self._meta()['status'] != states.PENDING
 
     @property
     def children(self) -> Optional[List['AsyncResult']]:
@@ -175,6 +213,13 @@ class AsyncResult:
         if not children:
             return children
         return [result_from_tuple(c, self.app, self._backend) for c in children]
+
+    def as_list(self) -> List[str]:
+        """This task's id, then its parents' ids."""
+        ids = [self.id]
+        if self.parent is not None:
+            ids.extend(self.parent.as_list())
+        return ids
 
     def ready(self) -> bool:
         return self.state in states.READY_STATES
@@ -225,11 +270,55 @@ class ResultSet:
     def backend(self) -> Any:
         if self.results:
             return self.results[0].backend
-        return self.app.backend
+        return _app_of(self.app).backend
 
     def add(self, result: AsyncResult) -> None:
+        """Add ``result`` unless it is a member already."""
         if result not in self.results:
             self.results.append(result)
+
+    def remove(self, result: Union[str, AsyncResult]) -> None:
+        """Remove a member (a result or its id). Raises ``KeyError`` if it is not one."""
+        try:
+            self.results.remove(result)  # type: ignore[arg-type]  # AsyncResult == its id
+        except ValueError:
+            raise KeyError(result) from None
+
+    def discard(self, result: Union[str, AsyncResult]) -> None:
+        """Remove a member if it is one."""
+        try:
+            self.remove(result)
+        except KeyError:
+            pass
+
+    def update(self, results: Iterable[AsyncResult]) -> None:
+        """Add the results that are not members yet."""
+        self.results.extend(r for r in results if r not in self.results)
+
+    def clear(self) -> None:
+        """Remove every member (the list object is kept, as Celery)."""
+        self.results[:] = []
+
+    def maybe_throw(self, callback: Optional[Callable] = None, propagate: bool = True) -> None:
+        """Raise the first failed member's exception (set order; never waits)."""
+        for result in self.results:
+            result.maybe_throw(callback=callback, propagate=propagate)
+
+    maybe_reraise = maybe_throw
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ResultSet):
+            return other.results == self.results
+        return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as Celery's
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.results,))
 
     def __len__(self) -> int:
         return len(self.results)
@@ -379,16 +468,56 @@ class GroupResult(ResultSet):
     def save(self, backend: Any = None) -> None:
         (backend or self.backend).save_group(self.id, self)
 
+    def delete(self, backend: Any = None) -> None:
+        (backend or self.backend).delete_group(self.id)
+
+    @property
+    def children(self) -> List[AsyncResult]:
+        return self.results
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, GroupResult):
-            return other.id == self.id and other.results == self.results
+            return (
+                other.id == self.id
+                and other.results == self.results
+                and other.parent == self.parent
+            )
+        if isinstance(other, str):
+            return other == self.id
         return NotImplemented
 
-    def __hash__(self) -> int:
+    def __hash__(self) -> int:  # type: ignore[override]
         return hash(self.id)
+
+    def __bool__(self) -> bool:
+        return bool(self.id or self.results)
+
+    def __str__(self) -> str:
+        return str(self.id)
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.id, self.results, self.parent))
 
     def __repr__(self) -> str:
         return f'<{type(self).__name__}: {self.id} [{", ".join(r.id for r in self.results)}]>'
+
+
+def _app_of(app: Any) -> Any:
+    app = app if app is not None else current_app()
+    if app is None:
+        raise RuntimeError('this result has no app (it was unpickled?) and there is no App')
+    return app
+
+
+def parse_date(value: Any) -> Optional[datetime.datetime]:
+    """A result message's ``date_done`` (ISO 8601 text) as a ``datetime``; a ``datetime``
+    is returned as it is. Raises ``ValueError`` for text that is not ISO 8601."""
+    if value is None or isinstance(value, datetime.datetime):
+        return value
+    text = str(value)
+    if text.endswith('Z'):
+        text = text[:-1] + '+00:00'
+    return datetime.datetime.fromisoformat(text)
 
 
 def result_from_tuple(value: Any, app: Any = None, backend: Any = None) -> Any:

@@ -175,8 +175,9 @@ class Worker(Receiving):
         ours = _taskqueues.configured(app.conf)
         self.queues = [
             q if isinstance(q, Queue) else _taskqueues.task_queue(app.conf, str(q), ours)
-            for q in (_names(queues) or [app.conf.task_default_queue])
-        ]
+            for q in _names(queues)
+        ] or _taskqueues.consume_from(app.conf)  # routing hook: Celery's default queues
+        app.finalize()  # import the task modules (autodiscovery) before consuming
         self.concurrency = concurrency
         self.prefetch_count = prefetch_count
         number = next(_worker_numbers)

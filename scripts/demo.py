@@ -156,7 +156,7 @@ def main() -> int:
     with (
         broker,
         pika_rpc.App(
-            broker.url, task_default_queue=queue, result_expires=300, task_track_started=True
+            broker=broker.url, task_default_queue=queue, result_expires=300, task_track_started=True
         ) as app,
     ):
         tasks = define_tasks(app)

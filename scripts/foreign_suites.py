@@ -26,11 +26,21 @@ deleted before and after the run (kombu's own CI starts from an empty broker), s
 sees the messages an earlier one left. Run it against a broker nobody else uses those names
 on.
 
-Adding a suite (e.g. Celery's ``t/integration/test_tasks.py`` from the celery sdist): append a
-``Suite`` to ``SUITES`` with its sdist, files, swaps, exclusions and cleanup; ``conftest``
-is extra text for the ``conftest.py`` written at the top of the extracted tree (fixtures the
-project's own conftest would give, such as a Celery app or worker), and ``env`` the
-environment its fixtures read.
+Celery's ``t/integration/test_tasks.py`` (celery 5.7.0) runs three times on the same set
+(``_foreign_celery``): ``celery-tasks-baseline`` is Celery's own client against a Celery
+worker process (no swaps: the goal to meet), ``celery-tasks`` is pika_rpc as the client
+(the tests' ``shared_task`` and the exceptions they expect swapped to pika_rpc's) against the
+same Celery worker, and ``celery-tasks-pika-worker`` pika_rpc's client against pika_rpc's
+``Worker``. Celery's integration conftest (Redis, a worker inside the test process) is
+replaced by one with the fixtures the tests use; tests that need Redis, pydantic, canvas or
+an in-process worker are excluded, each with its reason.
+
+Adding a suite: append a ``Suite`` to ``SUITES`` with its sdist, files, swaps, exclusions and
+cleanup; ``conftest`` is extra text for the ``conftest.py`` written at the top of the
+extracted tree, ``extra_files`` whole files written into it (``_worker/...``: into the
+worker's tree, given to the fixtures as ``FOREIGN_WORKER_TREE``), ``worker_files`` and
+``worker_swaps`` the project's files (and swaps) copied there, and ``env`` the environment
+its fixtures read (``FOREIGN_QUEUE``, if set, is deleted after the run).
 
 Usage::
 
@@ -52,6 +62,7 @@ import sys
 import tarfile
 import tempfile
 import textwrap
+import uuid
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
@@ -90,10 +101,20 @@ class Suite:
     ini: str = ''
     conftest: str = ''
     env: Callable[[str], Dict[str, str]] = lambda url: {}
+    extra_files: Tuple[Tuple[str, str], ...] = ()
+    worker_files: Tuple[str, ...] = ()
+    worker_swaps: Tuple[Swap, ...] = ()
 
     @property
     def sdist(self) -> str:
         return f'{self.project}=={self.version}'
+
+
+def _celery_runs() -> List[Dict[str, str]]:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _foreign_celery
+
+    return _foreign_celery.runs()
 
 
 def _kombu_env(url: str) -> Dict[str, str]:
@@ -187,8 +208,46 @@ KOMBU = Suite(
     env=_kombu_env,
 )
 
+
+def _celery_suite(run: Dict[str, str]) -> Suite:
+    import _foreign_celery as fc  # scripts/_foreign_celery.py
+
+    def env(url: str) -> Dict[str, str]:
+        return {
+            'FOREIGN_CLIENT': run['client'],
+            'FOREIGN_WORKER': run['worker'],
+            'FOREIGN_BROKER': url.split(';')[0],
+            'FOREIGN_QUEUE': f'pika-rpc-foreign-{run["name"]}-{uuid.uuid4().hex[:8]}',
+        }
+
+    pydantic = (
+        Swap(f'{fc._DIR}/tasks.py', *fc.PYDANTIC),
+        Swap(f'{fc._DIR}/tasks.py', *fc.PYDANTIC_TASKS),
+    )
+    swaps = list(pydantic)
+    if run['client'] == 'pika':
+        swaps += [Swap(*swap) for swap in fc.PIKA_SWAPS]
+    return Suite(
+        name=run['name'],
+        project='celery',
+        version=fc.CELERY_VERSION,
+        files=fc.FILES,
+        tests=(f'{fc._DIR}/test_tasks.py',),
+        swaps=tuple(swaps),
+        exclusions=fc.EXCLUSIONS,
+        env=env,
+        extra_files=(
+            (f'{fc._DIR}/conftest.py', fc.CONFTEST),
+            ('_worker/_worker_app.py', fc.WORKER_APP),
+        ),
+        worker_files=fc.WORKER_FILES,
+        worker_swaps=pydantic,
+        ini='python_classes = test_*\nxfail_strict = true\n',  # celery's pyproject.toml
+    )
+
+
 #: Every suite the script knows, by name.
-SUITES: Dict[str, Suite] = {s.name: s for s in (KOMBU,)}
+SUITES: Dict[str, Suite] = {s.name: s for s in (KOMBU, *(_celery_suite(r) for r in _celery_runs()))}
 
 # Written at the top of the extracted tree: records each test's outcome, and leaves out the
 # excluded ones (reported, not run).
@@ -272,11 +331,11 @@ def download(suite: Suite, cache: str) -> str:
     raise SystemExit(f'pip download gave no sdist for {suite.sdist} in {cache}')
 
 
-def extract(suite: Suite, sdist: str, into: str) -> None:
-    """Write the suite's files from ``sdist`` under ``into``, their paths kept."""
+def extract(suite: Suite, sdist: str, into: str, files: Sequence[str] = ()) -> None:
+    """Write the suite's files (or ``files``) from ``sdist`` under ``into``, paths kept."""
     top = f'{suite.project}-{suite.version}'
     with tarfile.open(sdist) as tar:
-        for path in suite.files:
+        for path in files or suite.files:
             member = tar.extractfile(f'{top}/{path}')
             if member is None:
                 raise SystemExit(f'{path} is not a file in {os.path.basename(sdist)}')
@@ -286,13 +345,15 @@ def extract(suite: Suite, sdist: str, into: str) -> None:
                 out.write(member.read())
 
 
-def apply_swaps(suite: Suite, into: str) -> None:
+def apply_swaps(
+    suite: Suite, into: str, files: Sequence[str] = (), swaps: Sequence[Swap] = ()
+) -> None:
     """Apply every swap; stop when one matches nothing (the sdist changed)."""
     texts = {}
-    for path in suite.files:
+    for path in files or suite.files:
         with open(os.path.join(into, path), encoding='utf-8') as f:
             texts[path] = f.read()
-    for swap in suite.swaps:
+    for swap in swaps or suite.swaps:
         paths = list(texts) if swap.path == '*' else [swap.path]
         hits = 0
         for path in paths:
@@ -338,12 +399,24 @@ def run_suite(suite: Suite, args: argparse.Namespace, url: str) -> Tuple[int, in
     try:
         extract(suite, sdist, work)
         apply_swaps(suite, work)
+        worker_tree = os.path.join(work, '_worker')
+        if suite.worker_files:
+            extract(suite, sdist, worker_tree, suite.worker_files)
+            apply_swaps(suite, worker_tree, suite.worker_files, suite.worker_swaps)
+        for path, text in suite.extra_files:
+            target = os.path.join(work, path)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, 'w', encoding='utf-8') as f:
+                f.write(textwrap.dedent(text))
         with open(os.path.join(work, 'conftest.py'), 'w') as f:
             f.write(_CONFTEST + textwrap.dedent(suite.conftest))
         with open(os.path.join(work, 'pytest.ini'), 'w') as f:
             f.write(_PYTEST_INI + suite.ini)
         report = os.path.join(work, 'report.json')
-        env = dict(os.environ, **suite.env(url))
+        suite_env = suite.env(url)
+        env = dict(os.environ, **suite_env)
+        env['FOREIGN_WORKER_TREE'] = worker_tree
+        queues = [suite_env['FOREIGN_QUEUE']] if 'FOREIGN_QUEUE' in suite_env else []
         env['PYTHONPATH'] = os.pathsep.join(
             p for p in (ROOT, work, os.environ.get('PYTHONPATH', '')) if p
         )
@@ -355,7 +428,7 @@ def run_suite(suite: Suite, args: argparse.Namespace, url: str) -> Tuple[int, in
         log_path = os.path.join(work, 'pytest.log')
         with open(log_path, 'w') as log:
             subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-        cleanup(url, suite.cleanup)
+        cleanup(url, [*suite.cleanup, *queues])
         if not os.path.exists(report):
             with open(log_path) as log:
                 print(log.read())
@@ -406,10 +479,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--keep', action='store_true', help='keep the extracted tree')
     parser.add_argument('--list', action='store_true', help='list the suites and exclusions')
     parser.add_argument('--cache', default=DEFAULT_CACHE, help='where sdists are kept')
-    parser.add_argument('pytest_args', nargs=argparse.REMAINDER, help='-- then pytest arguments')
-    args = parser.parse_args(argv)
-    if args.pytest_args[:1] == ['--']:
-        args.pytest_args = args.pytest_args[1:]
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pytest_args = argv[argv.index('--') + 1 :] if '--' in argv else []
+    args = parser.parse_args(argv[: argv.index('--')] if '--' in argv else argv)
+    args.pytest_args = pytest_args
     unknown = [s for s in args.suites if s not in SUITES]
     if unknown:
         parser.error(f'unknown suite(s) {unknown}; known: {list(SUITES)}')

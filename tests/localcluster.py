@@ -5,7 +5,7 @@ distribution on 25673-25675) from the installed RabbitMQ package, joins them int
 lets a caller stop, start and kill single nodes, brings them back, and removes everything::
 
     with LocalCluster() as cluster:          # start(): ~15-20 s
-        app = App(cluster.url)               # 'amqp://guest:guest@localhost:5673//;...'
+        app = App(broker=cluster.url)             # 'amqp://guest:guest@localhost:5673//;...'
         cluster.kill(cluster.queue_node('celery'))
         ...
         cluster.restore()                    # every node stopped or killed is back

@@ -3,10 +3,9 @@
 ``.. pika-rpc-settings::`` renders every setting, alphabetically, as a ``.. setting::``
 entry (name, default, one-line description) that other pages cite with
 ``:setting:`result_expires```. Names and defaults come from the one place that defines
-them, the ``_SPECS`` table (``pika_rpc/config.py``, or whichever module of the package
-defines it at module level if config is split); descriptions from
-``pika_rpc/_setting_docs.py``. A setting without a description, or a description for no
-setting, fails the build (``tests/unit/test_setting_docs.py`` says the same earlier).
+them, the ``_SPECS`` table (``pika_rpc/_setting_specs.py``, re-exported by ``config``),
+descriptions included: each spec's ``doc``. A setting without a description fails the
+build (``tests/unit/test_setting_docs.py`` says the same earlier).
 """
 
 from __future__ import annotations
@@ -50,19 +49,11 @@ def _default(value: Any) -> str:
 
 
 def descriptions(specs: Dict[str, Any]) -> Dict[str, str]:
-    """Each setting's line: ``_setting_docs.DESCRIPTIONS``, else the spec's own ``doc`` (a
-    settings table whose specs carry one). A setting with neither, or a line for no
-    setting, is an error."""
-    from pika_rpc._setting_docs import DESCRIPTIONS
-
-    out = {n: DESCRIPTIONS.get(n) or getattr(spec, 'doc', None) for n, spec in specs.items()}
+    """Each setting's line: its spec's ``doc``. A setting without one is an error."""
+    out = {n: getattr(spec, 'doc', None) or '' for n, spec in specs.items()}
     missing = sorted(n for n, text in out.items() if not text)
-    extra = sorted(set(DESCRIPTIONS) - set(specs))
-    if missing or extra:
-        raise ExtensionError(
-            f'pika_rpc/_setting_docs.py: no description for {missing}; '
-            f'descriptions of no setting: {extra}'
-        )
+    if missing:
+        raise ExtensionError(f'pika_rpc/_setting_specs.py: no description for {missing}')
     return out
 
 

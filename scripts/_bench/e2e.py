@@ -485,7 +485,7 @@ def _first_pr(p: Dict[str, Any], url: str) -> Tuple[Any, float, List[str]]:
     import pika_rpc
 
     imported = time.perf_counter() - t0
-    app = pika_rpc.App(url, result_expires=600)
+    app = pika_rpc.App(broker=url, result_expires=600)
     value = app.send_task(TASK, (1, 2), queue=p['queue']).get(timeout=30)
     return value, imported, [app.backend.oid]
 

@@ -43,7 +43,7 @@ def pr_app(url: str, **conf: Any) -> Any:
     """A pika_rpc App as every benchmark builds it (reply queues expire after 600 s)."""
     import pika_rpc
 
-    return pika_rpc.App(url, result_expires=600, **conf)
+    return pika_rpc.App(broker=url, result_expires=600, **conf)
 
 
 def timeouts_of(impl: str) -> Tuple[type, ...]:

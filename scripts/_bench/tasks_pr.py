@@ -9,7 +9,7 @@ import pika_rpc
 
 from .taskworkers import TASK
 
-app = pika_rpc.App(os.environ['BENCH_URL'], result_expires=600)
+app = pika_rpc.App(broker=os.environ['BENCH_URL'], result_expires=600)
 
 
 @app.task(name=TASK)

@@ -44,7 +44,7 @@ WORKER_NODE = 3
 @pytest.fixture
 def task_queue(rabbit_cluster: LocalCluster, unique_name: str) -> Iterator[str]:
     """A task queue on n3 served by an in-process Worker of 16 threads connected to n3."""
-    worker_app = App(rabbit_cluster.urls[WORKER_NODE - 1], task_default_queue=unique_name)
+    worker_app = App(broker=rabbit_cluster.urls[WORKER_NODE - 1], task_default_queue=unique_name)
 
     @worker_app.task(name='echo')
     def echo(value: Any) -> Any:
@@ -140,7 +140,7 @@ class LossTimes:
 
 
 def cluster_app(cluster: LocalCluster, queue: str, **settings: Any) -> App:
-    return App(cluster.url, task_default_queue=queue, result_expires=300, **settings)
+    return App(broker=cluster.url, task_default_queue=queue, result_expires=300, **settings)
 
 
 def _names_why(text: str, node: str) -> bool:

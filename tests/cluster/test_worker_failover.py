@@ -71,7 +71,7 @@ def workers() -> Iterator[List[Worker]]:
 
 
 def make_app(apps: List[App], runs: Runs, url: str, **conf: Any) -> App:
-    app = App(url, result_expires=600, **conf)
+    app = App(broker=url, result_expires=600, **conf)
     apps.append(app)
 
     @app.task(name='t.mark', bind=True)

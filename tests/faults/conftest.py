@@ -20,7 +20,7 @@ def make_app(amqp_url: str, unique_name: str) -> Iterator[Callable[..., App]]:
 
     def make(url: Optional[str] = None, **conf: Any) -> App:
         conf.setdefault('result_expires', 120)
-        app = App(url or amqp_url, task_default_queue=unique_name, **conf)
+        app = App(broker=url or amqp_url, task_default_queue=unique_name, **conf)
         made.append(app)
         return app
 
@@ -58,7 +58,7 @@ def client(make_client: Callable[..., App]) -> App:
 @pytest.fixture
 def worker(amqp_url: str) -> Iterator[App]:
     """Stores results straight to the broker, bypassing the proxy."""
-    app = App(amqp_url, result_expires=120)
+    app = App(broker=amqp_url, result_expires=120)
     yield app
     app.close()
 
@@ -66,7 +66,7 @@ def worker(amqp_url: str) -> Iterator[App]:
 @pytest.fixture
 def app(amqp_url: str, unique_name: str, raw_channel: Any) -> Iterator[App]:
     """An App straight to the broker; its task queue is deleted afterwards."""
-    application = App(amqp_url, task_default_queue=unique_name, result_expires=120)
+    application = App(broker=amqp_url, task_default_queue=unique_name, result_expires=120)
     yield application
     application.close()
     raw_channel.queue_delete(unique_name)  # the task queue send_task declared

@@ -84,7 +84,7 @@ def test_fifty_forks_while_the_parent_has_waiters_each_child_gets_its_own_result
 
 def _pool_task(args):
     url, queue = args
-    child = App(url, task_default_queue=queue, result_expires=60)
+    child = App(broker=url, task_default_queue=queue, result_expires=60)
     r = child.send_task('tasks.pool', ())
     child.backend.mark_as_done(r.id, 'ok', request=request_for(child.backend, r.id))
     try:

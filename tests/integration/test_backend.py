@@ -6,6 +6,7 @@ The worker's side is played by ``store_result`` with an explicit request (the cl
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from tests.helpers import eventually, list_queues, pika_parameters
 
 @pytest.fixture
 def app(amqp_url, unique_name):
-    application = App(amqp_url, task_default_queue=unique_name, result_expires=120)
+    application = App(broker=amqp_url, task_default_queue=unique_name, result_expires=120)
     yield application
     application.close()
     with pika.BlockingConnection(pika_parameters(amqp_url)) as conn:
@@ -63,7 +64,8 @@ def test_send_task_then_result_round_trip(app):
     app.backend.mark_as_done(result.id, 5, request=request_for(app, result.id))
     assert result.get(timeout=10) == 5
     assert result.state == states.SUCCESS and result.successful() and result.ready()
-    assert result.date_done.endswith('+00:00')
+    assert result.date_done.utcoffset() == datetime.timedelta(0)  # a datetime, as Celery's
+    assert result.backend.get_task_meta(result.id)['date_done'].endswith('+00:00')
 
 
 def test_task_message_on_the_wire_is_celery_protocol_v2(app, amqp_url, unique_name):
@@ -504,7 +506,7 @@ def test_forked_child_gets_a_new_oid_and_never_closes_the_parent_connection(app)
     if pid == 0:  # child
         code = 1
         try:
-            child = App(app.conf.broker_url, result_expires=60)
+            child = App(broker=app.conf.broker_url, result_expires=60)
             r = child.send_task('tasks.add', (2, 2), queue=app.conf.task_default_queue)
             child.backend.mark_as_done(r.id, 4, request={'reply_to': child.backend.oid})
             ok = r.get(timeout=10) == 4 and app.backend.oid != parent_oid

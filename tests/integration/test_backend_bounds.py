@@ -20,7 +20,7 @@ TASKS = 100_000
 @pytest.mark.slow
 def test_100000_tasks_leave_every_structure_within_its_bound(amqp_url):
     app = App(
-        amqp_url,
+        broker=amqp_url,
         result_cache_max=500,
         out_of_band_max=200,
         pending_history_max=5,
@@ -63,7 +63,7 @@ def test_100000_tasks_leave_every_structure_within_its_bound(amqp_url):
 
 
 def test_results_nobody_has_read_yet_are_not_evicted_by_the_result_cache(amqp_url):
-    app = App(amqp_url, result_cache_max=10, result_expires=60)
+    app = App(broker=amqp_url, result_cache_max=10, result_expires=60)
     backend = app.backend
     try:
         ids = [f'unread-{i}' for i in range(20)]
@@ -81,7 +81,7 @@ def test_results_nobody_has_read_yet_are_not_evicted_by_the_result_cache(amqp_ur
 
 
 def test_pending_table_evicts_unwaited_slots_past_its_bound(amqp_url):
-    app = App(amqp_url, result_expires=60)
+    app = App(broker=amqp_url, result_expires=60)
     try:
         app.backend._pending.pending_max = 100
         for i in range(1000):

@@ -31,7 +31,7 @@ def make_app(amqp_url: str, unique_name: str, raw_channel: Any) -> Iterator[Call
     made: List[App] = []
 
     def make() -> App:
-        app = App(amqp_url, task_default_queue=unique_name, result_expires=120)
+        app = App(broker=amqp_url, task_default_queue=unique_name, result_expires=120)
         made.append(app)
         return app
 
@@ -44,7 +44,7 @@ def make_app(amqp_url: str, unique_name: str, raw_channel: Any) -> Iterator[Call
 @pytest.fixture
 def worker(amqp_url: str) -> Iterator[App]:
     """Stores results; other settings, so a reply queue of its own."""
-    app = App(amqp_url, result_expires=119)
+    app = App(broker=amqp_url, result_expires=119)
     yield app
     app.close()
 
@@ -119,7 +119,7 @@ def test_closing_one_app_wakes_only_its_own_waiters(
 
 
 def _app_left_unclosed(amqp_url: str, queue: str) -> str:
-    app = App(amqp_url, task_default_queue=queue, result_expires=120)
+    app = App(broker=amqp_url, task_default_queue=queue, result_expires=120)
     app.send_task('tasks.add', (1, 1))
     return app.backend.oid
 
@@ -158,7 +158,7 @@ def test_many_threads_making_and_closing_apps_share_one_queue_and_every_result_a
         try:
             barrier.wait(WAIT)
             for i in range(rounds):
-                app = App(amqp_url, task_default_queue=unique_name, result_expires=120)
+                app = App(broker=amqp_url, task_default_queue=unique_name, result_expires=120)
                 try:
                     result = app.send_task('tasks.add', (n, i))
                     store(worker, app.backend.oid, result.id, [n, i])

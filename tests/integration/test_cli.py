@@ -31,7 +31,7 @@ TASKS_MODULE = textwrap.dedent("""
 
     from pika_rpc import App
 
-    app = App(os.environ['AMQP_URL'], task_default_queue=os.environ['TEST_QUEUE'],
+    app = App(broker=os.environ['AMQP_URL'], task_default_queue=os.environ['TEST_QUEUE'],
               task_track_started=True)
     other = app
 
@@ -121,7 +121,7 @@ def cli(amqp_url: str, unique_name: str, tmp_path: pathlib.Path) -> Iterator:
 
 @pytest.fixture
 def client(amqp_url: str, unique_name: str) -> Iterator[App]:
-    app = App(amqp_url, task_default_queue=unique_name)
+    app = App(broker=amqp_url, task_default_queue=unique_name)
     yield app
     app.close()
 
@@ -218,7 +218,7 @@ def test_queue_type_quorum_makes_the_worker_declare_its_queue_as_a_quorum_queue(
     worker = cli('-A', 'cli_tasks', '-Q', unique_name, '--queue-type', 'quorum')
     worker.wait_for_line('ready')
     assert list_queues()[unique_name].arguments.get('x-queue-type') == 'quorum'
-    sender = App(amqp_url)  # the queue is not its own: used as it is
+    sender = App(broker=amqp_url)  # the queue is not its own: used as it is
     try:
         assert sender.send_task('cli.add', (3, 4), queue=unique_name).get(timeout=10) == 7
     finally:
@@ -233,7 +233,7 @@ GIVES_UP_MODULE = textwrap.dedent("""
     from pika_rpc import App, Queue
 
     name = os.environ['TEST_QUEUE']
-    app = App(os.environ['AMQP_URL'], task_queues=[Queue(name, no_declare=True)],
+    app = App(broker=os.environ['AMQP_URL'], task_queues=[Queue(name, no_declare=True)],
               task_default_queue=name, broker_consumer_retry_interval=0.1,
               broker_consumer_max_retries=1)
 """)
@@ -257,7 +257,7 @@ def test_a_worker_that_gives_up_on_its_queue_exits_non_zero_saying_why(
 NO_BROKER_MODULE = """
 from pika_rpc import App
 
-app = App({url!r}, task_default_queue={queue!r}, broker_connection_max_retries={retries!r},
+app = App(broker={url!r}, task_default_queue={queue!r}, broker_connection_max_retries={retries!r},
           broker_connection_retry_on_startup={on_startup!r},
           broker_transport_options={{'interval_start': 0, 'interval_step': 0.05,
                                     'interval_max': 0.2}})

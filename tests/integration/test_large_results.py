@@ -49,7 +49,7 @@ def publish_result(amqp_url: str, queue: str, task_id: str, size: int) -> None:
 
 
 def started_app(url: str, **conf: Any) -> App:
-    app = App(url, result_expires=120, **conf)
+    app = App(broker=url, result_expires=120, **conf)
     app.backend.on_task_call(None, str(uuid.uuid4()))  # the reply consumer runs
     return app
 
@@ -216,7 +216,7 @@ def test_a_pika_whose_frame_reader_differs_fails_loudly_at_connect(
         self.bytes_received = before
 
     monkeypatch.setattr(pika.connection.Connection, '_on_data_available', uncounted)
-    app = App(amqp_url, result_expires=120)
+    app = App(broker=amqp_url, result_expires=120)
     try:
         with pytest.raises(ClosedError, match='PikaContractError: .*bytes_received'):
             app.backend.on_task_call(None, str(uuid.uuid4()), timeout=WAIT)

@@ -63,7 +63,7 @@ def delete_entities(amqp_url: str, *names: str) -> None:
 
 @pytest.fixture
 def app(amqp_url: str, unique_name: str) -> Iterator[App]:
-    application = App(amqp_url, task_default_queue=unique_name, result_expires=120)
+    application = App(broker=amqp_url, task_default_queue=unique_name, result_expires=120)
     yield application
     application.close()
     delete_entities(amqp_url, unique_name)
@@ -124,7 +124,9 @@ class IOBlocker:
 def test_an_idle_link_with_a_one_second_heartbeat_keeps_its_connection_for_fifteen_heartbeats(
     amqp_url: str, unique_name: str
 ) -> None:
-    app = App(amqp_url, broker_heartbeat=1, task_default_queue=unique_name, result_expires=120)
+    app = App(
+        broker=amqp_url, broker_heartbeat=1, task_default_queue=unique_name, result_expires=120
+    )
     try:
         result = app.send_task('tasks.idle')  # the reply consumer is running from here
         link = app.backend._get_link()
@@ -157,7 +159,7 @@ def test_amqps_round_trip_through_the_tls_proxy(
     url = tls_proxy.url(amqp_url)
     assert url.startswith('amqps://')
     app = App(
-        url,
+        broker=url,
         broker_use_ssl={'ca_certs': tls_proxy.ca_file},
         task_default_queue=unique_name,
         result_expires=120,
@@ -312,7 +314,7 @@ def test_a_failed_connect_shows_the_password_in_no_log_repr_or_error(
     port = unused_port() if where == 'nothing_listens' else address.port
     url = f'amqp://{address.userid}:{SECRET}@{address.host}:{port}//'
     texts: List[str] = []
-    app = App(url, task_default_queue=unique_name, **FAST_GIVE_UP)
+    app = App(broker=url, task_default_queue=unique_name, **FAST_GIVE_UP)
     try:
         with pytest.raises(ConnectionLost) as send_error:
             app.send_task('tasks.add', (1, 2), timeout=WAIT)
@@ -356,7 +358,7 @@ def test_a_working_connection_shows_the_password_in_no_log_or_repr(
     working_url: tuple, amqp_url: str, unique_name: str, all_logs: LogCapture
 ) -> None:
     url, secrets = working_url
-    app = App(url, task_default_queue=unique_name, result_expires=120)
+    app = App(broker=url, task_default_queue=unique_name, result_expires=120)
     try:
         result = app.send_task('tasks.add', (1, 2))
         app.backend.mark_as_done(
@@ -516,7 +518,7 @@ def test_direct_writes_false_sends_every_result_through_the_io_thread(
     # Apps with the same broker options share a link (the first one's settings win): an
     # option of its own in the URL gives this App a link of its own.
     url = amqp_url + ('&' if '?' in amqp_url else '?') + 'heartbeat=117'
-    app = App(url, direct_writes=False, task_default_queue=unique_name)
+    app = App(broker=url, direct_writes=False, task_default_queue=unique_name)
     try:
         link = app.backend._get_link()
         assert link.direct_writes is False
@@ -650,7 +652,7 @@ def test_close_returns_within_its_timeout_when_the_broker_stopped_answering_and_
 def test_backend_close_returns_within_its_timeout_when_the_broker_stopped_answering(
     fault_proxy: Any, amqp_url: str, unique_name: str
 ) -> None:
-    app = App(fault_proxy.url(amqp_url), task_default_queue=unique_name, result_expires=120)
+    app = App(broker=fault_proxy.url(amqp_url), task_default_queue=unique_name, result_expires=120)
     try:
         pending = app.send_task('tasks.add', (1, 1))  # consumer running, task pending
         backend = app.backend

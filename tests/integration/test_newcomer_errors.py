@@ -33,7 +33,7 @@ def _url(
 
 
 def _send_error(url: str, **conf: Any) -> PikaRPCError:
-    app = App(url, **conf)
+    app = App(broker=url, **conf)
     try:
         with pytest.raises(PikaRPCError) as info:
             app.send_task('newcomer.add', (1, 2), timeout=5)
@@ -83,7 +83,7 @@ def test_a_queue_that_exists_with_other_arguments_names_the_clash_and_the_fix(
 def test_a_short_send_timeout_is_kept_and_says_the_broker_cannot_be_reached(amqp_url: str) -> None:
     # Default connection retries, publish_timeout 60 s: send_task(timeout=1) must give up at
     # its own deadline, naming why it could not send.
-    app = App(_url(amqp_url, port=free_port()), publish_timeout=60)
+    app = App(broker=_url(amqp_url, port=free_port()), publish_timeout=60)
     errors: List[BaseException] = []
 
     def send() -> None:

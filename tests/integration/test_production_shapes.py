@@ -28,7 +28,7 @@ def make_app(amqp_url: str) -> Iterator:
     made: List[App] = []
 
     def make(**conf: Any) -> App:
-        app = App(amqp_url, result_expires=120, **conf)
+        app = App(broker=amqp_url, result_expires=120, **conf)
         made.append(app)
         return app
 

@@ -37,7 +37,7 @@ def add_task(app: App) -> Any:
 def quorum_app(amqp_url: str, unique_name: str) -> Iterator[App]:
     """An App whose default queue (the test's unique name) is a quorum queue."""
     app = App(
-        amqp_url,
+        broker=amqp_url,
         task_default_queue=unique_name,
         task_default_queue_type='quorum',
         result_expires=300,
@@ -110,7 +110,7 @@ def test_a_consumer_that_asks_a_quorum_queue_for_a_global_window_falls_back_afte
     amqp_url: str, unique_name: str, workers: List[Worker]
 ) -> None:
     app = App(
-        amqp_url,
+        broker=amqp_url,
         task_default_queue=unique_name,
         task_default_queue_type='quorum',
         worker_detect_quorum_queues=False,  # as Celery without detection: a global window
@@ -133,7 +133,7 @@ def test_a_quorum_queue_declared_elsewhere_is_used_as_it_is_by_send_task_and_the
     amqp_url: str, unique_name: str, raw_channel: Any, workers: List[Worker]
 ) -> None:
     raw_channel.queue_declare(unique_name, durable=True, arguments=QUORUM)
-    app = App(amqp_url, result_expires=300)  # its default queue is another one
+    app = App(broker=amqp_url, result_expires=300)  # its default queue is another one
     try:
         add = add_task(app)
         worker = started(workers, app, queues=[unique_name])
@@ -149,7 +149,7 @@ def test_a_quorum_queue_declared_elsewhere_is_used_as_it_is_by_send_task_and_the
 def test_a_queue_send_task_creates_is_of_task_create_missing_queue_type(
     amqp_url: str, unique_name: str, raw_channel: Any
 ) -> None:
-    app = App(amqp_url, task_create_missing_queue_type='quorum', result_expires=300)
+    app = App(broker=amqp_url, task_create_missing_queue_type='quorum', result_expires=300)
     try:
         app.send_task('t.add', (1, 1), queue=unique_name, ignore_result=True)
         assert list_queues()[unique_name].arguments.get('x-queue-type') == 'quorum'
@@ -163,7 +163,7 @@ def test_a_configured_queue_of_another_type_than_the_broker_has_is_a_406_naming_
     amqp_url: str, unique_name: str, raw_channel: Any
 ) -> None:
     raw_channel.queue_declare(unique_name, durable=True)  # classic
-    app = App(amqp_url, task_queues=[Queue(unique_name, queue_arguments=QUORUM)])
+    app = App(broker=amqp_url, task_queues=[Queue(unique_name, queue_arguments=QUORUM)])
     try:
         with pytest.raises(PreconditionFailed) as caught:
             app.send_task('t.add', (1, 1), queue=unique_name, ignore_result=True)
@@ -227,7 +227,7 @@ def test_a_task_message_the_broker_returns_raises_unroutable_and_is_not_retried(
     amqp_url: str, unique_name: str, raw_channel: Any
 ) -> None:
     raw_channel.exchange_declare(unique_name, 'direct', auto_delete=True)
-    app = App(amqp_url)
+    app = App(broker=amqp_url)
     try:
         link = app.connection_for_write().link
         with pytest.raises(Unroutable) as caught:
@@ -247,7 +247,7 @@ def test_a_refused_resubscription_is_retried_with_a_warning_each_time_until_it_c
     amqp_url: str, unique_name: str, raw_channel: Any, workers: List[Worker], caplog: Any
 ) -> None:
     raw_channel.queue_declare(unique_name, durable=True)
-    app = App(amqp_url, broker_consumer_retry_interval=0.2, result_expires=300)
+    app = App(broker=amqp_url, broker_consumer_retry_interval=0.2, result_expires=300)
     try:
         add = add_task(app)
         worker = started(workers, app, queues=[Queue(unique_name, no_declare=True)])
@@ -280,7 +280,7 @@ def test_a_worker_whose_queue_stays_refused_past_the_limit_fails_and_run_raises(
     from pika_rpc.errors import ConsumerGaveUp
 
     raw_channel.queue_declare(unique_name, durable=True)
-    app = App(amqp_url, broker_consumer_retry_interval=0.1, broker_consumer_max_retries=2)
+    app = App(broker=amqp_url, broker_consumer_retry_interval=0.1, broker_consumer_max_retries=2)
     worker = Worker(app, queues=[Queue(unique_name, no_declare=True)])
     raised: List[BaseException] = []
 

@@ -50,7 +50,7 @@ def test_worker_runs_a_task_and_stores_its_value(app, start_worker):
     result = add.delay(2, 3)
     assert result.get(timeout=10) == 5
     assert result.state == states.SUCCESS
-    assert result.date_done.endswith('+00:00')
+    assert result.date_done.utcoffset() == timedelta(0)
 
 
 def test_started_is_stored_with_pid_and_hostname_when_tracked(app, start_worker):
@@ -243,7 +243,7 @@ def test_countdown_runs_the_task_no_earlier_than_its_eta(app, start_worker):
     sent = datetime.now(timezone.utc)
     result = add.apply_async((1, 2), countdown=1)
     assert result.get(timeout=10) == 3
-    assert datetime.fromisoformat(result.date_done) >= sent + timedelta(seconds=1)
+    assert result.date_done >= sent + timedelta(seconds=1)
 
 
 def test_a_held_eta_task_does_not_block_the_prefetch_window(app, start_worker):

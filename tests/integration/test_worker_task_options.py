@@ -295,7 +295,7 @@ WORKER_SCRIPT = textwrap.dedent(
     import sys, threading
     import pika_rpc
     url, queue, acks_late = sys.argv[1], sys.argv[2], sys.argv[3] == 'late'
-    app = pika_rpc.App(url, task_default_queue=queue, result_expires=300)
+    app = pika_rpc.App(broker=url, task_default_queue=queue, result_expires=300)
 
     @app.task(name='t.lost', acks_late=acks_late, reject_on_worker_lost=True)
     def lost():

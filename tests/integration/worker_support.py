@@ -35,7 +35,7 @@ def queue_depth(amqp_url: str, name: str) -> int:
 
 @pytest.fixture
 def app(amqp_url: str, unique_name: str) -> Iterator[App]:
-    application = App(amqp_url, task_default_queue=unique_name, result_expires=300)
+    application = App(broker=amqp_url, task_default_queue=unique_name, result_expires=300)
     yield application
     application.close()
     delete_queue(amqp_url, unique_name)

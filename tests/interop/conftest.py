@@ -113,7 +113,9 @@ def pika_worker(amqp_url: str, interop_prefix: str) -> Iterator[PikaWorker]:
             'Celery client against our Worker once it exists'
         )
     queue = f'{interop_prefix}-ours-{uuid.uuid4().hex[:6]}'
-    app = App(amqp_url, task_default_queue=queue, task_track_started=True, result_expires=600)
+    app = App(
+        broker=amqp_url, task_default_queue=queue, task_track_started=True, result_expires=600
+    )
     pika_tasks.register(app)
     worker = Worker(app, queues=[queue], concurrency=4)
     worker.start()

@@ -51,7 +51,7 @@ def run_both(amqp_url, queue, task, caplog):
 
     thread = threading.Thread(target=celery_side)
     thread.start()
-    app = App(amqp_url, task_default_queue=queue, result_expires=600)
+    app = App(broker=amqp_url, task_default_queue=queue, result_expires=600)
     try:
         results = [app.send_task(task, (i, 2000)) for i in range(COUNT)]
         ours = [r.get(timeout=60) for r in results]
@@ -80,14 +80,14 @@ def test_task_queue_declared_by_either_client_first_is_accepted_by_the_other(
 ):
     caplog.set_level(logging.WARNING)
     try:
-        with App(amqp_url, task_default_queue=unique_name, result_expires=60) as app:
+        with App(broker=amqp_url, task_default_queue=unique_name, result_expires=60) as app:
             app.send_task(T + 'add', (1, 1))  # pika_rpc declares first
         out = run_celery_client(
             amqp_url,
             unique_name,  # then Celery declares the same
             {'scenario': 'send', 'task': T + 'add', 'args': [2, 2]},
         )
-        with App(amqp_url, task_default_queue=unique_name, result_expires=60) as app:
+        with App(broker=amqp_url, task_default_queue=unique_name, result_expires=60) as app:
             app.send_task(T + 'add', (3, 3))  # and pika_rpc again, afresh
 
         def three_waiting():
@@ -109,7 +109,7 @@ def test_our_revoke_broadcast_reaches_a_celery_worker_next_to_our_worker(
     caplog.set_level(logging.WARNING)
     worker = celery_workers('solo')
     task_id = str(uuid.uuid4())
-    with App(amqp_url, result_expires=60) as app:
+    with App(broker=amqp_url, result_expires=60) as app:
         app.control_revoke(task_id)
     worker.wait_for_log(rf'Tasks flagged as revoked: {task_id}', timeout=10)
     assert worker.precondition_lines() == []
@@ -128,7 +128,7 @@ def test_the_406_check_recognises_a_real_clash_in_both_clients(amqp_url, unique_
             allow_crash=True,
         )
         assert PRECONDITION.search(out.get('crashed', '')), out
-        with App(amqp_url, task_default_queue=unique_name, result_expires=60) as app:
+        with App(broker=amqp_url, task_default_queue=unique_name, result_expires=60) as app:
             with pytest.raises(PreconditionFailed) as info:
                 app.send_task(T + 'add', (1, 1))
         assert PRECONDITION.search(str(info.value))

@@ -23,7 +23,7 @@ T = 'tests.interop.celery_tasks.'
 
 @pytest.fixture
 def client(amqp_url, celery_worker):
-    app = App(amqp_url, task_default_queue=celery_worker.queue, result_expires=600)
+    app = App(broker=amqp_url, task_default_queue=celery_worker.queue, result_expires=600)
     yield app
     app.close()
 

@@ -23,7 +23,7 @@ from pika_rpc import (
 )
 
 # ---------------------------------------------------------------- the tasks (tasks.py)
-app = App('amqp://guest:guest@localhost:5672//', task_track_started=True)
+app = App(broker='amqp://guest:guest@localhost:5672//', task_track_started=True)
 
 
 @app.task(name='tasks.add')
@@ -84,7 +84,7 @@ assert_type(worker.start(), Worker)
 stats: Dict[str, Any] = worker.stats()
 
 # ---------------------------------------------------------------- the client
-client = App('amqp://guest:guest@localhost:5672//', result_expires=3600)
+client = App(broker='amqp://guest:guest@localhost:5672//', result_expires=3600)
 result = client.send_task('tasks.add', (2, 3))
 assert_type(result, AsyncResult)
 print(result.get(timeout=10))
@@ -153,7 +153,7 @@ print(pika_rpc.__version__)
 
 # ---------------------------------------------------------------- stopping
 assert_type(worker.stop(timeout=30), bool)
-with App('amqp://guest:guest@localhost:5672//') as scoped:
+with App(broker='amqp://guest:guest@localhost:5672//') as scoped:
     assert_type(scoped, App)
 client.close()
 app.close()

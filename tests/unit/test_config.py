@@ -438,17 +438,24 @@ def test_from_object_warns_about_a_likely_typo(caplog):
     assert 'CELERY_RESULT_EXPIRES' in caplog.text
 
 
-def test_from_object_stays_quiet_about_other_celery_settings(caplog):
+def test_from_object_warns_once_about_each_celery_setting_it_does_not_implement(caplog):
     conf = {
         'task_default_queue_type': 'quorum',
-        'broker_connection_retry_on_startup': True,
+        'worker_send_task_events': True,
         'broker_heartbeat_checkrate': 2,
         'broker_read_url': 'x',
         'worker_concurrency': 4,
     }
+    settings = Settings()
     with caplog.at_level(logging.WARNING, logger='pika_rpc.config'):
-        Settings().from_object(conf)
-    assert caplog.text == ''
+        settings.from_object(conf)
+        settings.from_object(conf)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 4
+    for name in list(conf)[1:]:
+        assert sum(repr(name) in m for m in warned) == 1
+    assert settings.task_default_queue_type == 'quorum'
+    assert settings.unimplemented['worker_concurrency'] == 4
 
 
 # ------------------------------------------------------------ derived options
@@ -664,7 +671,7 @@ def _imports(module):
     return names
 
 
-def test_config_imports_no_pika_and_no_pika_rpc_module_above_level_0():
+def test_config_imports_no_pika_and_only_pure_pika_rpc_modules():
     names = _imports(config)
     assert not any(n == 'pika' or n.startswith('pika.') for n in names)
     local = {n for n in names if n.startswith('.') or n.startswith('pika_rpc')}
@@ -675,6 +682,8 @@ def test_config_imports_no_pika_and_no_pika_rpc_module_above_level_0():
         '._urls',
         '._queue_settings',
         '._kombu_opts',
+        '._setting_specs',
+        '._celery_settings',
     }
 
 

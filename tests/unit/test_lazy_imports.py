@@ -67,7 +67,7 @@ def test_sending_a_task_needs_no_worker_yaml_msgpack_or_compressors():
         f"""
         import json, sys
         from pika_rpc import App, protocol, serialization
-        App('amqp://guest:guest@127.0.0.1:5672//')
+        App(broker='amqp://guest:guest@127.0.0.1:5672//')
         headers, props, body = protocol.task_message('t', (1, 2), {{}}, task_id='x', reply_to='r')
         serialization.dumps(body, 'json')
         print(json.dumps([m for m in {HEAVY!r} if m not in ('pika', 'ssl') and m in sys.modules]))

@@ -19,7 +19,7 @@ from pika_rpc.errors import SoftTimeLimitExceeded
 
 @pytest.fixture
 def app() -> Any:
-    return App('amqp://guest:guest@127.0.0.1:5672//')
+    return App(broker='amqp://guest:guest@127.0.0.1:5672//')
 
 
 def decorate(app: Any, **options: Any) -> Any:
@@ -231,19 +231,19 @@ def test_acks_late_is_the_tasks_option_else_the_setting_where_there_is_one_else_
 
     default, early = (
         decorate(app),
-        App('amqp://h//').task(name='t.early', acks_late=False)(lambda: None),
+        App(broker='amqp://h//').task(name='t.early', acks_late=False)(lambda: None),
     )
     assert _outcomes().acks_late(_job(default)) is True  # pika_rpc's default
     assert _outcomes().acks_late(_job(early)) is False
     assert _outcomes(task_acks_late=False).acks_late(_job(default)) is False
     assert _outcomes(task_acks_late=False).acks_late(_job(early)) is False
-    late = App('amqp://h//').task(name='t.late', acks_late=True)(lambda: None)
+    late = App(broker='amqp://h//').task(name='t.late', acks_late=True)(lambda: None)
     assert _outcomes(task_acks_late=False).acks_late(_job(late)) is True
     # store_errors_even_if_ignored: errors only, and only when the result is ignored
-    keeps = App('amqp://h//').task(
+    keeps = App(broker='amqp://h//').task(
         name='t.keeps', ignore_result=True, store_errors_even_if_ignored=True
     )(lambda: None)
-    quiet = App('amqp://h//').task(name='t.quiet', ignore_result=True)(lambda: None)
+    quiet = App(broker='amqp://h//').task(name='t.quiet', ignore_result=True)(lambda: None)
     outcomes = _outcomes()
     assert outcomes.keeps(_job(keeps), states.FAILURE)
     assert outcomes.keeps(_job(keeps), states.RETRY)

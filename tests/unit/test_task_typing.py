@@ -22,7 +22,7 @@ def test_task_subscripts_and_subclasses_at_run_time() -> None:
 
 
 def test_a_decorated_task_still_runs_its_function_with_its_arguments() -> None:
-    app = App('amqp://guest:guest@localhost:5672//')  # nothing connects: no call sends
+    app = App(broker='amqp://guest:guest@localhost:5672//')  # nothing connects: no call sends
 
     @app.task(name='t.add')
     def add(x: int, y: int) -> int:

@@ -1,7 +1,8 @@
 """This process's pika_rpc ``App``, configured from Django's settings.
 
 ``DemoConfig.ready()`` (``demo/apps.py``) calls :func:`setup` once per process, and the
-views call :func:`get_app`. One ``App`` per process is all a Django site needs: its
+views call :func:`get_app`. ``autodiscover_tasks()`` imports the ``tasks.py`` of every
+installed app when the task registry is first used, as Celery does. One ``App`` per process is all a Django site needs: its
 ``backend`` is shared by every thread (one connection, one reply queue, one I/O thread).
 
 Processes: the dev server's autoreloader re-executes ``manage.py`` in a child process
@@ -39,6 +40,7 @@ def get_app() -> App:
 def setup(connect: bool = False) -> App:
     """Create the App; with ``connect``, connect and declare the reply queue now."""
     app = get_app()
+    app.autodiscover_tasks()  # each installed app's tasks.py, when the registry is first used
     if connect:
         app.backend.result_consumer.start()
         LOGGER.info('pika_rpc connected: pid %d, reply queue %s', os.getpid(), app.backend.oid)
