@@ -7,7 +7,7 @@ this process doing round trips (``send_task`` then ``get()``), a worker with 16 
 its own process (pika_rpc's ``Worker`` through its CLI; Celery's worker with
 ``--pool=threads``), a fault, and prints one table::
 
-    PYTHONPATH=$PWD python scripts/cluster_failover.py              # every scenario, ~6 min
+    PYTHONPATH=$PWD python scripts/cluster_failover.py              # every scenario, ~7 min
     PYTHONPATH=$PWD python scripts/cluster_failover.py --quick      # shorter waits
     PYTHONPATH=$PWD python scripts/cluster_failover.py --scenarios reply-classic,task-quorum
 
@@ -20,7 +20,8 @@ Scenarios (``--list``):
   ``rpc://`` has no replicated reply queue).
 * ``task-classic``: stop the node hosting a classic task queue (the worker is connected to
   it), keep it down ``--down`` seconds, start it again.
-* ``task-quorum``: stop the node leading a quorum task queue (the worker is connected to it).
+* ``task-quorum``: stop the node leading a quorum task queue (the worker is connected to it);
+  ``task-quorum-kill``: the same with SIGKILL.
 * ``worker-quorum``: a worker on a quorum task queue with default settings under load for
   ``--duration`` seconds; no fault (the connection must never close).
 
@@ -79,6 +80,8 @@ SCENARIOS: Dict[str, tuple] = {
         'classic', None),
     'task-quorum': (
         'stop the leader of a quorum task queue', 'task', 'stop_app', 'quorum', 'classic', None),
+    'task-quorum-kill': (
+        'kill -9 the leader of a quorum task queue', 'task', 'kill', 'quorum', 'classic', None),
     'worker-quorum': (
         'worker on a quorum task queue, default settings', None, None, 'quorum', 'classic',
         None),
@@ -263,7 +266,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--scenarios', help='comma-separated names (default: all)')
     parser.add_argument('--impls', default=','.join(IMPLS), help='pika_rpc,celery')
-    parser.add_argument('--quick', action='store_true', help='shorter waits, no reply-kill')
+    parser.add_argument('--quick', action='store_true', help='shorter waits, no kill -9 runs')
     parser.add_argument('--down', type=float, help='seconds task-classic keeps its node down')
     parser.add_argument('--duration', type=float, help='seconds of worker-quorum')
     parser.add_argument('--list', action='store_true', help='list the scenarios and exit')
