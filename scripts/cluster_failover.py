@@ -115,6 +115,27 @@ def delete_queue(cluster: LocalCluster, queue: str) -> None:
         LOGGER.warning('could not delete %s: %s', queue, exc)
 
 
+def restore(cluster: LocalCluster, timeout: float = 60.0) -> None:
+    """Bring back every node stopped or killed, and wait until each one takes AMQP
+    connections again (so the next scenario's clients connect where it expects)."""
+    restored = cluster.restore()
+    if not restored:
+        return
+    LOGGER.info('restored %s', restored)
+    import pika
+
+    deadline = time.monotonic() + timeout
+    for url in cluster.urls:
+        while True:
+            try:
+                pika.BlockingConnection(pika_parameters(url, connection_attempts=1)).close()
+                break
+            except pika.exceptions.AMQPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)  # a node that boots: poll its listener
+
+
 def reply_node(cluster: LocalCluster, queues: List[str], notes: List[str]) -> str:
     """The node hosting most of the client's reply queues (Celery has one per thread); never
     the worker's node (n3), which the reply scenarios keep up."""
@@ -195,8 +216,8 @@ def run_one(
                 out['notes'].append(f'{lost} back after {ref - began:.1f} s')
             trips.wait_each_ok(AGAIN, ref or began, RECOVERY_LIMIT)
             if watch is not None:
+                watch.join(30)  # rabbitmqctl may see the new leader after the clients do
                 watch.stop.set()
-                watch.join(15)
                 ref = watch.at
                 if ref is not None:
                     out['notes'].append(f'new leader {watch.new} after {ref - began:.1f} s')
@@ -207,9 +228,7 @@ def run_one(
         client.close()
         worker.stop()
         delete_queue(cluster, queue)
-        restored = cluster.restore()
-        if restored:
-            LOGGER.info('restored %s', restored)
+        restore(cluster)
     rows = trips.snapshot()
     after = [r for r in rows if r.done >= began]
     again = again_after(rows, began) if lost else None
@@ -241,7 +260,7 @@ def fmt(value: Any) -> str:
 
 
 COLUMNS = [
-    ('scenario', 14), ('impl', 9), ('again', 6), ('again/ref', 9), ('stall', 6), ('ok', 6),
+    ('scenario', 16), ('impl', 9), ('again', 6), ('again/ref', 9), ('stall', 6), ('ok', 6),
     ('lost', 5), ('dup', 4), ('reported', 8), ('c-conn', 6), ('w-close', 7),
 ]  # fmt: skip
 KEYS = {'again/ref': 'again_ref', 'c-conn': 'c_conn', 'w-close': 'w_close'}
@@ -315,7 +334,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 except Exception as exc:  # noqa: BLE001 - one failed run is a row, not the end
                     LOGGER.exception('%s / %s failed', name, impl)
                     rows.append({'scenario': name, 'impl': impl, 'notes': [f'FAILED: {exc}']})
-                    cluster.restore()
+                    restore(cluster)
                 print(f'{name} / {impl}: {time.monotonic() - began:.0f} s', flush=True)
     except (KeyboardInterrupt, Stop) as exc:
         print(f'interrupted ({exc or "Ctrl-C"}): stopping the cluster', file=sys.stderr)
