@@ -227,6 +227,8 @@ class Outbox:
         self._nacked = False
         self._replaced_at = time.monotonic()
         old_channel, old_pipeline = self._channel, self.pipeline
+        if old_pipeline is None:  # no channel to replace
+            return
         LOGGER.warning(
             '%s: the broker nacked a publish; publishing on a new channel (RabbitMQ keeps '
             'nacking a channel that published to a quorum queue during its leader election)',
@@ -272,7 +274,7 @@ class Outbox:
     ) -> None:
         self._link.io_stats['confirms'] += 1
         if outcome == _confirms.SETTLED_NACK:
-            if pipeline is self.pipeline:  # a replaced channel's nacks are expected
+            if pipeline is not None and pipeline is self.pipeline:  # not a replaced one's
                 self._nacked = True
                 pipeline.stop_direct()  # the next publish goes through send(): a new channel
             self.retry_or_fail(
