@@ -233,7 +233,10 @@ def run_one(
     after = [r for r in rows if r.done >= began]
     again = again_after(rows, began) if lost else None
     again_ref = again_after(rows, ref) if ref else None
-    errors = sorted({r.error.split(':')[0] for r in after if r.outcome != 'ok' and r.error})
+    errors: Dict[str, str] = {}  # error type -> its first message
+    for r in after:
+        if r.outcome != 'ok' and r.error:
+            errors.setdefault(r.error.split(':')[0], r.error[:150])
     out.update(
         again=again,
         again_ref=again_ref,
@@ -246,8 +249,8 @@ def run_one(
         w_close=worker.closes_since(began),
         hung=trips.hung,
     )
-    if errors:
-        out['notes'].append('errors: ' + ', '.join(errors))
+    for kind in sorted(errors):
+        out['notes'].append(f'{errors[kind]!r}')
     return out
 
 
