@@ -80,6 +80,7 @@ _IO_COUNTERS = (
     'publishes',
     'confirms',
     'republishes',
+    'publish_channels_replaced',
     'ack_frames',
     'reconnects',
     'deliveries',
@@ -177,8 +178,8 @@ class Link(ConsumerCommands):
 
     def stats(self) -> dict:
         """Counters (commands, wake_ups, publishes, direct_publishes, confirms, republishes,
-        ack_frames, reconnects, deliveries, ticks, write_busy), the state, what is in flight
-        and queued, and the last error. Every counter is present from the start."""
+        publish_channels_replaced, ack_frames, reconnects, deliveries, ticks, write_busy), the
+        state, what is in flight and queued, and the last error. Every counter is present from the start."""
         with self._stats_lock:
             out: Dict[str, Any] = dict(self._caller_stats)
         out.update(self.io_stats)

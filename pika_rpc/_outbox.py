@@ -18,6 +18,15 @@ connecting), and its deadline ends it. A
 publication the broker refused by name (a publish to a missing exchange closes the publish
 channel) fails at once: retrying cannot help.
 
+**A nack replaces the publish channel.** RabbitMQ 3.10 nacks every publish of a channel
+whose first publish to a quorum queue came while that queue had no leader (an election after
+its leader's node was lost), for the channel's whole life; a new channel publishes normally
+once a leader is elected. So after a nack the next publish goes out on a new channel (at most
+once per ``NACK_NEW_CHANNEL_INTERVAL``), and the old channel stays open until the broker has
+settled what it holds (``_draining``), so nothing is re-published that it would still have
+confirmed. A re-published nacked task can still reach the queue twice when the broker took it
+after all: publishing is at-least-once.
+
 ``publish`` runs on any thread (a caller's direct write, else the hand-off); everything else
 on the I/O thread.
 """
@@ -26,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import pika.exceptions
 
@@ -37,7 +46,13 @@ from .errors import PikaRPCError, PublishError
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ['Outbox']
+__all__ = ['Outbox', 'NACK_NEW_CHANNEL_INTERVAL', 'DRAIN_MAX']
+
+#: After a nack the publish channel is replaced, at most once per this many seconds.
+NACK_NEW_CHANNEL_INTERVAL = 0.5
+#: A replaced channel is closed once it holds nothing unsettled, or after this many seconds
+#: (what it still holds then is re-published under its retry policy).
+DRAIN_MAX = 30.0
 
 
 class Outbox:
@@ -55,6 +70,10 @@ class Outbox:
         self._channel: Any = None
         self.retry_later: List[Publication] = []
         self.delayed: List[Publication] = []
+        self._nacked = False  # a nack since the channel was opened: replace it
+        self._replaced_at = float('-inf')
+        #: Replaced publish channels waiting for their confirms: (channel, pipeline, since).
+        self._draining: List[Tuple[Any, _confirms.Pipeline, float]] = []
 
     # ------------------------------------------------------------------ any thread
     def publish(self, pub: Publication, open_now: bool) -> Publication:
@@ -150,9 +169,17 @@ class Outbox:
         ``confirm_publish=False``; a publication is then settled once written)."""
         link = self._link
         self._channel = link.connection.channel()
-        self.pipeline = _confirms.Pipeline(
-            _pika.channel_impl(self._channel), self._on_settled, confirms=link.confirms
+        pipeline: List[_confirms.Pipeline] = []  # its settle handler knows which it is
+
+        def on_settled(pub: Publication, outcome: str, returned: Optional[tuple]) -> None:
+            self._on_settled(pub, outcome, returned, pipeline[0])
+
+        pipeline.append(
+            _confirms.Pipeline(
+                _pika.channel_impl(self._channel), on_settled, confirms=link.confirms
+            )
         )
+        self.pipeline = pipeline[0]
         ready = self.pipeline.start(link.wire, link.reader)
         link.wait_until(ready, 30.0, 'Confirm.SelectOk')
 
@@ -160,8 +187,17 @@ class Outbox:
         """Reopen the publish channel when the broker closed it (a publish to a missing or
         forbidden exchange), without dropping the connection: the publications the broker's
         reason names fail at once (never retried), the others it discarded are re-published
-        under their retry budget. Any other closure is a lost connection (raised)."""
-        if self._channel is None or self._channel.is_open:
+        under their retry budget. Any other closure is a lost connection (raised).
+
+        After a nack, open a new publish channel (see the module docstring); close the
+        replaced ones once the broker settled what they hold."""
+        if self._draining:
+            self._close_drained()
+        if self._channel is None:
+            return
+        if self._channel.is_open:
+            if self._nacked and time.monotonic() - self._replaced_at >= NACK_NEW_CHANNEL_INTERVAL:
+                self._replace_channel()
             return
         reason = self.pipeline.closed_reason if self.pipeline is not None else None
         if (
@@ -192,9 +228,61 @@ class Outbox:
                 )
         self.open_channel()
 
-    def _on_settled(self, pub: Publication, outcome: str, returned: Optional[tuple]) -> None:
+    def _replace_channel(self) -> None:
+        """Publish on a new channel from now on; the old one drains (``_draining``)."""
+        self._nacked = False
+        self._replaced_at = time.monotonic()
+        old_channel, old_pipeline = self._channel, self.pipeline
+        if old_pipeline is None:  # no channel to replace
+            return
+        LOGGER.warning(
+            '%s: the broker nacked a publish; publishing on a new channel (RabbitMQ keeps '
+            'nacking a channel that published to a quorum queue during its leader election)',
+            self._link.name,
+        )
+        old_pipeline.stop_direct()  # direct writers take the new pipeline from here
+        self._draining.append((old_channel, old_pipeline, self._replaced_at))
+        self._link.io_stats['publish_channels_replaced'] += 1
+        self.open_channel()
+
+    def _close_drained(self) -> None:
+        """Close each replaced channel that holds nothing unsettled (or was closed, or waited
+        ``DRAIN_MAX``); what it still held is re-published under its retry policy."""
+        now, keep = time.monotonic(), []
+        for channel, pipeline, since in self._draining:
+            if pipeline.in_flight and channel.is_open and now - since < DRAIN_MAX:
+                keep.append((channel, pipeline, since))
+                continue
+            for pub in pipeline.take_unsettled():
+                self.retry_or_fail(
+                    pub,
+                    PublishError(
+                        f'publish to {pub.routing_key!r} not confirmed on a replaced channel'
+                    ),
+                )
+            if channel.is_open:
+                try:
+                    _pika.channel_impl(channel).close()  # no wait for CloseOk
+                except Exception:  # closing already, or the connection went: nothing to do
+                    LOGGER.debug('%s: closing a replaced channel', self._link.name, exc_info=True)
+        self._draining = keep
+
+    def _take_draining(self) -> List[Publication]:
+        draining, self._draining = self._draining, []
+        return [pub for _, pipeline, _ in draining for pub in pipeline.take_unsettled()]
+
+    def _on_settled(
+        self,
+        pub: Publication,
+        outcome: str,
+        returned: Optional[tuple],
+        pipeline: Optional[_confirms.Pipeline] = None,
+    ) -> None:
         self._link.io_stats['confirms'] += 1
         if outcome == _confirms.SETTLED_NACK:
+            if pipeline is not None and pipeline is self.pipeline:  # not a replaced one's
+                self._nacked = True
+                pipeline.stop_direct()  # the next publish goes through send(): a new channel
             self.retry_or_fail(
                 pub, PublishError(f'broker nacked the publish to {pub.routing_key!r}')
             )
@@ -257,15 +345,18 @@ class Outbox:
         connection never fire now, so what waited on them is re-published after the
         reconnect too."""
         pipeline, self.pipeline, self._channel = self.pipeline, None, None
+        self._nacked = False
+        unsettled = self._take_draining()
         if pipeline is not None:
-            for pub in pipeline.take_unsettled():
-                self.retry_or_fail(
-                    pub,
-                    PublishError(
-                        f'connection lost before the broker confirmed the publish to '
-                        f'{pub.routing_key!r}'
-                    ),
-                )
+            unsettled += pipeline.take_unsettled()
+        for pub in unsettled:
+            self.retry_or_fail(
+                pub,
+                PublishError(
+                    f'connection lost before the broker confirmed the publish to '
+                    f'{pub.routing_key!r}'
+                ),
+            )
         delayed, self.delayed = self.delayed, []
         self.retry_later.extend(delayed)
 
@@ -279,6 +370,6 @@ class Outbox:
         """The link is shutting down: remove and return every publication it owns here."""
         pipeline, self.pipeline, self._channel = self.pipeline, None, None
         owned = pipeline.take_unsettled() if pipeline is not None else []
-        owned += self.retry_later + self.delayed
+        owned += self._take_draining() + self.retry_later + self.delayed
         self.retry_later, self.delayed = [], []
         return owned

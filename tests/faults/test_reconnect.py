@@ -217,8 +217,7 @@ def _send_to(app: App, queue: str, task_id: str, policy: Dict[str, Any]) -> None
         'tasks.add',
         (1, 2),
         task_id=task_id,
-        exchange='',
-        routing_key=queue,
+        queue=queue,  # as Celery: exchange='' with a routing key goes to the default queue
         retry_policy=policy,
         timeout=WAIT,
     )
