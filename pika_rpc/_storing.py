@@ -32,6 +32,62 @@ LOGGER = logging.getLogger(__name__)
 __all__ = ['ResultStoring']
 
 
+def result_publication(
+    reply_to: str,
+    body: bytes,
+    content_type: str,
+    content_encoding: str,
+    correlation_id: str,
+    delivery_mode: int,
+    policy: Any,
+    timeout: Optional[float],
+) -> Publication:
+    """A result message as Celery's ``rpc://`` sends it: to the default exchange, routed by
+    ``reply_to``, ``mandatory`` (a reply queue that is gone is reported, not lost silently)."""
+    properties = {
+        'content_type': content_type,
+        'content_encoding': content_encoding,
+        'correlation_id': correlation_id,
+        'delivery_mode': delivery_mode,
+        'priority': 0,
+        'headers': {},
+    }
+    return Publication(
+        '', reply_to, body, properties, mandatory=True, policy=policy, timeout=timeout
+    )
+
+
+class NoGroupState:
+    """The group and reload methods an rpc backend refuses, as Celery's ``rpc://`` does:
+    results go to one client's queue, nothing is stored to read again."""
+
+    _kind = 'rpc'
+
+    def _refuse(self, what: str) -> NotImplementedError:
+        return NotImplementedError(f'{what} is not supported by the {self._kind} backend')
+
+    def ensure_chords_allowed(self) -> None:
+        raise NotImplementedError(
+            f'the {self._kind} result backend does not support chords (a group chained with a '
+            'task is a chord too): use a backend that stores group state (redis, a database)'
+        )
+
+    def reload_task_result(self, task_id: str) -> None:
+        raise self._refuse('reload_task_result')
+
+    def reload_group_result(self, group_id: str) -> None:
+        raise self._refuse('reload_group_result')
+
+    def save_group(self, group_id: str, result: Any) -> None:
+        raise self._refuse('save_group')
+
+    def restore_group(self, group_id: str, cache: bool = True) -> None:
+        raise self._refuse('restore_group')
+
+    def delete_group(self, group_id: str) -> None:
+        raise self._refuse('delete_group')
+
+
 class ResultStoring:
     """``store_result``, ``destination_for`` and Celery's ``mark_as_*`` (see the module
     docstring). Thread-safe."""
@@ -104,21 +160,15 @@ class ResultStoring:
             tz=_timezone(self.conf),
         )
         content_type, content_encoding, data = serialization.dumps(body, self.serializer)
-        pub = Publication(
-            '',
+        pub = result_publication(
             reply_to,
             data,
-            {
-                'content_type': content_type,
-                'content_encoding': content_encoding,
-                'correlation_id': correlation_id,
-                'delivery_mode': self.delivery_mode,
-                'priority': 0,
-                'headers': {},
-            },
-            mandatory=True,
-            policy=self.retry_policy,
-            timeout=self.conf.publish_timeout if timeout is None else timeout,
+            content_type,
+            content_encoding,
+            correlation_id,
+            self.delivery_mode,
+            self.retry_policy,
+            self.conf.publish_timeout if timeout is None else timeout,
         )
         link = self._get_link()
         self._stats.add('stored')

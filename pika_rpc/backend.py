@@ -52,7 +52,7 @@ from . import _hub, _registry, serialization, states
 from ._link import Link
 from ._pending import Owner
 from ._replies import ResultConsumer
-from ._storing import ResultStoring
+from ._storing import NoGroupState, ResultStoring
 from ._threads import Counters
 from ._timeouts import deadline, remaining
 from .config import Settings, reply_queue_arguments
@@ -69,7 +69,7 @@ _PENDING_META = {'status': states.PENDING, 'result': None}
 _Queue = Queue
 
 
-class RPCBackend(ResultStoring):
+class RPCBackend(NoGroupState, ResultStoring):
     """Celery's rpc:// result backend. Thread-safe; ``app.backend`` is the usual way to get one.
 
     Every method may be called from any thread. Blocking methods take a timeout.
@@ -428,28 +428,6 @@ class RPCBackend(ResultStoring):
 
     def revive(self, channel: Any) -> None:
         """Kept for API compatibility: the I/O thread revives the consumer by itself."""
-
-    # ------------------------------------------------------------------ unsupported (as Celery)
-    def ensure_chords_allowed(self) -> None:
-        raise NotImplementedError(
-            'the rpc result backend does not support chords: use a '
-            'backend that stores group state (redis, a database)'
-        )
-
-    def reload_task_result(self, task_id: str) -> None:
-        raise NotImplementedError('reload_task_result is not supported by the rpc backend')
-
-    def reload_group_result(self, task_id: str) -> None:
-        raise NotImplementedError('reload_group_result is not supported by the rpc backend')
-
-    def save_group(self, group_id: str, result: Any) -> None:
-        raise NotImplementedError('save_group is not supported by the rpc backend')
-
-    def restore_group(self, group_id: str, cache: bool = True) -> None:
-        raise NotImplementedError('restore_group is not supported by the rpc backend')
-
-    def delete_group(self, group_id: str) -> None:
-        raise NotImplementedError('delete_group is not supported by the rpc backend')
 
     # ------------------------------------------------------------------ life cycle
     def stats(self) -> Dict[str, Any]:

@@ -78,8 +78,8 @@ from kombu import serialization as kombu_serialization
 
 from . import _registry
 from ._celery_replies import Core, Once, ReplyQueues, is_noop, settings_for
-from ._handoff import Publication
 from ._publish import publish_and_wait
+from ._storing import NoGroupState, result_publication
 from ._timeouts import deadline, remaining
 from .config import Settings
 from .errors import TimeoutError as PikaTimeoutError
@@ -90,13 +90,8 @@ __all__ = ['PikaRPCBackend']
 
 SCHEME = 'pika-rpc'
 
-E_NO_CHORDS = (
-    'the pika-rpc result backend does not support chords (a group chained with a task is a '
-    'chord too): use a backend that stores group state (redis, a database)'
-)
 
-
-class PikaRPCBackend(base.Backend, AsyncBackendMixin):
+class PikaRPCBackend(NoGroupState, base.Backend, AsyncBackendMixin):
     """Celery's result backend interface on pika_rpc's link (see the module docstring).
 
     Thread-safe: one instance per process serves every thread (``thread_safe`` is True).
@@ -104,6 +99,8 @@ class PikaRPCBackend(base.Backend, AsyncBackendMixin):
     a result that can no longer arrive raises pika_rpc's ``ReplyQueueLost`` or
     ``ConnectionLost``.
     """
+
+    _kind = 'pika-rpc'  # NoGroupState's messages
 
     persistent = False
     supports_autoexpire = True
@@ -231,21 +228,15 @@ class PikaRPCBackend(base.Backend, AsyncBackendMixin):
         if isinstance(body, str):
             body = body.encode(content_encoding or 'utf-8')
         core = self._core
-        pub = Publication(
-            '',
+        pub = result_publication(
             reply_to,
             body,
-            {
-                'content_type': content_type,
-                'content_encoding': content_encoding,
-                'correlation_id': correlation_id,
-                'delivery_mode': self.delivery_mode,
-                'priority': 0,
-                'headers': {},
-            },
-            mandatory=True,
-            policy=self.retry_policy,
-            timeout=core.conf.publish_timeout,
+            content_type,
+            content_encoding,
+            correlation_id,
+            self.delivery_mode,
+            self.retry_policy,
+            core.conf.publish_timeout,
         )
         returned = publish_and_wait(core._get_link(), pub, f'result of task {task_id}')
         if returned is not None:
@@ -447,25 +438,6 @@ class PikaRPCBackend(base.Backend, AsyncBackendMixin):
 
     def revive(self, channel: Any) -> None:
         """Kept for Celery's interface: the I/O thread revives the consumers itself."""
-
-    # ------------------------------------------------------------------ refused, as Celery's rpc://
-    def ensure_chords_allowed(self) -> None:
-        raise NotImplementedError(E_NO_CHORDS)
-
-    def reload_task_result(self, task_id: str) -> None:
-        raise NotImplementedError('reload_task_result is not supported by the pika-rpc backend')
-
-    def reload_group_result(self, group_id: str) -> None:
-        raise NotImplementedError('reload_group_result is not supported by the pika-rpc backend')
-
-    def save_group(self, group_id: str, result: Any) -> None:
-        raise NotImplementedError('save_group is not supported by the pika-rpc backend')
-
-    def restore_group(self, group_id: str, cache: bool = True) -> None:
-        raise NotImplementedError('restore_group is not supported by the pika-rpc backend')
-
-    def delete_group(self, group_id: str) -> None:
-        raise NotImplementedError('delete_group is not supported by the pika-rpc backend')
 
     # ------------------------------------------------------------------ life cycle
     def stats(self) -> Dict[str, Any]:
