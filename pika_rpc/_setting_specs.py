@@ -388,6 +388,15 @@ _SPECS: Dict[str, Spec] = {
     'imports': _S((), _modules, 'Modules of tasks imported when the registry is first used.'),
     'include': _S((), _modules, 'More such modules (App(include=...)).'),
     'task_track_started': _S(False, _flag, 'True: a worker stores STARTED when it starts a task.'),
+    'task_acks_late': _S(
+        True,
+        _flag,
+        (
+            "A task's message is acked after its result is stored (at-least-once: a worker "
+            'that dies mid-task leaves it to another). Unlike Celery, True by default; a '
+            "task's ``acks_late`` wins."
+        ),
+    ),
     'result_cache_max': _S(
         10000, _count(1), 'Final results kept per process for later reads (an LRU of task ids).'
     ),

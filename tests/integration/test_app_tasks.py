@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from pika_rpc import App, Worker, shared_task
+from pika_rpc import App, Worker, _shared, shared_task
 from pika_rpc._shared import current_app
 from tests.integration.web_support import DJANGO_PROJECT, subprocess_env
 from tests.integration.worker_support import delete_queue
@@ -60,6 +60,16 @@ def test_a_backend_other_than_rpc_is_refused() -> None:
 
 
 # ------------------------------------------------------------------ shared_task
+
+
+@pytest.fixture(autouse=True)
+def _shared_tasks_end_with_the_test() -> Iterator[None]:
+    """Shared tasks are process-wide (as in Celery): those a test declares are forgotten
+    after it, so Apps of later tests (a Worker's ``registered`` list) do not see them."""
+    before = list(_shared._constructors)
+    yield
+    with _shared._lock:
+        _shared._constructors[:] = before
 
 
 def _fresh_name() -> str:

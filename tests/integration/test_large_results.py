@@ -216,7 +216,9 @@ def test_a_pika_whose_frame_reader_differs_fails_loudly_at_connect(
         self.bytes_received = before
 
     monkeypatch.setattr(pika.connection.Connection, '_on_data_available', uncounted)
-    app = App(broker=amqp_url, result_expires=120)
+    # Connection options no other test uses: a link of its own (links are shared per
+    # process by options, and one made earlier was checked when it connected).
+    app = App(broker=amqp_url, result_expires=120, broker_heartbeat=117)
     try:
         with pytest.raises(ClosedError, match='PikaContractError: .*bytes_received'):
             app.backend.on_task_call(None, str(uuid.uuid4()), timeout=WAIT)
