@@ -5,6 +5,9 @@ make a thread raise an exception at its next Python instruction. That is how a t
 *soft* time limit raises ``SoftTimeLimitExceeded`` inside the task, as with Celery's prefork
 pool (which sends a signal). Its limit: a thread blocked in one long C call (``time.sleep``,
 a socket read, a lock wait without timeout) gets the exception only when that call returns.
+And CPython 3.12+ may let an exception raised this way pass the ``except`` clauses of the
+innermost frame when it lands in a tight loop: the task's own handler may miss it, the
+worker's frame around the task always gets it (the run ends as SoftTimeLimitExceeded).
 
 :class:`Interruptible` makes it safe for the worker's own code: the exception can only be
 raised while the task's function runs (:meth:`Interruptible.running`); one set just as the
