@@ -108,8 +108,29 @@ def _merge(left: Dict[str, Any], right: Dict[str, Any]) -> Dict[str, Any]:
     return left
 
 
+#: The settings a router is built from: one built for the same values is used again.
+ROUTER_SETTINGS = (
+    'task_routes',
+    'task_queues',
+    'task_default_queue',
+    'task_default_queue_type',
+    'task_default_exchange',
+    'task_default_exchange_type',
+    'task_default_routing_key',
+    'task_create_missing_queues',
+    'task_create_missing_queue_type',
+)
+
+
+def router_key(conf: Any) -> Tuple[Any, ...]:
+    """What a ``Router`` for ``conf`` depends on (compared by value to reuse one)."""
+    return tuple(getattr(conf, name) for name in ROUTER_SETTINGS)
+
+
 class Router:
-    """Celery's router over ``conf`` (see the module docstring). Built per use; no I/O."""
+    """Celery's router over ``conf`` (see the module docstring). No I/O; read-only once
+    built, so one may serve many calls and threads while ``router_key(conf)`` is the same.
+    """
 
     def __init__(self, conf: Any) -> None:
         self.conf = conf

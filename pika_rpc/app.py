@@ -152,6 +152,7 @@ class App:
         self._lock = threading.Lock()
         self._finalize_lock = threading.RLock()
         self._route_warned: Set[str] = set()
+        self._router: Tuple[Any, Any] = (None, None)  # (router_key, Router): see _route
         _registry.register_live(self)
         _shared.register_app(self, set_as_current)
 
@@ -450,7 +451,12 @@ class App:
     def _route(self, name: str, args: Any, kwargs: Any, **options: Any) -> Dict[str, Any]:
         """The call's options completed by ``task_routes`` and the defaults (``_routing``)."""
         given = {k: v for k, v in options.items() if v is not None}
-        route = _routing.Router(self.conf).route(given, name, args, kwargs, self._tasks.get(name))
+        key, router = self._router
+        if key is None or key != _routing.router_key(self.conf):  # built once per settings
+            key = _routing.router_key(self.conf)
+            router = _routing.Router(self.conf)
+            self._router = (key, router)
+        route = router.route(given, name, args, kwargs, self._tasks.get(name))
         for key in set(route) - set(_routing.ROUTE_KEYS) - self._route_warned:
             self._route_warned.add(key)
             LOGGER.warning(

@@ -101,3 +101,16 @@ def test_a_name_on_no_list_stays_a_type_error() -> None:
 def test_task_routes_refuses_what_celery_cannot_route_with(bad) -> None:
     with pytest.raises(TypeError, match='task_routes'):
         Settings(task_routes=bad)
+
+
+def test_a_router_is_built_again_when_a_routing_setting_changes() -> None:
+    from pika_rpc import App
+
+    app = App('routes', broker='amqp://guest:guest@127.0.0.1:1//')
+    assert app._route('t.a', (), {})['queue'].name == 'celery'
+    first = app._router[1]
+    app._route('t.b', (), {})
+    assert app._router[1] is first  # same settings: the same router
+    app.conf.update(task_routes={'t.*': {'queue': 'elsewhere'}})
+    assert app._route('t.a', (), {})['queue'].name == 'elsewhere'
+    assert app._router[1] is not first
