@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Generic, Optional, Tuple,
 
 from . import _task_options, serialization, states
 from ._context import current_request, request_field
+from ._eager import EagerResult, run_eagerly
 from .errors import MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:  # typing only: no runtime import of result, nor of typing_extensions
@@ -138,17 +139,46 @@ class Task(Generic[P, R]):
 
         Raises:
             TypeError: with ``typing``, arguments the function cannot be called with.
+            ValueError: a ``soft_time_limit`` above the ``time_limit`` (as Celery).
         """
         if self.typing:
             self.check_arguments(args or (), kwargs or {})
         opts = dict(self.options)
         opts.update(options)
+        hard, soft = opts.get('time_limit'), opts.get('soft_time_limit')
+        if hard is not None and soft is not None and soft > hard:
+            raise ValueError('soft_time_limit must be less than or equal to time_limit')
         ignore = self.ignore_result
         if ignore is None and self.app.conf.task_ignore_result:
             ignore = True
         if ignore is not None:
             opts.setdefault('ignore_result', ignore)
         return self.app.send_task(self.name, args or (), kwargs or {}, task_id=task_id, **opts)
+
+    def apply(
+        self,
+        args: Any = None,
+        kwargs: Optional[Dict[str, Any]] = None,
+        task_id: Optional[str] = None,
+        retries: int = 0,
+        throw: Optional[bool] = None,
+        **options: Any,
+    ) -> EagerResult:
+        """Run the task here, now, in this thread (Celery's ``apply``); nothing is sent.
+
+        Blocks for the run. Returns an ``EagerResult`` (always ready). ``self.request`` of a
+        bound task has this run's id; its ``parent_id``/``root_id`` follow the task that
+        called ``apply()``.
+
+        Raises:
+            TypeError: with ``typing``, arguments the function cannot be called with.
+            Exception: the task's own, with ``throw=True``; otherwise it is in the result.
+        """
+        if self.typing:
+            self.check_arguments(args or (), kwargs or {})
+        opts = dict(self.options)
+        opts.update(options)
+        return run_eagerly(self, args, kwargs, task_id, retries, bool(throw), opts)
 
     def check_arguments(self, args: Any, kwargs: Dict[str, Any]) -> None:
         """Raise ``TypeError`` if the function cannot be called with ``args``/``kwargs``

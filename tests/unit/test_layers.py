@@ -52,6 +52,7 @@ LEVELS = {
     '_declarations': 1,
     '_pidbox': 1,
     '_request': 1,
+    '_eager': 1,
     # Celery's messages, AMQP messages, the pika boundary
     'message': 2,
     'protocol': 2,
