@@ -32,7 +32,13 @@ from typing import List, NamedTuple, Optional
 
 import pytest
 
-from tests.integration.test_readme import PRELUDE, README_URL, expected_prints, python_blocks
+from tests.integration.test_readme import (
+    PRELUDE,
+    README_URL,
+    expected_prints,
+    python_blocks,
+    run_as_one_script,
+)
 from tests.integration.web_support import REPO, subprocess_env
 from tests.integration.worker_support import delete_queue
 
@@ -136,21 +142,7 @@ def test_a_docs_page_python_blocks_run_in_order_and_print_what_they_say(
         script.append(f'# ---- {block.where}\n{code}')
         expected.extend(expected_prints(code))
     path = tmp_path / f'docs_{page.stem.replace("-", "_")}.py'
-    path.write_text('\n'.join(script))
-    try:
-        proc = subprocess.run(
-            [sys.executable, str(path)],
-            capture_output=True,
-            text=True,
-            timeout=100,
-            cwd=str(tmp_path),
-            env=subprocess_env(),
-        )
-    finally:
-        delete_queue(amqp_url, unique_name)
-    report = f'script {path}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}'
-    assert proc.returncode == 0, report
-    assert proc.stdout.splitlines() == expected, report
+    run_as_one_script(path, script, expected, amqp_url, unique_name)
 
 
 def test_every_error_class_has_a_section_on_the_errors_page() -> None:

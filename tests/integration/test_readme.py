@@ -117,23 +117,29 @@ def test_the_readme_python_blocks_run_in_order_and_print_what_they_say(
         code = code.replace(repr(README_URL), repr(amqp_url)).replace("'celery'", repr(unique_name))
         script.append(f'# ---- README.rst:{line}\n{code}')
         expected.extend(expected_prints(code))
-    path = tmp_path / 'readme_blocks.py'
+    run_as_one_script(tmp_path / 'readme_blocks.py', script, expected, amqp_url, unique_name)
+
+
+def run_as_one_script(
+    path: Any, script: List[str], expected: List[str], amqp_url: str, queue: str
+) -> None:
+    """Write ``script`` to ``path``, run it in a fresh interpreter (its task queue deleted
+    afterwards) and check it ends well, printing ``expected`` and nothing else."""
     path.write_text('\n'.join(script))
     try:
         proc = subprocess.run(
             [sys.executable, str(path)],
             capture_output=True,
             text=True,
-            timeout=90,
-            cwd=str(tmp_path),
+            timeout=100,
+            cwd=str(path.parent),
             env=subprocess_env(),
         )
     finally:
-        delete_queue(amqp_url, unique_name)
+        delete_queue(amqp_url, queue)
     report = f'script {path}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}'
     assert proc.returncode == 0, report
-    printed = proc.stdout.splitlines()
-    assert printed == expected, report
+    assert proc.stdout.splitlines() == expected, report
 
 
 def test_the_demo_command_runs_and_prints_its_table(amqp_url: str) -> None:
