@@ -20,7 +20,7 @@ import re
 import subprocess
 import sys
 import textwrap
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 import pytest
 
