@@ -90,11 +90,14 @@ def link_key(options: List[dict]) -> Tuple:
 
 def acquire_link(options: List[dict], **link_kwargs: Any) -> Link:
     """The process's link for these broker options; the caller becomes one of its users.
-    A link without publisher confirms (``confirms=False``) is another link (connection)."""
+    A link without publisher confirms (``confirms=False``), or whose callers never write
+    to the socket themselves (``direct_writes=False``), is another link (connection): a
+    setting that changes how the link publishes is never inherited from another user."""
     proc = current()
     key = link_key(options)
-    if link_kwargs.get('confirms', True) is False:
-        key += (('confirms', False),)
+    for name in ('confirms', 'direct_writes'):
+        if link_kwargs.get(name, True) is False:
+            key += ((name, False),)
     with proc.lock:
         link = proc.links.get(key)
         if link is None or link.closed:

@@ -218,7 +218,7 @@ def test_a_pika_whose_frame_reader_differs_fails_loudly_at_connect(
     monkeypatch.setattr(pika.connection.Connection, '_on_data_available', uncounted)
     # Connection options no other test uses: a link of its own (links are shared per
     # process by options, and one made earlier was checked when it connected).
-    app = App(broker=amqp_url, result_expires=120, broker_heartbeat=117)
+    app = App(broker=amqp_url, result_expires=120, broker_heartbeat=113)
     try:
         with pytest.raises(ClosedError, match='PikaContractError: .*bytes_received'):
             app.backend.on_task_call(None, str(uuid.uuid4()), timeout=WAIT)

@@ -523,13 +523,15 @@ def test_results_stored_by_one_thread_are_written_by_it_without_waking_the_io_th
 def test_direct_writes_false_sends_every_result_through_the_io_thread(
     amqp_url: str, unique_name: str, result_queue: str, raw_channel: Any
 ) -> None:
-    # Apps with the same broker options share a link (the first one's settings win): an
-    # option of its own in the URL gives this App a link of its own.
-    url = amqp_url + ('&' if '?' in amqp_url else '?') + 'heartbeat=117'
-    app = App(broker=url, direct_writes=False, task_default_queue=unique_name)
+    # Apps with the same broker options share a link, but never one that publishes another
+    # way: direct_writes=False is a link of its own, and an App made after it keeps its own.
+    app = App(broker=amqp_url, direct_writes=False, task_default_queue=unique_name)
+    other = App(broker=amqp_url, task_default_queue=unique_name)
     try:
         link = app.backend._get_link()
         assert link.direct_writes is False
+        assert other.backend._get_link() is not link
+        assert other.backend._get_link().direct_writes is True
         before = link.stats()
         for i in range(5):
             app.backend.store_result(
@@ -540,6 +542,7 @@ def test_direct_writes_false_sends_every_result_through_the_io_thread(
         assert stats['publishes'] - before['publishes'] == 5
         assert eventually(lambda: ready_count(raw_channel, result_queue) == 5, timeout=WAIT)
     finally:
+        other.close()
         app.close()
 
 
