@@ -432,12 +432,14 @@ def test_a_command_whose_caller_gave_up_is_skipped(private_link: Link) -> None:
 
 
 def test_a_result_whose_store_timed_out_before_the_io_thread_reached_it_is_never_published(
-    app: App, result_queue: str, raw_channel: Any
+    app: App, result_queue: str, raw_channel: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backend = app.backend
     link = backend._get_link()
     link.call(_noop, timeout=WAIT)
-    link.direct_writes = False  # the hand-off path: a direct write needs no I/O thread
+    # The hand-off path (a direct write needs no I/O thread), on this test's watch only: the
+    # link is the process's, shared with later tests.
+    monkeypatch.setattr(link, 'direct_writes', False)
     before = link.stats()['publishes']
     with IOBlocker(link) as blocker:
         with pytest.raises(PublishError):
