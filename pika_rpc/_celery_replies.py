@@ -25,7 +25,14 @@ from ._replies import ResultConsumer
 from ._timeouts import deadline, remaining
 from .backend import RPCBackend
 from .config import Settings
-from .errors import ContentDisallowed, DecodeError, PikaRPCError, QueueNodeDown, ReplyQueueLost
+from .errors import (
+    ContentDisallowed,
+    DecodeError,
+    PikaRPCError,
+    PreconditionFailed,
+    QueueNodeDown,
+    ReplyQueueLost,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -193,7 +200,12 @@ class ReplyQueues:
             link = replies._spec_link  # the backend's link is already let go of at close
             try:
                 if replies._cancel(remaining(dl)) and link is not None and not link.closed:
-                    link.control('delete_queue', queue=oid, timeout=remaining(dl))
+                    # if_unused: Celery names the queue (kombu's oid of the app's id and the
+                    # thread's ident, both reused), so a newer app's backend of this process
+                    # may consume the same name by now: never delete it under that one.
+                    link.control('delete_queue', queue=oid, if_unused=True, timeout=remaining(dl))
+            except PreconditionFailed:
+                LOGGER.debug('reply queue %s is consumed by another backend: left to it', oid)
             except PikaRPCError as exc:
                 LOGGER.warning('could not delete reply queue %s at close: %s', oid, exc)
         return False
