@@ -11,7 +11,7 @@ same module serves both sides of the wire-compatibility tests:
 from __future__ import annotations
 
 import os
-import time
+import threading
 
 from celery import Celery
 
@@ -51,9 +51,12 @@ def fail(message):
     raise Declined(message)
 
 
+_WORK = threading.Event()  # never set: sleep_then's work is a bounded wait on it
+
+
 @app.task
 def sleep_then(seconds, value):
-    time.sleep(seconds)
+    _WORK.wait(seconds)
     return value
 
 
